@@ -1,0 +1,163 @@
+"""Embedders: the basic one on raw pixels and the advanced one on CLIP, behind one interface."""
+from __future__ import annotations
+
+import functools
+import threading
+from contextlib import nullcontext
+from typing import Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import ModelError, QueryError
+
+DEFAULT_MODEL = "clip-ViT-B-32"
+PIXELS = "pixels"
+PIXEL_SIDE = 32
+BF16_MIN_AGREEMENT = 0.999  # mean cosine to fp32 below which bf16 is not used
+
+
+class Embedder(Protocol):
+    """What the builder and the index need from a model."""
+
+    name: str
+    dimension: int
+    normalized: bool  # rows have unit length, so cosine, ip and l2 rank alike
+    supports_text: bool
+    min_edges: tuple[int, int]  # the smallest (shortest, longest) edges decoding may draft down to
+
+    def prepare(self, img: Image.Image) -> Image.Image: ...
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class PixelEmbedder:
+    """The origin's basic method: the image scaled to 32x32, its RGB values as a vector."""
+
+    name = PIXELS
+    dimension = PIXEL_SIDE * PIXEL_SIDE * 3
+    normalized = False
+    supports_text = False
+    min_edges = (PIXEL_SIDE, 256)
+
+    def prepare(self, img: Image.Image) -> Image.Image:
+        """Scale to the fixed side (aspect ratio ignored, as the basic method does)."""
+        return img.resize((PIXEL_SIDE, PIXEL_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Flattened RGB in [0, 1], one row per image."""
+        if not images:
+            return np.zeros((0, self.dimension), np.float32)
+        side = (PIXEL_SIDE, PIXEL_SIDE)
+        rows = [np.asarray(img if img.size == side else self.prepare(img), dtype=np.float32) for img in images]
+        return np.stack(rows).reshape(len(rows), -1) / 255.0
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise QueryError(
+            "This index uses the basic pixel method, which cannot read text. "
+            "Search it with an image, or build an index with a CLIP model (e.g. clip-ViT-B-32) for text search."
+        )
+
+
+class ClipEmbedder:
+    """A sentence-transformers CLIP checkpoint: images and texts in one space, unit-length rows."""
+
+    normalized = True
+    supports_text = True
+
+    def __init__(self, name: str, device: str | None = None, text_model: str | None = None):
+        import torch
+
+        self.name = name
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = _load_sentence_transformer(name, self.device)
+        self.text_model = _load_sentence_transformer(text_model, self.device) if text_model else self.model
+        self.model.eval()
+        self.dimension = int(self.model.get_embedding_dimension())
+        text_dim = int(self.text_model.get_embedding_dimension())
+        if text_dim != self.dimension:
+            raise ModelError(f"text model {text_model!r} has dimension {text_dim}, the image model {self.dimension}")
+        size = self._image_processor_size()
+        self.min_edges = (size, max(size, 256))
+        self._input_side = size
+        self.bf16 = False
+        # Tokenizers and torch modules are not safe for concurrent calls; the cores are shared anyway.
+        self._lock = threading.Lock()
+
+    def _image_processor_size(self) -> int:
+        try:
+            size = self.model[0].processor.image_processor.size
+            return int(size["shortest_edge"])
+        except Exception:  # a checkpoint without a processor size keeps CLIP's own
+            return 224
+
+    def prepare(self, img: Image.Image) -> Image.Image:
+        """Scale the shortest edge down to the model's input so the model's processor has little left to do."""
+        side = self._input_side
+        short = min(img.size)
+        if short <= side:
+            return img
+        scale = side / short
+        size = (max(side, round(img.width * scale)), max(side, round(img.height * scale)))
+        return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Unit-length embeddings for RGB images."""
+        return self._encode(self.model, list(images), batch_size, self.bf16)
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Unit-length embeddings for texts, in the images' space."""
+        return self._encode(self.text_model, list(texts), batch_size, False)
+
+    def calibrate_bf16(self, images: Sequence[Image.Image]) -> float:
+        """Use bf16 for images from now on if it agrees with fp32 on ``images``; return the mean cosine."""
+        if not images or self.device not in ("cpu", "cuda") or not _bf16_supported(self.device):
+            return 0.0
+        fp32 = self._encode(self.model, list(images), len(images), False)
+        bf16 = self._encode(self.model, list(images), len(images), True)
+        agreement = float(np.mean(np.sum(fp32 * bf16, axis=1)))
+        self.bf16 = agreement >= BF16_MIN_AGREEMENT
+        return agreement
+
+    def _encode(self, model, inputs: list, batch_size: int, bf16: bool) -> np.ndarray:
+        import torch
+
+        if not inputs:
+            return np.zeros((0, self.dimension), np.float32)
+        autocast = torch.autocast(self.device, dtype=torch.bfloat16) if bf16 else nullcontext()
+        with self._lock, torch.inference_mode(), autocast:
+            out = model.encode(
+                inputs,
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(out, dtype=np.float32)
+
+
+def _load_sentence_transformer(name: str, device: str):
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(name, device=device)
+    except Exception as exc:  # offline, a typo, or not a sentence-transformers checkpoint
+        raise ModelError(f"cannot load the model {name!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _bf16_supported(device: str) -> bool:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return True
+
+
+@functools.lru_cache(maxsize=4)
+def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, text_model: str | None = None) -> Embedder:
+    """Load an embedder once per process: ``pixels`` or a sentence-transformers CLIP name or path."""
+    if name == PIXELS:
+        if text_model:
+            raise ModelError("the pixel method has no text side; a text model cannot be paired with it")
+        return PixelEmbedder()
+    return ClipEmbedder(name, device=device, text_model=text_model)

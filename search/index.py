@@ -1,0 +1,176 @@
+"""ImageIndex: search a built store by image, by text, or by a stored image's id."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .embedders import Embedder, load_embedder
+from .errors import QueryError, StoreError
+from .images import ImageInput, read_image
+from .store import DEFAULT_COLLECTION, check_model, connect, open_collection
+
+MAX_K = 1000
+MAX_TEXT_CHARS = 1000
+_PAGE = 5000
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: ``score`` is higher for more similar images, whatever the metric."""
+
+    id: str
+    score: float
+    label: str | None
+    caption: str | None
+    image: str | None  # absolute path of the thumbnail
+    source: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+class ImageIndex:
+    """A collection in a store plus the model that built it.
+
+    Metrics: ``cosine`` runs on Chroma's HNSW index. ``ip`` and ``l2`` run on it too when the vectors
+    have unit length (CLIP), where they rank exactly as cosine does; on pixel vectors they are exact.
+    ``l1`` and ``correlation`` are always computed exactly over every stored vector.
+    """
+
+    def __init__(self, store_dir: Path, collection: Any, embedder: Embedder):
+        self.store_dir = Path(store_dir)
+        self.collection = collection
+        self.embedder = embedder
+        self.metadata = dict(collection.metadata or {})
+        self._exact_cache: tuple[int, list[str], np.ndarray] | None = None
+        self._cache_lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        store: str | Path,
+        collection: str | None = None,
+        *,
+        model: str | None = None,
+        text_model: str | None = None,
+        device: str | None = None,
+    ) -> "ImageIndex":
+        """Open a store; the model comes from the collection's metadata unless ``model`` overrides it."""
+        client = connect(store)
+        name = collection or _default_collection(client)
+        col = open_collection(client, name)
+        recorded = (col.metadata or {}).get("model")
+        if not (model or recorded):
+            raise StoreError(f"collection {name!r} does not record its model; pass model=")
+        embedder = load_embedder(model or recorded, device, text_model)
+        check_model(col, embedder, strict=False)
+        return cls(Path(store), col, embedder)
+
+    def __len__(self) -> int:
+        return self.collection.count()
+
+    @property
+    def supports_text(self) -> bool:
+        """Whether this index can be searched by text (CLIP can, pixels cannot)."""
+        return self.embedder.supports_text
+
+    def search_by_image(self, image: ImageInput, k: int = 10, metric: str = "cosine") -> list[Hit]:
+        """The ``k`` stored images most like ``image`` (a path, bytes or a PIL image)."""
+        self._check(k, metric)
+        img = self.embedder.prepare(read_image(image, min_edges=self.embedder.min_edges))
+        return self.search_by_vector(self.embedder.embed_images([img])[0], k, metric)
+
+    def search_by_text(self, text: str, k: int = 10, metric: str = "cosine") -> list[Hit]:
+        """The ``k`` stored images that best match a description."""
+        self._check(k, metric)
+        if not isinstance(text, str) or not text.strip():
+            raise QueryError("Type a description to search for.")
+        if len(text) > MAX_TEXT_CHARS:
+            raise QueryError(f"The description is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}.")
+        return self.search_by_vector(self.embedder.embed_texts([text.strip()])[0], k, metric)
+
+    def search_by_id(self, image_id: str, k: int = 10, metric: str = "cosine") -> list[Hit]:
+        """Images like a stored one, using its stored vector."""
+        self._check(k, metric)
+        got = self.collection.get(ids=[image_id], include=["embeddings"])
+        if not got["ids"]:
+            raise QueryError(f"no image with id {image_id!r} in this index")
+        return self.search_by_vector(np.asarray(got["embeddings"][0]), k, metric)
+
+    def search_by_vector(self, vector: np.ndarray, k: int = 10, metric: str = "cosine") -> list[Hit]:
+        """The ``k`` stored vectors nearest ``vector`` under ``metric``, best first."""
+        self._check(k, metric)
+        count = len(self)
+        if count == 0:
+            return []
+        vector = np.asarray(vector, dtype=np.float32)
+        if metric == "cosine" or (metric in ("ip", "l2") and self.metadata.get("normalized")):
+            found = self.collection.query(
+                query_embeddings=[vector], n_results=min(k, count), include=["metadatas", "distances"]
+            )
+            scored = [
+                (i, metrics.score_from_cosine_distance(d, metric), m)
+                for i, d, m in zip(found["ids"][0], found["distances"][0], found["metadatas"][0])
+            ]
+        else:
+            ids, matrix = self._all_vectors()
+            best = metrics.top_k(matrix, vector, metric, k)
+            chosen = [ids[i] for i, _ in best]
+            metas = dict(zip(*self._metadatas(chosen)))
+            scored = [(ids[i], s, metas.get(ids[i], {})) for i, s in best]
+        return [self._hit(i, s, m) for i, s, m in scored]
+
+    def invalidate(self) -> None:
+        """Forget cached vectors after this process changed the collection."""
+        with self._cache_lock:
+            self._exact_cache = None
+
+    def _metadatas(self, ids: list[str]) -> tuple[list[str], list[dict]]:
+        got = self.collection.get(ids=ids, include=["metadatas"])
+        return got["ids"], got["metadatas"]
+
+    def _all_vectors(self) -> tuple[list[str], np.ndarray]:
+        with self._cache_lock:
+            count = len(self)
+            if self._exact_cache is None or self._exact_cache[0] != count:
+                ids: list[str] = []
+                rows: list[np.ndarray] = []
+                for offset in range(0, count, _PAGE):
+                    got = self.collection.get(include=["embeddings"], limit=_PAGE, offset=offset)
+                    ids.extend(got["ids"])
+                    rows.append(np.asarray(got["embeddings"], dtype=np.float32))
+                matrix = np.concatenate(rows) if rows else np.zeros((0, self.embedder.dimension), np.float32)
+                self._exact_cache = (count, ids, matrix)
+            return self._exact_cache[1], self._exact_cache[2]
+
+    def _hit(self, image_id: str, score: float, meta: dict | None) -> Hit:
+        meta = meta or {}
+        thumb = meta.get("thumbnail")
+        return Hit(
+            id=image_id,
+            score=float(score),
+            label=meta.get("label"),
+            caption=meta.get("caption"),
+            image=str((self.store_dir / thumb).resolve()) if thumb else None,
+            source=meta.get("source"),
+            metadata=meta,
+        )
+
+    @staticmethod
+    def _check(k: int, metric: str) -> None:
+        if metric not in metrics.METRICS:
+            raise QueryError(f"unknown metric {metric!r}; choose one of {', '.join(metrics.METRICS)}")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise QueryError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
+
+
+def _default_collection(client: Any) -> str:
+    names = sorted(c.name for c in client.list_collections())
+    if DEFAULT_COLLECTION in names or not names:
+        return DEFAULT_COLLECTION
+    if len(names) == 1:
+        return names[0]
+    raise StoreError(f"the store holds several collections ({', '.join(names)}); name one")

@@ -1,0 +1,166 @@
+"""Where images come from: a folder, a dataset (Hub name, parquet or save_to_disk folder)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import SourceError
+from .images import read_file
+
+IMAGE_COLUMNS = ("image", "img", "picture", "photo", "images")
+LABEL_COLUMNS = ("label", "labels", "class", "category", "articleType", "subCategory", "masterCategory")
+CAPTION_COLUMNS = ("caption", "captions", "text", "title", "description", "productDisplayName", "sentences", "name")
+DATA_FILE_SUFFIXES = (".parquet", ".arrow")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to index: where it came from, how to get its bytes, and what is known of it."""
+
+    source: str
+    read: Callable[[], bytes]
+    label: str | None = None
+    caption: str | None = None
+
+
+@dataclass
+class Source:
+    """An iterable of items with a description for the store's metadata and, where known, a length."""
+
+    description: str
+    items: Iterator[Item]
+    total: int | None = None
+
+
+def open_source(
+    source: str,
+    *,
+    split: str = "train",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    caption_column: str | None = None,
+    limit: int | None = None,
+) -> Source:
+    """Open a folder of images, a saved or parquet dataset, or a dataset on the Hub by name."""
+    path = Path(source).expanduser()
+    columns = dict(image_column=image_column, label_column=label_column, caption_column=caption_column)
+    if path.is_dir() and not _is_dataset_folder(path):
+        files = folder_files(path)
+        total = len(files) if limit is None else min(limit, len(files))
+        return Source(str(path.resolve()), islice(folder_items(path, files), limit), total)
+    dataset = _load_dataset(source, path, split)
+    items = dataset_items(dataset, source, split, **columns)
+    return Source(f"{source} [{split}]", islice(items, limit), limit)
+
+
+def folder_files(root: Path) -> list[Path]:
+    """Every regular, non-hidden file below ``root``, in a stable order (links to folders not followed)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return [f for f in found if f.is_file()]
+
+
+def folder_items(root: Path, files: list[Path] | None = None) -> Iterator[Item]:
+    """Items for a folder's files; an image's label is the name of the folder it is in."""
+    for file in files if files is not None else folder_files(root):
+        label = file.parent.name if file.parent != root else None
+        yield Item(str(file), lambda file=file: read_file(file), label=label)
+
+
+def dataset_items(
+    dataset: Any,
+    name: str,
+    split: str,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    caption_column: str | None = None,
+) -> Iterator[Item]:
+    """Items for a ``datasets`` Dataset or IterableDataset; columns are detected where not given."""
+    from datasets import ClassLabel
+    from datasets import Image as ImageFeature
+
+    features = dataset.features or {}
+    image_column = image_column or _detect(features, IMAGE_COLUMNS, lambda f: isinstance(f, ImageFeature))
+    if image_column is None or image_column not in features:
+        raise SourceError(f"no image column in {name}; columns: {', '.join(features)}; pass --image-column")
+    label_column = label_column or _detect(features, LABEL_COLUMNS, lambda f: isinstance(f, ClassLabel))
+    caption_column = caption_column or _detect(features, CAPTION_COLUMNS, None, exclude={label_column})
+    for column in (label_column, caption_column):
+        if column and column not in features:
+            raise SourceError(f"no column {column!r} in {name}; columns: {', '.join(features)}")
+    if isinstance(features[image_column], ImageFeature):
+        # Decoding is ours to do defensively; the dataset only hands over bytes.
+        dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
+    label_feature = features.get(label_column) if label_column else None
+    for row_number, row in enumerate(dataset):
+        source = f"{name}[{split}]#{row_number}"
+        yield Item(
+            source,
+            _row_reader(row.get(image_column)),
+            label=_text(row.get(label_column), label_feature) if label_column else None,
+            caption=_text(row.get(caption_column), None) if caption_column else None,
+        )
+
+
+def _load_dataset(source: str, path: Path, split: str) -> Any:
+    import datasets
+
+    try:
+        if path.is_dir() and _is_saved_dataset(path):
+            loaded = datasets.load_from_disk(str(path))
+            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        if path.is_file() and path.suffix in DATA_FILE_SUFFIXES:
+            return datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train", streaming=True)
+        # A Hub name and a local folder of parquet files take the same path: datasets resolves both.
+        return datasets.load_dataset(source, split=split, streaming=True)
+    except Exception as exc:  # offline, unknown name, missing split, unreadable files
+        raise SourceError(f"cannot load the dataset {source!r} (split {split!r}): {type(exc).__name__}: {exc}") from exc
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """A folder written by Dataset.save_to_disk or DatasetDict.save_to_disk."""
+    return (path / "state.json").exists() or (path / "dataset_dict.json").exists()
+
+
+def _is_dataset_folder(path: Path) -> bool:
+    if _is_saved_dataset(path):
+        return True
+    return any(f.suffix in DATA_FILE_SUFFIXES for f in islice(path.rglob("*"), 10_000))
+
+
+def _detect(features: dict, names: tuple[str, ...], is_kind: Callable | None, exclude: set | None = None) -> str | None:
+    exclude = exclude or set()
+    if is_kind is not None:
+        for column, feature in features.items():
+            if is_kind(feature) and column not in exclude:
+                return column
+    lowered = {c.lower(): c for c in features if c not in exclude}
+    return next((lowered[n.lower()] for n in names if n.lower() in lowered), None)
+
+
+def _row_reader(value: Any) -> Callable[[], bytes]:
+    if isinstance(value, dict) and value.get("bytes"):
+        data = value["bytes"]
+        return lambda: data
+    path = value.get("path") if isinstance(value, dict) else value
+    if isinstance(path, str) and path:
+        return lambda: read_file(Path(path))
+    return lambda: b""
+
+
+def _text(value: Any, feature: Any) -> str | None:
+    if value is None:
+        return None
+    if feature is not None and hasattr(feature, "int2str") and isinstance(value, int):
+        return feature.int2str(value) if value >= 0 else None
+    if isinstance(value, (list, tuple)):
+        value = next((v for v in value if isinstance(v, str) and v.strip()), None)
+        return value.strip() if value else None
+    text = str(value).strip()
+    return text or None

@@ -1,0 +1,129 @@
+"""The Chroma store: connecting (embedded or server), collection metadata, and thumbnails beside it."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .embedders import Embedder
+from .errors import StoreError
+
+DEFAULT_COLLECTION = "images"
+THUMBNAILS = "thumbnails"
+STORE_FORMAT = 1
+# Recall@10 against exact search stays above 0.99 at 100k vectors with these (bench/ measures it).
+HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 128, "max_neighbors": 32}
+
+
+def content_id(data: bytes) -> str:
+    """The id of an image: a hash of its bytes, so the same file is stored once."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def connect(store_dir: str | Path, *, create: bool = False) -> Any:
+    """A Chroma client: the server named by CHROMA_HOST/CHROMA_PORT if set, else the embedded store."""
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    host = os.environ.get("CHROMA_HOST")
+    if host:
+        port = int(os.environ.get("CHROMA_PORT", "8000"))
+        headers = {"x-chroma-token": os.environ["CHROMA_TOKEN"]} if os.environ.get("CHROMA_TOKEN") else None
+        try:
+            client = chromadb.HttpClient(host=host, port=port, headers=headers, settings=settings)
+            client.heartbeat()
+            return client
+        except Exception as exc:
+            raise StoreError(f"cannot reach the Chroma server at {host}:{port}: {type(exc).__name__}: {exc}") from exc
+    store_dir = Path(store_dir)
+    if not create and not (store_dir / "chroma.sqlite3").exists():
+        raise StoreError(
+            f"no index at {store_dir}. Build one with: python index_builder.py --dataset SOURCE --store {store_dir}"
+        )
+    try:
+        store_dir.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(store_dir), settings=settings)
+    except Exception as exc:
+        raise StoreError(
+            f"the store at {store_dir} cannot be opened ({type(exc).__name__}: {exc}); "
+            "it may be damaged or from another chromadb version: rebuild it with index_builder.py into a new --store"
+        ) from exc
+
+
+def model_reference(name: str) -> str:
+    """How a model is recorded: a local checkpoint by absolute path, a Hub model by name."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def open_collection(client: Any, name: str, embedder: Embedder | None = None, source: str = "") -> Any:
+    """Get a collection; with ``embedder``, create it if missing and check that it was built by that model."""
+    import chromadb
+
+    if len(name) < 3 or len(name) > 63:
+        raise StoreError(f"collection name {name!r} must have 3 to 63 characters")
+    existing = {c.name if hasattr(c, "name") else str(c) for c in client.list_collections()}
+    if name not in existing:
+        if embedder is None:
+            known = ", ".join(sorted(existing)) or "none"
+            raise StoreError(f"no collection {name!r} in the store (collections: {known})")
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        metadata = {
+            "model": model_reference(embedder.name),
+            "dimension": embedder.dimension,
+            "normalized": embedder.normalized,
+            "source": source or "unknown",
+            "built_at": now,
+            "chromadb_version": chromadb.__version__,
+            "format": STORE_FORMAT,
+        }
+        try:
+            return client.create_collection(
+                name, configuration={"hnsw": HNSW}, metadata=metadata, embedding_function=None
+            )
+        except Exception as exc:
+            if name not in {c.name for c in client.list_collections()}:
+                raise StoreError(f"cannot create collection {name!r}: {exc}") from exc
+            # Another builder created it between our look and our create: use theirs.
+    collection = client.get_collection(name, embedding_function=None)
+    if embedder is not None:
+        check_model(collection, embedder, strict=True)
+    return collection
+
+
+def check_model(collection: Any, embedder: Embedder, *, strict: bool) -> None:
+    """Refuse a model of another dimension; with ``strict``, any model other than the recorded one."""
+    meta = collection.metadata or {}
+    dimension = meta.get("dimension")
+    if dimension is not None and int(dimension) != embedder.dimension:
+        raise StoreError(
+            f"collection {collection.name!r} holds {dimension}-d vectors from {meta.get('model')!r}, "
+            f"but model {embedder.name!r} makes {embedder.dimension}-d vectors"
+        )
+    recorded = meta.get("model")
+    if strict and recorded and recorded != model_reference(embedder.name):
+        raise StoreError(
+            f"collection {collection.name!r} was built with {recorded!r}; "
+            f"add to it with --model {recorded}, or choose another --collection"
+        )
+
+
+def thumbnail_path(store_dir: Path, image_id: str) -> Path:
+    """Where an image's thumbnail lives: content-addressed, shared by every collection in the store."""
+    return Path(store_dir) / THUMBNAILS / image_id[:2] / f"{image_id}.jpg"
+
+
+def write_thumbnail(store_dir: Path, image_id: str, data: bytes) -> str:
+    """Write a thumbnail atomically; return its path relative to the store."""
+    path = thumbnail_path(store_dir, image_id)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    return path.relative_to(store_dir).as_posix()
