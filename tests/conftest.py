@@ -1,0 +1,101 @@
+"""Shared fixtures: offline models, generated folders with hostile files, and built stores."""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.pop("CHROMA_HOST", None)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tests.fixtures.shapes import write_folder  # noqa: E402
+from tests.fixtures.tiny_clip import build_random_tiny_clip  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES_MODEL = ROOT / "tests" / "fixtures" / "tiny-clip-shapes"
+
+
+@pytest.fixture(scope="session")
+def random_clip(tmp_path_factory) -> Path:
+    """An untrained tiny CLIP checkpoint, for plumbing."""
+    return build_random_tiny_clip(tmp_path_factory.mktemp("models") / "random-clip")
+
+
+@pytest.fixture(scope="session")
+def shapes_model() -> Path:
+    """The tiny CLIP trained on shapes, committed with the repo."""
+    assert (SHAPES_MODEL / "modules.json").exists(), "run tests/fixtures/train_tiny_clip.py"
+    return SHAPES_MODEL
+
+
+def run_builder(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run index_builder.py as a user would, returning its output."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "index_builder.py"), "--quiet", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+
+
+def hostile_files() -> dict[str, bytes]:
+    """Files that must be skipped, by the reason the report must give."""
+    good = io.BytesIO()
+    Image.new("RGB", (64, 48), "red").save(good, "JPEG")
+    return {
+        "empty.jpg": b"",
+        "truncated.jpg": good.getvalue()[: len(good.getvalue()) // 2],
+        "notes.jpg": b"this is not an image at all\n" * 20,
+        "readme.txt": b"hello",
+        "bomb.png": png_header_only(60_000, 60_000),
+        "icon.ico": _ico_bytes(),
+    }
+
+
+SKIP_REASONS = {
+    "empty.jpg": "empty",
+    "truncated.jpg": "corrupt",
+    "notes.jpg": "unsupported",
+    "readme.txt": "unsupported",
+    "bomb.png": "too_large",
+    "icon.ico": "unsupported",
+}
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG that claims a huge size: a decompression bomb's calling card."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _ico_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), "blue").save(out, "ICO")
+    return out.getvalue()
+
+
+@pytest.fixture
+def shapes_folder(tmp_path) -> Path:
+    """Three images per class in folders named for the class, plus hostile files and an exact duplicate."""
+    root = tmp_path / "photos"
+    paths = write_folder(root, per_class=3, seed=7)
+    for name, data in hostile_files().items():
+        (root / "junk").mkdir(exist_ok=True)
+        (root / "junk" / name).write_bytes(data)
+    (root / "red circle" / "copy.jpg").write_bytes(paths[0].read_bytes())
+    return root
+
+
+def random_rgb(seed: int, size=(80, 60)) -> Image.Image:
+    """A noise image, different for every seed."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))

@@ -1,0 +1,167 @@
+"""index_builder.py end to end on folders and local datasets, with the random tiny CLIP."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from search import ImageIndex, StoreError
+from search.store import thumbnail_path
+from tests.conftest import SKIP_REASONS, run_builder
+from tests.fixtures.tiny_clip import build_random_tiny_clip
+from tests.fixtures.shapes import CLASSES, caption, sample
+
+VALID_IN_SHAPES_FOLDER = 3 * len(CLASSES)
+
+
+def first(folder: Path, cls: str) -> Path:
+    """The first generated image of a class."""
+    return sorted((folder / cls).glob("0*.jpg"))[0]
+
+
+def test_folder_build_reports_indexed_duplicates_and_skips(tmp_path, shapes_folder, random_clip):
+    store, report_file = tmp_path / "store", tmp_path / "report.json"
+    done = run_builder("--dataset", shapes_folder, "--store", store, "--model", random_clip, "--report", report_file)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_file.read_text())
+    assert report["indexed"] == VALID_IN_SHAPES_FOLDER
+    assert report["duplicates"] == 1
+    assert {Path(s["source"]).name: s["reason"] for s in report["skipped"]} == SKIP_REASONS
+    assert report["images_per_second"] > 0 and report["seconds"] > 0
+    assert f"Indexed {VALID_IN_SHAPES_FOLDER} new images" in done.stdout
+
+    index = ImageIndex.open(store)
+    assert len(index) == VALID_IN_SHAPES_FOLDER
+    hits = index.search_by_image(first(shapes_folder, "blue square"), k=3)
+    assert hits[0].label == "blue square" and hits[0].score == pytest.approx(1.0, abs=1e-3)
+    thumb = Image.open(hits[0].image)
+    assert max(thumb.size) <= 256
+    assert Path(hits[0].image) == thumbnail_path(store, hits[0].id).resolve()
+
+
+def test_rerun_adds_nothing_and_new_files_only_are_embedded(tmp_path, shapes_folder, random_clip):
+    store = tmp_path / "store"
+    assert run_builder("--dataset", shapes_folder, "--store", store, "--model", random_clip).returncode == 0
+    extra, _ = sample(1, seed=99)[0]
+    extra.save(shapes_folder / "green circle" / "new.png")
+    report_file = tmp_path / "again.json"
+    done = run_builder("--dataset", shapes_folder, "--store", store, "--model", random_clip, "--report", report_file)
+    report = json.loads(report_file.read_text())
+    assert done.returncode == 0
+    assert report["indexed"] == 1
+    assert report["already_indexed"] == VALID_IN_SHAPES_FOLDER
+    assert report["total_in_collection"] == VALID_IN_SHAPES_FOLDER + 1
+
+
+def test_pixel_method_builds_and_refuses_text(tmp_path, shapes_folder):
+    store = tmp_path / "store"
+    done = run_builder("--dataset", shapes_folder, "--store", store, "--model", "pixels", "--collection", "pixels")
+    assert done.returncode == 0, done.stderr
+    index = ImageIndex.open(store, "pixels")
+    assert index.embedder.dimension == 32 * 32 * 3 and not index.supports_text
+    query = first(shapes_folder, "yellow triangle")
+    for metric in ("cosine", "l2", "l1", "correlation"):
+        assert index.search_by_image(query, k=1, metric=metric)[0].source == str(query)
+    # Inner product on raw pixels favours bright images over the query itself: exact, not HNSW.
+    by_ip = index.search_by_image(query, k=len(index), metric="ip")
+    assert [h.score for h in by_ip] == sorted((h.score for h in by_ip), reverse=True)
+    assert by_ip[0].score > next(h.score for h in by_ip if h.source == str(query))
+    with pytest.raises(Exception, match="cannot read text"):
+        index.search_by_text("a yellow triangle")
+
+
+def _shapes_dataset(n: int, seed: int):
+    import datasets
+
+    rows = sample(n, seed)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES), "caption": datasets.Value("string")}
+    )
+    return datasets.Dataset.from_dict(
+        {"image": [img for img, _ in rows], "label": [CLASSES.index(c) for _, c in rows],
+         "caption": [caption(c) for _, c in rows]},
+        features=features,
+    )
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "parquet_folder", "parquet_file"])
+def test_local_datasets_take_the_datasets_code_path(tmp_path, random_clip, layout):
+    dataset = _shapes_dataset(24, seed=3)
+    if layout == "save_to_disk":
+        source = tmp_path / "saved"
+        dataset.save_to_disk(str(source))
+    elif layout == "parquet_folder":  # what a Hub dataset repo looks like; load_dataset(name) reads it
+        source = tmp_path / "hub-like" / "data"
+        source.mkdir(parents=True)
+        dataset.to_parquet(str(source / "train-00000-of-00001.parquet"))
+        source = source.parent
+    else:
+        source = tmp_path / "rows.parquet"
+        dataset.to_parquet(str(source))
+    store, report_file = tmp_path / "store", tmp_path / "r.json"
+    done = run_builder("--dataset", source, "--store", store, "--model", random_clip, "--limit", 20, "--report", report_file)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(report_file.read_text())["indexed"] == 20
+    hit = ImageIndex.open(store).search_by_text("a red circle", k=1)[0]
+    assert hit.label in CLASSES and hit.caption == caption(hit.label)
+
+
+def test_fatal_errors_exit_non_zero_with_a_message(tmp_path, random_clip, shapes_folder):
+    missing = run_builder("--dataset", tmp_path / "nope", "--store", tmp_path / "s", "--model", random_clip)
+    assert missing.returncode != 0 and "cannot load the dataset" in missing.stderr
+    bad_model = run_builder("--dataset", shapes_folder, "--store", tmp_path / "s", "--model", tmp_path / "no-model")
+    assert bad_model.returncode != 0 and "cannot load the model" in bad_model.stderr
+    short = run_builder("--dataset", shapes_folder, "--store", tmp_path / "s", "--model", random_clip, "--collection", "ab")
+    assert short.returncode != 0 and "3 to 63 characters" in short.stderr
+    assert run_builder("--dataset", shapes_folder, "--store", tmp_path / "s", "--limit", "0").returncode == 2
+
+
+def test_a_collection_refuses_another_model(tmp_path, shapes_folder, random_clip):
+    store = tmp_path / "store"
+    assert run_builder("--dataset", shapes_folder, "--store", store, "--model", random_clip, "--limit", 3).returncode == 0
+    pixels = run_builder("--dataset", shapes_folder, "--store", store, "--model", "pixels")
+    assert pixels.returncode != 0 and "holds 64-d vectors" in pixels.stderr
+    same_size = build_random_tiny_clip(tmp_path / "other-clip", seed=1)
+    other = run_builder("--dataset", shapes_folder, "--store", store, "--model", same_size)
+    assert other.returncode != 0 and "was built with" in other.stderr
+    with pytest.raises(StoreError, match="3072-d vectors"):
+        ImageIndex.open(store, model="pixels")
+
+
+def test_missing_store_says_what_to_run(tmp_path):
+    with pytest.raises(StoreError, match="index_builder.py"):
+        ImageIndex.open(tmp_path / "nothing-here")
+    assert not (tmp_path / "nothing-here").exists()
+
+
+def test_query_inputs_and_errors(tmp_path, shapes_folder, random_clip):
+    from search import QueryError
+
+    store = tmp_path / "store"
+    assert run_builder("--dataset", shapes_folder, "--store", store, "--model", random_clip).returncode == 0
+    index = ImageIndex.open(store)
+    query = first(shapes_folder, "green square")
+    by_path = index.search_by_image(query, k=5)
+    assert [h.id for h in index.search_by_image(query.read_bytes(), k=5)] == [h.id for h in by_path]
+    assert [h.id for h in index.search_by_image(Image.open(query), k=5)] == [h.id for h in by_path]
+    # The stored vector may come from a bf16 pass: the image itself is first, near-ties may swap after it.
+    assert index.search_by_id(by_path[0].id, k=5)[0].id == by_path[0].id
+    for metric in ("l2", "l1", "correlation", "ip"):
+        hits = index.search_by_image(query, k=5, metric=metric)
+        assert hits[0].id == by_path[0].id
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert len(index.search_by_text("blue", k=50)) == len(index)
+    for bad in ("", "   ", "x" * 10_000):
+        with pytest.raises(QueryError):
+            index.search_by_text(bad)
+    for k in (0, -1, 10_001, 2.5):
+        with pytest.raises(QueryError):
+            index.search_by_text("a", k=k)
+    with pytest.raises(QueryError, match="unknown metric"):
+        index.search_by_text("a", metric="hamming")
+    junk = io.BytesIO(b"not an image")
+    with pytest.raises(ValueError, match="unsupported"):
+        index.search_by_image(junk.getvalue())

@@ -1,0 +1,123 @@
+"""Defensive decoding: every mode to RGB, EXIF applied, bad files refused with a reason."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from search.errors import InvalidImageError
+from search.images import MAX_BYTES, decode_image, make_thumbnail, read_image
+from tests.conftest import SKIP_REASONS, hostile_files, random_rgb
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt, **kw)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", sorted(SKIP_REASONS))
+def test_hostile_files_are_refused_with_their_reason(name):
+    with pytest.raises(InvalidImageError) as err:
+        decode_image(hostile_files()[name])
+    assert err.value.reason == SKIP_REASONS[name]
+    assert err.value.detail
+
+
+def test_oversized_bytes_are_refused_before_decoding():
+    with pytest.raises(InvalidImageError) as err:
+        decode_image(b"\xff" * 1000, max_bytes=999)
+    assert err.value.reason == "too_large"
+    assert MAX_BYTES >= 20 * 1024 * 1024  # a 12 MP JPEG must fit
+
+
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [("L", "PNG"), ("1", "PNG"), ("P", "GIF"), ("CMYK", "JPEG"), ("I;16", "PNG"), ("LA", "PNG"), ("RGBA", "WEBP"),
+     ("RGB", "BMP"), ("RGB", "TIFF"), ("F", "TIFF"), ("I", "TIFF")],
+)
+def test_every_mode_becomes_rgb(mode, fmt):
+    base = random_rgb(1)
+    if mode in ("I;16", "I"):
+        img = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16 if mode == "I;16" else np.int32))
+    elif mode == "F":
+        img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.float32) / 255.0)
+    else:
+        img = base.convert(mode)
+    out = decode_image(encode(img, fmt))
+    assert out.mode == "RGB" and out.size == base.size
+    if mode in ("I;16", "I", "F"):  # high-depth data is scaled, not clipped to white
+        grey = np.asarray(base.convert("L"), dtype=np.float32)
+        assert np.abs(np.asarray(out)[..., 0] - grey).mean() < 2.0
+
+
+def test_alpha_is_composited_on_white():
+    img = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    img.putpixel((0, 0), (0, 0, 255, 255))
+    out = decode_image(encode(img, "PNG"))
+    assert out.getpixel((5, 5)) == (255, 255, 255)
+    assert out.getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_palette_transparency_is_composited_on_white():
+    img = Image.new("P", (8, 8), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    img.putpixel((1, 1), 1)
+    out = decode_image(encode(img, "PNG", transparency=0))
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+    assert out.getpixel((1, 1)) == (255, 0, 0)
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("RGB", (16, 16), c) for c in ("red", "blue")]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    r, g, b = decode_image(data).getpixel((8, 8))
+    assert r > 200 and b < 50
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(orientation):
+    img = Image.new("RGB", (40, 20), "white")
+    img.paste((255, 0, 0), (0, 0, 20, 20))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = decode_image(encode(img, "JPEG", exif=exif.tobytes(), quality=95))
+    # Pillow's own transpose of the raw pixels is the reference for each orientation.
+    raw = img.copy()
+    raw.info["exif"] = exif.tobytes()
+    raw.getexif()[0x0112] = orientation
+    expected = ImageOps.exif_transpose(raw)
+    assert out.size == expected.size
+    assert np.abs(np.asarray(out, dtype=int) - np.asarray(expected, dtype=int)).mean() < 8
+
+
+def test_broken_exif_block_keeps_the_image():
+    data = encode(random_rgb(3), "JPEG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff\x00\x00")
+    assert decode_image(data).size == (80, 60)
+
+
+def test_large_jpeg_is_drafted_but_keeps_the_needed_edges():
+    big = random_rgb(4, size=(4000, 3000))
+    out = decode_image(encode(big, "JPEG"), min_edges=(224, 256))
+    assert min(out.size) >= 224 and max(out.size) >= 256
+    assert out.size[0] <= 1000  # decoded at 1/4 scale or less
+
+
+def test_thumbnail_longest_side_is_at_most_256():
+    thumb = Image.open(io.BytesIO(make_thumbnail(random_rgb(5, size=(1000, 400)))))
+    assert max(thumb.size) == 256 and thumb.format == "JPEG"
+
+
+def test_read_image_takes_paths_bytes_and_pil(tmp_path):
+    img = random_rgb(6)
+    path = tmp_path / "q.png"
+    img.save(path)
+    for given in (path, str(path), path.read_bytes(), img, img.convert("RGBA")):
+        assert np.array_equal(np.asarray(read_image(given)), np.asarray(img))
+    with pytest.raises(InvalidImageError) as err:
+        read_image(tmp_path / "missing.png")
+    assert err.value.reason == "read_error"
+    with pytest.raises(InvalidImageError):
+        read_image(12345)

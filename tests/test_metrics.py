@@ -1,0 +1,57 @@
+"""Exact metrics agree with their textbook definitions, and higher is always more similar."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from search.metrics import METRICS, score_from_cosine_distance, scores, top_k
+
+RNG = np.random.default_rng(0)
+MATRIX = RNG.normal(size=(50, 16)).astype(np.float32)
+QUERY = RNG.normal(size=16).astype(np.float32)
+
+
+def reference(row: np.ndarray, q: np.ndarray, metric: str) -> float:
+    if metric == "cosine":
+        return float(row @ q / np.linalg.norm(row) / np.linalg.norm(q))
+    if metric == "ip":
+        return float(row @ q)
+    if metric == "l2":
+        return -float(np.sqrt(((row - q) ** 2).sum()))
+    if metric == "l1":
+        return -float(np.abs(row - q).sum())
+    return float(np.corrcoef(row, q)[0, 1])
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_scores_match_definitions(metric):
+    expected = [reference(r, QUERY, metric) for r in MATRIX]
+    assert np.allclose(scores(MATRIX, QUERY, metric), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_top_k_is_best_first_and_finds_the_query_itself(metric):
+    matrix = MATRIX.copy()
+    matrix[17] = QUERY
+    best = top_k(matrix, QUERY, metric, 5)
+    assert best[0][0] == 17
+    assert [s for _, s in best] == sorted((s for _, s in best), reverse=True)
+    assert len(top_k(matrix, QUERY, metric, 500)) == len(matrix)
+
+
+def test_top_k_of_empty_matrix_is_empty():
+    assert top_k(np.zeros((0, 16), np.float32), QUERY, "l1", 3) == []
+
+
+def test_unknown_metric_is_refused():
+    with pytest.raises(ValueError, match="unknown metric"):
+        scores(MATRIX, QUERY, "hamming")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_hnsw_cosine_distance_converts_exactly_on_unit_vectors(metric):
+    unit = MATRIX / np.linalg.norm(MATRIX, axis=1, keepdims=True)
+    q = QUERY / np.linalg.norm(QUERY)
+    distances = 1.0 - unit @ q
+    converted = [score_from_cosine_distance(d, metric) for d in distances]
+    assert np.allclose(converted, scores(unit, q, metric), atol=1e-5)
