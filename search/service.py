@@ -1,0 +1,167 @@
+"""What the app serves, free of any UI: settings from the environment, the open indexes, timed queries."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from .errors import QueryError, SearchError
+from .index import Hit, ImageIndex
+from .store import connect
+from .urls import fetch
+
+log = logging.getLogger(__name__)
+MAX_RESULTS = 50
+DEFAULT_STORE = Path(__file__).resolve().parents[1] / "data" / "store"
+BUILD_HINT = (
+    "python index_builder.py --dataset ashraq/fashion-product-images-small --store data/store --limit 5000"
+)
+
+
+def _results(k: object) -> int:
+    try:
+        n = int(k)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        n = 0
+    if not 1 <= n <= MAX_RESULTS or n != k:
+        raise QueryError(f"The number of results must be a whole number from 1 to {MAX_RESULTS}.")
+    return n
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The app's configuration; ``from_env`` reads the IMAGE_SEARCH_* variables."""
+
+    store: Path = DEFAULT_STORE
+    collection: str | None = None
+    model: str | None = None
+    text_model: str | None = None
+    pixel_collection: str = "pixels"
+    allow_private_urls: bool = False
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        """Settings from IMAGE_SEARCH_STORE, _COLLECTION, _MODEL, _TEXT_MODEL, _PIXEL_COLLECTION, _ALLOW_PRIVATE_URLS."""
+        env = os.environ.get
+        return cls(
+            store=Path(env("IMAGE_SEARCH_STORE") or DEFAULT_STORE).expanduser(),
+            collection=env("IMAGE_SEARCH_COLLECTION") or None,
+            model=env("IMAGE_SEARCH_MODEL") or None,
+            text_model=env("IMAGE_SEARCH_TEXT_MODEL") or None,
+            pixel_collection=env("IMAGE_SEARCH_PIXEL_COLLECTION") or "pixels",
+            allow_private_urls=_env_flag("IMAGE_SEARCH_ALLOW_PRIVATE_URLS"),
+        )
+
+
+@dataclass(frozen=True)
+class Results:
+    """Hits of one query and how long it took."""
+
+    hits: list[Hit]
+    seconds: float
+
+    def gallery(self) -> list[tuple[str, str]]:
+        """(thumbnail, caption) pairs: rank, score, and label or caption."""
+        return [(h.image, f"#{rank} · {h.score:.3f} · {h.label or h.caption or Path(h.source or h.id).name}")
+                for rank, h in enumerate(self.hits, 1) if h.image]
+
+    def records(self) -> list[dict]:
+        """Plain dicts, best first: id, score, label, caption, image (thumbnail path)."""
+        return [{"id": h.id, "score": round(h.score, 6), "label": h.label, "caption": h.caption, "image": h.image}
+                for h in self.hits]
+
+
+class SearchService:
+    """The indexes an app searches: the main one, and the pixel baseline where the store has it."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.indexes: dict[str, ImageIndex] = {}
+        self.problem: str | None = None
+        try:
+            main = ImageIndex.open(settings.store, settings.collection, model=settings.model,
+                                   text_model=settings.text_model)
+            self.indexes[main.collection.name] = main
+            self._open_pixel_baseline(main)
+            self._warm_up(main)
+        except SearchError as exc:
+            self.problem = f"{exc}"
+            log.warning("no index to search: %s", exc)
+
+    @property
+    def methods(self) -> list[tuple[str, str]]:
+        """(label, key) for each open index, the main one first."""
+        return [(f"{name}: {'pixels (basic)' if not ix.supports_text else 'CLIP ' + Path(ix.embedder.name).name}", name)
+                for name, ix in self.indexes.items()]
+
+    def describe(self) -> str:
+        """One line on what is being searched, or what to do when nothing is."""
+        if self.problem:
+            return (f"**No index to search yet.** {self.problem}\n\nBuild the default one with "
+                    f"`{BUILD_HINT}`, or point `IMAGE_SEARCH_STORE` at a store, then restart the app.")
+        main = next(iter(self.indexes.values()))
+        return (f"Searching **{len(main):,} images** in collection `{main.collection.name}` "
+                f"with `{main.metadata.get('model', main.embedder.name)}`.")
+
+    def search_image(self, image: str | bytes | Image.Image | None, k: int, metric: str, method: str | None = None) -> Results:
+        """Search by an uploaded image (path, bytes or PIL image)."""
+        if image is None or image == "":
+            raise QueryError("Upload, paste or photograph an image first (or give an image URL).")
+        index = self._index(method)
+        return self._timed(lambda: index.search_by_image(image, _results(k), metric))
+
+    def search_url(self, url: str, k: int, metric: str, method: str | None = None) -> Results:
+        """Fetch an image URL safely, then search by it."""
+        if not url or not url.strip():
+            raise QueryError("Give an image URL (http or https).")
+        data = fetch(url.strip(), allow_private=self.settings.allow_private_urls)
+        return self.search_image(data, k, metric, method)
+
+    def search_text(self, text: str, k: int, metric: str, method: str | None = None) -> Results:
+        """Search by a description."""
+        index = self._index(method)
+        if not index.supports_text:
+            raise QueryError("The pixel method cannot read text: choose a CLIP index, or search by image.")
+        return self._timed(lambda: index.search_by_text(text or "", _results(k), metric))
+
+    def search_id(self, image_id: str, k: int, metric: str, method: str | None = None) -> Results:
+        """More like a stored image (ids are content hashes, so they hold across collections)."""
+        return self._timed(lambda: self._index(method).search_by_id(image_id, _results(k), metric))
+
+    def _index(self, method: str | None) -> ImageIndex:
+        if self.problem:
+            raise QueryError(f"No index to search yet: {self.problem}")
+        if method and method not in self.indexes:
+            raise QueryError(f"unknown index {method!r}; choose one of {', '.join(self.indexes)}")
+        return self.indexes[method] if method else next(iter(self.indexes.values()))
+
+    @staticmethod
+    def _timed(run) -> Results:
+        start = time.perf_counter()
+        hits = run()
+        return Results(hits, time.perf_counter() - start)
+
+    def _open_pixel_baseline(self, main: ImageIndex) -> None:
+        name = self.settings.pixel_collection
+        if name == main.collection.name:
+            return
+        try:
+            if name in {c.name for c in connect(self.settings.store).list_collections()}:
+                self.indexes[name] = ImageIndex.open(self.settings.store, name)
+        except SearchError as exc:
+            log.warning("pixel baseline %r not opened: %s", name, exc)
+
+    @staticmethod
+    def _warm_up(index: ImageIndex) -> None:
+        """Run the model once so the first visitor's query is not the slow one."""
+        index.embedder.embed_images([index.embedder.prepare(Image.new("RGB", (256, 256), "white"))])
+        if index.supports_text:
+            index.embedder.embed_texts(["warm up"])

@@ -1,0 +1,119 @@
+"""The real app in a subprocess, driven through gradio_client as API users drive it."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from tests.conftest import RunningApp, hostile_files, png_header_only
+from tests.fixtures.shapes import CLASSES, caption
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_IMAGES = sorted((ROOT / "examples").glob("*.jpg"))
+EXAMPLE_PROMPTS = [p for p in (ROOT / "examples" / "prompts.txt").read_text(encoding="utf-8").splitlines() if p]
+
+
+@pytest.fixture(scope="module")
+def app(shapes_store):
+    with RunningApp(shapes_store) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return app.client()
+
+
+def test_only_the_two_search_endpoints_are_public(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(endpoints) == {"/search_by_image", "/search_by_text"}
+
+
+def test_text_search_returns_hits_best_first_with_files(client):
+    for cls in ("red circle", "blue triangle"):
+        hits = client.predict(caption(cls), 5, api_name="/search_by_text")
+        assert len(hits) == 5
+        assert set(hits[0]) == {"id", "score", "label", "caption", "image"}
+        assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+        assert sum(h["label"] == cls for h in hits) >= 4
+        assert all(Image.open(h["image"]).size for h in hits)  # the client received real image files
+
+
+def test_every_example_image_finds_itself_first(client):
+    for example in EXAMPLE_IMAGES:
+        hits = client.predict(handle_file(str(example)), 3, api_name="/search_by_image")
+        assert len(hits) == 3
+        assert hits[0]["score"] == pytest.approx(1.0, abs=1e-3), example.name
+
+
+def test_every_example_prompt_answers(client):
+    for prompt in EXAMPLE_PROMPTS:
+        assert len(client.predict(prompt, 4, api_name="/search_by_text")) == 4
+
+
+def test_metric_and_index_choices_reach_the_api(client, shapes_store):
+    query = handle_file(str(EXAMPLE_IMAGES[0]))
+    for metric in ("cosine", "l2", "l1", "correlation", "ip"):
+        hits = client.predict(query, 4, metric, "", api_name="/search_by_image")
+        assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    shape = handle_file(str(next((shapes_store.parent / "shapes").glob("*/*.jpg"))))
+    pixel_hits = client.predict(shape, 2, "l1", "pixels", api_name="/search_by_image")
+    assert pixel_hits[0]["score"] == pytest.approx(0.0, abs=1e-3)  # minus L1 distance to itself
+
+
+def _file(tmp_path: Path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return handle_file(str(path))
+
+
+def test_bad_inputs_get_clear_errors_and_the_app_keeps_serving(client, tmp_path):
+    huge = io.BytesIO()
+    Image.fromarray(np.zeros((9000, 9000), np.uint8)).save(huge, "PNG")  # 81 MP, small on disk
+    bad_images = {
+        "corrupt.jpg": (hostile_files()["truncated.jpg"], "corrupt"),
+        "notes.jpg": (b"plain text, not an image", "not an image"),
+        "bomb.png": (png_header_only(60_000, 60_000), "too_large"),
+        "huge.png": (huge.getvalue(), "too_large"),
+        "empty.jpg": (b"", "empty"),
+    }
+    for name, (data, message) in bad_images.items():
+        with pytest.raises(AppError, match=message):
+            client.predict(_file(tmp_path, name, data), 5, api_name="/search_by_image")
+    with pytest.raises(AppError, match="Upload, paste or photograph"):
+        client.predict(None, 5, api_name="/search_by_image")
+    for text, message in (("", "Type a description"), ("   ", "Type a description"), ("x" * 10_000, "limit is 1000")):
+        with pytest.raises(AppError, match=message):
+            client.predict(text, 5, api_name="/search_by_text")
+    with pytest.raises(AppError, match="pixel method cannot read text"):
+        client.predict("a red circle", 5, "cosine", "pixels", api_name="/search_by_text")
+    for k in (0, 51):
+        with pytest.raises(AppError, match="from 1 to 50"):
+            client.predict("a red circle", k, api_name="/search_by_text")
+    with pytest.raises(Exception):  # over max_file_size: Gradio refuses the upload itself
+        client.predict(_file(tmp_path, "big.jpg", os.urandom(21 * 1024 * 1024)), 5, api_name="/search_by_image")
+    # Still serving, and still right.
+    hits = client.predict("a green square", 5, api_name="/search_by_text")
+    assert sum(h["label"] == "green square" for h in hits) >= 4
+
+
+def test_missing_store_serves_a_page_that_says_what_to_run(tmp_path):
+    import urllib.request
+
+    with RunningApp(tmp_path / "no-store") as app:
+        page = urllib.request.urlopen(app.url, timeout=10).read().decode()
+        assert "No index to search yet" in page and "index_builder.py" in page
+        with pytest.raises(AppError, match="index_builder.py"):
+            app.client().predict("a red circle", 5, api_name="/search_by_text")
+    assert not (tmp_path / "no-store").exists()
+
+
+def test_labels_are_the_generated_classes(client):
+    hits = client.predict("a yellow square", 50, api_name="/search_by_text")
+    assert {h["label"] for h in hits if h["label"]} <= set(CLASSES)
