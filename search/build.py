@@ -1,8 +1,6 @@
-"""The indexing pipeline: read and hash, skip what is stored, decode in parallel, embed, write."""
+"""The indexing pipeline: identify, skip what is stored, decode in parallel, embed, write."""
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -12,14 +10,16 @@ from typing import Any, Iterable, Iterator
 
 from PIL import Image
 
+from .duplicates import NEAR_DUPLICATE_SIMILARITY, find_near_duplicates
 from .embedders import ClipEmbedder, Embedder
 from .errors import InvalidImageError
 from .images import decode_image, make_thumbnail
+from .prefetch import prefetch
 from .sources import Item
-from .store import content_id, open_collection, write_thumbnail
+from .store import content_id, load_manifest, open_collection, remove_images, save_manifest, write_thumbnail
 
 CALIBRATION_IMAGES = 16
-_DONE = object()
+_PAGE = 5000
 
 
 @dataclass
@@ -32,7 +32,9 @@ class BuildReport:
     indexed: int = 0
     duplicates: int = 0
     already_indexed: int = 0
+    removed: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
+    near_duplicates: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     images_per_second: float = 0.0
     total_in_collection: int = 0
@@ -52,8 +54,9 @@ class BuildReport:
         return (
             f"Indexed {self.indexed} new images into collection {self.collection!r} at {self.store} "
             f"in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s, {self.precision}, model {self.model}). "
-            f"{self.already_indexed} were already indexed, {self.duplicates} were duplicates, "
-            f"skipped: {skipped}. The collection now holds {self.total_in_collection} images."
+            f"{self.already_indexed} were already indexed, {self.duplicates} were exact duplicates, "
+            f"{len(self.near_duplicates)} near-duplicates, {self.removed} removed; skipped: {skipped}. "
+            f"The collection now holds {self.total_in_collection} images."
         )
 
 
@@ -78,8 +81,14 @@ def build_index(
     workers: int = 2,
     total: int | None = None,
     progress: bool = True,
+    sync_root: str | None = None,
+    near_duplicate_similarity: float | None = NEAR_DUPLICATE_SIMILARITY,
 ) -> BuildReport:
-    """Index ``items`` into ``collection``; bad images are skipped and reported, never fatal."""
+    """Index ``items`` into ``collection``; bad images are skipped and reported, never fatal.
+
+    With ``sync_root``, records whose source lies under it and whose image is no longer among
+    ``items`` are removed afterwards (deleted or changed files).
+    """
     from tqdm import tqdm
 
     store_dir = Path(store_dir)
@@ -90,14 +99,18 @@ def build_index(
     max_write = max(1, int(client.get_max_batch_size()))
     start = time.perf_counter()
     bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, smoothing=0.1)
-    stages = _Stages(col, embedder, report, workers)
-    for batch in _prefetch(stages.batches(items, batch_size), bar):
+    stages = _Stages(col, embedder, report, workers, load_manifest(store_dir, collection))
+    for batch in prefetch(stages.batches(items, batch_size), bar.update):
         if not batch:
             continue
         images = [r.image for r in batch]
         if isinstance(embedder, ClipEmbedder) and precision == "auto" and report.bf16_agreement is None:
             report.bf16_agreement = round(embedder.calibrate_bf16(images[:CALIBRATION_IMAGES]), 6)
         vectors = embedder.embed_images(images)
+        if near_duplicate_similarity and embedder.normalized:
+            sources = [r.item.source for r in batch]
+            ids = [r.image_id for r in batch]
+            report.near_duplicates += find_near_duplicates(col, ids, sources, vectors, near_duplicate_similarity)
         # Thumbnails first: a record that exists always has its thumbnail, even after kill -9.
         metadatas = [_metadata(r, write_thumbnail(store_dir, r.image_id, r.thumbnail)) for r in batch]
         for i in range(0, len(batch), max_write):
@@ -108,6 +121,9 @@ def build_index(
             )
         report.indexed += len(batch)
     bar.close()
+    save_manifest(store_dir, collection, stages.manifest)
+    if sync_root is not None:
+        report.removed = remove_images(client, col, _stale_ids(col, sync_root, stages.current_ids), store_dir)
     report.precision = "bf16" if getattr(embedder, "bf16", False) else "fp32"
     report.seconds = round(time.perf_counter() - start, 3)
     report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
@@ -116,14 +132,16 @@ def build_index(
 
 
 class _Stages:
-    """The producer side: runs on its own thread so the model never waits for decoding."""
+    """The producer side, on its own thread so the model never waits for reading and decoding."""
 
-    def __init__(self, col: Any, embedder: Embedder, report: BuildReport, workers: int):
+    def __init__(self, col: Any, embedder: Embedder, report: BuildReport, workers: int, manifest: dict[str, list]):
         self.col = col
         self.embedder = embedder
         self.report = report
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
-        self.seen: set[str] = set()
+        self.known = manifest
+        self.manifest: dict[str, list] = {}
+        self.current_ids: set[str] = set()  # every image id the source holds now, for --sync
 
     def batches(self, items: Iterable[Item], batch_size: int) -> Iterator[tuple[int, list[_Ready]]]:
         iterator = iter(items)
@@ -134,31 +152,50 @@ class _Stages:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _prepare(self, chunk: list[Item]) -> list[_Ready]:
-        hashed = []
-        for item, result in zip(chunk, self.pool.map(_read_and_hash, chunk)):
+        fresh: list[tuple[Item, str, bytes | None]] = []
+        for item, result in zip(chunk, self.pool.map(self._identify, chunk)):
             if isinstance(result, InvalidImageError):
                 self._skip(item, result)
-            elif result[0] in self.seen:
+                continue
+            image_id, data = result
+            if item.fingerprint:
+                self.manifest[item.source] = [*item.fingerprint, image_id]
+            if image_id in self.current_ids:
                 self.report.duplicates += 1
             else:
-                self.seen.add(result[0])
-                hashed.append((item, *result))
-        if not hashed:
+                self.current_ids.add(image_id)
+                fresh.append((item, image_id, data))
+        if not fresh:
             return []
-        stored = set(self.col.get(ids=[h[1] for h in hashed], include=[])["ids"])
-        self.report.already_indexed += sum(1 for h in hashed if h[1] in stored)
-        todo = [h for h in hashed if h[1] not in stored]
+        stored = set(self.col.get(ids=[f[1] for f in fresh], include=[])["ids"])
+        self.report.already_indexed += sum(1 for f in fresh if f[1] in stored)
+        todo = [f for f in fresh if f[1] not in stored]
         ready = []
         for (item, image_id, _), result in zip(todo, self.pool.map(self._decode, todo)):
             if isinstance(result, InvalidImageError):
+                self.current_ids.discard(image_id)
                 self._skip(item, result)
             else:
                 ready.append(_Ready(item, image_id, *result))
         return ready
 
-    def _decode(self, hashed: tuple[Item, str, bytes]) -> tuple[Image.Image, bytes] | InvalidImageError:
+    def _identify(self, item: Item) -> tuple[str, bytes | None] | InvalidImageError:
+        """The image's id: from the manifest when the file is unchanged (no read), else by hashing its bytes."""
+        known = self.known.get(item.source)
+        if item.fingerprint and known and tuple(known[:2]) == item.fingerprint:
+            return known[2], None
         try:
-            img = decode_image(hashed[2], min_edges=self.embedder.min_edges)
+            data = item.read()
+        except InvalidImageError as exc:
+            return exc
+        if not data:
+            return InvalidImageError("empty", "no bytes")
+        return content_id(data), data
+
+    def _decode(self, todo: tuple[Item, str, bytes | None]) -> tuple[Image.Image, bytes] | InvalidImageError:
+        item, _, data = todo
+        try:
+            img = decode_image(data if data is not None else item.read(), min_edges=self.embedder.min_edges)
             return self.embedder.prepare(img), make_thumbnail(img)
         except InvalidImageError as exc:
             return exc
@@ -167,61 +204,19 @@ class _Stages:
         self.report.skipped.append({"source": item.source, "reason": error.reason, "detail": error.detail})
 
 
-def _read_and_hash(item: Item) -> tuple[str, bytes] | InvalidImageError:
-    try:
-        data = item.read()
-    except InvalidImageError as exc:
-        return exc
-    if not data:
-        return InvalidImageError("empty", "no bytes")
-    return content_id(data), data
-
-
-def _prefetch(batches: Iterator[tuple[int, list[_Ready]]], bar: Any) -> Iterator[list[_Ready]]:
-    """Run ``batches`` one step ahead on a thread; re-raise its errors here."""
-    q: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def put(value: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(value, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if not put(batch):
-                    break
-            put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            put(exc)
-        finally:
-            batches.close()
-
-    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
-    thread.start()
-    try:
-        while (got := q.get()) is not _DONE:
-            if isinstance(got, BaseException):
-                raise got
-            read, ready = got
-            yield ready
-            bar.update(read)
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+def _stale_ids(col: Any, root: str, current: set[str]) -> list[str]:
+    """Ids of records from under ``root`` whose image the source no longer holds."""
+    prefix = root.rstrip("/") + "/"
+    stale = []
+    for offset in range(0, col.count(), _PAGE):
+        got = col.get(include=["metadatas"], limit=_PAGE, offset=offset)
+        stale += [i for i, m in zip(got["ids"], got["metadatas"])
+                  if (m or {}).get("source", "").startswith(prefix) and i not in current]
+    return stale
 
 
 def _metadata(r: _Ready, thumbnail: str) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "source": r.item.source,
-        "thumbnail": thumbnail,
-        "added_at": int(time.time()),
-    }
+    meta: dict[str, Any] = {"source": r.item.source, "thumbnail": thumbnail, "added_at": int(time.time())}
     if r.item.label:
         meta["label"] = r.item.label
     if r.item.caption:

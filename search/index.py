@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import metrics
+from .duplicates import fold_near_duplicates
 from .embedders import Embedder, load_embedder
 from .errors import QueryError, StoreError
 from .images import ImageInput, read_image
-from .store import DEFAULT_COLLECTION, check_model, connect, open_collection
+from .store import DEFAULT_COLLECTION, check_model, connect, open_collection, remove_images
 
 MAX_K = 1000
 MAX_TEXT_CHARS = 1000
@@ -30,6 +31,7 @@ class Hit:
     image: str | None  # absolute path of the thumbnail
     source: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    similar: tuple[str, ...] = ()  # near-duplicates folded into this hit when results are collapsed
 
 
 class ImageIndex:
@@ -77,36 +79,51 @@ class ImageIndex:
         """Whether this index can be searched by text (CLIP can, pixels cannot)."""
         return self.embedder.supports_text
 
-    def search_by_image(self, image: ImageInput, k: int = 10, metric: str = "cosine") -> list[Hit]:
+    def search_by_image(self, image: ImageInput, k: int = 10, metric: str = "cosine",
+                        collapse: float | None = None) -> list[Hit]:
         """The ``k`` stored images most like ``image`` (a path, bytes or a PIL image)."""
         self._check(k, metric)
         img = self.embedder.prepare(read_image(image, min_edges=self.embedder.min_edges))
-        return self.search_by_vector(self.embedder.embed_images([img])[0], k, metric)
+        return self.search_by_vector(self.embedder.embed_images([img])[0], k, metric, collapse)
 
-    def search_by_text(self, text: str, k: int = 10, metric: str = "cosine") -> list[Hit]:
+    def search_by_text(self, text: str, k: int = 10, metric: str = "cosine", collapse: float | None = None) -> list[Hit]:
         """The ``k`` stored images that best match a description."""
         self._check(k, metric)
         if not isinstance(text, str) or not text.strip():
             raise QueryError("Type a description to search for.")
         if len(text) > MAX_TEXT_CHARS:
             raise QueryError(f"The description is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}.")
-        return self.search_by_vector(self.embedder.embed_texts([text.strip()])[0], k, metric)
+        return self.search_by_vector(self.embedder.embed_texts([text.strip()])[0], k, metric, collapse)
 
-    def search_by_id(self, image_id: str, k: int = 10, metric: str = "cosine") -> list[Hit]:
+    def search_by_id(self, image_id: str, k: int = 10, metric: str = "cosine", collapse: float | None = None) -> list[Hit]:
         """Images like a stored one, using its stored vector."""
         self._check(k, metric)
         got = self.collection.get(ids=[image_id], include=["embeddings"])
         if not got["ids"]:
             raise QueryError(f"no image with id {image_id!r} in this index")
-        return self.search_by_vector(np.asarray(got["embeddings"][0]), k, metric)
+        return self.search_by_vector(np.asarray(got["embeddings"][0]), k, metric, collapse)
 
-    def search_by_vector(self, vector: np.ndarray, k: int = 10, metric: str = "cosine") -> list[Hit]:
-        """The ``k`` stored vectors nearest ``vector`` under ``metric``, best first."""
+    def search_by_vector(self, vector: np.ndarray, k: int = 10, metric: str = "cosine",
+                         collapse: float | None = None) -> list[Hit]:
+        """The ``k`` stored vectors nearest ``vector`` under ``metric``, best first.
+
+        With ``collapse`` (a cosine similarity, e.g. 0.95), near-duplicates of a better hit are folded
+        into it (``Hit.similar``) instead of taking places of their own.
+        """
         self._check(k, metric)
+        if not collapse:
+            return [self._hit(*s) for s in self._nearest(np.asarray(vector, dtype=np.float32), k, metric)]
+        scored = self._nearest(np.asarray(vector, dtype=np.float32), k * 4 + 8, metric)
+        got = self.collection.get(ids=[s[0] for s in scored], include=["embeddings"])
+        vectors = {i: v / (np.linalg.norm(v) or 1.0) for i, v in zip(got["ids"], np.asarray(got["embeddings"], np.float32))}
+        by_id = {s[0]: s for s in scored}
+        return [replace(self._hit(*by_id[head]), similar=tuple(members))
+                for head, members in fold_near_duplicates([s[0] for s in scored], vectors, collapse)[:k]]
+
+    def _nearest(self, vector: np.ndarray, k: int, metric: str) -> list[tuple[str, float, dict]]:
         count = len(self)
         if count == 0:
             return []
-        vector = np.asarray(vector, dtype=np.float32)
         if metric == "cosine" or (metric in ("ip", "l2") and self.metadata.get("normalized")):
             found = self.collection.query(
                 query_embeddings=[vector], n_results=min(k, count), include=["metadatas", "distances"]
@@ -121,7 +138,13 @@ class ImageIndex:
             chosen = [ids[i] for i, _ in best]
             metas = dict(zip(*self._metadatas(chosen)))
             scored = [(ids[i], s, metas.get(ids[i], {})) for i, s in best]
-        return [self._hit(i, s, m) for i, s, m in scored]
+        return scored
+
+    def remove(self, ids: list[str]) -> int:
+        """Delete images from this collection (their thumbnails too, once no collection holds them)."""
+        removed = remove_images(connect(self.store_dir), self.collection, list(ids), self.store_dir)
+        self.invalidate()
+        return removed
 
     def invalidate(self) -> None:
         """Forget cached vectors after this process changed the collection."""

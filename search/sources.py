@@ -24,6 +24,7 @@ class Item:
     read: Callable[[], bytes]
     label: str | None = None
     caption: str | None = None
+    fingerprint: tuple[int, int] | None = None  # (size, mtime_ns) of a file, to skip re-reading it
 
 
 @dataclass
@@ -48,9 +49,10 @@ def open_source(
     path = Path(source).expanduser()
     columns = dict(image_column=image_column, label_column=label_column, caption_column=caption_column)
     if path.is_dir() and not _is_dataset_folder(path):
+        path = path.resolve()  # sources are stored as absolute paths, so re-runs and --sync match them
         files = folder_files(path)
         total = len(files) if limit is None else min(limit, len(files))
-        return Source(str(path.resolve()), islice(folder_items(path, files), limit), total)
+        return Source(str(path), islice(folder_items(path, files), limit), total)
     dataset = _load_dataset(source, path, split)
     items = dataset_items(dataset, source, split, **columns)
     return Source(f"{source} [{split}]", islice(items, limit), limit)
@@ -69,7 +71,12 @@ def folder_items(root: Path, files: list[Path] | None = None) -> Iterator[Item]:
     """Items for a folder's files; an image's label is the name of the folder it is in."""
     for file in files if files is not None else folder_files(root):
         label = file.parent.name if file.parent != root else None
-        yield Item(str(file), lambda file=file: read_file(file), label=label)
+        try:
+            stat = file.stat()
+            fingerprint = (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            fingerprint = None
+        yield Item(str(file), lambda file=file: read_file(file), label=label, fingerprint=fingerprint)
 
 
 def dataset_items(

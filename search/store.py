@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from datetime import datetime, timezone
@@ -13,6 +14,7 @@ from .errors import StoreError
 
 DEFAULT_COLLECTION = "images"
 THUMBNAILS = "thumbnails"
+MANIFESTS = "manifests"
 STORE_FORMAT = 1
 # Recall@10 against exact search stays above 0.99 at 100k vectors with these (bench/ measures it).
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 128, "max_neighbors": 32}
@@ -110,6 +112,41 @@ def check_model(collection: Any, embedder: Embedder, *, strict: bool) -> None:
             f"collection {collection.name!r} was built with {recorded!r}; "
             f"add to it with --model {recorded}, or choose another --collection"
         )
+
+
+def load_manifest(store_dir: Path, collection: str) -> dict[str, list]:
+    """What earlier builds saw: source -> [size, mtime_ns, id]; a cache only, so damage just costs a re-read."""
+    try:
+        return json.loads(_manifest_path(store_dir, collection).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save_manifest(store_dir: Path, collection: str, manifest: dict[str, list]) -> None:
+    """Write the manifest atomically."""
+    path = _manifest_path(store_dir, collection)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest))
+    os.replace(tmp, path)
+
+
+def _manifest_path(store_dir: Path, collection: str) -> Path:
+    return Path(store_dir) / MANIFESTS / f"{collection}.json"
+
+
+def remove_images(client: Any, collection: Any, ids: list[str], store_dir: Path) -> int:
+    """Delete records; a thumbnail goes too once no collection in the store still holds its image."""
+    if not ids:
+        return 0
+    collection.delete(ids=ids)
+    others = [c for c in client.list_collections() if c.name != collection.name]
+    still_used: set[str] = set()
+    for other in others:
+        still_used.update(client.get_collection(other.name, embedding_function=None).get(ids=ids, include=[])["ids"])
+    for image_id in set(ids) - still_used:
+        thumbnail_path(store_dir, image_id).unlink(missing_ok=True)
+    return len(ids)
 
 
 def thumbnail_path(store_dir: Path, image_id: str) -> Path:

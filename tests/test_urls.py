@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import io
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
 from search.errors import InvalidImageError
 from search.urls import check_url, fetch
+from tests.fixtures.site import body, lying_length, redirect, serve, slow
 
 REFUSED_ALWAYS = [
     "ftp://example.com/a.jpg", "file:///etc/passwd", "gopher://example.com/", "javascript:alert(1)", "no-scheme.jpg",
@@ -46,79 +45,21 @@ def _jpeg() -> bytes:
     return out.getvalue()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    routes: dict = {}
-
-    def do_GET(self):  # noqa: N802 - the http.server API
-        route = self.routes.get(self.path.split("?")[0])
-        if route is None:
-            self.send_error(404)
-            return
-        route(self)
-
-    def log_message(self, *args):
-        pass
-
-
-def _send(body: bytes, content_type: str = "image/jpeg", length: bool = True):
-    def handler(h):
-        h.send_response(200)
-        h.send_header("Content-Type", content_type)
-        if length:
-            h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
-    return handler
-
-
-def _redirect(location: str):
-    def handler(h):
-        h.send_response(302)
-        h.send_header("Location", location)
-        h.send_header("Content-Length", "0")
-        h.end_headers()
-    return handler
-
-
-def _slow(h):
-    h.send_response(200)
-    h.send_header("Content-Type", "image/jpeg")
-    h.end_headers()
-    try:
-        for _ in range(40):  # a byte every 0.1 s: each read succeeds, the whole never ends in time
-            h.wfile.write(b"\xff")
-            h.wfile.flush()
-            time.sleep(0.1)
-    except OSError:
-        pass
-
-
-def _lying_length(h):
-    h.send_response(200)
-    h.send_header("Content-Length", str(10**12))
-    h.end_headers()
-
-
 @pytest.fixture(scope="module")
 def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
-    _Handler.routes = {
-        "/good.jpg": _send(_jpeg(), "text/plain"),  # a wrong Content-Type does not matter: bytes are decoded
-        "/text.jpg": _send(b"<html>not an image</html>", "image/jpeg"),
-        "/big": _send(b"\0" * 5000, length=False),
-        "/declared-big": _lying_length,
-        "/slow": _slow,
-        "/to-good": _redirect("/good.jpg"),
-        "/to-metadata": _redirect("http://169.254.169.254/latest/meta-data/"),
-        "/to-file": _redirect("file:///etc/passwd"),
-        "/loop": _redirect("/loop"),
+    routes = {
+        "/good.jpg": body(_jpeg(), "text/plain"),  # a wrong Content-Type does not matter: bytes are decoded
+        "/text.jpg": body(b"<html>not an image</html>", "image/jpeg"),
+        "/big": body(b"\0" * 5000, length=False),
+        "/declared-big": lying_length,
+        "/slow": slow,
+        "/to-good": redirect("/good.jpg"),
+        "/to-metadata": redirect("http://169.254.169.254/latest/meta-data/"),
+        "/to-file": redirect("file:///etc/passwd"),
+        "/loop": redirect("/loop"),
     }
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield base
-    srv.shutdown()
+    with serve(routes) as base:
+        yield base
 
 
 def test_a_local_server_is_refused_without_the_flag(server):
