@@ -112,12 +112,12 @@ class ImageIndex:
         """
         self._check(k, metric)
         if not collapse:
-            return [self._hit(*s) for s in self._nearest(np.asarray(vector, dtype=np.float32), k, metric)]
+            return [self.hit(*s) for s in self._nearest(np.asarray(vector, dtype=np.float32), k, metric)]
         scored = self._nearest(np.asarray(vector, dtype=np.float32), k * 4 + 8, metric)
         got = self.collection.get(ids=[s[0] for s in scored], include=["embeddings"])
         vectors = {i: v / (np.linalg.norm(v) or 1.0) for i, v in zip(got["ids"], np.asarray(got["embeddings"], np.float32))}
         by_id = {s[0]: s for s in scored}
-        return [replace(self._hit(*by_id[head]), similar=tuple(members))
+        return [replace(self.hit(*by_id[head]), similar=tuple(members))
                 for head, members in fold_near_duplicates([s[0] for s in scored], vectors, collapse)[:k]]
 
     def _nearest(self, vector: np.ndarray, k: int, metric: str) -> list[tuple[str, float, dict]]:
@@ -169,7 +169,8 @@ class ImageIndex:
                 self._exact_cache = (count, ids, matrix)
             return self._exact_cache[1], self._exact_cache[2]
 
-    def _hit(self, image_id: str, score: float, meta: dict | None) -> Hit:
+    def hit(self, image_id: str, score: float, meta: dict | None) -> Hit:
+        """A Hit from a record's id, score and metadata."""
         meta = meta or {}
         thumb = meta.get("thumbnail")
         return Hit(

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .collections import Collections
+from .duplicates import NEAR_DUPLICATE_SIMILARITY
 from .errors import QueryError, SearchError
 from .index import Hit, ImageIndex
 from .store import connect
@@ -16,6 +18,7 @@ from .urls import fetch
 
 log = logging.getLogger(__name__)
 MAX_RESULTS = 50
+MINE = "mine/"  # an index value naming one of the caller's personal collections
 DEFAULT_STORE = Path(__file__).resolve().parents[1] / "data" / "store"
 BUILD_HINT = (
     "python index_builder.py --dataset ashraq/fashion-product-images-small --store data/store --limit 5000"
@@ -32,6 +35,11 @@ def _results(k: object) -> int:
     return n
 
 
+def _fold(index: ImageIndex, fold: bool) -> float | None:
+    """Near-duplicate folding applies to CLIP vectors; raw pixels are all alike by cosine."""
+    return NEAR_DUPLICATE_SIMILARITY if fold and index.metadata.get("normalized") else None
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
@@ -46,6 +54,7 @@ class Settings:
     text_model: str | None = None
     pixel_collection: str = "pixels"
     allow_private_urls: bool = False
+    public: bool = False  # a public deployment: personal collections are per visitor, and capped
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -58,6 +67,7 @@ class Settings:
             text_model=env("IMAGE_SEARCH_TEXT_MODEL") or None,
             pixel_collection=env("IMAGE_SEARCH_PIXEL_COLLECTION") or "pixels",
             allow_private_urls=_env_flag("IMAGE_SEARCH_ALLOW_PRIVATE_URLS"),
+            public=_env_flag("IMAGE_SEARCH_PUBLIC") or bool(env("SPACE_ID")),
         )
 
 
@@ -69,8 +79,9 @@ class Results:
     seconds: float
 
     def gallery(self) -> list[tuple[str, str]]:
-        """(thumbnail, caption) pairs: rank, score, and label or caption."""
-        return [(h.image, f"#{rank} · {h.score:.3f} · {h.label or h.caption or Path(h.source or h.id).name}")
+        """(thumbnail, caption) pairs: rank, score, label or caption, and folded near-duplicates."""
+        return [(h.image, f"#{rank} · {h.score:.3f} · {h.label or h.caption or Path(h.source or h.id).name}"
+                          + (f" · +{len(h.similar)} similar" if h.similar else ""))
                 for rank, h in enumerate(self.hits, 1) if h.image]
 
     def records(self) -> list[dict]:
@@ -86,10 +97,12 @@ class SearchService:
         self.settings = settings
         self.indexes: dict[str, ImageIndex] = {}
         self.problem: str | None = None
+        self.collections: Collections | None = None
         try:
             main = ImageIndex.open(settings.store, settings.collection, model=settings.model,
                                    text_model=settings.text_model)
             self.indexes[main.collection.name] = main
+            self.collections = Collections(settings.store, main.embedder, public=settings.public)
             self._open_pixel_baseline(main)
             self._warm_up(main)
         except SearchError as exc:
@@ -98,9 +111,22 @@ class SearchService:
 
     @property
     def methods(self) -> list[tuple[str, str]]:
-        """(label, key) for each open index, the main one first."""
+        """(label, value) for each shared index, the main one first."""
         return [(f"{name}: {'pixels (basic)' if not ix.supports_text else 'CLIP ' + Path(ix.embedder.name).name}", name)
                 for name, ix in self.indexes.items()]
+
+    @property
+    def personal(self) -> Collections:
+        """Personal collections, which share the main index's model."""
+        if self.collections is None:
+            raise QueryError(f"No index to search yet: {self.problem}")
+        return self.collections
+
+    def personal_methods(self, key: str | None) -> list[tuple[str, str]]:
+        """(label, value) for the caller's own collections."""
+        if self.collections is None:
+            return []
+        return [(f"my collection: {name}", MINE + name) for name in self.collections.names(key)]
 
     def describe(self) -> str:
         """One line on what is being searched, or what to do when nothing is."""
@@ -111,34 +137,41 @@ class SearchService:
         return (f"Searching **{len(main):,} images** in collection `{main.collection.name}` "
                 f"with `{main.metadata.get('model', main.embedder.name)}`.")
 
-    def search_image(self, image: str | bytes | Image.Image | None, k: int, metric: str, method: str | None = None) -> Results:
+    def search_image(self, image: str | bytes | Image.Image | None, k: int, metric: str, method: str | None = None,
+                     *, key: str | None = None, fold: bool = False) -> Results:
         """Search by an uploaded image (path, bytes or PIL image)."""
         if image is None or image == "":
             raise QueryError("Upload, paste or photograph an image first (or give an image URL).")
-        index = self._index(method)
-        return self._timed(lambda: index.search_by_image(image, _results(k), metric))
+        index = self._index(method, key)
+        return self._timed(lambda: index.search_by_image(image, _results(k), metric, _fold(index, fold)))
 
-    def search_url(self, url: str, k: int, metric: str, method: str | None = None) -> Results:
+    def search_url(self, url: str, k: int, metric: str, method: str | None = None,
+                   *, key: str | None = None, fold: bool = False) -> Results:
         """Fetch an image URL safely, then search by it."""
         if not url or not url.strip():
             raise QueryError("Give an image URL (http or https).")
         data = fetch(url.strip(), allow_private=self.settings.allow_private_urls)
-        return self.search_image(data, k, metric, method)
+        return self.search_image(data, k, metric, method, key=key, fold=fold)
 
-    def search_text(self, text: str, k: int, metric: str, method: str | None = None) -> Results:
+    def search_text(self, text: str, k: int, metric: str, method: str | None = None,
+                    *, key: str | None = None, fold: bool = False) -> Results:
         """Search by a description."""
-        index = self._index(method)
+        index = self._index(method, key)
         if not index.supports_text:
             raise QueryError("The pixel method cannot read text: choose a CLIP index, or search by image.")
-        return self._timed(lambda: index.search_by_text(text or "", _results(k), metric))
+        return self._timed(lambda: index.search_by_text(text or "", _results(k), metric, _fold(index, fold)))
 
-    def search_id(self, image_id: str, k: int, metric: str, method: str | None = None) -> Results:
+    def search_id(self, image_id: str, k: int, metric: str, method: str | None = None,
+                  *, key: str | None = None, fold: bool = False) -> Results:
         """More like a stored image (ids are content hashes, so they hold across collections)."""
-        return self._timed(lambda: self._index(method).search_by_id(image_id, _results(k), metric))
+        index = self._index(method, key)
+        return self._timed(lambda: index.search_by_id(image_id, _results(k), metric, _fold(index, fold)))
 
-    def _index(self, method: str | None) -> ImageIndex:
+    def _index(self, method: str | None, key: str | None = None) -> ImageIndex:
         if self.problem:
             raise QueryError(f"No index to search yet: {self.problem}")
+        if method and method.startswith(MINE):
+            return self.personal.index(key, method[len(MINE):])
         if method and method not in self.indexes:
             raise QueryError(f"unknown index {method!r}; choose one of {', '.join(self.indexes)}")
         return self.indexes[method] if method else next(iter(self.indexes.values()))

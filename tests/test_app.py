@@ -30,9 +30,12 @@ def client(app):
     return app.client()
 
 
-def test_only_the_two_search_endpoints_are_public(client):
+def test_only_the_intended_endpoints_are_public(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/search_by_image", "/search_by_text"}
+    assert set(endpoints) == {"/search_by_image", "/search_by_text", "/collection_add", "/collection_list",
+                              "/collection_delete", "/collection_drop"}
+    with pytest.raises(Exception):  # the UI's own events are private: not callable by number either
+        client.predict("a red circle", fn_index=3)
 
 
 def test_text_search_returns_hits_best_first_with_files(client):
