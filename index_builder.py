@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Iterable
 
-from search.build import build_index
+from search.build import BuildReport, build_index
 from search.duplicates import NEAR_DUPLICATE_SIMILARITY
 from search.embedders import DEFAULT_MODEL, load_embedder
 from search.errors import SearchError
-from search.sources import Source, open_source
-from search.store import DEFAULT_COLLECTION, connect
+from search.sources import Item, Source, open_source
+from search.store import DEFAULT_COLLECTION, connect, write_lock
 from search.web import crawl, read_url_list, url_items
 
 
@@ -40,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "metadata endpoints stay refused")
     p.add_argument("--near-duplicate-similarity", type=float, default=NEAR_DUPLICATE_SIMILARITY,
                    help="cosine above which two images are reported as near-duplicates (0 turns it off)")
+    p.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="index only shard I of N (0-based) of the source, for several builders into one collection")
     p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -50,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.sync and (args.limit or not args.dataset or not Path(args.dataset).expanduser().is_dir()):
         p.error("--sync needs --dataset FOLDER and no --limit (it removes what the folder no longer holds)")
+    if args.sync and args.shard:
+        p.error("--sync and --shard do not go together: one shard cannot tell what another removed")
     return args
 
 
@@ -73,21 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         source, failed_pages = open_input(args)
-        report = build_index(
-            source.items,
-            store_dir=args.store,
-            client=connect(args.store, create=True),
-            collection=args.collection,
-            embedder=load_embedder(args.model, args.device),
-            source=source.description,
-            batch_size=args.batch_size,
-            precision=args.precision,
-            workers=args.workers,
-            total=source.total,
-            progress=not args.quiet,
-            sync_root=source.description if args.sync else None,
-            near_duplicate_similarity=args.near_duplicate_similarity or None,
-        )
+        items, manifest = source.items, args.collection
+        if args.shard:
+            index, count = args.shard
+            items = (item for item in items if shard_of(item.source, count) == index)
+            manifest = f"{args.collection}.shard-{index}-of-{count}"
+        with write_lock(args.store):
+            report = _build(args, source, items, manifest)
     except SearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -97,6 +95,40 @@ def main(argv: list[str] | None = None) -> int:
         args.report.write_text(json.dumps(report.to_dict(), indent=2))
     print(report.summary())
     return 0
+
+
+def _build(args: argparse.Namespace, source: Source, items: Iterable[Item], manifest: str) -> BuildReport:
+    return build_index(
+        items,
+        store_dir=args.store,
+        client=connect(args.store, create=True),
+        collection=args.collection,
+        embedder=load_embedder(args.model, args.device),
+        source=source.description,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        workers=args.workers,
+        total=source.total,
+        progress=not args.quiet,
+        sync_root=source.description if args.sync else None,
+        near_duplicate_similarity=args.near_duplicate_similarity or None,
+        manifest=manifest,
+    )
+
+
+def shard_of(source: str, count: int) -> int:
+    """Which of ``count`` shards a source belongs to: stable across runs and machines."""
+    return int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "big") % count
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"shard {index} of {count}: I must be from 0 to N-1")
+    return index, count
 
 
 def _positive(text: str) -> int:

@@ -83,11 +83,13 @@ def build_index(
     progress: bool = True,
     sync_root: str | None = None,
     near_duplicate_similarity: float | None = NEAR_DUPLICATE_SIMILARITY,
+    manifest: str | None = None,
 ) -> BuildReport:
     """Index ``items`` into ``collection``; bad images are skipped and reported, never fatal.
 
     With ``sync_root``, records whose source lies under it and whose image is no longer among
-    ``items`` are removed afterwards (deleted or changed files).
+    ``items`` are removed afterwards (deleted or changed files). ``manifest`` names the file that
+    remembers which files were seen (default: the collection's name).
     """
     from tqdm import tqdm
 
@@ -99,7 +101,7 @@ def build_index(
     max_write = max(1, int(client.get_max_batch_size()))
     start = time.perf_counter()
     bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, smoothing=0.1)
-    stages = _Stages(col, embedder, report, workers, load_manifest(store_dir, collection))
+    stages = _Stages(col, embedder, report, workers, load_manifest(store_dir, manifest or collection))
     for batch in prefetch(stages.batches(items, batch_size), bar.update):
         if not batch:
             continue
@@ -121,7 +123,7 @@ def build_index(
             )
         report.indexed += len(batch)
     bar.close()
-    save_manifest(store_dir, collection, stages.manifest)
+    save_manifest(store_dir, manifest or collection, stages.manifest)
     if sync_root is not None:
         report.removed = remove_images(client, col, _stale_ids(col, sync_root, stages.current_ids), store_dir)
     report.precision = "bf16" if getattr(embedder, "bf16", False) else "fp32"

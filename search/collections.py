@@ -18,7 +18,7 @@ from .build import BuildReport, build_index
 from .embedders import Embedder
 from .errors import QueryError, StoreError
 from .index import Hit, ImageIndex
-from .store import connect, open_collection
+from .store import connect, open_collection, write_lock
 
 PREFIX = "mine-"
 LOCAL_OWNER = "local"
@@ -36,7 +36,7 @@ class Collections:
         self.max_collections = max_collections
         self.max_images = max_images
         self.max_files = max_files
-        self._lock = threading.Lock()  # one writer at a time: Chroma's embedded store has one process's lock
+        self._lock = threading.Lock()  # threads queue here; other processes meet the store's file lock
 
     def namespace(self, key: str | None) -> str:
         """The owner's prefix: from the secret key on a public app, the same for everyone locally."""
@@ -58,7 +58,7 @@ class Collections:
         if len(files) > self.max_files:
             raise QueryError(f"{len(files)} files at once is over the limit of {self.max_files}; add them in parts.")
         full = self._full_name(key, name)
-        with self._lock:
+        with self._lock, write_lock(self.store_dir):
             client = self._client()
             existing = self.names(key)
             if self.public and name not in existing and len(existing) >= self.max_collections:
@@ -89,12 +89,12 @@ class Collections:
 
     def remove(self, key: str | None, name: str, ids: list[str]) -> int:
         """Delete images from the owner's collection; returns how many went."""
-        with self._lock:
+        with self._lock, write_lock(self.store_dir):
             return self.index(key, name).remove(ids)
 
     def drop(self, key: str | None, name: str) -> int:
         """Delete the owner's whole collection (thumbnails no other collection uses go too)."""
-        with self._lock:
+        with self._lock, write_lock(self.store_dir):
             index = self.index(key, name)
             ids = index.collection.get(include=[])["ids"]
             removed = index.remove(ids)

@@ -13,7 +13,7 @@ from .duplicates import fold_near_duplicates
 from .embedders import Embedder, load_embedder
 from .errors import QueryError, StoreError
 from .images import ImageInput, read_image
-from .store import DEFAULT_COLLECTION, check_model, connect, open_collection, remove_images
+from .store import DEFAULT_COLLECTION, check_health, check_model, connect, open_collection, remove_images
 
 MAX_K = 1000
 MAX_TEXT_CHARS = 1000
@@ -64,6 +64,7 @@ class ImageIndex:
         client = connect(store)
         name = collection or _default_collection(client)
         col = open_collection(client, name)
+        check_health(col, store)
         recorded = (col.metadata or {}).get("model")
         if not (model or recorded):
             raise StoreError(f"collection {name!r} does not record its model; pass model=")
