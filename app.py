@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import secrets
 from pathlib import Path
 
@@ -11,14 +12,15 @@ import gradio as gr
 from search import METRICS, SearchError
 from search.index import MAX_TEXT_CHARS
 from search.service import Results, SearchService, Settings
+from search.store import THUMBNAILS
 
 log = logging.getLogger("app")
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXAMPLE_IMAGES = sorted(str(p) for p in EXAMPLES.glob("*.jpg"))
 EXAMPLE_PROMPTS = [line.strip() for line in (EXAMPLES / "prompts.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
 MAX_K = 50
-QUEUE_SIZE = 64
-CONCURRENCY = 4  # Chroma is thread-safe; model calls serialise on the embedder's own lock
+QUEUE_SIZE = int(os.environ.get("IMAGE_SEARCH_QUEUE_SIZE", "64"))
+CONCURRENCY = int(os.environ.get("IMAGE_SEARCH_CONCURRENCY", "4"))  # model calls take turns on the embedder's lock
 MAX_FILE_SIZE = "20mb"
 PRIVATE = dict(api_visibility="private")
 
@@ -196,7 +198,8 @@ def main() -> None:
     service = SearchService(Settings.from_env())
     demo = build_app(service)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
-    allowed = [str(service.settings.store.resolve()), str(EXAMPLES)]
+    # Thumbnails only: the store's own files (vectors, every collection's metadata) are never served.
+    allowed = [str((service.settings.store / THUMBNAILS).resolve()), str(EXAMPLES)]
     demo.launch(max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True)
 
 

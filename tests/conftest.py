@@ -6,7 +6,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tests.fixtures.app_process import RunningApp, free_port  # noqa: E402,F401 - shared with bench/
 from tests.fixtures.shapes import write_folder  # noqa: E402
 from tests.fixtures.tiny_clip import build_random_tiny_clip  # noqa: E402
 
@@ -100,56 +100,6 @@ def shapes_folder(tmp_path) -> Path:
 def random_rgb(seed: int, size=(80, 60)) -> Image.Image:
     """A noise image, different for every seed."""
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def free_port() -> int:
-    """A port nothing listens on, on loopback."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RunningApp:
-    """`python app.py` in a subprocess on a free loopback port; stopped on exit."""
-
-    def __init__(self, store: Path, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.env = {**os.environ, "IMAGE_SEARCH_STORE": str(store), "GRADIO_SERVER_NAME": "127.0.0.1",
-                    "GRADIO_SERVER_PORT": str(self.port), "GRADIO_ANALYTICS_ENABLED": "False", **env}
-        self.log = store.parent / f"app-{self.port}.log"
-
-    def __enter__(self) -> "RunningApp":
-        import urllib.request
-
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=self.env,
-                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app exited: {self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError(f"app did not start: {self.log.read_text()[-3000:]}")
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-    def client(self):
-        """A gradio_client connected to the app."""
-        from gradio_client import Client
-
-        return Client(self.url, verbose=False)
 
 
 @pytest.fixture(scope="session")

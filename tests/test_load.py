@@ -1,0 +1,15 @@
+"""A short bounded load test (bench/load.py runs the 60 s one): no errors, memory flat."""
+from __future__ import annotations
+
+from bench.load import run_load
+from tests.conftest import RunningApp
+
+
+def test_sixteen_concurrent_users_get_answers_and_memory_stays_flat(shapes_store):
+    with RunningApp(shapes_store) as app:
+        report = run_load(app, users=16, seconds=24, rounds=4)
+    print(report)
+    assert report["errors"] == 0, report["error_samples"]
+    assert report["requests"] >= 16 * 4
+    first, last = report["rss_mb_per_round"][1], report["rss_mb_per_round"][-1]
+    assert last - first < 60, report["rss_mb_per_round"]  # warm-up done by round 2; no growth after

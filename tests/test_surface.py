@@ -1,0 +1,63 @@
+"""The app's attack surface: its file route, its queue, its endpoints."""
+from __future__ import annotations
+
+import concurrent.futures
+import urllib.error
+import urllib.request
+
+import pytest
+from gradio_client import handle_file
+
+from tests.conftest import ROOT, RunningApp
+
+
+@pytest.fixture(scope="module")
+def app(shapes_store):
+    (shapes_store.parent / "secret.txt").write_text("do not serve")
+    with RunningApp(shapes_store) as running:
+        yield running
+
+
+def _status(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, b""
+
+
+def test_file_route_serves_thumbnails_and_examples_only(app, shapes_store):
+    thumb = next((shapes_store / "thumbnails").glob("*/*.jpg"))
+    for allowed in (thumb, ROOT / "examples" / "cat.jpg"):
+        assert _status(f"{app.url}gradio_api/file={allowed}")[0] == 200
+    store, secret = shapes_store, shapes_store.parent / "secret.txt"
+    refused = [
+        "/etc/passwd", "/ETC/PASSWD", str(store / "chroma.sqlite3"), str(store / "manifests" / "images.json"),
+        str(ROOT / "app.py"), str(secret), f"{store}/thumbnails/../chroma.sqlite3",
+        f"{store}/thumbnails/%2e%2e/chroma.sqlite3", f"{store}/THUMBNAILS/../chroma.sqlite3",
+        "../../../../etc/passwd", "..%2f..%2f..%2fetc%2fpasswd", str(ROOT / "examples" / ".." / "app.py"),
+        str(ROOT / "README.md"), f"{ROOT}/tests/fixtures/tiny-clip-shapes/model.safetensors",
+    ]
+    for path in refused:
+        status, content = _status(f"{app.url}gradio_api/file={path}")
+        assert status in (403, 404) and b"do not serve" not in content, path
+
+
+def test_a_full_queue_answers_busy_at_once(shapes_store):
+    with RunningApp(shapes_store, IMAGE_SEARCH_QUEUE_SIZE="1", IMAGE_SEARCH_CONCURRENCY="1") as app:
+        client = app.client()
+        query = handle_file(str(ROOT / "examples" / "astronaut.jpg"))
+
+        def ask(_):
+            try:
+                client.predict(query, 50, "l1", api_name="/search_by_image")
+                return "ok"
+            except Exception as exc:  # the client raises QueueError for a full queue
+                return str(exc)
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(ask, range(16)))
+        assert "ok" in answers
+        busy = [a for a in answers if a != "ok"]
+        assert busy and all("Queue is full" in a for a in busy)
+        assert len(client.predict("a red circle", 3, api_name="/search_by_text")) == 3  # and it recovers
