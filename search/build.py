@@ -40,6 +40,7 @@ class BuildReport:
     total_in_collection: int = 0
     precision: str = "fp32"
     bf16_agreement: float | None = None
+    bf16_speedup: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-able data."""
@@ -107,7 +108,8 @@ def build_index(
             continue
         images = [r.image for r in batch]
         if isinstance(embedder, ClipEmbedder) and precision == "auto" and report.bf16_agreement is None:
-            report.bf16_agreement = round(embedder.calibrate_bf16(images[:CALIBRATION_IMAGES]), 6)
+            agreement, speedup = embedder.calibrate_bf16(images[:CALIBRATION_IMAGES])
+            report.bf16_agreement, report.bf16_speedup = round(agreement, 6), round(speedup, 2)
         vectors = embedder.embed_images(images)
         if near_duplicate_similarity and embedder.normalized:
             sources = [r.item.source for r in batch]

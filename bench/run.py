@@ -1,0 +1,329 @@
+"""Benchmarks: indexing throughput and query latency, each measured beside its reference.
+
+    python bench/run.py [--quick] [--device cpu|cuda] [--out bench/results]
+
+The model is the ViT-B/32 architecture (`CLIPConfig()` defaults) with random weights, saved in
+sentence-transformers format: the same compute as clip-ViT-B-32, whose weights cannot be downloaded
+here. --quick runs the tiny CLIP and small sizes, to check that the benchmark works, not to measure.
+Writes OUT.json and OUT.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from PIL import Image  # noqa: E402
+
+from search.build import build_index  # noqa: E402
+from search.embedders import ClipEmbedder  # noqa: E402
+from search.index import ImageIndex  # noqa: E402
+from search.sources import folder_items  # noqa: E402
+from search.store import connect, open_collection  # noqa: E402
+from tests.fixtures.app_process import RunningApp  # noqa: E402
+
+CACHE = ROOT / "bench" / ".cache"
+
+
+def vit_b32(path: Path) -> Path:
+    """ViT-B/32 with random weights in sentence-transformers format (made once, cached)."""
+    if (path / "modules.json").exists():
+        return path
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    from tests.fixtures.tiny_clip import save_sentence_transformer, write_tokenizer_files
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab, merges = write_tokenizer_files(Path(tmp))
+        tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
+    return save_sentence_transformer(CLIPModel(CLIPConfig()), processor, path)
+
+
+def photo(width: int, height: int, seed: int) -> Image.Image:
+    """A photo-like image: smooth colour fields, edges and sensor noise (compresses like a photo)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
+    noise = rng.normal(0, 6, (height, width, 1)).astype(np.float32)
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+
+
+def write_jpegs(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
+    """``n`` JPEGs of ``size`` on disk (quality 90, as cameras and sites save them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i:05d}.jpg"
+        if not path.exists():
+            photo(*size, seed=i).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def timed(fn, repeat: int) -> list[float]:
+    """Wall times of ``repeat`` calls."""
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def bare_model(embedder: ClipEmbedder, batches: list[int], repeat: int) -> dict:
+    """Images/s of the model alone on preprocessed tensors, fp32 and bf16, best batch."""
+    import torch
+
+    model = embedder.model[0].model
+    side = embedder.min_edges[0]
+    result = {}
+    for dtype in ("fp32", "bf16"):
+        best = 0.0
+        for b in batches:
+            pixels = torch.randn(b, 3, side, side, device=embedder.device)
+
+            def run():
+                ctx = torch.autocast(embedder.device, dtype=torch.bfloat16) if dtype == "bf16" else torch.autocast(embedder.device, enabled=False)
+                with torch.inference_mode(), ctx:
+                    model.get_image_features(pixel_values=pixels)
+                if embedder.device == "cuda":
+                    torch.cuda.synchronize()
+
+            run()  # warm-up
+            best = max(best, b / min(timed(run, repeat)))
+        result[dtype] = round(best, 1)
+    return result
+
+
+def pipeline(embedder: ClipEmbedder, folder: Path, store: Path, batch: int) -> dict:
+    """JPEG files on disk to a finished store (thumbnails included), as index_builder.py runs it."""
+    shutil.rmtree(store, ignore_errors=True)
+    report = build_index(folder_items(folder), store_dir=store, client=connect(store, create=True), collection="bench",
+                         embedder=embedder, batch_size=batch, progress=False, near_duplicate_similarity=None)
+    size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+    return {"images": report.indexed, "images_per_second": report.images_per_second, "precision": report.precision,
+            "bf16_agreement": report.bf16_agreement, "store_bytes_per_image": round(size / max(1, report.indexed))}
+
+
+def naive(embedder: ClipEmbedder, paths: list[Path], store: Path) -> dict:
+    """One image at a time: decode, embed (fp32), collection.add, as the origin and Chroma's loader do."""
+    shutil.rmtree(store, ignore_errors=True)
+    col = open_collection(connect(store, create=True), "naive", embedder)
+    start = time.perf_counter()
+    for i, path in enumerate(paths):
+        vector = embedder.model.encode([Image.open(path).convert("RGB")], normalize_embeddings=True)
+        col.add(ids=[str(i)], embeddings=vector)
+    return {"images": len(paths), "images_per_second": round(len(paths) / (time.perf_counter() - start), 2)}
+
+
+def agreement(embedder: ClipEmbedder, paths: list[Path], queries: int = 20) -> dict:
+    """bf16 against fp32: mean cosine of embeddings, and overlap of top-10 exact search results."""
+    images = [embedder.prepare(Image.open(p).convert("RGB")) for p in paths]
+    embedder.bf16 = False
+    fp32 = embedder.embed_images(images)
+    embedder.bf16 = True
+    bf16 = embedder.embed_images(images)
+    embedder.bf16 = False
+    overlaps = []
+    for q in range(min(queries, len(paths))):
+        top32 = set(np.argsort(-(fp32 @ fp32[q]))[1:11])
+        top16 = set(np.argsort(-(bf16 @ bf16[q]))[1:11])
+        overlaps.append(len(top32 & top16) / 10)
+    return {"mean_cosine": round(float(np.mean(np.sum(fp32 * bf16, axis=1))), 5),
+            "top10_overlap": round(float(np.mean(overlaps)), 3)}
+
+
+def synthetic_store(store: Path, embedder: ClipEmbedder, n: int) -> tuple[np.ndarray, float]:
+    """``n`` unit vectors in clusters (as real embeddings are), with a shared thumbnail; returns them and the load time."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(max(10, n // 100), embedder.dimension)).astype(np.float32)
+    vectors = centres[rng.integers(0, len(centres), n)] + 0.35 * rng.normal(size=(n, embedder.dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    shutil.rmtree(store, ignore_errors=True)
+    client = connect(store, create=True)
+    col = open_collection(client, "images", embedder)
+    thumb = store / "thumbnails" / "00" / "placeholder.jpg"
+    thumb.parent.mkdir(parents=True)
+    photo(256, 192, 0).save(thumb)
+    step = min(5000, client.get_max_batch_size())
+    start = time.perf_counter()
+    for i in range(0, n, step):
+        col.add(ids=[f"v{j}" for j in range(i, min(n, i + step))], embeddings=vectors[i : i + step],
+                metadatas=[{"source": f"synthetic/{j}", "thumbnail": "thumbnails/00/placeholder.jpg"}
+                           for j in range(i, min(n, i + step))])
+    return vectors, time.perf_counter() - start
+
+
+def percentiles(seconds: list[float]) -> dict:
+    """p50 and p95 in milliseconds."""
+    ms = np.array(seconds) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2)}
+
+
+def queries(store: Path, vectors: np.ndarray, model: str, repeat: int) -> dict:
+    """Vector search alone, recall@10 of HNSW against exact search, and whole text and image queries."""
+    index = ImageIndex.open(store, model=model)
+    rng = np.random.default_rng(1)
+    probes = vectors[rng.integers(0, len(vectors), repeat)] + 0.1 * rng.normal(size=(repeat, vectors.shape[1]))
+    probes = (probes / np.linalg.norm(probes, axis=1, keepdims=True)).astype(np.float32)
+    vector_times, recalls = [], []
+    for p in probes:
+        start = time.perf_counter()
+        hits = index.search_by_vector(p, k=10)
+        vector_times.append(time.perf_counter() - start)
+        exact = {f"v{i}" for i in np.argsort(-(vectors @ p))[:10]}
+        recalls.append(len(exact & {h.id for h in hits}) / 10)
+    query_image = ROOT / "examples" / "astronaut.jpg"
+    index.search_by_text("warm up", k=10)
+    text = timed(lambda: index.search_by_text("a red dress", k=10), repeat)
+    image = timed(lambda: index.search_by_image(query_image, k=10), repeat)
+    return {"vector_search": percentiles(vector_times), "recall_at_10": round(float(np.mean(recalls)), 4),
+            "text_query": percentiles(text), "image_query": percentiles(image)}
+
+
+def through_app(store: Path, model: str, repeat: int) -> dict:
+    """Start-up time and query latency through gradio_client against the running app."""
+    from gradio_client import handle_file
+
+    start = time.perf_counter()
+    with RunningApp(store, IMAGE_SEARCH_MODEL=model) as app:
+        startup = time.perf_counter() - start
+        client = app.client()
+        lean = app.client(download_files=False)
+        image = handle_file(str(ROOT / "examples" / "astronaut.jpg"))
+        client.predict("warm up", 10, api_name="/search_by_text")
+        result = {
+            "startup_seconds": round(startup, 2),
+            "text_query": percentiles(timed(lambda: lean.predict("a red dress", 10, api_name="/search_by_text"), repeat)),
+            "image_query": percentiles(timed(lambda: lean.predict(image, 10, api_name="/search_by_image"), repeat)),
+            "text_query_with_10_thumbnail_downloads": percentiles(
+                timed(lambda: client.predict("a red dress", 10, api_name="/search_by_text"), max(3, repeat // 4))),
+            "app_rss_mb": round(app.rss_mb(), 1),
+        }
+    return result
+
+
+def builder_memory(folder: Path, store: Path, model: str) -> float:
+    """Peak RSS (MB) of index_builder.py indexing ``folder``, in its own process."""
+    shutil.rmtree(store, ignore_errors=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([sys.executable, str(ROOT / "index_builder.py"), "--quiet", "--dataset", str(folder),
+                    "--store", str(store), "--model", model], check=True, cwd=ROOT, capture_output=True)
+    return round(max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024, 1)
+
+
+def model_load_seconds(model: str, device: str) -> float:
+    """Loading the model alone, the part of start-up that is not the store."""
+    start = time.perf_counter()
+    ClipEmbedder(model, device=device)
+    return round(time.perf_counter() - start, 2)
+
+
+def main() -> None:
+    """Run every measurement and write the JSON and markdown reports."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model and sizes: checks the benchmark runs")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    quick = args.quick
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    model = str(ROOT / "tests" / "fixtures" / "tiny-clip-shapes") if quick else str(vit_b32(CACHE / "vit-b-32-random"))
+    sizes = dict(n_640=48, n_12mp=4, n_naive=8, stores=(2000,), repeat=10) if quick else \
+        dict(n_640=384, n_12mp=48, n_naive=48, stores=(10_000, 100_000), repeat=100)
+    embedder = ClipEmbedder(model, device=args.device)
+    print(f"model {model} on {args.device}", flush=True)
+    results: dict = {"machine": machine(args.device), "model": "tiny-clip-shapes" if quick else "ViT-B/32 (random weights)",
+                     "quick": quick}
+    results["bare_model_images_per_second"] = bare_model(embedder, [8] if quick else [16, 32, 64], 1 if quick else 3)
+    print(results["bare_model_images_per_second"], flush=True)
+    jpegs_640 = work / "jpeg-640x480"
+    paths = write_jpegs(jpegs_640, sizes["n_640"], (640, 480))
+    write_jpegs(work / "jpeg-12mp", sizes["n_12mp"], (4000, 3000))
+    results["pipeline_640x480"] = pipeline(embedder, jpegs_640, work / "store-640", 32)
+    results["pipeline_12mp"] = pipeline(embedder, work / "jpeg-12mp", work / "store-12mp", 32)
+    bare = results["bare_model_images_per_second"][results["pipeline_640x480"]["precision"]]
+    for key in ("pipeline_640x480", "pipeline_12mp"):
+        results[key]["ratio_to_bare_model"] = round(results[key]["images_per_second"] / bare, 3)
+    print(results["pipeline_640x480"], results["pipeline_12mp"], flush=True)
+    results["naive_one_at_a_time"] = naive(embedder, paths[: sizes["n_naive"]], work / "store-naive")
+    results["speedup_over_naive"] = round(
+        results["pipeline_640x480"]["images_per_second"] / results["naive_one_at_a_time"]["images_per_second"], 2)
+    results["bf16_vs_fp32"] = agreement(embedder, paths[: min(len(paths), 32)])
+    print(results["naive_one_at_a_time"], results["bf16_vs_fp32"], flush=True)
+    results["builder_peak_rss_mb"] = builder_memory(jpegs_640, work / "store-mem", model)
+    results["model_load_seconds"] = model_load_seconds(model, args.device)
+    for n in sizes["stores"]:
+        store = work / f"store-{n}"
+        vectors, load = synthetic_store(store, embedder, n)
+        entry = {"load_seconds": round(load, 1), **queries(store, vectors, model, sizes["repeat"])}
+        entry["through_app"] = through_app(store, model, max(10, sizes["repeat"] // 2))
+        results[f"queries_{n}_vectors"] = entry
+        print(n, entry, flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    args.out.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def machine(device: str) -> str:
+    """What the figures came from."""
+    import torch
+
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{os.cpu_count()} cores of {cpu}, torch {torch.__version__} (CPU)"
+
+
+def markdown(r: dict) -> str:
+    """The figures as a table."""
+    p, p12, bare = r["pipeline_640x480"], r["pipeline_12mp"], r["bare_model_images_per_second"]
+    rows = [
+        ("Bare model, images/s (fp32 / bf16)", f"{bare['fp32']} / {bare['bf16']}"),
+        ("Pipeline, 640x480 JPEGs to store, images/s", f"{p['images_per_second']} ({p['precision']}), "
+                                                        f"{p['ratio_to_bare_model']:.0%} of the bare model"),
+        ("Pipeline, 12 MP JPEGs, images/s", f"{p12['images_per_second']}, {p12['ratio_to_bare_model']:.0%} of the bare model"),
+        ("Naive one-at-a-time, images/s", f"{r['naive_one_at_a_time']['images_per_second']} "
+                                          f"(pipeline is {r['speedup_over_naive']}x faster)"),
+        ("bf16 vs fp32: mean cosine / top-10 overlap", f"{r['bf16_vs_fp32']['mean_cosine']} / {r['bf16_vs_fp32']['top10_overlap']}"),
+        ("Builder peak RSS", f"{r['builder_peak_rss_mb']} MB"),
+        ("Store bytes per image (vectors, metadata, thumbnail)", f"{p['store_bytes_per_image']:,}"),
+        ("Model load", f"{r['model_load_seconds']} s"),
+    ]
+    for key in sorted(k for k in r if k.startswith("queries_")):
+        q, n = r[key], key.split("_")[1]
+        a = q["through_app"]
+        rows += [
+            (f"{n} vectors: vector search p50 / p95", f"{q['vector_search']['p50_ms']} / {q['vector_search']['p95_ms']} ms"),
+            (f"{n} vectors: HNSW recall@10 vs exact", f"{q['recall_at_10']}"),
+            (f"{n} vectors: text query in-process p50 / p95", f"{q['text_query']['p50_ms']} / {q['text_query']['p95_ms']} ms"),
+            (f"{n} vectors: image query in-process p50 / p95", f"{q['image_query']['p50_ms']} / {q['image_query']['p95_ms']} ms"),
+            (f"{n} vectors: text / image query via gradio_client p50",
+             f"{a['text_query']['p50_ms']} / {a['image_query']['p50_ms']} ms"),
+            (f"{n} vectors: app start-up (model load {r['model_load_seconds']} s) / app RSS",
+             f"{a['startup_seconds']} s / {a['app_rss_mb']} MB"),
+        ]
+    head = f"Machine: {r['machine']}. Model: {r['model']}.\n\n| measure | figure |\n|---|---|\n"
+    return head + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""The benchmark runs end to end (--quick: tiny model, small sizes); its speed is not judged here."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_quick_benchmark_writes_every_figure(tmp_path):
+    out = tmp_path / "results"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert r["bare_model_images_per_second"]["fp32"] > 0 and r["bare_model_images_per_second"]["bf16"] > 0
+    assert r["pipeline_640x480"]["images"] == 48 and r["pipeline_12mp"]["images"] == 4
+    assert r["naive_one_at_a_time"]["images_per_second"] > 0
+    assert 0.99 <= r["bf16_vs_fp32"]["mean_cosine"] <= 1.0 + 1e-5
+    q = r["queries_2000_vectors"]
+    assert 0.0 <= q["recall_at_10"] <= 1.0 and q["vector_search"]["p50_ms"] > 0
+    assert q["through_app"]["startup_seconds"] > 0 and q["through_app"]["text_query"]["p50_ms"] > 0
+    assert "| Bare model" in out.with_suffix(".md").read_text()
