@@ -165,3 +165,19 @@ def test_query_inputs_and_errors(tmp_path, shapes_folder, random_clip):
     junk = io.BytesIO(b"not an image")
     with pytest.raises(ValueError, match="unsupported"):
         index.search_by_image(junk.getvalue())
+
+
+def test_a_second_text_model_encodes_queries(tmp_path, shapes_folder, shapes_model, random_clip):
+    """IMAGE_SEARCH_TEXT_MODEL: a text encoder aligned to the image space (multilingual, say) answers text."""
+    from search import ModelError
+
+    store = tmp_path / "store"
+    assert run_builder("--dataset", shapes_folder, "--store", store, "--model", shapes_model).returncode == 0
+    own = ImageIndex.open(store)
+    paired = ImageIndex.open(store, text_model=str(random_clip))
+    assert paired.embedder.text_model is not paired.embedder.model
+    assert float(own.embedder.embed_texts(["a red circle"])[0] @ paired.embedder.embed_texts(["a red circle"])[0]) < 0.99
+    assert [h.id for h in paired.search_by_image(first(shapes_folder, "red circle"), k=3)] == \
+        [h.id for h in own.search_by_image(first(shapes_folder, "red circle"), k=3)]  # images still use the image model
+    with pytest.raises(ModelError, match="text model"):
+        ImageIndex.open(store, model="pixels", text_model=str(random_clip))
