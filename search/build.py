@@ -16,10 +16,9 @@ from .errors import InvalidImageError
 from .images import decode_image, make_thumbnail
 from .prefetch import prefetch
 from .sources import Item
-from .store import content_id, load_manifest, open_collection, remove_images, save_manifest, write_thumbnail
+from .store import content_id, load_manifest, open_collection, read_all, remove_images, save_manifest, write_thumbnail
 
 CALIBRATION_IMAGES = 16
-_PAGE = 5000
 
 
 @dataclass
@@ -211,12 +210,8 @@ class _Stages:
 def _stale_ids(col: Any, root: str, current: set[str]) -> list[str]:
     """Ids of records from under ``root`` whose image the source no longer holds."""
     prefix = root.rstrip("/") + "/"
-    stale = []
-    for offset in range(0, col.count(), _PAGE):
-        got = col.get(include=["metadatas"], limit=_PAGE, offset=offset)
-        stale += [i for i, m in zip(got["ids"], got["metadatas"])
-                  if (m or {}).get("source", "").startswith(prefix) and i not in current]
-    return stale
+    ids, metadatas = read_all(col, "metadatas")
+    return [i for i, m in zip(ids, metadatas) if (m or {}).get("source", "").startswith(prefix) and i not in current]
 
 
 def _metadata(r: _Ready, thumbnail: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from .build import BuildReport, build_index
 from .embedders import Embedder
 from .errors import QueryError, StoreError
 from .index import Hit, ImageIndex
-from .store import connect, open_collection, write_lock
+from .store import connect, open_collection, read_all, write_lock
 
 PREFIX = "mine-"
 LOCAL_OWNER = "local"
@@ -83,8 +83,7 @@ class Collections:
     def browse(self, key: str | None, name: str, limit: int = 200) -> list[Hit]:
         """The collection's images, newest first (up to ``limit``), with no score."""
         col = self.index(key, name)
-        got = col.collection.get(include=["metadatas"])
-        rows = sorted(zip(got["ids"], got["metadatas"]), key=lambda r: -(r[1] or {}).get("added_at", 0))[:limit]
+        rows = sorted(zip(*read_all(col.collection, "metadatas")), key=lambda r: -(r[1] or {}).get("added_at", 0))[:limit]
         return [col.hit(i, 0.0, m) for i, m in rows]
 
     def remove(self, key: str | None, name: str, ids: list[str]) -> int:

@@ -13,11 +13,10 @@ from .duplicates import fold_near_duplicates
 from .embedders import Embedder, load_embedder
 from .errors import QueryError, StoreError
 from .images import ImageInput, read_image
-from .store import DEFAULT_COLLECTION, check_health, check_model, connect, open_collection, remove_images
+from .store import DEFAULT_COLLECTION, check_health, check_model, connect, open_collection, read_all, remove_images
 
 MAX_K = 1000
 MAX_TEXT_CHARS = 1000
-_PAGE = 5000
 
 
 @dataclass(frozen=True)
@@ -160,13 +159,8 @@ class ImageIndex:
         with self._cache_lock:
             count = len(self)
             if self._exact_cache is None or self._exact_cache[0] != count:
-                ids: list[str] = []
-                rows: list[np.ndarray] = []
-                for offset in range(0, count, _PAGE):
-                    got = self.collection.get(include=["embeddings"], limit=_PAGE, offset=offset)
-                    ids.extend(got["ids"])
-                    rows.append(np.asarray(got["embeddings"], dtype=np.float32))
-                matrix = np.concatenate(rows) if rows else np.zeros((0, self.embedder.dimension), np.float32)
+                ids, rows = read_all(self.collection, "embeddings")
+                matrix = np.asarray(rows, dtype=np.float32).reshape(len(ids), self.embedder.dimension)
                 self._exact_cache = (count, ids, matrix)
             return self._exact_cache[1], self._exact_cache[2]
 

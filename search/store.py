@@ -18,6 +18,7 @@ DEFAULT_COLLECTION = "images"
 THUMBNAILS = "thumbnails"
 MANIFESTS = "manifests"
 LOCK_FILE = ".write.lock"
+PAGE = 5000  # records per read when a whole collection is scanned
 STORE_FORMAT = 1
 # Recall@10 against exact search stays above 0.99 at 100k vectors with these (bench/ measures it).
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 128, "max_neighbors": 32}
@@ -212,6 +213,17 @@ def remove_images(client: Any, collection: Any, ids: list[str], store_dir: Path)
     for image_id in set(ids) - still_used:
         thumbnail_path(store_dir, image_id).unlink(missing_ok=True)
     return len(ids)
+
+
+def read_all(collection: Any, field: str) -> tuple[list[str], list]:
+    """Every record's id and ``field`` ("metadatas" or "embeddings"), read in pages Chroma can serve."""
+    ids: list[str] = []
+    values: list = []
+    for offset in range(0, collection.count(), PAGE):
+        got = collection.get(include=[field], limit=PAGE, offset=offset)
+        ids.extend(got["ids"])
+        values.extend(got[field])
+    return ids, values
 
 
 def thumbnail_path(store_dir: Path, image_id: str) -> Path:
