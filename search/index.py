@@ -1,6 +1,7 @@
 """ImageIndex: search a built store by image, by text, or by a stored image's id."""
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,7 +43,7 @@ class ImageIndex:
     """
 
     def __init__(self, store_dir: Path, collection: Any, embedder: Embedder):
-        self.store_dir = Path(store_dir)
+        self.store_dir = Path(store_dir).resolve()
         self.collection = collection
         self.embedder = embedder
         self.metadata = dict(collection.metadata or {})
@@ -121,12 +122,11 @@ class ImageIndex:
                 for head, members in fold_near_duplicates([s[0] for s in scored], vectors, collapse)[:k]]
 
     def _nearest(self, vector: np.ndarray, k: int, metric: str) -> list[tuple[str, float, dict]]:
-        count = len(self)
-        if count == 0:
-            return []
         if metric == "cosine" or (metric in ("ip", "l2") and self.metadata.get("normalized")):
+            # No count() first: it costs more than the search at 100k vectors, and Chroma returns
+            # fewer than k results (none from an empty collection) without complaint.
             found = self.collection.query(
-                query_embeddings=[vector], n_results=min(k, count), include=["metadatas", "distances"]
+                query_embeddings=[vector], n_results=k, include=["metadatas", "distances"]
             )
             scored = [
                 (i, metrics.score_from_cosine_distance(d, metric), m)
@@ -135,6 +135,8 @@ class ImageIndex:
         else:
             ids, matrix = self._all_vectors()
             best = metrics.top_k(matrix, vector, metric, k)
+            if not best:
+                return []
             chosen = [ids[i] for i, _ in best]
             metas = dict(zip(*self._metadatas(chosen)))
             scored = [(ids[i], s, metas.get(ids[i], {})) for i, s in best]
@@ -173,7 +175,8 @@ class ImageIndex:
             score=float(score),
             label=meta.get("label"),
             caption=meta.get("caption"),
-            image=str((self.store_dir / thumb).resolve()) if thumb else None,
+            # normpath, not resolve(): no file system calls on the query path
+            image=os.path.normpath(self.store_dir / thumb) if thumb else None,
             source=meta.get("source"),
             metadata=meta,
         )

@@ -19,6 +19,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert r["naive_one_at_a_time"]["images_per_second"] > 0
     assert 0.99 <= r["bf16_vs_fp32"]["mean_cosine"] <= 1.0 + 1e-5
     q = r["queries_2000_vectors"]
-    assert 0.0 <= q["recall_at_10"] <= 1.0 and q["vector_search"]["p50_ms"] > 0
+    # Recall is a property of the index settings, not a speed: at 2,000 vectors HNSW is near exact.
+    assert min(q["recall_at_10"].values()) >= 0.95 and q["vector_search"]["p50_ms"] > 0
     assert q["through_app"]["startup_seconds"] > 0 and q["through_app"]["text_query"]["p50_ms"] > 0
     assert "| Bare model" in out.with_suffix(".md").read_text()

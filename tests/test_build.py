@@ -165,6 +165,10 @@ def test_query_inputs_and_errors(tmp_path, shapes_folder, random_clip):
     junk = io.BytesIO(b"not an image")
     with pytest.raises(ValueError, match="unsupported"):
         index.search_by_image(junk.getvalue())
+    index.remove([h.id for h in index.search_by_text("blue", k=50)])
+    assert len(index) == 0
+    for metric in ("cosine", "l2", "l1", "correlation", "ip"):
+        assert index.search_by_image(query, k=5, metric=metric) == []
 
 
 def test_a_second_text_model_encodes_queries(tmp_path, shapes_folder, shapes_model, random_clip):
