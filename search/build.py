@@ -1,6 +1,8 @@
 """The indexing pipeline: identify, skip what is stored, decode in parallel, embed, write."""
 from __future__ import annotations
 
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -141,7 +143,8 @@ class _Stages:
         self.col = col
         self.embedder = embedder
         self.report = report
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode",
+                                       initializer=_yield_to_the_model)
         self.known = manifest
         self.manifest: dict[str, list] = {}
         self.current_ids: set[str] = set()  # every image id the source holds now, for --sync
@@ -205,6 +208,18 @@ class _Stages:
 
     def _skip(self, item: Item, error: InvalidImageError) -> None:
         self.report.skipped.append({"source": item.source, "reason": error.reason, "detail": error.detail})
+
+
+def _yield_to_the_model() -> None:
+    """Lower this decoding thread's priority, so it runs when the model's threads leave a core free.
+
+    On a CPU the model's threads already fill every core; decoding at equal priority slows each of
+    its parallel steps down more than the decoding itself costs.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: decode at normal priority
+        pass
 
 
 def _stale_ids(col: Any, root: str, current: set[str]) -> list[str]:

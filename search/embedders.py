@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import platform
 import threading
 import time
 from contextlib import nullcontext
@@ -164,10 +165,19 @@ def _load_sentence_transformer(name: str, device: str):
 
 
 def _bf16_supported(device: str) -> bool:
+    """Whether bf16 can be faster here: worth calibrating at all.
+
+    An x86 CPU without AVX512-BF16 or AMX emulates bf16, several times slower than fp32, so even
+    measuring it would cost a build seconds; other CPUs (ARM's bf16 extensions) are measured.
+    """
     import torch
 
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        if all(callable(c) for c in checks):
+            return any(c() for c in checks)
     return True
 
 
