@@ -63,11 +63,14 @@ class Collections:
             existing = self.names(key)
             if self.public and name not in existing and len(existing) >= self.max_collections:
                 raise QueryError(f"You have {len(existing)} collections, the most allowed here; delete one first.")
-            report = build_index(upload_items(files), store_dir=self.store_dir, client=client, collection=full,
+            items = list(upload_items(files))  # a zip is listed, not read
+            if self.public:
+                held = open_collection(client, full).count() if name in existing else 0
+                if held + len(items) > self.max_images:
+                    raise QueryError(f"This upload holds {len(items)} files and the collection {held} images; a "
+                                     f"collection may hold {self.max_images}. Add fewer, or delete some first.")
+            report = build_index(items, store_dir=self.store_dir, client=client, collection=full,
                                  embedder=self.embedder, source="upload", progress=progress)
-            if self.public and report.total_in_collection > self.max_images:
-                raise QueryError(f"The collection now holds {report.total_in_collection} images, over the limit of "
-                                 f"{self.max_images}; delete some.")
         report.collection = name
         return report
 

@@ -1,14 +1,17 @@
-"""Personal collections through index_builder.py: sync, URL lists, crawling, near-duplicates."""
+"""Personal collections: sync, URL lists, crawling, near-duplicates (index_builder.py), and public caps."""
 from __future__ import annotations
 
 import io
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from search import ImageIndex
+from search import ImageIndex, QueryError
+from search.collections import Collections
 from search.build import build_index
 from search.embedders import load_embedder
 from search.sources import folder_items
@@ -155,3 +158,30 @@ def test_near_duplicates_are_reported_and_collapse_in_results(tmp_path, shapes_m
     folded = index.search_by_image(original, k=5, collapse=0.95)
     assert len(folded) == 5 and folded[0].similar
     assert len({h.id for h in folded} | {i for h in folded for i in h.similar}) > len({h.id for h in plain})
+
+
+def test_public_caps_refuse_an_upload_before_writing_anything(tmp_path, random_clip):
+    files = write_folder(tmp_path / "photos", per_class=1, seed=5)  # 12 images
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in files[6:]:
+            z.write(f, f"more/{f.name}")
+    mine = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=True,
+                       max_collections=2, max_images=8, max_files=7)
+    key = "k" * 16
+    assert mine.add(key, "first", files[:5], progress=False).total_in_collection == 5
+    # 5 held + 6 in the zip > 8: refused whole, nothing indexed, no thumbnail written.
+    thumbs = set((tmp_path / "store" / "thumbnails").rglob("*.jpg"))
+    with pytest.raises(QueryError, match="holds 6 files and the collection 5 images"):
+        mine.add(key, "first", [archive], progress=False)
+    assert len(mine.index(key, "first")) == 5
+    assert set((tmp_path / "store" / "thumbnails").rglob("*.jpg")) == thumbs
+    with pytest.raises(QueryError, match="over the limit of 7"):
+        mine.add(key, "second", files[:8], progress=False)
+    assert mine.add(key, "second", [archive], progress=False).indexed == 6
+    with pytest.raises(QueryError, match="2 collections"):
+        mine.add(key, "third", files[:1], progress=False)
+    assert mine.names(key) == ["first", "second"]
+    # A local app has no caps.
+    local = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=False, max_images=1)
+    assert local.add(None, "all", files, progress=False).indexed == 12
