@@ -104,13 +104,15 @@ def build_index(
     start = time.perf_counter()
     bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, smoothing=0.1)
     stages = _Stages(col, embedder, report, workers, load_manifest(store_dir, manifest or collection))
+    calibrate = isinstance(embedder, ClipEmbedder) and precision == "auto"
     for batch in prefetch(stages.batches(items, batch_size), bar.update):
         if not batch:
             continue
         images = [r.image for r in batch]
-        if isinstance(embedder, ClipEmbedder) and precision == "auto" and report.bf16_agreement is None:
-            agreement, speedup = embedder.calibrate_bf16(images[:CALIBRATION_IMAGES])
-            report.bf16_agreement, report.bf16_speedup = round(agreement, 6), round(speedup, 2)
+        if calibrate:
+            calibrate = False
+            if measured := embedder.calibrate_bf16(images[:CALIBRATION_IMAGES]):
+                report.bf16_agreement, report.bf16_speedup = round(measured[0], 6), round(measured[1], 2)
         vectors = embedder.embed_images(images)
         if near_duplicate_similarity and embedder.normalized:
             sources = [r.item.source for r in batch]

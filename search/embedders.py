@@ -112,14 +112,15 @@ class ClipEmbedder:
         """Unit-length embeddings for texts, in the images' space."""
         return self._encode(self.text_model, list(texts), batch_size, False)
 
-    def calibrate_bf16(self, images: Sequence[Image.Image]) -> tuple[float, float]:
+    def calibrate_bf16(self, images: Sequence[Image.Image]) -> tuple[float, float] | None:
         """Use bf16 for images from now on where it agrees with fp32 and is faster, on ``images``.
 
-        Returns (mean cosine to fp32, fp32 time / bf16 time). Speed is measured, not assumed: on CPUs
-        without native bf16 (AVX2 only), bf16 matrix products run many times slower than fp32.
+        Returns (mean cosine to fp32, fp32 time / bf16 time), or None where bf16 cannot help and was
+        not tried. Speed is measured, not assumed: bf16's gain differs widely between chips.
         """
+        self.bf16 = False
         if not images or self.device not in ("cpu", "cuda") or not _bf16_supported(self.device):
-            return 0.0, 0.0
+            return None
         images = list(images)
         probe = images[:2]
         for bf16 in (False, True):  # warm both paths so neither pays first-call costs below

@@ -45,7 +45,7 @@ def test_no_calibration_where_bf16_is_emulated(clip, images, monkeypatch):
     monkeypatch.setattr(embedders.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert clip.calibrate_bf16(images) == (0.0, 0.0) and not clip.bf16
+    assert clip.calibrate_bf16(images) is None and not clip.bf16
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert embedders._bf16_supported("cpu")
 
