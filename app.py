@@ -11,14 +11,13 @@ import gradio as gr
 
 from search import METRICS, SearchError
 from search.index import MAX_TEXT_CHARS
-from search.service import Results, SearchService, Settings
+from search.service import MAX_RESULTS, Results, SearchService, Settings
 from search.store import THUMBNAILS
 
 log = logging.getLogger("app")
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXAMPLE_IMAGES = sorted(str(p) for p in EXAMPLES.glob("*.jpg"))
 EXAMPLE_PROMPTS = [line.strip() for line in (EXAMPLES / "prompts.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
-MAX_K = 50
 QUEUE_SIZE = int(os.environ.get("IMAGE_SEARCH_QUEUE_SIZE", "64"))
 CONCURRENCY = int(os.environ.get("IMAGE_SEARCH_CONCURRENCY", "4"))  # model calls take turns on the embedder's lock
 MAX_FILE_SIZE = "20mb"
@@ -64,7 +63,7 @@ def build_app(service: SearchService) -> gr.Blocks:
         with gr.Row():
             method = gr.Dropdown(methods, value=methods[0][1] if methods else None, label="Index")
             metric = gr.Dropdown(list(METRICS), value="cosine", label="Similarity")
-            k = gr.Slider(1, MAX_K, value=12, step=1, label="Results")
+            k = gr.Slider(1, MAX_RESULTS, value=12, step=1, label="Results")
             fold = gr.Checkbox(False, label="Fold near-duplicates")
         with gr.Tabs():
             with gr.Tab("Search by image"):
@@ -144,6 +143,7 @@ def build_app(service: SearchService) -> gr.Blocks:
         add_button.click(user_errors(add), [key, mine, files],
                          [ingest_summary, ingest_table, mine, method, *browse_outputs], **PRIVATE)
         mine.change(user_errors(listing), [key, mine], browse_outputs, **PRIVATE)
+
         def pick(ids: list[str], evt: gr.SelectData) -> str:
             return ids[evt.index] if evt.index < len(ids) else ""
 

@@ -135,7 +135,7 @@ def open_collection(client: Any, name: str, embedder: Embedder | None = None, so
 
     if len(name) < 3 or len(name) > 63:
         raise StoreError(f"collection name {name!r} must have 3 to 63 characters")
-    existing = {c.name if hasattr(c, "name") else str(c) for c in client.list_collections()}
+    existing = {c.name for c in client.list_collections()}
     if name not in existing:
         if embedder is None:
             known = ", ".join(sorted(existing)) or "none"

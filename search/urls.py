@@ -13,7 +13,7 @@ import ipaddress
 import socket
 import ssl
 import time
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 from .errors import InvalidImageError
 from .images import MAX_BYTES
@@ -78,8 +78,7 @@ def check_url(url: str, *, allow_private: bool = False) -> str:
     if host in METADATA_NAMES:
         raise InvalidImageError("refused_url", f"{host} is a cloud metadata endpoint")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, _port(parts), type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise InvalidImageError("refused_url", f"cannot resolve {host}: {exc}") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
@@ -109,8 +108,12 @@ def _refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_priva
     return None
 
 
-def _connection(parts, address: str, timeout: float) -> http.client.HTTPConnection:
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+def _port(parts: SplitResult) -> int:
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _connection(parts: SplitResult, address: str, timeout: float) -> http.client.HTTPConnection:
+    port = _port(parts)
     if parts.scheme == "https":
         conn = _PinnedHTTPS(parts.hostname, port, timeout=timeout, context=ssl.create_default_context())
     else:
