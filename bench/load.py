@@ -14,9 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.stats import percentiles  # noqa: E402
 from tests.fixtures.app_process import ROOT, RunningApp  # noqa: E402
 
 QUERY_IMAGE = ROOT / "examples" / "astronaut.jpg"
@@ -59,12 +58,10 @@ def run_load(app: RunningApp, users: int = 16, seconds: float = 60, rounds: int 
         rss.append(round(app.rss_mb(), 1))
     for t in threads:
         t.join(timeout=60)
-    ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return {
         "users": users, "seconds": seconds, "requests": len(latencies), "errors": len(errors),
         "error_samples": errors[:5], "throughput_rps": round(len(latencies) / seconds, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
-        "rss_mb_per_round": rss,
+        **percentiles(latencies), "rss_mb_per_round": rss,
     }
 
 

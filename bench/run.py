@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
+from bench.stats import percentiles  # noqa: E402
 from search.build import build_index  # noqa: E402
 from search.embedders import ClipEmbedder  # noqa: E402
 from search.index import ImageIndex  # noqa: E402
@@ -193,12 +194,6 @@ def synthetic_store(store: Path, embedder: ClipEmbedder, n: int) -> tuple[np.nda
 def write_synthetic_store(store: Path, model: str, device: str, n: int) -> float:
     """synthetic_store in a process of its own; returns the load time."""
     return synthetic_store(store, ClipEmbedder(model, device=device), n)[1]
-
-
-def percentiles(seconds: list[float]) -> dict:
-    """p50 and p95 in milliseconds."""
-    ms = np.array(seconds) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2)}
 
 
 def probes(vectors: np.ndarray, n: int, cosine: float, seed: int) -> np.ndarray:
