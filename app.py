@@ -9,8 +9,12 @@ from pathlib import Path
 
 import gradio as gr
 
+from starlette.middleware import Middleware
+
 from search import METRICS, SearchError
+from search.ids import KEY
 from search.index import MAX_TEXT_CHARS
+from search.served_files import UploadBudget, served_copy
 from search.service import MAX_RESULTS, Results, SearchService, Settings
 from search.store import THUMBNAILS
 
@@ -21,18 +25,24 @@ EXAMPLE_PROMPTS = [line.strip() for line in (EXAMPLES / "prompts.txt").read_text
 QUEUE_SIZE = int(os.environ.get("IMAGE_SEARCH_QUEUE_SIZE", "64"))
 CONCURRENCY = int(os.environ.get("IMAGE_SEARCH_CONCURRENCY", "4"))  # model calls take turns on the embedder's lock
 MAX_FILE_SIZE = "20mb"
+# Every 5 minutes, Gradio deletes what it cached more than 30 minutes ago (uploads nobody used included).
+DELETE_CACHE = (300, 1800)
 PRIVATE = dict(api_visibility="private")
 
 
 def user_errors(fn):
-    """Show library errors as a message in the UI and an error to API callers; hide internals."""
+    """Show library errors as a message in the UI and an error to API callers; hide internals.
+
+    A refused input is one line in the log; only an unexpected error (a bug) logs its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except SearchError as exc:
-            raise gr.Error(str(exc)) from None
+            log.info("refused in %s: %s", fn.__name__, exc.for_operator())
+            raise gr.Error(str(exc), print_exception=False) from None
         except gr.Error:
             raise
         except Exception:
@@ -49,14 +59,14 @@ def shown(results: Results) -> tuple:
 
 def as_api(records: list[dict]) -> list[dict]:
     """Hits for API callers; a FileData dict makes Gradio serve the thumbnail and the client download it."""
-    return [{**r, "image": {"path": r["image"], "meta": {"_type": "gradio.FileData"}} if r["image"] else None}
+    return [{**r, "image": {"path": served_copy(r["image"]), "meta": {"_type": "gradio.FileData"}} if r["image"] else None}
             for r in records]
 
 
 def build_app(service: SearchService) -> gr.Blocks:
     """Wire the UI and the named API endpoints to ``service``."""
     methods = service.methods
-    with gr.Blocks(title="Image search") as demo:
+    with gr.Blocks(title="Image search", delete_cache=DELETE_CACHE) as demo:
         key = gr.BrowserState(None, storage_key="image-search-key")  # this browser's secret for its collections
         gr.Markdown("# Image search\nFind images by example or by description.")
         gr.Markdown(service.describe())
@@ -105,7 +115,8 @@ def build_app(service: SearchService) -> gr.Blocks:
             return gr.update(choices=methods + service.personal_methods(secret))
 
         def first_visit(secret: str | None):
-            secret = secret or secrets.token_urlsafe(24)
+            if not isinstance(secret, str) or not KEY.fullmatch(secret):
+                secret = secrets.token_urlsafe(24)
             names = service.collections.names(secret) if service.collections else []
             return secret, choices(secret), gr.update(choices=names)
 
@@ -131,17 +142,17 @@ def build_app(service: SearchService) -> gr.Blocks:
             return [(h.image, h.source) for h in hits if h.image], [h.id for h in hits], ""
 
         def add(secret, name, paths, progress=gr.Progress(track_tqdm=True)):
-            report = service.personal.add(secret, name, paths or [])
+            report = service.add_images(secret, name, paths)
             rows = ([[s["source"], s["reason"], s["detail"]] for s in report.skipped]
                     + [[d["source"], "near-duplicate", f"of {d['similar_source']} ({d['similarity']})"]
                        for d in report.near_duplicates])
             names = service.personal.names(secret)
-            return (report.summary(), rows, gr.update(choices=names, value=report.collection), choices(secret),
+            return (report.summary(), rows, None, gr.update(choices=names, value=report.collection), choices(secret),
                     *listing(secret, report.collection))
 
         browse_outputs = [browse, browsed, selected]
         add_button.click(user_errors(add), [key, mine, files],
-                         [ingest_summary, ingest_table, mine, method, *browse_outputs], **PRIVATE)
+                         [ingest_summary, ingest_table, files, mine, method, *browse_outputs], **PRIVATE)
         mine.change(user_errors(listing), [key, mine], browse_outputs, **PRIVATE)
 
         def pick(ids: list[str], evt: gr.SelectData) -> str:
@@ -152,13 +163,13 @@ def build_app(service: SearchService) -> gr.Blocks:
         def delete(secret, name, image_id):
             if not image_id:
                 raise SearchError("Click an image in the collection first.")
-            service.personal.remove(secret, name, [image_id])
+            service.delete_images(secret, name, [image_id])
             return listing(secret, name)
 
         delete_button.click(user_errors(delete), [key, mine, selected], browse_outputs, **PRIVATE)
 
         def drop(secret, name):
-            service.personal.drop(secret, name)
+            service.drop_collection(secret, name)
             return (gr.update(choices=service.personal.names(secret), value=None), choices(secret), [], [], "")
 
         drop_button.click(user_errors(drop), [key, mine], [mine, method, *browse_outputs], **PRIVATE)
@@ -170,7 +181,7 @@ def build_app(service: SearchService) -> gr.Blocks:
             api_files = gr.File(type="filepath", file_count="multiple", label="files")
             api_text = gr.Textbox(label="text")
             api_k = gr.Number(value=12, precision=0, label="k")
-            api_metric = gr.Dropdown(list(METRICS), value="cosine", label="metric")
+            api_metric = gr.Textbox(value="cosine", label="metric")  # checked by the library, which says why
             api_index = gr.Textbox(value="", label="index")
             api_key = gr.Textbox(value="", label="key")
             api_name = gr.Textbox(value="", label="collection")
@@ -182,12 +193,12 @@ def build_app(service: SearchService) -> gr.Blocks:
                          [api_image, *api_search], api_out, api_name="search_by_image")
         buttons[1].click(user_errors(lambda t, n, m, x, s: as_api(service.search_text(t, n, m, x or None, key=s).records())),
                          [api_text, *api_search], api_out, api_name="search_by_text")
-        buttons[2].click(user_errors(lambda f, c, s: service.personal.add(s, c, f or [], progress=False).to_dict()),
+        buttons[2].click(user_errors(lambda f, c, s: service.add_images(s, c, f).for_visitor()),
                          [api_files, api_name, api_key], api_out, api_name="collection_add")
         buttons[3].click(user_errors(lambda s: service.personal.names(s)), [api_key], api_out, api_name="collection_list")
-        buttons[4].click(user_errors(lambda ids, c, s: {"removed": service.personal.remove(s, c, list(ids or []))}),
+        buttons[4].click(user_errors(lambda ids, c, s: service.delete_images(s, c, ids).to_dict()),
                          [api_ids, api_name, api_key], api_out, api_name="collection_delete")
-        buttons[5].click(user_errors(lambda c, s: {"removed": service.personal.drop(s, c)}),
+        buttons[5].click(user_errors(lambda c, s: {"removed": len(service.drop_collection(s, c).removed)}),
                          [api_name, api_key], api_out, api_name="collection_drop")
     return demo
 
@@ -200,7 +211,9 @@ def main() -> None:
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     # Thumbnails only: the store's own files (vectors, every collection's metadata) are never served.
     allowed = [str((service.settings.store / THUMBNAILS).resolve()), str(EXAMPLES)]
-    demo.launch(max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True)
+    budget = Middleware(UploadBudget, max_bytes=service.settings.upload_budget_bytes)
+    demo.launch(max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True,
+                app_kwargs={"middleware": [budget]})
 
 
 if __name__ == "__main__":

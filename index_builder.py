@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         with write_lock(args.store):
             report = _build(args, source, items, manifest)
     except SearchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.for_operator()}", file=sys.stderr)
         return 2
     report.skipped = failed_pages + report.skipped
     if args.report:

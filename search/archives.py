@@ -1,55 +1,193 @@
-"""Uploaded files and zip archives as items, read in memory (nothing is extracted to disk)."""
+"""Uploaded files and zip archives as items, read in memory (nothing is extracted to disk).
+
+Each item checks its image's header when it is read: one over the per-image limit is skipped as
+``too_large`` before it is decoded, and all the images of one upload share a total pixel budget;
+once that is spent, the remaining files are skipped as ``too_large``.
+"""
 from __future__ import annotations
 
+import re
+import threading
+import unicodedata
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from .errors import InvalidImageError, SourceError
-from .images import MAX_BYTES, read_file
+from .images import MAX_BYTES, QUERY_MAX_PIXELS, image_header, pixel_limit_message, read_file
 from .sources import Item
 
 MAX_MEMBERS = 2000
 MAX_TOTAL_BYTES = 1024 * 1024 * 1024  # what an archive may claim to unpack to, in all
+MAX_NAME_CHARS = 255
+# Each image of an upload: the same limit as a query.
+UPLOAD_MAX_PIXELS = QUERY_MAX_PIXELS
+# All images of one upload (every file and zip member) together, counted at the size they decode at.
+# 500 phone photos as JPEG decode at 0.2 MP each for a 224-pixel model (100 MP); twenty 16 MP BMPs,
+# 1 MB zipped, would be 320 MP and about 1 GB of bytes for the build to hold: eight of them pass.
+ARCHIVE_MAX_PIXELS = 128_000_000
+# JPEGs are counted at the scale decoding will draft them to for a model with these input edges
+# (CLIP's 224); pass the embedder's own ``min_edges`` where it is known.
+UPLOAD_MIN_EDGES = (224, 256)
+PEEK_BYTES = 64 * 1024  # enough for the header of a PNG, BMP, GIF and most JPEGs
+_INVISIBLE = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")  # direction marks, line breaks
 
 
-def upload_items(paths: list[str | Path]) -> Iterator[Item]:
-    """Items for uploaded files; a .zip contributes its images (labelled by their folder inside it)."""
+class PixelAllowance:
+    """A total of decoded pixels for one upload, spent image by image, from any thread."""
+
+    def __init__(self, total: int | None = ARCHIVE_MAX_PIXELS):
+        self.total = total
+        self.used = 0
+        self.spent = False
+        self._charged: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Raise if the allowance is already spent (before reading a file that would be refused)."""
+        if self.spent:
+            raise InvalidImageError("too_large", self._detail())
+
+    def charge(self, key: str, pixels: int) -> None:
+        """Spend ``pixels`` on the file ``key`` (once, however often it is read), or raise ``too_large``."""
+        if self.total is None:
+            return
+        with self._lock:
+            if key in self._charged:
+                return
+            if self.spent or self.used + pixels > self.total:
+                self.spent = True
+                raise InvalidImageError("too_large", self._detail())
+            self.used += pixels
+            self._charged[key] = pixels
+
+    def _detail(self) -> str:
+        return (f"the images of this upload add up to more than {self.total:,} pixels, the most one upload may "
+                "decode; this file and the ones after it were skipped: add them in another upload")
+
+
+def upload_items(
+    paths: list[str | Path],
+    *,
+    max_pixels: int = UPLOAD_MAX_PIXELS,
+    total_pixels: int | None = ARCHIVE_MAX_PIXELS,
+    min_edges: tuple[int, int] | None = UPLOAD_MIN_EDGES,
+) -> Iterator[Item]:
+    """Items for uploaded files; a .zip contributes its images (labelled by their folder inside it).
+
+    Every image is held to ``max_pixels`` and all of them together to ``total_pixels`` (None: no total).
+    """
+    allowance = PixelAllowance(total_pixels)
     for path in map(Path, paths):
         if zipfile.is_zipfile(path):
-            yield from zip_items(path)
+            yield from zip_items(path, max_pixels=max_pixels, allowance=allowance, min_edges=min_edges)
         else:
-            yield Item(path.name, lambda path=path: read_file(path))
+            yield Item(path.name, lambda path=path: _read_upload(path, allowance, max_pixels, min_edges))
 
 
-def zip_items(path: Path) -> Iterator[Item]:
-    """The files of a zip archive, with member count and claimed sizes capped against zip bombs."""
+def zip_items(
+    path: Path,
+    *,
+    max_pixels: int = UPLOAD_MAX_PIXELS,
+    allowance: PixelAllowance | None = None,
+    min_edges: tuple[int, int] | None = UPLOAD_MIN_EDGES,
+) -> Iterator[Item]:
+    """The files of a zip archive, with member count, claimed sizes, names and pixels capped."""
+    allowance = allowance if allowance is not None else PixelAllowance()
     try:
         archive = zipfile.ZipFile(path)
-        members = [m for m in archive.infolist() if not m.is_dir() and not _hidden(m.filename)]
+        members = [m for m in archive.infolist() if not m.is_dir()]
     except (zipfile.BadZipFile, OSError) as exc:
-        raise SourceError(f"{path.name} is not a readable zip archive: {exc}") from exc
+        raise SourceError(f"{path.name} is not a readable zip archive; zip the images again",
+                          internals=f"{path}: {type(exc).__name__}: {exc}") from None
     if len(members) > MAX_MEMBERS:
-        raise SourceError(f"{path.name} holds {len(members)} files; the limit is {MAX_MEMBERS}")
+        raise SourceError(f"{path.name} holds {len(members):,} files; the limit is {MAX_MEMBERS:,}: split it in parts")
     if sum(m.file_size for m in members) > MAX_TOTAL_BYTES:
-        raise SourceError(f"{path.name} would unpack to more than {MAX_TOTAL_BYTES} bytes")
-    for member in members:
+        raise SourceError(f"{path.name} would unpack to more than {MAX_TOTAL_BYTES:,} bytes; split it in parts")
+    for number, member in enumerate(members, 1):
+        problem = unsafe_member_name(member.filename)
+        if problem:
+            detail = f"file {number} in {path.name} {problem}; rename it and zip the folder again"
+            yield Item(f"{path.name}/(file {number})", lambda detail=detail: _refuse("unsupported", detail))
+            continue
+        if _hidden(member.filename):
+            continue
         parts = PurePosixPath(member.filename).parts
         label = parts[-2] if len(parts) > 1 else None
-        yield Item(f"{path.name}/{member.filename}", lambda m=member: _read_member(archive, m), label=label)
+        key = f"{path}/{member.filename}"
+        yield Item(f"{path.name}/{member.filename}",
+                   lambda m=member, key=key: _read_member(archive, m, key, allowance, max_pixels, min_edges), label=label)
 
 
-def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
+def unsafe_member_name(name: str) -> str | None:
+    """Why a name inside an archive cannot be used (shown to people, stored as metadata), or None."""
+    if len(name) > MAX_NAME_CHARS:
+        return f"has a name of {len(name)} characters, over the limit of {MAX_NAME_CHARS}"
+    if any(unicodedata.category(c) == "Cc" for c in name) or _INVISIBLE.search(name):
+        return "has control characters in its name"
+    if "\\" in name:
+        return "has a backslash in its name"
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        return "is named by an absolute path"
+    if ".." in name.split("/"):
+        return "has '..' in its name"
+    return None
+
+
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, key: str, allowance: PixelAllowance,
+                 max_pixels: int, min_edges: tuple[int, int] | None) -> bytes:
     if member.file_size > MAX_BYTES:
-        raise InvalidImageError("too_large", f"{member.file_size} bytes is over the limit of {MAX_BYTES}")
+        raise InvalidImageError(
+            "too_large", f"the file is {member.file_size:,} bytes, over the limit of {MAX_BYTES:,}; make it smaller and try again"
+        )
+    allowance.check()
     try:
         with archive.open(member) as f:
-            data = f.read(MAX_BYTES + 1)  # the header may lie about the size; the read may not
-    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError) as exc:  # RuntimeError: encrypted member
-        raise InvalidImageError("corrupt", f"{type(exc).__name__}: {exc}") from None
+            head = f.read(PEEK_BYTES)
+            _check_head(head, max_pixels, min_edges)  # the rest is not read for an image that is refused
+            data = head + f.read(MAX_BYTES + 1 - len(head))  # the header may lie about the size; the read may not
+    except NotImplementedError:  # a compression method zipfile cannot read
+        raise InvalidImageError("unsupported", "the file is compressed in a way that cannot be read; zip it again") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, RuntimeError, EOFError):  # RuntimeError: encrypted member
+        raise InvalidImageError("corrupt", "the file is damaged or encrypted inside the zip archive") from None
     if len(data) > MAX_BYTES:
-        raise InvalidImageError("too_large", f"more than {MAX_BYTES} bytes")
+        raise InvalidImageError("too_large", f"the file is more than {MAX_BYTES:,} bytes; make it smaller and try again")
+    return _admit(data, key, allowance, max_pixels, min_edges)
+
+
+def _read_upload(path: Path, allowance: PixelAllowance, max_pixels: int, min_edges: tuple[int, int] | None) -> bytes:
+    allowance.check()
+    return _admit(read_file(path), str(path), allowance, max_pixels, min_edges)
+
+
+def _check_head(head: bytes, max_pixels: int, min_edges: tuple[int, int] | None) -> None:
+    """Refuse early when the first bytes already show too many pixels; anything else waits for the whole file."""
+    try:
+        header = image_header(head, min_edges=min_edges, max_pixels=1 << 62)
+    except InvalidImageError as exc:
+        if exc.reason == "too_large":  # Pillow's own bomb limit
+            raise
+        return
+    if header.pixels > max_pixels:
+        raise InvalidImageError("too_large", pixel_limit_message(header.size_text, max_pixels))
+
+
+def _admit(data: bytes, key: str, allowance: PixelAllowance, max_pixels: int,
+           min_edges: tuple[int, int] | None) -> bytes:
+    """The bytes, once the header is within the per-image limit and the upload's total."""
+    try:
+        header = image_header(data, min_edges=min_edges, max_pixels=max_pixels)
+    except InvalidImageError as exc:
+        if exc.reason == "too_large":
+            raise
+        return data  # not an image, or a damaged one: decoding gives the reason, as for any other file
+    allowance.charge(key, header.pixels)
     return data
+
+
+def _refuse(reason: str, detail: str) -> bytes:
+    raise InvalidImageError(reason, detail)
 
 
 def _hidden(name: str) -> bool:

@@ -1,6 +1,8 @@
 """The indexing pipeline: identify, skip what is stored, decode in parallel, embed, write."""
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import threading
 import time
@@ -14,13 +16,15 @@ from PIL import Image
 
 from .duplicates import NEAR_DUPLICATE_SIMILARITY, find_near_duplicates
 from .embedders import ClipEmbedder, Embedder
-from .errors import InvalidImageError
+from .errors import InvalidImageError, StoreError
+from .ids import content_id
 from .images import decode_image, make_thumbnail
 from .prefetch import prefetch
 from .sources import Item
-from .store import content_id, load_manifest, open_collection, read_all, remove_images, save_manifest, write_thumbnail
+from .store import load_manifest, open_collection, read_all, remove_images, save_manifest, write_thumbnail
 
 CALIBRATION_IMAGES = 16
+KEEP_BYTES = 4 * 1024 * 1024  # per image, between hashing and decoding (32 images: 128 MB at most)
 
 
 @dataclass
@@ -47,6 +51,13 @@ class BuildReport:
         """The report as plain JSON-able data."""
         return asdict(self)
 
+    def for_visitor(self) -> dict[str, Any]:
+        """The report without the server's internals: no store folder, the model by its name only."""
+        report = self.to_dict()
+        del report["store"]
+        report["model"] = Path(self.model).name
+        return report
+
     def summary(self) -> str:
         """One paragraph for a person."""
         reasons: dict[str, int] = {}
@@ -54,8 +65,9 @@ class BuildReport:
             reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
         skipped = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) or "none"
         return (
-            f"Indexed {self.indexed} new images into collection {self.collection!r} at {self.store} "
-            f"in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s, {self.precision}, model {self.model}). "
+            f"Indexed {self.indexed} new images into collection {self.collection!r} "
+            f"in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s, {self.precision}, "
+            f"model {Path(self.model).name}). "
             f"{self.already_indexed} were already indexed, {self.duplicates} were exact duplicates, "
             f"{len(self.near_duplicates)} near-duplicates, {self.removed} removed; skipped: {skipped}. "
             f"The collection now holds {self.total_in_collection} images."
@@ -70,6 +82,70 @@ class _Ready:
     thumbnail: bytes
 
 
+def _store_failures(build: Any) -> Any:
+    """Turn the store going away mid-build (a dead server, a full disk) into a StoreError for a person.
+
+    One place for every Chroma call of a build, the producer thread's included (``prefetch`` re-raises
+    them here). Nothing is lost: records and thumbnails written so far stay, the manifest is only saved
+    when the build completes, and a re-run skips what is stored.
+    """
+    @functools.wraps(build)
+    def run(items: Iterable[Item], **options: Any) -> BuildReport:
+        try:
+            return build(items, **options)
+        except Exception as exc:
+            error = _lost_store_error(exc, options.get("client"), options.get("store_dir"))
+            if error is None:
+                raise
+            raise error from exc
+    return run
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+
+
+def _lost_store_error(exc: Exception, client: Any, store_dir: Any) -> StoreError | None:
+    """The StoreError for an exception that means the store stopped answering; None for anything else (bugs)."""
+    import httpx
+    from chromadb.errors import InternalError
+
+    cause: BaseException = exc
+    if type(exc) is Exception and isinstance(exc.__context__, httpx.HTTPStatusError):
+        cause = exc.__context__  # chromadb's wrapping of an error answer that is not its own JSON
+    server = _server_address(client)
+    lost_server = isinstance(cause, (httpx.TransportError, ConnectionError, TimeoutError)) or (
+        isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code >= 500
+    )
+    full_disk = isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS  # the thumbnails folder, say
+    detail = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}"
+    if lost_server or (isinstance(cause, InternalError) and server):
+        return StoreError(
+            "the Chroma server stopped answering during the build. What was written so far is kept: "
+            "once the server is back, run the same command again and it resumes where this build stopped.",
+            internals=f"Chroma server at {server or '?'}: {detail}",
+        )
+    if not (full_disk or isinstance(cause, InternalError)):
+        return None
+    return StoreError(
+        "the store stopped working during the build (a full disk, or another program holding its database, "
+        "can cause this). What was written so far is kept: once that is fixed, run the same command again "
+        "and it resumes where this build stopped.",
+        internals=f"store at {store_dir}: {detail}",
+    )
+
+
+def _server_address(client: Any) -> str | None:
+    """``host:port`` of a Chroma server client; None for the embedded store."""
+    try:
+        settings = client.get_settings()
+    except Exception:
+        return None
+    if not str(getattr(settings, "chroma_api_impl", "")).endswith("FastAPI"):
+        return None
+    return f"{settings.chroma_server_host}:{settings.chroma_server_http_port}"
+
+
+@_store_failures
 def build_index(
     items: Iterable[Item],
     *,
@@ -130,7 +206,7 @@ def build_index(
     bar.close()
     save_manifest(store_dir, manifest or collection, stages.manifest)
     if sync_root is not None:
-        report.removed = remove_images(client, col, _stale_ids(col, sync_root, stages.current_ids), store_dir)
+        report.removed = len(remove_images(client, col, _stale_ids(col, sync_root, stages.current_ids), store_dir))
     report.precision = "bf16" if getattr(embedder, "bf16", False) else "fp32"
     report.seconds = round(time.perf_counter() - start, 3)
     report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
@@ -198,7 +274,9 @@ class _Stages:
             return exc
         if not data:
             return InvalidImageError("empty", "no bytes")
-        return content_id(data), data
+        # A batch holds its images' bytes from hashing to decoding: large files are read again instead.
+        keep = len(data) <= KEEP_BYTES or not item.rereadable
+        return content_id(data), data if keep else None
 
     def _decode(self, todo: tuple[Item, str, bytes | None]) -> tuple[Image.Image, bytes] | InvalidImageError:
         item, _, data = todo

@@ -8,8 +8,8 @@ collections; locally there is one namespace and collections persist in the store
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,34 +17,55 @@ from .archives import upload_items
 from .build import BuildReport, build_index
 from .embedders import Embedder
 from .errors import QueryError, StoreError
+from .ids import collection_name, image_ids, visitor_key
+from .images import MAX_PIXELS
 from .index import Hit, ImageIndex
-from .store import connect, open_collection, read_all, write_lock
+from .store import connect, folder_bytes, open_collection, read_all, write_lock
 
 PREFIX = "mine-"
 LOCAL_OWNER = "local"
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,29}$")
+FULL = "The public demo is full ({}); try again later, or run the app on your own machine (see its README)."
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on a public deployment: per visitor, and for all visitors together (keys are free to make)."""
+
+    collections: int = 5
+    images: int = 2000  # in one collection
+    files: int = 500  # in one upload
+    collections_total: int = 100
+    images_total: int = 20_000
+    store_bytes: int = 4 * 1024**3  # the whole store folder: shipped index, thumbnails, uploads
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What a delete did: the ids removed, and the well-formed ids that were not there."""
+
+    removed: list[str]
+    not_found: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The answer API callers get: how many went, and which ids were not found."""
+        return {"removed": len(self.removed), "not_found": self.not_found}
 
 
 class Collections:
     """Add to, search and delete from personal collections."""
 
-    def __init__(self, store_dir: Path, embedder: Embedder, *, public: bool,
-                 max_collections: int = 5, max_images: int = 2000, max_files: int = 500):
+    def __init__(self, store_dir: Path, embedder: Embedder, *, public: bool, limits: Limits = Limits()):
         self.store_dir = Path(store_dir)
         self.embedder = embedder
         self.public = public
-        self.max_collections = max_collections
-        self.max_images = max_images
-        self.max_files = max_files
+        self.limits = limits
         self._lock = threading.Lock()  # threads queue here; other processes meet the store's file lock
 
     def namespace(self, key: str | None) -> str:
         """The owner's prefix: from the secret key on a public app, the same for everyone locally."""
         if not self.public:
             return f"{PREFIX}{LOCAL_OWNER}-"
-        if not key or len(key) < 16:
-            raise QueryError("This browser has no collection key yet; reload the page (API callers: pass a key of 16+ characters).")
-        return f"{PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:16]}-"
+        return f"{PREFIX}{hashlib.sha256(visitor_key(key).encode()).hexdigest()[:16]}-"
 
     def names(self, key: str | None) -> list[str]:
         """The owner's collections, by the names they gave them."""
@@ -55,22 +76,21 @@ class Collections:
         """Index uploaded images and zip archives into the owner's collection ``name``."""
         if not files:
             raise QueryError("Choose some images (or a zip of them) to add.")
-        if len(files) > self.max_files:
-            raise QueryError(f"{len(files)} files at once is over the limit of {self.max_files}; add them in parts.")
+        if len(files) > self.limits.files:
+            raise QueryError(f"{len(files)} files at once is over the limit of {self.limits.files}; add them in parts.")
         full = self._full_name(key, name)
         with self._lock, write_lock(self.store_dir):
             client = self._client()
             existing = self.names(key)
-            if self.public and name not in existing and len(existing) >= self.max_collections:
-                raise QueryError(f"You have {len(existing)} collections, the most allowed here; delete one first.")
-            items = list(upload_items(files))  # a zip is listed, not read
+            # A zip is listed, not read; a public app holds uploads to the query limits, a local one to the builder's.
+            limits = {} if self.public else {"max_pixels": MAX_PIXELS, "total_pixels": None}
+            items = list(upload_items(files, min_edges=self.embedder.min_edges, **limits))
             if self.public:
-                held = open_collection(client, full).count() if name in existing else 0
-                if held + len(items) > self.max_images:
-                    raise QueryError(f"This upload holds {len(items)} files and the collection {held} images; a "
-                                     f"collection may hold {self.max_images}. Add fewer, or delete some first.")
+                self._check_room(client, full, name in existing, len(items), len(existing))
             report = build_index(items, store_dir=self.store_dir, client=client, collection=full,
                                  embedder=self.embedder, source="upload", progress=progress)
+            if not report.total_in_collection and name not in existing:
+                client.delete_collection(full)  # nothing usable came: no empty collection either
         report.collection = name
         return report
 
@@ -89,25 +109,43 @@ class Collections:
         rows = sorted(zip(*read_all(col.collection, "metadatas")), key=lambda r: -(r[1] or {}).get("added_at", 0))[:limit]
         return [col.hit(i, 0.0, m) for i, m in rows]
 
-    def remove(self, key: str | None, name: str, ids: list[str]) -> int:
-        """Delete images from the owner's collection; returns how many went."""
+    def remove(self, key: str | None, name: str, ids: object) -> Removal:
+        """Delete images from the owner's collection; every id must be well-formed, or nothing is removed."""
+        wanted = image_ids(ids, self.limits.images)
         with self._lock, write_lock(self.store_dir):
-            return self.index(key, name).remove(ids)
+            gone = self.index(key, name).remove(wanted)
+        return Removal(gone, [i for i in wanted if i not in set(gone)])
 
-    def drop(self, key: str | None, name: str) -> int:
+    def drop(self, key: str | None, name: str) -> Removal:
         """Delete the owner's whole collection (thumbnails no other collection uses go too)."""
         with self._lock, write_lock(self.store_dir):
             index = self.index(key, name)
-            ids = index.collection.get(include=[])["ids"]
-            removed = index.remove(ids)
+            removed = index.remove(index.collection.get(include=[])["ids"])
             self._client().delete_collection(index.collection.name)
-            return removed
+            return Removal(removed, [])
+
+    def _check_room(self, client: Any, full: str, exists: bool, incoming: int, owned: int) -> None:
+        """Refuse an upload that would pass a visitor's caps or the deployment's."""
+        limits = self.limits
+        everyone = [c.name for c in client.list_collections() if c.name.startswith(PREFIX)]
+        if not exists:
+            if owned >= limits.collections:
+                raise QueryError(f"You have {owned} collections, the most allowed here; delete one first.")
+            if len(everyone) >= limits.collections_total:
+                raise QueryError(FULL.format("no room for more collections"))
+        held = open_collection(client, full).count() if exists else 0
+        if held + incoming > limits.images:
+            raise QueryError(f"This upload holds {incoming} files and the collection {held} images; a "
+                             f"collection may hold {limits.images}. Add fewer, or delete some first.")
+        total = sum(client.get_collection(n, embedding_function=None).count() for n in everyone)
+        if total + incoming > limits.images_total:
+            raise QueryError(FULL.format("no room for more images"))
+        if folder_bytes(self.store_dir) >= limits.store_bytes:
+            raise QueryError(FULL.format("no room left on its disk"))
 
     def _full_name(self, key: str | None, name: str) -> str:
-        name = (name or "").strip().lower()
-        if not NAME.match(name):
-            raise QueryError("A collection name has 1-30 characters: lower-case letters, digits, '-' or '_'.")
-        return self.namespace(key) + name
+        return self.namespace(key) + collection_name(name)
 
     def _client(self) -> Any:
         return connect(self.store_dir, create=True)
+

@@ -6,6 +6,7 @@ import platform
 import threading
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -162,7 +163,8 @@ def _load_sentence_transformer(name: str, device: str):
     try:
         return SentenceTransformer(name, device=device)
     except Exception as exc:  # offline, a typo, or not a sentence-transformers checkpoint
-        raise ModelError(f"cannot load the model {name!r}: {type(exc).__name__}: {exc}") from exc
+        raise ModelError(f"cannot load the model {Path(name).name!r}",
+                         internals=f"{name}: {type(exc).__name__}: {exc}") from exc
 
 
 def _bf16_supported(device: str) -> bool:

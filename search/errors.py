@@ -3,7 +3,20 @@ from __future__ import annotations
 
 
 class SearchError(Exception):
-    """Base class for every error this library raises on purpose."""
+    """Base class for every error this library raises on purpose.
+
+    ``str(error)`` is fit to show anyone, a public visitor included. ``internals`` holds what only the
+    operator may see (paths, hosts, process ids, the underlying exception): the builder prints it,
+    the app only logs it.
+    """
+
+    def __init__(self, message: str = "", *, internals: str | None = None):
+        super().__init__(message)
+        self.internals = internals
+
+    def for_operator(self) -> str:
+        """The message with its internals, for the command line and the server log."""
+        return f"{self} ({self.internals})" if self.internals else str(self)
 
 
 class InvalidImageError(SearchError, ValueError):

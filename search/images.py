@@ -1,24 +1,127 @@
-"""Defensive image decoding: bytes from anywhere in, a plain RGB image (or a reason) out."""
+"""Defensive image decoding: bytes from anywhere in, a plain RGB image (or a reason) out.
+
+Memory is bounded before any pixel is allocated: the size comes from the header (``Image.open`` is
+lazy), an image over the caller's pixel limit is refused, and every decode holds its cost from one
+process-wide :class:`PixelBudget` while it runs, so concurrent large decodes take turns.
+"""
 from __future__ import annotations
 
 import io
 import math
+import threading
+import unicodedata
 import warnings
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImageError
 
 # Everything else is refused before decoding; JPEG includes MPO, which many phone cameras write.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 MAX_BYTES = 50 * 1024 * 1024
-MAX_PIXELS = 64_000_000  # a 12 MP photo passes five times over; a decompression bomb does not
+# Builds from the command line: a 12 MP photo passes five times over; a decompression bomb does not.
+MAX_PIXELS = 64_000_000
+# Queries and uploads to the app: 6000x4000, more than any screen or screenshot. A JPEG counts at the
+# size it is decoded at (1/2 to 1/8 scale when the model needs fewer pixels), so phone and camera photos
+# of any size pass. At <= 10 bytes per pixel (below) one such decode peaks at about 240 MB.
+QUERY_MAX_PIXELS = 24_000_000
+# Peak RSS per decoded pixel, measured with Pillow 12 for 64 MP images of every format and mode accepted,
+# conversion to RGB and EXIF rotation included: 4 bytes for RGB (Pillow keeps it as RGBX), 5 for L/P/1
+# (source + RGB), 7 for 16-bit, 8 for RGBA/LA/CMYK or a rotated image (source + result), 9 for 32-bit
+# I/F. One PixelBudget unit is this many bytes; WebP (16 bytes) and progressive or multi-scan JPEGs
+# (full-size DCT coefficients) cost extra units (_cost). tests/test_memory.py holds RSS to these.
+BYTES_PER_PIXEL = 10
+# The process-wide budget: about 1 GB of decoding in flight at once (100M units at 10 bytes), which
+# holds one build-size image (64 MP) with room to spare, or four of the largest queries at once; the
+# rest wait their turn. Eight 64 MP PNGs decoded at once took a bare process to 3.8 GB before it.
+DECODE_BUDGET_PIXELS = 100_000_000
 THUMBNAIL_SIZE = 256
+_STRIP_PIXELS = 1 << 20  # conversions work in horizontal strips of about this many pixels
 
 ImageInput = Union[str, Path, bytes, bytearray, Image.Image]
+
+
+class PixelBudget:
+    """Pixels that decodes may hold at once, shared by every thread of the process.
+
+    A decode reserves its cost for as long as it runs. One that does not fit waits until earlier ones
+    are done; waiters are served first come, first served, so a large decode is not starved by a stream
+    of small ones. A cost larger than the whole budget is refused at once rather than waiting forever.
+    """
+
+    def __init__(self, total: int):
+        if total < 1:
+            raise ValueError("a pixel budget must be positive")
+        self.total = total
+        self.used = 0
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+
+    def acquire(self, cost: int, what: str = "this image") -> None:
+        """Take ``cost`` pixels, waiting for them; InvalidImageError("too_large") if they can never fit."""
+        cost = max(0, int(cost))
+        if cost > self.total:
+            raise InvalidImageError(
+                "too_large", f"{what} needs more memory to decode than this server allows; scale it down and try again"
+            )
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            try:
+                self._cond.wait_for(lambda: self._queue[0] is ticket and self.used + cost <= self.total)
+            finally:  # granted or interrupted, the ticket leaves the queue and the next in line may go
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+            self.used += cost
+
+    def release(self, cost: int) -> None:
+        """Give back what :meth:`acquire` took."""
+        with self._cond:
+            self.used -= max(0, int(cost))
+            self._cond.notify_all()
+
+    @contextmanager
+    def reserve(self, cost: int, what: str = "this image") -> Iterator[None]:
+        """Hold ``cost`` pixels for the ``with`` block; they are given back however the block ends."""
+        self.acquire(cost, what)
+        try:
+            yield
+        finally:
+            self.release(cost)
+
+
+DECODE_BUDGET = PixelBudget(DECODE_BUDGET_PIXELS)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, before decoding: format, full size, pixels decoded and budget cost."""
+
+    format: str
+    width: int
+    height: int
+    pixels: int  # what will be decoded: smaller than width*height for a drafted JPEG
+    cost: int  # PixelBudget units (BYTES_PER_PIXEL bytes of peak memory each)
+
+    @property
+    def size_text(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def image_header(
+    data: bytes, *, min_edges: tuple[int, int] | None = None, max_pixels: int = MAX_PIXELS
+) -> ImageHeader:
+    """Read the format and size from the header, without decoding, and check them against ``max_pixels``.
+
+    Raises InvalidImageError as decode_image would (``unsupported``, ``corrupt``, ``too_large``).
+    """
+    return _open(data, min_edges, max_pixels)[1]
 
 
 def decode_image(
@@ -27,6 +130,7 @@ def decode_image(
     min_edges: tuple[int, int] | None = None,
     max_pixels: int = MAX_PIXELS,
     max_bytes: int = MAX_BYTES,
+    budget: PixelBudget | None = None,
 ) -> Image.Image:
     """Decode encoded image bytes into an RGB image, or raise InvalidImageError with a reason.
 
@@ -34,36 +138,23 @@ def decode_image(
     is used, alpha is composited on white and 16-bit or float data is scaled to 8 bits.
     ``min_edges=(shortest, longest)`` lets large JPEGs decode at 1/2, 1/4 or 1/8 scale as long as
     the result keeps at least that shortest and that longest edge.
+    The size is read from the header first: more than ``max_pixels`` is refused before anything is
+    allocated, and the decode waits its turn in ``budget`` (the process-wide DECODE_BUDGET by default).
     """
     if not data:
         raise InvalidImageError("empty", "the file is empty")
     if len(data) > max_bytes:
-        raise InvalidImageError("too_large", f"{len(data)} bytes is over the limit of {max_bytes}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            width, height = img.size
-            if width < 1 or height < 1:
-                raise InvalidImageError("corrupt", f"image has no pixels ({width}x{height})")
-            if width * height > max_pixels:
-                raise InvalidImageError(
-                    "too_large", f"{width}x{height} is over the limit of {max_pixels} pixels"
-                )
-            if min_edges and img.format in ("JPEG", "MPO"):
-                img.draft(None, _draft_size(img.size, *min_edges))
-            img.load()
-    except InvalidImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImageError("too_large", str(exc)) from None
-    except UnidentifiedImageError:
         raise InvalidImageError(
-            "unsupported", f"not an image, or not one of {', '.join(ALLOWED_FORMATS)}"
-        ) from None
-    except Exception as exc:  # Pillow raises many types on malformed files; all mean "corrupt"
-        raise InvalidImageError("corrupt", f"{type(exc).__name__}: {exc}") from None
-    return to_rgb(_apply_exif_orientation(img))
+            "too_large", f"the file is {len(data):,} bytes, over the limit of {max_bytes:,}; make it smaller and try again"
+        )
+    img, header = _open(data, min_edges, max_pixels)
+    with (budget or DECODE_BUDGET).reserve(header.cost, header.size_text):
+        try:
+            img.load()
+        except Exception as exc:  # Pillow raises many types on malformed files; all mean "corrupt"
+            raise InvalidImageError("corrupt", _corrupt_detail(exc)) from None
+        img = _detach(_apply_exif_orientation(img))
+        return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -74,25 +165,33 @@ def to_rgb(img: Image.Image) -> Image.Image:
         if img.mode == "RGB" and "transparency" not in img.info:
             return img
         if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-            rgba = img.convert("RGBA")
-            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            canvas.alpha_composite(rgba)
-            return canvas.convert("RGB")
+            return _on_white(img)
         return img.convert("RGB")
-    except Exception as exc:
-        raise InvalidImageError("unsupported", f"cannot convert mode {img.mode} to RGB: {exc}") from None
+    except Exception:
+        raise InvalidImageError("unsupported", f"images in colour mode {img.mode} cannot be used; save it as RGB") from None
 
 
-def read_image(image: ImageInput, *, min_edges: tuple[int, int] | None = None) -> Image.Image:
-    """Turn a query image given as a path, bytes or PIL image into RGB, with decode_image's checks."""
+def read_image(
+    image: ImageInput, *, min_edges: tuple[int, int] | None = None, max_pixels: int = QUERY_MAX_PIXELS
+) -> Image.Image:
+    """Turn a query image given as a path, bytes or PIL image into RGB, with decode_image's checks.
+
+    Queries come from the public, so the limit is QUERY_MAX_PIXELS unless the caller says otherwise.
+    """
     if isinstance(image, Image.Image):
-        if image.width * image.height > MAX_PIXELS:
-            raise InvalidImageError("too_large", f"{image.width}x{image.height} is over the limit")
-        return to_rgb(_apply_exif_orientation(image))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise InvalidImageError("too_large", pixel_limit_message(f"{width}x{height}", max_pixels))
+        with DECODE_BUDGET.reserve(width * height, f"{width}x{height}"):
+            try:
+                rotated = ImageOps.exif_transpose(image)  # a copy: the caller's image is left alone
+            except Exception:
+                rotated = image
+            return to_rgb(rotated)
     if isinstance(image, (bytes, bytearray)):
-        return decode_image(bytes(image), min_edges=min_edges)
+        return decode_image(bytes(image), min_edges=min_edges, max_pixels=max_pixels)
     if isinstance(image, (str, Path)):
-        return decode_image(read_file(Path(image)), min_edges=min_edges)
+        return decode_image(read_file(Path(image)), min_edges=min_edges, max_pixels=max_pixels)
     raise InvalidImageError("unsupported", f"expected a path, bytes or a PIL image, got {type(image).__name__}")
 
 
@@ -101,7 +200,9 @@ def read_file(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
     try:
         size = path.stat().st_size
         if size > max_bytes:
-            raise InvalidImageError("too_large", f"{size} bytes is over the limit of {max_bytes}")
+            raise InvalidImageError(
+                "too_large", f"the file is {size:,} bytes, over the limit of {max_bytes:,}; make it smaller and try again"
+            )
         return path.read_bytes()
     except OSError as exc:
         raise InvalidImageError("read_error", f"{type(exc).__name__}: {exc.strerror or exc}") from None
@@ -116,6 +217,100 @@ def make_thumbnail(img: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
     return out.getvalue()
 
 
+def _open(data: bytes, min_edges: tuple[int, int] | None, max_pixels: int) -> tuple[Image.Image, ImageHeader]:
+    """The lazily opened image (drafted where allowed) and its header, refused if over the limits."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning is replaced by the explicit checks below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            width, height = img.size
+            if width < 1 or height < 1:
+                raise InvalidImageError("corrupt", f"the image has no pixels ({width}x{height})")
+            size_text = f"{width}x{height}"
+            if width * height > (Image.MAX_IMAGE_PIXELS or math.inf):  # Pillow's bomb limit, at any scale
+                raise InvalidImageError("too_large", pixel_limit_message(size_text, max_pixels))
+            if min_edges and img.format in ("JPEG", "MPO"):
+                img.draft(None, _draft_size(img.size, *min_edges))
+            pixels = img.size[0] * img.size[1]
+            cost = _cost(img, data, width, height)
+    except InvalidImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise InvalidImageError("too_large", pixel_limit_message("the image", max_pixels)) from None
+    except UnidentifiedImageError:
+        raise InvalidImageError(
+            "unsupported", f"not an image, or not one of {', '.join(ALLOWED_FORMATS)}"
+        ) from None
+    except Exception as exc:  # Pillow raises many types on malformed files; all mean "corrupt"
+        raise InvalidImageError("corrupt", _corrupt_detail(exc)) from None
+    header = ImageHeader(img.format or "", width, height, pixels, cost)
+    if pixels > max_pixels:
+        raise InvalidImageError("too_large", pixel_limit_message(size_text, max_pixels))
+    if cost > max_pixels:  # fewer pixels, but a format that needs more memory per pixel
+        raise InvalidImageError(
+            "too_large", f"{size_text} ({header.format}) needs as much memory to decode as {cost:,} pixels, over the "
+            f"limit of {max_pixels:,}; scale it down (or save it as PNG) and try again"
+        )
+    return img, header
+
+
+def _cost(img: Image.Image, data: bytes, width: int, height: int) -> int:
+    """Peak memory of decoding ``img`` (as opened, after any draft) in units of BYTES_PER_PIXEL bytes."""
+    pixels = img.size[0] * img.size[1]
+    if img.format == "WEBP":
+        # libwebp's two canvases and Pillow's copy of one live beside the image while it loads:
+        # 16 bytes per pixel measured, against 4 for a PNG.
+        return math.ceil(pixels * (BYTES_PER_PIXEL + 7) / BYTES_PER_PIXEL)
+    if img.format in ("JPEG", "MPO") and _jpeg_buffers_whole_image(data, getattr(img, "layers", 3)):
+        # A progressive or multi-scan JPEG keeps every DCT coefficient of the full-size image (2 bytes
+        # per sample) whatever scale it is decoded at.
+        layers = getattr(img, "layer", None) or [(0, 1, 1, 0)] * 3
+        hmax = max(max(h for _, h, _, _ in layers), 1)
+        vmax = max(max(v for _, _, v, _ in layers), 1)
+        coefficients = sum(
+            math.ceil(width * max(h, 1) / hmax / 8) * math.ceil(height * max(v, 1) / vmax / 8) * 64 * 2
+            for _, h, v, _ in layers
+        )
+        return pixels + math.ceil(coefficients / BYTES_PER_PIXEL)
+    return pixels
+
+
+def _jpeg_buffers_whole_image(data: bytes, components: int) -> bool:
+    """Whether libjpeg will buffer the whole coefficient image: a progressive frame, or a first scan
+    that does not hold every component. True when unsure (the marker walk fails or is cut short)."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return True
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length
+            i += 2
+            continue
+        if marker in (0xC2, 0xC6, 0xCA, 0xCE):  # progressive frame
+            return True
+        if marker == 0xDA:
+            return i + 4 >= n or data[i + 4] < components
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return True
+
+
+def pixel_limit_message(what: str, max_pixels: int) -> str:
+    """The public words for an image over a pixel limit: what it is, the limit, what to do."""
+    return f"{what} is over the limit of {max_pixels:,} pixels; scale it down and try again"
+
+
+def _corrupt_detail(exc: Exception) -> str:
+    """The decoder's own words, cut short and without anything that looks like a path."""
+    text = "".join(c for c in " ".join(str(exc).split())[:160] if unicodedata.category(c)[0] != "C")
+    if "/" in text or "\\" in text:
+        text = ""
+    return f"the file is damaged or incomplete ({type(exc).__name__}{': ' + text if text else ''})"
+
+
 def _draft_size(size: tuple[int, int], shortest: int, longest: int) -> tuple[int, int]:
     width, height = size
     scale = min(1.0, max(shortest / min(width, height), longest / max(width, height)))
@@ -123,16 +318,52 @@ def _draft_size(size: tuple[int, int], shortest: int, longest: int) -> tuple[int
 
 
 def _apply_exif_orientation(img: Image.Image) -> Image.Image:
+    """The image turned as its EXIF says; the same object (no copy) when it needs no turning."""
     try:
+        if img.getexif().get(0x0112, 1) not in range(2, 9):
+            return img
         return ImageOps.exif_transpose(img)
     except Exception:  # a malformed EXIF block must not cost the image itself
         return img
 
 
+def _detach(img: Image.Image) -> Image.Image:
+    """A plain image sharing the pixels, so the file object, decoder and buffers behind it can be freed."""
+    if isinstance(img, ImageFile.ImageFile):
+        return img._new(img.im)
+    return img
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """Composite on white, a strip at a time: the source and the RGB result, not four full copies."""
+    width, height = img.size
+    out = Image.new("RGB", img.size)
+    step = max(1, _STRIP_PIXELS // max(width, 1))
+    for top in range(0, height, step):
+        box = (0, top, width, min(height, top + step))
+        rgba = img.crop(box).convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        out.paste(canvas.convert("RGB"), box[:2])
+    return out
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
-    arr = np.asarray(img, dtype=np.float64)
-    if img.mode == "F" and arr.size and np.nanmax(arr) <= 1.0:
-        arr = arr * 255.0
-    elif arr.size and np.nanmax(arr) > 255:
-        arr = arr / 257.0  # 16-bit range onto 8 bits
-    return Image.fromarray(np.nan_to_num(arr).clip(0, 255).astype(np.uint8))
+    """16-bit, 32-bit or float data onto 8 bits (L), a strip at a time."""
+    width, height = img.size
+    step = max(1, _STRIP_PIXELS // max(width, 1))
+    boxes = [(0, top, width, min(height, top + step)) for top in range(0, height, step)]
+    peak = np.nan
+    for box in boxes:
+        strip = np.asarray(img.crop(box), dtype=np.float64)
+        if strip.size and not np.isnan(strip).all():
+            peak = np.nanmax([peak, np.nanmax(strip)])
+    out = np.empty((height, width), np.uint8)
+    for box in boxes:
+        arr = np.asarray(img.crop(box), dtype=np.float64)
+        if img.mode == "F" and peak <= 1.0:
+            arr = arr * 255.0
+        elif peak > 255:
+            arr = arr / 257.0  # 16-bit range onto 8 bits
+        out[box[1]:box[3]] = np.nan_to_num(arr).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(out)

@@ -13,6 +13,7 @@ from . import metrics
 from .duplicates import fold_near_duplicates
 from .embedders import Embedder, load_embedder
 from .errors import QueryError, StoreError
+from .ids import image_id as checked_image_id
 from .images import ImageInput, read_image
 from .store import DEFAULT_COLLECTION, check_health, check_model, connect, open_collection, read_all, remove_images
 
@@ -99,9 +100,9 @@ class ImageIndex:
     def search_by_id(self, image_id: str, k: int = 10, metric: str = "cosine", collapse: float | None = None) -> list[Hit]:
         """Images like a stored one, using its stored vector."""
         self._check(k, metric)
-        got = self.collection.get(ids=[image_id], include=["embeddings"])
+        got = self.collection.get(ids=[checked_image_id(image_id)], include=["embeddings"])
         if not got["ids"]:
-            raise QueryError(f"no image with id {image_id!r} in this index")
+            raise QueryError(f"No image with id {image_id} in this index.")
         return self.search_by_vector(np.asarray(got["embeddings"][0]), k, metric, collapse)
 
     def search_by_vector(self, vector: np.ndarray, k: int = 10, metric: str = "cosine",
@@ -142,9 +143,13 @@ class ImageIndex:
             scored = [(ids[i], s, metas.get(ids[i], {})) for i, s in best]
         return scored
 
-    def remove(self, ids: list[str]) -> int:
-        """Delete images from this collection (their thumbnails too, once no collection holds them)."""
-        removed = remove_images(connect(self.store_dir), self.collection, list(ids), self.store_dir)
+    def remove(self, ids: list[str]) -> list[str]:
+        """Delete images from this collection (their thumbnails too, once no collection holds them).
+
+        Returns the ids that were held and are now gone; every id must be well-formed.
+        """
+        ids = [checked_image_id(i) for i in ids]
+        removed = remove_images(connect(self.store_dir), self.collection, ids, self.store_dir)
         self.invalidate()
         return removed
 
@@ -195,4 +200,5 @@ def _default_collection(client: Any) -> str:
         return DEFAULT_COLLECTION
     if len(names) == 1:
         return names[0]
-    raise StoreError(f"the store holds several collections ({', '.join(names)}); name one")
+    raise StoreError("the store holds several collections; name one (IMAGE_SEARCH_COLLECTION, or collection=)",
+                     internals=", ".join(names))

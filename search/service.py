@@ -9,11 +9,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from .collections import Collections
+from .build import BuildReport
+from .collections import Collections, Limits, Removal
 from .duplicates import NEAR_DUPLICATE_SIMILARITY
 from .errors import QueryError, SearchError
+from .ids import shown
 from .index import Hit, ImageIndex
-from .store import connect
+from .served_files import discard_uploads, purge_cached_copies
+from .store import connect, thumbnail_path
 from .urls import fetch
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,15 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
+def _env_count(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The app's configuration; ``from_env`` reads the IMAGE_SEARCH_* variables."""
@@ -55,11 +67,14 @@ class Settings:
     pixel_collection: str = "pixels"
     allow_private_urls: bool = False
     public: bool = False  # a public deployment: personal collections are per visitor, and capped
+    limits: Limits = Limits()
+    upload_budget_bytes: int = 512 * 1024**2  # Gradio's upload and cache folder, all visitors together
 
     @classmethod
     def from_env(cls) -> "Settings":
-        """Settings from IMAGE_SEARCH_STORE, _COLLECTION, _MODEL, _TEXT_MODEL, _PIXEL_COLLECTION, _ALLOW_PRIVATE_URLS."""
+        """Settings from the IMAGE_SEARCH_* variables (README: "The app")."""
         env = os.environ.get
+        defaults = Limits()
         return cls(
             store=Path(env("IMAGE_SEARCH_STORE") or DEFAULT_STORE).expanduser(),
             collection=env("IMAGE_SEARCH_COLLECTION") or None,
@@ -68,6 +83,12 @@ class Settings:
             pixel_collection=env("IMAGE_SEARCH_PIXEL_COLLECTION") or "pixels",
             allow_private_urls=_env_flag("IMAGE_SEARCH_ALLOW_PRIVATE_URLS"),
             public=_env_flag("IMAGE_SEARCH_PUBLIC") or bool(env("SPACE_ID")),
+            limits=Limits(
+                collections_total=_env_count("IMAGE_SEARCH_MAX_COLLECTIONS_TOTAL", defaults.collections_total),
+                images_total=_env_count("IMAGE_SEARCH_MAX_IMAGES_TOTAL", defaults.images_total),
+                store_bytes=_env_count("IMAGE_SEARCH_MAX_STORE_MB", defaults.store_bytes // 1024**2) * 1024**2,
+            ),
+            upload_budget_bytes=_env_count("IMAGE_SEARCH_UPLOAD_BUDGET_MB", cls.upload_budget_bytes // 1024**2) * 1024**2,
         )
 
 
@@ -102,17 +123,18 @@ class SearchService:
             main = ImageIndex.open(settings.store, settings.collection, model=settings.model,
                                    text_model=settings.text_model)
             self.indexes[main.collection.name] = main
-            self.collections = Collections(settings.store, main.embedder, public=settings.public)
+            self.collections = Collections(settings.store, main.embedder, public=settings.public,
+                                           limits=settings.limits)
             self._open_pixel_baseline(main)
             self._warm_up(main)
         except SearchError as exc:
             self.problem = f"{exc}"
-            log.warning("no index to search: %s", exc)
+            log.warning("no index to search: %s", exc.for_operator())
 
     @property
     def methods(self) -> list[tuple[str, str]]:
         """(label, value) for each shared index, the main one first."""
-        return [(f"{name}: {'pixels (basic)' if not ix.supports_text else 'CLIP ' + Path(ix.embedder.name).name}", name)
+        return [(f"{name}: {'pixels (basic)' if not ix.supports_text else 'CLIP ' + _model_name(ix.embedder.name)}", name)
                 for name, ix in self.indexes.items()]
 
     @property
@@ -135,7 +157,31 @@ class SearchService:
                     f"`{BUILD_HINT}`, or point `IMAGE_SEARCH_STORE` at a store, then restart the app.")
         main = next(iter(self.indexes.values()))
         return (f"Searching **{len(main):,} images** in collection `{main.collection.name}` "
-                f"with `{main.metadata.get('model', main.embedder.name)}`.")
+                f"with `{_model_name(main.metadata.get('model', main.embedder.name))}`.")
+
+    def add_images(self, key: str | None, name: str, files: list[str] | None) -> BuildReport:
+        """Index a visitor's uploads into their collection; the uploaded files are deleted once read.
+
+        (A query's upload is left to Gradio's cache expiry instead: Gradio stores equal uploads at one
+        path, so deleting it could pull the file from under a concurrent query of the same image.)
+        """
+        try:
+            return self.personal.add(key, name, list(files or []), progress=False)
+        finally:
+            discard_uploads(files or [])
+
+    def delete_images(self, key: str | None, name: str, ids: object) -> Removal:
+        """Delete images from a visitor's collection, and every copy the web server cached of them."""
+        return self._forget(self.personal.remove(key, name, ids))
+
+    def drop_collection(self, key: str | None, name: str) -> Removal:
+        """Delete a visitor's collection, and every copy the web server cached of its images."""
+        return self._forget(self.personal.drop(key, name))
+
+    def _forget(self, removal: Removal) -> Removal:
+        """Purge cached copies of removed images that no collection holds any longer (no thumbnail left)."""
+        purge_cached_copies([i for i in removal.removed if not thumbnail_path(self.settings.store, i).exists()])
+        return removal
 
     def search_image(self, image: str | bytes | Image.Image | None, k: int, metric: str, method: str | None = None,
                      *, key: str | None = None, fold: bool = False) -> Results:
@@ -170,11 +216,14 @@ class SearchService:
     def _index(self, method: str | None, key: str | None = None) -> ImageIndex:
         if self.problem:
             raise QueryError(f"No index to search yet: {self.problem}")
-        if method and method.startswith(MINE):
+        if not method:
+            return next(iter(self.indexes.values()))
+        if isinstance(method, str) and method.startswith(MINE):
             return self.personal.index(key, method[len(MINE):])
-        if method and method not in self.indexes:
-            raise QueryError(f"unknown index {method!r}; choose one of {', '.join(self.indexes)}")
-        return self.indexes[method] if method else next(iter(self.indexes.values()))
+        if not isinstance(method, str) or method not in self.indexes:
+            raise QueryError(f"Unknown index {shown(method)}; choose one of {', '.join(self.indexes)}, "
+                             f"or {MINE}NAME for one of your collections.")
+        return self.indexes[method]
 
     @staticmethod
     def _timed(run) -> Results:
@@ -198,3 +247,8 @@ class SearchService:
         index.embedder.embed_images([index.embedder.prepare(Image.new("RGB", (256, 256), "white"))])
         if index.supports_text:
             index.embedder.embed_texts(["warm up"])
+
+
+def _model_name(reference: str) -> str:
+    """A model as visitors see it: a Hub name as is, a local checkpoint by its folder's name only."""
+    return Path(reference).name

@@ -25,6 +25,7 @@ class Item:
     label: str | None = None
     caption: str | None = None
     fingerprint: tuple[int, int] | None = None  # (size, mtime_ns) of a file, to skip re-reading it
+    rereadable: bool = True  # whether a second read gives the same bytes cheaply (a download does not)
 
 
 @dataclass

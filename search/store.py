@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import tempfile
@@ -13,6 +12,7 @@ from typing import Any, Iterator
 
 from .embedders import Embedder
 from .errors import StoreError
+from .ids import image_id as checked_image_id
 
 DEFAULT_COLLECTION = "images"
 THUMBNAILS = "thumbnails"
@@ -23,11 +23,6 @@ STORE_FORMAT = 1
 # ef_search is read when a process first loads the index, so it is fixed at creation. On 100k
 # clustered vectors (bench/run.py) 128 gave recall@10 0.87-0.95, 384 gives >= 0.99 at ~3.6 ms.
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 384, "max_neighbors": 32}
-
-
-def content_id(data: bytes) -> str:
-    """The id of an image: a hash of its bytes, so the same file is stored once."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def connect(store_dir: str | Path, *, create: bool = False) -> Any:
@@ -45,19 +40,22 @@ def connect(store_dir: str | Path, *, create: bool = False) -> Any:
             client.heartbeat()
             return client
         except Exception as exc:
-            raise StoreError(f"cannot reach the Chroma server at {host}:{port}: {type(exc).__name__}: {exc}") from exc
+            raise StoreError("cannot reach the Chroma server; check that it is running, then try again",
+                             internals=f"{host}:{port}: {type(exc).__name__}: {exc}") from exc
     store_dir = Path(store_dir)
     if not create and not (store_dir / "chroma.sqlite3").exists():
         raise StoreError(
-            f"no index at {store_dir}. Build one with: python index_builder.py --dataset SOURCE --store {store_dir}"
+            "there is no index yet. Build one with: python index_builder.py --dataset SOURCE --store STORE",
+            internals=f"no chroma.sqlite3 in {store_dir}",
         )
     try:
         store_dir.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(store_dir), settings=settings)
     except Exception as exc:
         raise StoreError(
-            f"the store at {store_dir} cannot be opened ({type(exc).__name__}: {exc}); "
-            "it may be damaged or from another chromadb version: rebuild it with index_builder.py into a new --store"
+            "the store cannot be opened; it may be damaged or from another chromadb version: "
+            "rebuild it with index_builder.py into a new --store",
+            internals=f"{store_dir}: {type(exc).__name__}: {exc}",
         ) from exc
 
 
@@ -76,8 +74,9 @@ def write_lock(store_dir: str | Path) -> Iterator[None]:
             f.seek(0)
             holder = f.read().strip() or "another process"
             raise StoreError(
-                f"{holder} is writing to the store at {store_dir}; wait for it to finish, "
-                "or run a Chroma server (CHROMA_HOST) for several writers at once"
+                "another process is writing to the store; wait for it to finish, "
+                "or run a Chroma server (CHROMA_HOST) for several writers at once",
+                internals=f"{holder} is writing to the store at {store_dir}",
             ) from None
         f.seek(0)
         f.truncate()
@@ -99,9 +98,10 @@ def check_health(collection: Any, store_dir: str | Path) -> None:
     built_with = str(meta.get("chromadb_version", ""))
     if int(meta.get("format", STORE_FORMAT)) > STORE_FORMAT or _major(built_with) > _major(chromadb.__version__):
         raise StoreError(
-            f"the store at {store_dir} was written by a newer version (chromadb {built_with}, store format "
+            f"the store was written by a newer version (chromadb {built_with}, store format "
             f"{meta.get('format')}) than this one (chromadb {chromadb.__version__}, format {STORE_FORMAT}); "
-            "upgrade, or rebuild the store"
+            "upgrade, or rebuild the store",
+            internals=str(store_dir),
         )
     try:
         count = collection.count()
@@ -111,8 +111,8 @@ def check_health(collection: Any, store_dir: str | Path) -> None:
             collection.query(query_embeddings=[probe], n_results=1, include=["distances"])
     except Exception as exc:
         raise StoreError(
-            f"the store at {store_dir} is damaged ({type(exc).__name__}: {str(exc)[:200]}); rebuild it: "
-            f"python index_builder.py --dataset SOURCE --store NEW_DIR"
+            "the store is damaged; rebuild it: python index_builder.py --dataset SOURCE --store NEW_DIR",
+            internals=f"{store_dir}: {type(exc).__name__}: {str(exc)[:200]}",
         ) from exc
 
 
@@ -139,7 +139,7 @@ def open_collection(client: Any, name: str, embedder: Embedder | None = None, so
     if name not in existing:
         if embedder is None:
             known = ", ".join(sorted(existing)) or "none"
-            raise StoreError(f"no collection {name!r} in the store (collections: {known})")
+            raise StoreError(f"no collection {name!r} in the store", internals=f"collections: {known}")
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         metadata = {
             "model": model_reference(embedder.name),
@@ -170,14 +170,15 @@ def check_model(collection: Any, embedder: Embedder, *, strict: bool) -> None:
     dimension = meta.get("dimension")
     if dimension is not None and int(dimension) != embedder.dimension:
         raise StoreError(
-            f"collection {collection.name!r} holds {dimension}-d vectors from {meta.get('model')!r}, "
-            f"but model {embedder.name!r} makes {embedder.dimension}-d vectors"
+            f"the collection holds {dimension}-d vectors, but the model makes {embedder.dimension}-d vectors",
+            internals=f"collection {collection.name!r} from {meta.get('model')!r}, model {embedder.name!r}",
         )
     recorded = meta.get("model")
     if strict and recorded and recorded != model_reference(embedder.name):
         raise StoreError(
-            f"collection {collection.name!r} was built with {recorded!r}; "
-            f"add to it with --model {recorded}, or choose another --collection"
+            "the collection was built with another model; add to it with the model it records, "
+            "or choose another --collection",
+            internals=f"collection {collection.name!r} was built with --model {recorded}, not {embedder.name}",
         )
 
 
@@ -202,18 +203,22 @@ def _manifest_path(store_dir: Path, collection: str) -> Path:
     return Path(store_dir) / MANIFESTS / f"{collection}.json"
 
 
-def remove_images(client: Any, collection: Any, ids: list[str], store_dir: Path) -> int:
-    """Delete records; a thumbnail goes too once no collection in the store still holds its image."""
-    if not ids:
-        return 0
-    collection.delete(ids=ids)
+def remove_images(client: Any, collection: Any, ids: list[str], store_dir: Path) -> list[str]:
+    """Delete the records ``collection`` holds among ``ids``; return those removed.
+
+    A thumbnail goes too once no collection in the store still holds its image.
+    """
+    held = collection.get(ids=list(ids), include=[])["ids"] if ids else []
+    if not held:
+        return []
+    collection.delete(ids=held)
     others = [c for c in client.list_collections() if c.name != collection.name]
     still_used: set[str] = set()
     for other in others:
-        still_used.update(client.get_collection(other.name, embedding_function=None).get(ids=ids, include=[])["ids"])
-    for image_id in set(ids) - still_used:
+        still_used.update(client.get_collection(other.name, embedding_function=None).get(ids=held, include=[])["ids"])
+    for image_id in set(held) - still_used:
         thumbnail_path(store_dir, image_id).unlink(missing_ok=True)
-    return len(ids)
+    return held
 
 
 def read_all(collection: Any, field: str) -> tuple[list[str], list]:
@@ -228,7 +233,11 @@ def read_all(collection: Any, field: str) -> tuple[list[str], list]:
 
 
 def thumbnail_path(store_dir: Path, image_id: str) -> Path:
-    """Where an image's thumbnail lives: content-addressed, shared by every collection in the store."""
+    """Where an image's thumbnail lives: content-addressed, shared by every collection in the store.
+
+    Only a well-formed id makes a path, so no id can name a file outside the thumbnails folder.
+    """
+    image_id = checked_image_id(image_id)
     return Path(store_dir) / THUMBNAILS / image_id[:2] / f"{image_id}.jpg"
 
 
@@ -242,3 +251,15 @@ def write_thumbnail(store_dir: Path, image_id: str, data: bytes) -> str:
             out.write(data)
         os.replace(tmp, path)
     return path.relative_to(store_dir).as_posix()
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every file under ``folder`` (the store's size on disk, or a cache's)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # deleted while we walked
+                pass
+    return total

@@ -26,7 +26,7 @@ def read_url_list(path: Path) -> list[str]:
 def url_items(urls: list[tuple[str, str | None]], *, allow_private: bool = False) -> Iterator[Item]:
     """Items that download their URL when read (safely: see search.urls); the caption is the alt text if any."""
     for url, alt in urls:
-        yield Item(url, lambda url=url: fetch(url, allow_private=allow_private), caption=alt)
+        yield Item(url, lambda url=url: fetch(url, allow_private=allow_private), caption=alt, rereadable=False)
 
 
 def crawl(

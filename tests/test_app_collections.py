@@ -68,7 +68,7 @@ def test_upload_search_delete_and_isolation(public_app, uploads):
     gone = hits[0]["id"]
     thumbnails = list((store / "thumbnails").glob(f"*/{gone}.jpg"))
     assert thumbnails
-    assert alice.predict([gone], "trip", ALICE, api_name="/collection_delete") == {"removed": 1}
+    assert alice.predict([gone], "trip", ALICE, api_name="/collection_delete") == {"removed": 1, "not_found": []}
     after = alice.predict("a red circle", 16, "cosine", "mine/trip", ALICE, api_name="/search_by_text")
     assert len(after) == 15 and gone not in {h["id"] for h in after}
     assert not thumbnails[0].exists()

@@ -121,3 +121,52 @@ def test_read_image_takes_paths_bytes_and_pil(tmp_path):
     assert err.value.reason == "read_error"
     with pytest.raises(InvalidImageError):
         read_image(12345)
+
+
+def _whole_image_rgb(img: Image.Image) -> np.ndarray:
+    """The conversion done on the whole image at once, as a reference for the strip-wise one."""
+    if img.mode in ("I;16", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F" and np.nanmax(arr) <= 1.0:
+            arr = arr * 255.0
+        elif np.nanmax(arr) > 255:
+            arr = arr / 257.0
+        return np.asarray(Image.fromarray(np.nan_to_num(arr).clip(0, 255).astype(np.uint8)).convert("RGB"))
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        canvas.alpha_composite(img.convert("RGBA"))
+        return np.asarray(canvas.convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def test_conversion_in_strips_matches_the_whole_image(monkeypatch):
+    import search.images as images
+
+    monkeypatch.setattr(images, "_STRIP_PIXELS", 300)  # many strips, the last one short
+    rng = np.random.default_rng(9)
+    rgba = Image.fromarray(rng.integers(0, 255, (53, 71, 4), dtype=np.uint8), "RGBA")
+    palette = rgba.convert("RGB").convert("P")
+    palette.info["transparency"] = 3
+    floats = rng.random((53, 71)).astype(np.float32)
+    floats[0, 0] = np.nan
+    for img in (rgba, rgba.convert("LA"), rgba.convert("PA"), palette, rgba.convert("CMYK"),
+                Image.fromarray(rng.integers(0, 65535, (53, 71)).astype(np.uint16)),
+                Image.fromarray(rng.integers(-9, 99999, (53, 71)).astype(np.int32)),
+                Image.fromarray(floats), Image.fromarray(floats * 900)):
+        out = images.to_rgb(img.copy())
+        assert out.mode == "RGB" and np.array_equal(np.asarray(out), _whole_image_rgb(img)), img.mode
+
+
+def test_refusals_say_what_to_do_and_show_no_internals():
+    from tests.conftest import png_header_only
+
+    cases = [(png_header_only(60_000, 60_000), {}), (png_header_only(9000, 9000), {}),
+             (png_header_only(5000, 5000), {"max_pixels": 24_000_000}), (b"\xff" * 1000, {"max_bytes": 999})]
+    for data, kwargs in cases:
+        with pytest.raises(InvalidImageError) as err:
+            decode_image(data, **kwargs)
+        assert err.value.reason == "too_large"
+        assert "try again" in err.value.detail and "/" not in err.value.detail
+    with pytest.raises(InvalidImageError) as err:
+        decode_image(png_header_only(9000, 9000))
+    assert err.value.detail == "9000x9000 is over the limit of 64,000,000 pixels; scale it down and try again"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from search import ImageIndex, QueryError
-from search.collections import Collections
+from search.collections import Collections, Limits
 from search.build import build_index
 from search.embedders import load_embedder
 from search.sources import folder_items
@@ -167,7 +167,7 @@ def test_public_caps_refuse_an_upload_before_writing_anything(tmp_path, random_c
         for f in files[6:]:
             z.write(f, f"more/{f.name}")
     mine = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=True,
-                       max_collections=2, max_images=8, max_files=7)
+                       limits=Limits(collections=2, images=8, files=7))
     key = "k" * 16
     assert mine.add(key, "first", files[:5], progress=False).total_in_collection == 5
     # 5 held + 6 in the zip > 8: refused whole, nothing indexed, no thumbnail written.
@@ -183,5 +183,60 @@ def test_public_caps_refuse_an_upload_before_writing_anything(tmp_path, random_c
         mine.add(key, "third", files[:1], progress=False)
     assert mine.names(key) == ["first", "second"]
     # A local app has no caps.
-    local = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=False, max_images=1)
+    local = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=False, limits=Limits(images=1))
     assert local.add(None, "all", files, progress=False).indexed == 12
+
+
+def test_global_caps_hold_however_many_keys_are_invented(tmp_path, random_clip):
+    files = write_folder(tmp_path / "photos", per_class=1, seed=6)  # 12 images
+    store, embedder = tmp_path / "store", load_embedder(str(random_clip))
+    keys = [f"visitor-{i:02d}-0123456789" for i in range(5)]
+    few = Collections(store, embedder, public=True, limits=Limits(collections_total=3, images_total=9))
+    for key, chunk in zip(keys, (files[:3], files[3:6], files[6:8])):
+        assert few.add(key, "album", chunk, progress=False).indexed == len(chunk)
+    with pytest.raises(QueryError, match="public demo is full .no room for more collections"):
+        few.add(keys[3], "album", files[8:9], progress=False)
+    with pytest.raises(QueryError, match="public demo is full .no room for more images"):
+        few.add(keys[0], "album", files[8:10], progress=False)  # 8 held + 2 > 9, in a collection that exists
+    assert few.add(keys[0], "album", files[8:9], progress=False).indexed == 1  # exactly at the cap is fine
+    tiny_disk = Collections(store, embedder, public=True, limits=Limits(store_bytes=1024))
+    with pytest.raises(QueryError, match="public demo is full .no room left on its disk"):
+        tiny_disk.add(keys[4], "album", files[9:], progress=False)
+    assert sorted(len(few.names(k)) for k in keys) == [0, 0, 1, 1, 1]  # nothing refused was created
+
+
+def test_an_upload_with_no_usable_image_creates_no_collection(tmp_path, random_clip):
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not an image")
+    mine = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=True)
+    report = mine.add("k" * 16, "empty", [junk], progress=False)
+    assert report.indexed == 0 and [s["reason"] for s in report.skipped] == ["unsupported"]
+    assert mine.names("k" * 16) == []
+
+
+@pytest.mark.parametrize("ids", [["../victim"], ["./../thumbnails/ab/" + "a" * 32], ["A" * 32], ["a" * 31],
+                                 ["a" * 32 + "\x00"], ["%2e%2e%2fvictim"], ["/etc/passwd"], [5], "a" * 32,
+                                 ["a" * 5000]])
+def test_malformed_ids_remove_nothing(tmp_path, random_clip, ids):
+    files = write_folder(tmp_path / "photos", per_class=1, seed=8)[:3]
+    (tmp_path / "victim.jpg").write_bytes(files[0].read_bytes())
+    mine = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=True)
+    key = "k" * 16
+    mine.add(key, "album", files, progress=False)
+    before = sorted(p for p in tmp_path.rglob("*") if p.is_file() and "chroma" not in p.name)
+    with pytest.raises(QueryError, match="image id|as a list"):
+        mine.remove(key, "album", ids)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file() and "chroma" not in p.name) == before
+    assert len(mine.index(key, "album")) == 3
+
+
+def test_remove_counts_what_went_and_names_what_was_not_there(tmp_path, random_clip):
+    files = write_folder(tmp_path / "photos", per_class=1, seed=9)[:3]
+    mine = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=True)
+    key = "k" * 16
+    mine.add(key, "album", files, progress=False)
+    held = [h.id for h in mine.browse(key, "album")]
+    stranger = "0" * 32
+    assert mine.remove(key, "album", [held[0], stranger, held[0]]).to_dict() == {"removed": 1, "not_found": [stranger]}
+    assert mine.remove(key, "album", [held[0]]).to_dict() == {"removed": 0, "not_found": [held[0]]}
+    assert len(mine.index(key, "album")) == 2

@@ -1,6 +1,8 @@
 """Scale-out: the same code against a real Chroma server (`chroma run`) on loopback."""
 from __future__ import annotations
 
+import errno
+import json
 import os
 import subprocess
 import sys
@@ -80,3 +82,151 @@ def test_app_serves_while_a_builder_writes(tmp_path, server, shapes_model):
         assert answered >= 1
         hits = client.predict("a red circle", 50, api_name="/search_by_text")
         assert len(hits) == 50  # the 24 first images plus the builder's 72 are all searchable now
+
+
+def _count(port: int, collection: str = "images") -> int:
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.HttpClient(host="127.0.0.1", port=port, settings=Settings(anonymized_telemetry=False))
+    try:
+        return client.get_collection(collection).count()
+    except Exception:  # not created yet
+        return 0
+
+
+def test_a_server_killed_mid_build_exits_2_and_a_rerun_resumes(tmp_path, server, random_clip):
+    folder, store, report = tmp_path / "photos", tmp_path / "thumbs", tmp_path / "report.json"
+    files = write_folder(folder, per_class=20, seed=8)
+    assert len({f.read_bytes() for f in files}) == len(files)  # every image distinct
+    command = [sys.executable, str(ROOT / "index_builder.py"), "--quiet", "--dataset", str(folder), "--store", str(store),
+               "--model", str(random_clip), "--batch-size", "8", "--report", str(report)]
+    builder = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **server.env},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _count(server.port) == 0 and builder.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert builder.poll() is None, "the build ended before the server could be killed: use a larger folder"
+        assert _count(server.port) > 0, "nothing was written within 120 s"
+        server.proc.kill()  # SIGKILL: no goodbye to the builder
+        server.proc.wait(timeout=30)
+        _, stderr = builder.communicate(timeout=120)
+    finally:
+        if builder.poll() is None:
+            builder.kill()
+    assert builder.returncode == 2, stderr
+    assert "error: the Chroma server stopped answering during the build" in stderr
+    assert "run the same command again" in stderr and f"127.0.0.1:{server.port}" in stderr
+    assert "Traceback" not in stderr and not report.exists()
+
+    server.start()  # same data path and port
+    written = _count(server.port)
+    assert 0 < written < len(files)
+    manifest = store / "manifests" / "images.json"
+    if manifest.exists():  # the manifest never claims an image the store does not hold
+        recorded = {entry[2] for entry in json.loads(manifest.read_text()).values()}
+        assert recorded <= set(ImageIndex.open(store).collection.get(include=[])["ids"])
+    again = subprocess.run(command, cwd=ROOT, env={**os.environ, **server.env}, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    done = json.loads(report.read_text())
+    assert done["already_indexed"] == written and done["indexed"] == len(files) - written
+    index = ImageIndex.open(store)
+    sources = [m["source"] for m in index.collection.get(include=["metadatas"])["metadatas"]]
+    assert len(index) == len(files) and sorted(sources) == sorted(str(f) for f in files)
+
+
+@pytest.fixture(scope="module")
+def clip_embedder(random_clip):
+    from search.embedders import load_embedder
+
+    return load_embedder(str(random_clip))
+
+
+class _Failing:
+    """A collection whose ``method`` raises ``error`` once it has answered ``after`` calls."""
+
+    def __init__(self, col, method: str, error: BaseException, after: int):
+        self._col, self._method, self._error, self._left = col, method, error, after
+
+    def __getattr__(self, name):
+        attr = getattr(self._col, name)
+        if name != self._method:
+            return attr
+
+        def call(*args, **kwargs):
+            if self._left <= 0:
+                raise self._error
+            self._left -= 1
+            return attr(*args, **kwargs)
+        return call
+
+
+def _connect_error():
+    import httpx
+
+    return httpx.ConnectError("[Errno 111] Connection refused")
+
+
+def _disk_full():
+    from chromadb.errors import InternalError
+
+    return InternalError("Query error: Database error: error returned from database: (code: 13) database or disk is full")
+
+
+@pytest.mark.parametrize("method, error, after, message", [
+    ("get", _connect_error, 2, "the Chroma server stopped answering during the build."),  # on the producer thread
+    ("query", _connect_error, 0, "the Chroma server stopped answering during the build."),  # the near-duplicate query
+    ("upsert", _connect_error, 1, "the Chroma server stopped answering during the build."),
+    ("upsert", _disk_full, 1, "the store stopped working during the build"),  # embedded store, disk full
+    ("thumbnail", lambda: OSError(errno.ENOSPC, "No space left on device"), 9, "the store stopped working during the build"),
+])
+def test_a_store_lost_mid_build_is_a_store_error_and_a_rerun_resumes(tmp_path, monkeypatch, clip_embedder,
+                                                                     method, error, after, message):
+    from search import build
+    from search.errors import StoreError
+    from search.sources import folder_items
+    from search.store import connect
+
+    folder, store = tmp_path / "photos", tmp_path / "store"
+    files = write_folder(folder, per_class=2, seed=9)
+    options = dict(store_dir=store, collection="images", embedder=clip_embedder, batch_size=4, precision="fp32", progress=False)
+    real_open, real_thumbnail = build.open_collection, build.write_thumbnail
+    if method == "thumbnail":  # the store's folder fills up
+        left = iter(range(after))
+
+        def write_thumbnail(*args):
+            if next(left, None) is None:
+                raise error()
+            return real_thumbnail(*args)
+        monkeypatch.setattr(build, "write_thumbnail", write_thumbnail)
+    else:
+        monkeypatch.setattr(build, "open_collection", lambda *a: _Failing(real_open(*a), method, error(), after))
+    with pytest.raises(StoreError) as raised:
+        build.build_index(folder_items(folder), client=connect(store, create=True), **options)
+    text = raised.value.for_operator()
+    assert str(raised.value).startswith(message) and "run the same command again" in text
+    assert ("(Chroma server at " if "Chroma" in message else "(store at ") in text  # the operator's details
+    assert "Traceback" not in text and str(tmp_path) not in str(raised.value)  # internals stay out of str()
+    assert not (store / "manifests" / "images.json").exists()  # nothing recorded for a build that did not finish
+
+    monkeypatch.setattr(build, "open_collection", real_open)
+    monkeypatch.setattr(build, "write_thumbnail", real_thumbnail)
+    written = len(connect(store).get_collection("images").get(include=[])["ids"])
+    again = build.build_index(folder_items(folder), client=connect(store), **options)
+    assert again.already_indexed == written and again.indexed == len(files) - written
+    assert again.total_in_collection == len(files)
+
+
+def test_a_programming_error_mid_build_is_not_a_lost_store(tmp_path, monkeypatch, clip_embedder):
+    from search import build
+    from search.sources import folder_items
+    from search.store import connect
+
+    folder, store = tmp_path / "photos", tmp_path / "store"
+    write_folder(folder, per_class=1, seed=9)
+    real_open = build.open_collection
+    monkeypatch.setattr(build, "open_collection", lambda *a: _Failing(real_open(*a), "upsert", TypeError("bug"), 0))
+    with pytest.raises(TypeError, match="bug"):
+        build.build_index(folder_items(folder), store_dir=store, client=connect(store, create=True), collection="images",
+                          embedder=clip_embedder, precision="fp32", progress=False)
