@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import secrets
 from pathlib import Path
 
@@ -15,15 +14,14 @@ from search import METRICS, SearchError
 from search.ids import KEY
 from search.index import MAX_TEXT_CHARS
 from search.served_files import UploadBudget, served_copy
-from search.service import MAX_RESULTS, Results, SearchService, Settings
+from search.service import MAX_RESULTS, Results, SearchService
+from search.settings import Settings
 from search.store import THUMBNAILS
 
 log = logging.getLogger("app")
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXAMPLE_IMAGES = sorted(str(p) for p in EXAMPLES.glob("*.jpg"))
 EXAMPLE_PROMPTS = [line.strip() for line in (EXAMPLES / "prompts.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
-QUEUE_SIZE = int(os.environ.get("IMAGE_SEARCH_QUEUE_SIZE", "64"))
-CONCURRENCY = int(os.environ.get("IMAGE_SEARCH_CONCURRENCY", "4"))  # model calls take turns on the embedder's lock
 MAX_FILE_SIZE = "20mb"
 # Every 5 minutes, Gradio deletes what it cached more than 30 minutes ago (uploads nobody used included).
 DELETE_CACHE = (300, 1800)
@@ -117,7 +115,7 @@ def build_app(service: SearchService) -> gr.Blocks:
         def first_visit(secret: str | None):
             if not isinstance(secret, str) or not KEY.fullmatch(secret):
                 secret = secrets.token_urlsafe(24)
-            names = service.collections.names(secret) if service.collections else []
+            names = service.albums.names(secret) if service.albums else []
             return secret, choices(secret), gr.update(choices=names)
 
         demo.load(first_visit, [key], [key, method, mine], **PRIVATE)
@@ -208,7 +206,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     service = SearchService(Settings.from_env())
     demo = build_app(service)
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+    demo.queue(max_size=service.settings.queue_size, default_concurrency_limit=service.settings.concurrency)
     # Thumbnails only: the store's own files (vectors, every collection's metadata) are never served.
     allowed = [str((service.settings.store / THUMBNAILS).resolve()), str(EXAMPLES)]
     budget = Middleware(UploadBudget, max_bytes=service.settings.upload_budget_bytes)

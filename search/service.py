@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,19 +9,19 @@ from pathlib import Path
 from PIL import Image
 
 from .build import BuildReport
-from .collections import Collections, Limits, Removal
+from .albums import Albums, Removal
 from .duplicates import NEAR_DUPLICATE_SIMILARITY
 from .errors import QueryError, SearchError
 from .ids import shown
 from .index import Hit, ImageIndex
 from .served_files import discard_uploads, purge_cached_copies
+from .settings import Settings
 from .store import connect, thumbnail_path
 from .urls import fetch
 
 log = logging.getLogger(__name__)
 MAX_RESULTS = 50
-MINE = "mine/"  # an index value naming one of the caller's personal collections
-DEFAULT_STORE = Path(__file__).resolve().parents[1] / "data" / "store"
+MINE = "mine/"  # an index value naming one of the caller's albums
 BUILD_HINT = (
     "python index_builder.py --dataset ashraq/fashion-product-images-small --store data/store --limit 5000"
 )
@@ -41,55 +40,6 @@ def _results(k: object) -> int:
 def _fold(index: ImageIndex, fold: bool) -> float | None:
     """Near-duplicate folding applies to CLIP vectors; raw pixels are all alike by cosine."""
     return NEAR_DUPLICATE_SIMILARITY if fold and index.metadata.get("normalized") else None
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
-
-
-def _env_count(name: str, default: int) -> int:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1, not {text!r}")
-    return int(text)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The app's configuration; ``from_env`` reads the IMAGE_SEARCH_* variables."""
-
-    store: Path = DEFAULT_STORE
-    collection: str | None = None
-    model: str | None = None
-    text_model: str | None = None
-    pixel_collection: str = "pixels"
-    allow_private_urls: bool = False
-    public: bool = False  # a public deployment: personal collections are per visitor, and capped
-    limits: Limits = Limits()
-    upload_budget_bytes: int = 512 * 1024**2  # Gradio's upload and cache folder, all visitors together
-
-    @classmethod
-    def from_env(cls) -> "Settings":
-        """Settings from the IMAGE_SEARCH_* variables (README: "The app")."""
-        env = os.environ.get
-        defaults = Limits()
-        return cls(
-            store=Path(env("IMAGE_SEARCH_STORE") or DEFAULT_STORE).expanduser(),
-            collection=env("IMAGE_SEARCH_COLLECTION") or None,
-            model=env("IMAGE_SEARCH_MODEL") or None,
-            text_model=env("IMAGE_SEARCH_TEXT_MODEL") or None,
-            pixel_collection=env("IMAGE_SEARCH_PIXEL_COLLECTION") or "pixels",
-            allow_private_urls=_env_flag("IMAGE_SEARCH_ALLOW_PRIVATE_URLS"),
-            public=_env_flag("IMAGE_SEARCH_PUBLIC") or bool(env("SPACE_ID")),
-            limits=Limits(
-                collections_total=_env_count("IMAGE_SEARCH_MAX_COLLECTIONS_TOTAL", defaults.collections_total),
-                images_total=_env_count("IMAGE_SEARCH_MAX_IMAGES_TOTAL", defaults.images_total),
-                store_bytes=_env_count("IMAGE_SEARCH_MAX_STORE_MB", defaults.store_bytes // 1024**2) * 1024**2,
-            ),
-            upload_budget_bytes=_env_count("IMAGE_SEARCH_UPLOAD_BUDGET_MB", cls.upload_budget_bytes // 1024**2) * 1024**2,
-        )
 
 
 @dataclass(frozen=True)
@@ -118,12 +68,12 @@ class SearchService:
         self.settings = settings
         self.indexes: dict[str, ImageIndex] = {}
         self.problem: str | None = None
-        self.collections: Collections | None = None
+        self.albums: Albums | None = None
         try:
             main = ImageIndex.open(settings.store, settings.collection, model=settings.model,
                                    text_model=settings.text_model)
             self.indexes[main.collection.name] = main
-            self.collections = Collections(settings.store, main.embedder, public=settings.public,
+            self.albums = Albums(settings.store, main.embedder, public=settings.public,
                                            limits=settings.limits)
             self._open_pixel_baseline(main)
             self._warm_up(main)
@@ -138,17 +88,17 @@ class SearchService:
                 for name, ix in self.indexes.items()]
 
     @property
-    def personal(self) -> Collections:
-        """Personal collections, which share the main index's model."""
-        if self.collections is None:
+    def personal(self) -> Albums:
+        """Visitors' albums, which share the main index's model."""
+        if self.albums is None:
             raise QueryError(f"No index to search yet: {self.problem}")
-        return self.collections
+        return self.albums
 
     def personal_methods(self, key: str | None) -> list[tuple[str, str]]:
         """(label, value) for the caller's own collections."""
-        if self.collections is None:
+        if self.albums is None:
             return []
-        return [(f"my collection: {name}", MINE + name) for name in self.collections.names(key)]
+        return [(f"my collection: {name}", MINE + name) for name in self.albums.names(key)]
 
     def describe(self) -> str:
         """One line on what is being searched, or what to do when nothing is."""

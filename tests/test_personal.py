@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from search import ImageIndex, QueryError
-from search.collections import Collections, Limits
+from search.albums import Albums
+from search.settings import AlbumLimits
 from search.build import build_index
 from search.embedders import load_embedder
 from search.sources import folder_items
@@ -166,8 +167,8 @@ def test_public_caps_refuse_an_upload_before_writing_anything(tmp_path, random_c
     with zipfile.ZipFile(archive, "w") as z:
         for f in files[6:]:
             z.write(f, f"more/{f.name}")
-    mine = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=True,
-                       limits=Limits(collections=2, images=8, files=7))
+    mine = Albums(tmp_path / "store", load_embedder(str(random_clip)), public=True,
+                       limits=AlbumLimits(albums=2, images=8, files=7))
     key = "k" * 16
     assert mine.add(key, "first", files[:5], progress=False).total_in_collection == 5
     # 5 held + 6 in the zip > 8: refused whole, nothing indexed, no thumbnail written.
@@ -183,7 +184,7 @@ def test_public_caps_refuse_an_upload_before_writing_anything(tmp_path, random_c
         mine.add(key, "third", files[:1], progress=False)
     assert mine.names(key) == ["first", "second"]
     # A local app has no caps.
-    local = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=False, limits=Limits(images=1))
+    local = Albums(tmp_path / "store", load_embedder(str(random_clip)), public=False, limits=AlbumLimits(images=1))
     assert local.add(None, "all", files, progress=False).indexed == 12
 
 
@@ -191,7 +192,7 @@ def test_global_caps_hold_however_many_keys_are_invented(tmp_path, random_clip):
     files = write_folder(tmp_path / "photos", per_class=1, seed=6)  # 12 images
     store, embedder = tmp_path / "store", load_embedder(str(random_clip))
     keys = [f"visitor-{i:02d}-0123456789" for i in range(5)]
-    few = Collections(store, embedder, public=True, limits=Limits(collections_total=3, images_total=9))
+    few = Albums(store, embedder, public=True, limits=AlbumLimits(albums_total=3, images_total=9))
     for key, chunk in zip(keys, (files[:3], files[3:6], files[6:8])):
         assert few.add(key, "album", chunk, progress=False).indexed == len(chunk)
     with pytest.raises(QueryError, match="public demo is full .no room for more collections"):
@@ -199,7 +200,7 @@ def test_global_caps_hold_however_many_keys_are_invented(tmp_path, random_clip):
     with pytest.raises(QueryError, match="public demo is full .no room for more images"):
         few.add(keys[0], "album", files[8:10], progress=False)  # 8 held + 2 > 9, in a collection that exists
     assert few.add(keys[0], "album", files[8:9], progress=False).indexed == 1  # exactly at the cap is fine
-    tiny_disk = Collections(store, embedder, public=True, limits=Limits(store_bytes=1024))
+    tiny_disk = Albums(store, embedder, public=True, limits=AlbumLimits(store_bytes=1024))
     with pytest.raises(QueryError, match="public demo is full .no room left on its disk"):
         tiny_disk.add(keys[4], "album", files[9:], progress=False)
     assert sorted(len(few.names(k)) for k in keys) == [0, 0, 1, 1, 1]  # nothing refused was created
@@ -208,7 +209,7 @@ def test_global_caps_hold_however_many_keys_are_invented(tmp_path, random_clip):
 def test_an_upload_with_no_usable_image_creates_no_collection(tmp_path, random_clip):
     junk = tmp_path / "notes.txt"
     junk.write_text("not an image")
-    mine = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=True)
+    mine = Albums(tmp_path / "store", load_embedder(str(random_clip)), public=True)
     report = mine.add("k" * 16, "empty", [junk], progress=False)
     assert report.indexed == 0 and [s["reason"] for s in report.skipped] == ["unsupported"]
     assert mine.names("k" * 16) == []
@@ -220,7 +221,7 @@ def test_an_upload_with_no_usable_image_creates_no_collection(tmp_path, random_c
 def test_malformed_ids_remove_nothing(tmp_path, random_clip, ids):
     files = write_folder(tmp_path / "photos", per_class=1, seed=8)[:3]
     (tmp_path / "victim.jpg").write_bytes(files[0].read_bytes())
-    mine = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=True)
+    mine = Albums(tmp_path / "store", load_embedder(str(random_clip)), public=True)
     key = "k" * 16
     mine.add(key, "album", files, progress=False)
     before = sorted(p for p in tmp_path.rglob("*") if p.is_file() and "chroma" not in p.name)
@@ -232,7 +233,7 @@ def test_malformed_ids_remove_nothing(tmp_path, random_clip, ids):
 
 def test_remove_counts_what_went_and_names_what_was_not_there(tmp_path, random_clip):
     files = write_folder(tmp_path / "photos", per_class=1, seed=9)[:3]
-    mine = Collections(tmp_path / "store", load_embedder(str(random_clip)), public=True)
+    mine = Albums(tmp_path / "store", load_embedder(str(random_clip)), public=True)
     key = "k" * 16
     mine.add(key, "album", files, progress=False)
     held = [h.id for h in mine.browse(key, "album")]

@@ -1,9 +1,10 @@
-"""Personal collections: a person's own images, indexed with the app's model, kept apart from everyone else's.
+"""Albums: a person's own images, indexed with the app's model, kept apart from everyone else's.
 
-Each collection lives in the app's store under a name that starts with ``mine-`` and the owner's
+Each album is a collection in the app's store under a name that starts with ``mine-`` and the owner's
 namespace, so the shipped index can never be written to. On a public deployment the namespace is
 a hash of a secret key that each browser (or API caller) keeps, so one visitor never sees another's
-collections; locally there is one namespace and collections persist in the store.
+albums; locally there is one namespace and albums persist in the store. The public API calls them
+"collections" (``/collection_add`` ...); the code does not, to keep them apart from Chroma's.
 """
 from __future__ import annotations
 
@@ -20,23 +21,12 @@ from .errors import QueryError, StoreError
 from .ids import collection_name, image_ids, visitor_key
 from .images import MAX_PIXELS
 from .index import Hit, ImageIndex
+from .settings import AlbumLimits
 from .store import connect, folder_bytes, open_collection, read_all, write_lock
 
 PREFIX = "mine-"
 LOCAL_OWNER = "local"
 FULL = "The public demo is full ({}); try again later, or run the app on your own machine (see its README)."
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Caps on a public deployment: per visitor, and for all visitors together (keys are free to make)."""
-
-    collections: int = 5
-    images: int = 2000  # in one collection
-    files: int = 500  # in one upload
-    collections_total: int = 100
-    images_total: int = 20_000
-    store_bytes: int = 4 * 1024**3  # the whole store folder: shipped index, thumbnails, uploads
 
 
 @dataclass(frozen=True)
@@ -51,10 +41,10 @@ class Removal:
         return {"removed": len(self.removed), "not_found": self.not_found}
 
 
-class Collections:
-    """Add to, search and delete from personal collections."""
+class Albums:
+    """Add to, search and delete from albums."""
 
-    def __init__(self, store_dir: Path, embedder: Embedder, *, public: bool, limits: Limits = Limits()):
+    def __init__(self, store_dir: Path, embedder: Embedder, *, public: bool, limits: AlbumLimits = AlbumLimits()):
         self.store_dir = Path(store_dir)
         self.embedder = embedder
         self.public = public
@@ -68,7 +58,7 @@ class Collections:
         return f"{PREFIX}{hashlib.sha256(visitor_key(key).encode()).hexdigest()[:16]}-"
 
     def names(self, key: str | None) -> list[str]:
-        """The owner's collections, by the names they gave them."""
+        """The owner's albums, by the names they gave them."""
         prefix = self.namespace(key)
         return sorted(c.name[len(prefix):] for c in self._client().list_collections() if c.name.startswith(prefix))
 
@@ -129,9 +119,9 @@ class Collections:
         limits = self.limits
         everyone = [c.name for c in client.list_collections() if c.name.startswith(PREFIX)]
         if not exists:
-            if owned >= limits.collections:
+            if owned >= limits.albums:
                 raise QueryError(f"You have {owned} collections, the most allowed here; delete one first.")
-            if len(everyone) >= limits.collections_total:
+            if len(everyone) >= limits.albums_total:
                 raise QueryError(FULL.format("no room for more collections"))
         held = open_collection(client, full).count() if exists else 0
         if held + incoming > limits.images:
