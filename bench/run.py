@@ -31,11 +31,11 @@ sys.path.insert(0, str(ROOT))
 from PIL import Image  # noqa: E402
 
 from bench.stats import percentiles  # noqa: E402
-from search.build import build_index  # noqa: E402
+from search.build import BuildOptions, build_index  # noqa: E402
 from search.embedders import ClipEmbedder  # noqa: E402
 from search.index import ImageIndex  # noqa: E402
 from search.sources import folder_items  # noqa: E402
-from search.store import connect, open_collection, read_all  # noqa: E402
+from search.store import ModelInfo, Record, Store  # noqa: E402
 from tests.fixtures.app_process import RunningApp  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
@@ -117,8 +117,8 @@ def bare_model(embedder: ClipEmbedder, batches: list[int], repeat: int) -> dict:
 def pipeline(embedder: ClipEmbedder, folder: Path, store: Path, batch: int) -> dict:
     """JPEG files on disk to a finished store (thumbnails included), as index_builder.py runs it."""
     shutil.rmtree(store, ignore_errors=True)
-    report = build_index(folder_items(folder), store_dir=store, client=connect(store, create=True), collection="bench",
-                         embedder=embedder, batch_size=batch, progress=False, near_duplicate_similarity=None)
+    report = build_index(folder_items(folder), Store.connect(store, create=True), "bench", embedder,
+                         BuildOptions(batch_size=batch, near_duplicate_similarity=None))
     size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
     return {"images": report.indexed, "images_per_second": report.images_per_second, "precision": report.precision,
             "bf16_agreement": report.bf16_agreement, "store_bytes_per_image": round(size / max(1, report.indexed))}
@@ -145,22 +145,19 @@ def pipeline_beside_bare(embedder: ClipEmbedder, folder: Path, stores: Path, bat
 def naive(embedder: ClipEmbedder, paths: list[Path], store: Path) -> dict:
     """One image at a time: decode, embed (fp32), collection.add, as the origin and Chroma's loader do."""
     shutil.rmtree(store, ignore_errors=True)
-    col = open_collection(connect(store, create=True), "naive", embedder)
+    col = Store.connect(store, create=True).open_or_create("naive", ModelInfo.of(embedder))
     start = time.perf_counter()
     for i, path in enumerate(paths):
         vector = embedder.model.encode([Image.open(path).convert("RGB")], normalize_embeddings=True)
-        col.add(ids=[str(i)], embeddings=vector)
+        col.upsert([Record(str(i), vector[0], {"source": str(path)})])
     return {"images": len(paths), "images_per_second": round(len(paths) / (time.perf_counter() - start), 2)}
 
 
 def agreement(embedder: ClipEmbedder, paths: list[Path], queries: int = 20) -> dict:
     """bf16 against fp32: mean cosine of embeddings, and overlap of top-10 exact search results."""
     images = [embedder.prepare(Image.open(p).convert("RGB")) for p in paths]
-    embedder.bf16 = False
     fp32 = embedder.embed_images(images)
-    embedder.bf16 = True
-    bf16 = embedder.embed_images(images)
-    embedder.bf16 = False
+    bf16 = embedder.embed_images(images, precision="bf16")
     overlaps = []
     for q in range(min(queries, len(paths))):
         top32 = set(np.argsort(-(fp32 @ fp32[q]))[1:11])
@@ -177,17 +174,13 @@ def synthetic_store(store: Path, embedder: ClipEmbedder, n: int) -> tuple[np.nda
     vectors = centres[rng.integers(0, len(centres), n)] + 0.35 * rng.normal(size=(n, embedder.dimension)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     shutil.rmtree(store, ignore_errors=True)
-    client = connect(store, create=True)
-    col = open_collection(client, "images", embedder)
+    col = Store.connect(store, create=True).open_or_create("images", ModelInfo.of(embedder))
     thumb = store / "thumbnails" / "00" / "placeholder.jpg"
     thumb.parent.mkdir(parents=True)
     photo(256, 192, 0).save(thumb)
-    step = min(5000, client.get_max_batch_size())
     start = time.perf_counter()
-    for i in range(0, n, step):
-        col.add(ids=[f"v{j}" for j in range(i, min(n, i + step))], embeddings=vectors[i : i + step],
-                metadatas=[{"source": f"synthetic/{j}", "thumbnail": "thumbnails/00/placeholder.jpg"}
-                           for j in range(i, min(n, i + step))])
+    col.upsert([Record(f"v{j}", vectors[j], {"source": f"synthetic/{j}", "thumbnail": "thumbnails/00/placeholder.jpg"})
+                for j in range(n)])
     return vectors, time.perf_counter() - start
 
 
@@ -213,7 +206,7 @@ def queries(store: Path, model: str, repeat: int) -> dict:
     photo in the collection is) and far from all of them (cosine 0.4, as CLIP's text queries are).
     """
     index = ImageIndex.open(store, model=model)
-    ids, rows = read_all(index.collection, "embeddings")
+    ids, rows = index.collection.scan_vectors()
     vectors = np.asarray(rows, np.float32)
     kinds = {"image_like": probes(vectors, repeat, 0.9, 1), "text_like": probes(vectors, repeat, 0.4, 2)}
     for p in kinds["image_like"][:10]:  # warm-up, untimed
@@ -349,7 +342,8 @@ def markdown(r: dict) -> str:
                                             f"({p12['bare_model_same_batch']})"),
         ("Naive one-at-a-time, images/s", f"{r['naive_one_at_a_time']['images_per_second']} "
                                           f"(pipeline is {r['speedup_over_naive']}x faster)"),
-        ("bf16 vs fp32: mean cosine / top-10 overlap", f"{r['bf16_vs_fp32']['mean_cosine']} / {r['bf16_vs_fp32']['top10_overlap']}"),
+        ("bf16 vs fp32: mean cosine / top-10 overlap",
+         f"{r['bf16_vs_fp32']['mean_cosine']} / {r['bf16_vs_fp32']['top10_overlap']}"),
         ("Builder peak RSS", f"{r['builder_peak_rss_mb']} MB"),
         ("Store bytes per image (vectors, metadata, thumbnail)", f"{p['store_bytes_per_image']:,}"),
         ("Model load", f"{r['model_load_seconds']} s"),

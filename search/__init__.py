@@ -6,8 +6,8 @@ from .metrics import METRICS
 
 __all__ = [
     "DEFAULT_MODEL",
-    "PIXELS",
     "METRICS",
+    "PIXELS",
     "Hit",
     "ImageIndex",
     "InvalidImageError",

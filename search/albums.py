@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from .archives import upload_items
-from .build import BuildReport, build_index
+from .build import BuildOptions, Progress, build_index
 from .embedders import Embedder
 from .errors import QueryError, StoreError
 from .ids import collection_name, image_ids, visitor_key
 from .images import MAX_PIXELS
 from .index import Hit, ImageIndex
+from .report import BuildReport
 from .settings import AlbumLimits
-from .store import connect, folder_bytes, open_collection, read_all, write_lock
+from .store import Store, folder_bytes
 
 PREFIX = "mine-"
 LOCAL_OWNER = "local"
@@ -44,8 +45,8 @@ class Removal:
 class Albums:
     """Add to, search and delete from albums."""
 
-    def __init__(self, store_dir: Path, embedder: Embedder, *, public: bool, limits: AlbumLimits = AlbumLimits()):
-        self.store_dir = Path(store_dir)
+    def __init__(self, store: Store, embedder: Embedder, *, public: bool, limits: AlbumLimits = AlbumLimits()):
+        self.store = store
         self.embedder = embedder
         self.public = public
         self.limits = limits
@@ -60,27 +61,26 @@ class Albums:
     def names(self, key: str | None) -> list[str]:
         """The owner's albums, by the names they gave them."""
         prefix = self.namespace(key)
-        return sorted(c.name[len(prefix):] for c in self._client().list_collections() if c.name.startswith(prefix))
+        return [n[len(prefix):] for n in self.store.names() if n.startswith(prefix)]
 
-    def add(self, key: str | None, name: str, files: list[str | Path], progress: bool = True) -> BuildReport:
+    def add(self, key: str | None, name: str, files: list[str | Path], on_progress: Progress | None = None) -> BuildReport:
         """Index uploaded images and zip archives into the owner's collection ``name``."""
         if not files:
             raise QueryError("Choose some images (or a zip of them) to add.")
         if len(files) > self.limits.files:
             raise QueryError(f"{len(files)} files at once is over the limit of {self.limits.files}; add them in parts.")
         full = self._full_name(key, name)
-        with self._lock, write_lock(self.store_dir):
-            client = self._client()
+        with self._lock, self.store.write_lock():
             existing = self.names(key)
             # A zip is listed, not read; a public app holds uploads to the query limits, a local one to the builder's.
-            limits = {} if self.public else {"max_pixels": MAX_PIXELS, "total_pixels": None}
-            items = list(upload_items(files, min_edges=self.embedder.min_edges, **limits))
+            items = list(upload_items(files, min_edges=self.embedder.min_edges) if self.public else
+                         upload_items(files, max_pixels=MAX_PIXELS, total_pixels=None, min_edges=self.embedder.min_edges))
             if self.public:
-                self._check_room(client, full, name in existing, len(items), len(existing))
-            report = build_index(items, store_dir=self.store_dir, client=client, collection=full,
-                                 embedder=self.embedder, source="upload", progress=progress)
+                self._check_room(full, name in existing, len(items), len(existing))
+            options = BuildOptions(source="upload", total=len(items))
+            report = build_index(items, self.store, full, self.embedder, options, on_progress)
             if not report.total_in_collection and name not in existing:
-                client.delete_collection(full)  # nothing usable came: no empty collection either
+                self.store.drop(full)  # nothing usable came: no empty collection either
         report.collection = name
         return report
 
@@ -88,54 +88,51 @@ class Albums:
         """The owner's collection, for searching."""
         full = self._full_name(key, name)
         try:
-            col = open_collection(self._client(), full)
+            col = self.store.open(full)
         except StoreError:
             raise QueryError(f"You have no collection named {name!r} yet; add images to it first.") from None
-        return ImageIndex(self.store_dir, col, self.embedder)
+        return ImageIndex(self.store, col, self.embedder)
 
     def browse(self, key: str | None, name: str, limit: int = 200) -> list[Hit]:
         """The collection's images, newest first (up to ``limit``), with no score."""
         col = self.index(key, name)
-        rows = sorted(zip(*read_all(col.collection, "metadatas")), key=lambda r: -(r[1] or {}).get("added_at", 0))[:limit]
+        rows = sorted(col.collection.scan_metadata(), key=lambda r: -r[1].get("added_at", 0))[:limit]
         return [col.hit(i, 0.0, m) for i, m in rows]
 
     def remove(self, key: str | None, name: str, ids: object) -> Removal:
         """Delete images from the owner's collection; every id must be well-formed, or nothing is removed."""
         wanted = image_ids(ids, self.limits.images)
-        with self._lock, write_lock(self.store_dir):
+        with self._lock, self.store.write_lock():
             gone = self.index(key, name).remove(wanted)
         return Removal(gone, [i for i in wanted if i not in set(gone)])
 
     def drop(self, key: str | None, name: str) -> Removal:
         """Delete the owner's whole collection (thumbnails no other collection uses go too)."""
-        with self._lock, write_lock(self.store_dir):
+        with self._lock, self.store.write_lock():
             index = self.index(key, name)
-            removed = index.remove(index.collection.get(include=[])["ids"])
-            self._client().delete_collection(index.collection.name)
+            removed = index.remove(index.collection.all_ids())
+            self.store.drop(index.collection.name)
             return Removal(removed, [])
 
-    def _check_room(self, client: Any, full: str, exists: bool, incoming: int, owned: int) -> None:
+    def _check_room(self, full: str, exists: bool, incoming: int, owned: int) -> None:
         """Refuse an upload that would pass a visitor's caps or the deployment's."""
         limits = self.limits
-        everyone = [c.name for c in client.list_collections() if c.name.startswith(PREFIX)]
+        everyone = [n for n in self.store.names() if n.startswith(PREFIX)]
         if not exists:
             if owned >= limits.albums:
                 raise QueryError(f"You have {owned} collections, the most allowed here; delete one first.")
             if len(everyone) >= limits.albums_total:
                 raise QueryError(FULL.format("no room for more collections"))
-        held = open_collection(client, full).count() if exists else 0
+        held = self.store.open(full).count() if exists else 0
         if held + incoming > limits.images:
             raise QueryError(f"This upload holds {incoming} files and the collection {held} images; a "
                              f"collection may hold {limits.images}. Add fewer, or delete some first.")
-        total = sum(client.get_collection(n, embedding_function=None).count() for n in everyone)
+        total = sum(self.store.open(n).count() for n in everyone)
         if total + incoming > limits.images_total:
             raise QueryError(FULL.format("no room for more images"))
-        if folder_bytes(self.store_dir) >= limits.store_bytes:
+        if folder_bytes(self.store.folder) >= limits.store_bytes:
             raise QueryError(FULL.format("no room left on its disk"))
 
     def _full_name(self, key: str | None, name: str) -> str:
         return self.namespace(key) + collection_name(name)
-
-    def _client(self) -> Any:
-        return connect(self.store_dir, create=True)
 

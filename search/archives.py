@@ -11,8 +11,9 @@ import threading
 import unicodedata
 import zipfile
 import zlib
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from .errors import InvalidImageError, SourceError
 from .images import MAX_BYTES, QUERY_MAX_PIXELS, image_header, pixel_limit_message, read_file
@@ -83,7 +84,7 @@ def upload_items(
         if zipfile.is_zipfile(path):
             yield from zip_items(path, max_pixels=max_pixels, allowance=allowance, min_edges=min_edges)
         else:
-            yield Item(path.name, lambda path=path: _read_upload(path, allowance, max_pixels, min_edges))
+            yield Item(path.name, partial(_read_upload, path, allowance, max_pixels, min_edges))
 
 
 def zip_items(
@@ -109,7 +110,7 @@ def zip_items(
         problem = unsafe_member_name(member.filename)
         if problem:
             detail = f"file {number} in {path.name} {problem}; rename it and zip the folder again"
-            yield Item(f"{path.name}/(file {number})", lambda detail=detail: _refuse("unsupported", detail))
+            yield Item(f"{path.name}/(file {number})", partial(_refuse, "unsupported", detail))
             continue
         if _hidden(member.filename):
             continue
@@ -117,7 +118,7 @@ def zip_items(
         label = parts[-2] if len(parts) > 1 else None
         key = f"{path}/{member.filename}"
         yield Item(f"{path.name}/{member.filename}",
-                   lambda m=member, key=key: _read_member(archive, m, key, allowance, max_pixels, min_edges), label=label)
+                   partial(_read_member, archive, member, key, allowance, max_pixels, min_edges), label=label)
 
 
 def unsafe_member_name(name: str) -> str | None:

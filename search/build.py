@@ -1,243 +1,154 @@
-"""The indexing pipeline: identify, skip what is stored, decode in parallel, embed, write."""
+"""The indexing pipeline, as named stages: identify, decode, embed, write, sync.
+
+identify and decode run on worker threads one batch ahead of the model (``prefetch``), at a lower
+OS priority; embed and write run on the caller's thread. Each stage's seconds go into the report.
+"""
 from __future__ import annotations
 
-import errno
-import functools
 import os
 import threading
 import time
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from PIL import Image
 
+from . import manifests
 from .duplicates import NEAR_DUPLICATE_SIMILARITY, find_near_duplicates
-from .embedders import ClipEmbedder, Embedder
-from .errors import InvalidImageError, StoreError
+from .embedders import FP32, ClipEmbedder, Embedder
+from .errors import InvalidImageError, StoreUnavailableError
 from .ids import content_id
 from .images import decode_image, make_thumbnail
 from .prefetch import prefetch
+from .report import BuildReport
 from .sources import Item
-from .store import load_manifest, open_collection, read_all, remove_images, save_manifest, write_thumbnail
+from .store import ModelInfo, Record, Store, VectorCollection
 
 CALIBRATION_IMAGES = 16
 KEEP_BYTES = 4 * 1024 * 1024  # per image, between hashing and decoding (32 images: 128 MB at most)
+Progress = Callable[[int, "int | None"], Any]  # (items done, items in all where known)
 
 
-@dataclass
-class BuildReport:
-    """What a build did; written as JSON by ``index_builder.py --report``."""
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build: every knob of ``build_index`` besides what to index and where."""
 
-    store: str
-    collection: str
-    model: str
-    indexed: int = 0
-    duplicates: int = 0
-    already_indexed: int = 0
-    removed: int = 0
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    near_duplicates: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-    images_per_second: float = 0.0
-    total_in_collection: int = 0
-    precision: str = "fp32"
-    bf16_agreement: float | None = None
-    bf16_speedup: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as plain JSON-able data."""
-        return asdict(self)
-
-    def for_visitor(self) -> dict[str, Any]:
-        """The report without the server's internals: no store folder, the model by its name only."""
-        report = self.to_dict()
-        del report["store"]
-        report["model"] = Path(self.model).name
-        return report
-
-    def summary(self) -> str:
-        """One paragraph for a person."""
-        reasons: dict[str, int] = {}
-        for s in self.skipped:
-            reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
-        skipped = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) or "none"
-        return (
-            f"Indexed {self.indexed} new images into collection {self.collection!r} "
-            f"in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s, {self.precision}, "
-            f"model {Path(self.model).name}). "
-            f"{self.already_indexed} were already indexed, {self.duplicates} were exact duplicates, "
-            f"{len(self.near_duplicates)} near-duplicates, {self.removed} removed; skipped: {skipped}. "
-            f"The collection now holds {self.total_in_collection} images."
-        )
+    source: str = ""  # a description of the source, recorded in a new collection
+    batch_size: int = 32
+    precision: str = "auto"  # fp32, bf16, or auto: bf16 where it is measured to agree and be faster
+    workers: int = 2  # threads reading and decoding
+    total: int | None = None  # items in the source, where known (for progress)
+    sync_root: str | None = None  # remove records from under this root that the source no longer holds
+    near_duplicate_similarity: float | None = NEAR_DUPLICATE_SIMILARITY
+    manifest: str | None = None  # the manifest's name (default: the collection's)
 
 
 @dataclass
 class _Ready:
+    """An image past decoding: what the model and the writer need."""
+
     item: Item
     image_id: str
     image: Image.Image
     thumbnail: bytes
 
 
-def _store_failures(build: Any) -> Any:
-    """Turn the store going away mid-build (a dead server, a full disk) into a StoreError for a person.
-
-    One place for every Chroma call of a build, the producer thread's included (``prefetch`` re-raises
-    them here). Nothing is lost: records and thumbnails written so far stay, the manifest is only saved
-    when the build completes, and a re-run skips what is stored.
-    """
-    @functools.wraps(build)
-    def run(items: Iterable[Item], **options: Any) -> BuildReport:
-        try:
-            return build(items, **options)
-        except Exception as exc:
-            error = _lost_store_error(exc, options.get("client"), options.get("store_dir"))
-            if error is None:
-                raise
-            raise error from exc
-    return run
-
-
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
-
-
-def _lost_store_error(exc: Exception, client: Any, store_dir: Any) -> StoreError | None:
-    """The StoreError for an exception that means the store stopped answering; None for anything else (bugs)."""
-    import httpx
-    from chromadb.errors import InternalError
-
-    cause: BaseException = exc
-    if type(exc) is Exception and isinstance(exc.__context__, httpx.HTTPStatusError):
-        cause = exc.__context__  # chromadb's wrapping of an error answer that is not its own JSON
-    server = _server_address(client)
-    lost_server = isinstance(cause, (httpx.TransportError, ConnectionError, TimeoutError)) or (
-        isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code >= 500
-    )
-    full_disk = isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS  # the thumbnails folder, say
-    detail = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}"
-    if lost_server or (isinstance(cause, InternalError) and server):
-        return StoreError(
-            "the Chroma server stopped answering during the build. What was written so far is kept: "
-            "once the server is back, run the same command again and it resumes where this build stopped.",
-            internals=f"Chroma server at {server or '?'}: {detail}",
-        )
-    if not (full_disk or isinstance(cause, InternalError)):
-        return None
-    return StoreError(
-        "the store stopped working during the build (a full disk, or another program holding its database, "
-        "can cause this). What was written so far is kept: once that is fixed, run the same command again "
-        "and it resumes where this build stopped.",
-        internals=f"store at {store_dir}: {detail}",
-    )
-
-
-def _server_address(client: Any) -> str | None:
-    """``host:port`` of a Chroma server client; None for the embedded store."""
-    try:
-        settings = client.get_settings()
-    except Exception:
-        return None
-    if not str(getattr(settings, "chroma_api_impl", "")).endswith("FastAPI"):
-        return None
-    return f"{settings.chroma_server_host}:{settings.chroma_server_http_port}"
-
-
-@_store_failures
 def build_index(
     items: Iterable[Item],
-    *,
-    store_dir: Path,
-    client: Any,
+    store: Store,
     collection: str,
     embedder: Embedder,
-    source: str = "",
-    batch_size: int = 32,
-    precision: str = "auto",
-    workers: int = 2,
-    total: int | None = None,
-    progress: bool = True,
-    sync_root: str | None = None,
-    near_duplicate_similarity: float | None = NEAR_DUPLICATE_SIMILARITY,
-    manifest: str | None = None,
+    options: BuildOptions = BuildOptions(),
+    on_progress: Progress | None = None,
 ) -> BuildReport:
     """Index ``items`` into ``collection``; bad images are skipped and reported, never fatal.
 
-    With ``sync_root``, records whose source lies under it and whose image is no longer among
-    ``items`` are removed afterwards (deleted or changed files). ``manifest`` names the file that
-    remembers which files were seen (default: the collection's name).
+    A store that goes away mid-build (a dead server, a full disk) is a StoreUnavailableError that
+    says a re-run resumes: records and thumbnails written so far stay, and the manifest is saved
+    only when the build completes.
     """
-    from tqdm import tqdm
-
-    store_dir = Path(store_dir)
-    col = open_collection(client, collection, embedder, source)
-    report = BuildReport(str(store_dir), collection, embedder.name)
-    if isinstance(embedder, ClipEmbedder):
-        embedder.bf16 = precision == "bf16"
-    max_write = max(1, int(client.get_max_batch_size()))
-    start = time.perf_counter()
-    bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, smoothing=0.1)
-    stages = _Stages(col, embedder, report, workers, load_manifest(store_dir, manifest or collection))
-    calibrate = isinstance(embedder, ClipEmbedder) and precision == "auto"
-    for batch in prefetch(stages.batches(items, batch_size), bar.update):
-        if not batch:
-            continue
-        images = [r.image for r in batch]
-        if calibrate:
-            calibrate = False
-            if measured := embedder.calibrate_bf16(images[:CALIBRATION_IMAGES]):
-                report.bf16_agreement, report.bf16_speedup = round(measured[0], 6), round(measured[1], 2)
-        vectors = embedder.embed_images(images)
-        if near_duplicate_similarity and embedder.normalized:
-            sources = [r.item.source for r in batch]
-            ids = [r.image_id for r in batch]
-            report.near_duplicates += find_near_duplicates(col, ids, sources, vectors, near_duplicate_similarity)
-        # Thumbnails first: a record that exists always has its thumbnail, even after kill -9.
-        metadatas = [_metadata(r, write_thumbnail(store_dir, r.image_id, r.thumbnail)) for r in batch]
-        for i in range(0, len(batch), max_write):
-            col.upsert(
-                ids=[r.image_id for r in batch[i : i + max_write]],
-                embeddings=vectors[i : i + max_write],
-                metadatas=metadatas[i : i + max_write],
-            )
-        report.indexed += len(batch)
-    bar.close()
-    save_manifest(store_dir, manifest or collection, stages.manifest)
-    if sync_root is not None:
-        report.removed = len(remove_images(client, col, _stale_ids(col, sync_root, stages.current_ids), store_dir))
-    report.precision = "bf16" if getattr(embedder, "bf16", False) else "fp32"
-    report.seconds = round(time.perf_counter() - start, 3)
-    report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
-    report.total_in_collection = col.count()
-    return report
+    try:
+        return _Build(store, collection, embedder, options, on_progress).run(items)
+    except StoreUnavailableError as exc:
+        hint = "" if store.server else " A full disk, or another program holding its database, can cause this."
+        raise StoreUnavailableError(
+            f"{exc} during the build.{hint} What was written so far is kept: once that is fixed, run the same "
+            "command again and it resumes where this build stopped.", internals=exc.internals) from exc
 
 
-class _Stages:
-    """The producer side, on its own thread so the model never waits for reading and decoding."""
+class _Build:
+    """One run of the pipeline; its stages are methods named for them."""
 
-    def __init__(self, col: Any, embedder: Embedder, report: BuildReport, workers: int, manifest: dict[str, list]):
-        self.col = col
+    def __init__(self, store: Store, collection: str, embedder: Embedder, options: BuildOptions,
+                 on_progress: Progress | None):
+        self.store = store
         self.embedder = embedder
-        self.report = report
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode",
-                                       initializer=_yield_to_the_model)
-        self.known = manifest
-        self.manifest: dict[str, list] = {}
-        self.current_ids: set[str] = set()  # every image id the source holds now, for --sync
+        self.options = options
+        self.on_progress = on_progress
+        self.collection: VectorCollection = store.open_or_create(collection, ModelInfo.of(embedder), options.source)
+        self.report = BuildReport(str(store.folder), collection, embedder.name)
+        self.manifest_name = options.manifest or collection
+        self.known = manifests.load(store.folder, self.manifest_name)
+        self.manifest: manifests.Manifest = {}
+        self.current_ids: set[str] = set()  # every image id the source holds now, for sync
+        self.precision = FP32 if options.precision == "auto" else options.precision
+        # Measured once, on the first batch, where auto asks for it: the embedder itself never changes.
+        self.to_calibrate = embedder if options.precision == "auto" and isinstance(embedder, ClipEmbedder) else None
+        self.done = 0
 
-    def batches(self, items: Iterable[Item], batch_size: int) -> Iterator[tuple[int, list[_Ready]]]:
+    def run(self, items: Iterable[Item]) -> BuildReport:
+        start = time.perf_counter()
+        for batch in prefetch(self._prepared(items), self._advance):
+            if batch:
+                self._write(batch, self._embed(batch))
+        manifests.save(self.store.folder, self.manifest_name, self.manifest)
+        if self.options.sync_root is not None:
+            self._sync(self.options.sync_root)
+        report = self.report
+        report.precision = self.precision
+        report.seconds = round(time.perf_counter() - start, 3)
+        report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
+        report.total_in_collection = self.collection.count()
+        return report
+
+    def _advance(self, items: int) -> None:
+        self.done += items
+        if self.on_progress:
+            self.on_progress(self.done, self.options.total)
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.report.timed(name, time.perf_counter() - start)
+
+    # The producer side: on the prefetch thread, fanning out to the decode pool.
+
+    def _prepared(self, items: Iterable[Item]) -> Generator[tuple[int, list[_Ready]], None, None]:
+        """(items read, images ready to embed) for each batch of the source."""
+        pool = ThreadPoolExecutor(max_workers=max(1, self.options.workers), thread_name_prefix="decode",
+                                  initializer=_yield_to_the_model)
         iterator = iter(items)
         try:
-            while chunk := list(islice(iterator, batch_size)):
-                yield len(chunk), self._prepare(chunk)
+            while chunk := list(islice(iterator, self.options.batch_size)):
+                with self._stage("identify"):
+                    todo = self._identify(chunk, pool)
+                with self._stage("decode"):
+                    ready = self._decode(todo, pool)
+                yield len(chunk), ready
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
 
-    def _prepare(self, chunk: list[Item]) -> list[_Ready]:
+    def _identify(self, chunk: list[Item], pool: ThreadPoolExecutor) -> list[tuple[Item, str, bytes | None]]:
+        """Hash each item (or trust the manifest), drop exact duplicates and what the store holds."""
         fresh: list[tuple[Item, str, bytes | None]] = []
-        for item, result in zip(chunk, self.pool.map(self._identify, chunk)):
+        for item, result in zip(chunk, pool.map(self._identify_one, chunk)):
             if isinstance(result, InvalidImageError):
                 self._skip(item, result)
                 continue
@@ -249,21 +160,11 @@ class _Stages:
             else:
                 self.current_ids.add(image_id)
                 fresh.append((item, image_id, data))
-        if not fresh:
-            return []
-        stored = set(self.col.get(ids=[f[1] for f in fresh], include=[])["ids"])
+        stored = set(self.collection.held([f[1] for f in fresh]))
         self.report.already_indexed += sum(1 for f in fresh if f[1] in stored)
-        todo = [f for f in fresh if f[1] not in stored]
-        ready = []
-        for (item, image_id, _), result in zip(todo, self.pool.map(self._decode, todo)):
-            if isinstance(result, InvalidImageError):
-                self.current_ids.discard(image_id)
-                self._skip(item, result)
-            else:
-                ready.append(_Ready(item, image_id, *result))
-        return ready
+        return [f for f in fresh if f[1] not in stored]
 
-    def _identify(self, item: Item) -> tuple[str, bytes | None] | InvalidImageError:
+    def _identify_one(self, item: Item) -> tuple[str, bytes | None] | InvalidImageError:
         """The image's id: from the manifest when the file is unchanged (no read), else by hashing its bytes."""
         known = self.known.get(item.source)
         if item.fingerprint and known and tuple(known[:2]) == item.fingerprint:
@@ -278,7 +179,18 @@ class _Stages:
         keep = len(data) <= KEEP_BYTES or not item.rereadable
         return content_id(data), data if keep else None
 
-    def _decode(self, todo: tuple[Item, str, bytes | None]) -> tuple[Image.Image, bytes] | InvalidImageError:
+    def _decode(self, todo: list[tuple[Item, str, bytes | None]], pool: ThreadPoolExecutor) -> list[_Ready]:
+        """Decode, scale for the model and make the thumbnail, on the pool; bad images are skipped."""
+        ready = []
+        for (item, image_id, _), result in zip(todo, pool.map(self._decode_one, todo)):
+            if isinstance(result, InvalidImageError):
+                self.current_ids.discard(image_id)
+                self._skip(item, result)
+            else:
+                ready.append(_Ready(item, image_id, *result))
+        return ready
+
+    def _decode_one(self, todo: tuple[Item, str, bytes | None]) -> tuple[Image.Image, bytes] | InvalidImageError:
         item, _, data = todo
         try:
             img = decode_image(data if data is not None else item.read(), min_edges=self.embedder.min_edges)
@@ -288,6 +200,40 @@ class _Stages:
 
     def _skip(self, item: Item, error: InvalidImageError) -> None:
         self.report.skipped.append({"source": item.source, "reason": error.reason, "detail": error.detail})
+
+    # The consumer side: on the caller's thread.
+
+    def _embed(self, batch: list[_Ready]) -> Any:
+        with self._stage("embed"):
+            images = [r.image for r in batch]
+            if self.to_calibrate:
+                measured = self.to_calibrate.calibrate_bf16(images[:CALIBRATION_IMAGES])
+                self.to_calibrate = None
+                if measured:
+                    self.precision = measured.precision
+                    self.report.bf16_agreement = round(measured.agreement, 6)
+                    self.report.bf16_speedup = round(measured.speedup, 2)
+            return self.embedder.embed_images(images, precision=self.precision)
+
+    def _write(self, batch: list[_Ready], vectors: Any) -> None:
+        with self._stage("write"):
+            similarity = self.options.near_duplicate_similarity
+            if similarity and self.embedder.normalized:
+                ids, sources = [r.image_id for r in batch], [r.item.source for r in batch]
+                self.report.near_duplicates += find_near_duplicates(self.collection, ids, sources, vectors, similarity)
+            # Thumbnails first: a record that exists always has its thumbnail, even after kill -9.
+            records = [Record(r.image_id, vector, _metadata(r, self.store.write_thumbnail(r.image_id, r.thumbnail)))
+                       for r, vector in zip(batch, vectors)]
+            self.collection.upsert(records)
+            self.report.indexed += len(batch)
+
+    def _sync(self, root: str) -> None:
+        """Remove the records from under ``root`` whose image the source no longer holds."""
+        with self._stage("sync"):
+            prefix = root.rstrip("/") + "/"
+            stale = [i for i, m in self.collection.scan_metadata()
+                     if str(m.get("source", "")).startswith(prefix) and i not in self.current_ids]
+            self.report.removed = len(self.store.remove(self.collection, stale))
 
 
 def _yield_to_the_model() -> None:
@@ -300,13 +246,6 @@ def _yield_to_the_model() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):  # not Linux, or not allowed: decode at normal priority
         pass
-
-
-def _stale_ids(col: Any, root: str, current: set[str]) -> list[str]:
-    """Ids of records from under ``root`` whose image the source no longer holds."""
-    prefix = root.rstrip("/") + "/"
-    ids, metadatas = read_all(col, "metadatas")
-    return [i for i, m in zip(ids, metadatas) if (m or {}).get("source", "").startswith(prefix) and i not in current]
 
 
 def _metadata(r: _Ready, thumbnail: str) -> dict[str, Any]:

@@ -5,23 +5,24 @@ from typing import Any
 
 import numpy as np
 
+from .store import VectorCollection
+
 NEAR_DUPLICATE_SIMILARITY = 0.95  # cosine between unit CLIP vectors; exact copies are caught by hash
 
 
 def find_near_duplicates(
-    col: Any, ids: list[str], sources: list[str], vectors: np.ndarray, similarity: float
+    col: VectorCollection, ids: list[str], sources: list[str], vectors: np.ndarray, similarity: float
 ) -> list[dict[str, Any]]:
     """Pairs of a new image and the most similar earlier one (stored, or earlier in this batch) above ``similarity``."""
     found: list[dict[str, Any]] = []
     stored: list[tuple[str, str, float] | None] = [None] * len(ids)
     if col.count():
-        got = col.query(query_embeddings=vectors, n_results=1, include=["metadatas", "distances"])
-        for i, (hit_ids, metas, dists) in enumerate(zip(got["ids"], got["metadatas"], got["distances"])):
-            if hit_ids and hit_ids[0] != ids[i]:
-                stored[i] = (hit_ids[0], (metas[0] or {}).get("source", ""), 1.0 - float(dists[0]))
+        for i, nearest in enumerate(col.nearest(vectors, 1)):
+            if nearest and nearest[0].id != ids[i]:
+                stored[i] = (nearest[0].id, nearest[0].metadata.get("source", ""), nearest[0].similarity)
     within = vectors @ vectors.T
     for i in range(len(ids)):
-        candidates = [stored[i]] if stored[i] else []
+        candidates = [found_stored] if (found_stored := stored[i]) else []
         if i:
             j = int(np.argmax(within[i, :i]))
             candidates.append((ids[j], sources[j], float(within[i, j])))

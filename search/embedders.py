@@ -5,9 +5,11 @@ import functools
 import platform
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -21,6 +23,23 @@ BF16_MIN_AGREEMENT = 0.999  # mean cosine to fp32 below which bf16 is not used
 BF16_MIN_SPEEDUP = 1.2  # and the speed-up it must bring to be worth any loss at all
 
 
+FP32, BF16 = "fp32", "bf16"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """bf16 measured against fp32 on the same images."""
+
+    agreement: float  # mean cosine between the two passes' embeddings
+    speedup: float  # fp32 time / bf16 time
+
+    @property
+    def precision(self) -> str:
+        """bf16 where it agrees with fp32 and is worth it, else fp32."""
+        good = self.agreement >= BF16_MIN_AGREEMENT and self.speedup >= BF16_MIN_SPEEDUP
+        return BF16 if good else FP32
+
+
 class Embedder(Protocol):
     """What the builder and the index need from a model."""
 
@@ -31,7 +50,7 @@ class Embedder(Protocol):
     min_edges: tuple[int, int]  # the smallest (shortest, longest) edges decoding may draft down to
 
     def prepare(self, img: Image.Image) -> Image.Image: ...
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *, precision: str = FP32) -> np.ndarray: ...
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
@@ -48,8 +67,8 @@ class PixelEmbedder:
         """Scale to the fixed side (aspect ratio ignored, as the basic method does)."""
         return img.resize((PIXEL_SIDE, PIXEL_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Flattened RGB in [0, 1], one row per image."""
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *, precision: str = FP32) -> np.ndarray:
+        """Flattened RGB in [0, 1], one row per image (exact arithmetic: batch size and precision do not apply)."""
         if not images:
             return np.zeros((0, self.dimension), np.float32)
         side = (PIXEL_SIDE, PIXEL_SIDE)
@@ -84,7 +103,6 @@ class ClipEmbedder:
         size = self._image_processor_size()
         self.min_edges = (size, max(size, 256))
         self._input_side = size
-        self.bf16 = False
         # Tokenizers and torch modules are not safe for concurrent calls; the cores are shared anyway.
         self._lock = threading.Lock()
 
@@ -105,21 +123,20 @@ class ClipEmbedder:
         size = (max(side, round(img.width * scale)), max(side, round(img.height * scale)))
         return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Unit-length embeddings for RGB images."""
-        return self._encode(self.model, list(images), batch_size, self.bf16)
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *, precision: str = FP32) -> np.ndarray:
+        """Unit-length embeddings for RGB images, at ``precision`` (fp32, or bf16 autocast)."""
+        return self._encode(self.model, list(images), batch_size, _bf16(precision))
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Unit-length embeddings for texts, in the images' space."""
         return self._encode(self.text_model, list(texts), batch_size, False)
 
-    def calibrate_bf16(self, images: Sequence[Image.Image]) -> tuple[float, float] | None:
-        """Use bf16 for images from now on where it agrees with fp32 and is faster, on ``images``.
+    def calibrate_bf16(self, images: Sequence[Image.Image]) -> Calibration | None:
+        """Measure bf16 against fp32 on ``images``: agreement and speed-up (it changes nothing here).
 
-        Returns (mean cosine to fp32, fp32 time / bf16 time), or None where bf16 cannot help and was
-        not tried. Speed is measured, not assumed: bf16's gain differs widely between chips.
+        None where bf16 cannot help and was not tried. Speed is measured, not assumed: bf16's gain
+        differs widely between chips.
         """
-        self.bf16 = False
         if not images or self.device not in ("cpu", "cuda") or not _bf16_supported(self.device):
             return None
         images = list(images)
@@ -127,16 +144,14 @@ class ClipEmbedder:
         for bf16 in (False, True):  # warm both paths so neither pays first-call costs below
             self._encode(self.model, probe[:1], 1, bf16)
         start = time.perf_counter()
-        fp32 = self._encode(self.model, probe, len(probe), False)
+        full = self._encode(self.model, probe, len(probe), False)
         middle = time.perf_counter()
-        bf16 = self._encode(self.model, probe, len(probe), True)
+        half = self._encode(self.model, probe, len(probe), True)
         speedup = (middle - start) / max(time.perf_counter() - middle, 1e-9)
         if speedup >= BF16_MIN_SPEEDUP and len(images) > len(probe):  # worth checking agreement more widely
-            fp32 = self._encode(self.model, images, len(images), False)
-            bf16 = self._encode(self.model, images, len(images), True)
-        agreement = float(np.mean(np.sum(fp32 * bf16, axis=1)))
-        self.bf16 = agreement >= BF16_MIN_AGREEMENT and speedup >= BF16_MIN_SPEEDUP
-        return agreement, speedup
+            full = self._encode(self.model, images, len(images), False)
+            half = self._encode(self.model, images, len(images), True)
+        return Calibration(float(np.mean(np.sum(full * half, axis=1))), speedup)
 
     def _encode(self, model, inputs: list, batch_size: int, bf16: bool) -> np.ndarray:
         import torch
@@ -155,6 +170,12 @@ class ClipEmbedder:
         out = np.asarray(out, dtype=np.float32)
         # Normalise again in fp32: under bf16 autocast the model's own normalisation is only bf16-exact.
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def _bf16(precision: str) -> bool:
+    if precision not in (FP32, BF16):
+        raise ValueError(f"precision must be {FP32!r} or {BF16!r}, not {precision!r}")
+    return precision == BF16
 
 
 def _load_sentence_transformer(name: str, device: str):
@@ -180,7 +201,7 @@ def _bf16_supported(device: str) -> bool:
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
         checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
         if all(callable(c) for c in checks):
-            return any(c() for c in checks)
+            return any(c() for c in checks if callable(c))
     return True
 
 

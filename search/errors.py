@@ -36,6 +36,10 @@ class StoreError(SearchError):
     """The store is missing, damaged, locked, or does not match the model."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store went away while in use: a Chroma server stopped answering, a disk filled up."""
+
+
 class ModelError(SearchError):
     """A model could not be loaded, or cannot do what was asked of it."""
 

@@ -12,10 +12,10 @@ import threading
 import unicodedata
 import warnings
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -44,7 +44,7 @@ DECODE_BUDGET_PIXELS = 100_000_000
 THUMBNAIL_SIZE = 256
 _STRIP_PIXELS = 1 << 20  # conversions work in horizontal strips of about this many pixels
 
-ImageInput = Union[str, Path, bytes, bytearray, Image.Image]
+ImageInput = str | Path | bytes | bytearray | Image.Image
 
 
 class PixelBudget:

@@ -15,7 +15,8 @@ from .embedders import Embedder, load_embedder
 from .errors import QueryError, StoreError
 from .ids import image_id as checked_image_id
 from .images import ImageInput, read_image
-from .store import DEFAULT_COLLECTION, check_health, check_model, connect, open_collection, read_all, remove_images
+from .settings import ChromaServer
+from .store import DEFAULT_COLLECTION, ModelInfo, Neighbour, Store, VectorCollection
 
 MAX_K = 1000
 MAX_TEXT_CHARS = 1000
@@ -32,7 +33,7 @@ class Hit:
     image: str | None  # absolute path of the thumbnail
     source: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    similar: tuple[str, ...] = ()  # near-duplicates folded into this hit when results are collapsed
+    similar: tuple[str, ...] = ()  # near-duplicates folded into this hit
 
 
 class ImageIndex:
@@ -43,11 +44,12 @@ class ImageIndex:
     ``l1`` and ``correlation`` are always computed exactly over every stored vector.
     """
 
-    def __init__(self, store_dir: Path, collection: Any, embedder: Embedder):
-        self.store_dir = Path(store_dir).resolve()
+    def __init__(self, store: Store, collection: VectorCollection, embedder: Embedder):
+        self.store = store
+        self.store_dir = store.folder.resolve()
         self.collection = collection
         self.embedder = embedder
-        self.metadata = dict(collection.metadata or {})
+        self.metadata = dict(collection.metadata)
         self._exact_cache: tuple[int, list[str], np.ndarray] | None = None
         self._cache_lock = threading.Lock()
 
@@ -60,18 +62,21 @@ class ImageIndex:
         model: str | None = None,
         text_model: str | None = None,
         device: str | None = None,
-    ) -> "ImageIndex":
-        """Open a store; the model comes from the collection's metadata unless ``model`` overrides it."""
-        client = connect(store)
-        name = collection or _default_collection(client)
-        col = open_collection(client, name)
-        check_health(col, store)
-        recorded = (col.metadata or {}).get("model")
-        if not (model or recorded):
+        server: ChromaServer | None = None,
+    ) -> ImageIndex:
+        """Open a store; the model comes from the collection's metadata unless ``model`` overrides it.
+
+        ``server``: a Chroma server holding the vectors (default: the one CHROMA_HOST names, if any).
+        """
+        opened = Store.connect(store, server=server)
+        name = collection or _default_collection(opened)
+        col = opened.open(name)
+        col.check_health()
+        if not (model or col.model):
             raise StoreError(f"collection {name!r} does not record its model; pass model=")
-        embedder = load_embedder(model or recorded, device, text_model)
-        check_model(col, embedder, strict=False)
-        return cls(Path(store), col, embedder)
+        embedder = load_embedder(model or col.model or "", device, text_model)
+        col.check_model(ModelInfo.of(embedder), strict=False)
+        return cls(opened, col, embedder)
 
     def __len__(self) -> int:
         return self.collection.count()
@@ -82,74 +87,64 @@ class ImageIndex:
         return self.embedder.supports_text
 
     def search_by_image(self, image: ImageInput, k: int = 10, metric: str = "cosine",
-                        collapse: float | None = None) -> list[Hit]:
+                        fold: float | None = None) -> list[Hit]:
         """The ``k`` stored images most like ``image`` (a path, bytes or a PIL image)."""
         self._check(k, metric)
         img = self.embedder.prepare(read_image(image, min_edges=self.embedder.min_edges))
-        return self.search_by_vector(self.embedder.embed_images([img])[0], k, metric, collapse)
+        return self.search_by_vector(self.embedder.embed_images([img])[0], k, metric, fold)
 
-    def search_by_text(self, text: str, k: int = 10, metric: str = "cosine", collapse: float | None = None) -> list[Hit]:
+    def search_by_text(self, text: str, k: int = 10, metric: str = "cosine", fold: float | None = None) -> list[Hit]:
         """The ``k`` stored images that best match a description."""
         self._check(k, metric)
         if not isinstance(text, str) or not text.strip():
             raise QueryError("Type a description to search for.")
         if len(text) > MAX_TEXT_CHARS:
             raise QueryError(f"The description is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}.")
-        return self.search_by_vector(self.embedder.embed_texts([text.strip()])[0], k, metric, collapse)
+        return self.search_by_vector(self.embedder.embed_texts([text.strip()])[0], k, metric, fold)
 
-    def search_by_id(self, image_id: str, k: int = 10, metric: str = "cosine", collapse: float | None = None) -> list[Hit]:
+    def search_by_id(self, image_id: str, k: int = 10, metric: str = "cosine", fold: float | None = None) -> list[Hit]:
         """Images like a stored one, using its stored vector."""
         self._check(k, metric)
-        got = self.collection.get(ids=[checked_image_id(image_id)], include=["embeddings"])
-        if not got["ids"]:
+        vector = self.collection.vectors([checked_image_id(image_id)]).get(image_id)
+        if vector is None:
             raise QueryError(f"No image with id {image_id} in this index.")
-        return self.search_by_vector(np.asarray(got["embeddings"][0]), k, metric, collapse)
+        return self.search_by_vector(vector, k, metric, fold)
 
     def search_by_vector(self, vector: np.ndarray, k: int = 10, metric: str = "cosine",
-                         collapse: float | None = None) -> list[Hit]:
+                         fold: float | None = None) -> list[Hit]:
         """The ``k`` stored vectors nearest ``vector`` under ``metric``, best first.
 
-        With ``collapse`` (a cosine similarity, e.g. 0.95), near-duplicates of a better hit are folded
+        With ``fold`` (a cosine similarity, e.g. 0.95), near-duplicates of a better hit are folded
         into it (``Hit.similar``) instead of taking places of their own.
         """
         self._check(k, metric)
-        if not collapse:
-            return [self.hit(*s) for s in self._nearest(np.asarray(vector, dtype=np.float32), k, metric)]
-        scored = self._nearest(np.asarray(vector, dtype=np.float32), k * 4 + 8, metric)
-        got = self.collection.get(ids=[s[0] for s in scored], include=["embeddings"])
-        vectors = {i: v / (np.linalg.norm(v) or 1.0) for i, v in zip(got["ids"], np.asarray(got["embeddings"], np.float32))}
+        query = np.asarray(vector, dtype=np.float32)
+        if not fold:
+            return [self.hit(*s) for s in self._nearest(query, k, metric)]
+        scored = self._nearest(query, k * 4 + 8, metric)
+        vectors = {i: v / (np.linalg.norm(v) or 1.0) for i, v in self.collection.vectors([s[0] for s in scored]).items()}
         by_id = {s[0]: s for s in scored}
         return [replace(self.hit(*by_id[head]), similar=tuple(members))
-                for head, members in fold_near_duplicates([s[0] for s in scored], vectors, collapse)[:k]]
+                for head, members in fold_near_duplicates([s[0] for s in scored], vectors, fold)[:k]]
 
     def _nearest(self, vector: np.ndarray, k: int, metric: str) -> list[tuple[str, float, dict]]:
         if metric == "cosine" or (metric in ("ip", "l2") and self.metadata.get("normalized")):
             # No count() first: it costs more than the search at 100k vectors, and Chroma returns
             # fewer than k results (none from an empty collection) without complaint.
-            found = self.collection.query(
-                query_embeddings=[vector], n_results=k, include=["metadatas", "distances"]
-            )
-            scored = [
-                (i, metrics.score_from_cosine_distance(d, metric), m)
-                for i, d, m in zip(found["ids"][0], found["distances"][0], found["metadatas"][0])
-            ]
-        else:
-            ids, matrix = self._all_vectors()
-            best = metrics.top_k(matrix, vector, metric, k)
-            if not best:
-                return []
-            chosen = [ids[i] for i, _ in best]
-            metas = dict(zip(*self._metadatas(chosen)))
-            scored = [(ids[i], s, metas.get(ids[i], {})) for i, s in best]
-        return scored
+            found: list[Neighbour] = self.collection.nearest(vector[None, :], k)[0]
+            return [(n.id, metrics.score_from_cosine(n.similarity, metric), n.metadata) for n in found]
+        ids, matrix = self._all_vectors()
+        best = metrics.top_k(matrix, vector, metric, k)
+        chosen = [ids[i] for i, _ in best]
+        metas = self.collection.metadatas(chosen)
+        return [(ids[i], s, metas.get(ids[i], {})) for i, s in best]
 
     def remove(self, ids: list[str]) -> list[str]:
         """Delete images from this collection (their thumbnails too, once no collection holds them).
 
         Returns the ids that were held and are now gone; every id must be well-formed.
         """
-        ids = [checked_image_id(i) for i in ids]
-        removed = remove_images(connect(self.store_dir), self.collection, ids, self.store_dir)
+        removed = self.store.remove(self.collection, [checked_image_id(i) for i in ids])
         self.invalidate()
         return removed
 
@@ -158,16 +153,11 @@ class ImageIndex:
         with self._cache_lock:
             self._exact_cache = None
 
-    def _metadatas(self, ids: list[str]) -> tuple[list[str], list[dict]]:
-        got = self.collection.get(ids=ids, include=["metadatas"])
-        return got["ids"], got["metadatas"]
-
     def _all_vectors(self) -> tuple[list[str], np.ndarray]:
         with self._cache_lock:
             count = len(self)
             if self._exact_cache is None or self._exact_cache[0] != count:
-                ids, rows = read_all(self.collection, "embeddings")
-                matrix = np.asarray(rows, dtype=np.float32).reshape(len(ids), self.embedder.dimension)
+                ids, matrix = self.collection.scan_vectors()
                 self._exact_cache = (count, ids, matrix)
             return self._exact_cache[1], self._exact_cache[2]
 
@@ -194,8 +184,8 @@ class ImageIndex:
             raise QueryError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
 
 
-def _default_collection(client: Any) -> str:
-    names = sorted(c.name for c in client.list_collections())
+def _default_collection(store: Store) -> str:
+    names = store.names()
     if DEFAULT_COLLECTION in names or not names:
         return DEFAULT_COLLECTION
     if len(names) == 1:

@@ -43,9 +43,8 @@ def top_k(matrix: np.ndarray, query: np.ndarray, metric: str, k: int) -> list[tu
     return [(int(i), float(s[i])) for i in best]
 
 
-def score_from_cosine_distance(distance: float, metric: str) -> float:
-    """Convert an HNSW cosine distance between unit vectors into ``metric``'s score."""
-    cos = 1.0 - float(distance)
+def score_from_cosine(cos: float, metric: str) -> float:
+    """Convert the cosine similarity of two unit vectors into ``metric``'s score."""
     if metric in ("cosine", "ip"):
         return cos
     if metric == "l2":

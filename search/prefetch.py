@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
 
 
-def prefetch(steps: Iterator[tuple[int, T]], on_step: Callable[[int], Any], depth: int = 2) -> Iterator[T]:
+def prefetch(steps: Generator[tuple[int, T], None, None], on_step: Callable[[int], Any], depth: int = 2) -> Iterator[T]:
     """Yield each ``(n, value)``'s value, produced ahead on a thread; ``on_step(n)`` after each is consumed.
 
     The producer's exceptions are raised here; closing this generator stops the producer.

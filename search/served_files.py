@@ -12,8 +12,9 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 from .store import folder_bytes
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .errors import SourceError
 from .images import read_file
@@ -61,7 +63,7 @@ def open_source(
 
 def folder_files(root: Path) -> list[Path]:
     """Every regular, non-hidden file below ``root``, in a stable order (links to folders not followed)."""
-    found = []
+    found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
@@ -77,7 +79,7 @@ def folder_items(root: Path, files: list[Path] | None = None) -> Iterator[Item]:
             fingerprint = (stat.st_size, stat.st_mtime_ns)
         except OSError:
             fingerprint = None
-        yield Item(str(file), lambda file=file: read_file(file), label=label, fingerprint=fingerprint)
+        yield Item(str(file), partial(read_file, file), label=label, fingerprint=fingerprint)
 
 
 def dataset_items(

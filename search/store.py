@@ -1,71 +1,377 @@
-"""The Chroma store: connecting (embedded or server), collection metadata, and thumbnails beside it."""
+"""The one module that speaks to Chroma: typed records in, typed results out.
+
+A ``Store`` is a folder (thumbnails, manifests, the embedded database) and a Chroma client, embedded
+or the server that ``ChromaServer`` names. A ``VectorCollection`` holds one model's vectors with their
+metadata. Every Chroma failure that means the store went away (a dead server, a full disk) comes out
+as a ``StoreError`` for a person; nothing else in the project imports chromadb or reads its dicts.
+"""
 from __future__ import annotations
 
+import errno
 import fcntl
-import json
 import os
-import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from .embedders import Embedder
-from .errors import StoreError
-from .ids import image_id as checked_image_id
+import numpy as np
+
+from . import thumbnails
+from .errors import StoreError, StoreUnavailableError
+from .settings import ChromaServer
 
 DEFAULT_COLLECTION = "images"
-THUMBNAILS = "thumbnails"
-MANIFESTS = "manifests"
 LOCK_FILE = ".write.lock"
+DATABASE = "chroma.sqlite3"
 PAGE = 5000  # records per read when a whole collection is scanned
 STORE_FORMAT = 1
 # ef_search is read when a process first loads the index, so it is fixed at creation. On 100k
 # clustered vectors (bench/run.py) 128 gave recall@10 0.87-0.95, 384 gives >= 0.99 at ~3.6 ms.
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 384, "max_neighbors": 32}
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
 
 
-def connect(store_dir: str | Path, *, create: bool = False) -> Any:
-    """A Chroma client: the server named by CHROMA_HOST/CHROMA_PORT if set, else the embedded store."""
-    import chromadb
-    from chromadb.config import Settings
+@dataclass(frozen=True)
+class Record:
+    """One image as stored: its content id, its vector and its metadata (source, label, thumbnail, ...)."""
 
-    settings = Settings(anonymized_telemetry=False)
-    host = os.environ.get("CHROMA_HOST")
-    if host:
-        port = int(os.environ.get("CHROMA_PORT", "8000"))
-        headers = {"x-chroma-token": os.environ["CHROMA_TOKEN"]} if os.environ.get("CHROMA_TOKEN") else None
+    id: str
+    vector: np.ndarray
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A stored record near a query: ``similarity`` is the cosine similarity HNSW measured."""
+
+    id: str
+    similarity: float
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a collection records of the model that filled it."""
+
+    model: str  # a Hub name, or a local checkpoint's absolute path
+    dimension: int
+    normalized: bool  # unit-length vectors: cosine, ip and l2 rank alike
+
+    @classmethod
+    def of(cls, embedder: Any) -> ModelInfo:
+        """What to record of an embedder (anything with ``name``, ``dimension`` and ``normalized``)."""
+        return cls(model_reference(embedder.name), int(embedder.dimension), bool(embedder.normalized))
+
+
+@dataclass
+class VectorCollection:
+    """One collection's vectors and metadata."""
+
+    name: str
+    metadata: dict[str, Any]
+    _chroma: Any = field(repr=False)
+    _store: Store = field(repr=False)
+
+    @property
+    def model(self) -> str | None:
+        """The model recorded when the collection was made."""
+        return self.metadata.get("model")
+
+    @property
+    def dimension(self) -> int | None:
+        """The vectors' dimension, as recorded."""
+        dimension = self.metadata.get("dimension")
+        return int(dimension) if dimension is not None else None
+
+    @property
+    def normalized(self) -> bool:
+        """Whether the vectors have unit length."""
+        return bool(self.metadata.get("normalized"))
+
+    def count(self) -> int:
+        """How many records the collection holds."""
+        with self._store.guard():
+            return int(self._chroma.count())
+
+    def held(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` that the collection holds."""
+        if not ids:
+            return []
+        with self._store.guard():
+            return list(self._chroma.get(ids=list(ids), include=[])["ids"])
+
+    def all_ids(self) -> list[str]:
+        """Every record's id."""
+        return [record_id for record_id, _ in self.scan_metadata()]
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        """Write records (a record with a stored id replaces it), in batches the store accepts."""
+        step = self._store.max_batch
+        for i in range(0, len(records), step):
+            part = records[i : i + step]
+            with self._store.guard():
+                self._chroma.upsert(ids=[r.id for r in part], embeddings=np.stack([r.vector for r in part]),
+                                    metadatas=[r.metadata for r in part])
+
+    def nearest(self, vectors: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[list[Neighbour]]:
+        """For each query vector, up to ``k`` stored records by HNSW cosine, most similar first."""
+        if not len(vectors):
+            return []
+        with self._store.guard():
+            found = self._chroma.query(query_embeddings=np.asarray(vectors, np.float32), n_results=k, where=where,
+                                       include=["metadatas", "distances"])
+        return [[Neighbour(i, 1.0 - float(d), m or {}) for i, d, m in zip(ids, distances, metas)]
+                for ids, distances, metas in zip(found["ids"], found["distances"], found["metadatas"])]
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of ``ids`` (those held)."""
+        if not ids:
+            return {}
+        with self._store.guard():
+            got = self._chroma.get(ids=list(ids), include=["embeddings"])
+        return {i: np.asarray(v, np.float32) for i, v in zip(got["ids"], got["embeddings"])}
+
+    def metadatas(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored metadata of ``ids`` (those held)."""
+        if not ids:
+            return {}
+        with self._store.guard():
+            got = self._chroma.get(ids=list(ids), include=["metadatas"])
+        return {i: m or {} for i, m in zip(got["ids"], got["metadatas"])}
+
+    def scan_metadata(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every record's id and metadata, read in pages the store can serve."""
+        ids, values = self._scan("metadatas")
+        return [(i, m or {}) for i, m in zip(ids, values)]
+
+    def scan_vectors(self) -> tuple[list[str], np.ndarray]:
+        """Every record's id and vector, as one matrix (rows in the order of the ids)."""
+        ids, values = self._scan("embeddings")
+        matrix = np.asarray(values, dtype=np.float32).reshape(len(ids), self.dimension or (len(values[0]) if values else 0))
+        return ids, matrix
+
+    def delete(self, ids: Sequence[str]) -> list[str]:
+        """Delete the records held among ``ids``; return those deleted."""
+        held = self.held(ids)
+        if held:
+            with self._store.guard():
+                self._chroma.delete(ids=held)
+        return held
+
+    def check_health(self) -> None:
+        """Touch the vector index so damage shows now, as a StoreError, not mid-query."""
+        import chromadb
+
+        built_with = str(self.metadata.get("chromadb_version", ""))
+        if int(self.metadata.get("format", STORE_FORMAT)) > STORE_FORMAT or _major(built_with) > _major(chromadb.__version__):
+            raise StoreError(
+                f"the store was written by a newer version (chromadb {built_with}, store format "
+                f"{self.metadata.get('format')}) than this one (chromadb {chromadb.__version__}, format {STORE_FORMAT}); "
+                "upgrade, or rebuild the store",
+                internals=str(self._store.folder),
+            )
         try:
-            client = chromadb.HttpClient(host=host, port=port, headers=headers, settings=settings)
-            client.heartbeat()
-            return client
+            count = self._chroma.count()
+            if count and self.dimension:
+                probe = np.zeros((1, self.dimension), np.float32)
+                probe[0, 0] = 1.0
+                self._chroma.query(query_embeddings=probe, n_results=1, include=["distances"])
         except Exception as exc:
-            raise StoreError("cannot reach the Chroma server; check that it is running, then try again",
-                             internals=f"{host}:{port}: {type(exc).__name__}: {exc}") from exc
-    store_dir = Path(store_dir)
-    if not create and not (store_dir / "chroma.sqlite3").exists():
-        raise StoreError(
-            "there is no index yet. Build one with: python index_builder.py --dataset SOURCE --store STORE",
-            internals=f"no chroma.sqlite3 in {store_dir}",
+            raise StoreError(
+                "the store is damaged; rebuild it: python index_builder.py --dataset SOURCE --store NEW_DIR",
+                internals=f"{self._store.folder}: {type(exc).__name__}: {str(exc)[:200]}",
+            ) from exc
+
+    def check_model(self, model: ModelInfo, *, strict: bool) -> None:
+        """Refuse a model of another dimension; with ``strict``, any model other than the recorded one."""
+        if self.dimension is not None and self.dimension != model.dimension:
+            raise StoreError(
+                f"the collection holds {self.dimension}-d vectors, but the model makes {model.dimension}-d vectors",
+                internals=f"collection {self.name!r} from {self.model!r}, model {model.model!r}",
+            )
+        if strict and self.model and self.model != model.model:
+            raise StoreError(
+                "the collection was built with another model; add to it with the model it records, "
+                "or choose another --collection",
+                internals=f"collection {self.name!r} was built with --model {self.model}, not {model.model}",
+            )
+
+    def _scan(self, field_name: str) -> tuple[list[str], list[Any]]:
+        ids: list[str] = []
+        values: list[Any] = []
+        total = self.count()
+        for offset in range(0, total, PAGE):
+            with self._store.guard():
+                got = self._chroma.get(include=[field_name], limit=PAGE, offset=offset)
+            ids.extend(got["ids"])
+            values.extend(got[field_name])
+        return ids, values
+
+
+class Store:
+    """A store folder and its Chroma client (embedded, or a server)."""
+
+    def __init__(self, folder: Path, client: Any, server: ChromaServer | None):
+        self.folder = folder
+        self.server = server
+        self._client = client
+        self._max_batch: int | None = None
+
+    @classmethod
+    def connect(cls, folder: str | Path, *, server: ChromaServer | None = None, create: bool = False) -> Store:
+        """Open the store at ``folder``; ``create`` makes a missing one.
+
+        The vectors live on ``server`` if given, else on the server CHROMA_HOST names, else in the folder.
+        """
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        folder = Path(folder)
+        server = server or ChromaServer.from_env()
+        settings = ChromaSettings(anonymized_telemetry=False)
+        if server:
+            headers = {"x-chroma-token": server.token} if server.token else None
+            try:
+                client = chromadb.HttpClient(host=server.host, port=server.port, headers=headers, settings=settings)
+                client.heartbeat()
+            except Exception as exc:
+                raise StoreError("cannot reach the Chroma server; check that it is running, then try again",
+                                 internals=f"{server}: {type(exc).__name__}: {exc}") from exc
+            return cls(folder, client, server)
+        if not create and not (folder / DATABASE).exists():
+            raise StoreError(
+                "there is no index yet. Build one with: python index_builder.py --dataset SOURCE --store STORE",
+                internals=f"no {DATABASE} in {folder}",
+            )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            client = chromadb.PersistentClient(path=str(folder), settings=settings)
+        except Exception as exc:
+            raise StoreError(
+                "the store cannot be opened; it may be damaged or from another chromadb version: "
+                "rebuild it with index_builder.py into a new --store",
+                internals=f"{folder}: {type(exc).__name__}: {exc}",
+            ) from exc
+        return cls(folder, client, None)
+
+    @property
+    def max_batch(self) -> int:
+        """The most records one write may carry (it depends on the Chroma build)."""
+        if self._max_batch is None:
+            with self.guard():
+                self._max_batch = max(1, int(self._client.get_max_batch_size()))
+        return self._max_batch
+
+    def names(self) -> list[str]:
+        """The collections' names, sorted."""
+        with self.guard():
+            return sorted(c.name for c in self._client.list_collections())
+
+    def open(self, name: str) -> VectorCollection:
+        """An existing collection, or a StoreError."""
+        from chromadb.errors import NotFoundError
+
+        _check_name(name)
+        try:
+            with self.guard():
+                chroma = self._client.get_collection(name, embedding_function=None)
+        except NotFoundError:
+            raise StoreError(f"no collection {name!r} in the store",
+                             internals=f"collections: {', '.join(self.names()) or 'none'}") from None
+        return VectorCollection(name, dict(chroma.metadata or {}), chroma, self)
+
+    def open_or_create(self, name: str, model: ModelInfo, source: str = "") -> VectorCollection:
+        """The collection ``name`` for vectors of ``model``: created if missing, else checked to match it."""
+        import chromadb
+
+        _check_name(name)
+        metadata = {"model": model.model, "dimension": model.dimension, "normalized": model.normalized,
+                    "source": source or "unknown", "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "chromadb_version": chromadb.__version__, "format": STORE_FORMAT}
+        with self.guard():
+            try:
+                self._client.create_collection(name, configuration={"hnsw": HNSW}, metadata=metadata,
+                                               embedding_function=None)
+            except Exception as exc:
+                if name not in {c.name for c in self._client.list_collections()}:
+                    raise StoreError(f"cannot create collection {name!r}", internals=str(exc)) from exc
+                # It exists already (made earlier, or by another builder a moment ago): use it.
+        collection = self.open(name)
+        collection.check_model(model, strict=True)
+        return collection
+
+    def drop(self, name: str) -> None:
+        """Delete a whole collection (its thumbnails are the caller's business: see ``remove``)."""
+        with self.guard():
+            self._client.delete_collection(name)
+
+    def write_thumbnail(self, image_id: str, data: bytes) -> str:
+        """Write an image's thumbnail beside the vectors; return its path relative to the folder."""
+        with self.guard():  # a full disk here is the store going away too
+            return thumbnails.write(self.folder, image_id, data)
+
+    def remove(self, collection: VectorCollection, ids: Sequence[str]) -> list[str]:
+        """Delete ``ids`` from ``collection``; a thumbnail goes too once no collection still holds its image."""
+        gone = collection.delete(ids)
+        if not gone:
+            return []
+        still_used: set[str] = set()
+        for name in self.names():
+            if name != collection.name:
+                still_used.update(self.open(name).held(gone))
+        for image_id in set(gone) - still_used:
+            thumbnails.delete(self.folder, image_id)
+        return gone
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Run Chroma calls, turning "the store went away" into a StoreError; anything else (bugs) passes."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as exc:
+            error = self._lost(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Hold the embedded store's write lock, or fail at once: two processes must not write one folder."""
+        if self.server:  # the server serialises writers itself
+            yield
+            return
+        with write_lock(self.folder):
+            yield
+
+    def _lost(self, exc: Exception) -> StoreUnavailableError | None:
+        import httpx
+        from chromadb.errors import InternalError
+
+        cause: BaseException = exc
+        if type(exc) is Exception and isinstance(exc.__context__, httpx.HTTPStatusError):
+            cause = exc.__context__  # chromadb's wrapping of an error answer that is not its own JSON
+        detail = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}"
+        lost_server = isinstance(cause, (httpx.TransportError, ConnectionError, TimeoutError)) or (
+            isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code >= 500
         )
-    try:
-        store_dir.mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(store_dir), settings=settings)
-    except Exception as exc:
-        raise StoreError(
-            "the store cannot be opened; it may be damaged or from another chromadb version: "
-            "rebuild it with index_builder.py into a new --store",
-            internals=f"{store_dir}: {type(exc).__name__}: {exc}",
-        ) from exc
+        if lost_server or (isinstance(cause, InternalError) and self.server):
+            return StoreUnavailableError("the Chroma server stopped answering",
+                                         internals=f"Chroma server at {self.server}: {detail}")
+        full_disk = isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS
+        if full_disk or isinstance(cause, InternalError):
+            return StoreUnavailableError("the store stopped working", internals=f"store at {self.folder}: {detail}")
+        return None
 
 
 @contextmanager
-def write_lock(store_dir: str | Path) -> Iterator[None]:
-    """Hold the embedded store's write lock, or fail at once: two processes must not write one Chroma folder."""
-    if os.environ.get("CHROMA_HOST"):  # the server serialises writers itself
-        yield
-        return
-    path = Path(store_dir) / LOCK_FILE
+def write_lock(folder: str | Path) -> Iterator[None]:
+    """Hold the embedded store folder's write lock, or fail at once with a StoreError."""
+    path = Path(folder) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         try:
@@ -76,7 +382,7 @@ def write_lock(store_dir: str | Path) -> Iterator[None]:
             raise StoreError(
                 "another process is writing to the store; wait for it to finish, "
                 "or run a Chroma server (CHROMA_HOST) for several writers at once",
-                internals=f"{holder} is writing to the store at {store_dir}",
+                internals=f"{holder} is writing to the store at {folder}",
             ) from None
         f.seek(0)
         f.truncate()
@@ -90,167 +396,10 @@ def write_lock(store_dir: str | Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def check_health(collection: Any, store_dir: str | Path) -> None:
-    """Touch the collection's vector index so damage shows now, as a StoreError, not mid-query."""
-    import chromadb
-
-    meta = collection.metadata or {}
-    built_with = str(meta.get("chromadb_version", ""))
-    if int(meta.get("format", STORE_FORMAT)) > STORE_FORMAT or _major(built_with) > _major(chromadb.__version__):
-        raise StoreError(
-            f"the store was written by a newer version (chromadb {built_with}, store format "
-            f"{meta.get('format')}) than this one (chromadb {chromadb.__version__}, format {STORE_FORMAT}); "
-            "upgrade, or rebuild the store",
-            internals=str(store_dir),
-        )
-    try:
-        count = collection.count()
-        dimension = int(meta.get("dimension") or 0)
-        if count and dimension:
-            probe = [1.0] + [0.0] * (dimension - 1)
-            collection.query(query_embeddings=[probe], n_results=1, include=["distances"])
-    except Exception as exc:
-        raise StoreError(
-            "the store is damaged; rebuild it: python index_builder.py --dataset SOURCE --store NEW_DIR",
-            internals=f"{store_dir}: {type(exc).__name__}: {str(exc)[:200]}",
-        ) from exc
-
-
-def _major(version: str) -> int:
-    try:
-        return int(version.split(".")[0])
-    except ValueError:
-        return 0
-
-
 def model_reference(name: str) -> str:
     """How a model is recorded: a local checkpoint by absolute path, a Hub model by name."""
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name
-
-
-def open_collection(client: Any, name: str, embedder: Embedder | None = None, source: str = "") -> Any:
-    """Get a collection; with ``embedder``, create it if missing and check that it was built by that model."""
-    import chromadb
-
-    if len(name) < 3 or len(name) > 63:
-        raise StoreError(f"collection name {name!r} must have 3 to 63 characters")
-    existing = {c.name for c in client.list_collections()}
-    if name not in existing:
-        if embedder is None:
-            known = ", ".join(sorted(existing)) or "none"
-            raise StoreError(f"no collection {name!r} in the store", internals=f"collections: {known}")
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        metadata = {
-            "model": model_reference(embedder.name),
-            "dimension": embedder.dimension,
-            "normalized": embedder.normalized,
-            "source": source or "unknown",
-            "built_at": now,
-            "chromadb_version": chromadb.__version__,
-            "format": STORE_FORMAT,
-        }
-        try:
-            return client.create_collection(
-                name, configuration={"hnsw": HNSW}, metadata=metadata, embedding_function=None
-            )
-        except Exception as exc:
-            if name not in {c.name for c in client.list_collections()}:
-                raise StoreError(f"cannot create collection {name!r}: {exc}") from exc
-            # Another builder created it between our look and our create: use theirs.
-    collection = client.get_collection(name, embedding_function=None)
-    if embedder is not None:
-        check_model(collection, embedder, strict=True)
-    return collection
-
-
-def check_model(collection: Any, embedder: Embedder, *, strict: bool) -> None:
-    """Refuse a model of another dimension; with ``strict``, any model other than the recorded one."""
-    meta = collection.metadata or {}
-    dimension = meta.get("dimension")
-    if dimension is not None and int(dimension) != embedder.dimension:
-        raise StoreError(
-            f"the collection holds {dimension}-d vectors, but the model makes {embedder.dimension}-d vectors",
-            internals=f"collection {collection.name!r} from {meta.get('model')!r}, model {embedder.name!r}",
-        )
-    recorded = meta.get("model")
-    if strict and recorded and recorded != model_reference(embedder.name):
-        raise StoreError(
-            "the collection was built with another model; add to it with the model it records, "
-            "or choose another --collection",
-            internals=f"collection {collection.name!r} was built with --model {recorded}, not {embedder.name}",
-        )
-
-
-def load_manifest(store_dir: Path, collection: str) -> dict[str, list]:
-    """What earlier builds saw: source -> [size, mtime_ns, id]; a cache only, so damage just costs a re-read."""
-    try:
-        return json.loads(_manifest_path(store_dir, collection).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def save_manifest(store_dir: Path, collection: str, manifest: dict[str, list]) -> None:
-    """Write the manifest atomically."""
-    path = _manifest_path(store_dir, collection)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest))
-    os.replace(tmp, path)
-
-
-def _manifest_path(store_dir: Path, collection: str) -> Path:
-    return Path(store_dir) / MANIFESTS / f"{collection}.json"
-
-
-def remove_images(client: Any, collection: Any, ids: list[str], store_dir: Path) -> list[str]:
-    """Delete the records ``collection`` holds among ``ids``; return those removed.
-
-    A thumbnail goes too once no collection in the store still holds its image.
-    """
-    held = collection.get(ids=list(ids), include=[])["ids"] if ids else []
-    if not held:
-        return []
-    collection.delete(ids=held)
-    others = [c for c in client.list_collections() if c.name != collection.name]
-    still_used: set[str] = set()
-    for other in others:
-        still_used.update(client.get_collection(other.name, embedding_function=None).get(ids=held, include=[])["ids"])
-    for image_id in set(held) - still_used:
-        thumbnail_path(store_dir, image_id).unlink(missing_ok=True)
-    return held
-
-
-def read_all(collection: Any, field: str) -> tuple[list[str], list]:
-    """Every record's id and ``field`` ("metadatas" or "embeddings"), read in pages Chroma can serve."""
-    ids: list[str] = []
-    values: list = []
-    for offset in range(0, collection.count(), PAGE):
-        got = collection.get(include=[field], limit=PAGE, offset=offset)
-        ids.extend(got["ids"])
-        values.extend(got[field])
-    return ids, values
-
-
-def thumbnail_path(store_dir: Path, image_id: str) -> Path:
-    """Where an image's thumbnail lives: content-addressed, shared by every collection in the store.
-
-    Only a well-formed id makes a path, so no id can name a file outside the thumbnails folder.
-    """
-    image_id = checked_image_id(image_id)
-    return Path(store_dir) / THUMBNAILS / image_id[:2] / f"{image_id}.jpg"
-
-
-def write_thumbnail(store_dir: Path, image_id: str, data: bytes) -> str:
-    """Write a thumbnail atomically; return its path relative to the store."""
-    path = thumbnail_path(store_dir, image_id)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    return path.relative_to(store_dir).as_posix()
 
 
 def folder_bytes(folder: Path) -> int:
@@ -263,3 +412,15 @@ def folder_bytes(folder: Path) -> int:
             except OSError:  # deleted while we walked
                 pass
     return total
+
+
+def _check_name(name: str) -> None:
+    if not 3 <= len(name) <= 63:
+        raise StoreError(f"collection name {name!r} must have 3 to 63 characters")
+
+
+def _major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        return 0

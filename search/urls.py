@@ -81,7 +81,7 @@ def check_url(url: str, *, allow_private: bool = False) -> str:
         infos = socket.getaddrinfo(host, _port(parts), type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise InvalidImageError("refused_url", f"cannot resolve {host}: {exc}") from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     for address in addresses:
         why = _refusal(address, allow_private)
         if why:
@@ -113,11 +113,12 @@ def _port(parts: SplitResult) -> int:
 
 
 def _connection(parts: SplitResult, address: str, timeout: float) -> http.client.HTTPConnection:
-    port = _port(parts)
+    port, host = _port(parts), parts.hostname or ""
+    conn: _PinnedHTTP | _PinnedHTTPS
     if parts.scheme == "https":
-        conn = _PinnedHTTPS(parts.hostname, port, timeout=timeout, context=ssl.create_default_context())
+        conn = _PinnedHTTPS(host, port, timeout=timeout, context=ssl.create_default_context())
     else:
-        conn = _PinnedHTTP(parts.hostname, port, timeout=timeout)
+        conn = _PinnedHTTP(host, port, timeout=timeout)
     conn.pinned_address = address
     return conn
 
@@ -136,11 +137,12 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         sock = socket.create_connection((self.pinned_address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
 def _read_capped(response: http.client.HTTPResponse, max_bytes: int, deadline: float, url: str) -> bytes:
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         if time.monotonic() > deadline:
             raise InvalidImageError("download_error", f"timed out reading {url}")

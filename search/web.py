@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator, Sequence
+from functools import partial
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 from .errors import InvalidImageError, SourceError
@@ -23,10 +24,10 @@ def read_url_list(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def url_items(urls: list[tuple[str, str | None]], *, allow_private: bool = False) -> Iterator[Item]:
+def url_items(urls: Sequence[tuple[str, str | None]], *, allow_private: bool = False) -> Iterator[Item]:
     """Items that download their URL when read (safely: see search.urls); the caption is the alt text if any."""
     for url, alt in urls:
-        yield Item(url, lambda url=url: fetch(url, allow_private=allow_private), caption=alt, rereadable=False)
+        yield Item(url, partial(fetch, url, allow_private=allow_private), caption=alt, rereadable=False)
 
 
 def crawl(

@@ -13,16 +13,23 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.pop("CHROMA_HOST", None)
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image
 
-from tests.fixtures.app_process import RunningApp, free_port  # noqa: E402,F401 - shared with bench/
-from tests.fixtures.shapes import write_folder  # noqa: E402
-from tests.fixtures.tiny_clip import build_random_tiny_clip  # noqa: E402
+from tests.fixtures.app_process import RunningApp, free_port  # noqa: F401 - shared with bench/
+from tests.fixtures.shapes import write_folder
+from tests.fixtures.tiny_clip import build_random_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES_MODEL = ROOT / "tests" / "fixtures" / "tiny-clip-shapes"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under tests/e2e are end to end (real processes, browser, servers): `-m "not e2e"` runs the rest."""
+    for item in items:
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -112,4 +119,24 @@ def shapes_store(tmp_path_factory, shapes_model) -> Path:
                  ("--dataset", root / "shapes", "--model", "pixels", "--collection", "pixels")):
         done = run_builder(*args, "--store", root / "store")
         assert done.returncode == 0, done.stderr
+    return root / "store"
+
+
+@pytest.fixture(scope="session")
+def local_store(tmp_path_factory, shapes_model) -> Path:
+    """The same content as ``shapes_store``, built in this process in seconds: for the fast tier, which
+    reads it in-process only (``shapes_store`` is built by the command line, for app processes)."""
+    from search.build import BuildOptions, build_index
+    from search.embedders import load_embedder
+    from search.sources import open_source
+    from search.store import Store
+
+    root = tmp_path_factory.mktemp("local-store")
+    write_folder(root / "shapes", per_class=4, seed=5)
+    store = Store.connect(root / "store", create=True)
+    clip = load_embedder(str(shapes_model))
+    for folder, embedder, collection in ((root / "shapes", clip, "images"), (ROOT / "examples", clip, "images"),
+                                         (root / "shapes", load_embedder("pixels"), "pixels")):
+        source = open_source(str(folder))
+        build_index(source.items, store, collection, embedder, BuildOptions(source=source.description, total=source.total))
     return root / "store"

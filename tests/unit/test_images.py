@@ -41,7 +41,8 @@ def test_oversized_bytes_are_refused_before_decoding():
 def test_every_mode_becomes_rgb(mode, fmt):
     base = random_rgb(1)
     if mode in ("I;16", "I"):
-        img = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16 if mode == "I;16" else np.int32))
+        wide = np.asarray(base.convert("L"), dtype=np.uint16) * 257
+        img = Image.fromarray(wide.astype(np.uint16 if mode == "I;16" else np.int32))
     elif mode == "F":
         img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.float32) / 255.0)
     else:

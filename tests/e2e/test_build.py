@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from search import ImageIndex, StoreError
-from search.store import thumbnail_path
+from search.thumbnails import path as thumbnail_path
 from tests.conftest import SKIP_REASONS, run_builder
-from tests.fixtures.tiny_clip import build_random_tiny_clip
 from tests.fixtures.shapes import CLASSES, caption, sample
+from tests.fixtures.tiny_clip import build_random_tiny_clip
 
 VALID_IN_SHAPES_FOLDER = 3 * len(CLASSES)
 

@@ -29,7 +29,7 @@ from PIL import Image
 from search.errors import InvalidImageError
 from tests.conftest import hostile_files, png_header_only
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MB = 1024 * 1024
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
@@ -208,9 +208,8 @@ def test_budget_is_given_back_when_a_decode_fails():
     from search.images import PixelBudget
 
     budget = PixelBudget(100)
-    with pytest.raises(RuntimeError):
-        with budget.reserve(70):
-            raise RuntimeError("decoder blew up")
+    with pytest.raises(RuntimeError), budget.reserve(70):
+        raise RuntimeError("decoder blew up")
     assert budget.used == 0
     with pytest.raises(InvalidImageError) as err:
         decode_with(budget, hostile_files()["truncated.jpg"])  # corrupt, and the budget is back

@@ -22,21 +22,20 @@ def images(clip):
 def test_bf16_is_chosen_when_it_agrees_and_is_fast_enough(clip, images, monkeypatch):
     monkeypatch.setattr(embedders, "_bf16_supported", lambda device: True)
     monkeypatch.setattr(embedders, "BF16_MIN_SPEEDUP", 0.0)
-    agreement, speedup = clip.calibrate_bf16(images)
-    assert agreement >= embedders.BF16_MIN_AGREEMENT and speedup > 0
-    assert clip.bf16
-    assert float(np.min(np.sum(clip.embed_images(images) * _fp32(clip, images), axis=1))) > 0.99
+    measured = clip.calibrate_bf16(images)
+    assert measured.agreement >= embedders.BF16_MIN_AGREEMENT and measured.speedup > 0
+    assert measured.precision == "bf16"
+    bf16 = clip.embed_images(images, precision=measured.precision)
+    assert float(np.min(np.sum(bf16 * clip.embed_images(images), axis=1))) > 0.99
 
 
 def test_bf16_is_refused_when_slower_or_disagreeing(clip, images, monkeypatch):
     monkeypatch.setattr(embedders, "_bf16_supported", lambda device: True)
     monkeypatch.setattr(embedders, "BF16_MIN_SPEEDUP", 1e9)
-    clip.calibrate_bf16(images)
-    assert not clip.bf16
+    assert clip.calibrate_bf16(images).precision == "fp32"
     monkeypatch.setattr(embedders, "BF16_MIN_SPEEDUP", 0.0)
     monkeypatch.setattr(embedders, "BF16_MIN_AGREEMENT", 1.0 + 1e-3)  # no pass can agree this well
-    clip.calibrate_bf16(images)
-    assert not clip.bf16
+    assert clip.calibrate_bf16(images).precision == "fp32"
 
 
 def test_no_calibration_where_bf16_is_emulated(clip, images, monkeypatch):
@@ -45,14 +44,19 @@ def test_no_calibration_where_bf16_is_emulated(clip, images, monkeypatch):
     monkeypatch.setattr(embedders.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert clip.calibrate_bf16(images) is None and not clip.bf16
+    assert clip.calibrate_bf16(images) is None
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert embedders._bf16_supported("cpu")
 
 
-def _fp32(clip: ClipEmbedder, images) -> np.ndarray:
-    was, clip.bf16 = clip.bf16, False
-    try:
-        return clip.embed_images(images)
-    finally:
-        clip.bf16 = was
+
+def test_calibrating_changes_nothing_a_query_sees(clip, images, monkeypatch):
+    """A build's calibration must not switch the shared embedder's queries to bf16 (issue 11)."""
+    monkeypatch.setattr(embedders, "_bf16_supported", lambda device: True)
+    monkeypatch.setattr(embedders, "BF16_MIN_SPEEDUP", 0.0)
+    before = clip.embed_images(images)
+    assert clip.calibrate_bf16(images).precision == "bf16"
+    assert np.array_equal(clip.embed_images(images), before)
+    assert not np.array_equal(clip.embed_images(images, precision="bf16"), before)
+    with pytest.raises(ValueError, match="precision"):
+        clip.embed_images(images, precision="fp16")

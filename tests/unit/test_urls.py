@@ -93,13 +93,13 @@ def test_bytes_and_time_are_capped(server):
     assert err.value.reason == "download_error" and time.monotonic() - start < 3.0
 
 
-def test_content_is_judged_by_decoding_not_by_content_type(server, shapes_store):
+def test_content_is_judged_by_decoding_not_by_content_type(server, local_store):
     from search.service import SearchService, Settings
 
-    service = SearchService(Settings(store=shapes_store, allow_private_urls=True))
+    service = SearchService(Settings(store=local_store, allow_private_urls=True))
     assert service.search_url(f"{server}/good.jpg", 3, "cosine").hits
     with pytest.raises(InvalidImageError) as err:
         service.search_url(f"{server}/text.jpg", 3, "cosine")
     assert err.value.reason == "unsupported"
     with pytest.raises(InvalidImageError, match="loopback"):
-        SearchService(Settings(store=shapes_store)).search_url(f"{server}/good.jpg", 3, "cosine")
+        SearchService(Settings(store=local_store)).search_url(f"{server}/good.jpg", 3, "cosine")

@@ -12,11 +12,11 @@ from PIL import Image
 
 from search import ImageIndex, QueryError
 from search.albums import Albums
-from search.settings import AlbumLimits
-from search.build import build_index
+from search.build import BuildOptions, build_index
 from search.embedders import load_embedder
+from search.settings import AlbumLimits
 from search.sources import folder_items
-from search.store import connect
+from search.store import Store
 from tests.conftest import hostile_files, run_builder
 from tests.fixtures.shapes import sample, write_folder
 from tests.fixtures.site import body, lying_length, redirect, serve, slow
@@ -27,7 +27,7 @@ def _report(path: Path) -> dict:
 
 
 def _sources(store: Path, collection: str = "images") -> set[str]:
-    return {m["source"] for m in ImageIndex.open(store, collection).collection.get(include=["metadatas"])["metadatas"]}
+    return {m["source"] for _, m in ImageIndex.open(store, collection).collection.scan_metadata()}
 
 
 def test_sync_removes_deleted_and_reembeds_changed_files(tmp_path, random_clip):
@@ -58,15 +58,14 @@ def test_unchanged_files_are_not_read_again(tmp_path, random_clip):
     folder, store = tmp_path / "Pictures", tmp_path / "store"
     write_folder(folder, per_class=2, seed=2)
     embedder = load_embedder(str(random_clip))
-    first = build_index(folder_items(folder), store_dir=store, client=connect(store, create=True),
-                        collection="mine", embedder=embedder, progress=False)
+    first = build_index(folder_items(folder), Store.connect(store, create=True), "mine", embedder)
     assert first.indexed == 24
 
     def refuse():
         raise AssertionError("an unchanged file was read again")
 
     unread = [item.__class__(item.source, refuse, item.label, item.caption, item.fingerprint) for item in folder_items(folder)]
-    again = build_index(unread, store_dir=store, client=connect(store), collection="mine", embedder=embedder, progress=False)
+    again = build_index(unread, Store.connect(store), "mine", embedder, BuildOptions())
     assert again.indexed == 0 and again.already_indexed == 24 and not again.skipped
 
 
@@ -132,7 +131,7 @@ def test_crawl_collects_same_site_images_with_alt_text(tmp_path, random_clip):
     reasons = {s["source"].replace(base, ""): s["reason"] for s in report["skipped"]}
     assert reasons == {"/broken.jpg": "corrupt", "/to-metadata": "refused_url", "/huge": "too_large", "/slow": "unsupported"}
     index = ImageIndex.open(tmp_path / "s")
-    captions = {m["source"].replace(base, ""): m.get("caption") for m in index.collection.get(include=["metadatas"])["metadatas"]}
+    captions = {m["source"].replace(base, ""): m.get("caption") for _, m in index.collection.scan_metadata()}
     assert captions == {"/img/1.jpg": "a red circle", "/img/2.jpg": None, "/img/3.jpg": "a blue square"}
 
 
@@ -156,7 +155,7 @@ def test_near_duplicates_are_reported_and_collapse_in_results(tmp_path, shapes_m
     assert frozenset((str(original), str(folder / "red circle" / "smaller.jpg"))) in pairs
     index = ImageIndex.open(store)
     plain = index.search_by_image(original, k=5)
-    folded = index.search_by_image(original, k=5, collapse=0.95)
+    folded = index.search_by_image(original, k=5, fold=0.95)
     assert len(folded) == 5 and folded[0].similar
     assert len({h.id for h in folded} | {i for h in folded for i in h.similar}) > len({h.id for h in plain})
 
@@ -167,50 +166,51 @@ def test_public_caps_refuse_an_upload_before_writing_anything(tmp_path, random_c
     with zipfile.ZipFile(archive, "w") as z:
         for f in files[6:]:
             z.write(f, f"more/{f.name}")
-    mine = Albums(tmp_path / "store", load_embedder(str(random_clip)), public=True,
+    mine = Albums(Store.connect(tmp_path / "store", create=True), load_embedder(str(random_clip)), public=True,
                        limits=AlbumLimits(albums=2, images=8, files=7))
     key = "k" * 16
-    assert mine.add(key, "first", files[:5], progress=False).total_in_collection == 5
+    assert mine.add(key, "first", files[:5]).total_in_collection == 5
     # 5 held + 6 in the zip > 8: refused whole, nothing indexed, no thumbnail written.
     thumbs = set((tmp_path / "store" / "thumbnails").rglob("*.jpg"))
     with pytest.raises(QueryError, match="holds 6 files and the collection 5 images"):
-        mine.add(key, "first", [archive], progress=False)
+        mine.add(key, "first", [archive])
     assert len(mine.index(key, "first")) == 5
     assert set((tmp_path / "store" / "thumbnails").rglob("*.jpg")) == thumbs
     with pytest.raises(QueryError, match="over the limit of 7"):
-        mine.add(key, "second", files[:8], progress=False)
-    assert mine.add(key, "second", [archive], progress=False).indexed == 6
+        mine.add(key, "second", files[:8])
+    assert mine.add(key, "second", [archive]).indexed == 6
     with pytest.raises(QueryError, match="2 collections"):
-        mine.add(key, "third", files[:1], progress=False)
+        mine.add(key, "third", files[:1])
     assert mine.names(key) == ["first", "second"]
     # A local app has no caps.
-    local = Albums(tmp_path / "store", load_embedder(str(random_clip)), public=False, limits=AlbumLimits(images=1))
-    assert local.add(None, "all", files, progress=False).indexed == 12
+    local = Albums(Store.connect(tmp_path / "store", create=True), load_embedder(str(random_clip)), public=False,
+                   limits=AlbumLimits(images=1))
+    assert local.add(None, "all", files).indexed == 12
 
 
 def test_global_caps_hold_however_many_keys_are_invented(tmp_path, random_clip):
     files = write_folder(tmp_path / "photos", per_class=1, seed=6)  # 12 images
     store, embedder = tmp_path / "store", load_embedder(str(random_clip))
     keys = [f"visitor-{i:02d}-0123456789" for i in range(5)]
-    few = Albums(store, embedder, public=True, limits=AlbumLimits(albums_total=3, images_total=9))
+    few = Albums(Store.connect(store, create=True), embedder, public=True, limits=AlbumLimits(albums_total=3, images_total=9))
     for key, chunk in zip(keys, (files[:3], files[3:6], files[6:8])):
-        assert few.add(key, "album", chunk, progress=False).indexed == len(chunk)
+        assert few.add(key, "album", chunk).indexed == len(chunk)
     with pytest.raises(QueryError, match="public demo is full .no room for more collections"):
-        few.add(keys[3], "album", files[8:9], progress=False)
+        few.add(keys[3], "album", files[8:9])
     with pytest.raises(QueryError, match="public demo is full .no room for more images"):
-        few.add(keys[0], "album", files[8:10], progress=False)  # 8 held + 2 > 9, in a collection that exists
-    assert few.add(keys[0], "album", files[8:9], progress=False).indexed == 1  # exactly at the cap is fine
-    tiny_disk = Albums(store, embedder, public=True, limits=AlbumLimits(store_bytes=1024))
+        few.add(keys[0], "album", files[8:10])  # 8 held + 2 > 9, in a collection that exists
+    assert few.add(keys[0], "album", files[8:9]).indexed == 1  # exactly at the cap is fine
+    tiny_disk = Albums(Store.connect(store, create=True), embedder, public=True, limits=AlbumLimits(store_bytes=1024))
     with pytest.raises(QueryError, match="public demo is full .no room left on its disk"):
-        tiny_disk.add(keys[4], "album", files[9:], progress=False)
+        tiny_disk.add(keys[4], "album", files[9:])
     assert sorted(len(few.names(k)) for k in keys) == [0, 0, 1, 1, 1]  # nothing refused was created
 
 
 def test_an_upload_with_no_usable_image_creates_no_collection(tmp_path, random_clip):
     junk = tmp_path / "notes.txt"
     junk.write_text("not an image")
-    mine = Albums(tmp_path / "store", load_embedder(str(random_clip)), public=True)
-    report = mine.add("k" * 16, "empty", [junk], progress=False)
+    mine = Albums(Store.connect(tmp_path / "store", create=True), load_embedder(str(random_clip)), public=True)
+    report = mine.add("k" * 16, "empty", [junk])
     assert report.indexed == 0 and [s["reason"] for s in report.skipped] == ["unsupported"]
     assert mine.names("k" * 16) == []
 
@@ -221,9 +221,9 @@ def test_an_upload_with_no_usable_image_creates_no_collection(tmp_path, random_c
 def test_malformed_ids_remove_nothing(tmp_path, random_clip, ids):
     files = write_folder(tmp_path / "photos", per_class=1, seed=8)[:3]
     (tmp_path / "victim.jpg").write_bytes(files[0].read_bytes())
-    mine = Albums(tmp_path / "store", load_embedder(str(random_clip)), public=True)
+    mine = Albums(Store.connect(tmp_path / "store", create=True), load_embedder(str(random_clip)), public=True)
     key = "k" * 16
-    mine.add(key, "album", files, progress=False)
+    mine.add(key, "album", files)
     before = sorted(p for p in tmp_path.rglob("*") if p.is_file() and "chroma" not in p.name)
     with pytest.raises(QueryError, match="image id|as a list"):
         mine.remove(key, "album", ids)
@@ -233,9 +233,9 @@ def test_malformed_ids_remove_nothing(tmp_path, random_clip, ids):
 
 def test_remove_counts_what_went_and_names_what_was_not_there(tmp_path, random_clip):
     files = write_folder(tmp_path / "photos", per_class=1, seed=9)[:3]
-    mine = Albums(tmp_path / "store", load_embedder(str(random_clip)), public=True)
+    mine = Albums(Store.connect(tmp_path / "store", create=True), load_embedder(str(random_clip)), public=True)
     key = "k" * 16
-    mine.add(key, "album", files, progress=False)
+    mine.add(key, "album", files)
     held = [h.id for h in mine.browse(key, "album")]
     stranger = "0" * 32
     assert mine.remove(key, "album", [held[0], stranger, held[0]]).to_dict() == {"removed": 1, "not_found": [stranger]}

@@ -1,7 +1,6 @@
 """Scale-out: the same code against a real Chroma server (`chroma run`) on loopback."""
 from __future__ import annotations
 
-import errno
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import time
 import pytest
 
 from search import ImageIndex
-from tests.conftest import ROOT, RunningApp, free_port, run_builder
+from tests.conftest import ROOT, RunningApp, free_port
 from tests.fixtures.chroma_server import ChromaServer
 from tests.fixtures.shapes import caption, write_folder
 
@@ -59,7 +58,7 @@ def test_sharded_builders_fill_one_collection(tmp_path, server, random_clip):
     for proc in shards:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
     index = ImageIndex.open(store)
-    sources = [m["source"] for m in index.collection.get(include=["metadatas"])["metadatas"]]
+    sources = [m["source"] for _, m in index.collection.scan_metadata()]
     assert sorted(sources) == sorted(str(f) for f in files)
 
 
@@ -126,107 +125,11 @@ def test_a_server_killed_mid_build_exits_2_and_a_rerun_resumes(tmp_path, server,
     manifest = store / "manifests" / "images.json"
     if manifest.exists():  # the manifest never claims an image the store does not hold
         recorded = {entry[2] for entry in json.loads(manifest.read_text()).values()}
-        assert recorded <= set(ImageIndex.open(store).collection.get(include=[])["ids"])
+        assert recorded <= set(ImageIndex.open(store).collection.all_ids())
     again = subprocess.run(command, cwd=ROOT, env={**os.environ, **server.env}, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     done = json.loads(report.read_text())
     assert done["already_indexed"] == written and done["indexed"] == len(files) - written
     index = ImageIndex.open(store)
-    sources = [m["source"] for m in index.collection.get(include=["metadatas"])["metadatas"]]
+    sources = [m["source"] for _, m in index.collection.scan_metadata()]
     assert len(index) == len(files) and sorted(sources) == sorted(str(f) for f in files)
-
-
-@pytest.fixture(scope="module")
-def clip_embedder(random_clip):
-    from search.embedders import load_embedder
-
-    return load_embedder(str(random_clip))
-
-
-class _Failing:
-    """A collection whose ``method`` raises ``error`` once it has answered ``after`` calls."""
-
-    def __init__(self, col, method: str, error: BaseException, after: int):
-        self._col, self._method, self._error, self._left = col, method, error, after
-
-    def __getattr__(self, name):
-        attr = getattr(self._col, name)
-        if name != self._method:
-            return attr
-
-        def call(*args, **kwargs):
-            if self._left <= 0:
-                raise self._error
-            self._left -= 1
-            return attr(*args, **kwargs)
-        return call
-
-
-def _connect_error():
-    import httpx
-
-    return httpx.ConnectError("[Errno 111] Connection refused")
-
-
-def _disk_full():
-    from chromadb.errors import InternalError
-
-    return InternalError("Query error: Database error: error returned from database: (code: 13) database or disk is full")
-
-
-@pytest.mark.parametrize("method, error, after, message", [
-    ("get", _connect_error, 2, "the Chroma server stopped answering during the build."),  # on the producer thread
-    ("query", _connect_error, 0, "the Chroma server stopped answering during the build."),  # the near-duplicate query
-    ("upsert", _connect_error, 1, "the Chroma server stopped answering during the build."),
-    ("upsert", _disk_full, 1, "the store stopped working during the build"),  # embedded store, disk full
-    ("thumbnail", lambda: OSError(errno.ENOSPC, "No space left on device"), 9, "the store stopped working during the build"),
-])
-def test_a_store_lost_mid_build_is_a_store_error_and_a_rerun_resumes(tmp_path, monkeypatch, clip_embedder,
-                                                                     method, error, after, message):
-    from search import build
-    from search.errors import StoreError
-    from search.sources import folder_items
-    from search.store import connect
-
-    folder, store = tmp_path / "photos", tmp_path / "store"
-    files = write_folder(folder, per_class=2, seed=9)
-    options = dict(store_dir=store, collection="images", embedder=clip_embedder, batch_size=4, precision="fp32", progress=False)
-    real_open, real_thumbnail = build.open_collection, build.write_thumbnail
-    if method == "thumbnail":  # the store's folder fills up
-        left = iter(range(after))
-
-        def write_thumbnail(*args):
-            if next(left, None) is None:
-                raise error()
-            return real_thumbnail(*args)
-        monkeypatch.setattr(build, "write_thumbnail", write_thumbnail)
-    else:
-        monkeypatch.setattr(build, "open_collection", lambda *a: _Failing(real_open(*a), method, error(), after))
-    with pytest.raises(StoreError) as raised:
-        build.build_index(folder_items(folder), client=connect(store, create=True), **options)
-    text = raised.value.for_operator()
-    assert str(raised.value).startswith(message) and "run the same command again" in text
-    assert ("(Chroma server at " if "Chroma" in message else "(store at ") in text  # the operator's details
-    assert "Traceback" not in text and str(tmp_path) not in str(raised.value)  # internals stay out of str()
-    assert not (store / "manifests" / "images.json").exists()  # nothing recorded for a build that did not finish
-
-    monkeypatch.setattr(build, "open_collection", real_open)
-    monkeypatch.setattr(build, "write_thumbnail", real_thumbnail)
-    written = len(connect(store).get_collection("images").get(include=[])["ids"])
-    again = build.build_index(folder_items(folder), client=connect(store), **options)
-    assert again.already_indexed == written and again.indexed == len(files) - written
-    assert again.total_in_collection == len(files)
-
-
-def test_a_programming_error_mid_build_is_not_a_lost_store(tmp_path, monkeypatch, clip_embedder):
-    from search import build
-    from search.sources import folder_items
-    from search.store import connect
-
-    folder, store = tmp_path / "photos", tmp_path / "store"
-    write_folder(folder, per_class=1, seed=9)
-    real_open = build.open_collection
-    monkeypatch.setattr(build, "open_collection", lambda *a: _Failing(real_open(*a), "upsert", TypeError("bug"), 0))
-    with pytest.raises(TypeError, match="bug"):
-        build.build_index(folder_items(folder), store_dir=store, client=connect(store, create=True), collection="images",
-                          embedder=clip_embedder, precision="fp32", progress=False)

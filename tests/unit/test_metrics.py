@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search.metrics import METRICS, score_from_cosine_distance, scores, top_k
+from search.metrics import METRICS, score_from_cosine, scores, top_k
 
 RNG = np.random.default_rng(0)
 MATRIX = RNG.normal(size=(50, 16)).astype(np.float32)
@@ -49,9 +49,9 @@ def test_unknown_metric_is_refused():
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
-def test_hnsw_cosine_distance_converts_exactly_on_unit_vectors(metric):
+def test_hnsw_cosine_converts_exactly_on_unit_vectors(metric):
     unit = MATRIX / np.linalg.norm(MATRIX, axis=1, keepdims=True)
     q = QUERY / np.linalg.norm(QUERY)
-    distances = 1.0 - unit @ q
-    converted = [score_from_cosine_distance(d, metric) for d in distances]
+    similarities = unit @ q
+    converted = [score_from_cosine(c, metric) for c in similarities]
     assert np.allclose(converted, scores(unit, q, metric), atol=1e-5)

@@ -14,7 +14,7 @@ from PIL import Image
 from tests.conftest import RunningApp, hostile_files, png_header_only
 from tests.fixtures.shapes import CLASSES, caption
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_IMAGES = sorted((ROOT / "examples").glob("*.jpg"))
 EXAMPLE_PROMPTS = [p for p in (ROOT / "examples" / "prompts.txt").read_text(encoding="utf-8").splitlines() if p]
 

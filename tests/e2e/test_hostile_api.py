@@ -20,8 +20,26 @@ from hypothesis import strategies as st
 from tests.conftest import hostile_files, png_header_only
 from tests.fixtures.app_process import ROOT
 from tests.fixtures.hostile import (
-    GENERIC, ID, KEY, METRICS, NAME, SHARED_INDEXES, AppPool, Deployment, Outcome, call, file_ref, file_url,
-    Files, image_id, jpeg, raw_call, upload, valid_id, valid_key, valid_name,
+    GENERIC,
+    ID,
+    KEY,
+    METRICS,
+    NAME,
+    SHARED_INDEXES,
+    AppPool,
+    Deployment,
+    Files,
+    Outcome,
+    call,
+    file_ref,
+    file_url,
+    image_id,
+    jpeg,
+    raw_call,
+    upload,
+    valid_id,
+    valid_key,
+    valid_name,
 )
 
 OWNER = "owner-key-0123456789abcdef"  # holds the collection "own", the one delete examples may change
@@ -532,7 +550,7 @@ def _strings(value: object):
 
 @pytest.fixture
 def capped(pool) -> Deployment:
-    """A second public app with IMAGE_SEARCH_MAX_COLLECTIONS_TOTAL=3 and a 100 MB upload budget (the main one is stopped first)."""
+    """A second public app: IMAGE_SEARCH_MAX_COLLECTIONS_TOTAL=3, a 100 MB upload budget (the main one is stopped first)."""
     dep = pool.get("capped")
     dep.state.setdefault("client", dep.app.client(download_files=False))
     return dep

@@ -46,11 +46,10 @@ def test_kill_9_at_several_moments_then_resume(tmp_path, random_clip):
     done = run_builder("--dataset", folder, "--store", store, "--model", random_clip)
     assert done.returncode == 0, done.stderr
     index = ImageIndex.open(store)
-    stored = index.collection.get(include=["metadatas"])
-    sources = [m["source"] for m in stored["metadatas"]]
+    stored = [m for _, m in index.collection.scan_metadata()]
     assert len(index) == len(files)
-    assert sorted(sources) == sorted(str(f) for f in files)
-    assert all((store / m["thumbnail"]).exists() for m in stored["metadatas"])
+    assert sorted(m["source"] for m in stored) == sorted(str(f) for f in files)
+    assert all((store / m["thumbnail"]).exists() for m in stored)
     # Every stored vector is searchable: each image finds itself first.
     for f in files[::97]:
         assert index.search_by_image(f, k=1)[0].source == str(f)

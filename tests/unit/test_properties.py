@@ -63,8 +63,8 @@ def test_damaged_real_images_never_crash_the_decoder(noise, cut):
 
 
 @pytest.fixture(scope="module")
-def index(shapes_store):
-    return ImageIndex.open(shapes_store)
+def index(local_store):
+    return ImageIndex.open(local_store)
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

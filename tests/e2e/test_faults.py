@@ -12,7 +12,7 @@ import pytest
 
 from search import ImageIndex, StoreError
 from search.embedders import load_embedder
-from search.store import connect, open_collection, write_lock
+from search.store import ModelInfo, Record, Store, write_lock
 from tests.conftest import ROOT, run_builder
 from tests.fixtures.shapes import write_folder
 
@@ -31,13 +31,13 @@ except SearchError as exc:
 def big_store(tmp_path_factory, random_clip) -> Path:
     """2,500 vectors: past Chroma's sync threshold, so its HNSW files on disk are in use."""
     store = tmp_path_factory.mktemp("big") / "store"
-    client = connect(store, create=True)
-    col = open_collection(client, "images", load_embedder(str(random_clip)))
+    opened = Store.connect(store, create=True)
+    col = opened.open_or_create("images", ModelInfo.of(load_embedder(str(random_clip))))
     vectors = np.random.default_rng(0).normal(size=(2500, 64)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     for i in range(0, 2500, 500):
-        col.add(ids=[f"id{j}" for j in range(i, i + 500)], embeddings=vectors[i : i + 500])
-    del client, col
+        col.upsert([Record(f"id{j}", vectors[j], {"source": f"s{j}"}) for j in range(i, i + 500)])
+    del opened, col
     return store
 
 
@@ -78,8 +78,12 @@ def test_a_damaged_store_is_refused_with_a_clear_message(tmp_path, big_store, ho
 
 def test_a_store_from_a_newer_version_says_so(tmp_path, random_clip):
     store = tmp_path / "store"
-    col = open_collection(connect(store, create=True), "images", load_embedder(str(random_clip)))
-    col.modify(metadata={**col.metadata, "chromadb_version": "99.0.0"})
+    Store.connect(store, create=True).open_or_create("images", ModelInfo.of(load_embedder(str(random_clip))))
+    import chromadb  # a newer writer, simulated from outside the product
+    from chromadb.config import Settings
+
+    outside = chromadb.PersistentClient(path=str(store), settings=Settings(anonymized_telemetry=False)).get_collection("images")
+    outside.modify(metadata={**outside.metadata, "chromadb_version": "99.0.0"})
     with pytest.raises(StoreError, match="newer version"):
         ImageIndex.open(store)
 

@@ -1,0 +1,130 @@
+"""The store layer against a real embedded Chroma in a temp folder: typed records in, typed results out."""
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from search import ids, thumbnails
+from search.errors import QueryError, StoreError, StoreUnavailableError
+from search.store import ModelInfo, Record, Store
+
+MODEL = ModelInfo("tiny-test-model", 8, True)
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store.connect(tmp_path / "store", create=True)
+
+
+@pytest.fixture
+def vectors() -> np.ndarray:
+    return _unit(np.random.default_rng(0).normal(size=(30, 8)))
+
+
+def _records(vectors: np.ndarray, label: str = "x") -> list[Record]:
+    return [Record(ids.content_id(f"{label}{i}".encode()), v, {"source": f"{label}/{i}", "n": i})
+            for i, v in enumerate(vectors)]
+
+
+def test_a_collection_records_its_model_and_refuses_another(store):
+    col = store.open_or_create("images", MODEL, "a folder")
+    assert (col.model, col.dimension, col.normalized, col.metadata["source"]) == ("tiny-test-model", 8, True, "a folder")
+    assert store.open_or_create("images", MODEL).name == "images"  # open again: same collection
+    with pytest.raises(StoreError, match="4-d vectors") as wrong_size:
+        store.open_or_create("images", ModelInfo("tiny-test-model", 4, True))
+    assert "tiny-test-model" not in str(wrong_size.value) and "tiny-test-model" in wrong_size.value.for_operator()
+    with pytest.raises(StoreError, match="built with another model"):
+        store.open_or_create("images", ModelInfo("another-model", 8, True))
+    assert store.names() == ["images"]
+
+
+def test_upsert_in_batches_then_read_back_by_id_and_by_scan(store, vectors, monkeypatch):
+    col = store.open_or_create("images", MODEL)
+    monkeypatch.setattr(store, "_max_batch", 7)  # 30 records: five writes
+    records = _records(vectors)
+    col.upsert(records)
+    assert col.count() == 30
+    col.upsert(records[:3])  # the same ids again replace, never add
+    assert col.count() == 30
+    wanted = [records[4].id, "0" * 32, records[9].id]
+    assert sorted(col.held(wanted)) == sorted([records[4].id, records[9].id])
+    got = col.vectors(wanted)
+    assert set(got) == {records[4].id, records[9].id}
+    assert np.allclose(got[records[9].id], vectors[9], atol=1e-6)
+    assert col.metadatas([records[4].id]) == {records[4].id: {"source": "x/4", "n": 4}}
+    scanned_ids, matrix = col.scan_vectors()
+    assert matrix.shape == (30, 8) and sorted(scanned_ids) == sorted(r.id for r in records)
+    by_id = {r.id: r.vector for r in records}
+    assert all(np.allclose(row, by_id[i], atol=1e-6) for i, row in zip(scanned_ids, matrix))
+    assert sorted(i for i, _ in col.scan_metadata()) == sorted(col.all_ids())
+
+
+def test_nearest_gives_cosine_similarities_best_first(store, vectors):
+    col = store.open_or_create("images", MODEL)
+    records = _records(vectors)
+    col.upsert(records)
+    queries = _unit(vectors[:3] + 0.05)
+    found = col.nearest(queries, 5)
+    assert len(found) == 3 and all(len(row) == 5 for row in found)
+    for query, row in zip(queries, found):
+        exact = vectors @ query
+        assert [n.id for n in row] == [records[i].id for i in np.argsort(-exact)[:5]]
+        assert np.allclose([n.similarity for n in row], np.sort(exact)[::-1][:5], atol=1e-4)
+        assert all(n.metadata["source"].startswith("x/") for n in row)
+    assert col.nearest(queries[:0], 5) == []
+
+
+def test_remove_keeps_thumbnails_another_collection_still_uses(store, vectors):
+    first, second = store.open_or_create("first", MODEL), store.open_or_create("second", MODEL)
+    records = _records(vectors[:4])
+    for r in records:
+        store.write_thumbnail(r.id, b"jpeg bytes")
+    first.upsert(records)
+    second.upsert(records[:1])  # the first image is in both collections
+    stranger = "f" * 32
+    gone = store.remove(first, [r.id for r in records] + [stranger])
+    assert sorted(gone) == sorted(r.id for r in records)  # what went, never what was only asked for
+    assert thumbnails.path(store.folder, records[0].id).exists()  # still used by "second"
+    assert not any(thumbnails.path(store.folder, r.id).exists() for r in records[1:])
+    assert first.count() == 0 and second.count() == 1
+    assert store.remove(first, [records[1].id]) == []
+
+
+def test_thumbnail_paths_come_only_from_image_ids(store):
+    image_id = ids.content_id(b"image")
+    assert store.write_thumbnail(image_id, b"x") == f"thumbnails/{image_id[:2]}/{image_id}.jpg"
+    for bad in ("../victim", "./../thumbnails/ab/" + "a" * 32, "A" * 32, "a" * 31, "/etc/passwd", "a" * 32 + "\x00"):
+        with pytest.raises(QueryError, match="not an image id"):
+            thumbnails.path(store.folder, bad)
+
+
+def test_a_missing_collection_names_no_other(store):
+    store.open_or_create("mine-secret-album", MODEL)
+    with pytest.raises(StoreError, match="no collection 'images'") as missing:
+        store.open("images")
+    assert "mine-secret-album" not in str(missing.value) and "mine-secret-album" in missing.value.for_operator()
+    with pytest.raises(StoreError, match="3 to 63 characters"):
+        store.open("ab")
+    store.drop("mine-secret-album")
+    assert store.names() == []
+
+
+def test_a_store_that_goes_away_is_a_store_error_and_a_bug_is_not(store):
+    with pytest.raises(StoreUnavailableError, match="stopped answering"), store.guard():
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+    with pytest.raises(StoreUnavailableError, match="stopped working"), store.guard():
+        raise OSError(28, "No space left on device")
+    with pytest.raises(TypeError), store.guard():
+        raise TypeError("a bug stays a bug")
+
+
+def test_no_store_says_how_to_build_one(tmp_path):
+    with pytest.raises(StoreError, match="index_builder.py") as missing:
+        Store.connect(tmp_path / "nothing-here")
+    assert str(tmp_path) not in str(missing.value) and str(tmp_path) in missing.value.for_operator()
+    assert not (tmp_path / "nothing-here").exists()
