@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import platform
 import threading
 import time
@@ -15,8 +16,19 @@ import numpy as np
 from PIL import Image
 
 from .errors import ModelError, QueryError
+from .text_routing import CLIP, MULTILINGUAL, Tower, route
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "clip-ViT-B-32"
+MULTILINGUAL_MODEL = "clip-ViT-B-32-multilingual-v1"  # DistilBERT distilled into CLIP ViT-B/32's text space
+AUTO_TEXT_MODEL = "auto"  # pair the image model with its default text model, if it has one
+NO_TEXT_MODEL = "none"  # IMAGE_SEARCH_TEXT_MODEL=none: CLIP's own tower reads every query
+# The text model an image model is paired with by default: one that reads what its own tower cannot.
+DEFAULT_TEXT_MODELS = {
+    DEFAULT_MODEL: MULTILINGUAL_MODEL,
+    f"sentence-transformers/{DEFAULT_MODEL}": MULTILINGUAL_MODEL,
+}
 PIXELS = "pixels"
 PIXEL_SIDE = 32
 BF16_MIN_AGREEMENT = 0.999  # mean cosine to fp32 below which bf16 is not used
@@ -82,8 +94,26 @@ class PixelEmbedder:
         )
 
 
+def paired_text_model(name: str, text_model: str | None) -> tuple[str | None, bool]:
+    """The text model to pair with the image model ``name``, and whether failing to load it is an error.
+
+    ``text_model``: None or ``"none"`` pairs nothing; ``"auto"`` pairs the image model's default text
+    model (DEFAULT_TEXT_MODELS: the multilingual encoder for clip-ViT-B-32, nothing for others), which
+    may fail softly; any other name or path is an explicit choice, which must load.
+    """
+    if text_model is None or text_model.strip().lower() in ("", NO_TEXT_MODEL):
+        return None, False
+    if text_model.strip().lower() == AUTO_TEXT_MODEL:
+        return DEFAULT_TEXT_MODELS.get(name), False
+    return text_model, True
+
+
 class ClipEmbedder:
-    """A sentence-transformers CLIP checkpoint: images and texts in one space, unit-length rows."""
+    """A sentence-transformers CLIP checkpoint: images and texts in one space, unit-length rows.
+
+    A paired text model (``text_model``, see ``paired_text_model``) reads the queries CLIP's own
+    text tower cannot (non-English: ``text_routing.route``); CLIP's tower keeps English.
+    """
 
     normalized = True
     supports_text = True
@@ -94,17 +124,44 @@ class ClipEmbedder:
         self.name = name
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = _load_sentence_transformer(name, self.device)
-        self.text_model = _load_sentence_transformer(text_model, self.device) if text_model else self.model
         self.model.eval()
         self.dimension = int(self.model.get_embedding_dimension())
-        text_dim = int(self.text_model.get_embedding_dimension())
-        if text_dim != self.dimension:
-            raise ModelError(f"text model {text_model!r} has dimension {text_dim}, the image model {self.dimension}")
+        self.text_model = self.model  # the paired text model, or CLIP itself where none is
+        self.text_model_name: str | None = None
+        paired, required = paired_text_model(name, text_model)
+        if paired:
+            try:
+                self.text_model = self._load_text_model(paired)
+                self.text_model_name = paired
+                log.info("queries CLIP's text tower cannot read (not English) go to %s", paired)
+            except ModelError as exc:
+                if required:
+                    raise
+                log.warning("the default text model is not used, CLIP's own text tower reads every query: %s",
+                            exc.for_operator())
         size = self._image_processor_size()
         self.min_edges = (size, max(size, 256))
         self._input_side = size
         # Tokenizers and torch modules are not safe for concurrent calls; the cores are shared anyway.
         self._lock = threading.Lock()
+
+    def _load_text_model(self, name: str):
+        model = _load_sentence_transformer(name, self.device, what="text model")
+        model.eval()
+        dimension = int(model.get_embedding_dimension() or 0)
+        if dimension != self.dimension:
+            raise ModelError(f"the text model {Path(name).name!r} has dimension {dimension}, the image model "
+                             f"{self.dimension}: they are not in one space", internals=name)
+        return model
+
+    @property
+    def paired(self) -> bool:
+        """Whether a second text model reads the queries CLIP's own tower cannot."""
+        return self.text_model is not self.model
+
+    def text_tower(self, text: str) -> Tower:
+        """Which tower reads ``text``: ``"clip"`` (CLIP's own) or ``"multilingual"`` (the paired model)."""
+        return route(text) if self.paired else CLIP
 
     def _image_processor_size(self) -> int:
         try:
@@ -128,8 +185,20 @@ class ClipEmbedder:
         return self._encode(self.model, list(images), batch_size, _bf16(precision))
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Unit-length embeddings for texts, in the images' space."""
-        return self._encode(self.text_model, list(texts), batch_size, False)
+        """Unit-length embeddings for texts, in the images' space, one row per text in order.
+
+        Each text goes to the tower ``text_tower`` names; a batch may mix them.
+        """
+        texts = list(texts)
+        if not self.paired:
+            return self._encode(self.model, texts, batch_size, False)
+        out = np.zeros((len(texts), self.dimension), np.float32)
+        towers = [self.text_tower(text) for text in texts]
+        for tower, model in ((CLIP, self.model), (MULTILINGUAL, self.text_model)):
+            rows = [i for i, t in enumerate(towers) if t == tower]
+            if rows:
+                out[rows] = self._encode(model, [texts[i] for i in rows], batch_size, False)
+        return out
 
     def calibrate_bf16(self, images: Sequence[Image.Image]) -> Calibration | None:
         """Measure bf16 against fp32 on ``images``: agreement and speed-up (it changes nothing here).
@@ -178,13 +247,13 @@ def _bf16(precision: str) -> bool:
     return precision == BF16
 
 
-def _load_sentence_transformer(name: str, device: str):
+def _load_sentence_transformer(name: str, device: str, what: str = "model"):
     from sentence_transformers import SentenceTransformer
 
     try:
         return SentenceTransformer(name, device=device)
     except Exception as exc:  # offline, a typo, or not a sentence-transformers checkpoint
-        raise ModelError(f"cannot load the model {Path(name).name!r}",
+        raise ModelError(f"cannot load the {what} {Path(name).name!r}",
                          internals=f"{name}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -207,9 +276,13 @@ def _bf16_supported(device: str) -> bool:
 
 @functools.lru_cache(maxsize=4)
 def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, text_model: str | None = None) -> Embedder:
-    """Load an embedder once per process: ``pixels`` or a sentence-transformers CLIP name or path."""
+    """Load an embedder once per process: ``pixels`` or a sentence-transformers CLIP name or path.
+
+    ``text_model``: a text model to pair for non-English queries (see ``paired_text_model``; ``"auto"``
+    is the app's default).
+    """
     if name == PIXELS:
-        if text_model:
+        if paired_text_model(name, text_model)[1]:
             raise ModelError("the pixel method has no text side; a text model cannot be paired with it")
         return PixelEmbedder()
     return ClipEmbedder(name, device=device, text_model=text_model)
