@@ -20,13 +20,14 @@ from search import METRICS, SearchError, views
 from search.ids import KEY
 from search.index import MAX_TEXT_CHARS
 from search.served_files import UploadBudget, served_copy
-from search.service import MAX_RESULTS, Results, SearchService
+from search.service import MAX_RESULTS, Examples, Results, SearchService
 from search.settings import Settings
 
 log = logging.getLogger("app")
 EXAMPLES = Path(__file__).resolve().parent / "examples"
-EXAMPLE_IMAGES = sorted(str(p) for p in EXAMPLES.glob("*.jpg"))
+EXAMPLE_IMAGES = sorted(EXAMPLES.glob("*.jpg"))  # shown where the index holds them (see SearchService.examples)
 EXAMPLE_PROMPTS = [line.strip() for line in (EXAMPLES / "prompts.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+BUILD_REFRESH_SECONDS = 2.0
 MAX_FILE_SIZE = "20mb"
 # Every 5 minutes, Gradio deletes what it cached more than 30 minutes ago (uploads nobody used included).
 DELETE_CACHE = (300, 1800)
@@ -71,6 +72,49 @@ class Page:
 
     def __init__(self, service: SearchService):
         self.service = service
+        self._examples: Examples | None = None
+
+    def examples(self) -> Examples:
+        """Examples that fit the main index, worked out once it is complete (none while it is built)."""
+        if self._examples is None:
+            examples = self.service.examples(EXAMPLE_IMAGES, EXAMPLE_PROMPTS)
+            state = self.service.build_state()
+            if state is not None and not state.finished:
+                return examples
+            self._examples = examples
+        return self._examples
+
+    def building(self) -> bool:
+        """Whether the default index is being built now (the page then refreshes its progress)."""
+        state = self.service.build_state()
+        return state is not None and not state.finished
+
+    def refresh(self, key: str | None, index: str | None) -> tuple[Any, ...]:
+        """The overview (progress while the default index is built); once it is complete, the Index
+        dropdown and the examples too, and the timer stops."""
+        overview = views.overview(self.service.overview())
+        if self.building():
+            return overview, gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+        choices = views.index_choices(self.service.shared_indexes() + self.service.album_indexes(key))
+        values = [value for _, value in choices]
+        examples = self.examples()
+        return (overview, gr.Timer(active=False),
+                gr.update(choices=choices, value=index if index in values else (values[0] if values else None)),
+                gr.update(value=examples.images, visible=bool(examples.images)),
+                [image for image, _ in examples.images],
+                gr.Dataset(samples=[[p] for p in examples.prompts], visible=bool(examples.prompts)))
+
+    @user_errors
+    def pick_example(self, paths: list[str], evt: gr.SelectData) -> str | None:
+        """Put the example image that was clicked in the query box (which searches by it)."""
+        return paths[evt.index] if evt.index < len(paths) else None
+
+    @user_errors
+    def search_prompt(self, sample: Any, k: int, metric: str, index: str, key: str | None,
+                      fold: bool) -> tuple[str, *ShownResults]:
+        """Search by the example description that was clicked, and show it in the text box."""
+        text = str(sample[0] if isinstance(sample, (list, tuple)) and sample else sample or "")
+        return (text, *self.search_text(text, k, metric, index, key, fold))
 
     def index_dropdown(self, key: str | None) -> Update:
         """The Index dropdown's choices: the shared indexes, then the caller's albums."""
@@ -212,7 +256,9 @@ def build_app(service: SearchService) -> gr.Blocks:
     with gr.Blocks(title="Image search", delete_cache=DELETE_CACHE) as demo:
         key = gr.BrowserState(None, storage_key="image-search-key")  # this browser's secret for its albums
         gr.Markdown("# Image search\nFind images by example or by description.")
-        gr.Markdown(views.overview(service.overview()))
+        overview = gr.Markdown(views.overview(service.overview()), elem_id="overview")
+        timer = gr.Timer(BUILD_REFRESH_SECONDS, active=page.building())  # progress, while the default index is built
+        examples = page.examples()
         with gr.Row():
             index = gr.Dropdown(shared, value=shared[0][1] if shared else None, label="Index")
             metric = gr.Dropdown(list(METRICS), value="cosine", label="Similarity")
@@ -226,11 +272,17 @@ def build_app(service: SearchService) -> gr.Blocks:
                 with gr.Row():
                     url = gr.Textbox(label="…or an image URL", placeholder="https://…", scale=4)
                     url_button = gr.Button("Fetch and search", scale=1)
-                gr.Examples([[p] for p in EXAMPLE_IMAGES], inputs=[image], label="Example images")
+                example_gallery = gr.Gallery(examples.images, label="Example images (click one to search by it)",
+                                             columns=8, rows=1, height=170, allow_preview=False,
+                                             visible=bool(examples.images),
+                                             elem_id="example-images")
+                example_paths = gr.State([image for image, _ in examples.images])
             with gr.Tab("Search by text"):
                 text = gr.Textbox(label="Description", placeholder="a red dress", max_length=MAX_TEXT_CHARS)
                 text_button = gr.Button("Search", variant="primary")
-                gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[text], label="Example descriptions")
+                prompt_examples = gr.Dataset(components=[text], samples=[[p] for p in examples.prompts],
+                                             label="Example descriptions (click one to search)", samples_per_page=20,
+                                             visible=bool(examples.prompts), elem_id="example-prompts")
             with gr.Tab("My collection"):
                 gr.Markdown(views.albums_intro(service.settings.public))
                 with gr.Row():
@@ -257,6 +309,10 @@ def build_app(service: SearchService) -> gr.Blocks:
         controls = [k, metric, index, key, fold]
 
         demo.load(page.first_visit, [key], [key, index, album], **PRIVATE)
+        refreshed = [overview, timer, index, example_gallery, example_paths, prompt_examples]
+        gr.on([demo.load, timer.tick], page.refresh, [key, index], refreshed, **PRIVATE)
+        example_gallery.select(page.pick_example, [example_paths], image, **PRIVATE)
+        prompt_examples.click(page.search_prompt, [prompt_examples, *controls], [text, *shown_results], **PRIVATE)
         image.change(page.search_image, [image, *controls], shown_results, **PRIVATE)
         gr.on([url.submit, url_button.click], page.search_url, [url, *controls], shown_results, **PRIVATE)
         gr.on([text.submit, text_button.click], page.search_text, [text, *controls], shown_results, **PRIVATE)
@@ -298,6 +354,10 @@ def main() -> None:
     """Load the model and the store once, then serve (GRADIO_SERVER_NAME/PORT choose the address)."""
     logging.basicConfig(level=logging.INFO)
     service = SearchService(Settings.from_env())
+    if service.start_default_build():
+        log.info("serving at once; the default index is built in the background")
+    elif (main := service.main_index()) is not None:
+        log.info("opened the index: %d images in collection %r", len(main), main.collection.name)
     demo = build_app(service)
     demo.queue(max_size=service.settings.queue_size, default_concurrency_limit=service.settings.concurrency)
     # Thumbnails only: the store's own files (vectors, every album's metadata) are never served.

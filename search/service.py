@@ -20,11 +20,12 @@ from .albums import Albums, Removal
 from .build import Progress
 from .duplicates import NEAR_DUPLICATE_SIMILARITY
 from .errors import QueryError, SearchError
-from .ids import shown
+from .first_run import FAILURE_HINT, BuildState, DefaultBuild, wanted
+from .ids import content_id, shown
 from .index import Hit, ImageIndex
 from .report import BuildReport
 from .served_files import discard_uploads, purge_cached_copies
-from .settings import Settings
+from .settings import DEFAULT_DATASET, Settings
 from .thumbnails import FOLDER as THUMBNAILS
 from .thumbnails import path as thumbnail_path
 from .urls import fetch
@@ -33,7 +34,10 @@ log = logging.getLogger(__name__)
 MAX_RESULTS = 50
 MINE = "mine/"  # an index value naming one of the caller's albums
 
-__all__ = ["MAX_RESULTS", "MINE", "IndexChoice", "Overview", "Results", "SearchService", "Settings"]
+EXAMPLE_IMAGES = 8
+EXAMPLE_LABELS = 6
+
+__all__ = ["MAX_RESULTS", "MINE", "Examples", "IndexChoice", "Overview", "Results", "SearchService", "Settings"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,15 @@ class Overview:
     collection: str = ""
     model: str = ""
     problem: str | None = None
+    building: BuildState | None = None  # the default build, while it runs or where it failed
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Examples that fit the main index: images it holds (thumbnail path, label) and descriptions."""
+
+    images: list[tuple[str, str]]
+    prompts: list[str]
 
 
 class SearchService:
@@ -81,6 +94,7 @@ class SearchService:
         self._shared: dict[str, ImageIndex] = {}  # by name, the main index first
         self._problem: str | None = None
         self._albums: Albums | None = None
+        self._build: DefaultBuild | None = None
         try:
             main = ImageIndex.open(settings.store, settings.collection, model=settings.model,
                                    text_model=settings.text_model, server=settings.chroma)
@@ -96,10 +110,74 @@ class SearchService:
 
     def overview(self) -> Overview:
         """The main index's size, collection and model; or the problem that left nothing to search."""
-        if self._problem:
-            return Overview(problem=self._problem)
-        main = next(iter(self._shared.values()))
-        return Overview(len(main), main.collection.name, _model_name(main.metadata.get("model", main.embedder.name)))
+        state = self.build_state()
+        building = state if state and state.stage != "done" else None
+        main = self.main_index()
+        if main is None:
+            return Overview(problem=None if building else self._problem, building=building)
+        return Overview(len(main), main.collection.name, _model_name(main.metadata.get("model", main.embedder.name)),
+                        building=building)
+
+    def main_index(self) -> ImageIndex | None:
+        """The main index, where there is one yet."""
+        return next(iter(self._shared.values()), None)
+
+    def examples(self, photos: list[Path], prompts: list[str]) -> Examples:
+        """Examples drawn from the main index, chosen deterministically.
+
+        Images: the shipped ``photos`` the index holds (by content id), then the first image (by sorted id)
+        of each of its most frequent labels, else its first images by id. Descriptions: ``prompts`` (the
+        shipped ones, written for the default dataset) and its most frequent labels where the index was built
+        from it, else "a photo of a LABEL" for its most frequent labels. None while the default build runs.
+        """
+        main = self.main_index()
+        state = self.build_state()
+        if main is None or (state and not state.finished):
+            return Examples([], [])
+        records = sorted(main.collection.scan_metadata())
+        counts: dict[str, int] = {}
+        first: dict[str, tuple[str, dict]] = {}
+        for image_id, meta in records:
+            label = str(meta.get("label") or "").strip()
+            if label:
+                counts[label] = counts.get(label, 0) + 1
+                first.setdefault(label, (image_id, meta))
+        frequent = sorted(counts, key=lambda label: (-counts[label], label))
+        held = set(main.collection.held([content_id(p.read_bytes()) for p in photos]))
+        chosen = [(str(p), p.stem) for p in photos if content_id(p.read_bytes()) in held]
+        picks = [first[label] for label in frequent] or records
+        for image_id, meta in picks[: max(0, EXAMPLE_IMAGES - len(chosen))]:
+            hit = main.hit(image_id, 0.0, meta)
+            if hit.image:
+                chosen.append((hit.image, hit.label or hit.caption or ""))
+        if str(main.metadata.get("source", "")).startswith(DEFAULT_DATASET):  # product types read as they are
+            described = [*prompts, *(label.lower() for label in frequent[:EXAMPLE_LABELS])]
+        else:
+            described = [f"a photo of a {label.lower()}" for label in frequent[:EXAMPLE_LABELS]]
+        return Examples(chosen, list(dict.fromkeys(described)))
+
+    # --- The default index, built in the background on a first start (search/first_run.py) -------------
+
+    def start_default_build(self) -> bool:
+        """Build (or resume) the default index in the background where this start calls for it."""
+        if self._build is not None or not wanted(self.settings):
+            return False
+        self._build = DefaultBuild(self)
+        self._build.start()
+        return True
+
+    def build_state(self) -> BuildState | None:
+        """Where the default build stands; None where this start did not build."""
+        return self._build.state() if self._build else None
+
+    def attach(self, target: ImageIndex) -> None:
+        """Serve a shared index from now on (the first becomes the main one); the default build calls this."""
+        first = not self._shared
+        self._shared = {**self._shared, target.collection.name: target}  # readers iterate the old dict safely
+        if first:
+            self._albums = Albums(target.store, target.embedder, public=self.settings.public,
+                                  limits=self.settings.limits)
+            self._problem = None
 
     def shared_indexes(self) -> list[IndexChoice]:
         """The indexes every visitor may search, the main one first."""
@@ -137,17 +215,17 @@ class SearchService:
         path, so deleting it could pull the file from under a concurrent query of the same image.)
         """
         try:
-            return self._albums_or_refuse().add(key, name, list(files or []), on_progress)
+            return self._albums_to_change().add(key, name, list(files or []), on_progress)
         finally:
             discard_uploads(files or [])
 
     def delete_images(self, key: str | None, name: str, ids: object) -> Removal:
         """Delete images from a visitor's album, and every copy the web server cached of them."""
-        return self._forget(self._albums_or_refuse().remove(key, name, ids))
+        return self._forget(self._albums_to_change().remove(key, name, ids))
 
     def drop_album(self, key: str | None, name: str) -> Removal:
         """Delete a visitor's whole album, and every copy the web server cached of its images."""
-        return self._forget(self._albums_or_refuse().drop(key, name))
+        return self._forget(self._albums_to_change().drop(key, name))
 
     # --- Queries ----------------------------------------------------------------------------------------
 
@@ -185,22 +263,44 @@ class SearchService:
 
     def _target(self, index: str | None, key: str | None) -> ImageIndex:
         """The ImageIndex that ``index`` names (see the module's docstring)."""
-        if self._problem:
-            raise QueryError(f"No index to search yet: {self._problem}")
-        if not index:
-            return next(iter(self._shared.values()))
+        shared = self._shared
+        if not shared:
+            raise self._unavailable()
         if isinstance(index, str) and index.startswith(MINE):
             return self._albums_or_refuse().index(key, index[len(MINE):])
-        if not isinstance(index, str) or index not in self._shared:
-            raise QueryError(f"Unknown index {shown(index)}; choose one of {', '.join(self._shared)}, "
+        if index and (not isinstance(index, str) or index not in shared):
+            raise QueryError(f"Unknown index {shown(index)}; choose one of {', '.join(shared)}, "
                              f"or {MINE}NAME for one of your collections.")
-        return self._shared[index]
+        target = shared[index] if index else next(iter(shared.values()))
+        state = self.build_state()
+        if state and not state.finished and not len(target):  # counted only while the default build runs
+            raise QueryError(state.message())
+        return target
 
     def _albums_or_refuse(self) -> Albums:
         """Visitors' albums, which share the main index's model (so there are none without it)."""
         if self._albums is None:
-            raise QueryError(f"No index to search yet: {self._problem}")
+            raise self._unavailable()
         return self._albums
+
+    def _albums_to_change(self) -> Albums:
+        """Albums, for a change: not while the default build holds the store's write lock."""
+        albums = self._albums_or_refuse()
+        state = self.build_state()
+        if state and not state.finished:
+            raise QueryError("The default index is being built; change your collections once it is done "
+                             "(the page shows its progress).")
+        return albums
+
+    def _unavailable(self) -> QueryError:
+        """Why there is nothing to search: the default build is under way, it failed, or there is no index."""
+        state = self.build_state()
+        if state and not state.finished:
+            return QueryError(state.message())
+        if state and state.problem:
+            return QueryError(f"No index to search yet: the default index could not be built: {state.problem}. "
+                              f"{FAILURE_HINT}")
+        return QueryError(f"No index to search yet: {self._problem}")
 
     def _forget(self, removal: Removal) -> Removal:
         """Purge cached copies of removed images that no collection holds any longer (no thumbnail left)."""
@@ -221,8 +321,8 @@ class SearchService:
     def _warm_up(target: ImageIndex) -> None:
         """Run the model once so the first visitor's query is not the slow one."""
         target.embedder.embed_images([target.embedder.prepare(Image.new("RGB", (256, 256), "white"))])
-        if target.supports_text:
-            target.embedder.embed_texts(["warm up"])
+        if target.supports_text:  # both text towers where a multilingual one is paired, and the router
+            target.embedder.embed_texts(["warm up", "khởi động"])
 
 
 def _results(k: object) -> int:

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_STORE = Path(__file__).resolve().parents[1] / "data" / "store"
+DEFAULT_DATASET = "ashraq/fashion-product-images-small"  # built on first start where the store has no index
+# ViT-B/32 fp32 embeds about 17-20 images/s on a free Space's 2 vCPUs: 2,000 images take about 2 minutes.
+DEFAULT_LIMIT = 2000
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,9 @@ class Settings:
     store: Path = DEFAULT_STORE
     collection: str | None = None
     model: str | None = None
-    text_model: str | None = None
+    # "auto": the image model's default pairing (clip-ViT-B-32 reads non-English queries with the
+    # multilingual encoder; embedders.paired_text_model); None: CLIP's own tower reads every query.
+    text_model: str | None = "auto"
     pixel_collection: str = "pixels"
     allow_private_urls: bool = False
     public: bool = False  # a public deployment: albums are per visitor, and capped
@@ -60,6 +65,8 @@ class Settings:
     queue_size: int = 64
     concurrency: int = 4  # model calls take turns on the embedder's lock; Chroma is thread-safe
     chroma: ChromaServer | None = None
+    default_dataset: str | None = DEFAULT_DATASET  # None: no build on first start
+    default_limit: int = DEFAULT_LIMIT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -70,7 +77,7 @@ class Settings:
             store=Path(env.get("IMAGE_SEARCH_STORE") or DEFAULT_STORE).expanduser(),
             collection=env.get("IMAGE_SEARCH_COLLECTION") or None,
             model=env.get("IMAGE_SEARCH_MODEL") or None,
-            text_model=env.get("IMAGE_SEARCH_TEXT_MODEL") or None,
+            text_model=_text_model(env),
             pixel_collection=env.get("IMAGE_SEARCH_PIXEL_COLLECTION") or cls.pixel_collection,
             allow_private_urls=_flag(env, "IMAGE_SEARCH_ALLOW_PRIVATE_URLS"),
             public=_flag(env, "IMAGE_SEARCH_PUBLIC") or bool(env.get("SPACE_ID")),
@@ -83,7 +90,25 @@ class Settings:
             queue_size=_count(env, "IMAGE_SEARCH_QUEUE_SIZE", cls.queue_size),
             concurrency=_count(env, "IMAGE_SEARCH_CONCURRENCY", cls.concurrency),
             chroma=ChromaServer.from_env(env),
+            default_dataset=_default_dataset(env),
+            default_limit=_count(env, "IMAGE_SEARCH_DEFAULT_LIMIT", cls.default_limit),
         )
+
+
+def _default_dataset(env: Mapping[str, str]) -> str | None:
+    """IMAGE_SEARCH_DEFAULT_DATASET: a Hub name or a local dataset folder; "none" turns the first-run build off."""
+    text = env.get("IMAGE_SEARCH_DEFAULT_DATASET", "").strip()
+    if text.lower() == "none":
+        return None
+    return text or DEFAULT_DATASET
+
+
+def _text_model(env: Mapping[str, str]) -> str | None:
+    """IMAGE_SEARCH_TEXT_MODEL: unset is "auto" (the default pairing), "none" turns pairing off."""
+    text = env.get("IMAGE_SEARCH_TEXT_MODEL", "").strip()
+    if not text:
+        return "auto"
+    return None if text.lower() == "none" else text
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

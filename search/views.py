@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .first_run import FAILURE_HINT, BuildState
 from .index import Hit
 from .report import BuildReport
 from .service import IndexChoice, Overview, Results
@@ -18,11 +19,35 @@ INGEST_HEADERS = ["source", "outcome", "detail"]
 
 
 def overview(o: Overview) -> str:
-    """One line of Markdown on what is being searched, or what to do when nothing is."""
+    """One line of Markdown on what is being searched, or what to do when nothing is.
+
+    While the default index is built: its progress; where that failed: why, and what to do.
+    """
+    searched = f"Searching the **{o.images:,} images** indexed so far." if o.images else ""
+    if o.building and o.building.stage == "failed":
+        return (f"**The default index could not be built:** {o.building.problem}. {FAILURE_HINT} {searched}").strip()
+    if o.building:
+        return f"{build_progress(o.building)} {searched or 'Searches start once the first images are in.'}"
     if o.problem:
         return (f"**No index to search yet.** {o.problem}\n\nBuild the default one with "
                 f"`{BUILD_HINT}`, or point `IMAGE_SEARCH_STORE` at a store, then restart the app.")
     return f"Searching **{o.images:,} images** in collection `{o.collection}` with `{o.model}`."
+
+
+def build_progress(state: BuildState) -> str:
+    """The default build's progress: images indexed of the total, rate, and time left."""
+    what = "the pixel baseline" if state.stage == "pixels" else "the index"
+    if state.stage == "starting":
+        return f"**Building {what}:** loading the dataset and the model…"
+    total = f"{state.total:,}" if state.total else "?"
+    left = state.seconds_left
+    eta = f", about {_duration(left)} left" if left is not None else ""
+    return f"**Building {what}:** {state.done:,} of {total} images, {state.rate:.1f} images/s{eta}."
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 def albums_intro(public: bool) -> str:

@@ -71,7 +71,7 @@ def test_every_page_event_is_private(demo):
     page_events = [fn for fn in demo.fns.values() if isinstance(getattr(fn.fn, "__self__", None), app.Page)]
     assert {fn.fn.__name__ for fn in page_events} == {
         "first_visit", "search_image", "search_url", "search_text", "search_result", "add_to_album",
-        "show_album", "pick_image", "delete_picked", "drop_album"}
+        "show_album", "pick_image", "delete_picked", "drop_album", "refresh", "pick_example", "search_prompt"}
     assert all(fn.api_visibility == "private" for fn in page_events)
     # Nothing else is callable except the six endpoints (Gradio's own example loaders stay undocumented).
     assert all(fn.api_visibility != "public" or fn.api_name in PUBLIC for fn in demo.fns.values())

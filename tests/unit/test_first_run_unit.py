@@ -1,0 +1,128 @@
+"""The first-run build's rules, messages and examples, in-process (the real build: tests/e2e/test_first_run.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import app
+from search import views
+from search.errors import QueryError
+from search.first_run import FAILURE_HINT, BuildState, read_marker, wanted, write_marker
+from search.service import SearchService
+from search.settings import DEFAULT_DATASET, DEFAULT_LIMIT, Settings
+from search.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_default_dataset_and_limit_come_from_the_environment():
+    assert Settings.from_env({}).default_dataset == DEFAULT_DATASET == "ashraq/fashion-product-images-small"
+    assert Settings.from_env({}).default_limit == DEFAULT_LIMIT
+    assert Settings.from_env({"IMAGE_SEARCH_DEFAULT_DATASET": "None"}).default_dataset is None
+    assert Settings.from_env({"IMAGE_SEARCH_DEFAULT_DATASET": "/data/fashion"}).default_dataset == "/data/fashion"
+    assert Settings.from_env({"IMAGE_SEARCH_DEFAULT_LIMIT": "300"}).default_limit == 300
+    with pytest.raises(ValueError, match="IMAGE_SEARCH_DEFAULT_LIMIT"):
+        Settings.from_env({"IMAGE_SEARCH_DEFAULT_LIMIT": "lots"})
+
+
+def test_a_start_builds_on_an_empty_store_resumes_an_unfinished_build_and_leaves_other_stores_alone(tmp_path,
+                                                                                                  local_store):
+    empty = Settings(store=tmp_path / "store")
+    assert wanted(empty) and not (tmp_path / "store").exists()  # deciding creates nothing
+    assert not wanted(Settings(store=tmp_path / "store", default_dataset=None))
+    assert not wanted(Settings(store=local_store))  # an operator's store, with no marker: never touched
+    write_marker(tmp_path, state="building", dataset="x")
+    assert wanted(Settings(store=tmp_path)) and read_marker(tmp_path)["dataset"] == "x"  # interrupted: resume
+    write_marker(tmp_path, state="complete")
+    assert not wanted(Settings(store=tmp_path))
+    Store.connect(tmp_path / "other", create=True)
+    assert wanted(Settings(store=tmp_path / "other"))  # a store with no collection is empty
+
+
+class _Running:
+    def __init__(self, state: BuildState):
+        self._state = state
+
+    def state(self) -> BuildState:
+        return self._state
+
+
+def test_before_the_first_images_land_callers_are_told_the_build_is_under_way(tmp_path):
+    service = SearchService(Settings(store=tmp_path / "store"))
+    service._build = _Running(BuildState("images", 0, 2000, seconds=12.0))  # type: ignore[assignment]
+    with pytest.raises(QueryError, match="Building the index: 0 of 2,000 images"):
+        service.search_text("a red dress", 5, "cosine")
+    with pytest.raises(QueryError, match="Building the index"):
+        service.album_names("some-key-0123456789")
+    shown = views.overview(service.overview())
+    assert shown.startswith("**Building the index:** 0 of 2,000 images") and "No index" not in shown
+
+
+def test_while_it_builds_searches_answer_on_what_is_in_and_collections_wait(local_store):
+    service = SearchService(Settings(store=local_store, default_dataset=None))
+    service._build = _Running(BuildState("pixels", 10, 48, seconds=1.0))  # type: ignore[assignment]
+    assert len(service.search_text("a red circle", 3, "cosine").hits) == 3
+    with pytest.raises(QueryError, match="being built"):
+        service.add_images("some-key-0123456789", "trip", [str(ROOT / "examples" / "cat.jpg")])
+    assert "Searching the **" in views.overview(service.overview())
+
+
+def test_a_failed_build_says_what_to_do_without_internals(tmp_path):
+    service = SearchService(Settings(store=tmp_path / "store"))
+    problem = "the default dataset could not be loaded (the Hub may be out of reach, or the dataset gone)"
+    service._build = _Running(BuildState("failed", problem=problem))  # type: ignore[assignment]
+    with pytest.raises(QueryError, match="could not be built") as refused:
+        service.search_text("a red dress", 5, "cosine")
+    assert FAILURE_HINT in str(refused.value) and str(tmp_path) not in str(refused.value)
+    shown = views.overview(service.overview())
+    assert "could not be built" in shown and "IMAGE_SEARCH_DEFAULT_DATASET" in shown and "index_builder.py" in shown
+
+
+def test_progress_shows_images_of_the_total_rate_and_time_left():
+    state = BuildState("images", 400, 2000, seconds=20.0)
+    assert views.build_progress(state) == "**Building the index:** 400 of 2,000 images, 20.0 images/s, about 1 min 20 s left."
+    assert "pixel baseline" in views.build_progress(BuildState("pixels", 10, 2000, seconds=1.0))
+    assert BuildState("images", 10, 2000, seconds=1.0).message().startswith("Building the index: 10 of 2,000 images")
+
+
+def test_examples_come_from_the_index_across_labels_and_fit_it(local_store):
+    service = SearchService(Settings(store=local_store, default_dataset=None))
+    examples = service.examples(app.EXAMPLE_IMAGES, app.EXAMPLE_PROMPTS)
+    assert examples == service.examples(app.EXAMPLE_IMAGES, app.EXAMPLE_PROMPTS)  # deterministic
+    shipped = {str(p) for p in app.EXAMPLE_IMAGES}
+    assert shipped <= {image for image, _ in examples.images}  # this index holds the shipped photos
+    assert len(examples.images) == 8 and all(Path(image).is_file() for image, _ in examples.images)
+    drawn = [label for image, label in examples.images if image not in shipped]
+    assert len(drawn) == len(set(drawn)) == 2  # one image of each of the most frequent labels
+    # Not the default dataset: descriptions from its labels, not the fashion prompts.
+    assert examples.prompts and all(p.startswith("a photo of a ") for p in examples.prompts)
+    assert "a red circle" not in app.EXAMPLE_PROMPTS  # the test prompt is no public example
+    assert {"áo sơ mi trắng", "đồng hồ nam"} <= set(app.EXAMPLE_PROMPTS)
+
+
+def test_with_no_build_the_page_stops_refreshing_and_lists_the_indexes(local_store):
+    page = app.Page(SearchService(Settings(store=local_store, default_dataset=None)))
+    assert not page.building()
+    overview, timer, index, gallery, paths, prompts = page.refresh(None, None)
+    assert overview.startswith("Searching ") and timer.active is False
+    assert index["value"] == "images" and len(paths) == 8 and gallery["visible"]
+
+
+def test_the_default_dataset_gets_the_shipped_descriptions_and_its_product_types(tmp_path, shapes_model):
+    from search.build import BuildOptions, build_index
+    from search.embedders import load_embedder
+    from search.sources import open_source
+    from tests.fixtures.shapes import write_folder
+
+    write_folder(tmp_path / "shapes", per_class=1, seed=3)
+    store = Store.connect(tmp_path / "store", create=True)
+    source = open_source(str(tmp_path / "shapes"))
+    build_index(source.items, store, "images", load_embedder(str(shapes_model)),
+                BuildOptions(source=f"{DEFAULT_DATASET} [train]", total=source.total))
+    examples = SearchService(Settings(store=tmp_path / "store", default_dataset=None)).examples(
+        app.EXAMPLE_IMAGES, app.EXAMPLE_PROMPTS)
+    assert examples.prompts[: len(app.EXAMPLE_PROMPTS)] == app.EXAMPLE_PROMPTS
+    assert examples.prompts[len(app.EXAMPLE_PROMPTS):] == ["blue circle", "blue square", "blue triangle",
+                                                           "green circle", "green square", "green triangle"]
+    assert len(examples.images) == 8 and not {str(p) for p in app.EXAMPLE_IMAGES} & {i for i, _ in examples.images}
