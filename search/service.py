@@ -143,8 +143,9 @@ class SearchService:
                 counts[label] = counts.get(label, 0) + 1
                 first.setdefault(label, (image_id, meta))
         frequent = sorted(counts, key=lambda label: (-counts[label], label))
-        held = set(main.collection.held([content_id(p.read_bytes()) for p in photos]))
-        chosen = [(str(p), p.stem) for p in photos if content_id(p.read_bytes()) in held]
+        photo_ids = {p: content_id(p.read_bytes()) for p in photos}
+        held = set(main.collection.held(list(photo_ids.values())))
+        chosen = [(str(p), p.stem) for p, photo_id in photo_ids.items() if photo_id in held]
         picks = [first[label] for label in frequent] or records
         for image_id, meta in picks[: max(0, EXAMPLE_IMAGES - len(chosen))]:
             hit = main.hit(image_id, 0.0, meta)
