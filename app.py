@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import gradio as gr
 from starlette.middleware import Middleware
 
-from search import METRICS, SearchError, views
+from search import METRICS, QueryError, SearchError, views
 from search.ids import KEY
 from search.index import MAX_TEXT_CHARS
 from search.served_files import UploadBudget, served_copy
@@ -150,6 +150,8 @@ class Page:
     def search_result(self, ids: list[str], k: int, metric: str, index: str, key: str | None, fold: bool,
                       evt: gr.SelectData) -> ShownResults:
         """Search by the result that was clicked (``ids`` holds the id behind each gallery item)."""
+        if not isinstance(evt.index, int) or not 0 <= evt.index < len(ids or []):
+            raise QueryError("That result is no longer shown; search again.")
         return _shown(self.service.search_id(ids[evt.index], k, metric, index, key=key, fold=fold))
 
     @user_errors

@@ -155,6 +155,9 @@ def test_clicking_a_result_searches_by_it(service):
     _, ids, _ = page.search_text(caption("green square"), 4, "cosine", "", None, False)
     items, again, _ = page.search_result(ids, 3, "cosine", "", None, False, _select(2))
     assert again[0] == ids[2] and items[0][1].startswith("#1 · 1.000 · ")  # the clicked image finds itself
+    for stale in (4, -1, 10_000):  # a click on what the gallery no longer holds: a message, not a traceback
+        with pytest.raises(gr.Error, match="no longer shown"):
+            page.search_result(ids, 3, "cosine", "", None, False, _select(stale))
 
 
 def test_removing_the_query_image_clears_the_results(service):
