@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import time
 from collections.abc import Callable
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,9 +19,11 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from search import METRICS, QueryError, SearchError, views
+from search.errors import InvalidImageError
 from search.ids import KEY
-from search.index import MAX_TEXT_CHARS
-from search.served_files import UploadBudget, served_copy
+from search.index import MAX_K, MAX_TEXT_CHARS, Hit
+from search.page_query import PageQuery, Part, image_part
+from search.served_files import UploadBudget, keep_fetched, served_copy
 from search.service import MAX_RESULTS, Examples, Results, SearchService
 from search.settings import Settings
 
@@ -33,11 +37,29 @@ MAX_FILE_SIZE = "20mb"
 DELETE_CACHE = (300, 1800)
 PRIVATE: dict[str, Any] = dict(api_visibility="private")
 DEFAULT_K = 12
+# Result grids follow the width (Gradio's galleries keep a fixed number of columns).
+CSS = """
+#results .grid-container { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important;
+  grid-template-rows: none !important; }
+#mine .grid-container { grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)) !important;
+  grid-template-rows: none !important; }
+#example-images .grid-container { grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important; }
+@media (max-width: 640px) {
+  #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+}
+"""
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 Update = dict[str, Any]  # what gr.update() returns: new properties for a component
-ShownResults = tuple[list[tuple[str, str]], list[str], str]  # results gallery, the id behind each item, status
-ShownAlbum = tuple[list[tuple[str, str | None]], list[str], str]  # album gallery, the id behind each item, selected id
+# What every search event returns, in this order (``searched`` in build_app): the query, the query panel
+# (text, image), the results (gallery, hits, next offset, status, "more" button), the detail view
+# (closed, nothing selected) and the query's other parts.
+SEARCHED_NAMES = ("query", "text", "image", "results", "shown", "next_offset", "status", "more", "detail",
+                  "selected", "chips")
+Searched = tuple[Any, ...]
+# A page of an album: gallery, the id behind each item, the selected id, offset, where, newer, older.
+ShownAlbum = tuple[Any, ...]
+ALBUM_PAGE = 60
 
 
 def user_errors(fn: Handler) -> Handler:
@@ -63,8 +85,37 @@ def user_errors(fn: Handler) -> Handler:
 
 
 # --- The page: the UI's event handlers ------------------------------------------------------------------
-# Search handlers take the controls in one order: k (number of results), metric, index ("", a shared
-# index's name, or "mine/NAME"), key (this browser's secret), fold (fold near-duplicates).
+# One search state: the query (``PageQuery``) and the controls. Every search event returns the same
+# outputs (SEARCHED), so the query panel always shows what was searched and nothing stale stays.
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The search controls, in the order the page passes them (``controls`` in ``build_app``)."""
+
+    index: str
+    metric: str
+    k: int
+    fold: bool
+    include: list[str]
+    exclude: list[str]
+    strong: bool  # show only the hits above the relevance cut-off
+    key: str | None
+
+
+class QueryImage(gr.Image):
+    """The query image box: the uploaded file reaches the project's decoder untouched.
+
+    Gradio's own preprocessing decodes the upload first and answers a bad or huge file with its own
+    error; ``search.images`` says what is wrong instead.
+    """
+
+    def preprocess(self, payload: Any) -> str | None:
+        return str(payload.path) if payload is not None and getattr(payload, "path", None) else None
+
+    @classmethod
+    def get_block_name(cls) -> str:
+        return "image"  # the browser draws it as Gradio's image box
 
 
 class Page:
@@ -91,34 +142,31 @@ class Page:
 
     def refresh(self, key: str | None, index: str | None) -> tuple[Any, ...]:
         """The overview (progress while the default index is built); once it is complete, the Index
-        dropdown and the examples too, and the timer stops."""
+        dropdown, the label filters and the examples too, and the timer stops."""
         overview = views.overview(self.service.overview())
         if self.building():
-            return overview, gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
-        choices = views.index_choices(self.service.shared_indexes() + self.service.album_indexes(key))
+            return overview, gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+        choices = self._index_choices(key)
         values = [value for _, value in choices]
+        chosen = index if index in values else (values[0] if values else None)
         examples = self.examples()
-        return (overview, gr.Timer(active=False),
-                gr.update(choices=choices, value=index if index in values else (values[0] if values else None)),
+        return (overview, gr.Timer(active=False), gr.update(choices=choices, value=chosen),
+                *self._label_filters(chosen, key),
                 gr.update(value=examples.images, visible=bool(examples.images)),
                 [image for image, _ in examples.images],
                 gr.Dataset(samples=[[p] for p in examples.prompts], visible=bool(examples.prompts)))
 
-    @user_errors
-    def pick_example(self, paths: list[str], evt: gr.SelectData) -> str | None:
-        """Put the example image that was clicked in the query box (which searches by it)."""
-        return paths[evt.index] if evt.index < len(paths) else None
+    def _index_choices(self, key: str | None) -> list[tuple[str, str]]:
+        return views.index_choices(self.service.shared_indexes() + self.service.album_indexes(key))
 
-    @user_errors
-    def search_prompt(self, sample: Any, k: int, metric: str, index: str, key: str | None,
-                      fold: bool) -> tuple[str, *ShownResults]:
-        """Search by the example description that was clicked, and show it in the text box."""
-        text = str(sample[0] if isinstance(sample, (list, tuple)) and sample else sample or "")
-        return (text, *self.search_text(text, k, metric, index, key, fold))
-
-    def index_dropdown(self, key: str | None) -> Update:
-        """The Index dropdown's choices: the shared indexes, then the caller's albums."""
-        return gr.update(choices=views.index_choices(self.service.shared_indexes() + self.service.album_indexes(key)))
+    def _label_filters(self, index: str | None, key: str | None) -> tuple[Update, Update]:
+        """The include and exclude filters' choices: the labels ``index`` holds (emptied selections)."""
+        try:
+            labels = self.service.labels(index or None, key) if index is not None else []
+        except SearchError:
+            labels = []
+        return (gr.update(choices=labels, value=[], interactive=bool(labels)),
+                gr.update(choices=labels, value=[], interactive=bool(labels)))
 
     @user_errors
     def first_visit(self, key: str | None) -> tuple[str, Update, Update]:
@@ -126,78 +174,196 @@ class Page:
         if not isinstance(key, str) or not KEY.fullmatch(key):
             key = secrets.token_urlsafe(24)
         albums = self.service.album_indexes(key)
-        return key, self.index_dropdown(key), gr.update(choices=[a.name for a in albums])
+        return key, gr.update(choices=self._index_choices(key)), gr.update(choices=[a.name for a in albums])
 
-    @user_errors
-    def search_image(self, image: str | None, k: int, metric: str, index: str, key: str | None,
-                     fold: bool) -> ShownResults:
-        """Search by the query image; a removed image clears the results."""
-        if not image:
-            return [], [], ""
-        return _shown(self.service.search_image(image, k, metric, index, key=key, fold=fold))
+    # --- Searching: every handler returns SEARCHED's outputs ----------------------------------------------
 
-    @user_errors
-    def search_url(self, url: str, k: int, metric: str, index: str, key: str | None, fold: bool) -> ShownResults:
-        """Fetch an image URL and search by it."""
-        return _shown(self.service.search_url(url, k, metric, index, key=key, fold=fold))
-
-    @user_errors
-    def search_text(self, text: str, k: int, metric: str, index: str, key: str | None, fold: bool) -> ShownResults:
+    def search_text(self, text: str, *controls: Any) -> Searched:
         """Search by a description."""
-        return _shown(self.service.search_text(text, k, metric, index, key=key, fold=fold))
+        return self._search(PageQuery().starting(Part("text", (text or "").strip())), Controls(*controls))
+
+    def search_prompt(self, sample: Any, *controls: Any) -> Searched:
+        """Search by the example description that was clicked."""
+        text = str(sample[0] if isinstance(sample, (list, tuple)) and sample else sample or "")
+        return self.search_text(text, *controls)
+
+    def search_image(self, image: str | None, *controls: Any) -> Searched:
+        """Search by the image put in the query box; removing it clears the search."""
+        if not image:
+            return self._cleared()
+        return self._search(PageQuery().starting(image_part(image)), Controls(*controls))
+
+    def search_example(self, paths: list[str], *args: Any) -> Searched:
+        """Search by the example image that was clicked (the event's data comes last)."""
+        *controls, evt = args
+        if not isinstance(evt.index, int) or not 0 <= evt.index < len(paths or []):
+            return self._failed(PageQuery(), QueryError("That example is no longer shown; reload the page."))
+        return self.search_image(paths[evt.index], *controls)
+
+    def search_url(self, url: str, *controls: Any) -> Searched:
+        """Fetch an image URL once, then search by the image it gave (shown in the query box)."""
+        try:
+            data = self.service.fetch_url(url)
+        except SearchError as exc:
+            return self._failed(PageQuery(), exc)
+        name = (url or "").rstrip("/").rsplit("/", 1)[-1][:80]
+        return self._search(PageQuery().starting(image_part(keep_fetched(data), name)), Controls(*controls))
+
+    def search_selected(self, selected: Hit | None, *controls: Any) -> Searched:
+        """Search by the result open in the detail view."""
+        if selected is None:
+            return self._failed(PageQuery(), QueryError("Click a result first."))
+        part = Part("id", selected.id, preview=selected.image, name=views.name(selected))
+        return self._search(PageQuery().starting(part), Controls(*controls))
+
+    def rerun(self, query: PageQuery, *controls: Any) -> Searched:
+        """Run the current query again: a control changed."""
+        if not query.parts:
+            return _unchanged()
+        return self._search(query, Controls(*controls))
+
+    def change_index(self, query: PageQuery, *controls: Any) -> tuple[Any, ...]:
+        """Another index: its labels under the filters (none chosen), and the query run on it."""
+        c = Controls(*controls)
+        c = Controls(c.index, c.metric, c.k, c.fold, [], [], c.strong, c.key)
+        return (*self._label_filters(c.index, c.key), *self.rerun(query, *astuple(c)))
+
+    def more(self, query: PageQuery, shown: list[Hit], offset: int, *controls: Any) -> Searched:
+        """The next page of results, after the ones shown."""
+        return self._search(query, Controls(*controls), offset=offset, before=shown)
+
+    def _search(self, query: PageQuery, c: Controls, offset: int = 0, before: list[Hit] | None = None) -> Searched:
+        before = before or []
+        try:
+            request, images = query.request()
+            request.update(k=c.k, offset=offset, metric=c.metric, index=c.index or "", fold=bool(c.fold),
+                           labels={"include": list(c.include or []), "exclude": list(c.exclude or [])},
+                           cutoff="auto")
+            answer = self.service.search(request, images, c.key)
+        except SearchError as exc:
+            return self._failed(query, exc)
+        except Exception:
+            log.exception("unexpected error in a search")
+            return self._failed(query, SearchError("Something went wrong on our side; the server log has the details."))
+        hits = [h for h in answer.hits if h.relevant is not False] if c.strong else answer.hits
+        shown = before + hits
+        items, kept = views.result_gallery(shown, c.metric)
+        relevant = sum(1 for h in answer.hits if h.relevant) if answer.cutoff is not None else None
+        next_offset = offset + len(answer.hits)
+        more = next_offset < min(answer.total, MAX_K) and len(answer.hits) == c.k
+        return (query, *_query_panel(query), items, kept, next_offset,
+                views.status(len(kept), answer.total, answer.seconds, relevant if not before else None),
+                gr.update(visible=more), gr.update(visible=False), None, _chips(query))
+
+    def _failed(self, query: PageQuery, exc: SearchError) -> Searched:
+        """The library's message in the status line; no results left from an earlier search."""
+        log.info("refused a search: %s", exc.for_operator())
+        if isinstance(exc, InvalidImageError) or not query.parts:
+            query = PageQuery()  # the image could not be read: nothing of it stays in the query box
+        text, image = _query_panel(query)
+        return (query, gr.skip() if not query.parts else text, image, [], [], 0, views.problem(str(exc)),
+                gr.update(visible=False), gr.update(visible=False), None, _chips(query))
+
+    def _cleared(self) -> Searched:
+        return (PageQuery(), gr.skip(), None, [], [], 0, "", gr.update(visible=False), gr.update(visible=False),
+                None, _chips(PageQuery()))
+
+    # --- The detail view ----------------------------------------------------------------------------------
+
+    def open_result(self, shown: list[Hit], metric: str, evt: gr.SelectData) -> tuple[Any, ...]:
+        """Open the clicked result in the detail view: the picture large, its label, score and source."""
+        if not isinstance(evt.index, int) or not 0 <= evt.index < len(shown or []):
+            return gr.update(visible=False), None, "", None
+        hit = shown[evt.index]
+        return gr.update(visible=True), hit.image, views.detail(evt.index + 1, hit, metric), hit
+
+    # --- My collection --------------------------------------------------------------------------------------
 
     @user_errors
-    def search_result(self, ids: list[str], k: int, metric: str, index: str, key: str | None, fold: bool,
-                      evt: gr.SelectData) -> ShownResults:
-        """Search by the result that was clicked (``ids`` holds the id behind each gallery item)."""
-        if not isinstance(evt.index, int) or not 0 <= evt.index < len(ids or []):
-            raise QueryError("That result is no longer shown; search again.")
-        return _shown(self.service.search_id(ids[evt.index], k, metric, index, key=key, fold=fold))
+    def show_album(self, key: str | None, name: str, offset: int = 0) -> ShownAlbum:
+        """A page of the album chosen under Collection (nothing when there is no such album yet)."""
+        offset = max(0, int(offset or 0))
+        hits, total = self.service.browse_album(key, name, offset, ALBUM_PAGE)
+        if hits == [] and offset and total:  # the page emptied (deletions): show the last one
+            offset = max(0, (total - 1) // ALBUM_PAGE * ALBUM_PAGE)
+            hits, total = self.service.browse_album(key, name, offset, ALBUM_PAGE)
+        items, ids = views.album_gallery(hits)
+        return (items, ids, "", offset, views.album_page(len(items), offset, total) if name else "",
+                gr.update(interactive=offset > 0), gr.update(interactive=offset + ALBUM_PAGE < total))
 
-    @user_errors
-    def show_album(self, key: str | None, name: str) -> ShownAlbum:
-        """Browse the album chosen under Collection (nothing when there is no such album yet)."""
-        items, ids = views.album_gallery(self.service.browse_album(key, name))
-        return items, ids, ""
+    def album_newer(self, key: str | None, name: str, offset: int) -> ShownAlbum:
+        """The previous page of the album (newer images)."""
+        return self.show_album(key, name, max(0, int(offset or 0) - ALBUM_PAGE))
+
+    def album_older(self, key: str | None, name: str, offset: int) -> ShownAlbum:
+        """The next page of the album (older images)."""
+        return self.show_album(key, name, int(offset or 0) + ALBUM_PAGE)
 
     @user_errors
     def add_to_album(self, key: str | None, name: str, files: list[str] | None,
                      progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
-        """Index the uploaded files into the album, showing progress.
+        """Index the uploaded files into the album, showing progress with the total and the time left.
 
         Returns the report (summary, rows), None to clear the upload, the Collection and Index dropdowns'
         updates, and the album as ``show_album`` shows it.
         """
-        report = self.service.add_images(key, name, files,
-                                         on_progress=lambda done, total: progress((done, total), unit="images"))
+        started = time.monotonic()
+
+        def report(done: int, total: int | None) -> None:
+            progress((done, total) if total else None, desc=views.upload_progress(done, total, time.monotonic() - started),
+                     unit="images")
+
+        report_ = self.service.add_images(key, name, files, on_progress=report)
         names = self.service.album_names(key)
-        return (views.ingest_summary(report), views.ingest_rows(report), None,
-                gr.update(choices=names, value=report.collection), self.index_dropdown(key),
-                *self.show_album(key, report.collection))
+        chosen = report_.collection if report_.collection in names else None
+        return (views.ingest_summary(report_), views.ingest_rows(report_), None,
+                gr.update(choices=names, value=chosen), gr.update(choices=self._index_choices(key)),
+                *self.show_album(key, chosen or ""))
 
     @user_errors
     def pick_image(self, ids: list[str], evt: gr.SelectData) -> str:
         """Select the album image that was clicked (its id)."""
-        return ids[evt.index] if evt.index < len(ids) else ""
+        return ids[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(ids or []) else ""
 
     @user_errors
-    def delete_picked(self, key: str | None, name: str, image_id: str) -> ShownAlbum:
+    def delete_picked(self, key: str | None, name: str, image_id: str, offset: int) -> ShownAlbum:
         """Delete the selected image from the album, then show the album again."""
         if not image_id:
-            raise SearchError("Click an image in the collection first.")
+            raise QueryError("Click an image in the collection first.")
         self.service.delete_images(key, name, [image_id])
-        return self.show_album(key, name)
+        return self.show_album(key, name, offset)
 
     @user_errors
-    def drop_album(self, key: str | None, name: str) -> tuple[Any, ...]:
-        """Delete the whole album: the Collection and Index dropdowns' updates, and an empty album view."""
-        self.service.drop_album(key, name)
-        return (gr.update(choices=self.service.album_names(key), value=None), self.index_dropdown(key), [], [], "")
+    def drop_album(self, key: str | None, name: str, index: str) -> tuple[Any, ...]:
+        """Delete the whole album: the Collection and Index dropdowns (searching the main index again
+        where the album was chosen there), and an empty album view."""
+        removed = len(self.service.drop_album(key, name).removed)
+        choices = self._index_choices(key)
+        values = [v for _, v in choices]
+        gallery, ids, picked, offset, _, newer, older = self.show_album(key, "")
+        return (gr.update(choices=self.service.album_names(key), value=None),
+                gr.update(choices=choices, value=index if index in values else (values[0] if values else None)),
+                gallery, ids, picked, offset, views.dropped(name, removed), newer, older)
 
 
-def _shown(results: Results) -> ShownResults:
-    items, ids = views.result_gallery(results)
-    return items, ids, views.status(results)
+def _query_panel(query: PageQuery) -> tuple[Any, Any]:
+    """What the query panel shows: the description searched, or the image (a result's picture)."""
+    main = query.main
+    if main is None:
+        return "", None
+    if main.kind == "text":
+        return main.value, None
+    return "", main.preview
+
+
+def _chips(query: PageQuery) -> Update:
+    """The query's other parts as removable chips (hidden while there are none)."""
+    chips = query.chips()
+    return gr.update(choices=chips, value=chips, visible=bool(chips))
+
+
+def _unchanged() -> Searched:
+    return tuple(gr.skip() for _ in range(len(SEARCHED_NAMES)))
 
 
 # --- The public API: six named endpoints returning JSON ---------------------------------------------------
@@ -257,74 +423,113 @@ def build_app(service: SearchService) -> gr.Blocks:
     shared = views.index_choices(service.shared_indexes())
     with gr.Blocks(title="Image search", delete_cache=DELETE_CACHE) as demo:
         key = gr.BrowserState(None, storage_key="image-search-key")  # this browser's secret for its albums
-        gr.Markdown("# Image search\nFind images by example or by description.")
+        gr.Markdown("# Image search\nFind images by description, by example, or by a part of a photo.")
         overview = gr.Markdown(views.overview(service.overview()), elem_id="overview")
         timer = gr.Timer(BUILD_REFRESH_SECONDS, active=page.building())  # progress, while the default index is built
         examples = page.examples()
-        with gr.Row():
-            index = gr.Dropdown(shared, value=shared[0][1] if shared else None, label="Index")
-            metric = gr.Dropdown(list(METRICS), value="cosine", label="Similarity")
-            k = gr.Slider(1, MAX_RESULTS, value=DEFAULT_K, step=1, label="Results")
-            fold = gr.Checkbox(False, label="Fold near-duplicates")
+        query = gr.State(PageQuery())  # what the page searches by
+        shown = gr.State([])  # the Hit behind each results item
+        next_offset = gr.State(0)  # where "More results" continues
+        selected = gr.State(None)  # the Hit open in the detail view
         with gr.Tabs():
-            with gr.Tab("Search by image"):
-                # image_mode=None: Gradio only reads the header; decoding is search.images' job.
-                image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
-                                 label="Query image", height=280)
-                with gr.Row():
-                    url = gr.Textbox(label="…or an image URL", placeholder="https://…", scale=4)
-                    url_button = gr.Button("Fetch and search", scale=1)
-                example_gallery = gr.Gallery(examples.images, label="Example images (click one to search by it)",
-                                             columns=8, rows=1, height=170, allow_preview=False,
-                                             visible=bool(examples.images),
-                                             elem_id="example-images")
-                example_paths = gr.State([image for image, _ in examples.images])
-            with gr.Tab("Search by text"):
-                text = gr.Textbox(label="Description", placeholder="a red dress", max_length=MAX_TEXT_CHARS)
-                text_button = gr.Button("Search", variant="primary")
-                prompt_examples = gr.Dataset(components=[text], samples=[[p] for p in examples.prompts],
-                                             label="Example descriptions (click one to search)", samples_per_page=20,
-                                             visible=bool(examples.prompts), elem_id="example-prompts")
+            with gr.Tab("Search", id="search"), gr.Row(equal_height=False):
+                with gr.Column(scale=2, min_width=320, elem_id="query-panel"):
+                    with gr.Row(equal_height=True):
+                        text = gr.Textbox(label="Description", placeholder="a red dress", scale=4, min_width=160,
+                                          max_length=MAX_TEXT_CHARS, elem_id="text-query")
+                        text_button = gr.Button("Search", variant="primary", scale=1, min_width=90)
+                    image = QueryImage(type="filepath", sources=["upload", "clipboard", "webcam"],
+                                       label="Query image (drop, paste or take a photo)", height=240,
+                                       elem_id="query-image")
+                    with gr.Row(equal_height=True):
+                        url = gr.Textbox(label="…or an image URL", placeholder="https://…", scale=4, min_width=160)
+                        url_button = gr.Button("Search URL", scale=1, min_width=90)
+                    chips = gr.Dropdown([], value=[], multiselect=True, label="Also in this query",
+                                        info="Remove a part with its ×", visible=False, elem_id="parts")
+                    with gr.Accordion("Options", open=True):
+                        index = gr.Dropdown(shared, value=shared[0][1] if shared else None, label="Index",
+                                            allow_custom_value=True)
+                        metric = gr.Dropdown(list(METRICS), value="cosine", label="Similarity",
+                                             info=views.METRIC_INFO)
+                        k = gr.Slider(1, MAX_RESULTS, value=DEFAULT_K, step=1, label="Results per page")
+                        with gr.Row():
+                            fold = gr.Checkbox(False, label="Fold near-duplicates", min_width=140)
+                            strong = gr.Checkbox(False, label="Only strong matches", min_width=140)
+                        include = gr.Dropdown([], value=[], multiselect=True, label="Only these labels",
+                                              interactive=False)
+                        exclude = gr.Dropdown([], value=[], multiselect=True, label="Not these labels",
+                                              interactive=False)
+                    example_gallery = gr.Gallery(examples.images, label="Example images (click one to search by it)",
+                                                 columns=8, rows=1, height=110, allow_preview=False,
+                                                 visible=bool(examples.images), elem_id="example-images")
+                    example_paths = gr.State([image for image, _ in examples.images])
+                    prompt_examples = gr.Dataset(components=[text], samples=[[p] for p in examples.prompts],
+                                                 label="Example descriptions (click one to search)",
+                                                 samples_per_page=20, visible=bool(examples.prompts),
+                                                 elem_id="example-prompts")
+                with gr.Column(scale=3, min_width=320, elem_id="results-panel"):
+                    status = gr.Markdown(elem_id="status")
+                    with gr.Column(visible=False, elem_id="detail") as detail, gr.Row(equal_height=False):
+                        detail_image = gr.Image(type="filepath", label="Selected result", height=320,
+                                                interactive=False, min_width=200)
+                        with gr.Column(min_width=200):
+                            detail_text = gr.Markdown()
+                            search_this = gr.Button("Search by this image", variant="primary")
+                            close = gr.Button("Close")
+                    results = gr.Gallery(label="Results (click one for details)", columns=6, object_fit="contain",
+                                         height="auto", allow_preview=False, elem_id="results")
+                    more = gr.Button("More results", visible=False, elem_id="more")
             with gr.Tab("My collection"):
                 gr.Markdown(views.albums_intro(service.settings.public))
                 with gr.Row():
-                    album = gr.Dropdown([], label="Collection", allow_custom_value=True, value="photos", scale=2)
-                    files = gr.File(file_count="multiple", type="filepath", label="Images or a .zip", scale=3)
+                    album = gr.Dropdown([], label="Collection", allow_custom_value=True, value="photos", scale=2, min_width=160)
+                    files = gr.File(file_count="multiple", type="filepath", label="Images or a .zip", scale=3, min_width=200,
+                                    elem_id="album-files")
                 add_button = gr.Button("Add to collection", variant="primary")
                 ingest_summary = gr.Markdown()
-                ingest_table = gr.Dataframe(headers=views.INGEST_HEADERS, label="Ingestion report",
+                ingest_table = gr.Dataframe(headers=views.INGEST_HEADERS, label="Files that could not be used",
                                             interactive=False, wrap=True)
+                album_where = gr.Markdown()
                 album_gallery = gr.Gallery(label="In this collection (click one to select it)", columns=8,
                                            height="auto", allow_preview=False, elem_id="mine")
                 with gr.Row():
-                    selected = gr.Textbox(label="Selected image", interactive=False)
-                    delete_button = gr.Button("Delete selected image", variant="stop")
-                    drop_button = gr.Button("Delete this collection", variant="stop")
+                    newer = gr.Button("◀ Newer", interactive=False, min_width=90)
+                    older = gr.Button("Older ▶", interactive=False, min_width=90)
+                with gr.Row():
+                    picked = gr.Textbox(label="Selected image", interactive=False, min_width=200)
+                    delete_button = gr.Button("Delete selected image", variant="stop", min_width=140)
+                    drop_button = gr.Button("Delete this collection", variant="stop", min_width=140)
                 album_ids = gr.State([])  # the id behind each album_gallery item
-        status = gr.Markdown()
-        results = gr.Gallery(label="Results (click one to search by it)", columns=6, object_fit="contain",
-                             height="auto", allow_preview=False, elem_id="results")
-        result_ids = gr.State([])  # the id behind each results item
+                album_offset = gr.State(0)
 
-        shown_results = [results, result_ids, status]
-        shown_album = [album_gallery, album_ids, selected]
-        controls = [k, metric, index, key, fold]
+        controls = [index, metric, k, fold, include, exclude, strong, key]
+        searched = [query, text, image, results, shown, next_offset, status, more, detail, selected, chips]
+        shown_album = [album_gallery, album_ids, picked, album_offset, album_where, newer, older]
 
         demo.load(page.first_visit, [key], [key, index, album], **PRIVATE)
-        refreshed = [overview, timer, index, example_gallery, example_paths, prompt_examples]
+        refreshed = [overview, timer, index, include, exclude, example_gallery, example_paths, prompt_examples]
         gr.on([demo.load, timer.tick], page.refresh, [key, index], refreshed, **PRIVATE)
-        example_gallery.select(page.pick_example, [example_paths], image, **PRIVATE)
-        prompt_examples.click(page.search_prompt, [prompt_examples, *controls], [text, *shown_results], **PRIVATE)
-        image.change(page.search_image, [image, *controls], shown_results, **PRIVATE)
-        gr.on([url.submit, url_button.click], page.search_url, [url, *controls], shown_results, **PRIVATE)
-        gr.on([text.submit, text_button.click], page.search_text, [text, *controls], shown_results, **PRIVATE)
-        results.select(page.search_result, [result_ids, *controls], shown_results, **PRIVATE)
+        gr.on([text.submit, text_button.click], page.search_text, [text, *controls], searched, **PRIVATE)
+        prompt_examples.click(page.search_prompt, [prompt_examples, *controls], searched, **PRIVATE)
+        image.input(page.search_image, [image, *controls], searched, **PRIVATE)
+        example_gallery.select(page.search_example, [example_paths, *controls], searched, **PRIVATE)
+        gr.on([url.submit, url_button.click], page.search_url, [url, *controls], searched, **PRIVATE)
+        gr.on([metric.input, k.release, fold.input, strong.input, include.input, exclude.input],
+              page.rerun, [query, *controls], searched, **PRIVATE)
+        index.input(page.change_index, [query, *controls], [include, exclude, *searched], **PRIVATE)
+        more.click(page.more, [query, shown, next_offset, *controls], searched, **PRIVATE)
+        results.select(page.open_result, [shown, metric], [detail, detail_image, detail_text, selected], **PRIVATE)
+        search_this.click(page.search_selected, [selected, *controls], searched, **PRIVATE)
+        close.click(lambda: (gr.update(visible=False), None), None, [detail, selected], **PRIVATE)
+
         add_button.click(page.add_to_album, [key, album, files],
                          [ingest_summary, ingest_table, files, album, index, *shown_album], **PRIVATE)
         album.change(page.show_album, [key, album], shown_album, **PRIVATE)
-        album_gallery.select(page.pick_image, [album_ids], selected, **PRIVATE)
-        delete_button.click(page.delete_picked, [key, album, selected], shown_album, **PRIVATE)
-        drop_button.click(page.drop_album, [key, album], [album, index, *shown_album], **PRIVATE)
+        newer.click(page.album_newer, [key, album, album_offset], shown_album, **PRIVATE)
+        older.click(page.album_older, [key, album, album_offset], shown_album, **PRIVATE)
+        album_gallery.select(page.pick_image, [album_ids], picked, **PRIVATE)
+        delete_button.click(page.delete_picked, [key, album, picked, album_offset], shown_album, **PRIVATE)
+        drop_button.click(page.drop_album, [key, album, index], [album, index, *shown_album], **PRIVATE)
 
         # The public API's inputs: hidden components, one per parameter, with the API's defaults.
         with gr.Row(visible=False):
@@ -365,7 +570,7 @@ def main() -> None:
     # Thumbnails only: the store's own files (vectors, every album's metadata) are never served.
     allowed = [str(service.thumbnail_folder.resolve()), str(EXAMPLES)]
     budget = Middleware(UploadBudget, max_bytes=service.settings.upload_budget_bytes)
-    demo.launch(max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True,
+    demo.launch(css=CSS, max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True,
                 app_kwargs={"middleware": [budget]})
 
 

@@ -93,11 +93,11 @@ class Albums:
             raise QueryError(f"You have no collection named {name!r} yet; add images to it first.") from None
         return ImageIndex(self.store, col, self.embedder)
 
-    def browse(self, key: str | None, name: str, limit: int = 200) -> list[Hit]:
-        """The collection's images, newest first (up to ``limit``), with no score."""
+    def browse(self, key: str | None, name: str, offset: int = 0, limit: int = 200) -> tuple[list[Hit], int]:
+        """A page of the collection's images, newest first, with no score; and how many it holds."""
         col = self.index(key, name)
-        rows = sorted(col.collection.scan_metadata(), key=lambda r: -r[1].get("added_at", 0))[:limit]
-        return [col.hit(i, 0.0, m) for i, m in rows]
+        rows = sorted(col.collection.scan_metadata(), key=lambda r: -r[1].get("added_at", 0))
+        return [col.hit(i, 0.0, m) for i, m in rows[offset:offset + limit]], len(rows)
 
     def remove(self, key: str | None, name: str, ids: object) -> Removal:
         """Delete images from the owner's collection; every id must be well-formed, or nothing is removed."""

@@ -19,11 +19,23 @@ class SearchError(Exception):
         return f"{self} ({self.internals})" if self.internals else str(self)
 
 
+# What each InvalidImageError reason means, in words a person reads before the detail.
+REASONS = {
+    "refused_url": "This URL is not fetched",
+    "download_error": "The image could not be downloaded",
+    "too_large": "The image is too large",
+    "corrupt": "The file is damaged or is not an image",
+    "unsupported": "This kind of file cannot be used",
+    "empty": "The file is empty",
+    "read_error": "The file could not be read",
+}
+
+
 class InvalidImageError(SearchError, ValueError):
-    """An image could not be used; ``reason`` is a short code for reports."""
+    """An image could not be used; ``reason`` is a short code for reports, ``detail`` says why."""
 
     def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(f"{REASONS.get(reason, 'The image cannot be used')}: {detail}")
         self.reason = reason
         self.detail = detail
 

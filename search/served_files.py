@@ -7,6 +7,8 @@ cached copies of deleted images, and refuses new uploads while the folder is ove
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -72,6 +74,33 @@ def served_copy(path: str | Path) -> str:
             shutil.copyfile(source, temporary)
         os.replace(temporary, copy)
     return str(copy)
+
+
+FETCHED = "fetched"  # the cache's sub-folder for images fetched from URLs, kept while a page searches by them
+FETCHED_KEEP_S = 1800  # as long as Gradio keeps what it cached
+_MAGIC = {b"\xff\xd8\xff": ".jpg", b"\x89PNG": ".png", b"GIF8": ".gif", b"RIFF": ".webp", b"BM": ".bmp"}
+
+
+def keep_fetched(data: bytes) -> str:
+    """Keep a fetched image's bytes as a file the page can show and search again; its path.
+
+    Named by content hash (so nothing from outside names a file); older ones are swept on the way.
+    """
+    folder = cache_folder() / FETCHED
+    cutoff = time.time() - FETCHED_KEEP_S
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in os.scandir(folder):
+        if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+            with contextlib.suppress(OSError):  # another request swept it first
+                os.unlink(entry.path)
+    suffix = next((ext for magic, ext in _MAGIC.items() if data.startswith(magic)), ".bin")
+    path = folder / (hashlib.sha256(data).hexdigest()[:32] + suffix)
+    if not path.exists():
+        tmp = path.with_suffix(f".{threading.get_ident()}.part")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    path.touch()
+    return str(path)
 
 
 def _remove_inside(folder: Path, path: Path) -> int:

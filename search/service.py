@@ -19,7 +19,7 @@ from PIL import Image
 from .albums import Albums, Removal
 from .build import Progress
 from .duplicates import NEAR_DUPLICATE_SIMILARITY
-from .errors import QueryError, SearchError
+from .errors import InvalidImageError, QueryError, SearchError
 from .first_run import FAILURE_HINT, BuildState, DefaultBuild, wanted
 from .ids import content_id, shown
 from .index import Hit, ImageIndex
@@ -203,10 +203,22 @@ class SearchService:
         """The caller's albums, by the names they gave them."""
         return self._albums_or_refuse().names(key)
 
-    def browse_album(self, key: str | None, name: str) -> list[Hit]:
-        """The album's images, newest first, with no score; none when the caller has no album ``name``."""
+    def browse_album(self, key: str | None, name: str, offset: int = 0, limit: int = 200) -> tuple[list[Hit], int]:
+        """A page of the album's images, newest first, and how many it holds (none without such an album)."""
         albums = self._albums_or_refuse()
-        return albums.browse(key, name) if name in self.album_names(key) else []
+        return albums.browse(key, name, offset, limit) if name in self.album_names(key) else ([], 0)
+
+    def fetch_url(self, url: str) -> bytes:
+        """An image URL's bytes, fetched safely (public addresses only, unless the operator allows more)."""
+        if not isinstance(url, str) or not url.strip():
+            raise QueryError("Give an image URL (http or https).")
+        try:
+            return fetch(url.strip(), allow_private=self.settings.allow_private_urls)
+        except InvalidImageError as exc:
+            if exc.reason == "refused_url" and "address" in exc.detail and not self.settings.public:
+                raise InvalidImageError(exc.reason, f"{exc.detail}. To search images on your own network, "
+                                        "start the app with IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1") from None
+            raise
 
     def add_images(self, key: str | None, name: str, files: list[str] | None,
                    on_progress: Progress | None = None) -> BuildReport:
@@ -241,10 +253,7 @@ class SearchService:
     def search_url(self, url: str, k: int, metric: str, index: str | None = None,
                    *, key: str | None = None, fold: bool = False) -> Results:
         """Fetch an image URL safely, then search by it."""
-        if not url or not url.strip():
-            raise QueryError("Give an image URL (http or https).")
-        data = fetch(url.strip(), allow_private=self.settings.allow_private_urls)
-        return self.search_image(data, k, metric, index, key=key, fold=fold)
+        return self.search_image(self.fetch_url(url), k, metric, index, key=key, fold=fold)
 
     def search_text(self, text: str, k: int, metric: str, index: str | None = None,
                     *, key: str | None = None, fold: bool = False) -> Results:

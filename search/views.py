@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import REASONS
 from .first_run import FAILURE_HINT, BuildState
 from .index import Hit
 from .report import BuildReport
-from .service import IndexChoice, Overview, Results
+from .service import IndexChoice, Overview
 
 BUILD_HINT = (
     "python index_builder.py --dataset ashraq/fashion-product-images-small --store data/store --limit 5000"
@@ -45,6 +46,15 @@ def build_progress(state: BuildState) -> str:
     return f"**Building {what}:** {state.done:,} of {total} images, {state.rate:.1f} images/s{eta}."
 
 
+def upload_progress(done: int, total: int | None, seconds: float) -> str:
+    """An upload's progress: images done of the total, and the time left at the rate so far."""
+    if not total:
+        return f"Reading the files: {done:,} images so far…"
+    left = (total - done) * seconds / done if done else None
+    eta = f", about {_duration(left)} left" if left is not None and done < total else ""
+    return f"{done:,} of {total:,} images{eta}"
+
+
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
@@ -69,30 +79,76 @@ def _index_label(choice: IndexChoice) -> str:
     return f"{choice.name}: CLIP {choice.model}"
 
 
-def caption(rank: int, hit: Hit) -> str:
-    """A result's caption: rank, score, label (else caption, else file name), and folded near-duplicates."""
-    text = f"#{rank} · {hit.score:.3f} · {hit.label or hit.caption or Path(hit.source or hit.id).name}"
+METRIC_INFO = ("Cosine and correlation score similarity: 1 is the same direction, higher is closer. "
+               "L1 and L2 are distances: 0 is identical, lower is closer. "
+               "Inner product equals cosine on CLIP; on raw pixels it grows with brightness.")
+DISTANCES = ("l1", "l2")
+
+
+def score_text(score: float, metric: str) -> str:
+    """A score as people compare it: a similarity (higher is closer) or a distance (lower is closer)."""
+    if metric in DISTANCES:
+        return f"distance {-score:.3g}"
+    return f"{score:.3f}" if abs(score) < 10 else f"{score:,.0f}"
+
+
+def caption(rank: int, hit: Hit, metric: str) -> str:
+    """A result's caption: rank, label (else caption, else file name), score, folded near-duplicates."""
+    text = f"#{rank} {name(hit)} · {score_text(hit.score, metric)}"
     return text + (f" · +{len(hit.similar)} similar" if hit.similar else "")
 
 
-def result_gallery(results: Results) -> tuple[list[tuple[str, str]], list[str]]:
-    """(thumbnail, caption) pairs for the results gallery, and the id behind each item, in the same order.
+def name(hit: Hit) -> str:
+    """What a result is called: its label, else its caption, else its file's name."""
+    return hit.label or hit.caption or Path(hit.source or hit.id).name
+
+
+def result_gallery(hits: list[Hit], metric: str, first_rank: int = 1) -> tuple[list[tuple[str, str]], list[Hit]]:
+    """(thumbnail, caption) pairs for the results gallery, and the hit behind each item, in the same order.
 
     Hits without a thumbnail are not shown; ranks stay those of the results.
     """
     items: list[tuple[str, str]] = []
-    ids: list[str] = []
-    for rank, hit in enumerate(results.hits, 1):
+    shown: list[Hit] = []
+    for rank, hit in enumerate(hits, first_rank):
         if hit.image:
-            items.append((hit.image, caption(rank, hit)))
-            ids.append(hit.id)
-    return items, ids
+            items.append((hit.image, caption(rank, hit, metric)))
+            shown.append(hit)
+    return items, shown
 
 
-def status(results: Results) -> str:
-    """How many results, and how long the search took."""
-    n = len(results.hits)
-    return f"{n} result{'' if n == 1 else 's'} in {results.seconds * 1000:.0f} ms"
+def status(shown: int, total: int, seconds: float, relevant: int | None = None) -> str:
+    """How many results of how many images, how many pass the cut-off, and how long the search took."""
+    if not total:
+        return "No images to search here: the index is empty, or no image has the labels chosen."
+    cut = f" · {relevant} strong match{'' if relevant == 1 else 'es'}" if relevant is not None else ""
+    return f"Top **{shown:,}** of {total:,} image{'' if total == 1 else 's'}{cut} · {seconds * 1000:.0f} ms"
+
+
+def problem(message: str) -> str:
+    """The status line when a search could not run: the library's own message for the person."""
+    return f"⚠️ {message}"
+
+
+def detail(rank: int, hit: Hit, metric: str) -> str:
+    """The selected result, in full: label, caption, score (raw too), where it came from, its id."""
+    lines = [f"**#{rank} {_md(name(hit))}**"]
+    if hit.caption and hit.caption != hit.label:
+        lines.append(_md(hit.caption))
+    lines.append(f"Score ({metric}): {score_text(hit.score, metric)} (raw {hit.score:.6g})")
+    if hit.source:
+        source = hit.source
+        link = source.startswith(("http://", "https://")) and " " not in source and ")" not in source
+        lines.append(f"Source: [{_md(Path(source).name or source)}]({source})" if link else f"Source: {_md(Path(source).name)}")
+    if hit.similar:
+        lines.append(f"{len(hit.similar)} near-duplicate{'' if len(hit.similar) == 1 else 's'} folded into it")
+    lines.append(f"<small>id {hit.id}</small>")
+    return "\n\n".join(lines)
+
+
+def _md(text: str) -> str:
+    """Text from a dataset or an upload, shown literally (no Markdown or HTML of its own)."""
+    return "".join("\\" + c if c in "\\`*_{}[]()<>#+-.!|~" else c for c in text)
 
 
 def album_gallery(hits: list[Hit]) -> tuple[list[tuple[str, str | None]], list[str]]:
@@ -101,18 +157,44 @@ def album_gallery(hits: list[Hit]) -> tuple[list[tuple[str, str | None]], list[s
     ids: list[str] = []
     for hit in hits:
         if hit.image:
-            items.append((hit.image, hit.source))
+            items.append((hit.image, Path(hit.source).name if hit.source else None))
             ids.append(hit.id)
     return items, ids
 
 
+def album_page(shown: int, offset: int, total: int) -> str:
+    """Where the album view is: which images of how many."""
+    if not total:
+        return "This collection is empty: add images or a .zip above."
+    return f"Images {offset + 1:,}–{offset + shown:,} of {total:,}, newest first."
+
+
+def dropped(name: str, removed: int) -> str:
+    """What deleting a whole collection did."""
+    return f"Deleted collection *{_md(name)}* and its {removed:,} image{'' if removed == 1 else 's'}."
+
+
 def ingest_summary(report: BuildReport) -> str:
-    """One paragraph on what an upload to an album did."""
-    return report.summary()
+    """One paragraph on what an upload to a collection did, in a person's words (no paths, no codes)."""
+    n = report.indexed
+    parts = [f"Added **{n} image{'' if n == 1 else 's'}** to *{_md(report.collection)}*"]
+    if report.seconds >= 0.5 and n:
+        parts[0] += f" in {report.seconds:.1f} s"
+    if report.already_indexed:
+        parts.append(f"{report.already_indexed} {'was' if report.already_indexed == 1 else 'were'} already in it")
+    if report.duplicates:
+        parts.append(f"{report.duplicates} exact duplicate{'' if report.duplicates == 1 else 's'} skipped")
+    if report.near_duplicates:
+        parts.append(f"{len(report.near_duplicates)} near-duplicate{'' if len(report.near_duplicates) == 1 else 's'}")
+    if report.skipped:
+        parts.append(f"{len(report.skipped)} file{'' if len(report.skipped) == 1 else 's'} could not be used (below)")
+    total = report.total_in_collection
+    return "; ".join(parts) + f". It now holds {total:,} image{'' if total == 1 else 's'}."
 
 
 def ingest_rows(report: BuildReport) -> list[list[str]]:
     """The ingestion report's rows (INGEST_HEADERS): each skipped file with its reason, each near-duplicate."""
-    return ([[s["source"], s["reason"], s["detail"]] for s in report.skipped]
-            + [[d["source"], "near-duplicate", f"of {d['similar_source']} ({d['similarity']})"]
+    return ([[Path(s["source"]).name or s["source"], REASONS.get(s["reason"], s["reason"]), s["detail"]]
+             for s in report.skipped]
+            + [[Path(d["source"]).name, "near-duplicate", f"of {Path(d['similar_source']).name} ({d['similarity']})"]
                for d in report.near_duplicates])

@@ -236,7 +236,7 @@ def test_remove_counts_what_went_and_names_what_was_not_there(tmp_path, random_c
     mine = Albums(Store.connect(tmp_path / "store", create=True), load_embedder(str(random_clip)), public=True)
     key = "k" * 16
     mine.add(key, "album", files)
-    held = [h.id for h in mine.browse(key, "album")]
+    held = [h.id for h in mine.browse(key, "album")[0]]
     stranger = "0" * 32
     assert mine.remove(key, "album", [held[0], stranger, held[0]]).to_dict() == {"removed": 1, "not_found": [stranger]}
     assert mine.remove(key, "album", [held[0]]).to_dict() == {"removed": 0, "not_found": [held[0]]}

@@ -17,7 +17,8 @@ import pytest
 import app
 from search import views
 from search.index import Hit
-from search.service import IndexChoice, Overview, Results, SearchService
+from search.page_query import PageQuery
+from search.service import IndexChoice, Overview, SearchService
 from search.settings import Settings
 from tests.conftest import ROOT
 from tests.fixtures.shapes import caption, write_folder
@@ -54,6 +55,18 @@ def _select(index: int) -> gr.SelectData:
     return gr.SelectData(None, {"index": index, "value": None})
 
 
+def controls(index: str = "", metric: str = "cosine", k: int = 5, *, include=(), exclude=(), strong=False,
+             key: str | None = None) -> tuple:
+    """The page's search controls, in the order its handlers take them."""
+    return (index, metric, k, False, list(include), list(exclude), strong, key)
+
+
+def searched(answer: tuple) -> dict:
+    """A search handler's outputs by name."""
+    assert len(answer) == len(app.SEARCHED_NAMES)
+    return dict(zip(app.SEARCHED_NAMES, answer))
+
+
 # --- The layout: what is public, what is private ---------------------------------------------------------
 
 
@@ -70,8 +83,9 @@ def test_exactly_the_six_endpoints_are_public(demo):
 def test_every_page_event_is_private(demo):
     page_events = [fn for fn in demo.fns.values() if isinstance(getattr(fn.fn, "__self__", None), app.Page)]
     assert {fn.fn.__name__ for fn in page_events} == {
-        "first_visit", "search_image", "search_url", "search_text", "search_result", "add_to_album",
-        "show_album", "pick_image", "delete_picked", "drop_album", "refresh", "pick_example", "search_prompt"}
+        "first_visit", "refresh", "search_text", "search_prompt", "search_image", "search_example", "search_url",
+        "search_selected", "rerun", "change_index", "more", "open_result", "add_to_album", "show_album",
+        "album_newer", "album_older", "pick_image", "delete_picked", "drop_album"}
     assert all(fn.api_visibility == "private" for fn in page_events)
     # Nothing else is callable except the six endpoints (Gradio's own example loaders stay undocumented).
     assert all(fn.api_visibility != "public" or fn.api_name in PUBLIC for fn in demo.fns.values())
@@ -79,7 +93,8 @@ def test_every_page_event_is_private(demo):
 
 def test_gradio_sees_the_handlers_event_data_and_progress(demo):
     by_name = {fn.fn.__name__: fn for fn in demo.fns.values() if fn.fn is not None}
-    assert by_name["search_result"].collects_event_data and by_name["pick_image"].collects_event_data
+    assert by_name["open_result"].collects_event_data and by_name["pick_image"].collects_event_data
+    assert by_name["search_example"].collects_event_data
     assert by_name["add_to_album"].tracks_progress
     assert not by_name["search_text"].collects_event_data
 
@@ -93,24 +108,33 @@ def test_app_and_service_read_no_environment_variable():
 # --- The views: pure formatting --------------------------------------------------------------------------
 
 
-def test_captions_show_rank_score_and_the_best_name_there_is():
-    assert views.caption(1, _hit(1, 0.98765, label="red circle", caption="a red circle")) == "#1 · 0.988 · red circle"
-    assert views.caption(2, _hit(2, 0.5, caption="a blue triangle")) == "#2 · 0.500 · a blue triangle"
-    assert views.caption(3, _hit(3, -12.25, source="/photos/trip/cat.jpg")) == "#3 · -12.250 · cat.jpg"
-    assert views.caption(4, _hit(4, 0.9, label="x", similar=("a", "b"))) == "#4 · 0.900 · x · +2 similar"
+def test_captions_show_rank_the_best_name_there_is_and_a_readable_score():
+    assert views.caption(1, _hit(1, 0.98765, label="red circle", caption="a red circle"), "cosine") == \
+        "#1 red circle · 0.988"
+    assert views.caption(2, _hit(2, 0.5, caption="a blue triangle"), "correlation") == "#2 a blue triangle · 0.500"
+    assert views.caption(3, _hit(3, -12.25, source="/photos/trip/cat.jpg"), "l1") == "#3 cat.jpg · distance 12.2"
+    assert views.caption(4, _hit(4, 961.4, label="x", similar=("a", "b")), "ip") == "#4 x · 961 · +2 similar"
 
 
-def test_the_results_gallery_keeps_ranks_and_ids_in_step():
+def test_the_results_gallery_keeps_ranks_and_hits_in_step():
     hits = [_hit(1, 0.9, label="a"), _hit(2, 0.8, label="b", image=None), _hit(3, 0.7, label="c")]
-    items, ids = views.result_gallery(Results(hits, 0.01))
-    assert items == [("/thumbs/1.jpg", "#1 · 0.900 · a"), ("/thumbs/3.jpg", "#3 · 0.700 · c")]
-    assert ids == [hits[0].id, hits[2].id]  # a click on item i searches by ids[i]
+    items, shown = views.result_gallery(hits, "cosine", first_rank=13)
+    assert items == [("/thumbs/1.jpg", "#13 a · 0.900"), ("/thumbs/3.jpg", "#15 c · 0.700")]
+    assert shown == [hits[0], hits[2]]  # a click on item i opens shown[i]
 
 
-def test_status_counts_results_and_milliseconds():
-    assert views.status(Results([_hit(1, 0.9)], 0.0123)) == "1 result in 12 ms"
-    assert views.status(Results([_hit(1, 0.9), _hit(2, 0.8)], 0.5)) == "2 results in 500 ms"
-    assert views.status(Results([], 0.001)) == "0 results in 1 ms"
+def test_status_counts_results_of_the_total_and_milliseconds():
+    assert views.status(1, 1, 0.0123) == "Top **1** of 1 image · 12 ms"
+    assert views.status(12, 2000, 0.5, relevant=3) == "Top **12** of 2,000 images · 3 strong matches · 500 ms"
+    assert "No images to search" in views.status(0, 0, 0.001)
+
+
+def test_the_detail_view_gives_the_raw_score_and_a_link_only_to_a_web_source():
+    web = views.detail(2, _hit(2, -0.4567891, label="cat", source="https://example.com/a/cat.jpg"), "l2")
+    assert "**#2 cat**" in web and "distance 0.457 (raw -0.456789)" in web
+    assert "[cat\\.jpg](https://example.com/a/cat.jpg)" in web
+    local = views.detail(1, _hit(1, 0.5, label="[x](javascript:alert(1))", source="/srv/data/photos/dog.jpg"), "cosine")
+    assert "/srv" not in local and "dog\\.jpg" in local and "](javascript" not in local
 
 
 def test_index_choices_label_each_kind():
@@ -132,6 +156,9 @@ def test_overview_says_what_is_searched_or_what_to_run():
 def test_album_views():
     hits = [_hit(1, 0.0, source="a.jpg"), _hit(2, 0.0, image=None), _hit(3, 0.0)]
     assert views.album_gallery(hits) == ([("/thumbs/1.jpg", "a.jpg"), ("/thumbs/3.jpg", None)], [hits[0].id, hits[2].id])
+    assert views.album_page(60, 60, 600) == "Images 61–120 of 600, newest first."
+    assert "empty" in views.album_page(0, 0, 0)
+    assert views.upload_progress(480, 600, 3.0) == "480 of 600 images, about 1 s left"
     assert "private to this browser" in views.albums_intro(public=True)
     assert "private" not in views.albums_intro(public=False)
 
@@ -140,28 +167,63 @@ def test_album_views():
 
 
 def test_the_page_searches_by_text_best_first(service):
-    page = app.Page(service)
-    items, ids, status = page.search_text(caption("blue triangle"), 5, "cosine", "", None, False)
-    assert len(items) == len(ids) == 5 and status.startswith("5 results in ")
-    assert [c.split(" · ")[0] for _, c in items] == ["#1", "#2", "#3", "#4", "#5"]
-    scores = [float(c.split(" · ")[1]) for _, c in items]
+    out = searched(app.Page(service).search_text(caption("blue triangle"), *controls()))
+    assert len(out["results"]) == len(out["shown"]) == 5 and out["status"].startswith("Top **5** of ")
+    assert [c.split()[0] for _, c in out["results"]] == ["#1", "#2", "#3", "#4", "#5"]
+    scores = [h.score for h in out["shown"]]
     assert scores == sorted(scores, reverse=True)
-    assert sum(c.endswith("blue triangle") for _, c in items) >= 4
-    assert all(Path(image).is_file() for image, _ in items)
+    assert sum(h.label == "blue triangle" for h in out["shown"]) >= 4
+    assert all(Path(image).is_file() for image, _ in out["results"])
+    assert out["text"] == caption("blue triangle") and out["image"] is None  # the query panel shows the query
+    assert out["query"].main.value == caption("blue triangle") and out["next_offset"] == 5
 
 
-def test_clicking_a_result_searches_by_it(service):
+def test_a_control_change_reruns_the_query_and_more_continues_it(service):
     page = app.Page(service)
-    _, ids, _ = page.search_text(caption("green square"), 4, "cosine", "", None, False)
-    items, again, _ = page.search_result(ids, 3, "cosine", "", None, False, _select(2))
-    assert again[0] == ids[2] and items[0][1].startswith("#1 · 1.000 · ")  # the clicked image finds itself
-    for stale in (4, -1, 10_000):  # a click on what the gallery no longer holds: a message, not a traceback
-        with pytest.raises(gr.Error, match="no longer shown"):
-            page.search_result(ids, 3, "cosine", "", None, False, _select(stale))
+    first = searched(page.search_text(caption("red square"), *controls()))
+    again = searched(page.rerun(first["query"], *controls(metric="l2")))
+    assert [h.id for h in again["shown"]] == [h.id for h in first["shown"]]  # l2 ranks unit vectors as cosine
+    assert all("distance" in c for _, c in again["results"])
+    more = searched(page.more(first["query"], first["shown"], first["next_offset"], *controls()))
+    assert [h.id for h in more["shown"][:5]] == [h.id for h in first["shown"]] and len(more["shown"]) == 10
+    assert [c.split()[0] for _, c in more["results"]][5:] == ["#6", "#7", "#8", "#9", "#10"]
+    assert page.rerun(PageQuery(), *controls()) == tuple(gr.skip() for _ in app.SEARCHED_NAMES)
 
 
-def test_removing_the_query_image_clears_the_results(service):
-    assert app.Page(service).search_image(None, 5, "cosine", "", None, False) == ([], [], "")
+def test_a_result_opens_in_detail_and_searching_by_it_shows_it_as_the_query(service):
+    page = app.Page(service)
+    first = searched(page.search_text(caption("green square"), *controls(k=4)))
+    detail, picture, text, hit = page.open_result(first["shown"], "cosine", _select(2))
+    assert detail["visible"] and picture == hit.image and "Score (cosine)" in text
+    out = searched(page.search_selected(hit, *controls(k=3)))
+    assert out["shown"][0].id == hit.id and out["shown"][0].score == pytest.approx(1.0, abs=1e-5)
+    assert out["image"] == hit.image and out["text"] == ""
+    for stale in (4, -1, 10_000):  # a click on what the gallery no longer holds opens nothing
+        assert page.open_result(first["shown"], "cosine", _select(stale))[0]["visible"] is False
+
+
+def test_errors_show_the_librarys_message_and_leave_nothing_stale(service, tmp_path):
+    page = app.Page(service)
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("not a picture")
+    out = searched(page.search_image(str(fake), *controls()))
+    assert "not an image" in out["status"] and out["results"] == [] and out["shown"] == []
+    assert out["image"] is None and out["query"] == PageQuery()  # the unreadable image leaves the query box
+    out = searched(page.search_text("a red circle", *controls(index="pixels")))
+    assert "pixel" in out["status"] and out["results"] == []
+    out = searched(page.search_text("a red circle", *controls(index="mine/gone")))
+    assert out["status"].startswith("⚠️") and out["results"] == []
+    assert searched(page.search_image(None, *controls()))["results"] == []  # removing the image clears
+
+
+def test_label_filters_list_the_index_labels_and_filter_inside_the_search(service):
+    page = app.Page(service)
+    include, exclude = page._label_filters("", None)
+    assert "red circle" in include["choices"] and include["choices"] == exclude["choices"]
+    out = searched(page.search_text(caption("red circle"), *controls(k=8, exclude=["red circle"])))
+    assert len(out["shown"]) == 8 and all(h.label != "red circle" for h in out["shown"])
+    out = searched(page.search_text(caption("red circle"), *controls(k=8, include=["blue square"])))
+    assert {h.label for h in out["shown"]} == {"blue square"}
 
 
 def test_the_api_answers_hits_best_first_with_served_copies(service, local_store):
@@ -179,7 +241,7 @@ def test_the_api_answers_hits_best_first_with_served_copies(service, local_store
 
 def test_the_index_dropdown_offers_the_shared_indexes(service):
     page = app.Page(service)
-    offered = page.index_dropdown(None)["choices"]
+    offered = page._index_choices(None)
     assert offered[0][1] == "images" and offered[0][0].startswith("images: CLIP ")
     assert ("pixels: pixels (basic)", "pixels") in offered
 
@@ -193,8 +255,7 @@ def test_refusals_become_public_messages_and_one_log_line(service, caplog):
         (lambda: api.search_by_text("a red circle", 5, "cosine", "no-such-index", ""), "Unknown index"),
         (lambda: api.search_by_text("a red circle", 5, "cosine", "pixels", ""), "pixel method cannot read text"),
         (lambda: api.search_by_image(None, 5, "cosine", "", ""), "Upload, paste or photograph"),
-        (lambda: page.search_url("", 5, "cosine", "", None, False), "Give an image URL"),
-        (lambda: page.delete_picked(None, "photos", ""), "Click an image in the collection first"),
+        (lambda: page.delete_picked(None, "photos", "", 0), "Click an image in the collection first"),
     ]
     for call, message in refusals:
         caplog.clear()
@@ -239,16 +300,17 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     report = api.collection_add(uploads, "trip", KEY)
     assert report["indexed"] == 3 and report["total_in_collection"] == 3 and "store" not in report
     assert api.collection_list(KEY) == ["trip"]
-    assert ("my collection: trip", "mine/trip") in page.index_dropdown(KEY)["choices"]
+    assert ("my collection: trip", "mine/trip") in page._index_choices(KEY)
     assert api.collection_list("another-key-0123456789") == []
 
     junk = tmp_path / "notes.txt"
     junk.write_text("not an image")
     more = write_folder(tmp_path / "more", per_class=1, seed=92)[5]
-    summary, rows, cleared, album_update, index_update, items, ids, selected = \
+    summary, rows, cleared, album_update, index_update, items, ids, selected, offset, where, *_ = \
         page.add_to_album(KEY, "trip", [str(junk), str(more)])
-    assert summary.startswith("Indexed 1 new images") and cleared is None and selected == ""
-    assert rows == [["notes.txt", "unsupported", rows[0][2]]] and "not an image" in rows[0][2]
+    assert summary.startswith("Added **1 image** to *trip*") and cleared is None and selected == ""
+    assert "holds 4 images" in summary and "/" not in summary and where == "Images 1–4 of 4, newest first."
+    assert rows == [["notes.txt", "This kind of file cannot be used", rows[0][2]]] and "not an image" in rows[0][2]
     assert album_update["value"] == "trip" and album_update["choices"] == ["trip"]
     assert "mine/trip" in {v for _, v in index_update["choices"]} and len(items) == len(ids) == 4
 
@@ -259,8 +321,9 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
 
     assert api.collection_delete([ids[0]], "trip", KEY) == {"removed": 1, "not_found": []}
     assert len(page.show_album(KEY, "trip")[1]) == 3
-    album_update, index_update, *emptied = page.drop_album(KEY, "trip")
+    album_update, index_update, *emptied = page.drop_album(KEY, "trip", "mine/trip")
     assert album_update["choices"] == [] and "mine/trip" not in {v for _, v in index_update["choices"]}
-    assert emptied == [[], [], ""]
+    assert index_update["value"] == "images"  # the dropped album was chosen under Index: the main index now
+    assert emptied[:4] == [[], [], "", 0] and emptied[4] == "Deleted collection *trip* and its 3 images."
     with pytest.raises(gr.Error, match="no collection named 'trip'"):
         api.collection_drop("trip", KEY)

@@ -1,0 +1,578 @@
+"""Image search by image and by text: the Gradio app (a Hugging Face Space, or `python app.py`).
+
+Three parts, in this order: the UI's event handlers (``Page``, all private), the public API's handlers
+(``Api``, six named endpoints returning JSON), and ``build_app``, the layout that wires components to
+them. What is searched and how lives in ``search.service``; how answers look, in ``search.views``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import gradio as gr
+from starlette.middleware import Middleware
+
+from search import METRICS, QueryError, SearchError, views
+from search.errors import InvalidImageError
+from search.ids import KEY
+from search.index import MAX_K, MAX_TEXT_CHARS, Hit
+from search.page_query import PageQuery, Part, image_part
+from search.served_files import UploadBudget, keep_fetched, served_copy
+from search.service import MAX_RESULTS, Examples, Results, SearchService
+from search.settings import Settings
+
+log = logging.getLogger("app")
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+EXAMPLE_IMAGES = sorted(EXAMPLES.glob("*.jpg"))  # shown where the index holds them (see SearchService.examples)
+EXAMPLE_PROMPTS = [line.strip() for line in (EXAMPLES / "prompts.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+BUILD_REFRESH_SECONDS = 2.0
+MAX_FILE_SIZE = "20mb"
+# Every 5 minutes, Gradio deletes what it cached more than 30 minutes ago (uploads nobody used included).
+DELETE_CACHE = (300, 1800)
+PRIVATE: dict[str, Any] = dict(api_visibility="private")
+DEFAULT_K = 12
+# Result grids follow the width (Gradio's galleries keep a fixed number of columns).
+CSS = """
+#results .grid-container { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important;
+  grid-template-rows: none !important; }
+#mine .grid-container { grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)) !important;
+  grid-template-rows: none !important; }
+#example-images .grid-container { grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important; }
+@media (max-width: 640px) {
+  #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+}
+"""
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+Update = dict[str, Any]  # what gr.update() returns: new properties for a component
+# What every search event returns, in this order (``searched`` in build_app): the query, the query panel
+# (text, image), the results (gallery, hits, next offset, status, "more" button), the detail view
+# (closed, nothing selected) and the query's other parts.
+SEARCHED_NAMES = ("query", "text", "image", "results", "shown", "next_offset", "status", "more", "detail",
+                  "selected", "chips")
+Searched = tuple[Any, ...]
+# A page of an album: gallery, the id behind each item, the selected id, offset, where, newer, older.
+ShownAlbum = tuple[Any, ...]
+ALBUM_PAGE = 60
+
+
+def user_errors(fn: Handler) -> Handler:
+    """Show library errors as a message in the UI and an error to API callers; hide internals.
+
+    A refused input is one line in the log; only an unexpected error (a bug) logs its traceback.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SearchError as exc:
+            log.info("refused in %s: %s", fn.__qualname__, exc.for_operator())
+            raise gr.Error(str(exc), print_exception=False) from None
+        except gr.Error:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", fn.__qualname__)
+            raise gr.Error("Something went wrong on our side; the server log has the details.") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --- The page: the UI's event handlers ------------------------------------------------------------------
+# One search state: the query (``PageQuery``) and the controls. Every search event returns the same
+# outputs (SEARCHED), so the query panel always shows what was searched and nothing stale stays.
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The search controls, in the order the page passes them (``controls`` in ``build_app``)."""
+
+    index: str
+    metric: str
+    k: int
+    fold: bool
+    include: list[str]
+    exclude: list[str]
+    strong: bool  # show only the hits above the relevance cut-off
+    key: str | None
+
+from gradio.events import Dependency
+
+class QueryImage(gr.Image):
+    """The query image box: the uploaded file reaches the project's decoder untouched.
+
+    Gradio's own preprocessing decodes the upload first and answers a bad or huge file with its own
+    error; ``search.images`` says what is wrong instead.
+    """
+
+    def preprocess(self, payload: Any) -> str | None:
+        return str(payload.path) if payload is not None and getattr(payload, "path", None) else None
+
+    @classmethod
+    def get_block_name(cls) -> str:
+        return "image"
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component  # the browser draws it as Gradio's image box
+
+
+class Page:
+    """What the page's events do. Every one is private: the browser calls them, API clients cannot."""
+
+    def __init__(self, service: SearchService):
+        self.service = service
+        self._examples: Examples | None = None
+
+    def examples(self) -> Examples:
+        """Examples that fit the main index, worked out once it is complete (none while it is built)."""
+        if self._examples is None:
+            examples = self.service.examples(EXAMPLE_IMAGES, EXAMPLE_PROMPTS)
+            state = self.service.build_state()
+            if state is not None and not state.finished:
+                return examples
+            self._examples = examples
+        return self._examples
+
+    def building(self) -> bool:
+        """Whether the default index is being built now (the page then refreshes its progress)."""
+        state = self.service.build_state()
+        return state is not None and not state.finished
+
+    def refresh(self, key: str | None, index: str | None) -> tuple[Any, ...]:
+        """The overview (progress while the default index is built); once it is complete, the Index
+        dropdown, the label filters and the examples too, and the timer stops."""
+        overview = views.overview(self.service.overview())
+        if self.building():
+            return overview, gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+        choices = self._index_choices(key)
+        values = [value for _, value in choices]
+        chosen = index if index in values else (values[0] if values else None)
+        examples = self.examples()
+        return (overview, gr.Timer(active=False), gr.update(choices=choices, value=chosen),
+                *self._label_filters(chosen, key),
+                gr.update(value=examples.images, visible=bool(examples.images)),
+                [image for image, _ in examples.images],
+                gr.Dataset(samples=[[p] for p in examples.prompts], visible=bool(examples.prompts)))
+
+    def _index_choices(self, key: str | None) -> list[tuple[str, str]]:
+        return views.index_choices(self.service.shared_indexes() + self.service.album_indexes(key))
+
+    def _label_filters(self, index: str | None, key: str | None) -> tuple[Update, Update]:
+        """The include and exclude filters' choices: the labels ``index`` holds (emptied selections)."""
+        try:
+            labels = self.service.labels(index or None, key) if index is not None else []
+        except SearchError:
+            labels = []
+        return (gr.update(choices=labels, value=[], interactive=bool(labels)),
+                gr.update(choices=labels, value=[], interactive=bool(labels)))
+
+    @user_errors
+    def first_visit(self, key: str | None) -> tuple[str, Update, Update]:
+        """Give a new browser its secret key; list its albums under Index and under Collection."""
+        if not isinstance(key, str) or not KEY.fullmatch(key):
+            key = secrets.token_urlsafe(24)
+        albums = self.service.album_indexes(key)
+        return key, gr.update(choices=self._index_choices(key)), gr.update(choices=[a.name for a in albums])
+
+    # --- Searching: every handler returns SEARCHED's outputs ----------------------------------------------
+
+    def search_text(self, text: str, *controls: Any) -> Searched:
+        """Search by a description."""
+        return self._search(PageQuery().starting(Part("text", (text or "").strip())), Controls(*controls))
+
+    def search_prompt(self, sample: Any, *controls: Any) -> Searched:
+        """Search by the example description that was clicked."""
+        text = str(sample[0] if isinstance(sample, (list, tuple)) and sample else sample or "")
+        return self.search_text(text, *controls)
+
+    def search_image(self, image: str | None, *controls: Any) -> Searched:
+        """Search by the image put in the query box; removing it clears the search."""
+        if not image:
+            return self._cleared()
+        return self._search(PageQuery().starting(image_part(image)), Controls(*controls))
+
+    def search_example(self, paths: list[str], *args: Any) -> Searched:
+        """Search by the example image that was clicked (the event's data comes last)."""
+        *controls, evt = args
+        if not isinstance(evt.index, int) or not 0 <= evt.index < len(paths or []):
+            return self._failed(PageQuery(), QueryError("That example is no longer shown; reload the page."))
+        return self.search_image(paths[evt.index], *controls)
+
+    def search_url(self, url: str, *controls: Any) -> Searched:
+        """Fetch an image URL once, then search by the image it gave (shown in the query box)."""
+        try:
+            data = self.service.fetch_url(url)
+        except SearchError as exc:
+            return self._failed(PageQuery(), exc)
+        name = (url or "").rstrip("/").rsplit("/", 1)[-1][:80]
+        return self._search(PageQuery().starting(image_part(keep_fetched(data), name)), Controls(*controls))
+
+    def search_selected(self, selected: Hit | None, *controls: Any) -> Searched:
+        """Search by the result open in the detail view."""
+        if selected is None:
+            return self._failed(PageQuery(), QueryError("Click a result first."))
+        part = Part("id", selected.id, preview=selected.image, name=views.name(selected))
+        return self._search(PageQuery().starting(part), Controls(*controls))
+
+    def rerun(self, query: PageQuery, *controls: Any) -> Searched:
+        """Run the current query again: a control changed."""
+        if not query.parts:
+            return _unchanged()
+        return self._search(query, Controls(*controls))
+
+    def change_index(self, query: PageQuery, *controls: Any) -> tuple[Any, ...]:
+        """Another index: its labels under the filters (none chosen), and the query run on it."""
+        c = Controls(*controls)
+        c = Controls(c.index, c.metric, c.k, c.fold, [], [], c.strong, c.key)
+        return (*self._label_filters(c.index, c.key), *self.rerun(query, *astuple(c)))
+
+    def more(self, query: PageQuery, shown: list[Hit], offset: int, *controls: Any) -> Searched:
+        """The next page of results, after the ones shown."""
+        return self._search(query, Controls(*controls), offset=offset, before=shown)
+
+    def _search(self, query: PageQuery, c: Controls, offset: int = 0, before: list[Hit] | None = None) -> Searched:
+        before = before or []
+        try:
+            request, images = query.request()
+            request.update(k=c.k, offset=offset, metric=c.metric, index=c.index or "", fold=bool(c.fold),
+                           labels={"include": list(c.include or []), "exclude": list(c.exclude or [])},
+                           cutoff="auto")
+            answer = self.service.search(request, images, c.key)
+        except SearchError as exc:
+            return self._failed(query, exc)
+        except Exception:
+            log.exception("unexpected error in a search")
+            return self._failed(query, SearchError("Something went wrong on our side; the server log has the details."))
+        hits = [h for h in answer.hits if h.relevant is not False] if c.strong else answer.hits
+        shown = before + hits
+        items, kept = views.result_gallery(shown, c.metric)
+        relevant = sum(1 for h in answer.hits if h.relevant) if answer.cutoff is not None else None
+        next_offset = offset + len(answer.hits)
+        more = next_offset < min(answer.total, MAX_K) and len(answer.hits) == c.k
+        return (query, *_query_panel(query), items, kept, next_offset,
+                views.status(len(kept), answer.total, answer.seconds, relevant if not before else None),
+                gr.update(visible=more), gr.update(visible=False), None, gr.update(value=query.chips()))
+
+    def _failed(self, query: PageQuery, exc: SearchError) -> Searched:
+        """The library's message in the status line; no results left from an earlier search."""
+        log.info("refused a search: %s", exc.for_operator())
+        if isinstance(exc, InvalidImageError) or not query.parts:
+            query = PageQuery()  # the image could not be read: nothing of it stays in the query box
+        text, image = _query_panel(query)
+        return (query, gr.skip() if not query.parts else text, image, [], [], 0, views.problem(str(exc)),
+                gr.update(visible=False), gr.update(visible=False), None, gr.update(value=query.chips()))
+
+    def _cleared(self) -> Searched:
+        return (PageQuery(), gr.skip(), None, [], [], 0, "", gr.update(visible=False), gr.update(visible=False),
+                None, gr.update(value=[]))
+
+    # --- The detail view ----------------------------------------------------------------------------------
+
+    def open_result(self, shown: list[Hit], metric: str, evt: gr.SelectData) -> tuple[Any, ...]:
+        """Open the clicked result in the detail view: the picture large, its label, score and source."""
+        if not isinstance(evt.index, int) or not 0 <= evt.index < len(shown or []):
+            return gr.update(visible=False), None, "", None
+        hit = shown[evt.index]
+        return gr.update(visible=True), hit.image, views.detail(evt.index + 1, hit, metric), hit
+
+    # --- My collection --------------------------------------------------------------------------------------
+
+    @user_errors
+    def show_album(self, key: str | None, name: str, offset: int = 0) -> ShownAlbum:
+        """A page of the album chosen under Collection (nothing when there is no such album yet)."""
+        offset = max(0, int(offset or 0))
+        hits, total = self.service.browse_album(key, name, offset, ALBUM_PAGE)
+        if hits == [] and offset and total:  # the page emptied (deletions): show the last one
+            offset = max(0, (total - 1) // ALBUM_PAGE * ALBUM_PAGE)
+            hits, total = self.service.browse_album(key, name, offset, ALBUM_PAGE)
+        items, ids = views.album_gallery(hits)
+        return (items, ids, "", offset, views.album_page(len(items), offset, total) if name else "",
+                gr.update(interactive=offset > 0), gr.update(interactive=offset + ALBUM_PAGE < total))
+
+    def album_newer(self, key: str | None, name: str, offset: int) -> ShownAlbum:
+        """The previous page of the album (newer images)."""
+        return self.show_album(key, name, max(0, int(offset or 0) - ALBUM_PAGE))
+
+    def album_older(self, key: str | None, name: str, offset: int) -> ShownAlbum:
+        """The next page of the album (older images)."""
+        return self.show_album(key, name, int(offset or 0) + ALBUM_PAGE)
+
+    @user_errors
+    def add_to_album(self, key: str | None, name: str, files: list[str] | None,
+                     progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+        """Index the uploaded files into the album, showing progress with the total and the time left.
+
+        Returns the report (summary, rows), None to clear the upload, the Collection and Index dropdowns'
+        updates, and the album as ``show_album`` shows it.
+        """
+        started = time.monotonic()
+
+        def report(done: int, total: int | None) -> None:
+            progress((done, total) if total else None, desc=views.upload_progress(done, total, time.monotonic() - started),
+                     unit="images")
+
+        report_ = self.service.add_images(key, name, files, on_progress=report)
+        names = self.service.album_names(key)
+        chosen = report_.collection if report_.collection in names else None
+        return (views.ingest_summary(report_), views.ingest_rows(report_), None,
+                gr.update(choices=names, value=chosen), gr.update(choices=self._index_choices(key)),
+                *self.show_album(key, chosen or ""))
+
+    @user_errors
+    def pick_image(self, ids: list[str], evt: gr.SelectData) -> str:
+        """Select the album image that was clicked (its id)."""
+        return ids[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(ids or []) else ""
+
+    @user_errors
+    def delete_picked(self, key: str | None, name: str, image_id: str, offset: int) -> ShownAlbum:
+        """Delete the selected image from the album, then show the album again."""
+        if not image_id:
+            raise QueryError("Click an image in the collection first.")
+        self.service.delete_images(key, name, [image_id])
+        return self.show_album(key, name, offset)
+
+    @user_errors
+    def drop_album(self, key: str | None, name: str, index: str) -> tuple[Any, ...]:
+        """Delete the whole album: the Collection and Index dropdowns (searching the main index again
+        where the album was chosen there), and an empty album view."""
+        removed = len(self.service.drop_album(key, name).removed)
+        choices = self._index_choices(key)
+        values = [v for _, v in choices]
+        gallery, ids, picked, offset, _, newer, older = self.show_album(key, "")
+        return (gr.update(choices=self.service.album_names(key), value=None),
+                gr.update(choices=choices, value=index if index in values else (values[0] if values else None)),
+                gallery, ids, picked, offset, views.dropped(name, removed), newer, older)
+
+
+def _query_panel(query: PageQuery) -> tuple[Any, Any]:
+    """What the query panel shows: the description searched, or the image (a result's picture)."""
+    main = query.main
+    if main is None:
+        return "", None
+    if main.kind == "text":
+        return main.value, None
+    return "", main.preview
+
+
+def _unchanged() -> Searched:
+    return tuple(gr.skip() for _ in range(len(SEARCHED_NAMES)))
+
+
+# --- The public API: six named endpoints returning JSON ---------------------------------------------------
+# `index` may name one of the caller's albums ("mine/NAME"), with the caller's `key` (16+ characters) on a
+# public deployment. The API calls albums "collections".
+
+
+class Api:
+    """What the public endpoints do; each method's name is its endpoint's name."""
+
+    def __init__(self, service: SearchService):
+        self.service = service
+
+    @user_errors
+    def search_by_image(self, image: str | None, k: int, metric: str, index: str, key: str) -> list[dict[str, Any]]:
+        """The k stored images most like ``image``, best first."""
+        return _for_api(self.service.search_image(image, k, metric, index or None, key=key))
+
+    @user_errors
+    def search_by_text(self, text: str, k: int, metric: str, index: str, key: str) -> list[dict[str, Any]]:
+        """The k stored images that best match ``text``, best first."""
+        return _for_api(self.service.search_text(text, k, metric, index or None, key=key))
+
+    @user_errors
+    def collection_add(self, files: list[str] | None, collection: str, key: str) -> dict[str, Any]:
+        """Index images and zips into the caller's collection; the ingestion report, without internals."""
+        return self.service.add_images(key, collection, files).for_visitor()
+
+    @user_errors
+    def collection_list(self, key: str) -> list[str]:
+        """The caller's collections."""
+        return self.service.album_names(key)
+
+    @user_errors
+    def collection_delete(self, ids: object, collection: str, key: str) -> dict[str, Any]:
+        """Delete images by id: ``{"removed": n, "not_found": [...]}``."""
+        return self.service.delete_images(key, collection, ids).to_dict()
+
+    @user_errors
+    def collection_drop(self, collection: str, key: str) -> dict[str, int]:
+        """Delete the caller's whole collection: ``{"removed": n}``."""
+        return {"removed": len(self.service.drop_album(key, collection).removed)}
+
+
+def _for_api(results: Results) -> list[dict[str, Any]]:
+    """Hits for API callers; a FileData dict makes Gradio serve the thumbnail and the client download it."""
+    return [{**r, "image": {"path": served_copy(r["image"]), "meta": {"_type": "gradio.FileData"}} if r["image"] else None}
+            for r in results.records()]
+
+
+# --- The layout -----------------------------------------------------------------------------------------
+
+
+def build_app(service: SearchService) -> gr.Blocks:
+    """Lay out the page and wire its events to ``Page``, and the named API endpoints to ``Api``."""
+    page, api = Page(service), Api(service)
+    shared = views.index_choices(service.shared_indexes())
+    with gr.Blocks(title="Image search", delete_cache=DELETE_CACHE) as demo:
+        key = gr.BrowserState(None, storage_key="image-search-key")  # this browser's secret for its albums
+        gr.Markdown("# Image search\nFind images by description, by example, or by a part of a photo.")
+        overview = gr.Markdown(views.overview(service.overview()), elem_id="overview")
+        timer = gr.Timer(BUILD_REFRESH_SECONDS, active=page.building())  # progress, while the default index is built
+        examples = page.examples()
+        query = gr.State(PageQuery())  # what the page searches by
+        shown = gr.State([])  # the Hit behind each results item
+        next_offset = gr.State(0)  # where "More results" continues
+        selected = gr.State(None)  # the Hit open in the detail view
+        with gr.Tabs():
+            with gr.Tab("Search", id="search"), gr.Row(equal_height=False):
+                with gr.Column(scale=2, min_width=320, elem_id="query-panel"):
+                    with gr.Row(equal_height=True):
+                        text = gr.Textbox(label="Description", placeholder="a red dress", scale=4, min_width=160,
+                                          max_length=MAX_TEXT_CHARS, elem_id="text-query")
+                        text_button = gr.Button("Search", variant="primary", scale=1, min_width=90)
+                    image = QueryImage(type="filepath", sources=["upload", "clipboard", "webcam"],
+                                       label="Query image (drop, paste or take a photo)", height=240,
+                                       elem_id="query-image")
+                    with gr.Row(equal_height=True):
+                        url = gr.Textbox(label="…or an image URL", placeholder="https://…", scale=4, min_width=160)
+                        url_button = gr.Button("Search URL", scale=1, min_width=90)
+                    chips = gr.Dropdown([], value=[], multiselect=True, label="Also in this query",
+                                        info="Remove a part with its ×", visible=True, elem_id="parts")
+                    with gr.Accordion("Options", open=True):
+                        index = gr.Dropdown(shared, value=shared[0][1] if shared else None, label="Index",
+                                            allow_custom_value=True)
+                        metric = gr.Dropdown(list(METRICS), value="cosine", label="Similarity",
+                                             info=views.METRIC_INFO)
+                        k = gr.Slider(1, MAX_RESULTS, value=DEFAULT_K, step=1, label="Results per page")
+                        with gr.Row():
+                            fold = gr.Checkbox(False, label="Fold near-duplicates", min_width=140)
+                            strong = gr.Checkbox(False, label="Only strong matches", min_width=140)
+                        include = gr.Dropdown([], value=[], multiselect=True, label="Only these labels",
+                                              interactive=False)
+                        exclude = gr.Dropdown([], value=[], multiselect=True, label="Not these labels",
+                                              interactive=False)
+                    example_gallery = gr.Gallery(examples.images, label="Example images (click one to search by it)",
+                                                 columns=8, rows=1, height=110, allow_preview=False,
+                                                 visible=bool(examples.images), elem_id="example-images")
+                    example_paths = gr.State([image for image, _ in examples.images])
+                    prompt_examples = gr.Dataset(components=[text], samples=[[p] for p in examples.prompts],
+                                                 label="Example descriptions (click one to search)",
+                                                 samples_per_page=20, visible=bool(examples.prompts),
+                                                 elem_id="example-prompts")
+                with gr.Column(scale=3, min_width=320, elem_id="results-panel"):
+                    status = gr.Markdown(elem_id="status")
+                    with gr.Column(visible=False, elem_id="detail") as detail, gr.Row(equal_height=False):
+                        detail_image = gr.Image(type="filepath", label="Selected result", height=320,
+                                                interactive=False, min_width=200)
+                        with gr.Column(min_width=200):
+                            detail_text = gr.Markdown()
+                            search_this = gr.Button("Search by this image", variant="primary")
+                            close = gr.Button("Close")
+                    results = gr.Gallery(label="Results (click one for details)", columns=6, object_fit="contain",
+                                         height="auto", allow_preview=False, elem_id="results")
+                    more = gr.Button("More results", visible=False, elem_id="more")
+            with gr.Tab("My collection"):
+                gr.Markdown(views.albums_intro(service.settings.public))
+                with gr.Row():
+                    album = gr.Dropdown([], label="Collection", allow_custom_value=True, value="photos", scale=2, min_width=160)
+                    files = gr.File(file_count="multiple", type="filepath", label="Images or a .zip", scale=3, min_width=200,
+                                    elem_id="album-files")
+                add_button = gr.Button("Add to collection", variant="primary")
+                ingest_summary = gr.Markdown()
+                ingest_table = gr.Dataframe(headers=views.INGEST_HEADERS, label="Files that could not be used",
+                                            interactive=False, wrap=True)
+                album_where = gr.Markdown()
+                album_gallery = gr.Gallery(label="In this collection (click one to select it)", columns=8,
+                                           height="auto", allow_preview=False, elem_id="mine")
+                with gr.Row():
+                    newer = gr.Button("◀ Newer", interactive=False, min_width=90)
+                    older = gr.Button("Older ▶", interactive=False, min_width=90)
+                with gr.Row():
+                    picked = gr.Textbox(label="Selected image", interactive=False, min_width=200)
+                    delete_button = gr.Button("Delete selected image", variant="stop", min_width=140)
+                    drop_button = gr.Button("Delete this collection", variant="stop", min_width=140)
+                album_ids = gr.State([])  # the id behind each album_gallery item
+                album_offset = gr.State(0)
+
+        controls = [index, metric, k, fold, include, exclude, strong, key]
+        searched = [query, text, image, results, shown, next_offset, status, more, detail, selected, chips]
+        shown_album = [album_gallery, album_ids, picked, album_offset, album_where, newer, older]
+
+        demo.load(page.first_visit, [key], [key, index, album], **PRIVATE)
+        refreshed = [overview, timer, index, include, exclude, example_gallery, example_paths, prompt_examples]
+        gr.on([demo.load, timer.tick], page.refresh, [key, index], refreshed, **PRIVATE)
+        gr.on([text.submit, text_button.click], page.search_text, [text, *controls], searched, **PRIVATE)
+        prompt_examples.click(page.search_prompt, [prompt_examples, *controls], searched, **PRIVATE)
+        image.input(page.search_image, [image, *controls], searched, **PRIVATE)
+        example_gallery.select(page.search_example, [example_paths, *controls], searched, **PRIVATE)
+        gr.on([url.submit, url_button.click], page.search_url, [url, *controls], searched, **PRIVATE)
+        gr.on([metric.input, k.release, fold.input, strong.input, include.input, exclude.input],
+              page.rerun, [query, *controls], searched, **PRIVATE)
+        index.input(page.change_index, [query, *controls], [include, exclude, *searched], **PRIVATE)
+        more.click(page.more, [query, shown, next_offset, *controls], searched, **PRIVATE)
+        results.select(page.open_result, [shown, metric], [detail, detail_image, detail_text, selected], **PRIVATE)
+        search_this.click(page.search_selected, [selected, *controls], searched, **PRIVATE)
+        close.click(lambda: (gr.update(visible=False), None), None, [detail, selected], **PRIVATE)
+
+        add_button.click(page.add_to_album, [key, album, files],
+                         [ingest_summary, ingest_table, files, album, index, *shown_album], **PRIVATE)
+        album.change(page.show_album, [key, album], shown_album, **PRIVATE)
+        newer.click(page.album_newer, [key, album, album_offset], shown_album, **PRIVATE)
+        older.click(page.album_older, [key, album, album_offset], shown_album, **PRIVATE)
+        album_gallery.select(page.pick_image, [album_ids], picked, **PRIVATE)
+        delete_button.click(page.delete_picked, [key, album, picked, album_offset], shown_album, **PRIVATE)
+        drop_button.click(page.drop_album, [key, album, index], [album, index, *shown_album], **PRIVATE)
+
+        # The public API's inputs: hidden components, one per parameter, with the API's defaults.
+        with gr.Row(visible=False):
+            api_image = gr.File(type="filepath", label="image")  # bytes reach our decoder untouched
+            api_files = gr.File(type="filepath", file_count="multiple", label="files")
+            api_text = gr.Textbox(label="text")
+            api_k = gr.Number(value=DEFAULT_K, precision=0, label="k")
+            api_metric = gr.Textbox(value="cosine", label="metric")  # checked by the library, which says why
+            api_index = gr.Textbox(value="", label="index")
+            api_key = gr.Textbox(value="", label="key")
+            api_collection = gr.Textbox(value="", label="collection")
+            api_ids = gr.JSON(value=[], label="ids")
+            api_out = gr.JSON(label="result")
+            search_options = [api_k, api_metric, api_index, api_key]
+            endpoints: list[tuple[Callable[..., Any], list[gr.components.Component]]] = [  # method name = endpoint name
+                (api.search_by_image, [api_image, *search_options]),
+                (api.search_by_text, [api_text, *search_options]),
+                (api.collection_add, [api_files, api_collection, api_key]),
+                (api.collection_list, [api_key]),
+                (api.collection_delete, [api_ids, api_collection, api_key]),
+                (api.collection_drop, [api_collection, api_key]),
+            ]
+            for handler, inputs in endpoints:  # an endpoint needs an event to hang on: a hidden button's click
+                gr.Button().click(handler, inputs, api_out, api_name=handler.__name__)
+    return demo
+
+
+def main() -> None:
+    """Load the model and the store once, then serve (GRADIO_SERVER_NAME/PORT choose the address)."""
+    logging.basicConfig(level=logging.INFO)
+    service = SearchService(Settings.from_env())
+    if service.start_default_build():
+        log.info("serving at once; the default index is built in the background")
+    elif (main := service.main_index()) is not None:
+        log.info("opened the index: %d images in collection %r", len(main), main.collection.name)
+    demo = build_app(service)
+    demo.queue(max_size=service.settings.queue_size, default_concurrency_limit=service.settings.concurrency)
+    # Thumbnails only: the store's own files (vectors, every album's metadata) are never served.
+    allowed = [str(service.thumbnail_folder.resolve()), str(EXAMPLES)]
+    budget = Middleware(UploadBudget, max_bytes=service.settings.upload_budget_bytes)
+    demo.launch(css=CSS, max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True,
+                app_kwargs={"middleware": [budget]})
+
+
+if __name__ == "__main__":
+    main()

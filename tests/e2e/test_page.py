@@ -1,0 +1,162 @@
+"""The search page as a person uses it: headless Chromium at desktop and phone widths.
+
+One app serves the module; each test opens its own page and saves a screenshot of the state it checks
+(artifacts/page-*.png).
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import RunningApp
+from tests.fixtures.browser import CHROMIUM, DESKTOP, FLAGS, PHONE, needs_chromium, shot
+from tests.fixtures.shapes import write_folder
+
+pytestmark = needs_chromium
+WAIT = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser(shapes_store):
+    from playwright.sync_api import sync_playwright
+
+    with RunningApp(shapes_store) as app, sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        chromium.app_url = app.url
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def open_page(browser, viewport=DESKTOP):
+    page = browser.new_page(viewport=viewport)
+    page.goto(browser.app_url, wait_until="domcontentloaded")
+    page.locator("#text-query textarea").wait_for(timeout=WAIT)
+    return page
+
+
+def status(page) -> str:
+    return page.locator("#status").inner_text()
+
+
+def after(page, action) -> str:
+    """Run ``action``, then wait for the status line to change; the new status."""
+    before = status(page)
+    action()
+    page.wait_for_function("s => { const e = document.querySelector('#status'); return e && e.innerText !== s "
+                           "&& e.innerText.trim() !== '' }", arg=before, timeout=WAIT)
+    page.wait_for_timeout(300)  # the gallery renders with the status
+    return status(page)
+
+
+def search_text(page, text: str) -> str:
+    page.locator("#text-query textarea").fill(text)
+    return after(page, lambda: page.get_by_role("button", name="Search", exact=True).click())
+
+
+def captions(page) -> list[str]:
+    return page.locator("#results .caption-label").all_inner_texts()
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the dropdown labelled ``label``."""
+    page.get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_desktop_text_search_shows_results_above_the_fold(browser):
+    page = open_page(browser)
+    assert "Top" in search_text(page, "a red circle")
+    first = page.locator("#results img").first.bounding_box()
+    shot(page, "page-desktop-results")
+    assert first is not None and first["y"] + first["height"] <= DESKTOP["height"]
+    assert any("red circle" in c for c in captions(page)[:4])
+
+
+def test_phone_has_one_column_no_sideways_scrolling_and_every_tab(browser):
+    page = open_page(browser, PHONE)
+    search_text(page, "a blue square")
+    shot(page, "page-phone-results")
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"{width} px of content in a {PHONE['width']} px screen"
+    boxes = [page.locator("#results img").nth(i).bounding_box() for i in range(3)]
+    assert all(b and b["x"] + b["width"] <= PHONE["width"] for b in boxes)
+    query, results = page.locator("#query-panel").bounding_box(), page.locator("#results-panel").bounding_box()
+    assert results["y"] >= query["y"] + query["height"] - 1  # one column: results below the query
+    for tab in ("Search", "My collection"):
+        assert page.get_by_role("tab", name=tab).is_visible()
+
+
+def test_changing_the_metric_runs_the_search_again(browser):
+    page = open_page(browser)
+    search_text(page, "a green triangle")
+    assert not any("distance" in c for c in captions(page))
+    after(page, lambda: choose(page, "Similarity", "l2"))
+    shot(page, "page-metric-l2")
+    assert captions(page) and all("distance" in c for c in captions(page))
+
+
+def test_a_file_that_is_not_an_image_gets_the_librarys_message(browser, tmp_path):
+    page = open_page(browser)
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("this is not a picture")
+    message = after(page, lambda: page.locator("#query-image input[type=file]").set_input_files(str(fake)))
+    shot(page, "page-not-an-image")
+    assert "not an image" in message
+    assert "preprocess" not in page.content()
+    assert page.locator("#results img").count() == 0
+    assert "Top" in search_text(page, "a red square")  # the error clears on the next action
+
+
+def test_a_result_opens_in_full_and_searching_by_it_fills_the_query_panel(browser):
+    page = open_page(browser)
+    search_text(page, "a yellow circle")
+    page.locator("#results img").nth(1).click()
+    page.locator("#detail").get_by_text("Score (cosine)").wait_for(timeout=WAIT)
+    shot(page, "page-detail")
+    after(page, lambda: page.get_by_role("button", name="Search by this image").click())
+    shot(page, "page-searched-by-result")
+    assert page.locator("#query-image img").count() == 1
+    assert page.locator("#text-query textarea").input_value() == ""
+    assert "yellow circle" in captions(page)[0]
+
+
+def test_more_results_adds_the_next_page(browser):
+    page = open_page(browser)
+    search_text(page, "a shape")
+    assert page.locator("#results img").count() == 12
+    after(page, lambda: page.get_by_role("button", name="More results").click())
+    shot(page, "page-more-results")
+    assert page.locator("#results img").count() == 24
+    ranks = [c.split()[0] for c in captions(page)]
+    assert ranks == [f"#{i}" for i in range(1, 25)]
+
+
+def test_an_exclude_filter_removes_that_label(browser):
+    page = open_page(browser)
+    search_text(page, "a red circle")
+    assert any("red circle" in c for c in captions(page))
+    after(page, lambda: choose(page, "Not these labels", "red circle"))
+    shot(page, "page-exclude-filter")
+    assert len(captions(page)) == 12
+    assert not any("red circle" in c for c in captions(page))
+
+
+def test_deleting_the_selected_collection_leaves_the_page_working(browser, tmp_path):
+    page = open_page(browser)
+    photos = write_folder(tmp_path / "mine", per_class=1, seed=11)[:4]
+    page.get_by_role("tab", name="My collection").click()
+    page.locator("#album-files input[type=file]").set_input_files([str(p) for p in photos])
+    page.get_by_role("button", name="Add to collection").click()
+    page.get_by_text("Added 4 images").wait_for(timeout=WAIT)
+    page.get_by_role("tab", name="Search").click()
+    search_text(page, "a red circle")
+    assert "of 4 images" in after(page, lambda: choose(page, "Index", "my collection: photos"))
+    assert len(captions(page)) == 4
+    page.get_by_role("tab", name="My collection").click()
+    page.get_by_role("button", name="Delete this collection").click()
+    page.get_by_text("Deleted collection").wait_for(timeout=WAIT)
+    page.get_by_role("tab", name="Search").click()
+    message = search_text(page, "a red circle")
+    shot(page, "page-after-dropping-the-collection")
+    assert "Top" in message and len(captions(page)) == 12
