@@ -1,8 +1,9 @@
-"""ImageIndex: search a built store by image, by text, or by a stored image's id."""
+"""ImageIndex: search a built store by a composed query, by image, by text, or by a stored image's id."""
 from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -10,16 +11,20 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .duplicates import fold_near_duplicates
+from .cutoff import auto_cutoff
+from .duplicates import NEAR_DUPLICATE_SIMILARITY, fold_near_duplicates
 from .embedders import Embedder, load_embedder
-from .errors import QueryError, StoreError
+from .errors import InvalidImageError, QueryError, StoreError
 from .ids import image_id as checked_image_id
+from .ids import shown
 from .images import ImageInput, read_image
+from .query import MAX_K, MAX_TEXT_CHARS, Part, Query, compose
 from .settings import ChromaServer
 from .store import DEFAULT_COLLECTION, ModelInfo, Neighbour, Store, VectorCollection
 
-MAX_K = 1000
-MAX_TEXT_CHARS = 1000
+__all__ = ["MAX_K", "MAX_TEXT_CHARS", "Hit", "ImageIndex", "Ranked"]
+CUTOFF_DEPTH = 100  # ranked scores the cut-off looks at, beyond the page asked for
+BACKGROUND_SAMPLE = 1000  # stored vectors a query is scored against to see the bulk of the index
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,50 @@ class Hit:
     source: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     similar: tuple[str, ...] = ()  # near-duplicates folded into this hit
+    relevant: bool | None = None  # above the query's cut-off; None where no cut-off was asked for
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One page of a query's ranking, how many images it ranks, and the cut-off score it used."""
+
+    hits: list[Hit]
+    total: int
+    cutoff: float | None
+
+
+@dataclass(frozen=True)
+class LabelFilter:
+    """Labels to keep (none: all) and to drop; a record without a label passes unless ``include`` is set."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def admits(self, label: str | None) -> bool:
+        """Whether a record with ``label`` passes."""
+        if self.include:
+            return label in self.include
+        return label not in self.exclude
+
+    def where(self) -> dict[str, Any] | None:
+        """The same filter as a Chroma ``where`` on the metadata key "label"."""
+        clauses = ([{"label": {"$in": list(self.include)}}] if self.include else []) + (
+            [{"label": {"$nin": list(self.exclude)}}] if self.exclude else [])
+        return None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Every record's label, and a fixed sample of stored vectors: what filters and the cut-off read."""
+
+    labels: dict[str, str | None]  # by id
+    counts: Counter[str | None]
+    sample_ids: list[str]
+    sample: np.ndarray
+
+    def total(self, labels: LabelFilter) -> int:
+        """How many records pass ``labels``."""
+        return sum(n for label, n in self.counts.items() if labels.admits(label))
 
 
 class ImageIndex:
@@ -51,6 +100,7 @@ class ImageIndex:
         self.embedder = embedder
         self.metadata = dict(collection.metadata)
         self._exact_cache: tuple[int, list[str], np.ndarray] | None = None
+        self._catalogue_cache: tuple[int, Catalogue] | None = None
         self._cache_lock = threading.Lock()
 
     @classmethod
@@ -118,22 +168,96 @@ class ImageIndex:
         into it (``Hit.similar``) instead of taking places of their own.
         """
         self._check(k, metric)
-        query = np.asarray(vector, dtype=np.float32)
+        return self._rank(np.asarray(vector, dtype=np.float32), k, 0, metric, fold)[0]
+
+    def search(self, query: Query) -> Ranked:
+        """A page of ``query``'s ranking (see search/query.py), with each hit marked against its cut-off.
+
+        Label filters run inside the search, so a full page comes back wherever enough images pass.
+        Unknown ids and labels, and text parts on an index that cannot read text, are QueryErrors.
+        """
+        labels = LabelFilter(query.include, query.exclude)
+        catalogue = self._catalogue()
+        for name in (*query.include, *query.exclude):
+            if name not in catalogue.counts:
+                raise QueryError(f"labels: this index holds no label {shown(name)}.")
+        vector = self._compose(query)
+        fold = NEAR_DUPLICATE_SIMILARITY if query.fold and self.metadata.get("normalized") else None
+        depth = query.offset + query.k
+        hits, top = self._rank(vector, query.k, query.offset, query.metric, fold, labels,
+                               CUTOFF_DEPTH if query.cutoff == "auto" else depth)
+        if query.cutoff == "auto":
+            mask = np.array([labels.admits(catalogue.labels.get(i)) for i in catalogue.sample_ids], dtype=bool)
+            background = metrics.scores(catalogue.sample[mask], vector, query.metric) if mask.any() else np.zeros(0)
+            cutoff = auto_cutoff(top, background)
+        else:
+            cutoff = query.cutoff
+        if cutoff is not None:
+            hits = [replace(h, relevant=h.score >= cutoff) for h in hits]
+        return Ranked(hits, catalogue.total(labels), cutoff)
+
+    def labels(self) -> list[str]:
+        """The labels this index holds, sorted."""
+        return sorted(label for label in self._catalogue().counts if label is not None)
+
+    def _compose(self, query: Query) -> np.ndarray:
+        """Embed every part in this index's space, then combine them (``query.compose``)."""
+        vectors = self._embed(query.parts)
+        weighted = [(vectors[i], part.weight) for i, part in enumerate(query.parts)]
+        return compose(weighted[: len(query.positive)], weighted[len(query.positive):], bool(self.metadata.get("normalized")))
+
+    def _embed(self, parts: tuple[Part, ...]) -> list[np.ndarray]:
+        """Each part's vector: texts and images in one batch each, ids from the store."""
+        out: dict[int, np.ndarray] = {}
+        texts = [(i, p) for i, p in enumerate(parts) if p.kind == "text"]
+        if texts and not self.supports_text:
+            raise QueryError(f"{texts[0][1].name}: the pixel index cannot read text; "
+                             "use image and id parts, or choose a CLIP index.")
+        if texts:
+            out.update(zip([i for i, _ in texts], self.embedder.embed_texts([p.value for _, p in texts])))
+        images = [(i, p) for i, p in enumerate(parts) if p.kind == "image"]
+        prepared = []
+        for _, part in images:
+            try:
+                prepared.append(self.embedder.prepare(read_image(part.value, min_edges=self.embedder.min_edges)))
+            except InvalidImageError as exc:
+                raise QueryError(f"{part.name}: {exc}") from exc
+        if images:
+            out.update(zip([i for i, _ in images], self.embedder.embed_images(prepared)))
+        ids = [(i, p) for i, p in enumerate(parts) if p.kind == "id"]
+        stored = self.collection.vectors(list(dict.fromkeys(p.value for _, p in ids)))
+        for i, part in ids:
+            if part.value not in stored:
+                raise QueryError(f"{part.name}: no image with id {part.value} in this index.")
+            out[i] = stored[part.value]
+        return [out[i] for i in range(len(parts))]
+
+    def _rank(self, vector: np.ndarray, k: int, offset: int, metric: str, fold: float | None,
+              labels: LabelFilter | None = None, depth: int = 0) -> tuple[list[Hit], np.ndarray]:
+        """Hits ``offset`` to ``offset + k`` of the ranking, and the best ``depth`` (at least that many) scores."""
+        wanted = offset + k
+        scored = self._nearest(vector, max(wanted * 4 + 8 if fold else wanted, depth), metric, labels)
+        top = np.array([s[1] for s in scored], dtype=np.float64)
         if not fold:
-            return [self.hit(*s) for s in self._nearest(query, k, metric)]
-        scored = self._nearest(query, k * 4 + 8, metric)
+            return [self.hit(*s) for s in scored[offset:wanted]], top
         vectors = {i: v / (np.linalg.norm(v) or 1.0) for i, v in self.collection.vectors([s[0] for s in scored]).items()}
         by_id = {s[0]: s for s in scored}
-        return [replace(self.hit(*by_id[head]), similar=tuple(members))
-                for head, members in fold_near_duplicates([s[0] for s in scored], vectors, fold)[:k]]
+        folded = fold_near_duplicates([s[0] for s in scored], vectors, fold)[offset:wanted]
+        return [replace(self.hit(*by_id[head]), similar=tuple(members)) for head, members in folded], top
 
-    def _nearest(self, vector: np.ndarray, k: int, metric: str) -> list[tuple[str, float, dict]]:
+    def _nearest(self, vector: np.ndarray, k: int, metric: str,
+                 labels: LabelFilter | None = None) -> list[tuple[str, float, dict]]:
         if metric == "cosine" or (metric in ("ip", "l2") and self.metadata.get("normalized")):
             # No count() first: it costs more than the search at 100k vectors, and Chroma returns
             # fewer than k results (none from an empty collection) without complaint.
-            found: list[Neighbour] = self.collection.nearest(vector[None, :], k)[0]
+            where = labels.where() if labels else None
+            found: list[Neighbour] = self.collection.nearest(vector[None, :], k, where)[0]
             return [(n.id, metrics.score_from_cosine(n.similarity, metric), n.metadata) for n in found]
         ids, matrix = self._all_vectors()
+        if labels and (labels.include or labels.exclude):  # filter the rows first, so k results still come back
+            catalogue = self._catalogue()
+            rows = np.flatnonzero([labels.admits(catalogue.labels.get(i)) for i in ids])
+            ids, matrix = [ids[r] for r in rows], matrix[rows]
         best = metrics.top_k(matrix, vector, metric, k)
         chosen = [ids[i] for i, _ in best]
         metas = self.collection.metadatas(chosen)
@@ -152,6 +276,23 @@ class ImageIndex:
         """Forget cached vectors after this process changed the collection."""
         with self._cache_lock:
             self._exact_cache = None
+            self._catalogue_cache = None
+
+    def _catalogue(self) -> Catalogue:
+        """Labels and the background sample, read once per collection size (a change of size re-reads them)."""
+        with self._cache_lock:
+            count = len(self)
+            if self._catalogue_cache is None or self._catalogue_cache[0] != count:
+                labels = {i: m.get("label") for i, m in self.collection.scan_metadata()}
+                ids = sorted(labels)
+                if len(ids) > BACKGROUND_SAMPLE:  # a fixed seed: the same index gives the same cut-offs
+                    ids = sorted(np.random.default_rng(0).choice(ids, BACKGROUND_SAMPLE, replace=False).tolist())
+                vectors = self.collection.vectors(ids)
+                sample_ids = [i for i in ids if i in vectors]
+                empty = np.zeros((0, self.collection.dimension or 0), np.float32)
+                sample = np.stack([vectors[i] for i in sample_ids]) if sample_ids else empty
+                self._catalogue_cache = (count, Catalogue(labels, Counter(labels.values()), sample_ids, sample))
+            return self._catalogue_cache[1]
 
     def _all_vectors(self) -> tuple[list[str], np.ndarray]:
         with self._cache_lock:

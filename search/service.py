@@ -23,6 +23,7 @@ from .errors import InvalidImageError, QueryError, SearchError
 from .first_run import FAILURE_HINT, BuildState, DefaultBuild, wanted
 from .ids import content_id, shown
 from .index import Hit, ImageIndex
+from .query import Query, parse_query
 from .report import BuildReport
 from .served_files import discard_uploads, purge_cached_copies
 from .settings import DEFAULT_DATASET, Settings
@@ -37,7 +38,7 @@ MINE = "mine/"  # an index value naming one of the caller's albums
 EXAMPLE_IMAGES = 8
 EXAMPLE_LABELS = 6
 
-__all__ = ["MAX_RESULTS", "MINE", "Examples", "IndexChoice", "Overview", "Results", "SearchService", "Settings"]
+__all__ = ["MAX_RESULTS", "MINE", "Answer", "Examples", "IndexChoice", "Overview", "Results", "SearchService", "Settings"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,22 @@ class Results:
         """The API's answer: plain dicts, best first: id, score, label, caption, image (thumbnail path)."""
         return [{"id": h.id, "score": round(h.score, 6), "label": h.label, "caption": h.caption, "image": h.image}
                 for h in self.hits]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One page of a composed query's hits, how many images it ranks, its cut-off, and how long it took."""
+
+    hits: list[Hit]
+    total: int  # images the query ranks: the index's count after label filters
+    offset: int  # the rank of the first hit (0 is the best)
+    cutoff: float | None  # the score below which hits are marked not relevant; None: no cut-off
+    seconds: float
+
+    def records(self) -> list[dict[str, Any]]:
+        """The API's hits: plain dicts, best first: id, score, label, caption, image, relevant."""
+        return [{"id": h.id, "score": round(h.score, 6), "label": h.label, "caption": h.caption, "image": h.image,
+                 "relevant": h.relevant} for h in self.hits]
 
 
 @dataclass(frozen=True)
@@ -241,6 +258,18 @@ class SearchService:
         return self._forget(self._albums_to_change().drop(key, name))
 
     # --- Queries ----------------------------------------------------------------------------------------
+
+    def search(self, query: dict | Query, images: list[str] | None = None, key: str | None = None) -> Answer:
+        """Run a composed query (search/query.py); ``images`` are the uploads its image parts name by position."""
+        parsed = query if isinstance(query, Query) else parse_query(query, images)
+        target = self._target(parsed.index, key)
+        start = time.perf_counter()
+        ranked = target.search(parsed)
+        return Answer(ranked.hits, ranked.total, parsed.offset, ranked.cutoff, time.perf_counter() - start)
+
+    def labels(self, index: str | None = None, key: str | None = None) -> list[str]:
+        """The labels the index holds, sorted (for label filters)."""
+        return self._target(index, key).labels()
 
     def search_image(self, image: str | bytes | Image.Image | None, k: int, metric: str, index: str | None = None,
                      *, key: str | None = None, fold: bool = False) -> Results:
