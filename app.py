@@ -44,10 +44,15 @@ CSS = """
 #mine .grid-container { grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)) !important;
   grid-template-rows: none !important; }
 #example-images .grid-container { grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important; }
+#results .caption-label { white-space: normal; overflow-wrap: anywhere; }
 @media (max-width: 640px) {
   #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
 }
 """
+
+# On a phone the results are below the query panel: bring them into view once a search has run.
+REVEAL_RESULTS = ("() => { if (window.innerWidth < 700) "
+                  "document.getElementById('status')?.scrollIntoView({behavior: 'smooth', block: 'start'}); }")
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 Update = dict[str, Any]  # what gr.update() returns: new properties for a component
@@ -103,19 +108,20 @@ class Controls:
     key: str | None
 
 
-class QueryImage(gr.Image):
-    """The query image box: the uploaded file reaches the project's decoder untouched.
+def query_image(**kwargs: Any) -> gr.Image:
+    """The query image box, whose uploaded file reaches the project's decoder untouched.
 
     Gradio's own preprocessing decodes the upload first and answers a bad or huge file with its own
-    error; ``search.images`` says what is wrong instead.
+    error; ``search.images`` says what is wrong instead. (Set on the instance: a subclass of a Gradio
+    component makes Gradio write a .pyi file beside this one at import.)
     """
+    box = gr.Image(type="filepath", **kwargs)
+    box.preprocess = _upload_path  # type: ignore[method-assign]
+    return box
 
-    def preprocess(self, payload: Any) -> str | None:
-        return str(payload.path) if payload is not None and getattr(payload, "path", None) else None
 
-    @classmethod
-    def get_block_name(cls) -> str:
-        return "image"  # the browser draws it as Gradio's image box
+def _upload_path(payload: Any) -> str | None:
+    return str(payload.path) if payload is not None and getattr(payload, "path", None) else None
 
 
 class Page:
@@ -193,9 +199,10 @@ class Page:
             return self._cleared()
         return self._search(PageQuery().starting(image_part(image)), Controls(*controls))
 
-    def search_example(self, paths: list[str], *args: Any) -> Searched:
-        """Search by the example image that was clicked (the event's data comes last)."""
-        *controls, evt = args
+    def search_example(self, paths: list[str], index: str, metric: str, k: int, fold: bool, include: list[str],
+                       exclude: list[str], strong: bool, key: str | None, evt: gr.SelectData) -> Searched:
+        """Search by the example image that was clicked."""
+        controls = (index, metric, k, fold, include, exclude, strong, key)
         if not isinstance(evt.index, int) or not 0 <= evt.index < len(paths or []):
             return self._failed(PageQuery(), QueryError("That example is no longer shown; reload the page."))
         return self.search_image(paths[evt.index], *controls)
@@ -258,7 +265,7 @@ class Page:
     def _failed(self, query: PageQuery, exc: SearchError) -> Searched:
         """The library's message in the status line; no results left from an earlier search."""
         log.info("refused a search: %s", exc.for_operator())
-        if isinstance(exc, InvalidImageError) or not query.parts:
+        if isinstance(exc, InvalidImageError) or isinstance(exc.__cause__, InvalidImageError) or not query.parts:
             query = PageQuery()  # the image could not be read: nothing of it stays in the query box
         text, image = _query_panel(query)
         return (query, gr.skip() if not query.parts else text, image, [], [], 0, views.problem(str(exc)),
@@ -438,9 +445,8 @@ def build_app(service: SearchService) -> gr.Blocks:
                         text = gr.Textbox(label="Description", placeholder="a red dress", scale=4, min_width=160,
                                           max_length=MAX_TEXT_CHARS, elem_id="text-query")
                         text_button = gr.Button("Search", variant="primary", scale=1, min_width=90)
-                    image = QueryImage(type="filepath", sources=["upload", "clipboard", "webcam"],
-                                       label="Query image (drop, paste or take a photo)", height=240,
-                                       elem_id="query-image")
+                    image = query_image(sources=["upload", "clipboard", "webcam"], height=240,
+                                        label="Query image (drop, paste or take a photo)", elem_id="query-image")
                     with gr.Row(equal_height=True):
                         url = gr.Textbox(label="…or an image URL", placeholder="https://…", scale=4, min_width=160)
                         url_button = gr.Button("Search URL", scale=1, min_width=90)
@@ -509,17 +515,23 @@ def build_app(service: SearchService) -> gr.Blocks:
         demo.load(page.first_visit, [key], [key, index, album], **PRIVATE)
         refreshed = [overview, timer, index, include, exclude, example_gallery, example_paths, prompt_examples]
         gr.on([demo.load, timer.tick], page.refresh, [key, index], refreshed, **PRIVATE)
-        gr.on([text.submit, text_button.click], page.search_text, [text, *controls], searched, **PRIVATE)
-        prompt_examples.click(page.search_prompt, [prompt_examples, *controls], searched, **PRIVATE)
-        image.input(page.search_image, [image, *controls], searched, **PRIVATE)
-        example_gallery.select(page.search_example, [example_paths, *controls], searched, **PRIVATE)
-        gr.on([url.submit, url_button.click], page.search_url, [url, *controls], searched, **PRIVATE)
+        running = dict(show_progress_on=results, **PRIVATE)  # the spinner on the results, not on every output
+
+        def new_search(triggers: list[Any], handler: Callable[..., Searched], source: Any) -> None:
+            """Wire a search the person starts from the query panel (on a phone, then show the results)."""
+            gr.on(triggers, handler, [source, *controls], searched, **running).then(None, js=REVEAL_RESULTS, **PRIVATE)
+
+        new_search([text.submit, text_button.click], page.search_text, text)
+        new_search([prompt_examples.click], page.search_prompt, prompt_examples)
+        new_search([image.input], page.search_image, image)
+        new_search([example_gallery.select], page.search_example, example_paths)
+        new_search([url.submit, url_button.click], page.search_url, url)
+        new_search([search_this.click], page.search_selected, selected)
         gr.on([metric.input, k.release, fold.input, strong.input, include.input, exclude.input],
-              page.rerun, [query, *controls], searched, **PRIVATE)
-        index.input(page.change_index, [query, *controls], [include, exclude, *searched], **PRIVATE)
-        more.click(page.more, [query, shown, next_offset, *controls], searched, **PRIVATE)
+              page.rerun, [query, *controls], searched, **running)
+        index.input(page.change_index, [query, *controls], [include, exclude, *searched], **running)
+        more.click(page.more, [query, shown, next_offset, *controls], searched, **running)
         results.select(page.open_result, [shown, metric], [detail, detail_image, detail_text, selected], **PRIVATE)
-        search_this.click(page.search_selected, [selected, *controls], searched, **PRIVATE)
         close.click(lambda: (gr.update(visible=False), None), None, [detail, selected], **PRIVATE)
 
         add_button.click(page.add_to_album, [key, album, files],

@@ -43,8 +43,8 @@ def after(page, action) -> str:
     """Run ``action``, then wait for the status line to change; the new status."""
     before = status(page)
     action()
-    page.wait_for_function("s => { const e = document.querySelector('#status'); return e && e.innerText !== s "
-                           "&& e.innerText.trim() !== '' }", arg=before, timeout=WAIT)
+    page.wait_for_function("s => { const t = document.querySelector('#status')?.innerText.trim(); "
+                           "return t && t !== s && !/^[0-9.]+ ?s$|queue|processing/i.test(t) }", arg=before, timeout=WAIT)
     page.wait_for_timeout(300)  # the gallery renders with the status
     return status(page)
 

@@ -2,7 +2,7 @@
 
 No app process, no browser: the layout's endpoints and privacy read from the Blocks, the handlers over
 `local_store` (a small store built once per session with the trained tiny model), and the formatting of
-`search.views` over hand-made hits. The end-to-end tests (test_app.py, test_browser.py, ...) drive the
+`search.views` over hand-made hits. The end-to-end tests (test_app.py, test_page.py, ...) drive the
 same code through a real server.
 """
 from __future__ import annotations
