@@ -11,20 +11,20 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import gradio as gr
 from starlette.middleware import Middleware
 
-from search import METRICS, QueryError, SearchError, views
+from search import METRICS, QueryError, SearchError, regions, views
 from search.errors import InvalidImageError
 from search.ids import KEY
 from search.index import MAX_K, MAX_TEXT_CHARS, Hit
-from search.page_query import PageQuery, Part, image_part
+from search.page_query import MAX_PARTS, PageQuery, Part, image_part
 from search.served_files import UploadBudget, keep_fetched, served_copy
-from search.service import MAX_RESULTS, Examples, Results, SearchService
+from search.service import MAX_RESULTS, Answer, Examples, Results, SearchService
 from search.settings import Settings
 
 log = logging.getLogger("app")
@@ -60,7 +60,9 @@ Update = dict[str, Any]  # what gr.update() returns: new properties for a compon
 # (text, image), the results (gallery, hits, next offset, status, "more" button), the detail view
 # (closed, nothing selected) and the query's other parts.
 SEARCHED_NAMES = ("query", "text", "image", "results", "shown", "next_offset", "status", "more", "detail",
-                  "selected", "chips")
+                  "selected", "chips", "undo")
+MORE_LIKE, LESS_LIKE = "more like this", "less like this"
+OPEN = "open it"  # what clicking a result does, unless the person chose to mark results instead
 Searched = tuple[Any, ...]
 # A page of an album: gallery, the id behind each item, the selected id, offset, where, newer, older.
 ShownAlbum = tuple[Any, ...]
@@ -254,13 +256,14 @@ class Page:
             return self._failed(query, SearchError("Something went wrong on our side; the server log has the details."))
         hits = [h for h in answer.hits if h.relevant is not False] if c.strong else answer.hits
         shown = before + hits
-        items, kept = views.result_gallery(shown, c.metric)
+        marks = {p.value: not p.negative for p in query.feedback}
+        items, kept = views.result_gallery(shown, c.metric, marks=marks)
         relevant = sum(1 for h in answer.hits if h.relevant) if answer.cutoff is not None else None
         next_offset = offset + len(answer.hits)
         more = next_offset < min(answer.total, MAX_K) and len(answer.hits) == c.k
         return (query, *_query_panel(query), items, kept, next_offset,
                 views.status(len(kept), answer.total, answer.seconds, relevant if not before else None),
-                gr.update(visible=more), gr.update(visible=False), None, _chips(query))
+                gr.update(visible=more), gr.update(visible=False), None, _chips(query), _undo(query))
 
     def _failed(self, query: PageQuery, exc: SearchError) -> Searched:
         """The library's message in the status line; no results left from an earlier search."""
@@ -269,20 +272,98 @@ class Page:
             query = PageQuery()  # the image could not be read: nothing of it stays in the query box
         text, image = _query_panel(query)
         return (query, gr.skip() if not query.parts else text, image, [], [], 0, views.problem(str(exc)),
-                gr.update(visible=False), gr.update(visible=False), None, _chips(query))
+                gr.update(visible=False), gr.update(visible=False), None, _chips(query), _undo(query))
 
     def _cleared(self) -> Searched:
         return (PageQuery(), gr.skip(), None, [], [], 0, "", gr.update(visible=False), gr.update(visible=False),
-                None, _chips(PageQuery()))
+                None, _chips(PageQuery()), _undo(PageQuery()))
 
-    # --- The detail view ----------------------------------------------------------------------------------
+    # --- Refining: the composer, feedback, regions --------------------------------------------------------
 
-    def open_result(self, shown: list[Hit], metric: str, evt: gr.SelectData) -> tuple[Any, ...]:
-        """Open the clicked result in the detail view: the picture large, its label, score and source."""
+    def add_part(self, query: PageQuery, text: str, image: str | None, sign: str, weight: float,
+                 *controls: Any) -> tuple[Any, ...]:
+        """The composer: add a description or an image, "more like" or "less like", and search again.
+
+        Also returns the composer's cleared text and image boxes.
+        """
+        negative = sign == LESS_LIKE
+        if text and text.strip():
+            part = Part("text", text.strip(), weight, negative)
+        elif image:
+            part = image_part(image, negative=negative, weight=weight)
+        else:
+            return (*_noted(views.problem("Type a description or put an image to add first.")), gr.skip(), gr.skip())
+        if query.size >= MAX_PARTS:
+            return (*self._failed(query, QueryError(f"A query holds at most {MAX_PARTS} parts; remove one first.")),
+                    gr.skip(), gr.skip())
+        return (*self._search(query.adding(part), Controls(*controls)), "", None)
+
+    def remove_part(self, query: PageQuery, chips: list[str] | None, *controls: Any) -> Searched:
+        """A part's chip was removed: search without it."""
+        kept = set(chips or [])
+        gone = [i for i, chip in enumerate(query.chips()) if chip not in kept]
+        if not gone:
+            return _unchanged()
+        return self._search(query.without(gone[0]), Controls(*controls))
+
+    def click_result(self, mode: str, query: PageQuery, shown: list[Hit], index: str, metric: str, k: int, fold: bool,
+                     include: list[str], exclude: list[str], strong: bool, key: str | None,
+                     evt: gr.SelectData) -> tuple[Any, ...]:
+        """A click on a result opens it in the detail view, or marks it "more like" / "less like" and searches
+        again, as the person chose. Returns SEARCHED's outputs, then the detail view's picture and text."""
         if not isinstance(evt.index, int) or not 0 <= evt.index < len(shown or []):
-            return gr.update(visible=False), None, "", None
+            return (*_unchanged(), gr.skip(), gr.skip())
         hit = shown[evt.index]
-        return gr.update(visible=True), hit.image, views.detail(evt.index + 1, hit, metric), hit
+        if mode not in (MORE_LIKE, LESS_LIKE):
+            opened = list(_unchanged())
+            opened[SEARCHED_NAMES.index("detail")] = gr.update(visible=True)
+            opened[SEARCHED_NAMES.index("selected")] = hit
+            return (*opened, hit.image, views.detail(evt.index + 1, hit, metric))
+        controls = Controls(index, metric, k, fold, include, exclude, strong, key)
+        return (*self._mark(query, hit, mode == MORE_LIKE, controls), gr.skip(), gr.skip())
+
+    def more_like_selected(self, query: PageQuery, selected: Hit | None, *controls: Any) -> Searched:
+        """Feedback from the detail view: more like the selected result."""
+        return self._mark(query, selected, True, Controls(*controls))
+
+    def less_like_selected(self, query: PageQuery, selected: Hit | None, *controls: Any) -> Searched:
+        """Feedback from the detail view: less like the selected result."""
+        return self._mark(query, selected, False, Controls(*controls))
+
+    def _mark(self, query: PageQuery, hit: Hit | None, good: bool, c: Controls) -> Searched:
+        if hit is None or not query.parts:
+            return self._failed(query, QueryError("Search first, then mark results as more or less like what you want."))
+        if query.size >= MAX_PARTS:
+            return self._failed(query, QueryError(f"A query holds at most {MAX_PARTS} parts; undo a mark first."))
+        return self._search(query.marking(hit.id, good, hit.image, views.name(hit)), c)
+
+    def undo(self, query: PageQuery, *controls: Any) -> Searched:
+        """Take back the latest mark and search again."""
+        return self._search(query.undoing(), Controls(*controls)) if query.feedback else _unchanged()
+
+    def pick_corner(self, query: PageQuery, corner: tuple[float, float] | None, index: str, metric: str, k: int,
+                    fold: bool, include: list[str], exclude: list[str], strong: bool, key: str | None,
+                    evt: gr.SelectData) -> tuple[Any, ...]:
+        """A tap on the query image: the first marks a corner of a region, the second the opposite corner,
+        and the search runs on that region alone. Returns SEARCHED's outputs, then the corner kept."""
+        main = query.main
+        if main is None or main.picture is None:
+            return (*_unchanged(), None)
+        controls = Controls(index, metric, k, fold, include, exclude, strong, key)
+        try:
+            point = regions.to_original(evt.index, main.scale)
+            origin = main.picture
+            if corner is None:
+                marked = regions.mark_corner(origin, point)
+                shown = replace(main, preview=marked.preview, scale=marked.scale, origin=origin)
+                return (*_noted("Now tap the opposite corner of the region to search.",
+                                query=query.with_main(shown), image=marked.preview), point)
+            region, marked = regions.cut(origin, corner, point)
+        except SearchError as exc:
+            return (*self._failed(query, exc), None)
+        part = Part("image", region, main.weight, main.negative, preview=marked.preview, scale=marked.scale,
+                    name=f"region of {main.name}", origin=origin)
+        return (*self._search(query.with_main(part), controls), None)
 
     # --- My collection --------------------------------------------------------------------------------------
 
@@ -369,11 +450,24 @@ def _chips(query: PageQuery) -> Update:
     return gr.update(choices=chips, value=chips, visible=bool(chips))
 
 
+def _undo(query: PageQuery) -> Update:
+    """The undo button, there while the query holds feedback."""
+    return gr.update(visible=bool(query.feedback))
+
+
 def _unchanged() -> Searched:
     return tuple(gr.skip() for _ in range(len(SEARCHED_NAMES)))
 
 
-# --- The public API: six named endpoints returning JSON ---------------------------------------------------
+def _noted(status: str, **changed: Any) -> Searched:
+    """The search as it is, with a word in the status line (and any outputs named in ``changed``)."""
+    out = list(_unchanged())
+    for name, value in {"status": status, **changed}.items():
+        out[SEARCHED_NAMES.index(name)] = value
+    return tuple(out)
+
+
+# --- The public API: seven named endpoints returning JSON ---------------------------------------------------
 # `index` may name one of the caller's albums ("mine/NAME"), with the caller's `key` (16+ characters) on a
 # public deployment. The API calls albums "collections".
 
@@ -393,6 +487,15 @@ class Api:
     def search_by_text(self, text: str, k: int, metric: str, index: str, key: str) -> list[dict[str, Any]]:
         """The k stored images that best match ``text``, best first."""
         return _for_api(self.service.search_text(text, k, metric, index or None, key=key))
+
+    @user_errors
+    def search(self, query: object, images: list[str] | None, key: str) -> dict[str, Any]:
+        """A composed query (see search/query.py): parts to look for and to avoid, filters, a page, a cut-off.
+
+        Answers ``{"hits": [{id, score, label, caption, image, relevant}...], "total", "offset", "cutoff"}``.
+        """
+        answer = self.service.search(query, list(images or []), key or None)
+        return {"hits": _for_api(answer), "total": answer.total, "offset": answer.offset, "cutoff": answer.cutoff}
 
     @user_errors
     def collection_add(self, files: list[str] | None, collection: str, key: str) -> dict[str, Any]:
@@ -415,7 +518,7 @@ class Api:
         return {"removed": len(self.service.drop_album(key, collection).removed)}
 
 
-def _for_api(results: Results) -> list[dict[str, Any]]:
+def _for_api(results: Results | Answer) -> list[dict[str, Any]]:
     """Hits for API callers; a FileData dict makes Gradio serve the thumbnail and the client download it."""
     return [{**r, "image": {"path": served_copy(r["image"]), "meta": {"_type": "gradio.FileData"}} if r["image"] else None}
             for r in results.records()]
@@ -438,6 +541,7 @@ def build_app(service: SearchService) -> gr.Blocks:
         shown = gr.State([])  # the Hit behind each results item
         next_offset = gr.State(0)  # where "More results" continues
         selected = gr.State(None)  # the Hit open in the detail view
+        corner = gr.State(None)  # the first corner of a region being drawn on the query image
         with gr.Tabs():
             with gr.Tab("Search", id="search"), gr.Row(equal_height=False):
                 with gr.Column(scale=2, min_width=320, elem_id="query-panel"):
@@ -452,6 +556,18 @@ def build_app(service: SearchService) -> gr.Blocks:
                         url_button = gr.Button("Search URL", scale=1, min_width=90)
                     chips = gr.Dropdown([], value=[], multiselect=True, label="Also in this query",
                                         info="Remove a part with its ×", visible=False, elem_id="parts")
+                    undo = gr.Button("Undo the last mark", visible=False, size="sm")
+                    with gr.Accordion("Refine: more like, less like", open=False, elem_id="composer"):
+                        gr.Markdown("Add a description or an image to the query. Tap two opposite corners on the "
+                                    "query image to search by that region alone.")
+                        add_text = gr.Textbox(label="Description to add", placeholder="long sleeves",
+                                              max_length=MAX_TEXT_CHARS, elem_id="add-text")
+                        add_image = query_image(sources=["upload", "clipboard"], height=120, label="…or an image to add",
+                                                elem_id="add-image")
+                        with gr.Row(equal_height=True):
+                            add_sign = gr.Radio([MORE_LIKE, LESS_LIKE], value=MORE_LIKE, show_label=False, min_width=200)
+                            add_weight = gr.Slider(0.1, 3.0, value=1.0, step=0.1, label="Weight", min_width=140)
+                        add_button = gr.Button("Add to the query", elem_id="add-part")
                     with gr.Accordion("Options", open=True):
                         index = gr.Dropdown(shared, value=shared[0][1] if shared else None, label="Index",
                                             allow_custom_value=True)
@@ -475,14 +591,19 @@ def build_app(service: SearchService) -> gr.Blocks:
                                                  elem_id="example-prompts")
                 with gr.Column(scale=3, min_width=320, elem_id="results-panel"):
                     status = gr.Markdown(elem_id="status")
+                    click_mode = gr.Radio([OPEN, MORE_LIKE, LESS_LIKE], value=OPEN, label="Clicking a result will",
+                                          elem_id="click-mode")
                     with gr.Column(visible=False, elem_id="detail") as detail, gr.Row(equal_height=False):
                         detail_image = gr.Image(type="filepath", label="Selected result", height=320,
                                                 interactive=False, min_width=200)
                         with gr.Column(min_width=200):
                             detail_text = gr.Markdown()
                             search_this = gr.Button("Search by this image", variant="primary")
+                            with gr.Row():
+                                more_like = gr.Button("👍 More like this", min_width=100)
+                                less_like = gr.Button("👎 Less like this", min_width=100)
                             close = gr.Button("Close")
-                    results = gr.Gallery(label="Results (click one for details)", columns=6, object_fit="contain",
+                    results = gr.Gallery(label="Results", columns=6, object_fit="contain",
                                          height="auto", allow_preview=False, elem_id="results")
                     more = gr.Button("More results", visible=False, elem_id="more")
             with gr.Tab("My collection"):
@@ -491,7 +612,7 @@ def build_app(service: SearchService) -> gr.Blocks:
                     album = gr.Dropdown([], label="Collection", allow_custom_value=True, value="photos", scale=2, min_width=160)
                     files = gr.File(file_count="multiple", type="filepath", label="Images or a .zip", scale=3, min_width=200,
                                     elem_id="album-files")
-                add_button = gr.Button("Add to collection", variant="primary")
+                album_add = gr.Button("Add to collection", variant="primary")
                 ingest_summary = gr.Markdown()
                 ingest_table = gr.Dataframe(headers=views.INGEST_HEADERS, label="Files that could not be used",
                                             interactive=False, wrap=True)
@@ -509,7 +630,7 @@ def build_app(service: SearchService) -> gr.Blocks:
                 album_offset = gr.State(0)
 
         controls = [index, metric, k, fold, include, exclude, strong, key]
-        searched = [query, text, image, results, shown, next_offset, status, more, detail, selected, chips]
+        searched = [query, text, image, results, shown, next_offset, status, more, detail, selected, chips, undo]
         shown_album = [album_gallery, album_ids, picked, album_offset, album_where, newer, older]
 
         demo.load(page.first_visit, [key], [key, index, album], **PRIVATE)
@@ -531,10 +652,18 @@ def build_app(service: SearchService) -> gr.Blocks:
               page.rerun, [query, *controls], searched, **running)
         index.input(page.change_index, [query, *controls], [include, exclude, *searched], **running)
         more.click(page.more, [query, shown, next_offset, *controls], searched, **running)
-        results.select(page.open_result, [shown, metric], [detail, detail_image, detail_text, selected], **PRIVATE)
+        results.select(page.click_result, [click_mode, query, shown, *controls], [*searched, detail_image, detail_text],
+                       **running)
+        add_button.click(page.add_part, [query, add_text, add_image, add_sign, add_weight, *controls],
+                         [*searched, add_text, add_image], **running)
+        chips.input(page.remove_part, [query, chips, *controls], searched, **running)
+        more_like.click(page.more_like_selected, [query, selected, *controls], searched, **running)
+        less_like.click(page.less_like_selected, [query, selected, *controls], searched, **running)
+        undo.click(page.undo, [query, *controls], searched, **running)
+        image.select(page.pick_corner, [query, corner, *controls], [*searched, corner], **running)
         close.click(lambda: (gr.update(visible=False), None), None, [detail, selected], **PRIVATE)
 
-        add_button.click(page.add_to_album, [key, album, files],
+        album_add.click(page.add_to_album, [key, album, files],
                          [ingest_summary, ingest_table, files, album, index, *shown_album], **PRIVATE)
         album.change(page.show_album, [key, album], shown_album, **PRIVATE)
         newer.click(page.album_newer, [key, album, album_offset], shown_album, **PRIVATE)
@@ -554,11 +683,14 @@ def build_app(service: SearchService) -> gr.Blocks:
             api_key = gr.Textbox(value="", label="key")
             api_collection = gr.Textbox(value="", label="collection")
             api_ids = gr.JSON(value=[], label="ids")
+            api_query = gr.JSON(value={}, label="query")
+            api_images = gr.File(type="filepath", file_count="multiple", label="images")
             api_out = gr.JSON(label="result")
             search_options = [api_k, api_metric, api_index, api_key]
             endpoints: list[tuple[Callable[..., Any], list[gr.components.Component]]] = [  # method name = endpoint name
                 (api.search_by_image, [api_image, *search_options]),
                 (api.search_by_text, [api_text, *search_options]),
+                (api.search, [api_query, api_images, api_key]),
                 (api.collection_add, [api_files, api_collection, api_key]),
                 (api.collection_list, [api_key]),
                 (api.collection_delete, [api_ids, api_collection, api_key]),

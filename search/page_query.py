@@ -25,6 +25,13 @@ class Part:
     negative: bool = False
     preview: str | None = None  # the picture the page shows for it (the image itself, or a stored thumbnail)
     name: str = ""  # how the page names it: a file or URL's name, a result's label
+    origin: str | None = None  # for a region: the whole image it was cut from
+    scale: float = 1.0  # original pixels per pixel of ``preview`` (regions are drawn on a reduced copy)
+
+    @property
+    def picture(self) -> str | None:
+        """The whole image a region can be drawn on: the original, else what the panel shows."""
+        return self.origin or (self.value if self.kind == "image" else self.preview)
 
     def describe(self) -> str:
         """How a chip shows it: "+ a red dress", "− long sleeves ×0.5", "+ image photo.jpg"."""
@@ -55,6 +62,10 @@ class PageQuery:
         """A new search: this part alone (composer parts and feedback belong to the old one)."""
         return PageQuery((part,))
 
+    def with_main(self, part: Part) -> PageQuery:
+        """The same query with its main part replaced (a region of it, a corner marked on it)."""
+        return replace(self, parts=(part, *self.parts[1:]))
+
     def adding(self, part: Part) -> PageQuery:
         """The composer's "add": one more part."""
         return replace(self, parts=(*self.parts, part))
@@ -79,8 +90,8 @@ class PageQuery:
         return replace(self, feedback=self.feedback[:-1])
 
     def chips(self) -> list[str]:
-        """Every part after the main one, as the page lists them (the main one is in the query panel)."""
-        return [p.describe() for p in (self.parts[1:] + self.feedback)]
+        """Every part after the main one, numbered, as the page lists them (the main one is in the query panel)."""
+        return [f"{i}. {p.describe()}" for i, p in enumerate(self.parts[1:] + self.feedback, 1)]
 
     def request(self) -> tuple[dict[str, Any], list[str]]:
         """The service's query (positive and negative parts) and the image files it names by position."""

@@ -259,7 +259,7 @@ class SearchService:
 
     # --- Queries ----------------------------------------------------------------------------------------
 
-    def search(self, query: dict | Query, images: list[str] | None = None, key: str | None = None) -> Answer:
+    def search(self, query: object, images: list[str] | None = None, key: str | None = None) -> Answer:
         """Run a composed query (search/query.py); ``images`` are the uploads its image parts name by position."""
         parsed = query if isinstance(query, Query) else parse_query(query, images)
         target = self._target(parsed.index, key)

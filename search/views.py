@@ -92,10 +92,12 @@ def score_text(score: float, metric: str) -> str:
     return f"{score:.3f}" if abs(score) < 10 else f"{score:,.0f}"
 
 
-def caption(rank: int, hit: Hit, metric: str) -> str:
-    """A result's caption: rank, label (else caption, else file name), score, folded near-duplicates."""
-    text = f"#{rank} {name(hit)} · {score_text(hit.score, metric)}"
-    return text + (f" · +{len(hit.similar)} similar" if hit.similar else "")
+def caption(rank: int, hit: Hit, metric: str, mark: bool | None = None) -> str:
+    """A result's caption: a mark the person gave it (👍 more like, 👎 less like), rank, label (else caption,
+    else file name), score, folded near-duplicates, and "weak" below the query's relevance cut-off."""
+    text = f"{'' if mark is None else '👍 ' if mark else '👎 '}#{rank} {name(hit)} · {score_text(hit.score, metric)}"
+    return (text + (f" · +{len(hit.similar)} similar" if hit.similar else "")
+            + (" · weak" if hit.relevant is False else ""))
 
 
 def name(hit: Hit) -> str:
@@ -103,16 +105,18 @@ def name(hit: Hit) -> str:
     return hit.label or hit.caption or Path(hit.source or hit.id).name
 
 
-def result_gallery(hits: list[Hit], metric: str, first_rank: int = 1) -> tuple[list[tuple[str, str]], list[Hit]]:
+def result_gallery(hits: list[Hit], metric: str, first_rank: int = 1,
+                   marks: dict[str, bool] | None = None) -> tuple[list[tuple[str, str]], list[Hit]]:
     """(thumbnail, caption) pairs for the results gallery, and the hit behind each item, in the same order.
 
-    Hits without a thumbnail are not shown; ranks stay those of the results.
+    Hits without a thumbnail are not shown; ranks stay those of the results. ``marks``: the person's
+    feedback by image id (True: more like it).
     """
     items: list[tuple[str, str]] = []
     shown: list[Hit] = []
     for rank, hit in enumerate(hits, first_rank):
         if hit.image:
-            items.append((hit.image, caption(rank, hit, metric)))
+            items.append((hit.image, caption(rank, hit, metric, (marks or {}).get(hit.id))))
             shown.append(hit)
     return items, shown
 

@@ -336,6 +336,55 @@ def test_search_endpoints_survive_hostile_inputs(main, files, data):
     assert_answers_unchanged(main, files)
 
 
+def query_parts(dep: Deployment) -> st.SearchStrategy:
+    weights = st.one_of(st.floats(0.1, 10), st.sampled_from([0, -1, 10.5, "1", "nan", "inf", None, True, [1]]))
+    return st.one_of(
+        st.fixed_dictionaries({"text": st.one_of(st.sampled_from([QUERY, "blue square"]), TEXTS)},
+                              optional={"weight": weights}),
+        st.fixed_dictionaries({"image": st.one_of(st.integers(-2, 3), st.sampled_from([None, "0", 0.5, True]))},
+                              optional={"weight": weights}),
+        st.fixed_dictionaries({"id": hostile_ids(dep)}),
+        st.dictionaries(st.sampled_from(["text", "image", "id", "weight", "url", "path"]), st.text(max_size=8), max_size=3),
+        st.sampled_from([None, QUERY, 3, [], {}, {"text": QUERY, "id": "x"}]),
+    )
+
+
+def composed_queries(dep: Deployment) -> st.SearchStrategy:
+    parts = query_parts(dep)
+    filters = {"include": st.lists(st.sampled_from(["red circle", "nope", ""]), max_size=2),
+               "exclude": st.lists(st.sampled_from(["blue square", 3, None]), max_size=2)}
+    labels = st.one_of(st.fixed_dictionaries({}, optional=filters), st.sampled_from([None, [], "red circle", {"other": []}]))
+    options = {"k": KS, "offset": st.one_of(st.integers(-3, 1005), st.sampled_from([None, "0", 1.5])), "metric": METRIC_VALUES,
+               "index": INDEXES, "labels": labels, "cutoff": st.sampled_from(["auto", None, 0.2, "nope", -1e9, [], True]),
+               "fold": st.sampled_from([False, True, "yes", None]), "negative": st.lists(parts, max_size=3)}
+    return st.one_of(
+        st.fixed_dictionaries({"positive": st.lists(st.fixed_dictionaries({"text": st.sampled_from([QUERY, "blue square"])}),
+                                                    min_size=1, max_size=2)}, optional=options),
+        st.fixed_dictionaries({"positive": st.lists(parts, max_size=22)}, optional={"negative": st.lists(parts, max_size=3)}),
+        st.dictionaries(st.text(max_size=8), st.integers(), max_size=3),
+        st.sampled_from([None, [], QUERY, 7, {"positive": []}, {"positive": {"text": QUERY}}]),
+    )
+
+
+@settings(max_examples=30, **HYPOTHESIS)
+@given(data=st.data())
+def test_composed_search_survives_hostile_queries(main, files, data):
+    query = data.draw(composed_queries(main), label="query")
+    uploads = data.draw(st.lists(st.sampled_from(QUERY_FILES), max_size=2), label="images")
+    key = data.draw(st.one_of(st.just(OWNER), keys(OWNER)), label="key")
+    sent = [query, key]
+    out = call(main.state["client"], query, [handle_file(str(files[f])) for f in uploads], key, api_name="/search")
+    assert_files_intact(main)
+    assert_clear(main, out, sent)
+    if not isinstance(query, dict) or not query.get("positive"):
+        assert_refused(out, f"query={query!r:.80}")
+    if out.ok:
+        assert set(out.value) == {"hits", "total", "offset", "cutoff"}
+        assert_hits(out.value["hits"], 50)
+        assert all(set(h) == {"id", "score", "label", "caption", "image", "relevant"} for h in out.value["hits"])
+    assert_answers_unchanged(main, files)
+
+
 @settings(max_examples=60, **HYPOTHESIS)
 @given(data=st.data())
 def test_collection_delete_removes_only_what_the_caller_holds(main, files, data):

@@ -23,7 +23,7 @@ from search.settings import Settings
 from tests.conftest import ROOT
 from tests.fixtures.shapes import caption, write_folder
 
-PUBLIC = {"search_by_image", "search_by_text", "collection_add", "collection_list", "collection_delete",
+PUBLIC = {"search", "search_by_image", "search_by_text", "collection_add", "collection_list", "collection_delete",
           "collection_drop"}
 KEY = "unit-test-key-0123456789"
 
@@ -70,7 +70,7 @@ def searched(answer: tuple) -> dict:
 # --- The layout: what is public, what is private ---------------------------------------------------------
 
 
-def test_exactly_the_six_endpoints_are_public(demo):
+def test_exactly_the_seven_endpoints_are_public(demo):
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert public == PUBLIC
     documented = {name.lstrip("/") for name in demo.get_api_info()["named_endpoints"]}
@@ -84,17 +84,18 @@ def test_every_page_event_is_private(demo):
     page_events = [fn for fn in demo.fns.values() if isinstance(getattr(fn.fn, "__self__", None), app.Page)]
     assert {fn.fn.__name__ for fn in page_events} == {
         "first_visit", "refresh", "search_text", "search_prompt", "search_image", "search_example", "search_url",
-        "search_selected", "rerun", "change_index", "more", "open_result", "add_to_album", "show_album",
+        "search_selected", "rerun", "change_index", "more", "click_result", "add_part", "remove_part",
+        "more_like_selected", "less_like_selected", "undo", "pick_corner", "add_to_album", "show_album",
         "album_newer", "album_older", "pick_image", "delete_picked", "drop_album"}
     assert all(fn.api_visibility == "private" for fn in page_events)
-    # Nothing else is callable except the six endpoints (Gradio's own example loaders stay undocumented).
+    # Nothing else is callable except the seven endpoints (Gradio's own example loaders stay undocumented).
     assert all(fn.api_visibility != "public" or fn.api_name in PUBLIC for fn in demo.fns.values())
 
 
 def test_gradio_sees_the_handlers_event_data_and_progress(demo):
     by_name = {fn.fn.__name__: fn for fn in demo.fns.values() if fn.fn is not None}
-    assert by_name["open_result"].collects_event_data and by_name["pick_image"].collects_event_data
-    assert by_name["search_example"].collects_event_data
+    for name in ("click_result", "pick_image", "search_example", "pick_corner"):
+        assert by_name[name].collects_event_data, name
     assert by_name["add_to_album"].tracks_progress
     assert not by_name["search_text"].collects_event_data
 
@@ -193,13 +194,15 @@ def test_a_control_change_reruns_the_query_and_more_continues_it(service):
 def test_a_result_opens_in_detail_and_searching_by_it_shows_it_as_the_query(service):
     page = app.Page(service)
     first = searched(page.search_text(caption("green square"), *controls(k=4)))
-    detail, picture, text, hit = page.open_result(first["shown"], "cosine", _select(2))
-    assert detail["visible"] and picture == hit.image and "Score (cosine)" in text
+    *opened, picture, text = page.click_result(app.OPEN, first["query"], first["shown"], *controls(), _select(2))
+    hit = searched(tuple(opened))["selected"]
+    assert searched(tuple(opened))["detail"]["visible"] and picture == hit.image and "Score (cosine)" in text
     out = searched(page.search_selected(hit, *controls(k=3)))
     assert out["shown"][0].id == hit.id and out["shown"][0].score == pytest.approx(1.0, abs=1e-5)
     assert out["image"] == hit.image and out["text"] == ""
-    for stale in (4, -1, 10_000):  # a click on what the gallery no longer holds opens nothing
-        assert page.open_result(first["shown"], "cosine", _select(stale))[0]["visible"] is False
+    for stale in (4, -1, 10_000):  # a click on what the gallery no longer holds changes nothing
+        assert page.click_result(app.OPEN, first["query"], first["shown"], *controls(), _select(stale)) == \
+            (*(gr.skip() for _ in app.SEARCHED_NAMES), gr.skip(), gr.skip())
 
 
 def test_errors_show_the_librarys_message_and_leave_nothing_stale(service, tmp_path):
