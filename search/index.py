@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
+from .cutoff import DEPTH as CUTOFF_DEPTH
 from .cutoff import auto_cutoff
 from .duplicates import NEAR_DUPLICATE_SIMILARITY, fold_near_duplicates
 from .embedders import Embedder, load_embedder
@@ -23,8 +24,6 @@ from .settings import ChromaServer
 from .store import DEFAULT_COLLECTION, ModelInfo, Neighbour, Store, VectorCollection
 
 __all__ = ["MAX_K", "MAX_TEXT_CHARS", "Hit", "ImageIndex", "Ranked"]
-CUTOFF_DEPTH = 100  # ranked scores the cut-off looks at, beyond the page asked for
-BACKGROUND_SAMPLE = 1000  # stored vectors a query is scored against to see the bulk of the index
 
 
 @dataclass(frozen=True)
@@ -73,12 +72,10 @@ class LabelFilter:
 
 @dataclass(frozen=True)
 class Catalogue:
-    """Every record's label, and a fixed sample of stored vectors: what filters and the cut-off read."""
+    """Every record's label, and how many records hold each: what label filters and totals read."""
 
     labels: dict[str, str | None]  # by id
     counts: Counter[str | None]
-    sample_ids: list[str]
-    sample: np.ndarray
 
     def total(self, labels: LabelFilter) -> int:
         """How many records pass ``labels``."""
@@ -186,15 +183,11 @@ class ImageIndex:
         depth = query.offset + query.k
         hits, top = self._rank(vector, query.k, query.offset, query.metric, fold, labels,
                                CUTOFF_DEPTH if query.cutoff == "auto" else depth)
-        if query.cutoff == "auto":
-            mask = np.array([labels.admits(catalogue.labels.get(i)) for i in catalogue.sample_ids], dtype=bool)
-            background = metrics.scores(catalogue.sample[mask], vector, query.metric) if mask.any() else np.zeros(0)
-            cutoff = auto_cutoff(top, background)
-        else:
-            cutoff = query.cutoff
+        total = catalogue.total(labels)
+        cutoff = auto_cutoff(top, total) if query.cutoff == "auto" else query.cutoff
         if cutoff is not None:
             hits = [replace(h, relevant=h.score >= cutoff) for h in hits]
-        return Ranked(hits, catalogue.total(labels), cutoff)
+        return Ranked(hits, total, cutoff)
 
     def labels(self) -> list[str]:
         """The labels this index holds, sorted."""
@@ -279,19 +272,12 @@ class ImageIndex:
             self._catalogue_cache = None
 
     def _catalogue(self) -> Catalogue:
-        """Labels and the background sample, read once per collection size (a change of size re-reads them)."""
+        """Every record's label, read once per collection size (a change of size re-reads them)."""
         with self._cache_lock:
             count = len(self)
             if self._catalogue_cache is None or self._catalogue_cache[0] != count:
                 labels = {i: m.get("label") for i, m in self.collection.scan_metadata()}
-                ids = sorted(labels)
-                if len(ids) > BACKGROUND_SAMPLE:  # a fixed seed: the same index gives the same cut-offs
-                    ids = sorted(np.random.default_rng(0).choice(ids, BACKGROUND_SAMPLE, replace=False).tolist())
-                vectors = self.collection.vectors(ids)
-                sample_ids = [i for i in ids if i in vectors]
-                empty = np.zeros((0, self.collection.dimension or 0), np.float32)
-                sample = np.stack([vectors[i] for i in sample_ids]) if sample_ids else empty
-                self._catalogue_cache = (count, Catalogue(labels, Counter(labels.values()), sample_ids, sample))
+                self._catalogue_cache = (count, Catalogue(labels, Counter(labels.values())))
             return self._catalogue_cache[1]
 
     def _all_vectors(self) -> tuple[list[str], np.ndarray]:
