@@ -173,17 +173,18 @@ class ImageIndex:
         Label filters run inside the search, so a full page comes back wherever enough images pass.
         Unknown ids and labels, and text parts on an index that cannot read text, are QueryErrors.
         """
-        labels = LabelFilter(query.include, query.exclude)
-        catalogue = self._catalogue()
-        for name in (*query.include, *query.exclude):
-            if name not in catalogue.counts:
-                raise QueryError(f"labels: this index holds no label {shown(name)}.")
+        labels = LabelFilter(query.include, query.exclude) if query.include or query.exclude else None
+        if labels:
+            held = self._catalogue().counts
+            for name in (*labels.include, *labels.exclude):
+                if name not in held:
+                    raise QueryError(f"labels: this index holds no label {shown(name)}.")
         vector = self._compose(query)
         fold = NEAR_DUPLICATE_SIMILARITY if query.fold and self.metadata.get("normalized") else None
-        depth = query.offset + query.k
         hits, top = self._rank(vector, query.k, query.offset, query.metric, fold, labels,
-                               CUTOFF_DEPTH if query.cutoff == "auto" else depth)
-        total = catalogue.total(labels)
+                               CUTOFF_DEPTH if query.cutoff == "auto" else 0)
+        # The label scan is read only for filters: counting is cheaper where there are none
+        total = self._catalogue().total(labels) if labels else len(self)
         cutoff = auto_cutoff(top, total) if query.cutoff == "auto" else query.cutoff
         if cutoff is not None:
             hits = [replace(h, relevant=h.score >= cutoff) for h in hits]
@@ -227,7 +228,7 @@ class ImageIndex:
 
     def _rank(self, vector: np.ndarray, k: int, offset: int, metric: str, fold: float | None,
               labels: LabelFilter | None = None, depth: int = 0) -> tuple[list[Hit], np.ndarray]:
-        """Hits ``offset`` to ``offset + k`` of the ranking, and the best ``depth`` (at least that many) scores."""
+        """Hits ``offset`` to ``offset + k`` of the ranking, and the scores it ranked (at least ``depth``), best first."""
         wanted = offset + k
         scored = self._nearest(vector, max(wanted * 4 + 8 if fold else wanted, depth), metric, labels)
         top = np.array([s[1] for s in scored], dtype=np.float64)
@@ -247,7 +248,7 @@ class ImageIndex:
             found: list[Neighbour] = self.collection.nearest(vector[None, :], k, where)[0]
             return [(n.id, metrics.score_from_cosine(n.similarity, metric), n.metadata) for n in found]
         ids, matrix = self._all_vectors()
-        if labels and (labels.include or labels.exclude):  # filter the rows first, so k results still come back
+        if labels:  # filter the rows before ranking, so k results still come back
             catalogue = self._catalogue()
             rows = np.flatnonzero([labels.admits(catalogue.labels.get(i)) for i in ids])
             ids, matrix = [ids[r] for r in rows], matrix[rows]
