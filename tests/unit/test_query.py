@@ -6,6 +6,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from search.cutoff import DEPTH, auto_cutoff
 from search.errors import QueryError
@@ -83,6 +85,23 @@ def test_defaults_a_page_of_twelve_by_cosine_in_the_main_index_with_the_auto_cut
 def test_every_bad_query_gets_a_message_that_names_the_part(payload, images, message):
     with pytest.raises(QueryError, match=re.escape(message)):
         parse_query(payload, images)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 60) | st.floats() | st.sampled_from(["auto", "text", "image", "id", ID, "x"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["positive", "negative", "text", "image", "id", "weight", "k", "offset", "labels", "include",
+                         "exclude", "cutoff", "fold", "metric", "index", "other"]), inner, max_size=5),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON, st.lists(st.none() | st.just("q.jpg"), max_size=3))
+def test_any_json_is_a_query_or_a_query_error_never_a_traceback(payload, images):
+    try:
+        assert isinstance(parse_query(payload, images), Query)
+    except QueryError as exc:
+        assert str(exc)
 
 
 def _unit(*values: float) -> np.ndarray:
