@@ -173,6 +173,7 @@ class ImageIndex:
         Label filters run inside the search, so a full page comes back wherever enough images pass.
         Unknown ids and labels, and text parts on an index that cannot read text, are QueryErrors.
         """
+        self._check(query.offset + query.k, query.metric)
         labels = LabelFilter(query.include, query.exclude) if query.include or query.exclude else None
         if labels:
             held = self._catalogue().counts
