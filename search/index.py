@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
+from .cutoff import DEPTH as CUTOFF_DEPTH
 from .cutoff import auto_cutoff
 from .duplicates import NEAR_DUPLICATE_SIMILARITY, fold_near_duplicates
 from .embedders import Embedder, load_embedder
@@ -23,8 +24,6 @@ from .settings import ChromaServer
 from .store import DEFAULT_COLLECTION, ModelInfo, Neighbour, Store, VectorCollection
 
 __all__ = ["MAX_K", "MAX_TEXT_CHARS", "Hit", "ImageIndex", "Ranked"]
-CUTOFF_DEPTH = 100  # ranked scores the cut-off looks at, beyond the page asked for
-BACKGROUND_SAMPLE = 1000  # stored vectors a query is scored against to see the bulk of the index
 
 
 @dataclass(frozen=True)
@@ -73,12 +72,10 @@ class LabelFilter:
 
 @dataclass(frozen=True)
 class Catalogue:
-    """Every record's label, and a fixed sample of stored vectors: what filters and the cut-off read."""
+    """Every record's label, and how many records hold each: what label filters and totals read."""
 
     labels: dict[str, str | None]  # by id
     counts: Counter[str | None]
-    sample_ids: list[str]
-    sample: np.ndarray
 
     def total(self, labels: LabelFilter) -> int:
         """How many records pass ``labels``."""
@@ -176,25 +173,23 @@ class ImageIndex:
         Label filters run inside the search, so a full page comes back wherever enough images pass.
         Unknown ids and labels, and text parts on an index that cannot read text, are QueryErrors.
         """
-        labels = LabelFilter(query.include, query.exclude)
-        catalogue = self._catalogue()
-        for name in (*query.include, *query.exclude):
-            if name not in catalogue.counts:
-                raise QueryError(f"labels: this index holds no label {shown(name)}.")
+        self._check(query.offset + query.k, query.metric)
+        labels = LabelFilter(query.include, query.exclude) if query.include or query.exclude else None
+        if labels:
+            held = self._catalogue().counts
+            for name in (*labels.include, *labels.exclude):
+                if name not in held:
+                    raise QueryError(f"labels: this index holds no label {shown(name)}.")
         vector = self._compose(query)
         fold = NEAR_DUPLICATE_SIMILARITY if query.fold and self.metadata.get("normalized") else None
-        depth = query.offset + query.k
         hits, top = self._rank(vector, query.k, query.offset, query.metric, fold, labels,
-                               CUTOFF_DEPTH if query.cutoff == "auto" else depth)
-        if query.cutoff == "auto":
-            mask = np.array([labels.admits(catalogue.labels.get(i)) for i in catalogue.sample_ids], dtype=bool)
-            background = metrics.scores(catalogue.sample[mask], vector, query.metric) if mask.any() else np.zeros(0)
-            cutoff = auto_cutoff(top, background)
-        else:
-            cutoff = query.cutoff
+                               CUTOFF_DEPTH if query.cutoff == "auto" else 0)
+        # The label scan is read only for filters: counting is cheaper where there are none
+        total = self._catalogue().total(labels) if labels else len(self)
+        cutoff = auto_cutoff(top, total) if query.cutoff == "auto" else query.cutoff
         if cutoff is not None:
             hits = [replace(h, relevant=h.score >= cutoff) for h in hits]
-        return Ranked(hits, catalogue.total(labels), cutoff)
+        return Ranked(hits, total, cutoff)
 
     def labels(self) -> list[str]:
         """The labels this index holds, sorted."""
@@ -234,7 +229,7 @@ class ImageIndex:
 
     def _rank(self, vector: np.ndarray, k: int, offset: int, metric: str, fold: float | None,
               labels: LabelFilter | None = None, depth: int = 0) -> tuple[list[Hit], np.ndarray]:
-        """Hits ``offset`` to ``offset + k`` of the ranking, and the best ``depth`` (at least that many) scores."""
+        """Hits ``offset`` to ``offset + k`` of the ranking, and the scores it ranked (at least ``depth``), best first."""
         wanted = offset + k
         scored = self._nearest(vector, max(wanted * 4 + 8 if fold else wanted, depth), metric, labels)
         top = np.array([s[1] for s in scored], dtype=np.float64)
@@ -254,7 +249,7 @@ class ImageIndex:
             found: list[Neighbour] = self.collection.nearest(vector[None, :], k, where)[0]
             return [(n.id, metrics.score_from_cosine(n.similarity, metric), n.metadata) for n in found]
         ids, matrix = self._all_vectors()
-        if labels and (labels.include or labels.exclude):  # filter the rows first, so k results still come back
+        if labels:  # filter the rows before ranking, so k results still come back
             catalogue = self._catalogue()
             rows = np.flatnonzero([labels.admits(catalogue.labels.get(i)) for i in ids])
             ids, matrix = [ids[r] for r in rows], matrix[rows]
@@ -279,19 +274,12 @@ class ImageIndex:
             self._catalogue_cache = None
 
     def _catalogue(self) -> Catalogue:
-        """Labels and the background sample, read once per collection size (a change of size re-reads them)."""
+        """Every record's label, read once per collection size (a change of size re-reads them)."""
         with self._cache_lock:
             count = len(self)
             if self._catalogue_cache is None or self._catalogue_cache[0] != count:
                 labels = {i: m.get("label") for i, m in self.collection.scan_metadata()}
-                ids = sorted(labels)
-                if len(ids) > BACKGROUND_SAMPLE:  # a fixed seed: the same index gives the same cut-offs
-                    ids = sorted(np.random.default_rng(0).choice(ids, BACKGROUND_SAMPLE, replace=False).tolist())
-                vectors = self.collection.vectors(ids)
-                sample_ids = [i for i in ids if i in vectors]
-                empty = np.zeros((0, self.collection.dimension or 0), np.float32)
-                sample = np.stack([vectors[i] for i in sample_ids]) if sample_ids else empty
-                self._catalogue_cache = (count, Catalogue(labels, Counter(labels.values()), sample_ids, sample))
+                self._catalogue_cache = (count, Catalogue(labels, Counter(labels.values())))
             return self._catalogue_cache[1]
 
     def _all_vectors(self) -> tuple[list[str], np.ndarray]:
