@@ -44,6 +44,7 @@ CSS = """
 #mine .grid-container { grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)) !important;
   grid-template-rows: none !important; }
 #example-images .grid-container { grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important; }
+#query-image img { max-height: 300px; object-fit: contain; }
 #results .caption-label { white-space: normal; overflow-wrap: anywhere; }
 @media (max-width: 640px) {
   #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
@@ -271,7 +272,10 @@ class Page:
         if isinstance(exc, InvalidImageError) or isinstance(exc.__cause__, InvalidImageError) or not query.parts:
             query = PageQuery()  # the image could not be read: nothing of it stays in the query box
         text, image = _query_panel(query)
-        return (query, gr.skip() if not query.parts else text, image, [], [], 0, views.problem(str(exc)),
+        message = str(exc)
+        if query.size <= 1:  # the library names the part at fault ("positive[0]: ..."); here there is one
+            message = message.removeprefix("positive[0]: ")
+        return (query, gr.skip() if not query.parts else text, image, [], [], 0, views.problem(message),
                 gr.update(visible=False), gr.update(visible=False), None, _chips(query), _undo(query))
 
     def _cleared(self) -> Searched:
@@ -549,7 +553,8 @@ def build_app(service: SearchService) -> gr.Blocks:
                         text = gr.Textbox(label="Description", placeholder="a red dress", scale=4, min_width=160,
                                           max_length=MAX_TEXT_CHARS, elem_id="text-query")
                         text_button = gr.Button("Search", variant="primary", scale=1, min_width=90)
-                    image = query_image(sources=["upload", "clipboard", "webcam"], height=240,
+                    # No height=: with one, Gradio stops reporting taps on an image the server sent back (regions).
+                    image = query_image(sources=["upload", "clipboard", "webcam"],
                                         label="Query image (drop, paste or take a photo)", elem_id="query-image")
                     with gr.Row(equal_height=True):
                         url = gr.Textbox(label="…or an image URL", placeholder="https://…", scale=4, min_width=160)

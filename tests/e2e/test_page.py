@@ -160,3 +160,61 @@ def test_deleting_the_selected_collection_leaves_the_page_working(browser, tmp_p
     message = search_text(page, "a red circle")
     shot(page, "page-after-dropping-the-collection")
     assert "Top" in message and len(captions(page)) == 12
+
+
+def test_the_composer_adds_a_negative_part_shown_as_a_removable_chip(browser):
+    page = open_page(browser)
+    search_text(page, "a red circle")
+    assert captions(page)[0].split()[1:3] == ["red", "circle"]
+    page.locator("#composer").get_by_text("Refine: more like, less like").click()
+    page.locator("#add-text textarea").fill("a circle")
+    page.get_by_text("less like this", exact=True).first.click()
+    after(page, lambda: page.get_by_role("button", name="Add to the query").click())
+    shot(page, "page-composer")
+    labels = [" ".join(c.split()[1:3]) for c in captions(page)[:6]]
+    assert "1. − “a circle”" in page.locator("#parts").inner_text()
+    assert all(label.startswith("red") for label in labels[:3]) and any("circle" not in label for label in labels)
+    after(page, lambda: page.locator("#parts").get_by_role("button", name="Remove").first.click())
+    assert page.locator("#parts").is_hidden() and captions(page)[0].split()[1:3] == ["red", "circle"]
+
+
+def test_a_feedback_round_marks_results_and_can_be_undone(browser):
+    page = open_page(browser)
+    search_text(page, "a shape")
+    before = captions(page)
+    page.get_by_text("more like this", exact=True).last.click()  # the results' click mode
+    square = next(i for i, c in enumerate(before) if "red square" in c)
+    after(page, lambda: page.locator("#results img").nth(square).click())
+    shot(page, "page-feedback")
+    marked = captions(page)
+    assert marked[0].startswith("👍 #1 red square")  # the marked result now leads, and pulls its kind up
+
+    def ranks(shown: list[str]) -> list[int]:  # the store holds 4 red squares: where they stand
+        return [i for i, c in enumerate(shown) if "red square" in c]
+
+    assert len(ranks(marked)) == 4 and sum(ranks(marked)) < sum(ranks(before) + [12] * (4 - len(ranks(before))))
+    after(page, lambda: page.get_by_role("button", name="Undo the last mark").click())
+    assert not any(c.startswith("👍") for c in captions(page))
+
+
+def test_a_region_drawn_on_the_query_image_is_searched_alone(browser, tmp_path):
+    from PIL import Image, ImageDraw
+
+    page = open_page(browser)
+    scene = Image.new("RGB", (300, 150), (128, 128, 128))  # a blue square on the left, a red circle on the right
+    draw = ImageDraw.Draw(scene)
+    draw.rectangle([30, 30, 120, 120], fill=(35, 65, 220))
+    draw.ellipse([180, 30, 270, 120], fill=(220, 35, 35))
+    scene.save(tmp_path / "scene.png")
+    after(page, lambda: page.locator("#query-image input[type=file]").set_input_files(str(tmp_path / "scene.png")))
+    picture = page.locator("#query-image img").first
+    box = picture.bounding_box()
+
+    def tap(x: float, y: float) -> None:  # a point of the 300x150 scene, on the picture as shown
+        picture.click(position={"x": x * box["width"] / 300, "y": y * box["height"] / 150})
+
+    assert "Now tap the opposite corner" in after(page, lambda: tap(160, 10))
+    after(page, lambda: tap(290, 140))
+    shot(page, "page-region")
+    assert "red circle" in captions(page)[0]
+    assert page.locator("#query-image img").count() == 1  # the panel shows the image with the box
