@@ -330,3 +330,16 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     assert emptied[:4] == [[], [], "", 0] and emptied[4] == "Deleted collection *trip* and its 3 images."
     with pytest.raises(gr.Error, match="no collection named 'trip'"):
         api.collection_drop("trip", KEY)
+
+
+def test_a_url_search_shows_the_fetched_image_and_a_local_address_gets_the_hint(service, monkeypatch):
+    page = app.Page(service)
+    photo = (ROOT / "examples" / "cat.jpg").read_bytes()
+    monkeypatch.setattr(service, "fetch_url", lambda url: photo)
+    out = searched(page.search_url("https://example.com/pets/cat.jpg", *controls(k=3)))
+    assert Path(out["image"]).read_bytes() == photo  # the query panel shows what was fetched
+    assert out["shown"][0].score == pytest.approx(1.0, abs=1e-3) and out["query"].main.name == "cat.jpg"
+    monkeypatch.undo()
+    refused = searched(page.search_url("http://127.0.0.1:9/cat.jpg", *controls()))
+    assert "loopback" in refused["status"] and "IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1" in refused["status"]
+    assert "refused_url" not in refused["status"] and refused["results"] == []
