@@ -44,10 +44,11 @@ def evaluation_tab(settings: Settings) -> None:
     run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-run")
     table = gr.Markdown(elem_id="evaluate-table")
     with gr.Row():
-        precision = gr.LinePlot(x="k", y="precision", color="series", title="precision@k", y_lim=[0, 1],
-                                label="Precision at k", elem_id="evaluate-precision")
+        # A dot per cut-off above each collection and metric: few colours, so the legend stays whole.
+        precision = gr.ScatterPlot(x="series", y="precision", color="cut-off", title="precision@k", y_lim=[0, 1], height=420,
+                                   x_label_angle=-45, label="Precision at k", elem_id="evaluate-precision")
         latency = gr.BarPlot(x="series", y="ms per query", title="milliseconds per query (image to image)",
-                             label="Latency", x_label_angle=-45, elem_id="evaluate-latency")
+                             label="Latency", x_label_angle=-45, height=420, elem_id="evaluate-latency")
     download = gr.File(label="evaluation.json", elem_id="evaluate-json")
 
     refresh.click(lambda: gr.update(choices=shared_collections(settings)), None, collections, api_visibility="private")
@@ -94,11 +95,11 @@ def run_evaluation(settings: Settings, collections: list[str] | None, metrics: l
 
 
 def precision_frame(report: dict[str, Any]) -> pd.DataFrame:
-    """One row per collection, task, metric and k: the line chart's data."""
-    rows = [{"series": _series(name, task, metric), "k": k, "precision": values[f"p@{k}"]}
+    """One row per collection, task, metric and k: the precision chart's data."""
+    rows = [{"series": _series(name, task, metric), "cut-off": f"p@{k}", "precision": values[f"p@{k}"]}
             for name, entry in report["collections"].items() for task in TASKS
             for metric, values in entry.get(task, {}).items() for k in report["k"]]
-    return pd.DataFrame(rows, columns=["series", "k", "precision"])
+    return pd.DataFrame(rows, columns=["series", "cut-off", "precision"])
 
 
 def latency_frame(report: dict[str, Any]) -> pd.DataFrame:
