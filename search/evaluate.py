@@ -222,7 +222,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
     entries = report["collections"]
     tasks = [t for t in TASKS if any(t in e for e in entries.values())]
-    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(5.2 * (len(tasks) + 1), 4.2))
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(5.2 * (len(tasks) + 1), 5.0))
     styles = ["-", "--", ":", "-."]
     colours = {m: f"C{i}" for i, m in enumerate(report["metrics"])}
     for ax, task in zip(axes, tasks):
@@ -233,14 +233,18 @@ def chart(report: dict[str, Any], path: Path) -> None:
         ax.set(title=f"{task.replace('_', ' ')}: precision@k", xlabel="k", ylabel="precision", ylim=(0, 1.02),
                xticks=report["k"])
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
+    # A legend row per collection, a column per metric (matplotlib fills a legend column by column).
+    lines = dict(zip(*reversed(axes[0].get_legend_handles_labels())))
+    order = [f"{name} · {metric}" for metric in report["metrics"] for name in entries]
+    fig.legend([lines[label] for label in order], order, loc="lower center", ncol=len(report["metrics"]),
+               fontsize=8, frameon=False)
     series = [(f"{name} · {metric}", values["ms_per_query"], colours[metric])
               for name, entry in entries.items() for metric, values in entry["image_to_image"].items()]
     axes[-1].barh([s[0] for s in series], [s[1] for s in series], color=[s[2] for s in series])
     axes[-1].invert_yaxis()
     axes[-1].set(title="image to image: ms per query", xlabel="milliseconds")
     axes[-1].tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * len(entries), 1, 1))  # room below for the legend, a row per collection
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
