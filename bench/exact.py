@@ -55,7 +55,7 @@ def main() -> None:
     matrix = vectors(args.rows, args.dim)
     queries = vectors(args.queries, args.dim, seed=1)
     print(f"{args.rows} x {args.dim} float32, {args.queries} queries, top {K}; "
-          f"{os.cpu_count()} cores, {_cpu_model()}, numpy {np.__version__}")
+          f"{os.cpu_count()} cores, {_cpu_model()}, numpy {np.__version__}; load average {_load()}")
     search = ExactSearch(matrix)
     print(f"{'metric':<12} {'ExactSearch p50/p95 ms':>24} {'one-off top_k p50/p95 ms':>26}  prepare ms")
     for metric in METRICS:
@@ -66,6 +66,11 @@ def main() -> None:
         slow = timed(lambda q, m=metric: top_k(matrix, q, m, K), queries[:10])
         print(f"{metric:<12} {fast['p50_ms']:>12.1f} / {fast['p95_ms']:<9.1f} "
               f"{slow['p50_ms']:>14.1f} / {slow['p95_ms']:<9.1f} {prepare_ms:>10.0f}")
+    print(f"load average at the end {_load()} (other processes on these cores inflate every figure)")
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def _cpu_model() -> str:
