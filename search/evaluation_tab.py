@@ -45,10 +45,10 @@ def evaluation_tab(settings: Settings) -> None:
     table = gr.Markdown(elem_id="evaluate-table")
     with gr.Row():
         # A dot per cut-off above each collection and metric: few colours, so the legend stays whole.
-        precision = gr.ScatterPlot(x="series", y="precision", color="cut-off", title="precision@k", y_lim=[0, 1], height=420,
+        precision = gr.ScatterPlot(x="series", y="precision", color="cut-off", title="precision@k", y_lim=[0, 1],
                                    x_label_angle=-45, label="Precision at k", elem_id="evaluate-precision")
         latency = gr.BarPlot(x="series", y="ms per query", title="milliseconds per query (image to image)",
-                             label="Latency", x_label_angle=-45, height=420, elem_id="evaluate-latency")
+                             label="Latency", x_label_angle=-45, elem_id="evaluate-latency")
     download = gr.File(label="evaluation.json", elem_id="evaluate-json")
 
     refresh.click(lambda: gr.update(choices=shared_collections(settings)), None, collections, api_visibility="private")

@@ -66,7 +66,14 @@ def test_the_tab_runs_and_shows_the_table_and_charts(tab_app, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
             page.goto(tab_app, wait_until="domcontentloaded")
-            page.locator("#evaluate-run").click(timeout=60_000)
+            chosen = page.locator("#evaluate-collections")
+            for name in ("images", "pixels"):
+                chosen.get_by_text(name, exact=True).click(timeout=60_000)
+            page.locator("#evaluate-run").click()
+            page.get_by_text("Choose at least one collection.").first.wait_for(timeout=30_000)  # a message, no trace
+            for name in ("images", "pixels"):
+                chosen.get_by_text(name, exact=True).click()
+            page.locator("#evaluate-run").click()
             page.locator("#evaluate-table table").wait_for(timeout=90_000)
             page.locator("#evaluate-precision canvas, #evaluate-precision svg").first.wait_for(timeout=30_000)
             page.locator("#evaluate-latency canvas, #evaluate-latency svg").first.wait_for(timeout=30_000)
