@@ -82,7 +82,8 @@ def run_evaluation(settings: Settings, collections: list[str] | None, metrics: l
             raise QueryError("Choose at least one collection.")
         if not metrics:
             raise QueryError("Choose at least one metric.")
-        options = Options(tuple(chosen), tuple(metrics), queries=int(sample or DEFAULT_SAMPLE))
+        size = min(max(int(sample or DEFAULT_SAMPLE), 1), MAX_SAMPLE)  # the slider's bounds, kept here too
+        options = Options(tuple(chosen), tuple(metrics), queries=size)
         report = evaluate(Store.connect(settings.store, server=settings.chroma), options,
                           lambda done, total: progress((done, total), unit="queries"))
     except SearchError as exc:
