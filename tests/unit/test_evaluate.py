@@ -11,8 +11,9 @@ from search.embedders import load_embedder
 from search.errors import QueryError, StoreError
 from search.evaluate import TEXT_TEMPLATES, Labelled, Options, evaluate, main, query_rows, read_collection, run_queries
 from search.metrics import METRICS, ExactSearch
+from search.settings import Settings
 from search.sources import open_source
-from search.store import Store
+from search.store import ModelInfo, Store
 from tests.fixtures.shapes import write_folder
 
 KS = (1, 3, 5)
@@ -161,3 +162,28 @@ def test_the_command_writes_json_markdown_and_chart(local_store, tmp_path, capsy
     assert "| pixels | image to image | correlation |" in (tmp_path / "evaluation.md").read_text()
     assert (tmp_path / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
     assert "| pixels | image to image | l1 |" in capsys.readouterr().out
+
+
+def test_the_tab_lists_shared_collections_only_and_refuses_plainly(odd_store, tmp_path):
+    import gradio as gr
+
+    from search.evaluation_tab import run_evaluation, shared_collections
+
+    odd_store.open_or_create("mine-someone-photos", ModelInfo.of(load_embedder("pixels")))  # an album
+    settings = Settings(store=odd_store.folder, default_dataset=None)
+    assert "mine-someone-photos" in odd_store.names()
+    assert shared_collections(settings) == ["single", "unlabelled"]
+    assert shared_collections(Settings(store=tmp_path / "nothing", default_dataset=None)) == []
+    for collections, message in ((["mine-someone-photos"], "Choose at least one collection"),
+                                 (["unlabelled"], "has no labels")):
+        with pytest.raises(gr.Error, match=message):
+            run_evaluation(settings, collections, ["cosine"], 10, lambda *a, **k: None)
+
+
+def test_the_tab_charts_one_row_per_point(report):
+    from search.evaluation_tab import latency_frame, precision_frame
+
+    points = precision_frame(report)
+    assert len(points) == (2 * 5 + 5) * len(KS)  # images: image and text tasks; pixels: image only
+    assert set(points["cut-off"]) == {"p@1", "p@3", "p@5"}
+    assert len(latency_frame(report)) == 2 * 5
