@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search.metrics import METRICS, score_from_cosine, scores, top_k
+from search.metrics import METRICS, ExactSearch, best_of, score_from_cosine, scores, top_k
 
 RNG = np.random.default_rng(0)
 MATRIX = RNG.normal(size=(50, 16)).astype(np.float32)
@@ -55,3 +55,34 @@ def test_hnsw_cosine_converts_exactly_on_unit_vectors(metric):
     similarities = unit @ q
     converted = [score_from_cosine(c, metric) for c in similarities]
     assert np.allclose(converted, scores(unit, q, metric), atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_exact_search_gives_the_one_off_scores(metric):
+    search = ExactSearch(MATRIX)
+    assert np.allclose(search.scores(QUERY, metric), scores(MATRIX, QUERY, metric), atol=1e-5)
+    assert np.allclose(search.scores(QUERY, metric), search.scores(QUERY, metric))  # derived once, reused
+    queries = RNG.normal(size=(7, 16)).astype(np.float32)  # not rows: l2's expansion is coarse at distance 0
+    many = search.scores_many(queries, metric)
+    assert many.shape == (7, len(MATRIX))
+    assert np.allclose(many, [scores(MATRIX, q, metric) for q in queries], atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_exact_search_top_k_within_rows(metric):
+    search = ExactSearch(MATRIX)
+    assert search.top_k(QUERY, metric, 5) == top_k(MATRIX, QUERY, metric, 5)
+    rows = np.arange(0, 50, 3)
+    best = search.top_k(QUERY, metric, 4, rows=rows)
+    expected = sorted(((int(r), reference(MATRIX[r], QUERY, metric)) for r in rows), key=lambda p: -p[1])[:4]
+    assert [i for i, _ in best] == [i for i, _ in expected]
+    assert np.allclose([s for _, s in best], [s for _, s in expected], atol=1e-4)
+
+
+def test_exact_search_l1_spans_several_blocks():
+    big = RNG.normal(size=(1300, 16)).astype(np.float32)
+    assert np.allclose(ExactSearch(big).scores(QUERY, "l1"), -np.abs(big - QUERY).sum(axis=1), atol=1e-4)
+
+
+def test_ties_keep_the_lower_row_first():
+    assert [i for i, _ in best_of(np.array([1.0, 2.0, 2.0, 0.0, 2.0]), 3)] == [1, 2, 4]

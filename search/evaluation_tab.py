@@ -1,0 +1,125 @@
+"""The app's "Evaluate" tab: retrieval quality of the shared collections, per metric (``search.evaluate``).
+
+The caller opens the tab (``with gr.Tab("Evaluate"): evaluation_tab(settings)``); this module lays out
+its controls, runs the evaluation with a progress bar, and shows the table, two charts and the JSON.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from .albums import PREFIX as ALBUM_PREFIX
+from .errors import QueryError, SearchError
+from .evaluate import TASKS, Options, evaluate, markdown
+from .metrics import METRICS
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+DEFAULT_SAMPLE = 200
+MAX_SAMPLE = 2000  # a public page must not let one click occupy the CPUs for long
+INTRO = ("How often the nearest images share the query image's label (leave one out), and how often a label's "
+         "name finds its images, for each metric: exact search over every stored vector. Collections without labels "
+         "cannot be evaluated.")
+
+
+def evaluation_tab(settings: Settings) -> None:
+    """Lay out the tab's components inside the caller's ``gr.Tab`` and wire their (private) events."""
+    choices = shared_collections(settings)
+    gr.Markdown(INTRO)
+    with gr.Row():
+        collections = gr.CheckboxGroup(choices, value=choices, label="Collections", scale=4,
+                                       elem_id="evaluate-collections")
+        refresh = gr.Button("Refresh the list", scale=1, size="sm")
+    metrics = gr.CheckboxGroup(list(METRICS), value=list(METRICS), label="Metrics", elem_id="evaluate-metrics")
+    sample = gr.Slider(1, MAX_SAMPLE, value=DEFAULT_SAMPLE, step=1, label="Query images per collection (a random sample; "
+                       "all of them when there are fewer)", elem_id="evaluate-sample")
+    run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-run")
+    table = gr.Markdown(elem_id="evaluate-table")
+    with gr.Row():
+        # A dot per cut-off above each collection and metric: few colours, so the legend stays whole.
+        precision = gr.ScatterPlot(x="series", y="precision", color="cut-off", title="precision@k", y_lim=[0, 1],
+                                   x_label_angle=-45, label="Precision at k", elem_id="evaluate-precision")
+        latency = gr.BarPlot(x="series", y="ms per query", title="milliseconds per query (image to image)",
+                             label="Latency", x_label_angle=-45, elem_id="evaluate-latency")
+    download = gr.File(label="evaluation.json", elem_id="evaluate-json")
+
+    refresh.click(lambda: gr.update(choices=shared_collections(settings)), None, collections, api_visibility="private")
+
+    def clicked(chosen: list[str], measures: list[str], size: float,
+                progress: gr.Progress = gr.Progress()) -> tuple[str, pd.DataFrame, pd.DataFrame, str]:
+        return run_evaluation(settings, chosen, measures, size, progress)
+
+    # One evaluation at a time: it keeps a core busy for seconds to minutes.
+    run.click(clicked, [collections, metrics, sample], [table, precision, latency, download],
+              api_visibility="private", concurrency_limit=1)
+
+
+def shared_collections(settings: Settings) -> list[str]:
+    """The store's collections that every visitor may see (albums are private); none where there is no store."""
+    try:
+        names = Store.connect(settings.store, server=settings.chroma).names()
+    except SearchError as exc:
+        log.info("no collections to evaluate: %s", exc.for_operator())
+        return []
+    return [name for name in names if not name.startswith(ALBUM_PREFIX)]
+
+
+def run_evaluation(settings: Settings, collections: list[str] | None, metrics: list[str] | None, sample: float | None,
+                   progress: gr.Progress) -> tuple[str, pd.DataFrame, pd.DataFrame, str]:
+    """Evaluate, returning the table, the two charts' data and the JSON file; a refusal is a message, not a traceback."""
+    try:
+        allowed = shared_collections(settings)
+        chosen = [c for c in collections or [] if c in allowed]
+        if not chosen:
+            raise QueryError("Choose at least one collection.")
+        if not metrics:
+            raise QueryError("Choose at least one metric.")
+        size = min(max(int(sample or DEFAULT_SAMPLE), 1), MAX_SAMPLE)  # the slider's bounds, kept here too
+        options = Options(tuple(chosen), tuple(metrics), queries=size)
+        report = evaluate(Store.connect(settings.store, server=settings.chroma), options,
+                          lambda done, total: progress((done, total), unit="queries"))
+    except SearchError as exc:
+        log.info("evaluation refused: %s", exc.for_operator())
+        raise gr.Error(str(exc), print_exception=False) from None
+    except Exception:
+        log.exception("evaluation failed")
+        raise gr.Error("The evaluation failed on our side; the server log has the details.", print_exception=False) from None
+    return markdown(report), precision_frame(report), latency_frame(report), str(save(report))
+
+
+def precision_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """One row per collection, task, metric and k: the precision chart's data."""
+    rows = [{"series": _series(name, task, metric), "cut-off": f"p@{k}", "precision": values[f"p@{k}"]}
+            for name, entry in report["collections"].items() for task in TASKS
+            for metric, values in entry.get(task, {}).items() for k in report["k"]]
+    return pd.DataFrame(rows, columns=["series", "cut-off", "precision"])
+
+
+def latency_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """Milliseconds per image query, one row per collection and metric: the bar chart's data."""
+    rows = [{"series": f"{name} · {metric}", "ms per query": values["ms_per_query"]}
+            for name, entry in report["collections"].items() for metric, values in entry["image_to_image"].items()]
+    return pd.DataFrame(rows, columns=["series", "ms per query"])
+
+
+def save(report: dict[str, Any]) -> Path:
+    """The report as evaluation.json in this process's temporary folder (Gradio serves a copy of it).
+
+    One file, rewritten by each run (they take turns), so that runs leave nothing behind to pile up.
+    """
+    path = Path(tempfile.gettempdir()) / f"image-search-evaluation-{os.getpid()}" / "evaluation.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _series(name: str, task: str, metric: str) -> str:
+    return f"{name} · {metric}" + (" (text)" if task == "text_to_image" else "")

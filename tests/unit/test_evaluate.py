@@ -1,0 +1,189 @@
+"""search.evaluate: its numbers equal a brute-force computation here, metric by metric; its refusals are plain."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from search.build import BuildOptions, build_index
+from search.embedders import load_embedder
+from search.errors import QueryError, StoreError
+from search.evaluate import TEXT_TEMPLATES, Labelled, Options, evaluate, main, query_rows, read_collection, run_queries
+from search.metrics import METRICS, ExactSearch
+from search.settings import Settings
+from search.sources import open_source
+from search.store import ModelInfo, Store
+from tests.fixtures.shapes import write_folder
+
+KS = (1, 3, 5)
+
+
+def brute_scores(matrix: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
+    """Each metric from its textbook definition, in float64."""
+    m, q = matrix.astype(np.float64), q.astype(np.float64)
+    if metric == "ip":
+        return m @ q
+    if metric == "cosine":
+        return m @ q / np.linalg.norm(m, axis=1) / np.linalg.norm(q)
+    if metric == "l2":
+        return -np.sqrt(((m - q) ** 2).sum(axis=1))
+    if metric == "l1":
+        return -np.abs(m - q).sum(axis=1)
+    mc, qc = m - m.mean(axis=1, keepdims=True), q - q.mean()
+    return mc @ qc / np.linalg.norm(mc, axis=1) / np.linalg.norm(qc)
+
+
+def brute_measures(matrix, labels, queries, wanted, own, metric) -> dict[str, float]:
+    """Rank every row for every query, drop the query and its identical copies, then count."""
+    per_query = []
+    for n, q in enumerate(queries):
+        keep = np.ones(len(matrix), bool) if own is None else ~(matrix == matrix[own[n]]).all(axis=1)
+        order = [i for i in np.argsort(-brute_scores(matrix, q, metric), kind="stable") if keep[i]]
+        hits = [labels[i] == wanted[n] for i in order]
+        relevant = sum(labels[i] == wanted[n] for i in range(len(matrix)) if keep[i])
+        depth = max(KS)
+        ap = sum(np.mean(hits[: i + 1]) for i in range(depth) if hits[i]) / min(relevant, depth)
+        per_query.append({**{f"p@{k}": sum(hits[:k]) / k for k in KS},
+                          **{f"recall@{k}": sum(hits[:k]) / relevant for k in KS}, f"map@{depth}": ap})
+    return {key: float(np.mean([p[key] for p in per_query])) for key in per_query[0]}
+
+
+def labelled_rows(store: Store, name: str) -> tuple[np.ndarray, list[str | None]]:
+    """A collection's vectors and labels, sorted by id (the order ties are broken in)."""
+    collection = store.open(name)
+    ids, matrix = collection.scan_vectors()
+    label_of = {i: m.get("label") for i, m in collection.scan_metadata()}
+    order = np.argsort(ids)
+    return matrix[order], [label_of[ids[i]] for i in order]
+
+
+@pytest.fixture(scope="module")
+def report(local_store) -> dict:
+    return evaluate(local_store, Options(ks=KS))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("name", ["images", "pixels"])
+def test_image_to_image_equals_brute_force(local_store, report, name, metric):
+    matrix, labels = labelled_rows(Store.connect(local_store), name)
+    queries = [i for i, label in enumerate(labels) if label is not None]
+    expected = brute_measures(matrix, labels, matrix[queries], [labels[i] for i in queries], queries, metric)
+    got = report["collections"][name]["image_to_image"][metric]
+    assert report["collections"][name]["queries"] == len(queries)
+    assert {key: got[key] for key in expected} == pytest.approx(expected, abs=1e-9)
+    assert got["ms_per_query"] > 0
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_text_to_image_equals_brute_force(local_store, report, metric):
+    store = Store.connect(local_store)
+    matrix, labels = labelled_rows(store, "images")
+    names = sorted({label for label in labels if label})
+    texts = [template.format(label) for label in names for template in TEXT_TEMPLATES]
+    vectors = load_embedder(store.open("images").model or "").embed_texts(texts)
+    wanted = [label for label in names for _ in TEXT_TEMPLATES]
+    expected = brute_measures(matrix, labels, vectors, wanted, None, metric)
+    got = report["collections"]["images"]["text_to_image"][metric]
+    assert report["collections"]["images"]["text_queries"] == 2 * 12
+    assert {key: got[key] for key in expected} == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_trained_clip_beats_pixels_image_to_image(report):
+    for metric in METRICS:
+        clip, pixels = (report["collections"][n]["image_to_image"][metric]["p@5"] for n in ("images", "pixels"))
+        assert clip > pixels + 0.1, metric
+    assert "text_to_image" not in report["collections"]["pixels"]
+
+
+def test_identical_vectors_are_neither_results_nor_relevant():
+    matrix = np.array([[1, 0], [1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
+    data = Labelled("t", "pixels", matrix, np.array([0, 0, 0, 1, 1]), ["a", "b"], np.array([0, 0, 1, 2, 3]))
+    assert data.relevant().tolist() == [1, 1, 2, 1, 1]
+    got = run_queries(ExactSearch(matrix), data, matrix[[0]], np.array([0]), np.array([0]), "cosine", (1, 2), lambda: None)
+    assert got["p@1"] == 1.0 and got["p@2"] == 0.5 and got["recall@2"] == 1.0  # row 1 is row 0's copy: skipped
+
+
+def test_a_sample_is_deterministic_and_capped(local_store):
+    data = read_collection(Store.connect(local_store), "pixels")
+    sample = query_rows(data, 7, seed=3)
+    assert len(sample) == 7 and np.array_equal(sample, query_rows(data, 7, seed=3))
+    assert not np.array_equal(sample, query_rows(data, 7, seed=4))
+    assert len(query_rows(data, 10_000, seed=3)) == 48
+    sampled = evaluate(local_store, Options(("pixels",), ("l2",), (1,), queries=7, seed=3))
+    assert sampled["collections"]["pixels"]["queries"] == 7
+
+
+@pytest.fixture(scope="module")
+def odd_store(tmp_path_factory) -> Store:
+    """A collection without labels and one with a single label."""
+    root = tmp_path_factory.mktemp("odd")
+    write_folder(root / "shapes", per_class=1, seed=2)
+    store = Store.connect(root / "store", create=True)
+    pixels = load_embedder("pixels")
+    for folder, name in ((root / "shapes" / "red circle", "unlabelled"), (root / "shapes", "single")):
+        source = open_source(str(folder))
+        items = source.items if name == "unlabelled" else (i for i in source.items if i.label == "red circle")
+        build_index(items, store, name, pixels, BuildOptions(source=source.description))
+    return store
+
+
+@pytest.mark.parametrize(("options", "error", "message"), [
+    (Options(("unlabelled",)), QueryError, "has no labels"),
+    (Options(("single",)), QueryError, "one label only"),
+    (Options(("nope",)), StoreError, "no collection 'nope'"),
+    (Options(metrics=("hamming",)), QueryError, "unknown metric hamming"),
+    (Options(ks=(0, 5)), QueryError, "k must be"),
+    (Options(queries=0), QueryError, "1 or more"),
+])
+def test_refusals_name_the_problem(odd_store, options, error, message):
+    with pytest.raises(error, match=message):
+        evaluate(odd_store, options)
+
+
+@pytest.mark.parametrize("args", [["--collection", "unlabelled"], ["--metrics", "l1,bogus"], ["--k", "1,x"],
+                                  ["--queries", "-3"], ["--queries", "many"], ["--collection", "nope"]])
+def test_the_command_refuses_in_one_line_with_code_2(odd_store, tmp_path, capsys, args):
+    with pytest.raises(SystemExit) as exited:
+        raise SystemExit(main(["--store", str(odd_store.folder), "--out", str(tmp_path), *args]))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_the_command_writes_json_markdown_and_chart(local_store, tmp_path, capsys):
+    assert main(["--store", str(local_store), "--collection", "pixels", "--metrics", "l1,correlation", "--k", "1,5",
+                 "--queries", "12", "--out", str(tmp_path), "--quiet"]) == 0
+    written = json.loads((tmp_path / "evaluation.json").read_text())
+    measured = written["collections"]["pixels"]["image_to_image"]
+    assert set(measured) == {"l1", "correlation"}
+    assert set(measured["l1"]) == {"p@1", "p@5", "recall@1", "recall@5", "map@5", "ms_per_query"}
+    assert "| pixels | image to image | correlation |" in (tmp_path / "evaluation.md").read_text()
+    assert (tmp_path / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| pixels | image to image | l1 |" in capsys.readouterr().out
+
+
+def test_the_tab_lists_shared_collections_only_and_refuses_plainly(odd_store, tmp_path):
+    import gradio as gr
+
+    from search.evaluation_tab import run_evaluation, shared_collections
+
+    odd_store.open_or_create("mine-someone-photos", ModelInfo.of(load_embedder("pixels")))  # an album
+    settings = Settings(store=odd_store.folder, default_dataset=None)
+    assert "mine-someone-photos" in odd_store.names()
+    assert shared_collections(settings) == ["single", "unlabelled"]
+    assert shared_collections(Settings(store=tmp_path / "nothing", default_dataset=None)) == []
+    for collections, message in ((["mine-someone-photos"], "Choose at least one collection"),
+                                 (["unlabelled"], "has no labels")):
+        with pytest.raises(gr.Error, match=message):
+            run_evaluation(settings, collections, ["cosine"], 10, lambda *a, **k: None)
+
+
+def test_the_tab_charts_one_row_per_point(report):
+    from search.evaluation_tab import latency_frame, precision_frame
+
+    points = precision_frame(report)
+    assert len(points) == (2 * 5 + 5) * len(KS)  # images: image and text tasks; pixels: image only
+    assert set(points["cut-off"]) == {"p@1", "p@3", "p@5"}
+    assert len(latency_frame(report)) == 2 * 5
