@@ -20,6 +20,7 @@ from starlette.middleware import Middleware
 
 from search import METRICS, QueryError, SearchError, regions, views
 from search.errors import InvalidImageError
+from search.evaluation_tab import evaluation_tab
 from search.ids import KEY
 from search.index import MAX_K, MAX_TEXT_CHARS, Hit
 from search.page_query import MAX_PARTS, PageQuery, Part, image_part
@@ -633,6 +634,8 @@ def build_app(service: SearchService) -> gr.Blocks:
                     drop_button = gr.Button("Delete this collection", variant="stop", min_width=140)
                 album_ids = gr.State([])  # the id behind each album_gallery item
                 album_offset = gr.State(0)
+            with gr.Tab("Evaluate"):
+                evaluation_tab(service.settings)
 
         controls = [index, metric, k, fold, include, exclude, strong, key]
         searched = [query, text, image, results, shown, next_offset, status, more, detail, selected, chips, undo]

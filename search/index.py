@@ -96,7 +96,7 @@ class ImageIndex:
         self.collection = collection
         self.embedder = embedder
         self.metadata = dict(collection.metadata)
-        self._exact_cache: tuple[int, list[str], np.ndarray] | None = None
+        self._exact_cache: tuple[int, list[str], metrics.ExactSearch] | None = None
         self._catalogue_cache: tuple[int, Catalogue] | None = None
         self._cache_lock = threading.Lock()
 
@@ -248,12 +248,12 @@ class ImageIndex:
             where = labels.where() if labels else None
             found: list[Neighbour] = self.collection.nearest(vector[None, :], k, where)[0]
             return [(n.id, metrics.score_from_cosine(n.similarity, metric), n.metadata) for n in found]
-        ids, matrix = self._all_vectors()
-        if labels:  # filter the rows before ranking, so k results still come back
+        ids, exact = self._all_vectors()
+        rows = None
+        if labels:  # rank only the rows the filter admits, so k results still come back
             catalogue = self._catalogue()
             rows = np.flatnonzero([labels.admits(catalogue.labels.get(i)) for i in ids])
-            ids, matrix = [ids[r] for r in rows], matrix[rows]
-        best = metrics.top_k(matrix, vector, metric, k)
+        best = exact.top_k(vector, metric, k, rows)
         chosen = [ids[i] for i, _ in best]
         metas = self.collection.metadatas(chosen)
         return [(ids[i], s, metas.get(ids[i], {})) for i, s in best]
@@ -282,12 +282,13 @@ class ImageIndex:
                 self._catalogue_cache = (count, Catalogue(labels, Counter(labels.values())))
             return self._catalogue_cache[1]
 
-    def _all_vectors(self) -> tuple[list[str], np.ndarray]:
+    def _all_vectors(self) -> tuple[list[str], metrics.ExactSearch]:
+        """Every stored vector, read once per collection size, with what exact metrics precompute on them."""
         with self._cache_lock:
             count = len(self)
             if self._exact_cache is None or self._exact_cache[0] != count:
                 ids, matrix = self.collection.scan_vectors()
-                self._exact_cache = (count, ids, matrix)
+                self._exact_cache = (count, ids, metrics.ExactSearch(matrix))
             return self._exact_cache[1], self._exact_cache[2]
 
     def hit(self, image_id: str, score: float, meta: dict | None) -> Hit:

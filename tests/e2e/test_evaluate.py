@@ -9,7 +9,7 @@ import pytest
 
 from search.settings import Settings
 from tests.conftest import ROOT, free_port
-from tests.e2e.test_browser import CHROMIUM, FLAGS, needs_chromium
+from tests.fixtures.browser import CHROMIUM, FLAGS, needs_chromium
 
 
 def evaluate_command(*args: str) -> subprocess.CompletedProcess:

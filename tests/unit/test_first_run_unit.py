@@ -104,9 +104,10 @@ def test_examples_come_from_the_index_across_labels_and_fit_it(local_store):
 def test_with_no_build_the_page_stops_refreshing_and_lists_the_indexes(local_store):
     page = app.Page(SearchService(Settings(store=local_store, default_dataset=None)))
     assert not page.building()
-    overview, timer, index, gallery, paths, prompts = page.refresh(None, None)
+    overview, timer, index, include, exclude, gallery, paths, prompts = page.refresh(None, None)
     assert overview.startswith("Searching ") and timer.active is False
     assert index["value"] == "images" and len(paths) == 8 and gallery["visible"]
+    assert "red circle" in include["choices"] and include["choices"] == exclude["choices"]  # the index's labels
 
 
 def test_the_default_dataset_gets_the_shipped_descriptions_and_its_product_types(tmp_path, shapes_model):
