@@ -32,8 +32,8 @@ def client(app):
 
 def test_only_the_intended_endpoints_are_public(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/search_by_image", "/search_by_text", "/collection_add", "/collection_list",
-                              "/collection_delete", "/collection_drop"}
+    assert set(endpoints) == {"/search", "/search_by_image", "/search_by_text", "/collection_add",
+                              "/collection_list", "/collection_delete", "/collection_drop"}
     with pytest.raises(Exception):  # the UI's own events are private: not callable by number either
         client.predict("a red circle", fn_index=3)
 
@@ -46,6 +46,21 @@ def test_text_search_returns_hits_best_first_with_files(client):
         assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
         assert sum(h["label"] == cls for h in hits) >= 4
         assert all(Image.open(h["image"]).size for h in hits)  # the client received real image files
+
+
+def test_a_composed_query_through_the_client(client, shapes_store):
+    alone = client.predict({"positive": [{"text": caption("red circle")}], "k": 5}, [], "", api_name="/search")
+    plain = client.predict(caption("red circle"), 5, api_name="/search_by_text")
+    assert [(h["id"], h["score"]) for h in alone["hits"]] == [(h["id"], h["score"]) for h in plain]
+    assert alone["total"] == 54 and alone["offset"] == 0 and isinstance(alone["cutoff"], float)
+    shape = next((shapes_store.parent / "shapes" / "blue square").glob("*.jpg"))
+    mixed = client.predict({"positive": [{"image": 0}], "negative": [{"text": caption("blue circle"), "weight": 0.5}],
+                            "k": 4, "labels": {"exclude": ["blue triangle"]}}, [handle_file(str(shape))], "",
+                           api_name="/search")
+    assert mixed["hits"][0]["label"] == "blue square" and mixed["hits"][0]["relevant"] is True
+    assert all(h["label"] != "blue triangle" for h in mixed["hits"]) and len(mixed["hits"]) == 4
+    with pytest.raises(AppError, match=r"positive\[0\]: image 0 was not given"):
+        client.predict({"positive": [{"image": 0}]}, [], "", api_name="/search")
 
 
 def test_every_example_image_finds_itself_first(client):
@@ -80,11 +95,11 @@ def test_bad_inputs_get_clear_errors_and_the_app_keeps_serving(client, tmp_path)
     huge = io.BytesIO()
     Image.fromarray(np.zeros((9000, 9000), np.uint8)).save(huge, "PNG")  # 81 MP, small on disk
     bad_images = {
-        "corrupt.jpg": (hostile_files()["truncated.jpg"], "corrupt"),
+        "corrupt.jpg": (hostile_files()["truncated.jpg"], "^The file is damaged or is not an image: "),
         "notes.jpg": (b"plain text, not an image", "not an image"),
-        "bomb.png": (png_header_only(60_000, 60_000), "too_large"),
-        "huge.png": (huge.getvalue(), "too_large"),
-        "empty.jpg": (b"", "empty"),
+        "bomb.png": (png_header_only(60_000, 60_000), "^The image is too large: "),
+        "huge.png": (huge.getvalue(), "^The image is too large: "),
+        "empty.jpg": (b"", "^The file is empty"),
     }
     for name, (data, message) in bad_images.items():
         with pytest.raises(AppError, match=message):
