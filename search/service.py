@@ -17,6 +17,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from .albums import Albums, Removal
+from .batching import QueryBatcher
 from .build import Progress
 from .duplicates import NEAR_DUPLICATE_SIMILARITY
 from .errors import QueryError, SearchError
@@ -98,6 +99,7 @@ class SearchService:
         try:
             main = ImageIndex.open(settings.store, settings.collection, model=settings.model,
                                    text_model=settings.text_model, server=settings.chroma)
+            main.embedder = QueryBatcher(main.embedder)  # concurrent queries share model calls (albums too)
             self._shared[main.collection.name] = main
             self._albums = Albums(main.store, main.embedder, public=settings.public, limits=settings.limits)
             self._open_pixel_baseline(main)
