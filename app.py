@@ -17,6 +17,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from search import METRICS, QueryError, SearchError, views
+from search.http_api import json_api
 from search.ids import KEY
 from search.index import MAX_TEXT_CHARS
 from search.served_files import UploadBudget, served_copy
@@ -366,7 +367,7 @@ def main() -> None:
     allowed = [str(service.thumbnail_folder.resolve()), str(EXAMPLES)]
     budget = Middleware(UploadBudget, max_bytes=service.settings.upload_budget_bytes)
     demo.launch(max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True,
-                app_kwargs={"middleware": [budget]})
+                app_kwargs={"middleware": [budget], "routes": json_api(service).routes})  # /api/search
 
 
 if __name__ == "__main__":
