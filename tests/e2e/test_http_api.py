@@ -3,11 +3,18 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from search import http_api
+from search.service import Results
+from search.settings import Settings
 from tests.conftest import RunningApp
 from tests.fixtures.shapes import caption
 
@@ -82,3 +89,30 @@ def test_bodies_that_are_not_small_json_are_refused(http):
 def test_thumbnails_are_served_by_valid_id_only(http):
     for name in ("0" * 31 + ".jpg", "../../etc/passwd", "%2e%2e%2fstore.jpg", "f" * 32 + ".png", "f" * 32 + ".jpg"):
         assert http.get(f"/api/thumbnails/{name}").status_code == 404, name
+
+
+class Blocking:
+    """A stand-in service with one search slot whose searches wait for ``release``."""
+
+    def __init__(self):
+        self.settings = Settings(concurrency=1)
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def search_text(self, text, k, metric, index, *, key=None):
+        self.started.set()
+        self.release.wait(10)
+        return Results([], 0.0)
+
+
+def test_searches_beyond_the_slots_wait_briefly_then_get_503(monkeypatch):
+    monkeypatch.setattr(http_api, "QUEUE_WAIT_S", 0.2)
+    service = Blocking()
+    app = FastAPI(routes=http_api.json_api(service).routes)  # type: ignore[arg-type]
+    with TestClient(app) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/api/search", json={"text": "a"})
+        assert service.started.wait(10)
+        busy = client.post("/api/search", json={"text": "b"})
+        assert busy.status_code == 503 and "busy" in busy.json()["error"]
+        service.release.set()
+        assert first.result(10).status_code == 200
+        assert client.post("/api/search", json={"text": "c"}).status_code == 200  # the slot came back
