@@ -1,11 +1,12 @@
 """Serving figures (issue 16): query latency by each way in, and throughput of 1 user against 16.
 
-    python bench/serving.py [--images 2000] [--repeat 30] [--seconds 20] [--rounds 2] [--out FILE]
+    python bench/serving.py [--images 2000] [--repeat 30] [--seconds 20] [--rounds 2] [--versus VAR=VALUE]
 
 ViT-B/32 compute (random weights, as bench/run.py makes it) over a synthetic store whose images each
 have their own thumbnail. One app process serves every measurement; latencies are interleaved query
 by query and throughput alternates 1 user and 16 users round by round, so noise from other work on
-the machine falls on both sides. Loopback only, bounded in count and time. Prints JSON.
+the machine falls on both sides. --versus starts a second app with one variable changed and measures
+both in turn. Loopback only, bounded in count and time. Prints JSON.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +60,22 @@ def make_store(store: Path, model: str, n: int) -> None:
     col.upsert(records)
 
 
-def latencies(app: RunningApp, repeat: int) -> dict:
-    """p50/p95 of each way in, query by query in turn (warm-up first, untimed)."""
+def latencies(apps: dict[str, RunningApp], repeat: int) -> dict:
+    """p50/p95 of each way in to each app, query by query in turn (warm-up first, untimed)."""
+    ways = {name: _ways(app) for name, app in apps.items()}
+    times: dict[str, dict[str, list[float]]] = {name: {way: [] for way in w} for name, w in ways.items()}
+    for i in range(repeat + 3):
+        for name, app_ways in ways.items():
+            for way, call in app_ways.items():
+                start = time.perf_counter()
+                call(PROMPTS[i % len(PROMPTS)])
+                if i >= 3:
+                    times[name][way].append(time.perf_counter() - start)
+    return {name: {way: percentiles(t) for way, t in app_times.items()} for name, app_times in times.items()}
+
+
+def _ways(app: RunningApp) -> dict[str, Callable[[str], object]]:
+    """Each way a text (or the example image) reaches ``app``, as a call taking the text."""
     import httpx
     from gradio_client import handle_file
 
@@ -76,21 +92,43 @@ def latencies(app: RunningApp, repeat: int) -> dict:
         for hit in api_search(text):
             http.get(hit["thumbnail"]).raise_for_status()
 
-    ways: dict[str, Callable[[str], object]] = {
+    return {
         "text_gradio_client_default": lambda t: full.predict(t, K, api_name="/search_by_text"),
         "text_gradio_client_no_downloads": lambda t: lean.predict(t, K, api_name="/search_by_text"),
         "image_gradio_client_no_downloads": lambda t: lean.predict(image, K, api_name="/search_by_image"),
         "text_json_api": api_search,
         "text_json_api_and_12_thumbnails": api_search_and_thumbnails,
     }
+
+
+def thumbnail_fetches(app: RunningApp, repeat: int) -> dict:
+    """One thumbnail fetched four ways, in turn: where a download's time goes (client or server side)."""
+    import httpx
+
+    hit = app.client(download_files=False).predict(PROMPTS[0], K, api_name="/search_by_text")[0]
+    served = hit["image"]["path"] if isinstance(hit["image"], dict) else hit["image"].path
+    gradio_url = f"{app.url}gradio_api/file={served}"
+    ours = httpx.post(f"{app.url}api/search", json={"text": PROMPTS[0], "k": 1}).json()["hits"][0]["thumbnail"]
+    kept = httpx.Client(timeout=30)
+
+    def fresh(url: str) -> None:  # as gradio_client downloads: a new connection (and client) per file
+        with httpx.stream("GET", url) as answer:
+            answer.raise_for_status()
+            answer.read()
+
+    ways: dict[str, Callable[[], object]] = {
+        "gradio_file_route_new_connection": lambda: fresh(gradio_url),
+        "gradio_file_route_keep_alive": lambda: kept.get(gradio_url).raise_for_status(),
+        "json_api_thumbnail_new_connection": lambda: fresh(ours),
+        "json_api_thumbnail_keep_alive": lambda: kept.get(ours).raise_for_status(),
+    }
     times: dict[str, list[float]] = {name: [] for name in ways}
-    for i in range(repeat + 3):
+    for _ in range(repeat):
         for name, way in ways.items():
             start = time.perf_counter()
-            way(PROMPTS[i % len(PROMPTS)])
-            if i >= 3:
-                times[name].append(time.perf_counter() - start)
-    http.close()
+            way()
+            times[name].append(time.perf_counter() - start)
+    kept.close()
     return {name: percentiles(t) for name, t in times.items()}
 
 
@@ -100,16 +138,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def throughput(app: RunningApp, seconds: float, rounds: int) -> dict:
-    """1 user then 16 users, ``rounds`` times: req/s each, their ratio, and server CPU per request."""
-    runs: dict[int, list[dict]] = {1: [], 16: []}
+def throughputs(apps: dict[str, RunningApp], seconds: float, rounds: int) -> dict:
+    """``throughput`` of each app, round by round in turn."""
+    runs: dict[str, dict[int, list[dict]]] = {name: {1: [], 16: []} for name in apps}
     for _ in range(rounds):
-        for users in (1, 16):
-            before = cpu_seconds(app.proc.pid)
-            report = run_load(app, users=users, seconds=seconds, rounds=1)
-            report["server_cpu_ms_per_request"] = round(
-                1000 * (cpu_seconds(app.proc.pid) - before) / max(1, report["requests"]), 1)
-            runs[users].append(report)
+        for name, app in apps.items():
+            for users in (1, 16):
+                before = cpu_seconds(app.proc.pid)
+                report = run_load(app, users=users, seconds=seconds, rounds=1)
+                report["server_cpu_ms_per_request"] = round(
+                    1000 * (cpu_seconds(app.proc.pid) - before) / max(1, report["requests"]), 1)
+                runs[name][users].append(report)
+    return {name: throughput(app_runs) for name, app_runs in runs.items()}
+
+
+def throughput(runs: dict[int, list[dict]]) -> dict:
+    """1 user against 16 users: medians of req/s, their ratio, and server CPU per request."""
 
     def median(users: int, key: str) -> float:
         return round(float(np.median([r[key] for r in runs[users]])), 1)
@@ -139,6 +183,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None, help="keeps the store between runs")
     parser.add_argument("--model", type=Path, default=CACHE / "vit-b-32-random", help="made there if missing")
+    parser.add_argument("--versus", default="", help="VAR=VALUE: also measure an app with this variable set")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     model = str(vit_b32(args.model))
@@ -148,11 +193,16 @@ def main() -> None:
         make_store(store, model, args.images)
     result: dict = {"machine": machine("cpu"), "cpu_flags": cpu_flags(), "model": "ViT-B/32 (random weights)",
                     "images": args.images}
-    with RunningApp(store, IMAGE_SEARCH_MODEL=model) as app:
-        result["latency"] = latencies(app, args.repeat)
+    with ExitStack() as stack:
+        apps = {"app": stack.enter_context(RunningApp(store, IMAGE_SEARCH_MODEL=model))}
+        if args.versus:  # the same app with one variable changed, measured in turn with the first
+            variable, _, value = args.versus.partition("=")
+            apps[args.versus] = stack.enter_context(RunningApp(store, IMAGE_SEARCH_MODEL=model, **{variable: value}))
+        result["latency"] = latencies(apps, args.repeat)
         print(json.dumps(result["latency"]), flush=True)
-        result["throughput"] = throughput(app, args.seconds, args.rounds)
-        result["app_rss_mb"] = round(app.rss_mb(), 1)
+        result["one_thumbnail"] = thumbnail_fetches(apps["app"], args.repeat * 2)
+        result["throughput"] = throughputs(apps, args.seconds, args.rounds)
+        result["app_rss_mb"] = {name: round(app.rss_mb(), 1) for name, app in apps.items()}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
