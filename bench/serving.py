@@ -26,7 +26,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.load import PROMPTS, QUERY_IMAGE, run_load
+from bench.load import PROMPTS, QUERY_IMAGE, TLS, run_load
 from bench.run import CACHE, machine, photo, vit_b32
 from bench.stats import percentiles
 from search.store import ModelInfo, Record, Store
@@ -80,6 +80,7 @@ def _ways(app: RunningApp) -> dict[str, Callable[[str], object]]:
     from gradio_client import handle_file
 
     full, lean = app.client(), app.client(download_files=False)
+    full_tls, lean_tls = app.client(ssl_verify=TLS), app.client(download_files=False, ssl_verify=TLS)
     image = handle_file(str(QUERY_IMAGE))
     http = httpx.Client(base_url=app.url, timeout=30)
 
@@ -95,6 +96,8 @@ def _ways(app: RunningApp) -> dict[str, Callable[[str], object]]:
     return {
         "text_gradio_client_default": lambda t: full.predict(t, K, api_name="/search_by_text"),
         "text_gradio_client_no_downloads": lambda t: lean.predict(t, K, api_name="/search_by_text"),
+        "text_gradio_client_default_shared_tls": lambda t: full_tls.predict(t, K, api_name="/search_by_text"),
+        "text_gradio_client_no_downloads_shared_tls": lambda t: lean_tls.predict(t, K, api_name="/search_by_text"),
         "image_gradio_client_no_downloads": lambda t: lean.predict(image, K, api_name="/search_by_image"),
         "text_json_api": api_search,
         "text_json_api_and_12_thumbnails": api_search_and_thumbnails,
