@@ -108,7 +108,7 @@ class QueryBatcher:
     """An ``Embedder`` that merges concurrent single-input calls into one call of ``inner`` per kind.
 
     ``max_batch`` bounds a batch; ``max_wait_ms`` bounds how long the first query of a batch waits for
-    others. ``batches`` counts model calls made for batched queries, ``batched`` the queries in them.
+    others. ``batches`` counts the batches run, ``batched`` the queries in them.
     """
 
     def __init__(self, inner: Embedder, max_batch: int = 16, max_wait_ms: float = 5.0):
