@@ -21,6 +21,7 @@ from starlette.middleware import Middleware
 from search import METRICS, QueryError, SearchError, regions, views
 from search.errors import InvalidImageError
 from search.evaluation_tab import evaluation_tab
+from search.http_api import json_api
 from search.ids import KEY
 from search.index import MAX_K, MAX_TEXT_CHARS, Hit
 from search.page_query import MAX_PARTS, PageQuery, Part, image_part
@@ -723,7 +724,7 @@ def main() -> None:
     allowed = [str(service.thumbnail_folder.resolve()), str(EXAMPLES)]
     budget = Middleware(UploadBudget, max_bytes=service.settings.upload_budget_bytes)
     demo.launch(css=CSS, max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True,
-                app_kwargs={"middleware": [budget]})
+                app_kwargs={"middleware": [budget], "routes": json_api(service).routes})  # /api/search
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import threading
 import time
@@ -20,13 +21,17 @@ from tests.fixtures.app_process import ROOT, RunningApp
 
 QUERY_IMAGE = ROOT / "examples" / "astronaut.jpg"
 PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow circle")
+# gradio_client makes a new httpx client for every request and every file it downloads, and each one
+# loads the CA bundle (5-100 ms of CPU on a busy 2-core machine, even for http://) unless it is given a
+# context to share. Shared, the load measures the server instead of the clients beside it.
+TLS = ssl.create_default_context()
 
 
 def run_load(app: RunningApp, users: int = 16, seconds: float = 60, rounds: int = 6) -> dict:
     """Drive ``app`` with ``users`` concurrent clients for ``seconds``; memory sampled after each round."""
     from gradio_client import handle_file
 
-    clients = [app.client() for _ in range(users)]
+    clients = [app.client(ssl_verify=TLS) for _ in range(users)]
     image = handle_file(str(QUERY_IMAGE))
     latencies: list[float] = []
     errors: list[str] = []

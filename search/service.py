@@ -17,6 +17,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from .albums import Albums, Removal
+from .batching import QueryBatcher
 from .build import Progress
 from .duplicates import NEAR_DUPLICATE_SIMILARITY
 from .errors import InvalidImageError, QueryError, SearchError
@@ -115,6 +116,7 @@ class SearchService:
         try:
             main = ImageIndex.open(settings.store, settings.collection, model=settings.model,
                                    text_model=settings.text_model, server=settings.chroma)
+            main.embedder = QueryBatcher(main.embedder)  # concurrent queries share model calls (albums too)
             self._shared[main.collection.name] = main
             self._albums = Albums(main.store, main.embedder, public=settings.public, limits=settings.limits)
             self._open_pixel_baseline(main)
@@ -191,6 +193,8 @@ class SearchService:
     def attach(self, target: ImageIndex) -> None:
         """Serve a shared index from now on (the first becomes the main one); the default build calls this."""
         first = not self._shared
+        if first:
+            target.embedder = QueryBatcher(target.embedder)  # as for an index opened at start
         self._shared = {**self._shared, target.collection.name: target}  # readers iterate the old dict safely
         if first:
             self._albums = Albums(target.store, target.embedder, public=self.settings.public,

@@ -1,0 +1,150 @@
+"""A JSON API beside Gradio's, for integrations: ``POST /api/search`` and thumbnails by id.
+
+    POST /api/search  {"query": {...the /search endpoint's query...}, "key": null}
+                      or, for a start, {"text": "a red dress", "k": 12, "metric": "cosine", "index": "", "key": null}
+    -> {"hits": [{"id", "score", "label", "caption", "relevant", "thumbnail": URL}], "total", "offset",
+        "cutoff", "seconds"}
+    GET /api/thumbnails/{id}.jpg -> the thumbnail (content-addressed, so cached for good)
+
+Every input is checked here, at the boundary: a bounded JSON object of known fields of exact types
+(400 malformed, 413 too large, 415 not JSON, 422 a field or the query is wrong). Library errors show
+their message and log their internals; nothing else of the server (paths, tracebacks) is shown.
+Searches share ``settings.concurrency`` slots; a request that gets none within ``QUEUE_WAIT_S`` gets 503.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from . import thumbnails
+from .errors import QueryError, SearchError
+from .ids import is_image_id
+from .service import Answer, SearchService
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 64 * 1024  # a query holds at most 20 parts of at most 1,000 characters each
+QUEUE_WAIT_S = 2.0  # how long a search may wait for a free slot before the server says it is busy
+FIELDS: dict[str, tuple[type, ...]] = {"query": (dict,), "text": (str,), "k": (int,), "metric": (str,),
+                                       "index": (str,), "key": (str, type(None))}
+SIMPLE = ("text", "k", "metric", "index")  # the short form's fields, which a composed "query" replaces
+DEFAULTS: dict[str, Any] = {"k": 12, "metric": "cosine", "index": "", "key": None}
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+class Refused(Exception):
+    """A request answered with ``status`` and ``message`` instead of hits."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def json_api(service: SearchService) -> APIRouter:
+    """The JSON API's routes over ``service`` (for ``FastAPI(routes=...)`` or ``include_router``)."""
+    router = APIRouter()
+    slots = asyncio.Semaphore(service.settings.concurrency)
+
+    @router.post("/api/search")
+    async def search(request: Request) -> JSONResponse:
+        try:
+            query = await _query(request)
+            try:
+                await asyncio.wait_for(slots.acquire(), QUEUE_WAIT_S)
+            except TimeoutError:
+                raise Refused(503, "The server is busy; try again in a few seconds.") from None
+            try:
+                answer = await run_in_threadpool(run_query, service, query)
+            finally:
+                slots.release()
+        except Refused as exc:
+            return _error(exc.status, str(exc))
+        except QueryError as exc:  # the query itself (an unknown index, an empty text): the caller's to fix
+            log.info("JSON API refused: %s", exc.for_operator())
+            return _error(422, str(exc))
+        except SearchError as exc:  # the store or the model: nothing the caller can change
+            log.warning("JSON API failed: %s", exc.for_operator())
+            return _error(503, str(exc))
+        except Exception:
+            log.exception("unexpected error in the JSON API")
+            return _error(500, "Something went wrong on our side; the server log has the details.")
+        return JSONResponse(_answer(answer, request))
+
+    @router.get("/api/thumbnails/{name}", name="thumbnail")
+    def thumbnail(name: str) -> Any:
+        image_id = name.removesuffix(".jpg")
+        path = thumbnails.path(service.settings.store, image_id) if is_image_id(image_id) else None
+        if path is None or not name.endswith(".jpg") or not path.is_file():
+            return _error(404, "No such thumbnail.")
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+
+    return router
+
+
+def run_query(service: SearchService, body: dict[str, Any]) -> Answer:
+    """Answer a checked body: its composed query, or the short form's text as one; no image parts here
+    (they name uploads, which the Gradio endpoint /search takes)."""
+    query = body.get("query") or {"positive": [{"text": body["text"]}], "k": body["k"], "metric": body["metric"],
+                                  "index": body["index"]}
+    return service.search(query, [], body["key"])
+
+
+async def _query(request: Request) -> dict[str, Any]:
+    """The request's body as a checked query: known fields of exact types, defaults filled in."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise Refused(415, "Send a JSON object with Content-Type: application/json.")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise Refused(413, f"The body is over {MAX_BODY_BYTES} bytes.")
+    body = bytearray()
+    async for chunk in request.stream():  # counted as it arrives: a missing or false length cannot slip past
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise Refused(413, f"The body is over {MAX_BODY_BYTES} bytes.")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(400, "The body is not valid JSON.") from None
+    return checked(data)
+
+
+def checked(data: object) -> dict[str, Any]:
+    """``data`` as a query dict, or Refused(422) naming the first field that is wrong."""
+    if not isinstance(data, dict):
+        raise Refused(422, "The body must be a JSON object.")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise Refused(422, f"Unknown field {unknown[0][:40]!r}; the fields are {', '.join(FIELDS)}.")
+    if ("query" in data) == ("text" in data):
+        raise Refused(422, "Give either 'query' (a composed query) or 'text'.")
+    if "query" in data and set(data) & set(SIMPLE[1:]):
+        raise Refused(422, "With 'query', put k, metric and index inside the query.")
+    query = {**DEFAULTS, **data}
+    for name, types in FIELDS.items():
+        if name not in query:
+            continue
+        value = query[name]
+        if type(value) not in types:  # exact: true is not a number, 1.0 is not a whole number
+            wanted = " or ".join("null" if t is type(None) else _JSON_NAMES[t] for t in types)
+            raise Refused(422, f"The field {name!r} must be {wanted}.")
+    return query
+
+
+_JSON_NAMES = {str: "a string", int: "a whole number", dict: "an object"}
+
+
+def _answer(answer: Answer, request: Request) -> dict[str, Any]:
+    hits = [{"id": r["id"], "score": r["score"], "label": r["label"], "caption": r["caption"], "relevant": r["relevant"],
+             "thumbnail": str(request.url_for("thumbnail", name=f"{r['id']}.jpg")) if r["image"] else None}
+            for r in answer.records()]
+    return {"hits": hits, "total": answer.total, "offset": answer.offset, "cutoff": answer.cutoff,
+            "seconds": round(answer.seconds, 4)}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)

@@ -1,0 +1,133 @@
+"""The JSON API (POST /api/search) of the real app in a subprocess, called as an integration would."""
+from __future__ import annotations
+
+import io
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from search import http_api
+from search.service import Answer
+from search.settings import Settings
+from tests.conftest import RunningApp
+from tests.fixtures.shapes import caption
+
+
+@pytest.fixture(scope="module")
+def app(shapes_store):
+    with RunningApp(shapes_store) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def http(app):
+    with httpx.Client(base_url=app.url, timeout=30) as client:
+        yield client
+
+
+def test_a_text_search_answers_hits_with_thumbnails_to_fetch(http, shapes_store):
+    answer = http.post("/api/search", json={"text": caption("red circle"), "k": 5})
+    assert answer.status_code == 200, answer.text
+    hits = answer.json()["hits"]
+    assert len(hits) == 5 and set(hits[0]) == {"id", "score", "label", "caption", "relevant", "thumbnail"}
+    assert answer.json()["total"] == 54 and answer.json()["offset"] == 0
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert sum(h["label"] == "red circle" for h in hits) >= 4
+    assert str(shapes_store.parent) not in answer.text and "/tmp" not in answer.text  # no server paths
+    for hit in hits:
+        thumbnail = http.get(hit["thumbnail"])
+        assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+        assert "immutable" in thumbnail.headers["cache-control"]
+        assert Image.open(io.BytesIO(thumbnail.content)).size
+
+
+def test_all_fields_are_passed_on(http):
+    body = {"text": caption("blue triangle"), "k": 3, "metric": "l2", "index": "", "key": None}
+    assert len(http.post("/api/search", json=body).json()["hits"]) == 3
+
+
+def test_a_composed_query_is_the_same_query_as_the_gradio_endpoint(http):
+    query = {"positive": [{"text": caption("red circle")}], "negative": [{"text": caption("red square"), "weight": 0.5}],
+             "k": 6, "offset": 6, "labels": {"exclude": ["green circle"]}, "cutoff": None}
+    answer = http.post("/api/search", json={"query": query}).json()
+    assert len(answer["hits"]) == 6 and answer["offset"] == 6 and answer["cutoff"] is None
+    assert all(h["label"] != "green circle" and h["relevant"] is None for h in answer["hits"])
+    first = http.post("/api/search", json={"query": {**query, "offset": 0}}).json()["hits"]
+    assert not {h["id"] for h in first} & {h["id"] for h in answer["hits"]}  # the next page, not the same one
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    ({"k": 3}, 422, "either 'query'"),
+    ({"query": {"positive": [{"text": "a"}]}, "k": 3}, 422, "inside the query"),
+    ({"query": []}, 422, "'query' must be an object"),
+    ({"query": {"positive": [{"image": 0}]}}, 422, "image 0 was not given"),
+    ({"query": {"positive": [{"id": "../x"}]}}, 422, "positive[0]"),
+    ([1, 2], 422, "must be a JSON object"),
+    ({"text": "a", "k": "3"}, 422, "'k' must be a whole number"),
+    ({"text": "a", "k": True}, 422, "'k' must be a whole number"),
+    ({"text": "a", "k": 3.0}, 422, "'k' must be a whole number"),
+    ({"text": 7}, 422, "'text' must be a string"),
+    ({"text": "a", "key": 5}, 422, "'key' must be a string or null"),
+    ({"text": "a", "path": "/etc"}, 422, "Unknown field 'path'"),
+    ({"text": "a", "k": 0}, 422, "from 1 to 50"),
+    ({"text": "a", "k": 10**30}, 422, "from 1 to 50"),
+    ({"text": "a", "metric": "hamming"}, 422, "is not one of cosine"),
+    ({"text": "a", "index": "../../etc"}, 422, "Unknown index"),
+    ({"text": "   "}, 422, "non-empty string"),
+    ({"text": "a", "index": "mine/photos", "key": "k" * 20}, 422, "no collection named"),
+])
+def test_bad_queries_get_a_clear_message(http, body, status, says):
+    answer = http.post("/api/search", json=body)
+    assert answer.status_code == status, answer.text
+    assert says in answer.json()["error"]
+    assert "Traceback" not in answer.text and "/tmp" not in answer.text
+
+
+def test_bodies_that_are_not_small_json_are_refused(http):
+    raw = [(b"{not json", "application/json", 400), (json.dumps({"text": "a"}).encode(), "text/plain", 415),
+           (b"\xff\xfe", "application/json", 400), (json.dumps({"text": "a" * 70_000}).encode(), "application/json", 413)]
+    for content, kind, status in raw:
+        answer = http.post("/api/search", content=content, headers={"content-type": kind})
+        assert answer.status_code == status, (content[:20], answer.text)
+        assert answer.json()["error"]
+    chunked = http.post("/api/search", content=iter([b'{"text": "', b"a" * 70_000, b'"}']),
+                        headers={"content-type": "application/json"})  # no Content-Length: counted as read
+    assert chunked.status_code == 413
+
+
+def test_thumbnails_are_served_by_valid_id_only(http):
+    for name in ("0" * 31 + ".jpg", "../../etc/passwd", "%2e%2e%2fstore.jpg", "f" * 32 + ".png", "f" * 32 + ".jpg"):
+        assert http.get(f"/api/thumbnails/{name}").status_code == 404, name
+
+
+class Blocking:
+    """A stand-in service with one search slot whose searches wait for ``release``."""
+
+    def __init__(self):
+        self.settings = Settings(concurrency=1)
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def search(self, query, images, key=None):
+        self.started.set()
+        self.release.wait(10)
+        return Answer([], 0, 0, None, 0.0)
+
+
+def test_searches_beyond_the_slots_wait_briefly_then_get_503(monkeypatch):
+    monkeypatch.setattr(http_api, "QUEUE_WAIT_S", 0.2)
+    service = Blocking()
+    app = FastAPI(routes=http_api.json_api(service).routes)  # type: ignore[arg-type]
+    with TestClient(app) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/api/search", json={"text": "a"})
+        assert service.started.wait(10)
+        busy = client.post("/api/search", json={"text": "b"})
+        assert busy.status_code == 503 and "busy" in busy.json()["error"]
+        service.release.set()
+        assert first.result(10).status_code == 200
+        assert client.post("/api/search", json={"text": "c"}).status_code == 200  # the slot came back

@@ -1,0 +1,124 @@
+"""QueryBatcher: concurrent single queries share model calls, and answer as if each ran alone."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from search.batching import QueryBatcher
+from search.embedders import load_embedder
+from search.errors import QueryError
+
+TEXTS = ["a red circle", "a blue square", "a green triangle", "a yellow circle", "red", "a blue triangle", "x", "circle"]
+
+
+class Recording:
+    """A fake embedder: a row per text from its length; records each call; slow enough to overlap."""
+
+    name, dimension, normalized, supports_text, min_edges = "fake", 2, False, True, (1, 1)
+
+    def __init__(self, seconds: float = 0.02):
+        self.calls: list[list[str]] = []
+        self.seconds = seconds
+
+    def prepare(self, img: Image.Image) -> Image.Image:
+        return img
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        return np.array([[img.width, img.height] for img in images], np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        time.sleep(self.seconds)
+        if "boom" in texts:
+            raise QueryError("boom is refused")
+        return np.array([[len(t), 1.0] for t in texts], np.float32)
+
+
+def together(fn: Callable[[int], object], n: int) -> list[object]:
+    """``fn(i)`` for i < n in n threads started at once; results or raised errors, by i."""
+    out: list[object] = [None] * n
+    start = threading.Barrier(n)
+
+    def one(i: int) -> None:
+        start.wait()
+        try:
+            out[i] = fn(i)
+        except Exception as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return out
+
+
+def test_batched_rows_equal_unbatched_rows_for_the_tiny_clip(shapes_model):
+    clip = load_embedder(str(shapes_model), "cpu", None)
+    batcher = QueryBatcher(clip, max_wait_ms=50)
+    alone = [clip.embed_texts([t])[0] for t in TEXTS]
+    rows = together(lambda i: batcher.embed_texts([TEXTS[i]]), len(TEXTS))
+    for i, row in enumerate(rows):
+        assert isinstance(row, np.ndarray) and row.shape == (1, clip.dimension)
+        np.testing.assert_allclose(row[0], alone[i], rtol=0, atol=1e-6)  # a padded batch rounds differently
+    assert batcher.batches < len(TEXTS)
+    images = [Image.new("RGB", (40 + 8 * i, 48), (30 * i, 90, 200)) for i in range(4)]
+    alone_images = [clip.embed_images([clip.prepare(img)])[0] for img in images]
+    rows = together(lambda i: batcher.embed_images([batcher.prepare(images[i])]), len(images))
+    for i, row in enumerate(rows):
+        np.testing.assert_allclose(row[0], alone_images[i], rtol=0, atol=1e-6)  # type: ignore[index]
+
+
+def test_concurrent_queries_make_fewer_model_calls():
+    fake = Recording()
+    batcher = QueryBatcher(fake, max_batch=16, max_wait_ms=20)
+    rows = together(lambda i: batcher.embed_texts([TEXTS[i]]), len(TEXTS))
+    assert [float(r[0][0]) for r in rows] == [float(len(t)) for t in TEXTS]  # type: ignore[index]
+    assert len(fake.calls) < len(TEXTS) / 2, fake.calls
+    assert batcher.batched == len(TEXTS)
+
+
+def test_a_batch_is_bounded_by_max_batch():
+    fake = Recording()
+    batcher = QueryBatcher(fake, max_batch=3, max_wait_ms=50)
+    together(lambda i: batcher.embed_texts([TEXTS[i]]), len(TEXTS))
+    assert max(len(c) for c in fake.calls) <= 3
+
+
+def test_a_failing_query_fails_alone():
+    fake = Recording()
+    batcher = QueryBatcher(fake, max_wait_ms=20)
+    texts = ["boom", *TEXTS[:5]]
+    rows = together(lambda i: batcher.embed_texts([texts[i]]), len(texts))
+    assert isinstance(rows[0], QueryError) and str(rows[0]) == "boom is refused"
+    assert [float(r[0][0]) for r in rows[1:]] == [float(len(t)) for t in texts[1:]]  # type: ignore[index]
+
+
+def test_the_deadline_bounds_a_lone_query():
+    batcher = QueryBatcher(Recording(seconds=0), max_wait_ms=30)
+    start = time.perf_counter()
+    batcher.embed_texts(["alone"])
+    assert 0.025 <= time.perf_counter() - start < 0.5
+
+
+def test_several_inputs_in_one_call_go_straight_to_the_model():
+    fake = Recording(seconds=0)
+    batcher = QueryBatcher(fake, max_wait_ms=1000)
+    start = time.perf_counter()
+    assert batcher.embed_texts(["a", "bb"]).shape == (2, 2)
+    assert time.perf_counter() - start < 0.5 and fake.calls == [["a", "bb"]]
+
+
+def test_the_wrapper_looks_like_its_embedder():
+    fake = Recording()
+    batcher = QueryBatcher(fake)
+    assert (batcher.name, batcher.dimension, batcher.supports_text, batcher.min_edges) == ("fake", 2, True, (1, 1))
+    assert batcher.seconds == fake.seconds  # anything else passes through
+    with pytest.raises(ValueError):
+        QueryBatcher(fake, max_batch=0)
