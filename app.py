@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import gradio as gr
 from starlette.middleware import Middleware
 
-from search import METRICS, QueryError, SearchError, regions, views
+from search import QueryError, SearchError, regions, views
 from search.errors import InvalidImageError
 from search.evaluation_tab import evaluation_tab
 from search.http_api import json_api
@@ -47,9 +47,11 @@ CSS = """
   grid-template-rows: none !important; }
 #example-images .grid-container { grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important; }
 #query-image img { max-height: 300px; object-fit: contain; }
+#results .grid-wrap { overflow-y: visible !important; max-height: none !important; height: auto !important; }
 #results .caption-label { white-space: normal; overflow-wrap: anywhere; }
 @media (max-width: 640px) {
   #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+  #results .caption-label { font-size: 11px; }
 }
 """
 
@@ -67,9 +69,11 @@ SEARCHED_NAMES = ("query", "text", "image", "results", "shown", "next_offset", "
 MORE_LIKE, LESS_LIKE = "more like this", "less like this"
 OPEN = "open it"  # what clicking a result does, unless the person chose to mark results instead
 Searched = tuple[Any, ...]
-# A page of an album: gallery, the id behind each item, the selected id, offset, where, newer, older.
+# What every album event returns, in this order (``album_view`` in build_app).
+ALBUM_VIEW = ("gallery", "ids", "picked", "offset", "where", "newer", "older", "drop", "armed")
 ShownAlbum = tuple[Any, ...]
 ALBUM_PAGE = 60
+DROP = "Delete this collection"
 
 
 def user_errors(fn: Handler) -> Handler:
@@ -92,6 +96,30 @@ def user_errors(fn: Handler) -> Handler:
             raise gr.Error("Something went wrong on our side; the server log has the details.") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def album_errors(outputs: int, at: int) -> Callable[[Handler], Handler]:
+    """For handlers with ``outputs`` outputs: a refusal becomes a message at output ``at``, and the other
+    outputs stay as they are (a bug is logged with its traceback and gets the generic message)."""
+
+    def decorate(fn: Handler) -> Handler:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except SearchError as exc:
+                log.info("refused in %s: %s", fn.__qualname__, exc.for_operator())
+                message = str(exc)
+            except Exception:
+                log.exception("unexpected error in %s", fn.__qualname__)
+                message = "Something went wrong on our side; the server log has the details."
+            out: list[Any] = [gr.skip()] * outputs
+            out[at] = views.problem(message)
+            return tuple(out)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 # --- The page: the UI's event handlers ------------------------------------------------------------------
@@ -372,18 +400,24 @@ class Page:
         return (*self._search(query.with_main(part), controls), None)
 
     # --- My collection --------------------------------------------------------------------------------------
+    # Every handler returns the album view (ALBUM_VIEW's outputs), and its refusals show in the view's
+    # status line (``album_errors``) rather than as pop-ups that blank the tab's components.
 
-    @user_errors
-    def show_album(self, key: str | None, name: str, offset: int = 0) -> ShownAlbum:
-        """A page of the album chosen under Collection (nothing when there is no such album yet)."""
+    @album_errors(len(ALBUM_VIEW), ALBUM_VIEW.index("where"))
+    def show_album(self, key: str | None, name: str, offset: int = 0, note: str = "") -> ShownAlbum:
+        """A page of the album chosen under Collection (nothing when there is no such album yet).
+
+        ``note`` goes first in the status line (what the last action did)."""
         offset = max(0, int(offset or 0))
         hits, total = self.service.browse_album(key, name, offset, ALBUM_PAGE)
         if hits == [] and offset and total:  # the page emptied (deletions): show the last one
             offset = max(0, (total - 1) // ALBUM_PAGE * ALBUM_PAGE)
             hits, total = self.service.browse_album(key, name, offset, ALBUM_PAGE)
         items, ids = views.album_gallery(hits)
-        return (items, ids, "", offset, views.album_page(len(items), offset, total) if name else "",
-                gr.update(interactive=offset > 0), gr.update(interactive=offset + ALBUM_PAGE < total))
+        where = views.album_page(len(items), offset, total) if name else ""
+        return (items, ids, "", offset, " ".join(filter(None, (note, where))),
+                gr.update(interactive=offset > 0), gr.update(interactive=offset + ALBUM_PAGE < total),
+                gr.update(value=DROP, variant="stop"), None)
 
     def album_newer(self, key: str | None, name: str, offset: int) -> ShownAlbum:
         """The previous page of the album (newer images)."""
@@ -393,13 +427,13 @@ class Page:
         """The next page of the album (older images)."""
         return self.show_album(key, name, int(offset or 0) + ALBUM_PAGE)
 
-    @user_errors
+    @album_errors(5 + len(ALBUM_VIEW), 0)
     def add_to_album(self, key: str | None, name: str, files: list[str] | None,
                      progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         """Index the uploaded files into the album, showing progress with the total and the time left.
 
-        Returns the report (summary, rows), None to clear the upload, the Collection and Index dropdowns'
-        updates, and the album as ``show_album`` shows it.
+        Returns the report (summary, notes on files), None to clear the upload, the Collection and Index
+        dropdowns' updates, and the album as ``show_album`` shows it.
         """
         started = time.monotonic()
 
@@ -410,7 +444,8 @@ class Page:
         report_ = self.service.add_images(key, name, files, on_progress=report)
         names = self.service.album_names(key)
         chosen = report_.collection if report_.collection in names else None
-        return (views.ingest_summary(report_), views.ingest_rows(report_), None,
+        rows = views.ingest_rows(report_)
+        return (views.ingest_summary(report_), gr.update(value=rows, visible=bool(rows)), None,
                 gr.update(choices=names, value=chosen), gr.update(choices=self._index_choices(key)),
                 *self.show_album(key, chosen or ""))
 
@@ -419,25 +454,33 @@ class Page:
         """Select the album image that was clicked (its id)."""
         return ids[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(ids or []) else ""
 
-    @user_errors
+    @album_errors(len(ALBUM_VIEW), ALBUM_VIEW.index("where"))
     def delete_picked(self, key: str | None, name: str, image_id: str, offset: int) -> ShownAlbum:
         """Delete the selected image from the album, then show the album again."""
         if not image_id:
             raise QueryError("Click an image in the collection first.")
         self.service.delete_images(key, name, [image_id])
-        return self.show_album(key, name, offset)
+        return self.show_album(key, name, offset, note="Deleted the selected image.")
 
-    @user_errors
-    def drop_album(self, key: str | None, name: str, index: str) -> tuple[Any, ...]:
-        """Delete the whole album: the Collection and Index dropdowns (searching the main index again
-        where the album was chosen there), and an empty album view."""
+    @album_errors(2 + len(ALBUM_VIEW), 2 + ALBUM_VIEW.index("where"))
+    def drop_album(self, key: str | None, name: str, index: str, armed: str | None) -> tuple[Any, ...]:
+        """Delete the whole album, on a second click (the first asks): the Collection and Index dropdowns
+        (searching the main index again where the album was chosen there), and an empty album view."""
+        if name not in self.service.album_names(key):
+            raise QueryError("There is no such collection to delete: choose one under Collection.")
+        if armed != name:
+            held = self.service.browse_album(key, name, 0, 1)[1]
+            out = [gr.skip()] * (2 + len(ALBUM_VIEW))
+            out[2 + ALBUM_VIEW.index("drop")] = gr.update(value=f"Click again to delete “{name}” and its {held:,} "
+                                                                f"image{'' if held == 1 else 's'}", variant="stop")
+            out[2 + ALBUM_VIEW.index("armed")] = name
+            return tuple(out)
         removed = len(self.service.drop_album(key, name).removed)
         choices = self._index_choices(key)
         values = [v for _, v in choices]
-        gallery, ids, picked, offset, _, newer, older = self.show_album(key, "")
         return (gr.update(choices=self.service.album_names(key), value=None),
                 gr.update(choices=choices, value=index if index in values else (values[0] if values else None)),
-                gallery, ids, picked, offset, views.dropped(name, removed), newer, older)
+                *self.show_album(key, "", note=views.dropped(name, removed)))
 
 
 def _query_panel(query: PageQuery) -> tuple[Any, Any]:
@@ -557,13 +600,13 @@ def build_app(service: SearchService) -> gr.Blocks:
                         text_button = gr.Button("Search", variant="primary", scale=1, min_width=90)
                     # No height=: with one, Gradio stops reporting taps on an image the server sent back (regions).
                     image = query_image(sources=["upload", "clipboard", "webcam"],
-                                        label="Query image (drop, paste or take a photo)", elem_id="query-image")
+                                        label="Query image (drop, paste or take a photo; tap two corners to search a region)",
+                                        elem_id="query-image")
                     with gr.Row(equal_height=True):
                         url = gr.Textbox(label="…or an image URL", placeholder="https://…", scale=4, min_width=160)
                         url_button = gr.Button("Search URL", scale=1, min_width=90)
                     chips = gr.Dropdown([], value=[], multiselect=True, label="Also in this query",
                                         info="Remove a part with its ×", visible=False, elem_id="parts")
-                    undo = gr.Button("Undo the last mark", visible=False, size="sm")
                     with gr.Accordion("Refine: more like, less like", open=False, elem_id="composer"):
                         gr.Markdown("Add a description or an image to the query. Tap two opposite corners on the "
                                     "query image to search by that region alone.")
@@ -578,7 +621,7 @@ def build_app(service: SearchService) -> gr.Blocks:
                     with gr.Accordion("Options", open=True):
                         index = gr.Dropdown(shared, value=shared[0][1] if shared else None, label="Index",
                                             allow_custom_value=True)
-                        metric = gr.Dropdown(list(METRICS), value="cosine", label="Similarity",
+                        metric = gr.Dropdown(views.METRIC_CHOICES, value="cosine", label="Similarity",
                                              info=views.METRIC_INFO)
                         k = gr.Slider(1, MAX_RESULTS, value=DEFAULT_K, step=1, label="Results per page")
                         with gr.Row():
@@ -598,8 +641,10 @@ def build_app(service: SearchService) -> gr.Blocks:
                                                  elem_id="example-prompts")
                 with gr.Column(scale=3, min_width=320, elem_id="results-panel"):
                     status = gr.Markdown(elem_id="status")
-                    click_mode = gr.Radio([OPEN, MORE_LIKE, LESS_LIKE], value=OPEN, label="Clicking a result will",
-                                          elem_id="click-mode")
+                    with gr.Row(equal_height=True):
+                        click_mode = gr.Radio([OPEN, MORE_LIKE, LESS_LIKE], value=OPEN, label="Clicking a result will",
+                                              elem_id="click-mode", scale=4, min_width=240)
+                        undo = gr.Button("Undo the last mark", visible=False, size="sm", scale=1, min_width=120)
                     with gr.Column(visible=False, elem_id="detail") as detail, gr.Row(equal_height=False):
                         detail_image = gr.Image(type="filepath", label="Selected result", height=320,
                                                 interactive=False, min_width=200)
@@ -621,8 +666,8 @@ def build_app(service: SearchService) -> gr.Blocks:
                                     elem_id="album-files")
                 album_add = gr.Button("Add to collection", variant="primary")
                 ingest_summary = gr.Markdown()
-                ingest_table = gr.Dataframe(headers=views.INGEST_HEADERS, label="Files that could not be used",
-                                            interactive=False, wrap=True)
+                ingest_table = gr.Dataframe(headers=views.INGEST_HEADERS, label="Notes on your files",
+                                            interactive=False, wrap=True, visible=False)
                 album_where = gr.Markdown()
                 album_gallery = gr.Gallery(label="In this collection (click one to select it)", columns=8,
                                            height="auto", allow_preview=False, elem_id="mine")
@@ -632,15 +677,16 @@ def build_app(service: SearchService) -> gr.Blocks:
                 with gr.Row():
                     picked = gr.Textbox(label="Selected image", interactive=False, min_width=200)
                     delete_button = gr.Button("Delete selected image", variant="stop", min_width=140)
-                    drop_button = gr.Button("Delete this collection", variant="stop", min_width=140)
+                    drop_button = gr.Button(DROP, variant="stop", min_width=140)
                 album_ids = gr.State([])  # the id behind each album_gallery item
                 album_offset = gr.State(0)
+                drop_armed = gr.State(None)  # the album a first click on "Delete this collection" asked about
             with gr.Tab("Evaluate"):
                 evaluation_tab(service.settings)
 
         controls = [index, metric, k, fold, include, exclude, strong, key]
         searched = [query, text, image, results, shown, next_offset, status, more, detail, selected, chips, undo]
-        shown_album = [album_gallery, album_ids, picked, album_offset, album_where, newer, older]
+        shown_album = [album_gallery, album_ids, picked, album_offset, album_where, newer, older, drop_button, drop_armed]
 
         demo.load(page.first_visit, [key], [key, index, album], **PRIVATE)
         refreshed = [overview, timer, index, include, exclude, example_gallery, example_paths, prompt_examples]
@@ -679,7 +725,7 @@ def build_app(service: SearchService) -> gr.Blocks:
         older.click(page.album_older, [key, album, album_offset], shown_album, **PRIVATE)
         album_gallery.select(page.pick_image, [album_ids], picked, **PRIVATE)
         delete_button.click(page.delete_picked, [key, album, picked, album_offset], shown_album, **PRIVATE)
-        drop_button.click(page.drop_album, [key, album, index], [album, index, *shown_album], **PRIVATE)
+        drop_button.click(page.drop_album, [key, album, index, drop_armed], [album, index, *shown_album], **PRIVATE)
 
         # The public API's inputs: hidden components, one per parameter, with the API's defaults.
         with gr.Row(visible=False):

@@ -54,7 +54,7 @@ def evaluation_tab(settings: Settings) -> None:
     refresh.click(lambda: gr.update(choices=shared_collections(settings)), None, collections, api_visibility="private")
 
     def clicked(chosen: list[str], measures: list[str], size: float,
-                progress: gr.Progress = gr.Progress()) -> tuple[str, pd.DataFrame, pd.DataFrame, str]:
+                progress: gr.Progress = gr.Progress()) -> tuple[str, pd.DataFrame | None, pd.DataFrame | None, str | None]:
         return run_evaluation(settings, chosen, measures, size, progress)
 
     # One evaluation at a time: it keeps a core busy for seconds to minutes.
@@ -73,8 +73,9 @@ def shared_collections(settings: Settings) -> list[str]:
 
 
 def run_evaluation(settings: Settings, collections: list[str] | None, metrics: list[str] | None, sample: float | None,
-                   progress: gr.Progress) -> tuple[str, pd.DataFrame, pd.DataFrame, str]:
-    """Evaluate, returning the table, the two charts' data and the JSON file; a refusal is a message, not a traceback."""
+                   progress: gr.Progress) -> tuple[str, pd.DataFrame | None, pd.DataFrame | None, str | None]:
+    """Evaluate, returning the table, the two charts' data and the JSON file; a refusal is a message in the
+    table's place (and no charts), not a traceback."""
     try:
         allowed = shared_collections(settings)
         chosen = [c for c in collections or [] if c in allowed]
@@ -86,12 +87,12 @@ def run_evaluation(settings: Settings, collections: list[str] | None, metrics: l
         options = Options(tuple(chosen), tuple(metrics), queries=size)
         report = evaluate(Store.connect(settings.store, server=settings.chroma), options,
                           lambda done, total: progress((done, total), unit="queries"))
-    except SearchError as exc:
+    except SearchError as exc:  # in the table's place, with nothing of an earlier run beside it
         log.info("evaluation refused: %s", exc.for_operator())
-        raise gr.Error(str(exc), print_exception=False) from None
+        return f"⚠️ {exc}", None, None, None
     except Exception:
         log.exception("evaluation failed")
-        raise gr.Error("The evaluation failed on our side; the server log has the details.", print_exception=False) from None
+        return "⚠️ The evaluation failed on our side; the server log has the details.", None, None, None
     return markdown(report), precision_frame(report), latency_frame(report), str(save(report))
 
 

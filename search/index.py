@@ -206,8 +206,8 @@ class ImageIndex:
         out: dict[int, np.ndarray] = {}
         texts = [(i, p) for i, p in enumerate(parts) if p.kind == "text"]
         if texts and not self.supports_text:
-            raise QueryError(f"{texts[0][1].name}: the pixel index cannot read text; "
-                             "use image and id parts, or choose a CLIP index.")
+            raise QueryError(f"{texts[0][1].name}: the pixel method cannot read text; search by an image here, "
+                             "or choose a CLIP index.")
         if texts:
             out.update(zip([i for i, _ in texts], self.embedder.embed_texts([p.value for _, p in texts])))
         images = [(i, p) for i, p in enumerate(parts) if p.kind == "image"]

@@ -71,7 +71,8 @@ def check_url(url: str, *, allow_private: bool = False) -> str:
         raise InvalidImageError("refused_url", "not a URL")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https"):
-        raise InvalidImageError("refused_url", f"only http and https URLs are fetched, not {parts.scheme or 'none'!r}")
+        raise InvalidImageError("refused_url", "give a web address that starts with https:// or http://"
+                                if not parts.scheme else f"only http and https addresses are fetched, not {parts.scheme}:")
     host = (parts.hostname or "").rstrip(".").lower()
     if not host:
         raise InvalidImageError("refused_url", "the URL has no host")
@@ -79,8 +80,8 @@ def check_url(url: str, *, allow_private: bool = False) -> str:
         raise InvalidImageError("refused_url", f"{host} is a cloud metadata endpoint")
     try:
         infos = socket.getaddrinfo(host, _port(parts), type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError, ValueError) as exc:
-        raise InvalidImageError("refused_url", f"cannot resolve {host}: {exc}") from None
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise InvalidImageError("refused_url", f"the site {host} could not be found; check the address") from None
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     for address in addresses:
         why = _refusal(address, allow_private)

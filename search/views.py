@@ -79,6 +79,8 @@ def _index_label(choice: IndexChoice) -> str:
     return f"{choice.name}: CLIP {choice.model}"
 
 
+METRIC_CHOICES = [("Cosine similarity", "cosine"), ("Correlation", "correlation"), ("Euclidean distance (L2)", "l2"),
+                  ("Manhattan distance (L1)", "l1"), ("Inner product", "ip")]
 METRIC_INFO = ("Cosine and correlation score similarity: 1 is the same direction, higher is closer. "
                "L1 and L2 are distances: 0 is identical, lower is closer. "
                "Inner product equals cosine on CLIP; on raw pixels it grows with brightness.")

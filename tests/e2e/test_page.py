@@ -91,7 +91,7 @@ def test_changing_the_metric_runs_the_search_again(browser):
     page = open_page(browser)
     search_text(page, "a green triangle")
     assert not any("distance" in c for c in captions(page))
-    after(page, lambda: choose(page, "Similarity", "l2"))
+    after(page, lambda: choose(page, "Similarity", "Euclidean distance (L2)"))
     shot(page, "page-metric-l2")
     assert captions(page) and all("distance" in c for c in captions(page))
 
@@ -155,6 +155,7 @@ def test_deleting_the_selected_collection_leaves_the_page_working(browser, tmp_p
     assert len(captions(page)) == 4
     page.get_by_role("tab", name="My collection").click()
     page.get_by_role("button", name="Delete this collection").click()
+    page.get_by_role("button", name="Click again to delete “photos” and its 4 images").click()  # it asks first
     page.get_by_text("Deleted collection").wait_for(timeout=WAIT)
     page.get_by_role("tab", name="Search").click()
     message = search_text(page, "a red circle")

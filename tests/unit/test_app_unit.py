@@ -250,7 +250,7 @@ def test_the_index_dropdown_offers_the_shared_indexes(service):
 
 
 def test_refusals_become_public_messages_and_one_log_line(service, caplog):
-    api, page = app.Api(service), app.Page(service)
+    api = app.Api(service)
     refusals = [
         (lambda: api.search_by_text("", 5, "cosine", "", ""), "Type a description"),
         (lambda: api.search_by_text("a red circle", 0, "cosine", "", ""), "from 1 to 50"),
@@ -258,7 +258,6 @@ def test_refusals_become_public_messages_and_one_log_line(service, caplog):
         (lambda: api.search_by_text("a red circle", 5, "cosine", "no-such-index", ""), "Unknown index"),
         (lambda: api.search_by_text("a red circle", 5, "cosine", "pixels", ""), "pixel method cannot read text"),
         (lambda: api.search_by_image(None, 5, "cosine", "", ""), "Upload, paste or photograph"),
-        (lambda: page.delete_picked(None, "photos", "", 0), "Click an image in the collection first"),
     ]
     for call, message in refusals:
         caplog.clear()
@@ -309,11 +308,13 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("not an image")
     more = write_folder(tmp_path / "more", per_class=1, seed=92)[5]
-    summary, rows, cleared, album_update, index_update, items, ids, selected, offset, where, *_ = \
+    summary, table, cleared, album_update, index_update, items, ids, selected, offset, where, *_ = \
         page.add_to_album(KEY, "trip", [str(junk), str(more)])
     assert summary.startswith("Added **1 image** to *trip*") and cleared is None and selected == ""
     assert "holds 4 images" in summary and "/" not in summary and where == "Images 1–4 of 4, newest first."
+    rows = table["value"]
     assert rows == [["notes.txt", "This kind of file cannot be used", rows[0][2]]] and "not an image" in rows[0][2]
+    assert table["visible"]
     assert album_update["value"] == "trip" and album_update["choices"] == ["trip"]
     assert "mine/trip" in {v for _, v in index_update["choices"]} and len(items) == len(ids) == 4
 
@@ -324,10 +325,18 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
 
     assert api.collection_delete([ids[0]], "trip", KEY) == {"removed": 1, "not_found": []}
     assert len(page.show_album(KEY, "trip")[1]) == 3
-    album_update, index_update, *emptied = page.drop_album(KEY, "trip", "mine/trip")
+    view = dict(zip(app.ALBUM_VIEW, page.delete_picked(KEY, "trip", "", 0)))  # nothing picked: a message, no pop-up
+    assert view["where"] == "⚠️ Click an image in the collection first." and view["gallery"] == gr.skip()
+    album_update, index_update, *asked = page.drop_album(KEY, "trip", "mine/trip", None)  # the first click asks
+    asked_view = dict(zip(app.ALBUM_VIEW, asked))
+    assert "Click again to delete “trip” and its 3 images" in asked_view["drop"]["value"] and asked_view["armed"] == "trip"
+    assert api.collection_list(KEY) == ["trip"]  # nothing deleted yet
+    album_update, index_update, *emptied = page.drop_album(KEY, "trip", "mine/trip", "trip")
     assert album_update["choices"] == [] and "mine/trip" not in {v for _, v in index_update["choices"]}
     assert index_update["value"] == "images"  # the dropped album was chosen under Index: the main index now
-    assert emptied[:4] == [[], [], "", 0] and emptied[4] == "Deleted collection *trip* and its 3 images."
+    view = dict(zip(app.ALBUM_VIEW, emptied))
+    assert view["gallery"] == [] and view["where"] == "Deleted collection *trip* and its 3 images."
+    assert view["armed"] is None and view["drop"]["value"] == app.DROP
     with pytest.raises(gr.Error, match="no collection named 'trip'"):
         api.collection_drop("trip", KEY)
 

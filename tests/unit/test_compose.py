@@ -113,7 +113,7 @@ def test_labels_lists_what_each_index_holds(service):
 
 
 def test_the_pixel_index_takes_image_and_id_parts_only(service):
-    with pytest.raises(QueryError, match=re.escape("negative[0]: the pixel index cannot read text")):
+    with pytest.raises(QueryError, match=re.escape("negative[0]: the pixel method cannot read text")):
         service.search({"positive": [{"id": _ids(service, "red circle", 1)[0]}], "negative": [{"text": "green"}],
                         "index": "pixels"})
     answer = service.search({"positive": [{"id": i} for i in _ids(service, "red circle", 2)], "index": "pixels", "k": 3})
