@@ -48,10 +48,14 @@ CSS = """
 #example-images .grid-container { grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important; }
 #query-image img { max-height: 300px; object-fit: contain; }
 #results .grid-wrap { overflow-y: visible !important; max-height: none !important; height: auto !important; }
+#evaluate-table { overflow-x: auto; }
+#evaluate-table table { white-space: nowrap; }
 #results .caption-label { white-space: normal; overflow-wrap: anywhere; }
 @media (max-width: 640px) {
   #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
-  #results .caption-label { font-size: 11px; }
+  #evaluate-table { overflow-x: auto; }
+#evaluate-table table { white-space: nowrap; }
+#results .caption-label { font-size: 11px; }
 }
 """
 
