@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,6 +22,50 @@ sys.path.insert(0, str(ROOT))
 
 from bench.workload import NullStore, agreement, bare_model, pipeline, vit_b32, write_jpegs  # noqa: E402
 from search.embedders import ClipEmbedder  # noqa: E402
+from search.ids import content_id  # noqa: E402
+from search.images import decode_image, make_thumbnail  # noqa: E402
+from search.model_input import Pixels  # noqa: E402
+
+PIXELS = Pixels()
+
+
+def prepare_one(path: Path) -> int:
+    """What the build does to one file besides the model: read, hash, decode drafted, prepare, thumbnail."""
+    data = path.read_bytes()
+    content_id(data)
+    img = decode_image(data, min_edges=(PIXELS.side, max(PIXELS.side, 256)))
+    PIXELS.prepare(img)
+    return len(make_thumbnail(img))
+
+
+def prepare_rate(paths: list[Path], pool: Executor) -> float:
+    """Files per second through ``prepare_one`` on ``pool``."""
+    start = time.perf_counter()
+    list(pool.map(prepare_one, paths, chunksize=64 if isinstance(pool, ProcessPoolExecutor) else 1))
+    return round(len(paths) / (time.perf_counter() - start), 1)
+
+
+def embed_rate(embedder: ClipEmbedder, paths: list[Path], batch: int) -> float:
+    """Images per second through embed_images alone (stacking, transfer, model), nothing else running."""
+    from PIL import Image
+
+    images = [PIXELS.prepare(Image.open(p).convert("RGB")) for p in paths[:batch]]
+    embedder.embed_images(images, batch_size=batch)
+    start = time.perf_counter()
+    for _ in range(5):
+        embedder.embed_images(images, batch_size=batch)
+    return round(5 * len(images) / (time.perf_counter() - start), 1)
+
+
+def scaling(embedder: ClipEmbedder, paths: list[Path], batch: int) -> dict:
+    """Where the pipeline's time goes: preparation on threads (one GIL) or processes, and embedding alone."""
+    out: dict = {"embed_images_alone": embed_rate(embedder, paths, batch)}
+    for workers in (1, 4, os.cpu_count() or 2):
+        with ThreadPoolExecutor(workers) as threads:
+            out[f"prepare_threads_{workers}"] = prepare_rate(paths, threads)
+        with ProcessPoolExecutor(workers) as processes:
+            out[f"prepare_processes_{workers}"] = prepare_rate(paths, processes)
+    return out
 
 
 def main() -> None:
@@ -57,6 +102,7 @@ def main() -> None:
     folder = work / "jpeg-640x480"
     write_jpegs(folder, args.n, (640, 480), distinct=200)
     save("jpegs_written_seconds", round(time.perf_counter() - start, 1))
+    save("images_per_second_by_part", scaling(embedder, sorted(folder.glob("*.jpg"))[: min(args.n, 6000)], args.batch))
     runs = [pipeline(embedder, folder, NullStore(work), args.batch, args.workers) for _ in range(2)]
     save("pipeline_no_store", runs)
     bare = result["bare_model_images_per_second"][embedder.precision]
