@@ -81,7 +81,12 @@ def test_capability(monkeypatch):
     assert not precision.native_bf16("cpu")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert precision.native_bf16("cpu")
-    assert INT8 not in precision.candidates("cuda")
+    assert precision.candidates("cpu") == [BF16]  # native bf16: int8 is not raced against it
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert precision.candidates("cpu") == [INT8]
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert precision.candidates("cpu") == []
 
 
 def test_the_embedder_keeps_its_precision_and_a_call_may_override_it(shapes_model, images):
