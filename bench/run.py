@@ -31,114 +31,52 @@ sys.path.insert(0, str(ROOT))
 from PIL import Image  # noqa: E402
 
 from bench.stats import percentiles  # noqa: E402
-from search.build import BuildOptions, build_index  # noqa: E402
+from bench.workload import (  # noqa: E402
+    CPU_FLAGS,
+    agreement,
+    bare_model,
+    forward,
+    photo,
+    pipeline,
+    timed,
+    vit_b32,
+    write_jpegs,
+)
 from search.embedders import ClipEmbedder  # noqa: E402
 from search.index import ImageIndex  # noqa: E402
-from search.sources import folder_items  # noqa: E402
+from search.precision import MIN_COSINE, MIN_OVERLAP  # noqa: E402
 from search.store import ModelInfo, Record, Store  # noqa: E402
 from tests.fixtures.app_process import RunningApp  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
 
 
-def vit_b32(path: Path) -> Path:
-    """ViT-B/32 with random weights in sentence-transformers format (made once, cached)."""
-    if (path / "modules.json").exists():
-        return path
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    from tests.fixtures.tiny_clip import save_sentence_transformer, write_tokenizer_files
-
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab, merges = write_tokenizer_files(Path(tmp))
-        tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
-    return save_sentence_transformer(CLIPModel(CLIPConfig()), processor, path)
-
-
-def photo(width: int, height: int, seed: int) -> Image.Image:
-    """A photo-like image: smooth colour fields, edges and sensor noise (compresses like a photo)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
-    base = np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
-    noise = rng.normal(0, 6, (height, width, 1)).astype(np.float32)
-    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
-
-
-def write_jpegs(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
-    """``n`` JPEGs of ``size`` on disk (quality 90, as cameras and sites save them)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"{i:05d}.jpg"
-        if not path.exists():
-            photo(*size, seed=i).save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
-def timed(fn, repeat: int) -> list[float]:
-    """Wall times of ``repeat`` calls."""
-    out = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
-def _forward(embedder: ClipEmbedder, batch: int, bf16: bool):
-    """A callable running the bare model once on a preprocessed batch of random pixels."""
-    import torch
-
-    model = embedder.model[0].model
-    side = embedder.min_edges[0]
-    pixels = torch.randn(batch, 3, side, side, device=embedder.device)
-
-    def run():
-        ctx = torch.autocast(embedder.device, dtype=torch.bfloat16, enabled=bf16)
-        with torch.inference_mode(), ctx:
-            model.get_image_features(pixel_values=pixels)
-        if embedder.device == "cuda":
-            torch.cuda.synchronize()
-
-    run()  # warm-up
-    return run
-
-
-def bare_model(embedder: ClipEmbedder, batches: list[int], repeat: int) -> dict:
-    """Images/s of the model alone on preprocessed tensors, fp32 and bf16, best batch."""
-    result = {}
-    for dtype in ("fp32", "bf16"):
-        result[dtype] = round(max(b / min(timed(_forward(embedder, b, dtype == "bf16"), repeat)) for b in batches), 1)
-    return result
-
-
-def pipeline(embedder: ClipEmbedder, folder: Path, store: Path, batch: int) -> dict:
-    """JPEG files on disk to a finished store (thumbnails included), as index_builder.py runs it."""
-    shutil.rmtree(store, ignore_errors=True)
-    report = build_index(folder_items(folder), Store.connect(store, create=True), "bench", embedder,
-                         BuildOptions(batch_size=batch, near_duplicate_similarity=None))
-    size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
-    return {"images": report.indexed, "images_per_second": report.images_per_second, "precision": report.precision,
-            "bf16_agreement": report.bf16_agreement, "store_bytes_per_image": round(size / max(1, report.indexed))}
-
-
-def pipeline_beside_bare(embedder: ClipEmbedder, folder: Path, stores: Path, batch: int, rounds: int) -> dict:
-    """Pipeline runs alternated with bare-model runs at the same batch size and precision; medians.
+def pipeline_beside_bare(embedder: ClipEmbedder, folder: Path, stores: Path, batch: int, rounds: int,
+                         best: str) -> dict:
+    """Pipeline runs alternated with bare-model runs at the same batch, at the pipeline's precision and at
+    the best this machine has; medians.
 
     Alternating, and comparing medians with medians, keeps the host's drift (about 15% between
-    minutes on a shared machine) out of the ratio.
+    minutes on a shared machine) out of the ratios.
     """
-    runs, bare = [], []
+    runs, bare, bare_best = [], [], []
     for i in range(rounds):
-        runs.append(pipeline(embedder, folder, stores / f"round-{i}", batch))
-        bare.append(batch / float(np.median(timed(_forward(embedder, batch, runs[-1]["precision"] == "bf16"), 3))))
+        store = stores / f"round-{i}"
+        shutil.rmtree(store, ignore_errors=True)
+        runs.append(pipeline(embedder, folder, Store.connect(store, create=True), batch))
+        size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+        runs[-1]["store_bytes_per_image"] = round(size / max(1, runs[-1]["images"]))
+        bare.append(batch / float(np.median(timed(forward(embedder, batch, runs[-1]["precision"]), 3))))
+        bare_best.append(batch / float(np.median(timed(forward(embedder, batch, best), 3))))
     result = dict(runs[-1])
     result["images_per_second"] = round(float(np.median([r["images_per_second"] for r in runs])), 2)
     result["runs_images_per_second"] = [r["images_per_second"] for r in runs]
+    result["stage_seconds"] = {k: round(float(np.median([r["stage_seconds"][k] for r in runs])), 3)
+                               for k in runs[-1]["stage_seconds"]}
     result["bare_model_same_batch"] = round(float(np.median(bare)), 2)
     result["ratio_to_bare_model"] = round(result["images_per_second"] / result["bare_model_same_batch"], 3)
+    result["bare_model_best_precision"] = round(float(np.median(bare_best)), 2)
+    result["ratio_to_best_precision"] = round(result["images_per_second"] / result["bare_model_best_precision"], 3)
     return result
 
 
@@ -151,20 +89,6 @@ def naive(embedder: ClipEmbedder, paths: list[Path], store: Path) -> dict:
         vector = embedder.model.encode([Image.open(path).convert("RGB")], normalize_embeddings=True)
         col.upsert([Record(str(i), vector[0], {"source": str(path)})])
     return {"images": len(paths), "images_per_second": round(len(paths) / (time.perf_counter() - start), 2)}
-
-
-def agreement(embedder: ClipEmbedder, paths: list[Path], queries: int = 20) -> dict:
-    """bf16 against fp32: mean cosine of embeddings, and overlap of top-10 exact search results."""
-    images = [embedder.prepare(Image.open(p).convert("RGB")) for p in paths]
-    fp32 = embedder.embed_images(images)
-    bf16 = embedder.embed_images(images, precision="bf16")
-    overlaps = []
-    for q in range(min(queries, len(paths))):
-        top32 = set(np.argsort(-(fp32 @ fp32[q]))[1:11])
-        top16 = set(np.argsort(-(bf16 @ bf16[q]))[1:11])
-        overlaps.append(len(top32 & top16) / 10)
-    return {"mean_cosine": round(float(np.mean(np.sum(fp32 * bf16, axis=1))), 5),
-            "top10_overlap": round(float(np.mean(overlaps)), 3)}
 
 
 def synthetic_store(store: Path, embedder: ClipEmbedder, n: int) -> tuple[np.ndarray, float]:
@@ -279,24 +203,29 @@ def main() -> None:
     model = str(ROOT / "tests" / "fixtures" / "tiny-clip-shapes") if quick else str(vit_b32(CACHE / "vit-b-32-random"))
     sizes = dict(n_640=48, n_12mp=4, n_naive=8, stores=(2000,), repeat=10) if quick else \
         dict(n_640=384, n_12mp=48, n_naive=48, stores=(10_000, 100_000), repeat=100)
-    embedder = ClipEmbedder(model, device=args.device)
-    print(f"model {model} on {args.device}", flush=True)
-    results: dict = {"machine": machine(args.device), "model": "tiny-clip-shapes" if quick else "ViT-B/32 (random weights)",
-                     "quick": quick}
-    results["bare_model_images_per_second"] = bare_model(embedder, [8] if quick else [16, 32], 1 if quick else 2)
-    print(results["bare_model_images_per_second"], flush=True)
+    # As index_builder.py makes it: precision auto, decided once at the batch the build runs.
+    embedder = ClipEmbedder(model, device=args.device, precision="auto", batch_size=32)
+    print(f"model {model} on {args.device}: {embedder.precision} ({embedder.decision.reason})", flush=True)
+    results: dict = {"machine": machine(args.device), "cpu_flags": cpu_flags(),
+                     "model": "tiny-clip-shapes" if quick else "ViT-B/32 (random weights)", "quick": quick,
+                     "auto_precision": {"chosen": embedder.precision, "reason": embedder.decision.reason,
+                                        "trials": [t.__dict__ for t in embedder.decision.trials]}}
+    results["agreement_with_fp32"] = agreement(embedder)
+    bare = results["bare_model_images_per_second"] = bare_model(embedder, 32, 3 if quick else 5)
+    best = max((p for p in bare if p == "fp32" or agrees(p, results["agreement_with_fp32"][p])), key=bare.__getitem__)
+    results["best_precision"] = best
+    print(results["agreement_with_fp32"], bare, flush=True)
     jpegs_640 = work / "jpeg-640x480"
     paths = write_jpegs(jpegs_640, sizes["n_640"], (640, 480))
-    write_jpegs(work / "jpeg-12mp", sizes["n_12mp"], (4000, 3000))
+    write_jpegs(work / "jpeg-12mp", sizes["n_12mp"], (4000, 3000), distinct=8)
     rounds = 1 if quick else 3
-    results["pipeline_640x480"] = pipeline_beside_bare(embedder, jpegs_640, work / "store-640", 32, rounds)
-    results["pipeline_12mp"] = pipeline_beside_bare(embedder, work / "jpeg-12mp", work / "store-12mp", 32, rounds)
+    results["pipeline_640x480"] = pipeline_beside_bare(embedder, jpegs_640, work / "store-640", 32, rounds, best)
+    results["pipeline_12mp"] = pipeline_beside_bare(embedder, work / "jpeg-12mp", work / "store-12mp", 32, rounds, best)
     print(results["pipeline_640x480"], results["pipeline_12mp"], flush=True)
     results["naive_one_at_a_time"] = naive(embedder, paths[: sizes["n_naive"]], work / "store-naive")
     results["speedup_over_naive"] = round(
         results["pipeline_640x480"]["images_per_second"] / results["naive_one_at_a_time"]["images_per_second"], 2)
-    results["bf16_vs_fp32"] = agreement(embedder, paths[: min(len(paths), 32)])
-    print(results["naive_one_at_a_time"], results["bf16_vs_fp32"], flush=True)
+    print(results["naive_one_at_a_time"], flush=True)
     results["builder_peak_rss_mb"] = builder_memory(jpegs_640, work / "store-mem", model)
     results["model_load_seconds"] = model_load_seconds(model, args.device)
     for n in sizes["stores"]:
@@ -330,20 +259,38 @@ def machine(device: str) -> str:
     return f"{os.cpu_count()} cores of {cpu}, torch {torch.__version__} (CPU)"
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's flags that decide bf16 and int8 speed (AVX2, AVX-512, VNNI, BF16, AMX)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in CPU_FLAGS if f in flags]
+
+
+def agrees(precision: str, measured: dict) -> bool:
+    """Whether ``precision`` agreed with fp32 on real photos as well as auto requires."""
+    return measured["mean_cosine"] >= MIN_COSINE[precision] and measured["top10_overlap"] >= MIN_OVERLAP[precision]
+
+
 def markdown(r: dict) -> str:
     """The figures as a table."""
-    p, p12, bare = r["pipeline_640x480"], r["pipeline_12mp"], r["bare_model_images_per_second"]
+    p, p12, bare, best = r["pipeline_640x480"], r["pipeline_12mp"], r["bare_model_images_per_second"], r["best_precision"]
+    agree = ", ".join(f"{k} {v['mean_cosine']} / {v['top10_overlap']}" for k, v in r["agreement_with_fp32"].items())
     rows = [
-        ("Bare model, images/s (fp32 / bf16)", f"{bare['fp32']} / {bare['bf16']}"),
+        ("Bare model, images/s at batch 32 (interleaved, medians)", ", ".join(f"{k} {v}" for k, v in bare.items())),
+        ("Agreement with fp32 on real photos: mean cosine / top-10 overlap", agree),
+        ("Precision auto chose (at batch 32) / best this machine has",
+         f"{r['auto_precision']['chosen']} ({r['auto_precision']['reason']}) / {best}"),
         ("Pipeline, 640x480 JPEGs to store, images/s (median of runs)",
          f"{p['images_per_second']} ({p['precision']}), {p['ratio_to_bare_model']:.0%} of the bare model "
-         f"({p['bare_model_same_batch']}, same batch, alternated)"),
-        ("Pipeline, 12 MP JPEGs, images/s", f"{p12['images_per_second']}, {p12['ratio_to_bare_model']:.0%} of the bare model "
-                                            f"({p12['bare_model_same_batch']})"),
-        ("Naive one-at-a-time, images/s", f"{r['naive_one_at_a_time']['images_per_second']} "
-                                          f"(pipeline is {r['speedup_over_naive']}x faster)"),
-        ("bf16 vs fp32: mean cosine / top-10 overlap",
-         f"{r['bf16_vs_fp32']['mean_cosine']} / {r['bf16_vs_fp32']['top10_overlap']}"),
+         f"({p['bare_model_same_batch']}, same batch and precision, alternated); "
+         f"{p['ratio_to_best_precision']:.0%} of the best ({best}, {p['bare_model_best_precision']})"),
+        ("Pipeline, 640x480: stage seconds (median; stages overlap)", _stages(p)),
+        ("Pipeline, 12 MP JPEGs, images/s",
+         f"{p12['images_per_second']} ({p12['precision']}), {p12['ratio_to_bare_model']:.0%} of the bare model "
+         f"({p12['bare_model_same_batch']}); {p12['ratio_to_best_precision']:.0%} of the best"),
+        ("Pipeline, 12 MP: stage seconds (median; stages overlap)", _stages(p12)),
+        ("Naive one-at-a-time (fp32, as the origin), images/s", f"{r['naive_one_at_a_time']['images_per_second']} "
+                                                                f"(pipeline is {r['speedup_over_naive']}x faster)"),
         ("Builder peak RSS", f"{r['builder_peak_rss_mb']} MB"),
         ("Store bytes per image (vectors, metadata, thumbnail)", f"{p['store_bytes_per_image']:,}"),
         ("Model load", f"{r['model_load_seconds']} s"),
@@ -362,8 +309,13 @@ def markdown(r: dict) -> str:
             (f"{n} vectors: app start-up (model load {r['model_load_seconds']} s) / app RSS",
              f"{a['startup_seconds']} s / {a['app_rss_mb']} MB"),
         ]
-    head = f"Machine: {r['machine']}. Model: {r['model']}.\n\n| measure | figure |\n|---|---|\n"
+    head = (f"Machine: {r['machine']}; CPU flags: {' '.join(r['cpu_flags']) or 'none of ' + ' '.join(CPU_FLAGS)}. "
+            f"Model: {r['model']}.\n\n| measure | figure |\n|---|---|\n")
     return head + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
+
+
+def _stages(p: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in p["stage_seconds"].items() if v) + f" (of {p['seconds']} s)"
 
 
 if __name__ == "__main__":

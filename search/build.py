@@ -19,16 +19,16 @@ from PIL import Image
 
 from . import manifests
 from .duplicates import NEAR_DUPLICATE_SIMILARITY, find_near_duplicates
-from .embedders import FP32, ClipEmbedder, Embedder
+from .embedders import Embedder
 from .errors import InvalidImageError, StoreUnavailableError
 from .ids import content_id
 from .images import decode_image, make_thumbnail
+from .precision import AUTO, BF16, FP32
 from .prefetch import prefetch
 from .report import BuildReport
 from .sources import Item
 from .store import ModelInfo, Record, Store, VectorCollection
 
-CALIBRATION_IMAGES = 16
 KEEP_BYTES = 4 * 1024 * 1024  # per image, between hashing and decoding (32 images: 128 MB at most)
 Progress = Callable[[int, "int | None"], Any]  # (items done, items in all where known)
 
@@ -39,7 +39,7 @@ class BuildOptions:
 
     source: str = ""  # a description of the source, recorded in a new collection
     batch_size: int = 32
-    precision: str = "auto"  # fp32, bf16, or auto: bf16 where it is measured to agree and be faster
+    precision: str = "auto"  # auto: the embedder's own (decided when it was loaded); fp32, bf16 or int8 override it
     workers: int = 2  # threads reading and decoding
     total: int | None = None  # items in the source, where known (for progress)
     sync_root: str | None = None  # remove records from under this root that the source no longer holds
@@ -95,9 +95,7 @@ class _Build:
         self.known = manifests.load(store.folder, self.manifest_name)
         self.manifest: manifests.Manifest = {}
         self.current_ids: set[str] = set()  # every image id the source holds now, for sync
-        self.precision = FP32 if options.precision == "auto" else options.precision
-        # Measured once, on the first batch, where auto asks for it: the embedder itself never changes.
-        self.to_calibrate = embedder if options.precision == "auto" and isinstance(embedder, ClipEmbedder) else None
+        self.precision = getattr(embedder, "precision", FP32) if options.precision == AUTO else options.precision
         self.done = 0
 
     def run(self, items: Iterable[Item]) -> BuildReport:
@@ -110,6 +108,10 @@ class _Build:
             self._sync(self.options.sync_root)
         report = self.report
         report.precision = self.precision
+        decision = getattr(self.embedder, "decision", None)  # a CLIP embedder's, where auto measured bf16
+        bf16 = decision.trial(BF16) if decision else None
+        if bf16:
+            report.bf16_agreement, report.bf16_speedup = bf16.cosine, bf16.speedup
         report.seconds = round(time.perf_counter() - start, 3)
         report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
         report.total_in_collection = self.collection.count()
@@ -205,15 +207,8 @@ class _Build:
 
     def _embed(self, batch: list[_Ready]) -> Any:
         with self._stage("embed"):
-            images = [r.image for r in batch]
-            if self.to_calibrate:
-                measured = self.to_calibrate.calibrate_bf16(images[:CALIBRATION_IMAGES])
-                self.to_calibrate = None
-                if measured:
-                    self.precision = measured.precision
-                    self.report.bf16_agreement = round(measured.agreement, 6)
-                    self.report.bf16_speedup = round(measured.speedup, 2)
-            return self.embedder.embed_images(images, precision=self.precision)
+            return self.embedder.embed_images([r.image for r in batch], batch_size=self.options.batch_size,
+                                              precision=self.precision)
 
     def _write(self, batch: list[_Ready], vectors: Any) -> None:
         with self._stage("write"):

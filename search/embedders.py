@@ -1,21 +1,22 @@
 """Embedders: the basic one on raw pixels and the advanced one on CLIP, behind one interface."""
 from __future__ import annotations
 
+import copy
 import functools
 import logging
-import platform
 import threading
-import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
+from . import precision as chosen
 from .errors import ModelError, QueryError
+from .model_input import Pixels, image_tower
+from .precision import AUTO, BF16, FP32, INT8, PRECISIONS, Decision
 from .text_routing import CLIP, MULTILINGUAL, Tower, route
 
 log = logging.getLogger(__name__)
@@ -31,25 +32,6 @@ DEFAULT_TEXT_MODELS = {
 }
 PIXELS = "pixels"
 PIXEL_SIDE = 32
-BF16_MIN_AGREEMENT = 0.999  # mean cosine to fp32 below which bf16 is not used
-BF16_MIN_SPEEDUP = 1.2  # and the speed-up it must bring to be worth any loss at all
-
-
-FP32, BF16 = "fp32", "bf16"
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """bf16 measured against fp32 on the same images."""
-
-    agreement: float  # mean cosine between the two passes' embeddings
-    speedup: float  # fp32 time / bf16 time
-
-    @property
-    def precision(self) -> str:
-        """bf16 where it agrees with fp32 and is worth it, else fp32."""
-        good = self.agreement >= BF16_MIN_AGREEMENT and self.speedup >= BF16_MIN_SPEEDUP
-        return BF16 if good else FP32
 
 
 class Embedder(Protocol):
@@ -62,7 +44,8 @@ class Embedder(Protocol):
     min_edges: tuple[int, int]  # the smallest (shortest, longest) edges decoding may draft down to
 
     def prepare(self, img: Image.Image) -> Image.Image: ...
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *, precision: str = FP32) -> np.ndarray: ...
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,
+                     precision: str | None = None) -> np.ndarray: ...
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
@@ -79,7 +62,8 @@ class PixelEmbedder:
         """Scale to the fixed side (aspect ratio ignored, as the basic method does)."""
         return img.resize((PIXEL_SIDE, PIXEL_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *, precision: str = FP32) -> np.ndarray:
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,
+                     precision: str | None = None) -> np.ndarray:
         """Flattened RGB in [0, 1], one row per image (exact arithmetic: batch size and precision do not apply)."""
         if not images:
             return np.zeros((0, self.dimension), np.float32)
@@ -113,12 +97,16 @@ class ClipEmbedder:
 
     A paired text model (``text_model``, see ``paired_text_model``) reads the queries CLIP's own
     text tower cannot (non-English: ``text_routing.route``); CLIP's tower keeps English.
+    ``precision`` (fp32, bf16, int8, or auto: decided here, once, at ``batch_size``; see
+    ``search.precision``) is fixed for the embedder's life: images run at it, and texts at bf16 when it
+    is bf16 (int8 quantises the image tower alone).
     """
 
     normalized = True
     supports_text = True
 
-    def __init__(self, name: str, device: str | None = None, text_model: str | None = None):
+    def __init__(self, name: str, device: str | None = None, text_model: str | None = None,
+                 precision: str = FP32, batch_size: int = 32):
         import torch
 
         self.name = name
@@ -139,11 +127,24 @@ class ClipEmbedder:
                     raise
                 log.warning("the default text model is not used, CLIP's own text tower reads every query: %s",
                             exc.for_operator())
-        size = self._image_processor_size()
-        self.min_edges = (size, max(size, 256))
-        self._input_side = size
+        self._pixels = Pixels.of(self.model[0].processor.image_processor)
+        side = self._pixels.side
+        self.min_edges = (side, max(side, 256))
+        self._towers: dict[str, torch.nn.Module] = {FP32: image_tower(self.model[0].model)}
         # Tokenizers and torch modules are not safe for concurrent calls; the cores are shared anyway.
         self._lock = threading.Lock()
+        self.decision = self._decide(precision, batch_size)
+        self.precision = self.decision.precision
+        log.info("images embed at %s (%s)", self.precision, self.decision.reason)
+
+    def _decide(self, precision: str, batch_size: int) -> Decision:
+        if precision != AUTO:
+            return Decision(_check(precision), batch_size, reason="asked for")
+        if sum(p.numel() for p in self._towers[FP32].parameters()) < chosen.MIN_PARAMETERS:
+            return Decision(FP32, batch_size, reason="a model this small gains nothing from lower precision")
+        tried = chosen.candidates(self.device)
+        images = [self.prepare(img) for img in chosen.probe_images()] if tried else []
+        return chosen.decide(self._encode_images, images, batch_size, tried)
 
     def _load_text_model(self, name: str):
         model = _load_sentence_transformer(name, self.device, what="text model")
@@ -163,26 +164,19 @@ class ClipEmbedder:
         """Which tower reads ``text``: ``"clip"`` (CLIP's own) or ``"multilingual"`` (the paired model)."""
         return route(text) if self.paired else CLIP
 
-    def _image_processor_size(self) -> int:
-        try:
-            size = self.model[0].processor.image_processor.size
-            return int(size["shortest_edge"])
-        except Exception:  # a checkpoint without a processor size keeps CLIP's own
-            return 224
-
     def prepare(self, img: Image.Image) -> Image.Image:
-        """Scale the shortest edge down to the model's input so the model's processor has little left to do."""
-        side = self._input_side
-        short = min(img.size)
-        if short <= side:
-            return img
-        scale = side / short
-        size = (max(side, round(img.width * scale)), max(side, round(img.height * scale)))
-        return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        """The model's input: the shortest edge scaled to its side in one resize, the centre cropped square."""
+        return self._pixels.prepare(img)
 
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *, precision: str = FP32) -> np.ndarray:
-        """Unit-length embeddings for RGB images, at ``precision`` (fp32, or bf16 autocast)."""
-        return self._encode(self.model, list(images), batch_size, _bf16(precision))
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,
+                     precision: str | None = None) -> np.ndarray:
+        """Unit-length embeddings for RGB images, at the embedder's precision unless ``precision`` says otherwise."""
+        precision = _check(precision or self.precision)
+        images = list(images)
+        if not images:
+            return np.zeros((0, self.dimension), np.float32)
+        return np.concatenate([self._encode_images(images[i:i + batch_size], precision)
+                               for i in range(0, len(images), batch_size)])
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Unit-length embeddings for texts, in the images' space, one row per text in order.
@@ -190,61 +184,62 @@ class ClipEmbedder:
         Each text goes to the tower ``text_tower`` names; a batch may mix them.
         """
         texts = list(texts)
+        bf16 = self.precision == BF16
         if not self.paired:
-            return self._encode(self.model, texts, batch_size, False)
+            return self._encode_texts(self.model, texts, batch_size, bf16)
         out = np.zeros((len(texts), self.dimension), np.float32)
         towers = [self.text_tower(text) for text in texts]
         for tower, model in ((CLIP, self.model), (MULTILINGUAL, self.text_model)):
             rows = [i for i, t in enumerate(towers) if t == tower]
             if rows:
-                out[rows] = self._encode(model, [texts[i] for i in rows], batch_size, False)
+                out[rows] = self._encode_texts(model, [texts[i] for i in rows], batch_size, bf16)
         return out
 
-    def calibrate_bf16(self, images: Sequence[Image.Image]) -> Calibration | None:
-        """Measure bf16 against fp32 on ``images``: agreement and speed-up (it changes nothing here).
-
-        None where bf16 cannot help and was not tried. Speed is measured, not assumed: bf16's gain
-        differs widely between chips.
-        """
-        if not images or self.device not in ("cpu", "cuda") or not _bf16_supported(self.device):
-            return None
-        images = list(images)
-        probe = images[:2]
-        for bf16 in (False, True):  # warm both paths so neither pays first-call costs below
-            self._encode(self.model, probe[:1], 1, bf16)
-        start = time.perf_counter()
-        full = self._encode(self.model, probe, len(probe), False)
-        middle = time.perf_counter()
-        half = self._encode(self.model, probe, len(probe), True)
-        speedup = (middle - start) / max(time.perf_counter() - middle, 1e-9)
-        if speedup >= BF16_MIN_SPEEDUP and len(images) > len(probe):  # worth checking agreement more widely
-            full = self._encode(self.model, images, len(images), False)
-            half = self._encode(self.model, images, len(images), True)
-        return Calibration(float(np.mean(np.sum(full * half, axis=1))), speedup)
-
-    def _encode(self, model, inputs: list, batch_size: int, bf16: bool) -> np.ndarray:
+    def _encode_images(self, images: Sequence[Image.Image], precision: str) -> np.ndarray:
+        """One forward pass of the image tower over ``images`` (prepared where they are not yet)."""
         import torch
 
-        if not inputs:
+        pixels = self._pixels.normalize(self._pixels.batch(images).to(self.device))
+        with self._lock, torch.inference_mode(), _autocast(self.device, precision == BF16):
+            out = self.tower(precision)(pixels)
+        return _unit(out.float().cpu().numpy())
+
+    def tower(self, precision: str):
+        """The image tower for ``precision``: int8's is quantised once, on first use (Linear layers only)."""
+        if precision == INT8 and INT8 not in self._towers:
+            import torch
+
+            self._towers[INT8] = torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(self._towers[FP32]), {torch.nn.Linear}, dtype=torch.qint8)
+        return self._towers[INT8 if precision == INT8 else FP32]
+
+    def _encode_texts(self, model, texts: list[str], batch_size: int, bf16: bool) -> np.ndarray:
+        import torch
+
+        if not texts:
             return np.zeros((0, self.dimension), np.float32)
-        autocast = torch.autocast(self.device, dtype=torch.bfloat16) if bf16 else nullcontext()
-        with self._lock, torch.inference_mode(), autocast:
-            out = model.encode(
-                inputs,
-                batch_size=batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        out = np.asarray(out, dtype=np.float32)
-        # Normalise again in fp32: under bf16 autocast the model's own normalisation is only bf16-exact.
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        with self._lock, torch.inference_mode(), _autocast(self.device, bf16):
+            out = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                               show_progress_bar=False)
+        return _unit(np.asarray(out, dtype=np.float32))
 
 
-def _bf16(precision: str) -> bool:
-    if precision not in (FP32, BF16):
-        raise ValueError(f"precision must be {FP32!r} or {BF16!r}, not {precision!r}")
-    return precision == BF16
+def _autocast(device: str, bf16: bool):
+    import torch
+
+    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length in fp32 (under bf16 the model's own normalisation is only bf16-exact)."""
+    rows = rows.astype(np.float32, copy=False)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def _check(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision
 
 
 def _load_sentence_transformer(name: str, device: str, what: str = "model"):
@@ -257,32 +252,17 @@ def _load_sentence_transformer(name: str, device: str, what: str = "model"):
                          internals=f"{name}: {type(exc).__name__}: {exc}") from exc
 
 
-def _bf16_supported(device: str) -> bool:
-    """Whether bf16 can be faster here: worth calibrating at all.
-
-    An x86 CPU without AVX512-BF16 or AMX emulates bf16, several times slower than fp32, so even
-    measuring it would cost a build seconds; other CPUs (ARM's bf16 extensions) are measured.
-    """
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
-        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        if all(callable(c) for c in checks):
-            return any(c() for c in checks if callable(c))
-    return True
-
-
 @functools.lru_cache(maxsize=4)
-def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, text_model: str | None = None) -> Embedder:
+def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, text_model: str | None = None,
+                  precision: str = AUTO, batch_size: int = 1) -> Embedder:
     """Load an embedder once per process: ``pixels`` or a sentence-transformers CLIP name or path.
 
     ``text_model``: a text model to pair for non-English queries (see ``paired_text_model``; ``"auto"``
-    is the app's default).
+    is the app's default). ``precision``: ``auto`` decides here, once, at ``batch_size`` (1: the app's
+    queries; a build passes its own); see ``search.precision``.
     """
     if name == PIXELS:
         if paired_text_model(name, text_model)[1]:
             raise ModelError("the pixel method has no text side; a text model cannot be paired with it")
         return PixelEmbedder()
-    return ClipEmbedder(name, device=device, text_model=text_model)
+    return ClipEmbedder(name, device=device, text_model=text_model, precision=precision, batch_size=batch_size)

@@ -210,8 +210,11 @@ def read_file(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
 
 def make_thumbnail(img: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
     """Encode a JPEG whose longest side is at most ``size``."""
-    thumb = img.copy()
-    thumb.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    scale = min(1.0, size / max(img.size))
+    # One resize straight from the (drafted) image: no full-size copy first.
+    thumb = img if scale == 1.0 else img.resize(
+        (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC,
+        reducing_gap=2.0)
     out = io.BytesIO()
     thumb.save(out, "JPEG", quality=85)
     return out.getvalue()

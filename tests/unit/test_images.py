@@ -107,8 +107,13 @@ def test_large_jpeg_is_drafted_but_keeps_the_needed_edges():
 
 
 def test_thumbnail_longest_side_is_at_most_256():
-    thumb = Image.open(io.BytesIO(make_thumbnail(random_rgb(5, size=(1000, 400)))))
-    assert max(thumb.size) == 256 and thumb.format == "JPEG"
+    source = random_rgb(5, size=(1000, 400))
+    before = source.tobytes()
+    thumb = Image.open(io.BytesIO(make_thumbnail(source)))
+    assert thumb.size == (256, 102) and thumb.format == "JPEG"
+    assert source.tobytes() == before  # made from the image, which is left as it was
+    small = Image.open(io.BytesIO(make_thumbnail(random_rgb(6, size=(200, 100)))))
+    assert small.size == (200, 100)  # never scaled up
 
 
 def test_read_image_takes_paths_bytes_and_pil(tmp_path):

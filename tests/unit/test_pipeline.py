@@ -28,19 +28,17 @@ def test_stages_are_timed_and_progress_is_reported(tmp_path, clip_embedder):
     assert report.to_dict()["stage_seconds"] == report.stage_seconds
 
 
-def test_a_build_never_changes_the_shared_embedder(tmp_path, clip_embedder, monkeypatch):
-    """Issue 11: a build's precision is its own; the embedder a query shares with it is left as it was."""
-    from search import embedders
-
-    monkeypatch.setattr(embedders, "_bf16_supported", lambda device: True)
-    monkeypatch.setattr(embedders, "BF16_MIN_SPEEDUP", 0.0)  # make auto choose bf16
+def test_a_build_never_changes_the_shared_embedder(tmp_path, clip_embedder):
+    """Issue 11: a build may override the precision for itself; the embedder a query shares keeps its own."""
+    own = clip_embedder.precision
     probe = clip_embedder.embed_texts(["a red circle"])
     folder = tmp_path / "photos"
     write_folder(folder, per_class=1, seed=4)
-    report = build_index(folder_items(folder), Store.connect(tmp_path / "store", create=True), "images", clip_embedder)
-    assert report.precision == "bf16"
+    store = Store.connect(tmp_path / "store", create=True)
+    assert build_index(folder_items(folder), store, "images", clip_embedder).precision == own
+    report = build_index(folder_items(folder), store, "again", clip_embedder, BuildOptions(precision="bf16"))
+    assert report.precision == "bf16" and clip_embedder.precision == own
     assert np.array_equal(clip_embedder.embed_texts(["a red circle"]), probe)
-    assert not hasattr(clip_embedder, "bf16")
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,14 @@
-"""--precision auto: bf16 is used only where it agrees with fp32 and is measured to be faster."""
+"""Precision is decided once, when the embedder is made: by capability, agreement with fp32 and wide margins."""
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
 
-from search import embedders
+from search import embedders, precision
 from search.embedders import ClipEmbedder
+from search.precision import BF16, FP32, INT8, Decision, decide
 from tests.fixtures.shapes import sample
 
 
@@ -16,47 +19,102 @@ def clip(shapes_model) -> ClipEmbedder:
 
 @pytest.fixture
 def images(clip):
-    return [clip.prepare(img) for img, _ in sample(8, seed=3)]
+    return [clip.prepare(img) for img, _ in sample(12, seed=3)]
 
 
-def test_bf16_is_chosen_when_it_agrees_and_is_fast_enough(clip, images, monkeypatch):
-    monkeypatch.setattr(embedders, "_bf16_supported", lambda device: True)
-    monkeypatch.setattr(embedders, "BF16_MIN_SPEEDUP", 0.0)
-    measured = clip.calibrate_bf16(images)
-    assert measured.agreement >= embedders.BF16_MIN_AGREEMENT and measured.speedup > 0
-    assert measured.precision == "bf16"
-    bf16 = clip.embed_images(images, precision=measured.precision)
-    assert float(np.min(np.sum(bf16 * clip.embed_images(images), axis=1))) > 0.99
+def fake(seconds: dict[str, float], noise: dict[str, float], dim: int = 16):
+    """An encoder that takes ``seconds[p]`` per call and adds ``noise[p]`` to fixed unit rows."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(64, dim))
+
+    def encode(batch, p):
+        time.sleep(seconds[p])
+        rows = base[: len(batch)] + noise[p] * np.random.default_rng(1).normal(size=(len(batch), dim))
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    return encode
 
 
-def test_bf16_is_refused_when_slower_or_disagreeing(clip, images, monkeypatch):
-    monkeypatch.setattr(embedders, "_bf16_supported", lambda device: True)
-    monkeypatch.setattr(embedders, "BF16_MIN_SPEEDUP", 1e9)
-    assert clip.calibrate_bf16(images).precision == "fp32"
-    monkeypatch.setattr(embedders, "BF16_MIN_SPEEDUP", 0.0)
-    monkeypatch.setattr(embedders, "BF16_MIN_AGREEMENT", 1.0 + 1e-3)  # no pass can agree this well
-    assert clip.calibrate_bf16(images).precision == "fp32"
+def test_a_candidate_is_chosen_only_when_it_agrees_and_clears_the_margin(images):
+    fast_bf16 = fake({FP32: 0.02, BF16: 0.005, INT8: 0.02}, {FP32: 0, BF16: 0.001, INT8: 0.001})
+    assert decide(fast_bf16, images, 4, [BF16, INT8]).precision == BF16
+    barely = fake({FP32: 0.02, BF16: 0.018, INT8: 0.02}, {FP32: 0, BF16: 0.001, INT8: 0.001})
+    assert decide(barely, images, 4, [BF16]).precision == FP32  # 1.1x is inside the noise: not worth it
+    disagreeing = fake({FP32: 0.02, BF16: 0.002, INT8: 0.002}, {FP32: 0, BF16: 0.5, INT8: 0.5})
+    decision = decide(disagreeing, images, 4, [BF16, INT8])
+    assert decision.precision == FP32 and not any(t.agrees() for t in decision.trials)
 
 
-def test_no_calibration_where_bf16_is_emulated(clip, images, monkeypatch):
+def test_a_later_candidate_must_beat_the_earlier_choice_by_the_margin_too(images):
+    close = fake({FP32: 0.03, BF16: 0.01, INT8: 0.009}, {FP32: 0, BF16: 0.001, INT8: 0.001})
+    assert decide(close, images, 4, [BF16, INT8]).precision == BF16
+    far = fake({FP32: 0.03, BF16: 0.02, INT8: 0.005}, {FP32: 0, BF16: 0.001, INT8: 0.001})
+    assert decide(far, images, 4, [BF16, INT8]).precision == INT8
+
+
+def test_timing_runs_at_the_batch_that_will_run_warmed_first(images):
+    shapes: list[tuple[str, int]] = []
+
+    def encode(batch, p):
+        shapes.append((p, len(batch)))
+        return np.full((len(batch), 8), 8 ** -0.5)
+
+    decide(encode, images, 5, [BF16])
+    timed = [s for s in shapes if s[1] == 5]
+    assert timed[0] == (FP32, 5) and timed[1] == (BF16, 5)  # both warmed at the batch before any round
+    assert len([s for s in timed if s[0] == BF16]) >= 2
+
+
+def test_nothing_is_measured_without_fast_arithmetic_or_for_a_tiny_model(shapes_model, monkeypatch):
+    monkeypatch.setattr(precision, "candidates", lambda device: [])
+    assert decide(fake({FP32: 0}, {FP32: 0}), [], 8, []).precision == FP32
+    tiny = ClipEmbedder(str(shapes_model), device="cpu", precision="auto")
+    assert tiny.precision == FP32 and tiny.decision.trials == ()
+
+
+def test_capability(monkeypatch):
     import torch
 
-    monkeypatch.setattr(embedders.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert clip.calibrate_bf16(images) is None
+    assert not precision.native_bf16("cpu")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert embedders._bf16_supported("cpu")
+    assert precision.native_bf16("cpu")
+    assert precision.candidates("cpu") == [BF16]  # native bf16: int8 is not raced against it
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert precision.candidates("cpu") == [INT8]
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert precision.candidates("cpu") == []
 
 
-
-def test_calibrating_changes_nothing_a_query_sees(clip, images, monkeypatch):
-    """A build's calibration must not switch the shared embedder's queries to bf16 (issue 11)."""
-    monkeypatch.setattr(embedders, "_bf16_supported", lambda device: True)
-    monkeypatch.setattr(embedders, "BF16_MIN_SPEEDUP", 0.0)
-    before = clip.embed_images(images)
-    assert clip.calibrate_bf16(images).precision == "bf16"
-    assert np.array_equal(clip.embed_images(images), before)
-    assert not np.array_equal(clip.embed_images(images, precision="bf16"), before)
+def test_the_embedder_keeps_its_precision_and_a_call_may_override_it(shapes_model, images):
+    bf16 = ClipEmbedder(str(shapes_model), device="cpu", precision="bf16")
+    full = ClipEmbedder(str(shapes_model), device="cpu")
+    assert bf16.precision == BF16 and bf16.decision == Decision(BF16, 32, reason="asked for")
+    a, b = bf16.embed_images(images), full.embed_images(images)
+    assert not np.array_equal(a, b) and float(np.min(np.sum(a * b, axis=1))) > 0.99
+    assert np.array_equal(bf16.embed_images(images, precision=FP32), b)
     with pytest.raises(ValueError, match="precision"):
-        clip.embed_images(images, precision="fp16")
+        full.embed_images(images, precision="fp16")
+
+
+def test_int8_agrees_with_fp32(clip, images):
+    a, b = clip.embed_images(images, precision=INT8), clip.embed_images(images)
+    assert float(np.mean(np.sum(a * b, axis=1))) >= precision.MIN_COSINE[INT8]
+    assert precision.top10_overlap(b, a) >= precision.MIN_OVERLAP[INT8]
+
+
+def test_prepared_images_agree_with_the_clip_processor(clip):
+    """The one-resize-and-crop input and array normalisation match the checkpoint's own processor."""
+    photos = precision.probe_images(12)
+    old = np.asarray(clip.model.encode(photos, convert_to_numpy=True, normalize_embeddings=True))
+    new = clip.embed_images([clip.prepare(p) for p in photos])
+    assert float(np.min(np.sum(old * new, axis=1))) >= 0.999
+    assert all(clip.prepare(p).size == (clip.min_edges[0],) * 2 for p in photos)
+
+
+def test_load_embedder_decides_once(shapes_model):
+    one = embedders.load_embedder(str(shapes_model), "cpu")
+    assert one is embedders.load_embedder(str(shapes_model), "cpu") and one.precision == FP32  # type: ignore[attr-defined]

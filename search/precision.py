@@ -1,0 +1,170 @@
+"""Choosing an embedder's precision once: by what the device can do, agreement with fp32, and wide speed margins.
+
+The decision runs at the batch size that will run, every path warmed at that shape and timed in
+interleaved rounds (medians), so a first-call cost or a noisy neighbour does not decide it. A
+candidate must beat fp32 by MIN_SPEEDUP; a later candidate must also beat the earlier choice by it.
+Where the true speeds differ that much (AMX bf16: 4-9x; emulated bf16: slower) every run decides alike.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+FP32, BF16, INT8, AUTO = "fp32", "bf16", "int8", "auto"
+PRECISIONS = (FP32, BF16, INT8)
+MIN_COSINE = {BF16: 0.999, INT8: 0.995}  # mean cosine to fp32 each needs on real images
+MIN_OVERLAP = {BF16: 0.0, INT8: 0.95}  # top-10 overlap of exact search with fp32's
+MIN_SPEEDUP = 1.3  # the wide margin: noise on a shared machine is about 15%
+MIN_PARAMETERS = 5_000_000  # an image tower smaller than this runs in milliseconds: fp32, nothing measured
+ROUNDS = 3
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+Encode = Callable[[Sequence[Image.Image], str], np.ndarray]  # (batch, precision) -> unit rows
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One candidate measured against fp32 on the same images at the same batch."""
+
+    precision: str
+    cosine: float  # mean cosine between its rows and fp32's
+    overlap: float  # mean overlap of top-10 exact search against fp32's
+    speedup: float  # median fp32 seconds / median candidate seconds
+
+    def agrees(self) -> bool:
+        return self.cosine >= MIN_COSINE[self.precision] and self.overlap >= MIN_OVERLAP[self.precision]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The precision chosen, the batch it was measured at, and what was measured."""
+
+    precision: str
+    batch_size: int
+    trials: tuple[Trial, ...] = field(default=())
+    reason: str = ""
+
+    def trial(self, precision: str) -> Trial | None:
+        return next((t for t in self.trials if t.precision == precision), None)
+
+
+def native_bf16(device: str) -> bool:
+    """Whether bf16 runs natively: CUDA with bf16, or an x86 CPU with AVX512-BF16 or AMX.
+
+    An x86 CPU without them emulates bf16, several times slower than fp32: not worth even measuring.
+    ARM's bf16 extensions are measured.
+    """
+    import torch
+
+    if device == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(c() for c in checks if callable(c))
+    return True
+
+
+def int8_capable(device: str) -> bool:
+    """Whether dynamic int8 quantisation has fast kernels here: an x86 CPU with AVX2 or better (fbgemm)."""
+    import torch
+
+    return device == "cpu" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def candidates(device: str) -> list[str]:
+    """The one precision worth trying here: bf16 where it is native, else int8 where it has fast kernels.
+
+    One candidate, not a race between two: where bf16 and int8 run within the margin of each other
+    (this 2-core EPYC with AVX512-BF16: int8 about 1.4x bf16) a race would flip between runs.
+    """
+    if native_bf16(device):
+        return [BF16]
+    return [INT8] if int8_capable(device) else []
+
+
+def decide(encode: Encode, images: Sequence[Image.Image], batch_size: int, tried: Sequence[str]) -> Decision:
+    """Choose among fp32 and ``tried``, measured on ``images`` at ``batch_size``."""
+    if not tried:
+        return Decision(FP32, batch_size, reason="no faster arithmetic on this device")
+    if len(images) < 2:
+        return Decision(FP32, batch_size, reason="no real images to check agreement on")
+    batch = _batch(images, batch_size)
+    encode(batch, FP32)  # warm: the first call at a shape pays its setup
+    # Agreement in one pass over every image (it does not depend on the batch), speed at the real batch.
+    reference = encode(images, FP32)
+    trials = []
+    for precision in tried:
+        rows = encode(images, precision)
+        cosine = float(np.mean(np.sum(rows * reference, axis=1)))
+        trial = Trial(precision, round(cosine, 6), round(top10_overlap(reference, rows), 4), 0.0)
+        if trial.agrees():
+            trial = Trial(precision, trial.cosine, trial.overlap, round(_speedup(encode, batch, precision), 3))
+        trials.append(trial)
+    return _choose(trials, batch_size)
+
+
+def _choose(trials: list[Trial], batch_size: int) -> Decision:
+    chosen, speed, reason = FP32, 1.0, f"nothing agreed and beat fp32 by {MIN_SPEEDUP}x"
+    for t in trials:
+        if t.agrees() and t.speedup >= MIN_SPEEDUP * speed:
+            chosen, speed, reason = t.precision, t.speedup, f"agrees and is {t.speedup}x fp32's speed"
+    return Decision(chosen, batch_size, tuple(trials), reason)
+
+
+def _batch(images: Sequence[Image.Image], batch_size: int) -> list[Image.Image]:
+    """``batch_size`` images, the given ones repeated where there are fewer."""
+    return [images[i % len(images)] for i in range(batch_size)]
+
+
+def _seconds(encode: Encode, batch: list[Image.Image], precision: str) -> float:
+    start = time.perf_counter()
+    encode(batch, precision)
+    return time.perf_counter() - start
+
+
+def _speedup(encode: Encode, batch: list[Image.Image], precision: str) -> float:
+    """Median fp32 time over median ``precision`` time, both warmed, rounds interleaved.
+
+    A candidate slower than fp32 in a first round cannot clear the margin: it stops there.
+    """
+    encode(batch, precision)  # warm at this shape
+    full: list[float] = []
+    other: list[float] = []
+    for _ in range(ROUNDS):
+        full.append(_seconds(encode, batch, FP32))
+        other.append(_seconds(encode, batch, precision))
+        if other[-1] > full[-1]:
+            break
+    return statistics.median(full) / max(statistics.median(other), 1e-9)
+
+
+def top10_overlap(reference: np.ndarray, rows: np.ndarray) -> float:
+    """Mean overlap of each row's 10 nearest others, by exact search, between the two sets of rows."""
+    k = min(10, len(reference) - 1)
+    if k < 1:
+        return 1.0
+    overlaps = []
+    for q in range(len(reference)):
+        a = set(np.argsort(-(reference @ reference[q]))[1:k + 1])
+        b = set(np.argsort(-(rows @ rows[q]))[1:k + 1])
+        overlaps.append(len(a & b) / k)
+    return float(np.mean(overlaps))
+
+
+def probe_images(count: int = 36) -> list[Image.Image]:
+    """Real photos (the shipped examples), each also cropped and mirrored, so exact search has neighbours."""
+    photos = [Image.open(p).convert("RGB") for p in sorted(EXAMPLES.glob("*.jpg"))]
+    out: list[Image.Image] = []
+    for img in photos:
+        w, h = img.size
+        crops = [(0, 0, w, h), (0, 0, w * 2 // 3, h * 2 // 3), (w // 3, h // 3, w, h), (w // 6, h // 6, w * 5 // 6, h * 5 // 6)]
+        out += [img.crop(box) for box in crops]
+        out += [ImageOps.mirror(img), ImageOps.mirror(img.crop(crops[1]))]
+    return out[:count]
