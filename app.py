@@ -80,24 +80,30 @@ ALBUM_PAGE = 60
 DROP = "Delete this collection"
 
 
-def user_errors(fn: Handler) -> Handler:
-    """Show library errors as a message in the UI and an error to API callers; hide internals.
+BUG = "Something went wrong on our side; the server log has the details."
 
-    A refused input is one line in the log; only an unexpected error (a bug) logs its traceback.
-    """
+
+def public_message(where: str, exc: Exception) -> str:
+    """What a person is told of ``exc``, raised in ``where`` (call it while handling ``exc``); the log
+    gets one line for a refused input, and the traceback only for an unexpected error (a bug)."""
+    if isinstance(exc, SearchError):
+        log.info("refused in %s: %s", where, exc.for_operator())
+        return str(exc)
+    log.exception("unexpected error in %s", where)
+    return BUG
+
+
+def user_errors(fn: Handler) -> Handler:
+    """Show library errors as a message in the UI and an error to API callers; hide internals."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except SearchError as exc:
-            log.info("refused in %s: %s", fn.__qualname__, exc.for_operator())
-            raise gr.Error(str(exc), print_exception=False) from None
         except gr.Error:
             raise
-        except Exception:
-            log.exception("unexpected error in %s", fn.__qualname__)
-            raise gr.Error("Something went wrong on our side; the server log has the details.") from None
+        except Exception as exc:
+            raise gr.Error(public_message(fn.__qualname__, exc), print_exception=False) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -111,15 +117,10 @@ def album_errors(outputs: int, at: int) -> Callable[[Handler], Handler]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except SearchError as exc:
-                log.info("refused in %s: %s", fn.__qualname__, exc.for_operator())
-                message = str(exc)
-            except Exception:
-                log.exception("unexpected error in %s", fn.__qualname__)
-                message = "Something went wrong on our side; the server log has the details."
-            out: list[Any] = [gr.skip()] * outputs
-            out[at] = views.problem(message)
-            return tuple(out)
+            except Exception as exc:
+                out: list[Any] = [gr.skip()] * outputs
+                out[at] = views.problem(public_message(fn.__qualname__, exc))
+                return tuple(out)
 
         return wrapper  # type: ignore[return-value]
 
@@ -288,7 +289,7 @@ class Page:
             return self._failed(query, exc)
         except Exception:
             log.exception("unexpected error in a search")
-            return self._failed(query, SearchError("Something went wrong on our side; the server log has the details."))
+            return self._failed(query, SearchError(BUG))
         hits = [h for h in answer.hits if h.relevant is not False] if c.strong else answer.hits
         shown = before + hits
         marks = {p.value: not p.negative for p in query.feedback}

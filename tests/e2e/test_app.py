@@ -20,12 +20,6 @@ EXAMPLE_PROMPTS = [p for p in (ROOT / "examples" / "prompts.txt").read_text(enco
 
 
 @pytest.fixture(scope="module")
-def app(shapes_store):
-    with RunningApp(shapes_store) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def client(app):
     return app.client()
 

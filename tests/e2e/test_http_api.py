@@ -15,14 +15,7 @@ from PIL import Image
 from search import http_api
 from search.service import Answer
 from search.settings import Settings
-from tests.conftest import RunningApp
 from tests.fixtures.shapes import caption
-
-
-@pytest.fixture(scope="module")
-def app(shapes_store):
-    with RunningApp(shapes_store) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
