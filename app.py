@@ -21,12 +21,12 @@ from starlette.middleware import Middleware
 from search import QueryError, SearchError, regions, views
 from search.errors import InvalidImageError
 from search.evaluation_tab import evaluation_tab
-from search.http_api import json_api
+from search.http_api import json_api, thumbnail_url
 from search.ids import KEY
 from search.index import MAX_K, MAX_TEXT_CHARS, Hit
 from search.page_query import MAX_PARTS, PageQuery, Part, image_part
 from search.served_files import UploadBudget, keep_fetched, served_copy
-from search.service import MAX_RESULTS, Answer, Examples, Results, SearchService
+from search.service import MAX_RESULTS, Examples, Results, SearchService
 from search.settings import Settings
 
 log = logging.getLogger("app")
@@ -546,10 +546,13 @@ class Api:
     def search(self, query: object, images: list[str] | None, key: str) -> dict[str, Any]:
         """A composed query (see search/query.py): parts to look for and to avoid, filters, a page, a cut-off.
 
-        Answers ``{"hits": [{id, score, label, caption, image, relevant}...], "total", "offset", "cutoff"}``.
+        Answers ``{"hits": [{id, score, label, caption, image, relevant}...], "total", "offset", "cutoff"}``,
+        where ``image`` is the thumbnail's URL, relative to the app: a caller fetches only what it shows
+        (a client that downloads every file spends more on the files than on the search).
         """
         answer = self.service.search(query, list(images or []), key or None)
-        return {"hits": _for_api(answer), "total": answer.total, "offset": answer.offset, "cutoff": answer.cutoff}
+        hits = [{**r, "image": thumbnail_url(r["id"]) if r["image"] else None} for r in answer.records()]
+        return {"hits": hits, "total": answer.total, "offset": answer.offset, "cutoff": answer.cutoff}
 
     @user_errors
     def collection_add(self, files: list[str] | None, collection: str, key: str) -> dict[str, Any]:
@@ -572,7 +575,7 @@ class Api:
         return {"removed": len(self.service.drop_album(key, collection).removed)}
 
 
-def _for_api(results: Results | Answer) -> list[dict[str, Any]]:
+def _for_api(results: Results) -> list[dict[str, Any]]:
     """Hits for API callers; a FileData dict makes Gradio serve the thumbnail and the client download it."""
     return [{**r, "image": {"path": served_copy(r["image"]), "meta": {"_type": "gradio.FileData"}} if r["image"] else None}
             for r in results.records()]

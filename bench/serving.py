@@ -95,6 +95,9 @@ def _ways(app: RunningApp) -> dict[str, Callable[[str], object]]:
 
     return {
         "text_gradio_client_default": lambda t: full.predict(t, K, api_name="/search_by_text"),
+        # /search answers thumbnail URLs, so the client's default settings download nothing
+        "composed_text_gradio_client_default": lambda t: full.predict({"positive": [{"text": t}], "k": K}, [], "",
+                                                                      api_name="/search"),
         "text_gradio_client_no_downloads": lambda t: lean.predict(t, K, api_name="/search_by_text"),
         "text_gradio_client_default_shared_tls": lambda t: full_tls.predict(t, K, api_name="/search_by_text"),
         "text_gradio_client_no_downloads_shared_tls": lambda t: lean_tls.predict(t, K, api_name="/search_by_text"),

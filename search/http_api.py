@@ -113,6 +113,11 @@ async def _query(request: Request) -> dict[str, Any]:
     return checked(data)
 
 
+def thumbnail_url(image_id: str) -> str:
+    """Where the JSON API serves an image's thumbnail, relative to the app's address."""
+    return f"/api/thumbnails/{image_id}.jpg"
+
+
 def checked(data: object) -> dict[str, Any]:
     """``data`` as a query dict, or Refused(422) naming the first field that is wrong."""
     if not isinstance(data, dict):

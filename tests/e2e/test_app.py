@@ -5,6 +5,7 @@ import io
 import os
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from gradio_client import handle_file
@@ -42,11 +43,13 @@ def test_text_search_returns_hits_best_first_with_files(client):
         assert all(Image.open(h["image"]).size for h in hits)  # the client received real image files
 
 
-def test_a_composed_query_through_the_client(client, shapes_store):
+def test_a_composed_query_through_the_client(client, app, shapes_store):
     alone = client.predict({"positive": [{"text": caption("red circle")}], "k": 5}, [], "", api_name="/search")
     plain = client.predict(caption("red circle"), 5, api_name="/search_by_text")
     assert [(h["id"], h["score"]) for h in alone["hits"]] == [(h["id"], h["score"]) for h in plain]
     assert alone["total"] == 54 and alone["offset"] == 0 and isinstance(alone["cutoff"], float)
+    thumbnail = httpx.get(app.url.rstrip("/") + alone["hits"][0]["image"])  # a URL the caller fetches if it wants
+    assert thumbnail.status_code == 200 and Image.open(io.BytesIO(thumbnail.content)).size
     shape = next((shapes_store.parent / "shapes" / "blue square").glob("*.jpg"))
     mixed = client.predict({"positive": [{"image": 0}], "negative": [{"text": caption("blue circle"), "weight": 0.5}],
                             "k": 4, "labels": {"exclude": ["blue triangle"]}}, [handle_file(str(shape))], "",
