@@ -467,15 +467,16 @@ class Page:
         self.service.delete_images(key, name, [image_id])
         return self.show_album(key, name, offset, note="Deleted the selected image.")
 
-    @album_errors(2 + len(ALBUM_VIEW), 2 + ALBUM_VIEW.index("where"))
+    @album_errors(4 + len(ALBUM_VIEW), 2 + ALBUM_VIEW.index("where"))
     def drop_album(self, key: str | None, name: str, index: str, armed: str | None) -> tuple[Any, ...]:
         """Delete the whole album, on a second click (the first asks): the Collection and Index dropdowns
-        (searching the main index again where the album was chosen there), and an empty album view."""
+        (searching the main index again where the album was chosen there), an empty album view, and the
+        label filters of the index chosen now."""
         if name not in self.service.album_names(key):
             raise QueryError("There is no such collection to delete: choose one under Collection.")
         if armed != name:
             held = self.service.browse_album(key, name, 0, 1)[1]
-            out = [gr.skip()] * (2 + len(ALBUM_VIEW))
+            out = [gr.skip()] * (4 + len(ALBUM_VIEW))
             out[2 + ALBUM_VIEW.index("drop")] = gr.update(value=f"Click again to delete “{name}” and its {held:,} "
                                                                 f"image{'' if held == 1 else 's'}", variant="stop")
             out[2 + ALBUM_VIEW.index("armed")] = name
@@ -483,9 +484,10 @@ class Page:
         removed = len(self.service.drop_album(key, name).removed)
         choices = self._index_choices(key)
         values = [v for _, v in choices]
-        return (gr.update(choices=self.service.album_names(key), value=None),
-                gr.update(choices=choices, value=index if index in values else (values[0] if values else None)),
-                *self.show_album(key, "", note=views.dropped(name, removed)))
+        chosen = index if index in values else (values[0] if values else None)
+        filters = self._label_filters(chosen, key) if chosen != index else (gr.skip(), gr.skip())
+        return (gr.update(choices=self.service.album_names(key), value=None), gr.update(choices=choices, value=chosen),
+                *self.show_album(key, "", note=views.dropped(name, removed)), *filters)
 
 
 def _query_panel(query: PageQuery) -> tuple[Any, Any]:
@@ -733,7 +735,8 @@ def build_app(service: SearchService) -> gr.Blocks:
         older.click(page.album_older, [key, album, album_offset], shown_album, **PRIVATE)
         album_gallery.select(page.pick_image, [album_ids], picked, **PRIVATE)
         delete_button.click(page.delete_picked, [key, album, picked, album_offset], shown_album, **PRIVATE)
-        drop_button.click(page.drop_album, [key, album, index, drop_armed], [album, index, *shown_album], **PRIVATE)
+        drop_button.click(page.drop_album, [key, album, index, drop_armed], [album, index, *shown_album, include, exclude],
+                          **PRIVATE)
 
         # The public API's inputs: hidden components, one per parameter, with the API's defaults.
         with gr.Row(visible=False):

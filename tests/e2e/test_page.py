@@ -161,6 +161,8 @@ def test_deleting_the_selected_collection_leaves_the_page_working(browser, tmp_p
     message = search_text(page, "a red circle")
     shot(page, "page-after-dropping-the-collection")
     assert "Top" in message and len(captions(page)) == 12
+    after(page, lambda: choose(page, "Not these labels", "red circle"))  # the main index's filters are back
+    assert not any("red circle" in c for c in captions(page))
 
 
 def test_the_composer_adds_a_negative_part_shown_as_a_removable_chip(browser):

@@ -328,14 +328,16 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     view = dict(zip(app.ALBUM_VIEW, page.delete_picked(KEY, "trip", "", 0)))  # nothing picked: a message, no pop-up
     assert view["where"] == "⚠️ Click an image in the collection first." and view["gallery"] == gr.skip()
     album_update, index_update, *asked = page.drop_album(KEY, "trip", "mine/trip", None)  # the first click asks
-    asked_view = dict(zip(app.ALBUM_VIEW, asked))
+    asked_view = dict(zip(app.ALBUM_VIEW, asked[:-2]))
     assert "Click again to delete “trip” and its 3 images" in asked_view["drop"]["value"] and asked_view["armed"] == "trip"
     assert api.collection_list(KEY) == ["trip"]  # nothing deleted yet
     album_update, index_update, *emptied = page.drop_album(KEY, "trip", "mine/trip", "trip")
     assert album_update["choices"] == [] and "mine/trip" not in {v for _, v in index_update["choices"]}
     assert index_update["value"] == "images"  # the dropped album was chosen under Index: the main index now
+    *emptied, include, exclude = emptied
     view = dict(zip(app.ALBUM_VIEW, emptied))
     assert view["gallery"] == [] and view["where"] == "Deleted collection *trip* and its 3 images."
+    assert "red circle" in include["choices"] and include["interactive"]  # the main index's labels again
     assert view["armed"] is None and view["drop"]["value"] == app.DROP
     with pytest.raises(gr.Error, match="no collection named 'trip'"):
         api.collection_drop("trip", KEY)
