@@ -116,9 +116,7 @@ class SearchService:
         try:
             main = ImageIndex.open(settings.store, settings.collection, model=settings.model,
                                    text_model=settings.text_model, server=settings.chroma)
-            main.embedder = QueryBatcher(main.embedder)  # concurrent queries share model calls (albums too)
-            self._shared[main.collection.name] = main
-            self._albums = Albums(main.store, main.embedder, public=settings.public, limits=settings.limits)
+            self.attach(main)
             self._open_pixel_baseline(main)
             self._warm_up(main)
         except SearchError as exc:
@@ -192,14 +190,12 @@ class SearchService:
 
     def attach(self, target: ImageIndex) -> None:
         """Serve a shared index from now on (the first becomes the main one); the default build calls this."""
-        first = not self._shared
-        if first:
-            target.embedder = QueryBatcher(target.embedder)  # as for an index opened at start
-        self._shared = {**self._shared, target.collection.name: target}  # readers iterate the old dict safely
-        if first:
+        if not self._shared:  # the main index: concurrent queries share its model calls (its albums' too)
+            target.embedder = QueryBatcher(target.embedder)
             self._albums = Albums(target.store, target.embedder, public=self.settings.public,
                                   limits=self.settings.limits)
             self._problem = None
+        self._shared = {**self._shared, target.collection.name: target}  # readers iterate the old dict safely
 
     def shared_indexes(self) -> list[IndexChoice]:
         """The indexes every visitor may search, the main one first."""
@@ -228,18 +224,6 @@ class SearchService:
         """A page of the album's images, newest first, and how many it holds (none without such an album)."""
         albums = self._albums_or_refuse()
         return albums.browse(key, name, offset, limit) if name in self.album_names(key) else ([], 0)
-
-    def fetch_url(self, url: str) -> bytes:
-        """An image URL's bytes, fetched safely (public addresses only, unless the operator allows more)."""
-        if not isinstance(url, str) or not url.strip():
-            raise QueryError("Give an image URL (http or https).")
-        try:
-            return fetch(url.strip(), allow_private=self.settings.allow_private_urls)
-        except InvalidImageError as exc:
-            if exc.reason == "refused_url" and "address" in exc.detail and not self.settings.public:
-                raise InvalidImageError(exc.reason, f"{exc.detail}. To search images on your own network, "
-                                        "start the app with IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1") from None
-            raise
 
     def add_images(self, key: str | None, name: str, files: list[str] | None,
                    on_progress: Progress | None = None) -> BuildReport:
@@ -283,10 +267,17 @@ class SearchService:
         target = self._target(index, key)
         return _timed(lambda: target.search_by_image(image, _results(k), metric, _fold_similarity(target, fold)))
 
-    def search_url(self, url: str, k: int, metric: str, index: str | None = None,
-                   *, key: str | None = None, fold: bool = False) -> Results:
-        """Fetch an image URL safely, then search by it."""
-        return self.search_image(self.fetch_url(url), k, metric, index, key=key, fold=fold)
+    def fetch_url(self, url: str) -> bytes:
+        """An image URL's bytes, fetched safely (public addresses only, unless the operator allows more)."""
+        if not isinstance(url, str) or not url.strip():
+            raise QueryError("Give an image URL (http or https).")
+        try:
+            return fetch(url.strip(), allow_private=self.settings.allow_private_urls)
+        except InvalidImageError as exc:
+            if exc.reason == "refused_url" and "address" in exc.detail and not self.settings.public:
+                raise InvalidImageError(exc.reason, f"{exc.detail}. To search images on your own network, "
+                                        "start the app with IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1") from None
+            raise
 
     def search_text(self, text: str, k: int, metric: str, index: str | None = None,
                     *, key: str | None = None, fold: bool = False) -> Results:
@@ -295,12 +286,6 @@ class SearchService:
         if not target.supports_text:
             raise QueryError("The pixel method cannot read text: choose a CLIP index, or search by image.")
         return _timed(lambda: target.search_by_text(text or "", _results(k), metric, _fold_similarity(target, fold)))
-
-    def search_id(self, image_id: str, k: int, metric: str, index: str | None = None,
-                  *, key: str | None = None, fold: bool = False) -> Results:
-        """More like a stored image (ids are content hashes, so they hold across collections)."""
-        target = self._target(index, key)
-        return _timed(lambda: target.search_by_id(image_id, _results(k), metric, _fold_similarity(target, fold)))
 
     # --- Inside -----------------------------------------------------------------------------------------
 

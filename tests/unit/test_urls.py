@@ -97,9 +97,9 @@ def test_content_is_judged_by_decoding_not_by_content_type(server, local_store):
     from search.service import SearchService, Settings
 
     service = SearchService(Settings(store=local_store, allow_private_urls=True))
-    assert service.search_url(f"{server}/good.jpg", 3, "cosine").hits
+    assert service.search_image(service.fetch_url(f"{server}/good.jpg"), 3, "cosine").hits
     with pytest.raises(InvalidImageError) as err:
-        service.search_url(f"{server}/text.jpg", 3, "cosine")
+        service.search_image(service.fetch_url(f"{server}/text.jpg"), 3, "cosine")
     assert err.value.reason == "unsupported"
     with pytest.raises(InvalidImageError, match="loopback"):
-        SearchService(Settings(store=local_store)).search_url(f"{server}/good.jpg", 3, "cosine")
+        SearchService(Settings(store=local_store)).fetch_url(f"{server}/good.jpg")
