@@ -285,11 +285,8 @@ class Page:
                            labels={"include": list(c.include or []), "exclude": list(c.exclude or [])},
                            cutoff="auto")
             answer = self.service.search(request, images, c.key)
-        except SearchError as exc:
+        except Exception as exc:
             return self._failed(query, exc)
-        except Exception:
-            log.exception("unexpected error in a search")
-            return self._failed(query, SearchError(BUG))
         hits = [h for h in answer.hits if h.relevant is not False] if c.strong else answer.hits
         shown = before + hits
         marks = {p.value: not p.negative for p in query.feedback}
@@ -301,21 +298,19 @@ class Page:
                 views.status(len(kept), answer.total, answer.seconds, relevant if not before else None),
                 gr.update(visible=more), gr.update(visible=False), None, _chips(query), _undo(query))
 
-    def _failed(self, query: PageQuery, exc: SearchError) -> Searched:
-        """The library's message in the status line; no results left from an earlier search."""
-        log.info("refused a search: %s", exc.for_operator())
+    def _failed(self, query: PageQuery, exc: Exception) -> Searched:
+        """The library's message in the status line (call it while handling ``exc``, which it logs); no
+        results left from an earlier search."""
+        message = public_message("a search", exc)
         if isinstance(exc, InvalidImageError) or isinstance(exc.__cause__, InvalidImageError) or not query.parts:
             query = PageQuery()  # the image could not be read: nothing of it stays in the query box
-        text, image = _query_panel(query)
-        message = str(exc)
         if query.size <= 1:  # the library names the part at fault ("positive[0]: ..."); here there is one
             message = message.removeprefix("positive[0]: ")
-        return (query, gr.skip() if not query.parts else text, image, [], [], 0, views.problem(message),
-                gr.update(visible=False), gr.update(visible=False), None, _chips(query), _undo(query))
+        text, image = _query_panel(query)
+        return _emptied(query, gr.skip() if not query.parts else text, image, views.problem(message))
 
     def _cleared(self) -> Searched:
-        return (PageQuery(), gr.skip(), None, [], [], 0, "", gr.update(visible=False), gr.update(visible=False),
-                None, _chips(PageQuery()), _undo(PageQuery()))
+        return _emptied(PageQuery(), gr.skip(), None, "")
 
     # --- Refining: the composer, feedback, regions --------------------------------------------------------
 
@@ -498,6 +493,12 @@ def _query_panel(query: PageQuery) -> tuple[Any, Any]:
     if main.kind == "text":
         return main.value, None
     return "", main.preview
+
+
+def _emptied(query: PageQuery, text: Any, image: Any, status: str) -> Searched:
+    """A search with no results to show: the query panel, the status line, and nothing left of the last one."""
+    return (query, text, image, [], [], 0, status, gr.update(visible=False), gr.update(visible=False), None,
+            _chips(query), _undo(query))
 
 
 def _chips(query: PageQuery) -> Update:

@@ -8,7 +8,6 @@ cached copies of deleted images, and refuses new uploads while the folder is ove
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -18,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .ids import content_id
 from .store import folder_bytes
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def keep_fetched(data: bytes) -> str:
             with contextlib.suppress(OSError):  # another request swept it first
                 os.unlink(entry.path)
     suffix = next((ext for magic, ext in _MAGIC.items() if data.startswith(magic)), ".bin")
-    path = folder / (hashlib.sha256(data).hexdigest()[:32] + suffix)
+    path = folder / (content_id(data) + suffix)
     if not path.exists():
         tmp = path.with_suffix(f".{threading.get_ident()}.part")
         tmp.write_bytes(data)
