@@ -30,6 +30,7 @@ from bench.load import PROMPTS, QUERY_IMAGE, TLS, run_load
 from bench.run import CACHE, machine, photo, vit_b32
 from bench.stats import percentiles
 from search.store import ModelInfo, Record, Store
+from search.thumbnails import relative
 from tests.fixtures.app_process import RunningApp
 
 K = 12
@@ -55,9 +56,9 @@ def make_store(store: Path, model: str, n: int) -> None:
     for j in range(n):
         image_id = f"{j:032x}"
         meta = {"source": f"synthetic/{j}", "label": f"cluster {j % 10}", "caption": f"picture {j}",
-                "thumbnail": opened.write_thumbnail(image_id, thumbnails[j % 64])}
+                "thumbnail": relative(image_id)}
         records.append(Record(image_id, vectors[j], meta))
-    col.upsert(records)
+    opened.add(col, records, {r.id: thumbnails[j % 64] for j, r in enumerate(records)})
 
 
 def latencies(apps: dict[str, RunningApp], repeat: int) -> dict:

@@ -140,15 +140,12 @@ class NullStore:
     def held(self, ids: Sequence[str]) -> list[str]:
         return []
 
-    def upsert(self, records: Sequence[Any]) -> None:
+    def add(self, collection: Any, records: Sequence[Any], thumbs: dict[str, bytes]) -> None:
         self.records = getattr(self, "records", 0) + len(records)
+        self.thumbnail_bytes += sum(len(data) for data in thumbs.values())
 
     def count(self) -> int:
         return getattr(self, "records", 0)
-
-    def write_thumbnail(self, image_id: str, data: bytes) -> str:
-        self.thumbnail_bytes += len(data)
-        return f"thumbnails/{image_id}.jpg"
 
 
 def pipeline(embedder: ClipEmbedder, folder: Path, store: Any, batch: int, workers: int = 2) -> dict[str, Any]:

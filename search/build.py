@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from . import manifests
+from . import manifests, thumbnails
 from .duplicates import NEAR_DUPLICATE_SIMILARITY, find_near_duplicates
 from .embedders import Embedder
 from .errors import InvalidImageError, StoreUnavailableError
@@ -216,10 +216,9 @@ class _Build:
             if similarity and self.embedder.normalized:
                 ids, sources = [r.image_id for r in batch], [r.item.source for r in batch]
                 self.report.near_duplicates += find_near_duplicates(self.collection, ids, sources, vectors, similarity)
-            # Thumbnails first: a record that exists always has its thumbnail, even after kill -9.
-            records = [Record(r.image_id, vector, _metadata(r, self.store.write_thumbnail(r.image_id, r.thumbnail)))
+            records = [Record(r.image_id, vector, _metadata(r, thumbnails.relative(r.image_id)))
                        for r, vector in zip(batch, vectors)]
-            self.collection.upsert(records)
+            self.store.add(self.collection, records, {r.image_id: r.thumbnail for r in batch})
             self.report.indexed += len(batch)
 
     def _sync(self, root: str) -> None:

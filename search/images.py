@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import InvalidImageError
+from .errors import InvalidImageError, QueryError
 
 # Everything else is refused before decoding; JPEG includes MPO, which many phone cameras write.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
@@ -31,6 +31,9 @@ MAX_PIXELS = 64_000_000
 # size it is decoded at (1/2 to 1/8 scale when the model needs fewer pixels), so phone and camera photos
 # of any size pass. At <= 10 bytes per pixel (below) one such decode peaks at about 240 MB.
 QUERY_MAX_PIXELS = 24_000_000
+# A decode may need more memory than its pixels (WebP: 1.7x a PNG's; see _cost) up to this many times the
+# pixel limit: a 16 MP WebP wallpaper is a query, and the process-wide budget still bounds the total.
+COST_HEADROOM = 2
 # Peak RSS per decoded pixel, measured with Pillow 12 for 64 MP images of every format and mode accepted,
 # conversion to RGB and EXIF rotation included: 4 bytes for RGB (Pillow keeps it as RGBX), 5 for L/P/1
 # (source + RGB), 7 for 16-bit, 8 for RGBA/LA/CMYK or a rotated image (source + result), 9 for 32-bit
@@ -45,6 +48,7 @@ THUMBNAIL_SIZE = 256
 _STRIP_PIXELS = 1 << 20  # conversions work in horizontal strips of about this many pixels
 
 ImageInput = str | Path | bytes | bytearray | Image.Image
+Box = tuple[int, int, int, int]  # left, top, right, bottom, in the upright image's pixels
 
 
 class PixelBudget:
@@ -131,6 +135,8 @@ def decode_image(
     max_pixels: int = MAX_PIXELS,
     max_bytes: int = MAX_BYTES,
     budget: PixelBudget | None = None,
+    box: Box | None = None,
+    fit: int | None = None,
 ) -> Image.Image:
     """Decode encoded image bytes into an RGB image, or raise InvalidImageError with a reason.
 
@@ -140,6 +146,9 @@ def decode_image(
     the result keeps at least that shortest and that longest edge.
     The size is read from the header first: more than ``max_pixels`` is refused before anything is
     allocated, and the decode waits its turn in ``budget`` (the process-wide DECODE_BUDGET by default).
+    ``box`` keeps only that region (``min_edges`` then applies to the region, so a JPEG drafts only as far
+    as the region allows); ``fit`` scales the result down to at most that longest edge. Both happen while
+    the decode holds its budget, so only the small result outlives it.
     """
     if not data:
         raise InvalidImageError("empty", "the file is empty")
@@ -147,13 +156,17 @@ def decode_image(
         raise InvalidImageError(
             "too_large", f"the file is {len(data):,} bytes, over the limit of {max_bytes:,}; make it smaller and try again"
         )
-    img, header = _open(data, min_edges, max_pixels)
+    img, header = _open(data, min_edges, max_pixels, box)
     with (budget or DECODE_BUDGET).reserve(header.cost, header.size_text):
         try:
             img.load()
         except Exception as exc:  # Pillow raises many types on malformed files; all mean "corrupt"
             raise InvalidImageError("corrupt", _corrupt_detail(exc)) from None
         img = _detach(_apply_exif_orientation(img))
+        if box is not None:
+            img = img.crop(_scaled_box(box, img.size, (header.width, header.height)))
+        if fit is not None and max(img.size) > fit:
+            img = img.resize(_fitted(img.size, fit), Image.Resampling.BICUBIC, reducing_gap=2.0)
         return to_rgb(img)
 
 
@@ -172,9 +185,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def read_image(
-    image: ImageInput, *, min_edges: tuple[int, int] | None = None, max_pixels: int = QUERY_MAX_PIXELS
+    image: ImageInput, *, min_edges: tuple[int, int] | None = None, max_pixels: int = QUERY_MAX_PIXELS,
+    box: Box | None = None, fit: int | None = None,
 ) -> Image.Image:
-    """Turn a query image given as a path, bytes or PIL image into RGB, with decode_image's checks.
+    """Turn a query image given as a path, bytes or PIL image into RGB, with decode_image's checks
+    (``box`` and ``fit`` as there).
 
     Queries come from the public, so the limit is QUERY_MAX_PIXELS unless the caller says otherwise.
     """
@@ -187,11 +202,15 @@ def read_image(
                 rotated = ImageOps.exif_transpose(image)  # a copy: the caller's image is left alone
             except Exception:
                 rotated = image
+            if box is not None:
+                rotated = rotated.crop(_scaled_box(box, rotated.size, rotated.size))
+            if fit is not None and max(rotated.size) > fit:
+                rotated = rotated.resize(_fitted(rotated.size, fit), Image.Resampling.BICUBIC)
             return to_rgb(rotated)
     if isinstance(image, (bytes, bytearray)):
-        return decode_image(bytes(image), min_edges=min_edges, max_pixels=max_pixels)
+        return decode_image(bytes(image), min_edges=min_edges, max_pixels=max_pixels, box=box, fit=fit)
     if isinstance(image, (str, Path)):
-        return decode_image(read_file(Path(image)), min_edges=min_edges, max_pixels=max_pixels)
+        return decode_image(read_file(Path(image)), min_edges=min_edges, max_pixels=max_pixels, box=box, fit=fit)
     raise InvalidImageError("unsupported", f"expected a path, bytes or a PIL image, got {type(image).__name__}")
 
 
@@ -220,8 +239,10 @@ def make_thumbnail(img: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
     return out.getvalue()
 
 
-def _open(data: bytes, min_edges: tuple[int, int] | None, max_pixels: int) -> tuple[Image.Image, ImageHeader]:
-    """The lazily opened image (drafted where allowed) and its header, refused if over the limits."""
+def _open(data: bytes, min_edges: tuple[int, int] | None, max_pixels: int,
+          box: Box | None = None) -> tuple[Image.Image, ImageHeader]:
+    """The lazily opened image (drafted where allowed: as far as ``box`` keeps ``min_edges``, and never
+    to more pixels than ``max_pixels``) and its header, refused if over the limits."""
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb warning is replaced by the explicit checks below.
@@ -234,7 +255,7 @@ def _open(data: bytes, min_edges: tuple[int, int] | None, max_pixels: int) -> tu
             if width * height > (Image.MAX_IMAGE_PIXELS or math.inf):  # Pillow's bomb limit, at any scale
                 raise InvalidImageError("too_large", pixel_limit_message(size_text, max_pixels))
             if min_edges and img.format in ("JPEG", "MPO"):
-                img.draft(None, _draft_size(img.size, *min_edges))
+                img.draft(None, _draft_size(img.size, min_edges, box, max_pixels))
             pixels = img.size[0] * img.size[1]
             cost = _cost(img, data, width, height)
     except InvalidImageError:
@@ -250,10 +271,10 @@ def _open(data: bytes, min_edges: tuple[int, int] | None, max_pixels: int) -> tu
     header = ImageHeader(img.format or "", width, height, pixels, cost)
     if pixels > max_pixels:
         raise InvalidImageError("too_large", pixel_limit_message(size_text, max_pixels))
-    if cost > max_pixels:  # fewer pixels, but a format that needs more memory per pixel
+    if cost > max_pixels * COST_HEADROOM:  # fewer pixels, but a format that needs more memory per pixel
         raise InvalidImageError(
             "too_large", f"{size_text} ({header.format}) needs as much memory to decode as {cost:,} pixels, over the "
-            f"limit of {max_pixels:,}; scale it down (or save it as PNG) and try again"
+            f"limit of {max_pixels * COST_HEADROOM:,}; scale it down (or save it as PNG) and try again"
         )
     return img, header
 
@@ -314,10 +335,36 @@ def _corrupt_detail(exc: Exception) -> str:
     return f"the file is damaged or incomplete ({type(exc).__name__}{': ' + text if text else ''})"
 
 
-def _draft_size(size: tuple[int, int], shortest: int, longest: int) -> tuple[int, int]:
+def _draft_size(size: tuple[int, int], min_edges: tuple[int, int], box: Box | None,
+                max_pixels: int) -> tuple[int, int]:
+    """The size to ask ``draft`` for: the image (or its ``box``) keeps at least ``min_edges``, unless that
+    would decode more than ``max_pixels`` (a small region of a huge photo is then scaled up, not refused)."""
     width, height = size
-    scale = min(1.0, max(shortest / min(width, height), longest / max(width, height)))
+    shortest, longest = min_edges
+    edges = (box[2] - box[0], box[3] - box[1]) if box else size
+    scale = min(1.0, max(shortest / max(1, min(edges)), longest / max(1, max(edges))))
+    # draft picks a power-of-two scale from the one asked for to twice that: ask for half the most allowed.
+    if width * height * min(1.0, 2 * scale) ** 2 > max_pixels:
+        scale = math.sqrt(max_pixels / (width * height)) / 2
     return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+def _scaled_box(box: Box, size: tuple[int, int], full: tuple[int, int]) -> Box:
+    """``box``, given in the upright full image's pixels, in those of the decoded (drafted) image of ``size``."""
+    full_width, full_height = full
+    if (size[0] >= size[1]) != (full_width >= full_height):  # turned upright by its EXIF orientation
+        full_width, full_height = full_height, full_width
+    sx, sy = size[0] / full_width, size[1] / full_height
+    left, top = max(0, math.floor(box[0] * sx)), max(0, math.floor(box[1] * sy))
+    right, bottom = min(size[0], math.ceil(box[2] * sx)), min(size[1], math.ceil(box[3] * sy))
+    if right - left < 1 or bottom - top < 1:
+        raise QueryError("The region lies outside the image; draw it on the image itself.")
+    return left, top, right, bottom
+
+
+def _fitted(size: tuple[int, int], fit: int) -> tuple[int, int]:
+    scale = fit / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def _apply_exif_orientation(img: Image.Image) -> Image.Image:

@@ -19,7 +19,7 @@ from .errors import InvalidImageError, QueryError, StoreError
 from .ids import image_id as checked_image_id
 from .ids import shown
 from .images import ImageInput, read_image
-from .query import MAX_K, MAX_TEXT_CHARS, Part, Query, compose
+from .query import MAX_K, MAX_TEXT_CHARS, Part, Query, checked_text, compose
 from .settings import ChromaServer
 from .store import DEFAULT_COLLECTION, ModelInfo, Neighbour, Store, VectorCollection
 
@@ -143,11 +143,7 @@ class ImageIndex:
     def search_by_text(self, text: str, k: int = 10, metric: str = "cosine", fold: float | None = None) -> list[Hit]:
         """The ``k`` stored images that best match a description."""
         self._check(k, metric)
-        if not isinstance(text, str) or not text.strip():
-            raise QueryError("Type a description to search for.")
-        if len(text) > MAX_TEXT_CHARS:
-            raise QueryError(f"The description is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}.")
-        return self.search_by_vector(self.embedder.embed_texts([text.strip()])[0], k, metric, fold)
+        return self.search_by_vector(self.embedder.embed_texts([checked_text(text)])[0], k, metric, fold)
 
     def search_by_id(self, image_id: str, k: int = 10, metric: str = "cosine", fold: float | None = None) -> list[Hit]:
         """Images like a stored one, using its stored vector."""
@@ -214,8 +210,9 @@ class ImageIndex:
         prepared = []
         for _, part in images:
             try:
-                prepared.append(self.embedder.prepare(read_image(part.value, min_edges=self.embedder.min_edges)))
-            except InvalidImageError as exc:
+                prepared.append(self.embedder.prepare(read_image(part.value, min_edges=self.embedder.min_edges,
+                                                                 box=part.box)))
+            except (InvalidImageError, QueryError) as exc:  # a region outside the image is a QueryError
                 raise QueryError(f"{part.name}: {exc}") from exc
         if images:
             out.update(zip([i for i, _ in images], self.embedder.embed_images(prepared)))

@@ -18,6 +18,7 @@ import numpy as np
 from . import metrics
 from .errors import QueryError
 from .ids import is_image_id, shown
+from .images import Box
 
 MAX_K = 1000  # the deepest a query may page: offset + k
 MAX_PAGE = 50  # results on one page (k)
@@ -25,6 +26,8 @@ MAX_PARTS = 20
 MAX_WEIGHT = 10.0
 MAX_TEXT_CHARS = 1000
 MAX_LABELS = 100  # per filter list
+MIN_REGION_EDGE = 8  # a region narrower than this (in the image's pixels) holds nothing to search by
+MAX_BOX_COORDINATE = 1_000_000
 
 PartKind = Literal["text", "image", "id"]
 Cutoff = Literal["auto"] | float | None
@@ -40,6 +43,7 @@ class Part:
     value: str  # the text, the image file's path, or the id
     weight: float = 1.0
     name: str = ""  # where the caller put it, e.g. "positive[1]", for messages
+    box: Box | None = None  # an image part's region (left, top, right, bottom, in its pixels); None: all of it
 
 
 @dataclass(frozen=True)
@@ -136,31 +140,59 @@ def _parts(value: object, side: str, files: list[str | Path | None]) -> tuple[Pa
 def _part(item: object, name: str, files: list[str | Path | None]) -> Part:
     if not isinstance(item, dict):
         raise QueryError(f"{name}: a part must be an object such as {{\"text\": \"a red dress\"}}, not {_type(item)}.")
-    unknown = [key for key in item if key not in (*_PART_KINDS, "weight")]
+    unknown = [key for key in item if key not in (*_PART_KINDS, "weight", "box")]
     if unknown:
-        raise QueryError(f"{name}: unknown key {shown(unknown[0])}; a part has one of text, image, id, and a weight.")
+        raise QueryError(f"{name}: unknown key {shown(unknown[0])}; a part has one of text, image, id, a weight, "
+                         "and for an image a box.")
     kinds = [kind for kind in _PART_KINDS if kind in item]
     if len(kinds) != 1:
         raise QueryError(f"{name}: a part has exactly one of text, image or id.")
     kind = kinds[0]
     value = item[kind]
     weight = _weight(item.get("weight", 1.0), name)
+    if "box" in item and kind != "image":
+        raise QueryError(f"{name}: only an image part takes a box.")
     if kind == "text":
-        if not isinstance(value, str) or not value.strip():
-            raise QueryError(f"{name}: text must be a non-empty string.")
-        if len(value) > MAX_TEXT_CHARS:
-            raise QueryError(f"{name}: the text is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}.")
-        return Part("text", value.strip(), weight, name)
+        return Part("text", checked_text(value, name), weight, name)
     if kind == "image":
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise QueryError(f"{name}: image must be the position of an uploaded image (0, 1, ...), not {shown(value)}.")
         if value >= len(files) or not files[value]:
             uploaded = f"{len(files)} image{'' if len(files) == 1 else 's'} uploaded"
             raise QueryError(f"{name}: image {value} was not given ({uploaded}).")
-        return Part("image", str(files[value]), weight, name)
+        return Part("image", str(files[value]), weight, name, _box(item.get("box"), name))
     if not is_image_id(value):
         raise QueryError(f"{name}: {shown(value)} is not an image id.")
     return Part("id", value, weight, name)
+
+
+def checked_text(value: object, name: str = "") -> str:
+    """A description as the text towers take it: a non-empty string of valid Unicode, at most MAX_TEXT_CHARS
+    characters; stripped. ``name`` (the part's place, e.g. "positive[1]") starts the message."""
+    at = f"{name}: " if name else ""
+    if not isinstance(value, str) or not value.strip():
+        raise QueryError(f"{at}Type a description to search for (a non-empty string).")
+    if len(value) > MAX_TEXT_CHARS:
+        raise QueryError(f"{at}The description is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no tokenizer can read it
+        raise QueryError(f"{at}The description holds characters that are not valid Unicode.") from None
+    return value.strip()
+
+
+def _box(value: object, name: str) -> Box | None:
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_BOX_COORDINATE for v in value)):
+        raise QueryError(f"{name}: box must be [left, top, right, bottom], whole numbers of pixels from 0 "
+                         f"to {MAX_BOX_COORDINATE:,}.")
+    left, top, right, bottom = value
+    if right - left < MIN_REGION_EDGE or bottom - top < MIN_REGION_EDGE:
+        raise QueryError(f"{name}: the box is too small to search by; make it at least {MIN_REGION_EDGE} pixels "
+                         "wide and high (right > left, bottom > top).")
+    return left, top, right, bottom
 
 
 def _weight(value: object, name: str) -> float:

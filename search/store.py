@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
-from collections.abc import Iterator, Sequence
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +27,7 @@ from . import thumbnails
 from .errors import StoreError, StoreUnavailableError
 from .settings import ChromaServer
 
+log = logging.getLogger(__name__)
 DEFAULT_COLLECTION = "images"
 LOCK_FILE = ".write.lock"
 DATABASE = "chroma.sqlite3"
@@ -31,7 +36,15 @@ STORE_FORMAT = 1
 # ef_search is read when a process first loads the index, so it is fixed at creation. On 100k
 # clustered vectors (bench/run.py) 128 gave recall@10 0.87-0.95, 384 gives >= 0.99 at ~3.6 ms.
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 384, "max_neighbors": 32}
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
+# SQLite's result codes as Chroma's errors quote them: SQLITE_FULL and SQLITE_READONLY.
+_SQLITE_FULL, _SQLITE_READ_ONLY = "(code: 13)", "(code: 8)"
+DISK_FULL = "the server's disk is full; free some space, then try again (nothing stored was lost)"
+READ_ONLY = "the store is read-only here: searching works, adding or removing images does not"
+NOT_ANSWERING = "the store is not answering; try again in a moment"
+TIMEOUT_S = 10.0  # every call to a Chroma server: a hung server must not hang the app or the builder
+BREAKER_S = 5.0  # after a call timed out, calls fail at once for this long instead of each waiting again
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,7 @@ class VectorCollection:
 
     def all_ids(self) -> list[str]:
         """Every record's id."""
-        return [record_id for record_id, _ in self.scan_metadata()]
+        return self._scan(None)[0]
 
     def upsert(self, records: Sequence[Record]) -> None:
         """Write records (a record with a stored id replaces it), in batches the store accepts."""
@@ -199,26 +212,29 @@ class VectorCollection:
                 internals=f"collection {self.name!r} was built with --model {self.model}, not {model.model}",
             )
 
-    def _scan(self, field_name: str) -> tuple[list[str], list[Any]]:
+    def _scan(self, field_name: str | None) -> tuple[list[str], list[Any]]:
         ids: list[str] = []
         values: list[Any] = []
         total = self.count()
         for offset in range(0, total, PAGE):
             with self._store.guard():
-                got = self._chroma.get(include=[field_name], limit=PAGE, offset=offset)
+                got = self._chroma.get(include=[field_name] if field_name else [], limit=PAGE, offset=offset)
             ids.extend(got["ids"])
-            values.extend(got[field_name])
+            if field_name:
+                values.extend(got[field_name])
         return ids, values
 
 
 class Store:
     """A store folder and its Chroma client (embedded, or a server)."""
 
-    def __init__(self, folder: Path, client: Any, server: ChromaServer | None):
+    def __init__(self, folder: Path, client: Any, server: ChromaServer | None, *, read_only: bool = False):
         self.folder = folder
         self.server = server
+        self.read_only = read_only  # a store on a read-only disk, searched from a snapshot of its database
         self._client = client
         self._max_batch: int | None = None
+        self._down_until = 0.0  # monotonic time until which a server that timed out is not called again
 
     @classmethod
     def connect(cls, folder: str | Path, *, server: ChromaServer | None = None, create: bool = False) -> Store:
@@ -233,14 +249,7 @@ class Store:
         server = server or ChromaServer.from_env()
         settings = ChromaSettings(anonymized_telemetry=False)
         if server:
-            headers = {"x-chroma-token": server.token} if server.token else None
-            try:
-                client = chromadb.HttpClient(host=server.host, port=server.port, headers=headers, settings=settings)
-                client.heartbeat()
-            except Exception as exc:
-                raise StoreError("cannot reach the Chroma server; check that it is running, then try again",
-                                 internals=f"{server}: {type(exc).__name__}: {exc}") from exc
-            return cls(folder, client, server)
+            return cls(folder, _server_client(server, settings), server)
         if not create and not (folder / DATABASE).exists():
             raise StoreError(
                 "there is no index yet. Build one with: python index_builder.py --dataset SOURCE --store STORE",
@@ -248,8 +257,14 @@ class Store:
             )
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            if not _writable(folder):
+                return cls(folder, chromadb.PersistentClient(path=_snapshot(folder), settings=settings), None,
+                           read_only=True)
             client = chromadb.PersistentClient(path=str(folder), settings=settings)
         except Exception as exc:
+            kind = _disk_problem(exc)
+            if kind is not None:
+                raise StoreUnavailableError(kind, internals=f"{folder}: {type(exc).__name__}: {exc}") from exc
             raise StoreError(
                 "the store cannot be opened; it may be damaged or from another chromadb version: "
                 "rebuild it with index_builder.py into a new --store",
@@ -275,12 +290,12 @@ class Store:
         from chromadb.errors import NotFoundError
 
         _check_name(name)
-        try:
-            with self.guard():
+        with self.guard():
+            try:
                 chroma = self._client.get_collection(name, embedding_function=None)
-        except NotFoundError:
-            raise StoreError(f"no collection {name!r} in the store",
-                             internals=f"collections: {', '.join(self.names()) or 'none'}") from None
+            except NotFoundError:
+                raise StoreError(f"no collection {name!r} in the store",
+                                 internals=f"collections: {', '.join(self.names()) or 'none'}") from None
         return VectorCollection(name, dict(chroma.metadata or {}), chroma, self)
 
     def open_or_create(self, name: str, model: ModelInfo, source: str = "") -> VectorCollection:
@@ -297,7 +312,8 @@ class Store:
                                                embedding_function=None)
             except Exception as exc:
                 if name not in {c.name for c in self._client.list_collections()}:
-                    raise StoreError(f"cannot create collection {name!r}", internals=str(exc)) from exc
+                    raise self._lost(exc) or StoreError("a new collection could not be made in the store",
+                                                        internals=f"{name!r}: {type(exc).__name__}: {exc}") from exc
                 # It exists already (made earlier, or by another builder a moment ago): use it.
         collection = self.open(name)
         collection.check_model(model, strict=True)
@@ -308,10 +324,42 @@ class Store:
         with self.guard():
             self._client.delete_collection(name)
 
-    def write_thumbnail(self, image_id: str, data: bytes) -> str:
-        """Write an image's thumbnail beside the vectors; return its path relative to the folder."""
-        with self.guard():  # a full disk here is the store going away too
-            return thumbnails.write(self.folder, image_id, data)
+    def add(self, collection: VectorCollection, records: Sequence[Record], thumbs: Mapping[str, bytes]) -> None:
+        """Write records with their thumbnails (``thumbs``: JPEG bytes by id), so that they appear together.
+
+        Thumbnails go first, so a record never lacks its own; where the records cannot be written, the
+        thumbnails this call made go again. What a kill -9 leaves between the two, ``sweep`` removes.
+        """
+        made: list[str] = []
+        try:
+            with self.guard():  # a full disk here is the store going away too
+                made = [image_id for image_id, data in thumbs.items() if thumbnails.write(self.folder, image_id, data)]
+            collection.upsert(records)
+        except BaseException:
+            for image_id in made:
+                thumbnails.delete(self.folder, image_id)
+            raise
+
+    def sweep(self) -> int:
+        """Delete thumbnails no collection holds and temporary files, left by a writer that was killed.
+
+        Only where this process may write the embedded store now: the write lock keeps other writers out
+        (a Chroma server's other writers cannot be seen, so nothing is swept there). Returns files deleted.
+        """
+        if self.server or self.read_only:
+            return 0
+        with write_lock(self.folder):
+            held: set[str] = set()
+            for name in self.names():
+                held.update(self.open(name).all_ids())
+            gone = 0
+            for file in thumbnails.stored(self.folder):
+                if file.name.endswith(thumbnails.TEMPORARY) or file.stem not in held:
+                    file.unlink(missing_ok=True)
+                    gone += 1
+        if gone:
+            log.info("swept %d thumbnails without a record from %s", gone, self.folder)
+        return gone
 
     def remove(self, collection: VectorCollection, ids: Sequence[str]) -> list[str]:
         """Delete ``ids`` from ``collection``; a thumbnail goes too once no collection still holds its image."""
@@ -328,7 +376,13 @@ class Store:
 
     @contextmanager
     def guard(self) -> Iterator[None]:
-        """Run Chroma calls, turning "the store went away" into a StoreError; anything else (bugs) passes."""
+        """Run Chroma calls, turning "the store went away" into a StoreError; anything else (bugs) passes.
+
+        A server call that timed out opens a short breaker: calls meanwhile fail at once, so a hung server
+        costs each visitor one answer within the deadline, not a queue of waits.
+        """
+        if self.server and time.monotonic() < self._down_until:
+            raise StoreUnavailableError(NOT_ANSWERING, internals=f"Chroma server at {self.server}: timed out lately")
         try:
             yield
         except StoreError:
@@ -342,28 +396,40 @@ class Store:
     @contextmanager
     def write_lock(self) -> Iterator[None]:
         """Hold the embedded store's write lock, or fail at once: two processes must not write one folder."""
+        if self.read_only:
+            raise StoreError(READ_ONLY, internals=f"{self.folder} is not writable; searches read a snapshot")
         if self.server:  # the server serialises writers itself
             yield
             return
         with write_lock(self.folder):
             yield
 
-    def _lost(self, exc: Exception) -> StoreUnavailableError | None:
+    def _lost(self, exc: Exception) -> StoreError | None:
+        """What ``exc`` means for the person waiting, where it means the store went away; None for a bug."""
         import httpx
-        from chromadb.errors import InternalError
+        from chromadb.errors import InternalError, NotFoundError
 
         cause: BaseException = exc
         if type(exc) is Exception and isinstance(exc.__context__, httpx.HTTPStatusError):
             cause = exc.__context__  # chromadb's wrapping of an error answer that is not its own JSON
         detail = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}"
+        if isinstance(cause, (httpx.TimeoutException, TimeoutError)) and self.server:
+            self._down_until = time.monotonic() + BREAKER_S
+            return StoreUnavailableError(NOT_ANSWERING, internals=f"Chroma server at {self.server}: {detail}")
         lost_server = isinstance(cause, (httpx.TransportError, ConnectionError, TimeoutError)) or (
             isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code >= 500
         )
         if lost_server or (isinstance(cause, InternalError) and self.server):
             return StoreUnavailableError("the Chroma server stopped answering",
                                          internals=f"Chroma server at {self.server}: {detail}")
-        full_disk = isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS
-        if full_disk or isinstance(cause, InternalError):
+        if isinstance(cause, NotFoundError):  # dropped while in use (an album deleted during its search)
+            return StoreError("that collection is no longer in the store", internals=detail)
+        kind = _disk_problem(cause)
+        if kind == READ_ONLY:
+            return StoreError(READ_ONLY, internals=f"store at {self.folder}: {detail}")
+        if kind is not None:
+            return StoreUnavailableError(kind, internals=f"store at {self.folder}: {detail}")
+        if isinstance(cause, InternalError) or (isinstance(cause, OSError) and cause.errno == errno.EIO):
             return StoreUnavailableError("the store stopped working", internals=f"store at {self.folder}: {detail}")
         return None
 
@@ -394,6 +460,58 @@ def write_lock(folder: str | Path) -> Iterator[None]:
             f.seek(0)
             f.truncate()
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _disk_problem(exc: BaseException) -> str | None:
+    """DISK_FULL or READ_ONLY where ``exc`` says the disk is full or cannot be written, else None."""
+    if (isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS) or _SQLITE_FULL in str(exc):
+        return DISK_FULL
+    if (isinstance(exc, OSError) and exc.errno in _READ_ONLY_ERRNOS) or _SQLITE_READ_ONLY in str(exc):
+        return READ_ONLY
+    return None
+
+
+def _writable(folder: Path) -> bool:
+    """Whether files can be made in ``folder`` (a read-only mount says no even to root)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError as exc:
+        if exc.errno in _READ_ONLY_ERRNOS:
+            return False
+        raise
+
+
+def _snapshot(folder: Path) -> str:
+    """A private, writable copy of a read-only store's database, for Chroma, which cannot open one read-only.
+
+    Only Chroma's files are copied (the database and its index folders); thumbnails are read in place.
+    """
+    copy = Path(tempfile.mkdtemp(prefix="image-search-snapshot-"))
+    for entry in folder.iterdir():
+        if entry.name not in (thumbnails.FOLDER, LOCK_FILE):
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, copy / entry.name)
+    log.warning("the store at %s is read-only: searching a snapshot of its database in %s", folder, copy)
+    return str(copy)
+
+
+def _server_client(server: ChromaServer, settings: Any) -> Any:
+    """A client of the Chroma server, every call of which has a deadline (TIMEOUT_S)."""
+    import chromadb
+    import httpx
+
+    headers = {"x-chroma-token": server.token} if server.token else None
+    timeout = httpx.Timeout(TIMEOUT_S, connect=min(TIMEOUT_S, 5.0))
+    try:
+        # chromadb's own client has no deadline and calls the server while it is made: ask first, briefly.
+        httpx.get(f"http://{server.host}:{server.port}/api/v2/heartbeat", timeout=timeout, headers=headers).raise_for_status()
+        client = chromadb.HttpClient(host=server.host, port=server.port, headers=headers, settings=settings)
+        client._server._session.timeout = timeout  # type: ignore[attr-defined]  # the one place it can be set (chromadb 1.x)
+        client.heartbeat()
+    except Exception as exc:
+        raise StoreError("cannot reach the Chroma server; check that it is running, then try again",
+                         internals=f"{server}: {type(exc).__name__}: {exc}") from exc
+    return client
 
 
 def model_reference(name: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from .ids import image_id as checked_image_id
 
 FOLDER = "thumbnails"
+TEMPORARY = ".tmp"  # the suffix of a thumbnail being written
 
 
 def path(store_folder: Path, image_id: str) -> Path:
@@ -16,16 +17,40 @@ def path(store_folder: Path, image_id: str) -> Path:
     return Path(store_folder) / FOLDER / image_id[:2] / f"{image_id}.jpg"
 
 
-def write(store_folder: Path, image_id: str, data: bytes) -> str:
-    """Write a thumbnail atomically (once); return its path relative to the store."""
+def relative(image_id: str) -> str:
+    """The thumbnail's path relative to the store folder, as records keep it."""
+    return path(Path("."), image_id).as_posix()
+
+
+def write(store_folder: Path, image_id: str, data: bytes) -> bool:
+    """Write a thumbnail atomically, once; whether this call made it (False: it was there already)."""
     target = path(store_folder, image_id)
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    if target.exists():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=TEMPORARY)
+    try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         os.replace(tmp, target)
-    return target.relative_to(store_folder).as_posix()
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def stored(store_folder: Path) -> list[Path]:
+    """Every file in the thumbnails folder: thumbnails, and temporary files a killed writer left."""
+    root = Path(store_folder) / FOLDER
+    return [Path(entry.path) for sub in _entries(root) if sub.is_dir(follow_symlinks=False)
+            for entry in _entries(Path(sub.path)) if entry.is_file(follow_symlinks=False)]
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    try:
+        return list(os.scandir(folder))
+    except OSError:  # no thumbnails yet
+        return []
 
 
 def delete(store_folder: Path, image_id: str) -> None:

@@ -83,8 +83,8 @@ def _disk_full():
     ("get", _connect_error, 2, "the Chroma server stopped answering during the build."),  # on the producer thread
     ("query", _connect_error, 0, "the Chroma server stopped answering during the build."),  # the near-duplicate query
     ("upsert", _connect_error, 1, "the Chroma server stopped answering during the build."),
-    ("upsert", _disk_full, 1, "the store stopped working during the build"),  # embedded store, disk full
-    ("thumbnail", lambda: OSError(errno.ENOSPC, "No space left on device"), 9, "the store stopped working during the build"),
+    ("upsert", _disk_full, 1, "the server's disk is full"),  # embedded store, disk full
+    ("thumbnail", lambda: OSError(errno.ENOSPC, "No space left on device"), 9, "the server's disk is full"),
 ])
 def test_a_store_lost_mid_build_is_a_store_error_and_a_rerun_resumes(tmp_path, monkeypatch, clip_embedder,
                                                                      method, error, after, message):

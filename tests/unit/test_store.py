@@ -4,10 +4,11 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
+from chromadb.errors import InternalError, NotFoundError
 
 from search import ids, thumbnails
 from search.errors import QueryError, StoreError, StoreUnavailableError
-from search.store import ModelInfo, Record, Store
+from search.store import ModelInfo, Record, Store, write_lock
 
 MODEL = ModelInfo("tiny-test-model", 8, True)
 
@@ -82,9 +83,7 @@ def test_nearest_gives_cosine_similarities_best_first(store, vectors):
 def test_remove_keeps_thumbnails_another_collection_still_uses(store, vectors):
     first, second = store.open_or_create("first", MODEL), store.open_or_create("second", MODEL)
     records = _records(vectors[:4])
-    for r in records:
-        store.write_thumbnail(r.id, b"jpeg bytes")
-    first.upsert(records)
+    store.add(first, records, {r.id: b"jpeg bytes" for r in records})
     second.upsert(records[:1])  # the first image is in both collections
     stranger = "f" * 32
     gone = store.remove(first, [r.id for r in records] + [stranger])
@@ -97,7 +96,8 @@ def test_remove_keeps_thumbnails_another_collection_still_uses(store, vectors):
 
 def test_thumbnail_paths_come_only_from_image_ids(store):
     image_id = ids.content_id(b"image")
-    assert store.write_thumbnail(image_id, b"x") == f"thumbnails/{image_id[:2]}/{image_id}.jpg"
+    assert thumbnails.relative(image_id) == f"thumbnails/{image_id[:2]}/{image_id}.jpg"
+    assert thumbnails.write(store.folder, image_id, b"x") and not thumbnails.write(store.folder, image_id, b"y")
     for bad in ("../victim", "./../thumbnails/ab/" + "a" * 32, "A" * 32, "a" * 31, "/etc/passwd", "a" * 32 + "\x00"):
         with pytest.raises(QueryError, match="not an image id"):
             thumbnails.path(store.folder, bad)
@@ -117,8 +117,16 @@ def test_a_missing_collection_names_no_other(store):
 def test_a_store_that_goes_away_is_a_store_error_and_a_bug_is_not(store):
     with pytest.raises(StoreUnavailableError, match="stopped answering"), store.guard():
         raise httpx.ConnectError("[Errno 111] Connection refused")
-    with pytest.raises(StoreUnavailableError, match="stopped working"), store.guard():
+    with pytest.raises(StoreUnavailableError, match="^the server's disk is full"), store.guard():
         raise OSError(28, "No space left on device")
+    with pytest.raises(StoreUnavailableError, match="^the server's disk is full"), store.guard():
+        raise InternalError("Database error: error returned from database: (code: 13) database or disk is full")
+    with pytest.raises(StoreError, match="^the store is read-only"), store.guard():
+        raise InternalError("error returned from database: (code: 8) attempt to write a readonly database")
+    with pytest.raises(StoreUnavailableError, match="stopped working"), store.guard():
+        raise InternalError("something else broke")
+    with pytest.raises(StoreError, match="no longer in the store"), store.guard():
+        raise NotFoundError("Collection [mine-x] does not exist")
     with pytest.raises(TypeError), store.guard():
         raise TypeError("a bug stays a bug")
 
@@ -128,3 +136,36 @@ def test_no_store_says_how_to_build_one(tmp_path):
         Store.connect(tmp_path / "nothing-here")
     assert str(tmp_path) not in str(missing.value) and str(tmp_path) in missing.value.for_operator()
     assert not (tmp_path / "nothing-here").exists()
+
+
+def test_records_and_their_thumbnails_land_together_or_not_at_all(store, vectors):
+    col = store.open_or_create("first", MODEL)
+    records = _records(vectors[:3])
+    shared = thumbnails.path(store.folder, records[0].id)
+    thumbnails.write(store.folder, records[0].id, b"kept: another write made it")
+
+    class Full:  # Chroma's collection on a disk that just filled up
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def upsert(self, **_):
+            raise OSError(28, "No space left on device")
+    real, col._chroma = col._chroma, Full()
+    with pytest.raises(StoreUnavailableError, match="disk is full"):
+        store.add(col, records, {r.id: b"jpeg" for r in records})
+    assert shared.read_bytes() == b"kept: another write made it"  # not this call's to delete
+    assert [p.name for p in thumbnails.stored(store.folder)] == [shared.name]
+
+
+def test_a_sweep_removes_what_a_killed_writer_left_and_nothing_else(store, vectors):
+    col = store.open_or_create("first", MODEL)
+    records = _records(vectors[:3])
+    store.add(col, records[:2], {r.id: b"jpeg" for r in records[:2]})
+    thumbnails.write(store.folder, records[2].id, b"orphan: its record never landed")
+    left = thumbnails.path(store.folder, records[0].id).with_name("half-written.tmp")
+    left.write_bytes(b"partial")
+    assert store.sweep() == 2
+    assert sorted(p.stem for p in thumbnails.stored(store.folder)) == sorted(r.id for r in records[:2])
+    assert store.sweep() == 0
+    with write_lock(store.folder), pytest.raises(StoreError, match="another process is writing"):
+        store.sweep()  # a writer holds the store: nothing is swept from under it
