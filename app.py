@@ -19,15 +19,16 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from search import QueryError, SearchError, regions, views
+from search.albums import Removal
 from search.errors import InvalidImageError
 from search.evaluation_tab import evaluation_tab
 from search.http_api import json_api, thumbnail_url
 from search.ids import KEY
 from search.index import MAX_K, MAX_TEXT_CHARS, Hit
 from search.page_query import MAX_PARTS, PageQuery, Part, image_part
-from search.served_files import UploadBudget, keep_fetched, served_copy
+from search.served_files import UploadBudget, VisitorFiles
 from search.service import MAX_RESULTS, Examples, Results, SearchService
-from search.settings import Settings
+from search.settings import Settings, configure_logging
 
 log = logging.getLogger("app")
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -165,8 +166,9 @@ def _upload_path(payload: Any) -> str | None:
 class Page:
     """What the page's events do. Every one is private: the browser calls them, API clients cannot."""
 
-    def __init__(self, service: SearchService):
+    def __init__(self, service: SearchService, files: VisitorFiles | None = None):
         self.service = service
+        self.files = files or VisitorFiles(service.settings.upload_budget_bytes)
         self._examples: Examples | None = None
 
     def examples(self) -> Examples:
@@ -196,9 +198,13 @@ class Page:
         examples = self.examples()
         return (overview, gr.Timer(active=False), gr.update(choices=choices, value=chosen),
                 *self._label_filters(chosen, key),
-                gr.update(value=examples.images, visible=bool(examples.images)),
+                gr.update(value=self.shown(examples.images), visible=bool(examples.images)),
                 [image for image, _ in examples.images],
                 gr.Dataset(samples=[[p] for p in examples.prompts], visible=bool(examples.prompts)))
+
+    def shown(self, items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """Gallery items whose pictures Gradio may serve (store files go through ``VisitorFiles.shown``)."""
+        return [(self.files.shown(picture), caption) for picture, caption in items]
 
     def _index_choices(self, key: str | None) -> list[tuple[str, str]]:
         return views.index_choices(self.service.shared_indexes() + self.service.album_indexes(key))
@@ -235,7 +241,15 @@ class Page:
         """Search by the image put in the query box; removing it clears the search."""
         if not image:
             return self._cleared()
-        return self._search(PageQuery().starting(image_part(image)), Controls(*controls))
+        return self._search_file(image, None, Controls(*controls))
+
+    def _search_file(self, path: str, name: str | None, c: Controls) -> Searched:
+        """A new search by an image file: the query panel shows a copy fitted to it (taps map back)."""
+        try:
+            shown = regions.shown(path, self.files)
+        except SearchError as exc:
+            return self._failed(PageQuery(), exc)
+        return self._search(PageQuery().starting(image_part(path, shown.preview, shown.scale, name)), c)
 
     def search_example(self, paths: list[str], index: str, metric: str, k: int, fold: bool, include: list[str],
                        exclude: list[str], strong: bool, key: str | None, evt: gr.SelectData) -> Searched:
@@ -248,17 +262,22 @@ class Page:
     def search_url(self, url: str, *controls: Any) -> Searched:
         """Fetch an image URL once, then search by the image it gave (shown in the query box)."""
         try:
-            data = self.service.fetch_url(url)
+            path = self.files.keep(self.service.fetch_url(url))
         except SearchError as exc:
             return self._failed(PageQuery(), exc)
         name = (url or "").rstrip("/").rsplit("/", 1)[-1][:80]
-        return self._search(PageQuery().starting(image_part(keep_fetched(data), name)), Controls(*controls))
+        return self._search_file(path, name, Controls(*controls))
 
     def search_selected(self, selected: Hit | None, *controls: Any) -> Searched:
         """Search by the result open in the detail view."""
-        if selected is None:
+        if selected is None or not selected.image:
             return self._failed(PageQuery(), QueryError("Click a result first."))
-        part = Part("id", selected.id, preview=selected.image, name=views.name(selected))
+        try:
+            shown = regions.shown(selected.image, self.files)
+        except SearchError as exc:
+            return self._failed(PageQuery(), exc)
+        part = Part("id", selected.id, preview=shown.preview, scale=shown.scale, name=views.name(selected),
+                    thumbnail=selected.image)
         return self._search(PageQuery().starting(part), Controls(*controls))
 
     def rerun(self, query: PageQuery, *controls: Any) -> Searched:
@@ -294,7 +313,7 @@ class Page:
         relevant = sum(1 for h in answer.hits if h.relevant) if answer.cutoff is not None else None
         next_offset = offset + len(answer.hits)
         more = next_offset < min(answer.total, MAX_K) and len(answer.hits) == c.k
-        return (query, *_query_panel(query), items, kept, next_offset,
+        return (query, *_query_panel(query), self.shown(items), kept, next_offset,
                 views.status(len(kept), answer.total, answer.seconds, relevant if not before else None),
                 gr.update(visible=more), gr.update(visible=False), None, _chips(query), _undo(query))
 
@@ -324,7 +343,7 @@ class Page:
         if text and text.strip():
             part = Part("text", text.strip(), weight, negative)
         elif image:
-            part = image_part(image, negative=negative, weight=weight)
+            part = image_part(image, image, 1.0, negative=negative, weight=weight)  # a chip: never shown
         else:
             return (*_noted(views.problem("Type a description or put an image to add first.")), gr.skip(), gr.skip())
         if query.size >= MAX_PARTS:
@@ -352,7 +371,7 @@ class Page:
             opened = list(_unchanged())
             opened[SEARCHED_NAMES.index("detail")] = gr.update(visible=True)
             opened[SEARCHED_NAMES.index("selected")] = hit
-            return (*opened, hit.image, views.detail(evt.index + 1, hit, metric))
+            return (*opened, self.files.shown(hit.image) if hit.image else None, views.detail(evt.index + 1, hit, metric))
         controls = Controls(index, metric, k, fold, include, exclude, strong, key)
         return (*self._mark(query, hit, mode == MORE_LIKE, controls), gr.skip(), gr.skip())
 
@@ -386,17 +405,18 @@ class Page:
         controls = Controls(index, metric, k, fold, include, exclude, strong, key)
         try:
             point = regions.to_original(evt.index, main.scale)
-            origin = main.picture
+            picture = main.picture
             if corner is None:
-                marked = regions.mark_corner(origin, point)
-                shown = replace(main, preview=marked.preview, scale=marked.scale, origin=origin)
+                marked = regions.mark_corner(picture, point, self.files)
+                shown = replace(main, preview=marked.preview, scale=marked.scale)
                 return (*_noted("Now tap the opposite corner of the region to search.",
                                 query=query.with_main(shown), image=marked.preview), point)
-            region, marked = regions.cut(origin, corner, point)
+            box, marked = regions.cut(picture, corner, point, self.files)
         except SearchError as exc:
             return (*self._failed(query, exc), None)
-        part = Part("image", region, main.weight, main.negative, preview=marked.preview, scale=marked.scale,
-                    name=f"region of {main.name}", origin=origin)
+        name = main.name.removeprefix("region of ")
+        part = Part("image", picture, main.weight, main.negative, preview=marked.preview, scale=marked.scale,
+                    name=f"region of {name}", box=box)
         return (*self._search(query.with_main(part), controls), None)
 
     # --- My collection --------------------------------------------------------------------------------------
@@ -415,7 +435,7 @@ class Page:
             hits, total = self.service.browse_album(key, name, offset, ALBUM_PAGE)
         items, ids = views.album_gallery(hits)
         where = views.album_page(len(items), offset, total) if name else ""
-        return (items, ids, "", offset, " ".join(filter(None, (note, where))),
+        return (self.shown(items), ids, "", offset, " ".join(filter(None, (note, where))),
                 gr.update(interactive=offset > 0), gr.update(interactive=offset + ALBUM_PAGE < total),
                 gr.update(value=DROP, variant="stop"), None)
 
@@ -441,7 +461,8 @@ class Page:
             progress((done, total) if total else None, desc=views.upload_progress(done, total, time.monotonic() - started),
                      unit="images")
 
-        report_ = self.service.add_images(key, name, files, on_progress=report)
+        with self.files.consumed(files or []):
+            report_ = self.service.add_images(key, name, files, on_progress=report)
         names = self.service.album_names(key)
         chosen = report_.collection if report_.collection in names else None
         rows = views.ingest_rows(report_)
@@ -454,12 +475,16 @@ class Page:
         """Select the album image that was clicked (its id)."""
         return ids[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(ids or []) else ""
 
+    def forget(self, removal: Removal) -> Removal:
+        """The web server's copies of what ``removal`` took from the store go too."""
+        return forget(self.service, self.files, removal)
+
     @album_errors(len(ALBUM_VIEW), ALBUM_VIEW.index("where"))
     def delete_picked(self, key: str | None, name: str, image_id: str, offset: int) -> ShownAlbum:
         """Delete the selected image from the album, then show the album again."""
         if not image_id:
             raise QueryError("Click an image in the collection first.")
-        self.service.delete_images(key, name, [image_id])
+        self.forget(self.service.delete_images(key, name, [image_id]))
         return self.show_album(key, name, offset, note="Deleted the selected image.")
 
     @album_errors(4 + len(ALBUM_VIEW), 2 + ALBUM_VIEW.index("where"))
@@ -476,7 +501,7 @@ class Page:
                                                                 f"image{'' if held == 1 else 's'}", variant="stop")
             out[2 + ALBUM_VIEW.index("armed")] = name
             return tuple(out)
-        removed = len(self.service.drop_album(key, name).removed)
+        removed = len(self.forget(self.service.drop_album(key, name)).removed)
         choices = self._index_choices(key)
         values = [v for _, v in choices]
         chosen = index if index in values else (values[0] if values else None)
@@ -532,35 +557,43 @@ def _noted(status: str, **changed: Any) -> Searched:
 class Api:
     """What the public endpoints do; each method's name is its endpoint's name."""
 
-    def __init__(self, service: SearchService):
+    def __init__(self, service: SearchService, files: VisitorFiles | None = None):
         self.service = service
+        self.files = files or VisitorFiles(service.settings.upload_budget_bytes)
 
     @user_errors
     def search_by_image(self, image: str | None, k: int, metric: str, index: str, key: str) -> list[dict[str, Any]]:
         """The k stored images most like ``image``, best first."""
-        return _for_api(self.service.search_image(image, k, metric, index or None, key=key))
+        return self._hits(self.service.search_image(image, k, metric, index or None, key=key))
 
     @user_errors
     def search_by_text(self, text: str, k: int, metric: str, index: str, key: str) -> list[dict[str, Any]]:
         """The k stored images that best match ``text``, best first."""
-        return _for_api(self.service.search_text(text, k, metric, index or None, key=key))
+        return self._hits(self.service.search_text(text, k, metric, index or None, key=key))
 
     @user_errors
-    def search(self, query: object, images: list[str] | None, key: str) -> dict[str, Any]:
+    def search(self, query: object, request: gr.Request, images: list[str] | None = None,
+               key: str = "") -> dict[str, Any]:
         """A composed query (see search/query.py): parts to look for and to avoid, filters, a page, a cut-off.
 
-        Answers ``{"hits": [{id, score, label, caption, image, relevant}...], "total", "offset", "cutoff"}``,
-        where ``image`` is the thumbnail's URL, relative to the app: a caller fetches only what it shows
-        (a client that downloads every file spends more on the files than on the search).
+        Answers ``{"hits": [{id, score, label, caption, relevant, similar, thumbnail, image}...], "total",
+        "offset", "cutoff"}``, where ``thumbnail`` is the thumbnail's URL (as POST /api/search gives it) and
+        ``image`` the same relative to the app: a caller fetches only what it shows (a client that downloads
+        every file spends more on the files than on the search).
         """
         answer = self.service.search(query, list(images or []), key or None)
-        hits = [{**r, "image": thumbnail_url(r["id"]) if r["image"] else None} for r in answer.records()]
+        base = str(request.base_url).rstrip("/") if request else ""
+        hits = []
+        for r in answer.records():
+            url = thumbnail_url(r["id"], answer.album) if r["image"] else None
+            hits.append({**r, "thumbnail": base + url if url else None, "image": url})
         return {"hits": hits, "total": answer.total, "offset": answer.offset, "cutoff": answer.cutoff}
 
     @user_errors
     def collection_add(self, files: list[str] | None, collection: str, key: str) -> dict[str, Any]:
         """Index images and zips into the caller's collection; the ingestion report, without internals."""
-        return self.service.add_images(key, collection, files).for_visitor()
+        with self.files.consumed(files or []):
+            return self.service.add_images(key, collection, files).for_visitor()
 
     @user_errors
     def collection_list(self, key: str) -> list[str]:
@@ -570,26 +603,34 @@ class Api:
     @user_errors
     def collection_delete(self, ids: object, collection: str, key: str) -> dict[str, Any]:
         """Delete images by id: ``{"removed": n, "not_found": [...]}``."""
-        return self.service.delete_images(key, collection, ids).to_dict()
+        return forget(self.service, self.files, self.service.delete_images(key, collection, ids)).to_dict()
 
     @user_errors
     def collection_drop(self, collection: str, key: str) -> dict[str, int]:
         """Delete the caller's whole collection: ``{"removed": n}``."""
-        return {"removed": len(self.service.drop_album(key, collection).removed)}
+        return {"removed": len(forget(self.service, self.files, self.service.drop_album(key, collection)).removed)}
+
+    def _hits(self, results: Results) -> list[dict[str, Any]]:
+        """Hits for API callers; a FileData dict makes Gradio serve a copy of the thumbnail (never the store's
+        file) and the client download it."""
+        return [{**r, "image": {"path": self.files.shown(r["image"]), "meta": {"_type": "gradio.FileData"}}
+                 if r["image"] else None} for r in results.records()]
 
 
-def _for_api(results: Results) -> list[dict[str, Any]]:
-    """Hits for API callers; a FileData dict makes Gradio serve the thumbnail and the client download it."""
-    return [{**r, "image": {"path": served_copy(r["image"]), "meta": {"_type": "gradio.FileData"}} if r["image"] else None}
-            for r in results.records()]
+def forget(service: SearchService, files: VisitorFiles, removal: Removal) -> Removal:
+    """After a delete: purge the web server's copies of the images whose thumbnails went from the store."""
+    files.purge(service.without_thumbnail(removal.removed))
+    return removal
 
 
 # --- The layout -----------------------------------------------------------------------------------------
 
 
-def build_app(service: SearchService) -> gr.Blocks:
-    """Lay out the page and wire its events to ``Page``, and the named API endpoints to ``Api``."""
-    page, api = Page(service), Api(service)
+def build_app(service: SearchService, files: VisitorFiles | None = None) -> gr.Blocks:
+    """Lay out the page and wire its events to ``Page``, and the named API endpoints to ``Api``; ``files``
+    holds what the web server keeps for visitors (by default under the settings' upload budget)."""
+    files = files or VisitorFiles(service.settings.upload_budget_bytes)
+    page, api = Page(service, files), Api(service, files)
     shared = views.index_choices(service.shared_indexes())
     with gr.Blocks(title="Image search", delete_cache=DELETE_CACHE) as demo:
         key = gr.BrowserState(None, storage_key="image-search-key")  # this browser's secret for its albums
@@ -673,7 +714,7 @@ def build_app(service: SearchService) -> gr.Blocks:
                 gr.Markdown(views.albums_intro(service.settings.public))
                 with gr.Row():
                     album = gr.Dropdown([], label="Collection", allow_custom_value=True, value="photos", scale=2, min_width=160)
-                    files = gr.File(file_count="multiple", type="filepath", label="Images or a .zip", scale=3, min_width=200,
+                    uploads = gr.File(file_count="multiple", type="filepath", label="Images or a .zip", scale=3, min_width=200,
                                     elem_id="album-files")
                 album_add = gr.Button("Add to collection", variant="primary")
                 ingest_summary = gr.Markdown()
@@ -729,8 +770,8 @@ def build_app(service: SearchService) -> gr.Blocks:
         image.select(page.pick_corner, [query, corner, *controls], [*searched, corner], **running)
         close.click(lambda: (gr.update(visible=False), None), None, [detail, selected], **PRIVATE)
 
-        album_add.click(page.add_to_album, [key, album, files],
-                         [ingest_summary, ingest_table, files, album, index, *shown_album], **PRIVATE)
+        album_add.click(page.add_to_album, [key, album, uploads],
+                         [ingest_summary, ingest_table, uploads, album, index, *shown_album], **PRIVATE)
         album.change(page.show_album, [key, album], shown_album, **PRIVATE)
         newer.click(page.album_newer, [key, album, album_offset], shown_album, **PRIVATE)
         older.click(page.album_older, [key, album, album_offset], shown_album, **PRIVATE)
@@ -770,17 +811,20 @@ def build_app(service: SearchService) -> gr.Blocks:
 
 def main() -> None:
     """Load the model and the store once, then serve (GRADIO_SERVER_NAME/PORT choose the address)."""
-    logging.basicConfig(level=logging.INFO)
+    configure_logging()
     service = SearchService(Settings.from_env())
     if service.start_default_build():
         log.info("serving at once; the default index is built in the background")
     elif (main := service.main_index()) is not None:
         log.info("opened the index: %d images in collection %r", len(main), main.collection.name)
-    demo = build_app(service)
+    files = VisitorFiles(service.settings.upload_budget_bytes)
+    demo = build_app(service, files)
     demo.queue(max_size=service.settings.queue_size, default_concurrency_limit=service.settings.concurrency)
     # Thumbnails only: the store's own files (vectors, every album's metadata) are never served.
-    allowed = [str(service.thumbnail_folder.resolve()), str(EXAMPLES)]
-    budget = Middleware(UploadBudget, max_bytes=service.settings.upload_budget_bytes)
+    # The shipped example photos only: store files reach Gradio as copies (VisitorFiles.shown), so that no
+    # path into the store (an album's thumbnails, its database) is ever served.
+    allowed = [str(EXAMPLES)]
+    budget = Middleware(UploadBudget, files=files)
     demo.launch(css=CSS, max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True,
                 app_kwargs={"middleware": [budget], "routes": json_api(service).routes})  # /api/search
 

@@ -9,6 +9,10 @@ albums; locally there is one namespace and albums persist in the store. The publ
 from __future__ import annotations
 
 import hashlib
+import hmac
+import logging
+import os
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +29,10 @@ from .report import BuildReport
 from .settings import AlbumLimits
 from .store import Store, folder_bytes
 
+log = logging.getLogger(__name__)
 PREFIX = "mine-"
 LOCAL_OWNER = "local"
+SECRET = ".albums-secret"  # in the store folder: what makes album tokens (so they outlive a restart)
 FULL = "The public demo is full ({}); try again later, or run the app on your own machine (see its README)."
 
 
@@ -51,6 +57,7 @@ class Albums:
         self.public = public
         self.limits = limits
         self._lock = threading.Lock()  # threads queue here; other processes meet the store's file lock
+        self._secret = _secret(store.folder)
 
     def namespace(self, key: str | None) -> str:
         """The owner's prefix: from the secret key on a public app, the same for everyone locally."""
@@ -78,11 +85,46 @@ class Albums:
             if self.public:
                 self._check_room(full, name in existing, len(items), len(existing))
             options = BuildOptions(source="upload", total=len(items))
-            report = build_index(items, self.store, full, self.embedder, options, on_progress)
+            try:
+                report = build_index(items, self.store, full, self.embedder, options, on_progress)
+            except BaseException:
+                if name not in existing:
+                    self._drop_if_empty(full)  # a failed upload leaves no empty collection to count against a cap
+                raise
             if not report.total_in_collection and name not in existing:
                 self.store.drop(full)  # nothing usable came: no empty collection either
         report.collection = name
         return report
+
+    def _drop_if_empty(self, full: str) -> None:
+        try:
+            if full in self.store.names() and not self.store.open(full).count():
+                self.store.drop(full)
+        except StoreError as exc:  # the store is what failed: the next start's sweep and caps still hold
+            log.warning("an empty collection could not be dropped after a failed upload: %s", exc.for_operator())
+
+    def token(self, key: str | None, name: str) -> str:
+        """The unguessable part of the URLs that serve the album's thumbnails (the same after a restart)."""
+        return self._token(self._full_name(key, name))
+
+    def by_token(self, token: str) -> ImageIndex | None:
+        """The album whose thumbnails ``token`` serves, or None."""
+        for full in self.store.names():
+            if full.startswith(PREFIX) and hmac.compare_digest(self._token(full), token):
+                return ImageIndex(self.store, self.store.open(full), self.embedder)
+        return None
+
+    def sweep(self) -> int:
+        """Remove thumbnails that a killed upload (or build) left without a record; 0 where another writer works."""
+        with self._lock:
+            try:
+                return self.store.sweep()
+            except StoreError as exc:
+                log.info("thumbnails not swept now: %s", exc.for_operator())
+                return 0
+
+    def _token(self, full: str) -> str:
+        return hmac.new(self._secret, full.encode(), hashlib.sha256).hexdigest()[:32]
 
     def index(self, key: str | None, name: str) -> ImageIndex:
         """The owner's collection, for searching."""
@@ -136,3 +178,22 @@ class Albums:
     def _full_name(self, key: str | None, name: str) -> str:
         return self.namespace(key) + collection_name(name)
 
+
+def _secret(folder: Path) -> bytes:
+    """The store's album secret, made once; a store that cannot be written gets one for this process only."""
+    path = Path(folder) / SECRET
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        pass
+    value = secrets.token_bytes(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(value.hex())
+    except FileExistsError:  # another process made it a moment ago
+        return bytes.fromhex(path.read_text().strip())
+    except OSError:
+        log.warning("the album secret could not be saved in the store: album thumbnail URLs change on restart")
+    return value

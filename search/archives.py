@@ -1,8 +1,9 @@
 """Uploaded files and zip archives as items, read in memory (nothing is extracted to disk).
 
 Each item checks its image's header when it is read: one over the per-image limit is skipped as
-``too_large`` before it is decoded, and all the images of one upload share a total pixel budget;
-once that is spent, the remaining files are skipped as ``too_large``.
+``too_large`` before it is decoded, and all the images of one upload share a total pixel budget: each
+file is charged once, however often it is read, and a file that no longer fits is skipped as
+``too_large`` while the ones that fit are indexed.
 """
 from __future__ import annotations
 
@@ -41,14 +42,8 @@ class PixelAllowance:
     def __init__(self, total: int | None = ARCHIVE_MAX_PIXELS):
         self.total = total
         self.used = 0
-        self.spent = False
         self._charged: dict[str, int] = {}
         self._lock = threading.Lock()
-
-    def check(self) -> None:
-        """Raise if the allowance is already spent (before reading a file that would be refused)."""
-        if self.spent:
-            raise InvalidImageError("too_large", self._detail())
 
     def charge(self, key: str, pixels: int) -> None:
         """Spend ``pixels`` on the file ``key`` (once, however often it is read), or raise ``too_large``."""
@@ -57,15 +52,14 @@ class PixelAllowance:
         with self._lock:
             if key in self._charged:
                 return
-            if self.spent or self.used + pixels > self.total:
-                self.spent = True
+            if self.used + pixels > self.total:
                 raise InvalidImageError("too_large", self._detail())
             self.used += pixels
             self._charged[key] = pixels
 
     def _detail(self) -> str:
         return (f"the images of this upload add up to more than {self.total:,} pixels, the most one upload may "
-                "decode; this file and the ones after it were skipped: add them in another upload")
+                "decode; this file was skipped: add it in another upload")
 
 
 def upload_items(
@@ -115,7 +109,7 @@ def zip_items(
         if _hidden(member.filename):
             continue
         parts = PurePosixPath(member.filename).parts
-        label = parts[-2] if len(parts) > 1 else None
+        label = "/".join(parts[:-1]) or None  # the folder inside the zip, as a folder build labels it
         key = f"{path}/{member.filename}"
         yield Item(f"{path.name}/{member.filename}",
                    partial(_read_member, archive, member, key, allowance, max_pixels, min_edges), label=label)
@@ -142,7 +136,6 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, key: str, al
         raise InvalidImageError(
             "too_large", f"the file is {member.file_size:,} bytes, over the limit of {MAX_BYTES:,}; make it smaller and try again"
         )
-    allowance.check()
     try:
         with archive.open(member) as f:
             head = f.read(PEEK_BYTES)
@@ -158,7 +151,6 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, key: str, al
 
 
 def _read_upload(path: Path, allowance: PixelAllowance, max_pixels: int, min_edges: tuple[int, int] | None) -> bytes:
-    allowance.check()
     return _admit(read_file(path), str(path), allowance, max_pixels, min_edges)
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from .build import BuildOptions, build_index
 from .duplicates import NEAR_DUPLICATE_SIMILARITY
 from .embedders import DEFAULT_MODEL, load_embedder
-from .errors import SearchError
+from .errors import SearchError, SourceError
 from .report import BuildReport
-from .settings import ChromaServer
-from .sources import Item, Source, open_source
+from .settings import ChromaServer, configure_logging
+from .sources import IMAGE_SUFFIXES, Item, Source, open_source
 from .store import DEFAULT_COLLECTION, Store
 from .web import crawl, read_url_list, url_items
 
@@ -81,8 +81,14 @@ def open_input(args: argparse.Namespace) -> tuple[Source, list[dict[str, str]]]:
 def main(argv: list[str] | None = None) -> int:
     """Run a build; exit 0 unless the build could not run at all."""
     args = parse_args(argv)
+    configure_logging(quiet=args.quiet)
     try:
         source, failed_pages = open_input(args)
+        if source.total == 0:  # a folder without a single image: nothing to build, no empty collection
+            raise SourceError(f"there are no images in {args.dataset or 'the source'}"
+                              + (f" ({len(source.skipped)} other files, e.g. {_examples(source.skipped)})"
+                                 if source.skipped else "")
+                              + f"; it reads {', '.join(sorted(IMAGE_SUFFIXES))} files")
         items, manifest = source.items, args.collection
         if args.shard:
             index, count = args.shard
@@ -94,12 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     except SearchError as exc:
         print(f"error: {exc.for_operator()}", file=sys.stderr)
         return 2
-    report.skipped = failed_pages + report.skipped
+    report.skipped = failed_pages + source.skipped + report.skipped
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report.to_dict(), indent=2))
-    print(report.summary())
+    print(report.summary(report_file=args.report))
     return 0
+
+
+def _examples(skipped: list[dict[str, str]], count: int = 3) -> str:
+    return ", ".join(Path(s["source"]).name for s in skipped[:count])
 
 
 def _build(args: argparse.Namespace, store: Store, source: Source, items: Iterable[Item], manifest: str) -> BuildReport:

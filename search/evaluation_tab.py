@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -83,8 +84,7 @@ def run_evaluation(settings: Settings, collections: list[str] | None, metrics: l
             raise QueryError("Choose at least one collection.")
         if not metrics:
             raise QueryError("Choose at least one metric.")
-        size = min(max(int(sample or DEFAULT_SAMPLE), 1), MAX_SAMPLE)  # the slider's bounds, kept here too
-        options = Options(tuple(chosen), tuple(metrics), queries=size)
+        options = Options(tuple(chosen), tuple(metrics), queries=_sample(sample))
         report = evaluate(Store.connect(settings.store, server=settings.chroma), options,
                           lambda done, total: progress((done, total), unit="queries"))
     except SearchError as exc:  # in the table's place, with nothing of an earlier run beside it
@@ -93,7 +93,24 @@ def run_evaluation(settings: Settings, collections: list[str] | None, metrics: l
     except Exception:
         log.exception("evaluation failed")
         return "⚠️ The evaluation failed on our side; the server log has the details.", None, None, None
-    return markdown(report), precision_frame(report), latency_frame(report), str(save(report))
+    return markdown(report), precision_frame(report), latency_frame(report), str(save(for_visitor(report)))
+
+
+def for_visitor(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as a visitor may download it: no store folder, each model by its name only."""
+    public = {key: value for key, value in report.items() if key != "store"}
+    public["collections"] = {name: {**entry, "model": Path(str(entry.get("model", ""))).name}
+                             for name, entry in report["collections"].items()}
+    return public
+
+
+def _sample(value: object) -> int:
+    """The sample size, held to the slider's bounds on the server too (a caller may send anything)."""
+    if value is None:
+        return DEFAULT_SAMPLE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise QueryError(f"The number of query images must be a whole number from 1 to {MAX_SAMPLE:,}.")
+    return min(max(int(value), 1), MAX_SAMPLE)
 
 
 def precision_frame(report: dict[str, Any]) -> pd.DataFrame:

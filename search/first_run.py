@@ -40,9 +40,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MARKER = "default-build.json"
 PIXELS = "pixels"
-FAILURE_HINT = ("Where the Hugging Face Hub cannot be reached, set IMAGE_SEARCH_DEFAULT_DATASET to a local copy of "
-                "the dataset (a folder with data/train-*.parquet), or build an index with "
+DATASET_HINT = ("Where the Hugging Face Hub cannot be reached, set IMAGE_SEARCH_DEFAULT_DATASET to a local copy of "
+                "the dataset (a folder with data/train-*.parquet) or to a folder of images, or build an index with "
                 "`python index_builder.py --dataset SOURCE --store STORE`; then restart the app.")
+MODEL_HINT = ("Where the Hugging Face Hub cannot be reached, set IMAGE_SEARCH_MODEL to a local copy of the model (a "
+              "folder written by SentenceTransformer.save), or build an index where the model can be loaded with "
+              "`python index_builder.py --dataset SOURCE --store STORE --model MODEL`; then restart the app.")
+OTHER_HINT = ("The server log has the details; `python index_builder.py --dataset SOURCE --store STORE` builds an "
+              "index by hand.")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class BuildState:
     total: int | None = None
     seconds: float = 0.0  # since the current stage began
     problem: str | None = None  # why it failed, fit to show anyone
+    hint: str = ""  # what the operator can do about it
 
     @property
     def finished(self) -> bool:
@@ -74,6 +80,9 @@ class BuildState:
 
     def message(self) -> str:
         """One line for anyone, API callers included: what is being built and how far it is."""
+        if self.stage == "starting":
+            return ("The default index is being prepared: loading the dataset and the model (on a first start they "
+                    "are downloaded). Searches start as soon as the first images are indexed; try again in a minute.")
         total = f"{self.total:,}" if self.total else "?"
         what = "the pixel baseline" if self.stage == "pixels" else "the index"
         return (f"Building {what}: {self.done:,} of {total} images so far. Searches start as soon as the "
@@ -123,13 +132,17 @@ def _empty_store(settings: Settings) -> bool:
         return False  # a store that cannot be opened is the operator's to fix; the page says why
 
 
-def _public(exc: SearchError) -> str:
-    """Why the build failed, for anyone: a dataset or model error's text may name server paths."""
+def failed(exc: SearchError | None) -> BuildState:
+    """The state of a build that failed with ``exc`` (None: a bug): why, in words for anyone (a dataset or
+    model error's text may name server paths), and what to do about it."""
     if isinstance(exc, SourceError):
-        return "the default dataset could not be loaded (the Hub may be out of reach, or the dataset gone)"
+        problem = "the default dataset could not be loaded (the Hub may be out of reach, or the dataset gone)"
+        return BuildState("failed", problem=problem, hint=DATASET_HINT)
     if isinstance(exc, ModelError):
-        return "the model could not be loaded (the Hub may be out of reach)"
-    return str(exc)
+        return BuildState("failed", problem="the model could not be loaded (the Hub may be out of reach, or no "
+                                            "such model)", hint=MODEL_HINT)
+    problem = str(exc) if exc else "something went wrong on our side"
+    return BuildState("failed", problem=problem, hint=OTHER_HINT)
 
 
 class DefaultBuild:
@@ -177,11 +190,11 @@ class DefaultBuild:
                                               "pixels": pixels.total_in_collection if pixels else None})
         except SearchError as exc:
             log.warning("the default index was not built: %s", exc.for_operator())
-            self._set(BuildState("failed", problem=_public(exc)))
+            self._set(failed(exc))
             return
         except Exception:
             log.exception("the default index was not built")
-            self._set(BuildState("failed", problem="something went wrong on our side; the server log has the details"))
+            self._set(failed(None))
             return
         log.info("the default index is complete: %d images, and the pixel baseline", images.total_in_collection)
         self._set(BuildState("done", done=images.total_in_collection, total=images.total_in_collection))

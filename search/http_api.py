@@ -4,7 +4,8 @@
                       or, for a start, {"text": "a red dress", "k": 12, "metric": "cosine", "index": "", "key": null}
     -> {"hits": [{"id", "score", "label", "caption", "relevant", "thumbnail": URL}], "total", "offset",
         "cutoff", "seconds"}
-    GET /api/thumbnails/{id}.jpg -> the thumbnail (content-addressed, so cached for good)
+    GET /api/thumbnails/{id}.jpg -> a shared index's thumbnail (content-addressed, so cached for good)
+    GET /api/albums/{token}/{id}.jpg -> an album's thumbnail; the token comes in that album's answers
 
 Every input is checked here, at the boundary: a bounded JSON object of known fields of exact types
 (400 malformed, 413 too large, 415 not JSON, 422 a field or the query is wrong). Library errors show
@@ -16,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from . import thumbnails
 from .errors import QueryError, SearchError
 from .ids import is_image_id
 from .service import Answer, SearchService
@@ -35,6 +36,8 @@ FIELDS: dict[str, tuple[type, ...]] = {"query": (dict,), "text": (str,), "k": (i
 SIMPLE = ("text", "k", "metric", "index")  # the short form's fields, which a composed "query" replaces
 DEFAULTS: dict[str, Any] = {"k": 12, "metric": "cosine", "index": "", "key": None}
 IMMUTABLE = "public, max-age=31536000, immutable"
+PRIVATE = "private, no-store"  # an album's image: nobody's cache keeps it once the album is gone
+TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
 class Refused(Exception):
@@ -77,20 +80,34 @@ def json_api(service: SearchService) -> APIRouter:
 
     @router.get("/api/thumbnails/{name}", name="thumbnail")
     def thumbnail(name: str) -> Any:
-        image_id = name.removesuffix(".jpg")
-        path = thumbnails.path(service.settings.store, image_id) if is_image_id(image_id) else None
-        if path is None or not name.endswith(".jpg") or not path.is_file():
-            return _error(404, "No such thumbnail.")
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+        return _thumbnail(service, name, None)
+
+    @router.get("/api/albums/{album}/{name}", name="album_thumbnail")
+    def album_thumbnail(album: str, name: str) -> Any:
+        return _thumbnail(service, name, album)
 
     return router
+
+
+def _thumbnail(service: SearchService, name: str, album: str | None) -> Any:
+    """The thumbnail ``name`` names, where the service may serve it; every other case answers alike (404)."""
+    image_id = name.removesuffix(".jpg")
+    path = None
+    if name.endswith(".jpg") and is_image_id(image_id) and (album is None or TOKEN.fullmatch(album)):
+        try:
+            path = service.thumbnail(image_id, album)
+        except SearchError as exc:
+            log.info("thumbnail not served: %s", exc.for_operator())
+    if path is None:
+        return _error(404, "No such thumbnail.")
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": PRIVATE if album else IMMUTABLE})
 
 
 def run_query(service: SearchService, body: dict[str, Any]) -> Answer:
     """Answer a checked body: its composed query, or the short form's text as one; no image parts here
     (they name uploads, which the Gradio endpoint /search takes)."""
-    query = body.get("query") or {"positive": [{"text": body["text"]}], "k": body["k"], "metric": body["metric"],
-                                  "index": body["index"]}
+    query = body["query"] if "query" in body else {"positive": [{"text": body["text"]}], "k": body["k"],
+                                                   "metric": body["metric"], "index": body["index"]}
     return service.search(query, [], body["key"])
 
 
@@ -107,15 +124,21 @@ async def _query(request: Request) -> dict[str, Any]:
         if len(body) > MAX_BODY_BYTES:
             raise Refused(413, f"The body is over {MAX_BODY_BYTES} bytes.")
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise Refused(400, "The body nests too deeply to be a query.") from None
     except (ValueError, UnicodeDecodeError):
-        raise Refused(400, "The body is not valid JSON.") from None
+        raise Refused(400, "The body is not valid JSON (NaN and Infinity are not JSON numbers).") from None
     return checked(data)
 
 
-def thumbnail_url(image_id: str) -> str:
-    """Where the JSON API serves an image's thumbnail, relative to the app's address."""
-    return f"/api/thumbnails/{image_id}.jpg"
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def thumbnail_url(image_id: str, album: str | None = None) -> str:
+    """Where the JSON API serves an image's thumbnail (``album``: the album's token), relative to the app."""
+    return f"/api/albums/{album}/{image_id}.jpg" if album else f"/api/thumbnails/{image_id}.jpg"
 
 
 def checked(data: object) -> dict[str, Any]:
@@ -144,8 +167,9 @@ _JSON_NAMES = {str: "a string", int: "a whole number", dict: "an object"}
 
 
 def _answer(answer: Answer, request: Request) -> dict[str, Any]:
+    base = str(request.base_url).rstrip("/")
     hits = [{"id": r["id"], "score": r["score"], "label": r["label"], "caption": r["caption"], "relevant": r["relevant"],
-             "thumbnail": str(request.url_for("thumbnail", name=f"{r['id']}.jpg")) if r["image"] else None}
+             "similar": r["similar"], "thumbnail": base + thumbnail_url(r["id"], answer.album) if r["image"] else None}
             for r in answer.records()]
     return {"hits": hits, "total": answer.total, "offset": answer.offset, "cutoff": answer.cutoff,
             "seconds": round(answer.seconds, 4)}

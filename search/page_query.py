@@ -23,15 +23,16 @@ class Part:
     value: str
     weight: float = 1.0
     negative: bool = False
-    preview: str | None = None  # the picture the page shows for it (the image itself, or a stored thumbnail)
+    preview: str | None = None  # the picture the page shows for it (a copy of the image, or a stored thumbnail)
     name: str = ""  # how the page names it: a file or URL's name, a result's label
-    origin: str | None = None  # for a region: the whole image it was cut from
-    scale: float = 1.0  # original pixels per pixel of ``preview`` (regions are drawn on a reduced copy)
+    scale: float = 1.0  # pixels of ``picture`` per pixel of ``preview`` (taps arrive in the preview's)
+    box: tuple[int, int, int, int] | None = None  # a region of the image, in its pixels; None: all of it
+    thumbnail: str | None = None  # a stored image's thumbnail (an id part's picture)
 
     @property
     def picture(self) -> str | None:
-        """The whole image a region can be drawn on: the original, else what the panel shows."""
-        return self.origin or (self.value if self.kind == "image" else self.preview)
+        """The whole image a region can be drawn on: the image itself, or a stored image's thumbnail."""
+        return self.value if self.kind == "image" else self.thumbnail
 
     def describe(self) -> str:
         """How a chip shows it: "+ a red dress", "− long sleeves ×0.5", "+ image photo.jpg"."""
@@ -103,6 +104,8 @@ class PageQuery:
             if part.kind == "image":
                 images.append(part.value)
                 entry = {"image": len(images) - 1}
+                if part.box is not None:
+                    entry["box"] = list(part.box)
             else:
                 entry = {part.kind: part.value}
             if part.weight != 1.0:
@@ -111,6 +114,8 @@ class PageQuery:
         return {"positive": positive, "negative": negative}, images
 
 
-def image_part(path: str, name: str | None = None, negative: bool = False, weight: float = 1.0) -> Part:
-    """An image file as a part, named by ``name`` (a URL's last segment) or the file's own name."""
-    return Part("image", path, weight, negative, preview=path, name=name or Path(path).name)
+def image_part(path: str, shown: str, scale: float, name: str | None = None, negative: bool = False,
+               weight: float = 1.0) -> Part:
+    """An image file as a part, shown as the copy ``shown`` (``scale`` of the image's pixels to the copy's),
+    named by ``name`` (a URL's last segment) or the file's own name."""
+    return Part("image", path, weight, negative, preview=shown, name=name or Path(path).name, scale=scale)

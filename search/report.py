@@ -44,17 +44,36 @@ class BuildReport:
         report["model"] = Path(self.model).name
         return report
 
-    def summary(self) -> str:
-        """One paragraph for a person."""
-        reasons: dict[str, int] = {}
-        for s in self.skipped:
-            reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
-        skipped = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) or "none"
-        return (
-            f"Indexed {self.indexed} new images into collection {self.collection!r} "
-            f"in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s, {self.precision}, "
-            f"model {Path(self.model).name}). "
-            f"{self.already_indexed} were already indexed, {self.duplicates} were exact duplicates, "
-            f"{len(self.near_duplicates)} near-duplicates, {self.removed} removed; skipped: {skipped}. "
-            f"The collection now holds {self.total_in_collection} images."
-        )
+    def summary(self, report_file: Path | None = None) -> str:
+        """One paragraph for a person; ``report_file``: where the full report was written, if it was."""
+        if self.indexed:
+            rate = f"{self.images_per_second:.1f} images/s, " if self.seconds >= 0.1 else ""
+            done = (f"Indexed {_count(self.indexed, 'new image')} into collection {self.collection!r} in "
+                    f"{self.seconds:.1f} s ({rate}{self.precision}, model {Path(self.model).name}).")
+        else:
+            done = f"Nothing new to index in collection {self.collection!r}."
+        notes = [f"{self.already_indexed} already indexed" if self.already_indexed else "",
+                 f"{_count(self.duplicates, 'exact duplicate')} of other images" if self.duplicates else "",
+                 _count(len(self.near_duplicates), "near-duplicate") if self.near_duplicates else "",
+                 f"{self.removed} removed" if self.removed else ""]
+        said = "; ".join(n for n in notes if n)
+        text = f"{done} {said[:1].upper()}{said[1:]}." if said else done
+        if self.skipped:
+            reasons: dict[str, list[str]] = {}
+            for s in self.skipped:
+                reasons.setdefault(s["reason"], []).append(Path(s["source"]).name or s["source"])
+            kinds = "; ".join(f"{len(names)} {REASON_WORDS.get(reason, reason)} (e.g. {', '.join(names[:3])})"
+                              for reason, names in sorted(reasons.items()))
+            where = (f"{report_file} lists each one with why" if report_file
+                     else "--report FILE.json lists each one with why")
+            text += f" Skipped {_count(len(self.skipped), 'file')}: {kinds}; {where}."
+        return f"{text} The collection now holds {_count(self.total_in_collection, 'image')}."
+
+
+REASON_WORDS = {"unsupported": "not images or of an unsupported kind", "corrupt": "damaged", "empty": "empty",
+                "too_large": "too large", "read_error": "unreadable", "refused_url": "refused URLs",
+                "download_error": "failed downloads"}
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n:,} {thing}{'' if n == 1 else 's'}"

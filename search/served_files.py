@@ -1,28 +1,47 @@
-"""The files the app's web server holds for visitors: uploads, and cached copies of thumbnails.
+"""The files the app's web server holds for visitors, under one byte budget, and how they reach Gradio.
 
-Gradio keeps every upload and every file it serves in its cache folder, one sub-folder per file
-hash, reachable by URL until deleted. A visitor's images must not outlive their collection there,
-and uploads must not fill the disk: this module deletes uploads once they have been read, purges the
-cached copies of deleted images, and refuses new uploads while the folder is over its byte budget.
+Gradio keeps every upload and every file it serves in its cache folder, reachable by URL while it is
+there. ``VisitorFiles`` is the app's one account of that folder:
+
+- one budget for everything in it (uploads, fetched images, query previews, Gradio's copies of what it
+  served), checked before anything is written: uploads past it get HTTP 507, and a fetch or preview
+  past it gets a message;
+- uploads are counted as Gradio accepts them (equal files share one path there), and an upload a
+  request has read is deleted once no other upload of the same file is still waiting to be read;
+- what the app writes itself is named by a keyed hash, so no URL can be guessed from a file's content;
+- store files (thumbnails) reach Gradio through a private staging folder outside its cache, never by
+  serving the store: Gradio copies each into its cache under a name only it can make;
+- the copies of a deleted image are purged everywhere.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import logging
 import os
+import secrets
 import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .ids import content_id
+from PIL import Image
+
+from .errors import QueryError
 from .store import folder_bytes
 
 log = logging.getLogger(__name__)
-COPIES = "thumbnails"  # the cache's sub-folder for served_copy
-FULL_MESSAGE = b"The server's upload space is full; try again in a few minutes."
+FULL_MESSAGE = "The server's space for visitors' images is full; try again in a few minutes."
+KEPT = "kept"  # the cache's sub-folder for what the app writes: fetched images, query previews
+KEEP_S = 1800  # as long as Gradio keeps what it cached (DELETE_CACHE in app.py)
+_MAGIC = {b"\xff\xd8\xff": ".jpg", b"\x89PNG": ".png", b"GIF8": ".gif", b"RIFF": ".webp", b"BM": ".bmp"}
+MAX_UPLOAD_ANSWER = 1 << 20  # Gradio's answer to an upload lists paths; more than this is not one
 
 
 def cache_folder() -> Path:
@@ -32,81 +51,162 @@ def cache_folder() -> Path:
     return Path(get_upload_folder()).resolve()
 
 
-def discard_uploads(paths: Iterable[str | Path | None]) -> None:
-    """Delete uploaded files once read; only files inside the cache folder are touched."""
-    folder = cache_folder()
-    for path in paths:
-        if path:
-            _remove_inside(folder, Path(path))
+class VisitorFiles:
+    """Gradio's cache folder as the app uses it: a byte budget, counted uploads, kept and staged files."""
 
+    def __init__(self, max_bytes: int, folder: Path | None = None, recheck_s: float = 1.0):
+        self.max_bytes = max_bytes
+        self.recheck_s = recheck_s
+        self._folder = folder
+        self._measured = (-float("inf"), 0)  # (monotonic time, bytes)
+        self._admitted = 0  # bytes let in since the last measurement
+        self._uploads: Counter[str] = Counter()  # uploads Gradio accepted and no request has read yet, by path
+        self._secret = secrets.token_bytes(32)  # names what the app writes: unguessable, equal for equal bytes
+        self._staging: Path | None = None
+        self._lock = threading.Lock()
 
-def purge_cached_copies(image_ids: Iterable[str]) -> int:
-    """Delete every cached copy of these images' thumbnails (named ``<id>.jpg``); return how many went.
+    @property
+    def folder(self) -> Path:
+        """The cache folder (read when first needed: Gradio decides it at launch)."""
+        return self._folder or cache_folder()
 
-    The ids must already be validated image ids: they are used in a file name.
-    """
-    folder = cache_folder()
-    names = {f"{i}.jpg" for i in image_ids}
-    if not names or not folder.is_dir():
-        return 0
-    removed = 0
-    for entry in os.scandir(folder):
-        if entry.is_dir(follow_symlinks=False):
-            for name in names:
-                removed += _remove_inside(folder, Path(entry.path) / name)
-    return removed
+    # --- The budget -----------------------------------------------------------------------------------
 
+    def admit(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit the budget; if they do, they are counted as written.
 
-def served_copy(path: str | Path) -> str:
-    """A copy of a thumbnail in Gradio's cache (a hard link where it can be) for an API answer.
+        The folder is measured at most every ``recheck_s`` seconds; what was let in meanwhile is added
+        to the last measurement, so a burst cannot slip under it.
+        """
+        with self._lock:
+            now = time.monotonic()
+            if now - self._measured[0] >= self.recheck_s:
+                self._measured = (now, folder_bytes(self.folder))
+                self._admitted = 0
+            if self._measured[1] + self._admitted + size > self.max_bytes:
+                return False
+            self._admitted += size
+            return True
 
-    Answers then name a file of the cache, never one of the store; the copy is named ``<id>.jpg``
-    like its source, so :func:`purge_cached_copies` finds it when its image is deleted.
-    """
-    source = Path(path)
-    copy = cache_folder() / COPIES / source.name
-    if not copy.exists():
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        temporary = copy.with_suffix(f".{threading.get_native_id()}.tmp")
+    # --- What the app writes --------------------------------------------------------------------------
+
+    def keep(self, data: bytes, suffix: str | None = None) -> str:
+        """Keep bytes (a fetched image, a preview) as a file the page can show and search again; its path.
+
+        Refused with a message when the budget is spent; files older than KEEP_S are swept on the way.
+        """
+        folder = self.folder / KEPT
+        folder.mkdir(parents=True, exist_ok=True)
+        self._sweep(folder)
+        suffix = suffix or next((ext for magic, ext in _MAGIC.items() if data.startswith(magic)), ".bin")
+        path = folder / (hashlib.blake2b(data, key=self._secret, digest_size=16).hexdigest() + suffix)
+        if path.exists():
+            path.touch()
+            return str(path)
+        if not self.admit(len(data)):
+            raise QueryError(FULL_MESSAGE)
+        tmp = path.with_suffix(f".{threading.get_native_id()}.part")
         try:
-            os.link(source, temporary)
-        except OSError:  # another file system, or no links there
-            shutil.copyfile(source, temporary)
-        os.replace(temporary, copy)
-    return str(copy)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise QueryError(FULL_MESSAGE, internals=f"{type(exc).__name__}: {exc}") from None
+        return str(path)
 
+    def keep_image(self, img: Image.Image) -> str:
+        """Keep a picture the page shows (a preview, a region drawn on one) as a JPEG."""
+        out = io.BytesIO()
+        img.convert("RGB").save(out, "JPEG", quality=88)
+        return self.keep(out.getvalue(), ".jpg")
 
-FETCHED = "fetched"  # the cache's sub-folder for images fetched from URLs, kept while a page searches by them
-FETCHED_KEEP_S = 1800  # as long as Gradio keeps what it cached
-_MAGIC = {b"\xff\xd8\xff": ".jpg", b"\x89PNG": ".png", b"GIF8": ".gif", b"RIFF": ".webp", b"BM": ".bmp"}
-
-
-def keep_fetched(data: bytes) -> str:
-    """Keep a fetched image's bytes as a file the page can show and search again; its path.
-
-    Named by content hash (so nothing from outside names a file); older ones are swept on the way.
-    """
-    folder = cache_folder() / FETCHED
-    cutoff = time.time() - FETCHED_KEEP_S
-    folder.mkdir(parents=True, exist_ok=True)
-    for entry in os.scandir(folder):
-        if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+    @staticmethod
+    def _sweep(folder: Path) -> None:
+        cutoff = time.time() - KEEP_S
+        for entry in os.scandir(folder):
             with contextlib.suppress(OSError):  # another request swept it first
-                os.unlink(entry.path)
-    suffix = next((ext for magic, ext in _MAGIC.items() if data.startswith(magic)), ".bin")
-    path = folder / (content_id(data) + suffix)
-    if not path.exists():
-        tmp = path.with_suffix(f".{threading.get_ident()}.part")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    path.touch()
-    return str(path)
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+    # --- Uploads --------------------------------------------------------------------------------------
+
+    def uploaded(self, paths: Iterable[str]) -> None:
+        """Gradio accepted these uploads (one count per upload, so equal files from two visitors count twice)."""
+        with self._lock:
+            self._uploads.update(str(Path(p).resolve()) for p in paths)
+
+    @contextlib.contextmanager
+    def consumed(self, paths: Iterable[str | Path | None]) -> Iterator[None]:
+        """Read uploads within the block; then each is deleted, unless another upload of the same file waits.
+
+        An upload this process never counted (a path reused after it was read, or from before a restart) is
+        left to Gradio's expiry: it may be someone else's.
+        """
+        try:
+            yield
+        finally:
+            for path in paths:
+                if path:
+                    self._release(Path(path).resolve())
+
+    def _release(self, path: Path) -> None:
+        key = str(path)
+        with self._lock:
+            if key not in self._uploads:
+                return
+            self._uploads[key] -= 1
+            if self._uploads[key]:
+                return
+            del self._uploads[key]
+        _remove_inside(self.folder, path)
+
+    # --- Store files shown through Gradio ----------------------------------------------------------------
+
+    def shown(self, path: str | Path) -> str:
+        """A path Gradio may serve for a file of the store: a link in a private staging folder, which Gradio
+        copies into its cache under a name made with its own secret. Files already in the cache pass as they are.
+        """
+        source = Path(path)
+        if self.folder in source.parents:
+            return str(source)
+        staged = self._staging_folder() / source.name
+        if not staged.exists():
+            temporary = staged.with_suffix(f".{threading.get_native_id()}.tmp")
+            try:
+                os.link(source, temporary)
+            except OSError:  # another file system, or no links there
+                shutil.copyfile(source, temporary)
+            os.replace(temporary, staged)
+        return str(staged)
+
+    def _staging_folder(self) -> Path:
+        with self._lock:
+            if self._staging is None:
+                self._staging = Path(tempfile.mkdtemp(prefix="image-search-shown-"))  # mode 0700, outside the cache
+            return self._staging
+
+    def purge(self, image_ids: Iterable[str]) -> int:
+        """Delete every copy of these images' thumbnails (named ``<id>.jpg``) in the cache and the staging
+        folder; return how many went. The ids must already be validated image ids: they make file names."""
+        names = {f"{i}.jpg" for i in image_ids}
+        removed = 0
+        if names and self._staging is not None:
+            for name in names:
+                removed += _remove_inside(self._staging, self._staging / name)
+        folder = self.folder
+        if not names or not folder.is_dir():
+            return removed
+        for entry in os.scandir(folder):
+            if entry.is_dir(follow_symlinks=False):
+                for name in names:
+                    removed += _remove_inside(folder, Path(entry.path) / name)
+        return removed
 
 
 def _remove_inside(folder: Path, path: Path) -> int:
     try:
         resolved = path.resolve()
-        if folder not in resolved.parents or not resolved.is_file():
+        if folder.resolve() not in resolved.parents or not resolved.is_file():
             return 0
         resolved.unlink()
     except OSError:
@@ -122,47 +222,52 @@ ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaita
 
 
 class UploadBudget:
-    """ASGI middleware: refuse uploads while Gradio's cache folder holds ``max_bytes`` or more.
+    """ASGI middleware over Gradio's upload route: refuse uploads past the budget, count those accepted.
 
-    An upload must declare its length (browsers and gradio_client do), so it is refused before a
-    byte is written. The folder is measured at most once every ``recheck_s`` seconds; uploads let in
-    meanwhile are added to the last measurement, so a burst cannot slip under it.
+    An upload must declare its length (browsers and gradio_client do), so it is refused before a byte
+    is written. Gradio's answer (the paths it stored) tells ``files`` which uploads wait to be read.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, recheck_s: float = 1.0, folder: Path | None = None):
+    def __init__(self, app: ASGIApp, files: VisitorFiles):
         self.app = app
-        self.max_bytes = max_bytes
-        self.recheck_s = recheck_s
-        self.folder = folder
-        self._measured = (0.0, 0)  # (monotonic time, bytes)
-        self._admitted = 0
-        self._lock = threading.Lock()
+        self.files = files
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/upload"):
-            refusal = self._refusal(dict(scope.get("headers") or []).get(b"content-length"))
-            if refusal:
-                status, body = refusal
-                log.info("upload refused (%s)", status)
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
-
-    def _refusal(self, declared: bytes | None) -> tuple[int, bytes] | None:
+        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/upload")):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is None or not declared.isdigit():
-            return 411, b"An upload must declare its Content-Length."
-        size = int(declared)
-        with self._lock:
-            now = time.monotonic()
-            if now - self._measured[0] >= self.recheck_s:
-                folder = self.folder or cache_folder()
-                # Thumbnail copies are bounded by the store itself; the budget is for what visitors send.
-                self._measured = (now, folder_bytes(folder) - folder_bytes(folder / COPIES))
-                self._admitted = 0
-            if self._measured[1] + self._admitted + size > self.max_bytes:
-                return 507, FULL_MESSAGE
-            self._admitted += size
-        return None
+            await _answer(send, 411, b"An upload must declare its Content-Length.")
+            return
+        if not self.files.admit(int(declared)):
+            log.info("upload refused: the visitors' space is full")
+            await _answer(send, 507, FULL_MESSAGE.encode())
+            return
+        status, body = 0, bytearray()
 
+        async def counting(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and status == 200 and len(body) <= MAX_UPLOAD_ANSWER:
+                body.extend(message.get("body", b""))
+                if not message.get("more_body"):
+                    self.files.uploaded(_paths(bytes(body)))
+            await send(message)
+
+        await self.app(scope, receive, counting)
+
+
+def _paths(answer: bytes) -> list[str]:
+    try:
+        paths = json.loads(answer)
+    except ValueError:
+        return []
+    return [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
+
+
+async def _answer(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+    await send({"type": "http.response.body", "body": body})

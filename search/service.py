@@ -8,6 +8,7 @@ it opens is called ``target``. ``fold`` is the "fold near-duplicates" option. Ho
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,14 +22,12 @@ from .batching import QueryBatcher
 from .build import Progress
 from .duplicates import NEAR_DUPLICATE_SIMILARITY
 from .errors import InvalidImageError, QueryError, SearchError
-from .first_run import FAILURE_HINT, BuildState, DefaultBuild, wanted
+from .first_run import BuildState, DefaultBuild, wanted
 from .ids import content_id, shown
 from .index import Hit, ImageIndex
 from .query import Query, parse_query
 from .report import BuildReport
-from .served_files import discard_uploads, purge_cached_copies
 from .settings import DEFAULT_DATASET, Settings
-from .thumbnails import FOLDER as THUMBNAILS
 from .thumbnails import path as thumbnail_path
 from .urls import fetch
 
@@ -50,9 +49,9 @@ class Results:
     seconds: float
 
     def records(self) -> list[dict[str, Any]]:
-        """The API's answer: plain dicts, best first: id, score, label, caption, image (thumbnail path)."""
-        return [{"id": h.id, "score": round(h.score, 6), "label": h.label, "caption": h.caption, "image": h.image}
-                for h in self.hits]
+        """The API's answer: plain dicts, best first: id, score, label, caption, image (thumbnail path), similar."""
+        return [{"id": h.id, "score": round(h.score, 6), "label": h.label, "caption": h.caption, "image": h.image,
+                 "similar": list(h.similar)} for h in self.hits]
 
 
 @dataclass(frozen=True)
@@ -64,11 +63,12 @@ class Answer:
     offset: int  # the rank of the first hit (0 is the best)
     cutoff: float | None  # the score below which hits are marked not relevant; None: no cut-off
     seconds: float
+    album: str | None = None  # the token that serves the thumbnails of an album's hits; None: a shared index
 
     def records(self) -> list[dict[str, Any]]:
-        """The API's hits: plain dicts, best first: id, score, label, caption, image, relevant."""
+        """The API's hits: plain dicts, best first: id, score, label, caption, image, relevant, similar."""
         return [{"id": h.id, "score": round(h.score, 6), "label": h.label, "caption": h.caption, "image": h.image,
-                 "relevant": h.relevant} for h in self.hits]
+                 "relevant": h.relevant, "similar": list(h.similar)} for h in self.hits]
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,8 @@ class SearchService:
             self._albums = Albums(target.store, target.embedder, public=self.settings.public,
                                   limits=self.settings.limits)
             self._problem = None
+            # Thumbnails a killed upload left without records (never served: see ``thumbnail``) leave the disk.
+            threading.Thread(target=self._albums.sweep, name="sweep", daemon=True).start()
         self._shared = {**self._shared, target.collection.name: target}  # readers iterate the old dict safely
 
     def shared_indexes(self) -> list[IndexChoice]:
@@ -209,11 +211,6 @@ class SearchService:
         model = _model_name(self._albums.embedder.name)
         return [IndexChoice(name, "album", model) for name in self.album_names(key)]
 
-    @property
-    def thumbnail_folder(self) -> Path:
-        """The one folder of the store the web server may serve files from."""
-        return self.settings.store / THUMBNAILS
-
     # --- Albums: a visitor's own images -----------------------------------------------------------------
 
     def album_names(self, key: str | None) -> list[str]:
@@ -227,23 +224,33 @@ class SearchService:
 
     def add_images(self, key: str | None, name: str, files: list[str] | None,
                    on_progress: Progress | None = None) -> BuildReport:
-        """Index a visitor's uploads into their album; the uploaded files are deleted once read.
-
-        (A query's upload is left to Gradio's cache expiry instead: Gradio stores equal uploads at one
-        path, so deleting it could pull the file from under a concurrent query of the same image.)
-        """
-        try:
-            return self._albums_to_change().add(key, name, list(files or []), on_progress)
-        finally:
-            discard_uploads(files or [])
+        """Index a visitor's uploaded files (images and zips) into their album."""
+        return self._albums_to_change().add(key, name, list(files or []), on_progress)
 
     def delete_images(self, key: str | None, name: str, ids: object) -> Removal:
-        """Delete images from a visitor's album, and every copy the web server cached of them."""
-        return self._forget(self._albums_to_change().remove(key, name, ids))
+        """Delete images from a visitor's album."""
+        return self._albums_to_change().remove(key, name, ids)
 
     def drop_album(self, key: str | None, name: str) -> Removal:
-        """Delete a visitor's whole album, and every copy the web server cached of its images."""
-        return self._forget(self._albums_to_change().drop(key, name))
+        """Delete a visitor's whole album."""
+        return self._albums_to_change().drop(key, name)
+
+    def thumbnail(self, image_id: str, album: str | None = None) -> Path | None:
+        """The thumbnail of ``image_id`` that may be served: of a shared index's image, or, with ``album``
+        (the token in the album's thumbnail URLs), of that album's. None for anything else, alike."""
+        if album is None:
+            targets = list(self._shared.values())
+        else:
+            found = self._albums.by_token(album) if self._albums else None
+            targets = [found] if found else []
+        path = thumbnail_path(self.settings.store, image_id)
+        if any(t.collection.held([image_id]) for t in targets) and path.is_file():
+            return path
+        return None
+
+    def without_thumbnail(self, ids: list[str]) -> list[str]:
+        """Those of ``ids`` whose thumbnail is gone from the store (no collection holds them any longer)."""
+        return [i for i in ids if not thumbnail_path(self.settings.store, i).exists()]
 
     # --- Queries ----------------------------------------------------------------------------------------
 
@@ -253,7 +260,8 @@ class SearchService:
         target = self._target(parsed.index, key)
         start = time.perf_counter()
         ranked = target.search(parsed)
-        return Answer(ranked.hits, ranked.total, parsed.offset, ranked.cutoff, time.perf_counter() - start)
+        album = self._albums.token(key, parsed.index[len(MINE):]) if parsed.index.startswith(MINE) and self._albums else None
+        return Answer(ranked.hits, ranked.total, parsed.offset, ranked.cutoff, time.perf_counter() - start, album)
 
     def labels(self, index: str | None = None, key: str | None = None) -> list[str]:
         """The labels the index holds, sorted (for label filters)."""
@@ -327,13 +335,8 @@ class SearchService:
             return QueryError(state.message())
         if state and state.problem:
             return QueryError(f"No index to search yet: the default index could not be built: {state.problem}. "
-                              f"{FAILURE_HINT}")
+                              f"{state.hint}")
         return QueryError(f"No index to search yet: {self._problem}")
-
-    def _forget(self, removal: Removal) -> Removal:
-        """Purge cached copies of removed images that no collection holds any longer (no thumbnail left)."""
-        purge_cached_copies([i for i in removal.removed if not thumbnail_path(self.settings.store, i).exists()])
-        return removal
 
     def _open_pixel_baseline(self, main: ImageIndex) -> None:
         name = self.settings.pixel_collection

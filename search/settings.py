@@ -4,6 +4,7 @@ The README's tables ("The app", "Scale-out") list the variables; nothing else re
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -122,3 +123,23 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"{name} must be a whole number of at least 1, not {text!r}")
     return int(text)
+
+
+def configure_logging(quiet: bool = False) -> None:
+    """One log line per event for the app and the builder (``quiet``: warnings only, and no download bars).
+
+    huggingface_hub prints through a handler of its own and to the root logger as well: each Hub retry
+    came out twice. Its handler goes, so its records are printed once, by the root's.
+    """
+    from huggingface_hub.utils import logging as hub_logging  # its handler is added on import: import it first
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    hub = hub_logging.get_logger()
+    for handler in list(hub.handlers):
+        hub.removeHandler(handler)
+    if quiet:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as transformers_logging
+
+        disable_progress_bars()
+        transformers_logging.disable_progress_bar()

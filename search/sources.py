@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -16,6 +16,10 @@ IMAGE_COLUMNS = ("image", "img", "picture", "photo", "images")
 LABEL_COLUMNS = ("label", "labels", "class", "category", "articleType", "subCategory", "masterCategory")
 CAPTION_COLUMNS = ("caption", "captions", "text", "title", "description", "productDisplayName", "sentences", "name")
 DATA_FILE_SUFFIXES = (".parquet", ".arrow")
+# What a folder build reads: files named as images of the decoder's formats. Anything else is listed in the
+# report as not an image, without being read or hashed (a photo folder often holds far more other files).
+IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".gif", ".webp", ".bmp", ".dib",
+                            ".tif", ".tiff"))
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Source:
     description: str
     items: Iterator[Item]
     total: int | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)  # files not read at all (not images), as reported
 
 
 def open_source(
@@ -54,8 +59,11 @@ def open_source(
     if path.is_dir() and not _is_dataset_folder(path):
         path = path.resolve()  # sources are stored as absolute paths, so re-runs and --sync match them
         files = folder_files(path)
-        total = len(files) if limit is None else min(limit, len(files))
-        return Source(str(path), islice(folder_items(path, files), limit), total)
+        images = [f for f in files if is_image_file(f)]
+        total = len(images) if limit is None else min(limit, len(images))
+        skipped = [{"source": str(f), "reason": "unsupported", "detail": f"not an image file ({f.suffix or 'no suffix'}); "
+                    "not read"} for f in files if not is_image_file(f)]
+        return Source(str(path), islice(folder_items(path, images), limit), total, skipped)
     dataset = _load_dataset(source, path, split)
     items = dataset_items(dataset, source, split, **columns)
     return Source(f"{source} [{split}]", islice(items, limit), limit)
@@ -70,10 +78,16 @@ def folder_files(root: Path) -> list[Path]:
     return [f for f in found if f.is_file()]
 
 
+def is_image_file(path: Path) -> bool:
+    """Whether a folder build reads ``path``: its name ends as an image's does."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def folder_items(root: Path, files: list[Path] | None = None) -> Iterator[Item]:
-    """Items for a folder's files; an image's label is the name of the folder it is in."""
-    for file in files if files is not None else folder_files(root):
-        label = file.parent.name if file.parent != root else None
+    """Items for a folder's image files (or ``files``); an image's label is the folder it is in, as a path
+    from ``root`` ("animals/cats"), so two folders of one name in different places stay apart."""
+    for file in files if files is not None else [f for f in folder_files(root) if is_image_file(f)]:
+        label = file.parent.relative_to(root).as_posix() if file.parent != root else None
         try:
             stat = file.stat()
             fingerprint = (stat.st_size, stat.st_mtime_ns)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import REASONS
-from .first_run import FAILURE_HINT, BuildState
+from .first_run import BuildState
 from .index import Hit
 from .report import BuildReport
 from .service import IndexChoice, Overview
@@ -26,7 +26,7 @@ def overview(o: Overview) -> str:
     """
     searched = f"Searching the **{o.images:,} images** indexed so far." if o.images else ""
     if o.building and o.building.stage == "failed":
-        return (f"**The default index could not be built:** {o.building.problem}. {FAILURE_HINT} {searched}").strip()
+        return (f"**The default index could not be built:** {o.building.problem}. {o.building.hint} {searched}").strip()
     if o.building:
         return f"{build_progress(o.building)} {searched or 'Searches start once the first images are in.'}"
     if o.problem:

@@ -116,7 +116,7 @@ def test_a_build_killed_midway_resumes_on_the_next_start_with_every_image_once(t
     assert '"state": "building"' in (store / "default-build.json").read_text()
     with _app(store, dataset) as again:
         _wait_for_log(again, r"the default index is complete", 150)
-        resumed = _wait_for_log(again, r"default index, images: Indexed (\d+) new images .*?(\d+) were already indexed", 1)
+        resumed = _wait_for_log(again, r"default index, images: Indexed (\d+) new images .*?(\d+) already indexed", 1)
         assert int(resumed.group(2)) > 0 and int(resumed.group(1)) + int(resumed.group(2)) == IMAGES
     stored = _stored(store)
     for name in ("images", "pixels"):

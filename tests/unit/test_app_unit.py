@@ -13,9 +13,10 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+from PIL import Image
 
 import app
-from search import views
+from search import regions, views
 from search.index import Hit
 from search.page_query import PageQuery
 from search.service import IndexChoice, Overview, SearchService
@@ -196,10 +197,12 @@ def test_a_result_opens_in_detail_and_searching_by_it_shows_it_as_the_query(serv
     first = searched(page.search_text(caption("green square"), *controls(k=4)))
     *opened, picture, text = page.click_result(app.OPEN, first["query"], first["shown"], *controls(), _select(2))
     hit = searched(tuple(opened))["selected"]
-    assert searched(tuple(opened))["detail"]["visible"] and picture == hit.image and "Score (cosine)" in text
+    assert searched(tuple(opened))["detail"]["visible"] and "Score (cosine)" in text
+    assert Path(picture).read_bytes() == Path(hit.image).read_bytes() and picture != hit.image  # a copy, not the store's
     out = searched(page.search_selected(hit, *controls(k=3)))
     assert out["shown"][0].id == hit.id and out["shown"][0].score == pytest.approx(1.0, abs=1e-5)
-    assert out["image"] == hit.image and out["text"] == ""
+    assert max(Image.open(out["image"]).size) == regions.SHOWN_MIN and out["text"] == ""  # a 256 px thumbnail, shown larger
+    assert out["query"].main.thumbnail == hit.image
     for stale in (4, -1, 10_000):  # a click on what the gallery no longer holds changes nothing
         assert page.click_result(app.OPEN, first["query"], first["shown"], *controls(), _select(stale)) == \
             (*(gr.skip() for _ in app.SEARCHED_NAMES), gr.skip(), gr.skip())
@@ -231,7 +234,7 @@ def test_label_filters_list_the_index_labels_and_filter_inside_the_search(servic
 
 def test_the_api_answers_hits_best_first_with_served_copies(service, local_store):
     hits = app.Api(service).search_by_text(caption("red circle"), 5, "cosine", "", "")
-    assert len(hits) == 5 and set(hits[0]) == {"id", "score", "label", "caption", "image"}
+    assert len(hits) == 5 and set(hits[0]) == {"id", "score", "label", "caption", "image", "similar"}
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert sum(h["label"] == "red circle" for h in hits) >= 4
     for h in hits:  # a file of Gradio's cache, never a path into the store
@@ -348,7 +351,10 @@ def test_a_url_search_shows_the_fetched_image_and_a_local_address_gets_the_hint(
     photo = (ROOT / "examples" / "cat.jpg").read_bytes()
     monkeypatch.setattr(service, "fetch_url", lambda url: photo)
     out = searched(page.search_url("https://example.com/pets/cat.jpg", *controls(k=3)))
-    assert Path(out["image"]).read_bytes() == photo  # the query panel shows what was fetched
+    shown, fetched = Image.open(out["image"]), Image.open(out["query"].main.value)
+    assert Path(out["query"].main.value).read_bytes() == photo  # what was fetched is what is searched
+    assert max(shown.size) == min(regions.SHOWN_MAX, max(fetched.size))  # and the query panel shows a copy of it
+    assert shown.size[0] / shown.size[1] == pytest.approx(fetched.size[0] / fetched.size[1], rel=0.01)
     assert out["shown"][0].score == pytest.approx(1.0, abs=1e-3) and out["query"].main.name == "cat.jpg"
     monkeypatch.undo()
     refused = searched(page.search_url("http://127.0.0.1:9/cat.jpg", *controls()))

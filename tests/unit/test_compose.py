@@ -33,7 +33,7 @@ def test_one_text_part_answers_exactly_what_search_by_text_does(service, metric)
     composed = service.search(_text("a red circle", k=10, metric=metric))
     plain = service.search_text("a red circle", 10, metric)
     assert [{k: v for k, v in r.items() if k != "relevant"} for r in composed.records()] == plain.records()
-    assert set(composed.records()[0]) == {"id", "score", "label", "caption", "image", "relevant"}
+    assert set(composed.records()[0]) == {"id", "score", "label", "caption", "image", "relevant", "similar"}
 
 
 def test_an_image_part_by_position_finds_its_own_class_as_search_by_image_does(service, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,16 @@ def test_the_tab_charts_one_row_per_point(report):
     assert len(points) == (2 * 5 + 5) * len(KS)  # images: image and text tasks; pixels: image only
     assert set(points["cut-off"]) == {"p@1", "p@3", "p@5"}
     assert len(latency_frame(report)) == 2 * 5
+
+
+def test_the_tabs_download_names_no_server_path_and_a_bad_sample_gets_words(local_store):
+    from search.evaluation_tab import run_evaluation
+
+    settings = Settings(store=local_store, default_dataset=None)
+    table, _, _, download = run_evaluation(settings, ["images"], ["cosine"], 5, lambda *a, **k: None)
+    text = Path(download).read_text()
+    assert "store" not in json.loads(text) and str(local_store) not in text and "/" not in json.dumps(
+        {name: entry["model"] for name, entry in json.loads(text)["collections"].items()})
+    for sample in (float("nan"), float("inf"), "many"):
+        table, *rest = run_evaluation(settings, ["images"], ["cosine"], sample, lambda *a, **k: None)
+        assert table.startswith("⚠️ The number of query images must be a whole number") and rest == [None] * 3

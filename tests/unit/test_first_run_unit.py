@@ -7,8 +7,8 @@ import pytest
 
 import app
 from search import views
-from search.errors import QueryError
-from search.first_run import FAILURE_HINT, BuildState, read_marker, wanted, write_marker
+from search.errors import ModelError, QueryError, SourceError
+from search.first_run import DATASET_HINT, MODEL_HINT, BuildState, failed, read_marker, wanted, write_marker
 from search.service import SearchService
 from search.settings import DEFAULT_DATASET, DEFAULT_LIMIT, Settings
 from search.store import Store
@@ -70,13 +70,23 @@ def test_while_it_builds_searches_answer_on_what_is_in_and_collections_wait(loca
 
 def test_a_failed_build_says_what_to_do_without_internals(tmp_path):
     service = SearchService(Settings(store=tmp_path / "store"))
-    problem = "the default dataset could not be loaded (the Hub may be out of reach, or the dataset gone)"
-    service._build = _Running(BuildState("failed", problem=problem))  # type: ignore[assignment]
+    service._build = _Running(failed(SourceError("no such dataset", internals=str(tmp_path))))  # type: ignore[assignment]
     with pytest.raises(QueryError, match="could not be built") as refused:
         service.search_text("a red dress", 5, "cosine")
-    assert FAILURE_HINT in str(refused.value) and str(tmp_path) not in str(refused.value)
+    assert DATASET_HINT in str(refused.value) and str(tmp_path) not in str(refused.value)
     shown = views.overview(service.overview())
     assert "could not be built" in shown and "IMAGE_SEARCH_DEFAULT_DATASET" in shown and "index_builder.py" in shown
+    service._build = _Running(failed(ModelError("cannot load", internals=str(tmp_path))))  # type: ignore[assignment]
+    shown = views.overview(service.overview())  # the model's failure gets the model's fix, not the dataset's
+    assert "model could not be loaded" in shown and MODEL_HINT in shown and "IMAGE_SEARCH_DEFAULT_DATASET" not in shown
+
+
+def test_before_the_dataset_and_model_are_loaded_callers_are_told_so_not_a_count(tmp_path):
+    service = SearchService(Settings(store=tmp_path / "store"))
+    service._build = _Running(BuildState("starting", 0, 2000, seconds=20.0))  # type: ignore[assignment]
+    with pytest.raises(QueryError, match="loading the dataset and the model") as refused:
+        service.search_text("a red dress", 5, "cosine")
+    assert "0 of" not in str(refused.value)
 
 
 def test_progress_shows_images_of_the_total_rate_and_time_left():
