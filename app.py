@@ -52,11 +52,12 @@ CSS = """
 #evaluate-table { overflow-x: auto; }
 #evaluate-table table { white-space: nowrap; }
 #results .caption-label { white-space: normal; overflow-wrap: anywhere; }
+#detail-image img { width: 100%; height: 100%; object-fit: contain; }
 @media (max-width: 640px) {
   #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
-  #evaluate-table { overflow-x: auto; }
-#evaluate-table table { white-space: nowrap; }
-#results .caption-label { font-size: 11px; }
+  #results .caption-label { font-size: 11px; }
+  #evaluate-table:has(table)::before, #ingest-notes:has(table)::before {
+    content: "Scroll the table sideways to see every column."; display: block; font-size: 12px; opacity: 0.7; }
 }
 """
 
@@ -75,7 +76,8 @@ MORE_LIKE, LESS_LIKE = "more like this", "less like this"
 OPEN = "open it"  # what clicking a result does, unless the person chose to mark results instead
 Searched = tuple[Any, ...]
 # What every album event returns, in this order (``album_view`` in build_app).
-ALBUM_VIEW = ("gallery", "ids", "picked", "offset", "where", "newer", "older", "drop", "armed")
+ALBUM_VIEW = ("gallery", "ids", "picked", "picked_id", "offset", "where", "newer", "older", "drop", "armed")
+CLEARED_REPORT = ("", gr.update(value=[], visible=False))  # the last upload's summary and notes, once they are stale
 ShownAlbum = tuple[Any, ...]
 ALBUM_PAGE = 60
 DROP = "Delete this collection"
@@ -310,11 +312,12 @@ class Page:
         shown = before + hits
         marks = {p.value: not p.negative for p in query.feedback}
         items, kept = views.result_gallery(shown, c.metric, marks=marks)
-        relevant = sum(1 for h in answer.hits if h.relevant) if answer.cutoff is not None else None
+        relevant = sum(1 for h in kept if h.relevant) if answer.cutoff is not None else None
         next_offset = offset + len(answer.hits)
         more = next_offset < min(answer.total, MAX_K) and len(answer.hits) == c.k
-        return (query, *_query_panel(query), self.shown(items), kept, next_offset,
-                views.status(len(kept), answer.total, answer.seconds, relevant if not before else None),
+        # selected_index: after a re-ranking the selection frame must not stay on a slot holding another result
+        return (query, *_query_panel(query), gr.update(value=self.shown(items), selected_index=None), kept, next_offset,
+                views.status(len(kept), answer.total, answer.seconds, relevant),
                 gr.update(visible=more), gr.update(visible=False), None, _chips(query), _undo(query))
 
     def _failed(self, query: PageQuery, exc: Exception) -> Searched:
@@ -388,7 +391,7 @@ class Page:
             return self._failed(query, QueryError("Search first, then mark results as more or less like what you want."))
         if query.size >= MAX_PARTS:
             return self._failed(query, QueryError(f"A query holds at most {MAX_PARTS} parts; undo a mark first."))
-        return self._search(query.marking(hit.id, good, hit.image, views.name(hit)), c)
+        return self._search(query.marking(hit.id, good, hit.image, views.mark_name(hit)), c)
 
     def undo(self, query: PageQuery, *controls: Any) -> Searched:
         """Take back the latest mark and search again."""
@@ -435,7 +438,9 @@ class Page:
             hits, total = self.service.browse_album(key, name, offset, ALBUM_PAGE)
         items, ids = views.album_gallery(hits)
         where = views.album_page(len(items), offset, total) if name else ""
-        return (self.shown(items), ids, "", offset, " ".join(filter(None, (note, where))),
+        # selected_index: the selection frame must not stay on a slot that now shows another image
+        return (gr.update(value=self.shown(items), selected_index=None), ids, "", None, offset,
+                " ".join(filter(None, (note, where))),
                 gr.update(interactive=offset > 0), gr.update(interactive=offset + ALBUM_PAGE < total),
                 gr.update(value=DROP, variant="stop"), None)
 
@@ -471,23 +476,27 @@ class Page:
                 *self.show_album(key, chosen or ""))
 
     @user_errors
-    def pick_image(self, ids: list[str], evt: gr.SelectData) -> str:
-        """Select the album image that was clicked (its id)."""
-        return ids[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(ids or []) else ""
+    def pick_image(self, ids: list[str], evt: gr.SelectData) -> tuple[str, str | None]:
+        """Select the album image that was clicked: its file's name to show, and its id to delete it by."""
+        if not (isinstance(evt.index, int) and 0 <= evt.index < len(ids or [])):
+            return "", None
+        caption = evt.value.get("caption") if isinstance(evt.value, dict) else None
+        return str(caption or ids[evt.index]), ids[evt.index]
 
     def forget(self, removal: Removal) -> Removal:
         """The web server's copies of what ``removal`` took from the store go too."""
         return forget(self.service, self.files, removal)
 
-    @album_errors(len(ALBUM_VIEW), ALBUM_VIEW.index("where"))
-    def delete_picked(self, key: str | None, name: str, image_id: str, offset: int) -> ShownAlbum:
-        """Delete the selected image from the album, then show the album again."""
+    @album_errors(len(ALBUM_VIEW) + 2, ALBUM_VIEW.index("where"))
+    def delete_picked(self, key: str | None, name: str, image_id: str | None, offset: int) -> tuple[Any, ...]:
+        """Delete the selected image from the album, then show the album again (the last upload's report,
+        which counted it, goes)."""
         if not image_id:
             raise QueryError("Click an image in the collection first.")
         self.forget(self.service.delete_images(key, name, [image_id]))
-        return self.show_album(key, name, offset, note="Deleted the selected image.")
+        return (*self.show_album(key, name, offset, note="Deleted the selected image."), *CLEARED_REPORT)
 
-    @album_errors(4 + len(ALBUM_VIEW), 2 + ALBUM_VIEW.index("where"))
+    @album_errors(6 + len(ALBUM_VIEW), 2 + ALBUM_VIEW.index("where"))
     def drop_album(self, key: str | None, name: str, index: str, armed: str | None) -> tuple[Any, ...]:
         """Delete the whole album, on a second click (the first asks): the Collection and Index dropdowns
         (searching the main index again where the album was chosen there), an empty album view, and the
@@ -496,7 +505,7 @@ class Page:
             raise QueryError("There is no such collection to delete: choose one under Collection.")
         if armed != name:
             held = self.service.browse_album(key, name, 0, 1)[1]
-            out = [gr.skip()] * (4 + len(ALBUM_VIEW))
+            out = [gr.skip()] * (6 + len(ALBUM_VIEW))
             out[2 + ALBUM_VIEW.index("drop")] = gr.update(value=f"Click again to delete “{name}” and its {held:,} "
                                                                 f"image{'' if held == 1 else 's'}", variant="stop")
             out[2 + ALBUM_VIEW.index("armed")] = name
@@ -507,7 +516,7 @@ class Page:
         chosen = index if index in values else (values[0] if values else None)
         filters = self._label_filters(chosen, key) if chosen != index else (gr.skip(), gr.skip())
         return (gr.update(choices=self.service.album_names(key), value=None), gr.update(choices=choices, value=chosen),
-                *self.show_album(key, "", note=views.dropped(name, removed)), *filters)
+                *self.show_album(key, "", note=views.dropped(name, removed)), *filters, *CLEARED_REPORT)
 
 
 def _query_panel(query: PageQuery) -> tuple[Any, Any]:
@@ -699,7 +708,7 @@ def build_app(service: SearchService, files: VisitorFiles | None = None) -> gr.B
                         undo = gr.Button("Undo the last mark", visible=False, size="sm", scale=1, min_width=120)
                     with gr.Column(visible=False, elem_id="detail") as detail, gr.Row(equal_height=False):
                         detail_image = gr.Image(type="filepath", label="Selected result", height=320,
-                                                interactive=False, min_width=200)
+                                                interactive=False, min_width=200, elem_id="detail-image")
                         with gr.Column(min_width=200):
                             detail_text = gr.Markdown()
                             search_this = gr.Button("Search by this image", variant="primary")
@@ -719,10 +728,11 @@ def build_app(service: SearchService, files: VisitorFiles | None = None) -> gr.B
                 album_add = gr.Button("Add to collection", variant="primary")
                 ingest_summary = gr.Markdown()
                 ingest_table = gr.Dataframe(headers=views.INGEST_HEADERS, label="Notes on your files",
-                                            interactive=False, wrap=True, visible=False)
+                                            interactive=False, wrap=True, visible=False, elem_id="ingest-notes",
+                                            column_widths=["30%", "22%", "48%"])
                 album_where = gr.Markdown()
                 album_gallery = gr.Gallery(label="In this collection (click one to select it)", columns=8,
-                                           height="auto", allow_preview=False, elem_id="mine")
+                                           height="auto", allow_preview=False, object_fit="contain", elem_id="mine")
                 with gr.Row():
                     newer = gr.Button("◀ Newer", interactive=False, min_width=90)
                     older = gr.Button("Older ▶", interactive=False, min_width=90)
@@ -731,6 +741,7 @@ def build_app(service: SearchService, files: VisitorFiles | None = None) -> gr.B
                     delete_button = gr.Button("Delete selected image", variant="stop", min_width=140)
                     drop_button = gr.Button(DROP, variant="stop", min_width=140)
                 album_ids = gr.State([])  # the id behind each album_gallery item
+                picked_id = gr.State(None)  # the id of the image selected in it
                 album_offset = gr.State(0)
                 drop_armed = gr.State(None)  # the album a first click on "Delete this collection" asked about
             with gr.Tab("Evaluate"):
@@ -738,7 +749,8 @@ def build_app(service: SearchService, files: VisitorFiles | None = None) -> gr.B
 
         controls = [index, metric, k, fold, include, exclude, strong, key]
         searched = [query, text, image, results, shown, next_offset, status, more, detail, selected, chips, undo]
-        shown_album = [album_gallery, album_ids, picked, album_offset, album_where, newer, older, drop_button, drop_armed]
+        shown_album = [album_gallery, album_ids, picked, picked_id, album_offset, album_where, newer, older, drop_button,
+                       drop_armed]
 
         demo.load(page.first_visit, [key], [key, index, album], **PRIVATE)
         refreshed = [overview, timer, index, include, exclude, example_gallery, example_paths, prompt_examples]
@@ -775,10 +787,11 @@ def build_app(service: SearchService, files: VisitorFiles | None = None) -> gr.B
         album.change(page.show_album, [key, album], shown_album, **PRIVATE)
         newer.click(page.album_newer, [key, album, album_offset], shown_album, **PRIVATE)
         older.click(page.album_older, [key, album, album_offset], shown_album, **PRIVATE)
-        album_gallery.select(page.pick_image, [album_ids], picked, **PRIVATE)
-        delete_button.click(page.delete_picked, [key, album, picked, album_offset], shown_album, **PRIVATE)
-        drop_button.click(page.drop_album, [key, album, index, drop_armed], [album, index, *shown_album, include, exclude],
-                          **PRIVATE)
+        album_gallery.select(page.pick_image, [album_ids], [picked, picked_id], **PRIVATE)
+        delete_button.click(page.delete_picked, [key, album, picked_id, album_offset],
+                            [*shown_album, ingest_summary, ingest_table], **PRIVATE)
+        drop_button.click(page.drop_album, [key, album, index, drop_armed],
+                          [album, index, *shown_album, include, exclude, ingest_summary, ingest_table], **PRIVATE)
 
         # The public API's inputs: hidden components, one per parameter, with the API's defaults.
         with gr.Row(visible=False):

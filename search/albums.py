@@ -21,7 +21,7 @@ from typing import Any
 from .archives import upload_items
 from .build import BuildOptions, Progress, build_index
 from .embedders import Embedder
-from .errors import QueryError, StoreError
+from .errors import BuildInterrupted, QueryError, StoreError, StoreUnavailableError
 from .ids import collection_name, image_ids, visitor_key
 from .images import MAX_PIXELS
 from .index import Hit, ImageIndex
@@ -87,9 +87,13 @@ class Albums:
             options = BuildOptions(source="upload", total=len(items))
             try:
                 report = build_index(items, self.store, full, self.embedder, options, on_progress)
-            except BaseException:
+            except BaseException as exc:
                 if name not in existing:
                     self._drop_if_empty(full)  # a failed upload leaves no empty collection to count against a cap
+                if isinstance(exc, BuildInterrupted):  # in a visitor's words, not the builder's
+                    kept = f"the first {exc.indexed} images of it were added" if exc.indexed else "nothing was added"
+                    raise StoreUnavailableError(f"{exc.reason[:1].upper()}{exc.reason[1:]}. The upload stopped: {kept}.",
+                                                internals=exc.internals) from exc
                 raise
             if not report.total_in_collection and name not in existing:
                 self.store.drop(full)  # nothing usable came: no empty collection either

@@ -139,7 +139,7 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, key: str, al
     try:
         with archive.open(member) as f:
             head = f.read(PEEK_BYTES)
-            _check_head(head, max_pixels, min_edges)  # the rest is not read for an image that is refused
+            _check_head(head, key, allowance, max_pixels, min_edges)  # the rest is not read for a refused image
             data = head + f.read(MAX_BYTES + 1 - len(head))  # the header may lie about the size; the read may not
     except NotImplementedError:  # a compression method zipfile cannot read
         raise InvalidImageError("unsupported", "the file is compressed in a way that cannot be read; zip it again") from None
@@ -154,8 +154,10 @@ def _read_upload(path: Path, allowance: PixelAllowance, max_pixels: int, min_edg
     return _admit(read_file(path), str(path), allowance, max_pixels, min_edges)
 
 
-def _check_head(head: bytes, max_pixels: int, min_edges: tuple[int, int] | None) -> None:
-    """Refuse early when the first bytes already show too many pixels; anything else waits for the whole file."""
+def _check_head(head: bytes, key: str, allowance: PixelAllowance, max_pixels: int,
+                min_edges: tuple[int, int] | None) -> None:
+    """Refuse early when the first bytes already show too many pixels, for the image or for the upload's
+    allowance (charged here, once); anything else waits for the whole file."""
     try:
         header = image_header(head, min_edges=min_edges, max_pixels=1 << 62)
     except InvalidImageError as exc:
@@ -164,6 +166,7 @@ def _check_head(head: bytes, max_pixels: int, min_edges: tuple[int, int] | None)
         return
     if header.pixels > max_pixels:
         raise InvalidImageError("too_large", pixel_limit_message(header.size_text, max_pixels))
+    allowance.charge(key, header.pixels)
 
 
 def _admit(data: bytes, key: str, allowance: PixelAllowance, max_pixels: int,

@@ -20,7 +20,7 @@ from PIL import Image
 from . import manifests, thumbnails
 from .duplicates import NEAR_DUPLICATE_SIMILARITY, find_near_duplicates
 from .embedders import Embedder
-from .errors import InvalidImageError, StoreUnavailableError
+from .errors import BuildInterrupted, InvalidImageError, StoreUnavailableError
 from .ids import content_id
 from .images import decode_image, make_thumbnail
 from .precision import AUTO, BF16, FP32
@@ -67,17 +67,16 @@ def build_index(
 ) -> BuildReport:
     """Index ``items`` into ``collection``; bad images are skipped and reported, never fatal.
 
-    A store that goes away mid-build (a dead server, a full disk) is a StoreUnavailableError that
-    says a re-run resumes: records and thumbnails written so far stay, and the manifest is saved
-    only when the build completes.
+    A store that goes away mid-build (a dead server, a full disk) is a BuildInterrupted that says a
+    re-run resumes: records and thumbnails written so far stay, and the manifest is saved only when
+    the build completes.
     """
+    build = None
     try:
-        return _Build(store, collection, embedder, options, on_progress).run(items)
+        build = _Build(store, collection, embedder, options, on_progress)
+        return build.run(items)
     except StoreUnavailableError as exc:
-        hint = "" if store.server else " A full disk, or another program holding its database, can cause this."
-        raise StoreUnavailableError(
-            f"{exc} during the build.{hint} What was written so far is kept: once that is fixed, run the same "
-            "command again and it resumes where this build stopped.", internals=exc.internals) from exc
+        raise BuildInterrupted(exc, build.report.indexed if build else 0) from exc
 
 
 class _Build:

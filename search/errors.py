@@ -52,6 +52,17 @@ class StoreUnavailableError(StoreError):
     """The store went away while in use: a Chroma server stopped answering, a disk filled up."""
 
 
+class BuildInterrupted(StoreUnavailableError):
+    """A build the store stopped mid-way, in the builder's words; ``reason`` is the store's own message and
+    ``indexed`` how many images were written before (they are kept)."""
+
+    def __init__(self, reason: StoreError, indexed: int):
+        super().__init__(f"{reason} during the build. What was written so far is kept: once that is fixed, run the "
+                         "same command again and it resumes where this build stopped.", internals=reason.internals)
+        self.reason = str(reason)
+        self.indexed = indexed
+
+
 class ModelError(SearchError):
     """A model could not be loaded, or cannot do what was asked of it."""
 

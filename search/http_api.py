@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from .errors import QueryError, SearchError
 from .ids import is_image_id
 from .service import Answer, SearchService
+from .store import NOT_ANSWERING
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024  # a query holds at most 20 parts of at most 1,000 characters each
@@ -59,8 +60,9 @@ def json_api(service: SearchService) -> APIRouter:
             query = await _query(request)
             try:
                 await asyncio.wait_for(slots.acquire(), QUEUE_WAIT_S)
-            except TimeoutError:
-                raise Refused(503, "The server is busy; try again in a few seconds.") from None
+            except TimeoutError:  # the slots are taken: by a crowd, or by searches a hung store holds
+                raise Refused(503, NOT_ANSWERING[:1].upper() + NOT_ANSWERING[1:] + "." if not service.store_answering()
+                              else "The server is busy; try again in a few seconds.") from None
             try:
                 answer = await run_in_threadpool(run_query, service, query)
             finally:

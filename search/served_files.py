@@ -9,8 +9,8 @@ there. ``VisitorFiles`` is the app's one account of that folder:
 - uploads are counted as Gradio accepts them (equal files share one path there), and an upload a
   request has read is deleted once no other upload of the same file is still waiting to be read;
 - what the app writes itself is named by a keyed hash, so no URL can be guessed from a file's content;
-- store files (thumbnails) reach Gradio through a private staging folder outside its cache, never by
-  serving the store: Gradio copies each into its cache under a name only it can make;
+- store files (thumbnails) reach Gradio as links in its cache under names made with a secret, never by
+  serving the store;
 - the copies of a deleted image are purged everywhere.
 """
 from __future__ import annotations
@@ -23,7 +23,6 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -62,7 +61,6 @@ class VisitorFiles:
         self._admitted = 0  # bytes let in since the last measurement
         self._uploads: Counter[str] = Counter()  # uploads Gradio accepted and no request has read yet, by path
         self._secret = secrets.token_bytes(32)  # names what the app writes: unguessable, equal for equal bytes
-        self._staging: Path | None = None
         self._lock = threading.Lock()
 
     @property
@@ -163,39 +161,34 @@ class VisitorFiles:
     # --- Store files shown through Gradio ----------------------------------------------------------------
 
     def shown(self, path: str | Path) -> str:
-        """A path Gradio may serve for a file of the store: a link in a private staging folder, which Gradio
-        copies into its cache under a name made with its own secret. Files already in the cache pass as they are.
+        """A copy of a store file (a thumbnail) that Gradio may serve, for a component or an API answer.
+
+        A hard link where it can be, in a folder of the cache named by a keyed hash of the file's name: the
+        URL cannot be guessed from an image id, and the store itself is never served. Files already in the
+        cache pass as they are.
         """
         source = Path(path)
         if self.folder in source.parents:
             return str(source)
-        staged = self._staging_folder() / source.name
-        if not staged.exists():
-            temporary = staged.with_suffix(f".{threading.get_native_id()}.tmp")
+        copy = self.folder / hashlib.blake2b(source.name.encode(), key=self._secret, digest_size=16).hexdigest() / source.name
+        if not copy.exists():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            temporary = copy.with_name(f".{copy.name}.{threading.get_native_id()}.tmp")
             try:
                 os.link(source, temporary)
             except OSError:  # another file system, or no links there
                 shutil.copyfile(source, temporary)
-            os.replace(temporary, staged)
-        return str(staged)
-
-    def _staging_folder(self) -> Path:
-        with self._lock:
-            if self._staging is None:
-                self._staging = Path(tempfile.mkdtemp(prefix="image-search-shown-"))  # mode 0700, outside the cache
-            return self._staging
+            os.replace(temporary, copy)
+        return str(copy)
 
     def purge(self, image_ids: Iterable[str]) -> int:
-        """Delete every copy of these images' thumbnails (named ``<id>.jpg``) in the cache and the staging
-        folder; return how many went. The ids must already be validated image ids: they make file names."""
+        """Delete every copy of these images' thumbnails (named ``<id>.jpg``) in the cache, ours and Gradio's;
+        return how many went. The ids must already be validated image ids: they make file names."""
         names = {f"{i}.jpg" for i in image_ids}
-        removed = 0
-        if names and self._staging is not None:
-            for name in names:
-                removed += _remove_inside(self._staging, self._staging / name)
         folder = self.folder
         if not names or not folder.is_dir():
-            return removed
+            return 0
+        removed = 0
         for entry in os.scandir(folder):
             if entry.is_dir(follow_symlinks=False):
                 for name in names:

@@ -29,7 +29,7 @@ from .query import Query, parse_query
 from .report import BuildReport
 from .settings import DEFAULT_DATASET, Settings
 from .thumbnails import path as thumbnail_path
-from .urls import fetch
+from .urls import PrivateAddressError, fetch
 
 log = logging.getLogger(__name__)
 MAX_RESULTS = 50
@@ -135,6 +135,11 @@ class SearchService:
         return Overview(len(main), main.collection.name, _model_name(main.metadata.get("model", main.embedder.name)),
                         building=building)
 
+    def store_answering(self) -> bool:
+        """False while the store's server does not answer (its calls time out)."""
+        main = self.main_index()
+        return main is None or main.store.answering
+
     def main_index(self) -> ImageIndex | None:
         """The main index, where there is one yet."""
         return next(iter(self._shared.values()), None)
@@ -171,7 +176,7 @@ class SearchService:
         if str(main.metadata.get("source", "")).startswith(DEFAULT_DATASET):  # product types read as they are
             described = [*prompts, *(label.lower() for label in frequent[:EXAMPLE_LABELS])]
         else:
-            described = [f"a photo of a {label.lower()}" for label in frequent[:EXAMPLE_LABELS]]
+            described = [photo_of(label) for label in frequent[:EXAMPLE_LABELS]]
         return Examples(chosen, list(dict.fromkeys(described)))
 
     # --- The default index, built in the background on a first start (search/first_run.py) -------------
@@ -281,11 +286,11 @@ class SearchService:
             raise QueryError("Give an image URL (http or https).")
         try:
             return fetch(url.strip(), allow_private=self.settings.allow_private_urls)
-        except InvalidImageError as exc:
-            if exc.reason == "refused_url" and "address" in exc.detail and not self.settings.public:
-                raise InvalidImageError(exc.reason, f"{exc.detail}. To search images on your own network, "
-                                        "start the app with IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1") from None
-            raise
+        except PrivateAddressError as exc:
+            if self.settings.public:
+                raise
+            raise InvalidImageError(exc.reason, f"{exc.detail}. To search images on your own network, "
+                                    "start the app with IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1") from None
 
     def search_text(self, text: str, k: int, metric: str, index: str | None = None,
                     *, key: str | None = None, fold: bool = False) -> Results:
@@ -354,6 +359,15 @@ class SearchService:
         target.embedder.embed_images([target.embedder.prepare(Image.new("RGB", (256, 256), "white"))])
         if target.supports_text:  # both text towers where a multilingual one is paired, and the router
             target.embedder.embed_texts(["warm up", "khởi động"])
+
+
+def photo_of(label: str) -> str:
+    """An example description for a label: "a photo of a cat", "an apple", "birds" (a folder's last name)."""
+    thing = label.rsplit("/", 1)[-1].strip().lower()
+    last = thing.split()[-1] if thing.split() else thing
+    if last.endswith("s") and not last.endswith(("ss", "us", "is")):
+        return f"a photo of {thing}"
+    return f"a photo of {'an' if thing[:1] in 'aeiou' else 'a'} {thing}"
 
 
 def _results(k: object) -> int:

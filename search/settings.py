@@ -23,17 +23,19 @@ class ChromaServer:
     host: str
     port: int = 8000
     token: str | None = field(default=None, repr=False)
+    timeout: float = 10.0  # seconds any one call may take: a hung server must not hang the app or the builder
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ChromaServer | None:
-        """The server CHROMA_HOST / CHROMA_PORT / CHROMA_TOKEN name, or None for the embedded store."""
+        """The server CHROMA_HOST / CHROMA_PORT / CHROMA_TOKEN / CHROMA_TIMEOUT_S name, or None for the embedded store."""
         host = env.get("CHROMA_HOST", "").strip()
         if not host:
             return None
-        return cls(host, _count(env, "CHROMA_PORT", 8000), env.get("CHROMA_TOKEN") or None)
+        return cls(host, _count(env, "CHROMA_PORT", 8000), env.get("CHROMA_TOKEN") or None,
+                   float(_count(env, "CHROMA_TIMEOUT_S", 10)))
 
 
 @dataclass(frozen=True)

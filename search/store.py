@@ -43,8 +43,8 @@ _SQLITE_FULL, _SQLITE_READ_ONLY = "(code: 13)", "(code: 8)"
 DISK_FULL = "the server's disk is full; free some space, then try again (nothing stored was lost)"
 READ_ONLY = "the store is read-only here: searching works, adding or removing images does not"
 NOT_ANSWERING = "the store is not answering; try again in a moment"
-TIMEOUT_S = 10.0  # every call to a Chroma server: a hung server must not hang the app or the builder
 BREAKER_S = 5.0  # after a call timed out, calls fail at once for this long instead of each waiting again
+NEARLY_FULL_BYTES = 32 * 1024**2  # free space under which a failed write is put down to a full disk
 
 
 @dataclass(frozen=True)
@@ -273,6 +273,11 @@ class Store:
         return cls(folder, client, None)
 
     @property
+    def answering(self) -> bool:
+        """False while a server call timed out lately (calls then fail at once, see ``guard``)."""
+        return not (self.server and time.monotonic() < self._down_until)
+
+    @property
     def max_batch(self) -> int:
         """The most records one write may carry (it depends on the Chroma build)."""
         if self._max_batch is None:
@@ -349,12 +354,12 @@ class Store:
         if self.server or self.read_only:
             return 0
         with write_lock(self.folder):
-            held: set[str] = set()
+            held: set[str] = set()  # the thumbnails records name, relative to the folder
             for name in self.names():
-                held.update(self.open(name).all_ids())
+                held.update(str(m.get("thumbnail")) for _, m in self.open(name).scan_metadata())
             gone = 0
             for file in thumbnails.stored(self.folder):
-                if file.name.endswith(thumbnails.TEMPORARY) or file.stem not in held:
+                if file.name.endswith(thumbnails.TEMPORARY) or file.relative_to(self.folder).as_posix() not in held:
                     file.unlink(missing_ok=True)
                     gone += 1
         if gone:
@@ -381,7 +386,7 @@ class Store:
         A server call that timed out opens a short breaker: calls meanwhile fail at once, so a hung server
         costs each visitor one answer within the deadline, not a queue of waits.
         """
-        if self.server and time.monotonic() < self._down_until:
+        if not self.answering:
             raise StoreUnavailableError(NOT_ANSWERING, internals=f"Chroma server at {self.server}: timed out lately")
         try:
             yield
@@ -424,7 +429,8 @@ class Store:
                                          internals=f"Chroma server at {self.server}: {detail}")
         if isinstance(cause, NotFoundError):  # dropped while in use (an album deleted during its search)
             return StoreError("that collection is no longer in the store", internals=detail)
-        kind = _disk_problem(cause)
+        kind = _disk_problem(cause) or (DISK_FULL if isinstance(cause, InternalError) and _nearly_full(self.folder)
+                                        else None)
         if kind == READ_ONLY:
             return StoreError(READ_ONLY, internals=f"store at {self.folder}: {detail}")
         if kind is not None:
@@ -471,6 +477,15 @@ def _disk_problem(exc: BaseException) -> str | None:
     return None
 
 
+def _nearly_full(folder: Path) -> bool:
+    """Whether the store's disk has next to no room left: Chroma reports a failed write on a full disk as
+    "Error in compaction" and the like, with no errno, so the disk itself is asked."""
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
 def _writable(folder: Path) -> bool:
     """Whether files can be made in ``folder`` (a read-only mount says no even to root)."""
     try:
@@ -496,12 +511,12 @@ def _snapshot(folder: Path) -> str:
 
 
 def _server_client(server: ChromaServer, settings: Any) -> Any:
-    """A client of the Chroma server, every call of which has a deadline (TIMEOUT_S)."""
+    """A client of the Chroma server, every call of which has a deadline (``server.timeout``)."""
     import chromadb
     import httpx
 
     headers = {"x-chroma-token": server.token} if server.token else None
-    timeout = httpx.Timeout(TIMEOUT_S, connect=min(TIMEOUT_S, 5.0))
+    timeout = httpx.Timeout(server.timeout, connect=min(server.timeout, 5.0))
     try:
         # chromadb's own client has no deadline and calls the server while it is made: ask first, briefly.
         httpx.get(f"http://{server.host}:{server.port}/api/v2/heartbeat", timeout=timeout, headers=headers).raise_for_status()

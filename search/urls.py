@@ -86,8 +86,13 @@ def check_url(url: str, *, allow_private: bool = False) -> str:
     for address in addresses:
         why = _refusal(address, allow_private)
         if why:
-            raise InvalidImageError("refused_url", f"{host} resolves to {address}, {why}")
+            refused = InvalidImageError if _refusal(address, True) else PrivateAddressError  # metadata: never allowed
+            raise refused("refused_url", f"{host} resolves to {address}, {why}")
     return str(addresses[0])
+
+
+class PrivateAddressError(InvalidImageError):
+    """A URL refused because it leads to this machine or its network (allowed where the operator says so)."""
 
 
 def _refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool) -> str | None:

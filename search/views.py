@@ -107,6 +107,14 @@ def name(hit: Hit) -> str:
     return hit.label or hit.caption or Path(hit.source or hit.id).name
 
 
+def mark_name(hit: Hit) -> str:
+    """A marked result as its chip names it: what it is called, and its file's name where that says more
+    ("cartoon · cat-03.png": many results may share a label)."""
+    called = name(hit)
+    file = Path(hit.source).name if hit.source else ""
+    return f"{called} · {file}" if file and file != called else called
+
+
 def result_gallery(hits: list[Hit], metric: str, first_rank: int = 1,
                    marks: dict[str, bool] | None = None) -> tuple[list[tuple[str, str]], list[Hit]]:
     """(thumbnail, caption) pairs for the results gallery, and the hit behind each item, in the same order.

@@ -37,7 +37,7 @@ def test_text_search_returns_hits_best_first_with_files(client):
     for cls in ("red circle", "blue triangle"):
         hits = client.predict(caption(cls), 5, api_name="/search_by_text")
         assert len(hits) == 5
-        assert set(hits[0]) == {"id", "score", "label", "caption", "image"}
+        assert set(hits[0]) == {"id", "score", "label", "caption", "image", "similar"}
         assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
         assert sum(h["label"] == cls for h in hits) >= 4
         assert all(Image.open(h["image"]).size for h in hits)  # the client received real image files

@@ -381,7 +381,8 @@ def test_composed_search_survives_hostile_queries(main, files, data):
     if out.ok:
         assert set(out.value) == {"hits", "total", "offset", "cutoff"}
         assert_hits(out.value["hits"], 50)
-        assert all(set(h) == {"id", "score", "label", "caption", "image", "relevant"} for h in out.value["hits"])
+        assert all(set(h) == {"id", "score", "label", "caption", "image", "thumbnail", "relevant", "similar"}
+                       for h in out.value["hits"])
     assert_answers_unchanged(main, files)
 
 

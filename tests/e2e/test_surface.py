@@ -26,12 +26,14 @@ def _status(url: str) -> tuple[int, bytes]:
         return err.code, b""
 
 
-def test_file_route_serves_thumbnails_and_examples_only(app, shapes_store):
+def test_file_route_serves_examples_and_copies_never_the_store(app, shapes_store):
+    assert _status(f"{app.url}gradio_api/file={ROOT / 'examples' / 'cat.jpg'}")[0] == 200
+    served = app.client(download_files=False).predict("a red circle", 1, api_name="/search_by_text")[0]["image"]
+    assert _status(f"{app.url}gradio_api/file={served['path']}")[0] == 200  # the copy an answer names
     thumb = next((shapes_store / "thumbnails").glob("*/*.jpg"))
-    for allowed in (thumb, ROOT / "examples" / "cat.jpg"):
-        assert _status(f"{app.url}gradio_api/file={allowed}")[0] == 200
     store, secret = shapes_store, shapes_store.parent / "secret.txt"
     refused = [
+        str(thumb), str(thumb).replace("/thumbnails/", "/THUMBNAILS/"),
         "/etc/passwd", "/ETC/PASSWD", str(store / "chroma.sqlite3"), str(store / "manifests" / "images.json"),
         str(ROOT / "app.py"), str(secret), f"{store}/thumbnails/../chroma.sqlite3",
         f"{store}/thumbnails/%2e%2e/chroma.sqlite3", f"{store}/THUMBNAILS/../chroma.sqlite3",

@@ -63,9 +63,13 @@ def controls(index: str = "", metric: str = "cosine", k: int = 5, *, include=(),
 
 
 def searched(answer: tuple) -> dict:
-    """A search handler's outputs by name."""
+    """A search handler's outputs by name (the results gallery's items, whether given bare or in an update)."""
     assert len(answer) == len(app.SEARCHED_NAMES)
-    return dict(zip(app.SEARCHED_NAMES, answer))
+    out = dict(zip(app.SEARCHED_NAMES, answer))
+    if isinstance(out["results"], dict) and "value" in out["results"]:
+        assert out["results"]["selected_index"] is None  # no selection frame left on a slot of the old results
+        out["results"] = out["results"]["value"]
+    return out
 
 
 # --- The layout: what is public, what is private ---------------------------------------------------------
@@ -311,9 +315,10 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("not an image")
     more = write_folder(tmp_path / "more", per_class=1, seed=92)[5]
-    summary, table, cleared, album_update, index_update, items, ids, selected, offset, where, *_ = \
+    summary, table, cleared, album_update, index_update, gallery, ids, selected, selected_id, offset, where, *_ = \
         page.add_to_album(KEY, "trip", [str(junk), str(more)])
-    assert summary.startswith("Added **1 image** to *trip*") and cleared is None and selected == ""
+    items = gallery["value"]
+    assert summary.startswith("Added **1 image** to *trip*") and cleared is None and selected == "" and selected_id is None
     assert "holds 4 images" in summary and "/" not in summary and where == "Images 1–4 of 4, newest first."
     rows = table["value"]
     assert rows == [["notes.txt", "This kind of file cannot be used", rows[0][2]]] and "not an image" in rows[0][2]
@@ -324,22 +329,25 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     hits = api.search_by_text("a red circle", 5, "cosine", "mine/trip", KEY)
     assert len(hits) == 4  # only the album's images
     assert sorted(ids) == sorted(h["id"] for h in hits)
-    assert page.pick_image(ids, _select(1)) == ids[1]
+    assert page.pick_image(ids, _select(1)) == (ids[1], ids[1])  # no caption given: named by its id
+    named = gr.SelectData(None, {"index": 1, "value": {"image": {}, "caption": "beach.jpg"}})
+    assert page.pick_image(ids, named) == ("beach.jpg", ids[1])  # the file's name shown, the id kept to delete by
 
     assert api.collection_delete([ids[0]], "trip", KEY) == {"removed": 1, "not_found": []}
     assert len(page.show_album(KEY, "trip")[1]) == 3
-    view = dict(zip(app.ALBUM_VIEW, page.delete_picked(KEY, "trip", "", 0)))  # nothing picked: a message, no pop-up
+    view = dict(zip(app.ALBUM_VIEW, page.delete_picked(KEY, "trip", None, 0)))  # nothing picked: a message, no pop-up
     assert view["where"] == "⚠️ Click an image in the collection first." and view["gallery"] == gr.skip()
     album_update, index_update, *asked = page.drop_album(KEY, "trip", "mine/trip", None)  # the first click asks
-    asked_view = dict(zip(app.ALBUM_VIEW, asked[:-2]))
+    asked_view = dict(zip(app.ALBUM_VIEW, asked[:-4]))
     assert "Click again to delete “trip” and its 3 images" in asked_view["drop"]["value"] and asked_view["armed"] == "trip"
     assert api.collection_list(KEY) == ["trip"]  # nothing deleted yet
     album_update, index_update, *emptied = page.drop_album(KEY, "trip", "mine/trip", "trip")
     assert album_update["choices"] == [] and "mine/trip" not in {v for _, v in index_update["choices"]}
     assert index_update["value"] == "images"  # the dropped album was chosen under Index: the main index now
-    *emptied, include, exclude = emptied
+    *emptied, include, exclude, summary, notes = emptied
     view = dict(zip(app.ALBUM_VIEW, emptied))
-    assert view["gallery"] == [] and view["where"] == "Deleted collection *trip* and its 3 images."
+    assert view["gallery"]["value"] == [] and view["where"] == "Deleted collection *trip* and its 3 images."
+    assert summary == "" and notes["visible"] is False  # the last upload's report went with the collection
     assert "red circle" in include["choices"] and include["interactive"]  # the main index's labels again
     assert view["armed"] is None and view["drop"]["value"] == app.DROP
     with pytest.raises(gr.Error, match="no collection named 'trip'"):

@@ -159,7 +159,7 @@ def test_records_and_their_thumbnails_land_together_or_not_at_all(store, vectors
 
 def test_a_sweep_removes_what_a_killed_writer_left_and_nothing_else(store, vectors):
     col = store.open_or_create("first", MODEL)
-    records = _records(vectors[:3])
+    records = [Record(r.id, r.vector, {**r.metadata, "thumbnail": thumbnails.relative(r.id)}) for r in _records(vectors[:3])]
     store.add(col, records[:2], {r.id: b"jpeg" for r in records[:2]})
     thumbnails.write(store.folder, records[2].id, b"orphan: its record never landed")
     left = thumbnails.path(store.folder, records[0].id).with_name("half-written.tmp")
