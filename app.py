@@ -18,17 +18,18 @@ from typing import Any, TypeVar
 import gradio as gr
 from starlette.middleware import Middleware
 
-from search import QueryError, SearchError, regions, views
-from search.albums import Removal
+from search import QueryError, SearchError
+from search.config import configure_logging, load_settings
+from search.core.ids import KEY
 from search.errors import InvalidImageError
-from search.evaluation_tab import evaluation_tab
-from search.http_api import json_api, thumbnail_url
-from search.ids import KEY
 from search.index import MAX_K, MAX_TEXT_CHARS, Hit
-from search.page_query import MAX_PARTS, PageQuery, Part, image_part
-from search.served_files import UploadBudget, VisitorFiles
-from search.service import MAX_RESULTS, Examples, Results, SearchService
-from search.settings import Settings, configure_logging
+from search.service.albums import Removal
+from search.service.service import MAX_RESULTS, Examples, Results, SearchService
+from search.web import regions, views
+from search.web.evaluation_tab import evaluation_tab
+from search.web.files import UploadBudget, VisitorFiles
+from search.web.http_api import json_api, thumbnail_url
+from search.web.page_query import MAX_PARTS, PageQuery, Part, image_part
 
 log = logging.getLogger("app")
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -825,7 +826,7 @@ def build_app(service: SearchService, files: VisitorFiles | None = None) -> gr.B
 def main() -> None:
     """Load the model and the store once, then serve (GRADIO_SERVER_NAME/PORT choose the address)."""
     configure_logging()
-    service = SearchService(Settings.from_env())
+    service = SearchService(load_settings())
     if service.start_default_build():
         log.info("serving at once; the default index is built in the background")
     elif (main := service.main_index()) is not None:

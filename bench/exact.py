@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from bench.stats import percentiles
-from search.metrics import METRICS, ExactSearch, top_k
+from search.core.metrics import METRICS, ExactSearch, top_k
 
 K = 10
 

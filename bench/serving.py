@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.load import PROMPTS, QUERY_IMAGE, TLS, run_load
 from bench.run import CACHE, machine, photo, vit_b32
 from bench.stats import percentiles
-from search.store import ModelInfo, Record, Store
-from search.thumbnails import relative
+from search.stores.chroma import ModelInfo, Record, Store
+from search.stores.thumbnails import relative
 from tests.fixtures.app_process import RunningApp
 
 K = 12
@@ -38,7 +38,7 @@ K = 12
 
 def make_store(store: Path, model: str, n: int) -> None:
     """``n`` clustered unit vectors with valid ids, each with a thumbnail of its own (256x192 JPEG)."""
-    from search.embedders import ClipEmbedder
+    from search.embedders.models import ClipEmbedder
 
     embedder = ClipEmbedder(model, device="cpu")
     rng = np.random.default_rng(0)

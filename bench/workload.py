@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from search.build import BuildOptions, build_index
-from search.embedders import ClipEmbedder
-from search.precision import PRECISIONS, probe_images, top10_overlap
-from search.sources import folder_items
+from search.embedders.models import ClipEmbedder
+from search.embedders.precision import PRECISIONS, probe_images, top10_overlap
+from search.pipeline.build import BuildOptions, build_index
+from search.sources.base import folder_items
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 

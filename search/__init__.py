@@ -1,8 +1,8 @@
 """Image search by image and by text over a Chroma store; see README.md for the architecture."""
-from .embedders import DEFAULT_MODEL, PIXELS, load_embedder
-from .errors import InvalidImageError, ModelError, QueryError, SearchError, SourceError, StoreError
-from .index import Hit, ImageIndex
-from .metrics import METRICS
+from search.core.metrics import METRICS
+from search.embedders.models import DEFAULT_MODEL, PIXELS, load_embedder
+from search.errors import InvalidImageError, ModelError, QueryError, SearchError, SourceError, StoreError
+from search.index import Hit, ImageIndex
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -9,15 +9,15 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from .build import BuildOptions, build_index
-from .duplicates import NEAR_DUPLICATE_SIMILARITY
-from .embedders import DEFAULT_MODEL, load_embedder
-from .errors import SearchError, SourceError
-from .report import BuildReport
-from .settings import ChromaServer, configure_logging
-from .sources import IMAGE_SUFFIXES, Item, Source, open_source
-from .store import DEFAULT_COLLECTION, Store
-from .web import crawl, read_url_list, url_items
+from search.config import configure_logging, load_settings
+from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
+from search.embedders.models import DEFAULT_MODEL, load_embedder
+from search.errors import SearchError, SourceError
+from search.pipeline.build import BuildOptions, build_index
+from search.pipeline.report import BuildReport
+from search.sources.base import IMAGE_SUFFIXES, Item, Source, open_source
+from search.sources.web import crawl, read_url_list, url_items
+from search.stores.chroma import DEFAULT_COLLECTION, Store
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             index, count = args.shard
             items = (item for item in items if shard_of(item.source, count) == index)
             manifest = f"{args.collection}.shard-{index}-of-{count}"
-        store = Store.connect(args.store, server=ChromaServer.from_env(), create=True)
+        store = Store.connect(args.store, server=load_settings().chroma, create=True)
         with store.write_lock():
             report = _build(args, store, source, items, manifest)
     except SearchError as exc:

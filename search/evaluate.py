@@ -24,10 +24,11 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .embedders import PIXELS, load_embedder
-from .errors import QueryError, SearchError
-from .metrics import METRICS, ExactSearch, best_of
-from .store import Store
+from search.config import Settings
+from search.core.metrics import METRICS, ExactSearch, best_of
+from search.embedders.models import PIXELS, load_embedder
+from search.errors import QueryError, SearchError
+from search.stores.chroma import Store
 
 DEFAULT_KS = (1, 5, 10)
 TEXT_TEMPLATES = ("a photo of a {}", "{}")
@@ -162,7 +163,7 @@ def text_queries(data: Labelled) -> tuple[np.ndarray, np.ndarray] | None:
 def evaluate(store: str | Path | Store, options: Options = Options(), on_progress: Progress | None = None) -> dict[str, Any]:
     """The report (see the module's docstring) for ``options`` on the store at ``store``."""
     options.check()
-    opened = store if isinstance(store, Store) else Store.connect(store)
+    opened = store if isinstance(store, Store) else Store.connect(store, server=Settings().chroma)
     names = list(options.collections) or opened.names()
     if not names:
         raise QueryError("the store holds no collections to evaluate")

@@ -10,18 +10,18 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
-from .cutoff import DEPTH as CUTOFF_DEPTH
-from .cutoff import auto_cutoff
-from .duplicates import NEAR_DUPLICATE_SIMILARITY, fold_near_duplicates
-from .embedders import Embedder, load_embedder
-from .errors import InvalidImageError, QueryError, StoreError
-from .ids import image_id as checked_image_id
-from .ids import shown
-from .images import ImageInput, read_image
-from .query import MAX_K, MAX_TEXT_CHARS, Part, Query, checked_text, compose
-from .settings import ChromaServer
-from .store import DEFAULT_COLLECTION, ModelInfo, Neighbour, Store, VectorCollection
+from search.config import ChromaServer, Settings
+from search.core import metrics
+from search.core.cutoff import DEPTH as CUTOFF_DEPTH
+from search.core.cutoff import auto_cutoff
+from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY, fold_near_duplicates
+from search.core.ids import image_id as checked_image_id
+from search.core.ids import shown
+from search.core.query import MAX_K, MAX_TEXT_CHARS, Part, Query, checked_text, compose
+from search.embedders.models import Embedder, load_embedder
+from search.errors import InvalidImageError, QueryError, StoreError
+from search.images.decode import ImageInput, read_image
+from search.stores.chroma import DEFAULT_COLLECTION, ModelInfo, Neighbour, Store, VectorCollection
 
 __all__ = ["MAX_K", "MAX_TEXT_CHARS", "Hit", "ImageIndex", "Ranked"]
 
@@ -115,7 +115,7 @@ class ImageIndex:
 
         ``server``: a Chroma server holding the vectors (default: the one CHROMA_HOST names, if any).
         """
-        opened = Store.connect(store, server=server)
+        opened = Store.connect(store, server=server or Settings().chroma)
         name = collection or _default_collection(opened)
         col = opened.open(name)
         col.check_health()

@@ -32,6 +32,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.fixture
+def environment(monkeypatch):
+    """``environment(NAME=value, ...)``: the Settings a process started with just these variables reads."""
+    from search.config import Settings
+
+    def settings(**variables: str) -> Settings:
+        for name in list(os.environ):
+            if name.startswith(("IMAGE_SEARCH_", "CHROMA_")) or name == "SPACE_ID":
+                monkeypatch.delenv(name)
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        return Settings()
+    return settings
+
+
 @pytest.fixture(scope="session")
 def random_clip(tmp_path_factory) -> Path:
     """An untrained tiny CLIP checkpoint, for plumbing."""
@@ -126,10 +141,10 @@ def shapes_store(tmp_path_factory, shapes_model) -> Path:
 def local_store(tmp_path_factory, shapes_model) -> Path:
     """The same content as ``shapes_store``, built in this process in seconds: for the fast tier, which
     reads it in-process only (``shapes_store`` is built by the command line, for app processes)."""
-    from search.build import BuildOptions, build_index
-    from search.embedders import load_embedder
-    from search.sources import open_source
-    from search.store import Store
+    from search.embedders.models import load_embedder
+    from search.pipeline.build import BuildOptions, build_index
+    from search.sources.base import open_source
+    from search.stores.chroma import Store
 
     root = tmp_path_factory.mktemp("local-store")
     write_folder(root / "shapes", per_class=4, seed=5)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from search import ImageIndex, StoreError
-from search.thumbnails import path as thumbnail_path
+from search.stores.thumbnails import path as thumbnail_path
 from tests.conftest import SKIP_REASONS, run_builder
 from tests.fixtures.shapes import CLASSES, caption, sample
 from tests.fixtures.tiny_clip import build_random_tiny_clip

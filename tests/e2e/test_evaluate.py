@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from search.settings import Settings
+from search.config import Settings
 from tests.conftest import ROOT, free_port
 from tests.fixtures.browser import CHROMIUM, FLAGS, needs_chromium
 
@@ -45,7 +45,7 @@ def tab_app(shapes_store):
     """A page holding only the Evaluate tab, served from this process on loopback."""
     import gradio as gr
 
-    from search.evaluation_tab import evaluation_tab
+    from search.web.evaluation_tab import evaluation_tab
 
     with gr.Blocks(analytics_enabled=False) as demo, gr.Tab("Evaluate"):
         evaluation_tab(Settings(store=shapes_store, default_dataset=None))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from search import ImageIndex, StoreError
-from search.embedders import load_embedder
-from search.store import ModelInfo, Record, Store, write_lock
+from search.embedders.models import load_embedder
+from search.stores.chroma import ModelInfo, Record, Store, write_lock
 from tests.conftest import ROOT, run_builder
 from tests.fixtures.shapes import write_folder
 

@@ -64,7 +64,7 @@ def _wait_for_log(app: RunningApp, pattern: str, seconds: float) -> re.Match:
 
 def _stored(store: Path) -> dict[str, list[str]]:
     """Each collection's sources, read from the store after the app stopped."""
-    from search.store import Store
+    from search.stores.chroma import Store
 
     opened = Store.connect(store)
     return {name: [str(m.get("source")) for _, m in opened.open(name).scan_metadata()] for name in opened.names()}

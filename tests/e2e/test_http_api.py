@@ -12,9 +12,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from search import http_api
-from search.service import Answer
-from search.settings import Settings
+from search.config import Settings
+from search.service.service import Answer
+from search.web import http_api
 from tests.fixtures.shapes import caption
 
 

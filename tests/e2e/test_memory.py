@@ -72,8 +72,8 @@ def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
-from search.images import decode_image, read_image
-from search.archives import upload_items
+from search.images.decode import decode_image, read_image
+from search.sources.uploads import upload_items
 from search.errors import InvalidImageError
 base = status("VmRSS")
 result = None
@@ -170,7 +170,7 @@ with ThreadPoolExecutor(2) as pool:
 
 
 def test_budget_waits_for_room_and_serves_in_order():
-    from search.images import PixelBudget
+    from search.images.decode import PixelBudget
 
     budget = PixelBudget(100)
     budget.acquire(80)
@@ -194,7 +194,7 @@ def test_budget_waits_for_room_and_serves_in_order():
 
 
 def test_budget_refuses_what_can_never_fit_without_waiting():
-    from search.images import PixelBudget
+    from search.images.decode import PixelBudget
 
     budget = PixelBudget(100)
     budget.acquire(100)  # full: a cost over the total must not wait for it to empty
@@ -205,7 +205,7 @@ def test_budget_refuses_what_can_never_fit_without_waiting():
 
 
 def test_budget_is_given_back_when_a_decode_fails():
-    from search.images import PixelBudget
+    from search.images.decode import PixelBudget
 
     budget = PixelBudget(100)
     with pytest.raises(RuntimeError), budget.reserve(70):
@@ -219,13 +219,13 @@ def test_budget_is_given_back_when_a_decode_fails():
 
 
 def decode_with(budget, data: bytes):
-    from search.images import decode_image
+    from search.images.decode import decode_image
 
     return decode_image(data, budget=budget)
 
 
 def test_decode_waits_for_the_budget_and_refuses_over_it():
-    from search.images import PixelBudget, decode_image
+    from search.images.decode import PixelBudget, decode_image
 
     budget = PixelBudget(150)
     budget.acquire(100)
@@ -243,7 +243,7 @@ def test_decode_waits_for_the_budget_and_refuses_over_it():
 
 
 def test_query_and_build_limits_differ():
-    from search.images import MAX_PIXELS, QUERY_MAX_PIXELS, image_header, read_image
+    from search.images.decode import MAX_PIXELS, QUERY_MAX_PIXELS, image_header, read_image
 
     assert QUERY_MAX_PIXELS < MAX_PIXELS == 64_000_000
     header = png_header_only(6000, 5000)  # 30 MP
@@ -255,7 +255,7 @@ def test_query_and_build_limits_differ():
 
 
 def test_a_large_jpeg_counts_at_its_drafted_size():
-    from search.images import QUERY_MAX_PIXELS, image_header, read_image
+    from search.images.decode import QUERY_MAX_PIXELS, image_header, read_image
 
     out = io.BytesIO()
     Image.new("RGB", (6400, 4800), "olive").save(out, "JPEG", quality=50)  # 30.7 MP, baseline
@@ -284,7 +284,7 @@ HOSTILE_NAMES = ["/etc/cron.d/x.png", "../up.png", "a/../../b.png", "dir\\x.png"
 
 
 def test_hostile_member_names_are_skipped_and_never_shown(tmp_path):
-    from search.archives import upload_items
+    from search.sources.uploads import upload_items
 
     good = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(good, "PNG")
@@ -302,7 +302,7 @@ def test_hostile_member_names_are_skipped_and_never_shown(tmp_path):
 
 
 def test_member_name_rules():
-    from search.archives import unsafe_member_name
+    from search.sources.uploads import unsafe_member_name
 
     for name in HOSTILE_NAMES + ["nul\x00.png", "a/\x7f.png"]:
         assert unsafe_member_name(name), name
@@ -311,7 +311,7 @@ def test_member_name_rules():
 
 
 def test_zip_members_over_the_image_limit_are_refused_from_their_header(tmp_path):
-    from search.archives import UPLOAD_MAX_PIXELS, upload_items
+    from search.sources.uploads import UPLOAD_MAX_PIXELS, upload_items
 
     bomb = png_header_only(6000, 5000) + b"\0" * (2 * MB)  # 30 MP; the tail is never read
     path = _zip(tmp_path / "up.zip", {"bomb.png": bomb})
@@ -326,7 +326,7 @@ def test_zip_members_over_the_image_limit_are_refused_from_their_header(tmp_path
 
 
 def test_an_uploads_pixel_budget_is_shared_and_then_spent(tmp_path):
-    from search.archives import upload_items
+    from search.sources.uploads import upload_items
 
     pngs = {f"p{i}.png": png_header_only(1000, 1000) for i in range(5)}  # 1 MP each
     first = _zip(tmp_path / "a.zip", dict(list(pngs.items())[:3]))

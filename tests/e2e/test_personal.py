@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from search import ImageIndex, QueryError
-from search.albums import Albums
-from search.build import BuildOptions, build_index
-from search.embedders import load_embedder
-from search.settings import AlbumLimits
-from search.sources import folder_items
-from search.store import Store
+from search.config import AlbumLimits
+from search.embedders.models import load_embedder
+from search.pipeline.build import BuildOptions, build_index
+from search.service.albums import Albums
+from search.sources.base import folder_items
+from search.stores.chroma import Store
 from tests.conftest import hostile_files, run_builder
 from tests.fixtures.shapes import sample, write_folder
 from tests.fixtures.site import body, lying_length, redirect, serve, slow

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from search.errors import QueryError
-from search.service import Answer, SearchService, Settings
+from search.service.service import Answer, SearchService, Settings
 from tests.fixtures.shapes import CLASSES, draw_shape
 
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.build import BuildOptions, build_index
-from search.embedders import load_embedder
+from search.config import Settings
+from search.core.metrics import METRICS, ExactSearch
+from search.embedders.models import load_embedder
 from search.errors import QueryError, StoreError
 from search.evaluate import TEXT_TEMPLATES, Labelled, Options, evaluate, main, query_rows, read_collection, run_queries
-from search.metrics import METRICS, ExactSearch
-from search.settings import Settings
-from search.sources import open_source
-from search.store import ModelInfo, Store
+from search.pipeline.build import BuildOptions, build_index
+from search.sources.base import open_source
+from search.stores.chroma import ModelInfo, Store
 from tests.fixtures.shapes import write_folder
 
 KS = (1, 3, 5)
@@ -166,7 +166,7 @@ def test_the_command_writes_json_markdown_and_chart(local_store, tmp_path, capsy
 
 
 def test_the_tab_lists_shared_collections_only_and_refuses_plainly(odd_store, tmp_path):
-    from search.evaluation_tab import run_evaluation, shared_collections
+    from search.web.evaluation_tab import run_evaluation, shared_collections
 
     odd_store.open_or_create("mine-someone-photos", ModelInfo.of(load_embedder("pixels")))  # an album
     settings = Settings(store=odd_store.folder, default_dataset=None)
@@ -180,7 +180,7 @@ def test_the_tab_lists_shared_collections_only_and_refuses_plainly(odd_store, tm
 
 
 def test_the_tab_charts_one_row_per_point(report):
-    from search.evaluation_tab import latency_frame, precision_frame
+    from search.web.evaluation_tab import latency_frame, precision_frame
 
     points = precision_frame(report)
     assert len(points) == (2 * 5 + 5) * len(KS)  # images: image and text tasks; pixels: image only
@@ -189,7 +189,7 @@ def test_the_tab_charts_one_row_per_point(report):
 
 
 def test_the_tabs_download_names_no_server_path_and_a_bad_sample_gets_words(local_store):
-    from search.evaluation_tab import run_evaluation
+    from search.web.evaluation_tab import run_evaluation
 
     settings = Settings(store=local_store, default_dataset=None)
     table, _, _, download = run_evaluation(settings, ["images"], ["cosine"], 5, lambda *a, **k: None)

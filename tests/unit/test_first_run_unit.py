@@ -6,24 +6,24 @@ from pathlib import Path
 import pytest
 
 import app
-from search import views
+from search.config import DEFAULT_DATASET, DEFAULT_LIMIT, Settings
 from search.errors import ModelError, QueryError, SourceError
-from search.first_run import DATASET_HINT, MODEL_HINT, BuildState, failed, read_marker, wanted, write_marker
-from search.service import SearchService
-from search.settings import DEFAULT_DATASET, DEFAULT_LIMIT, Settings
-from search.store import Store
+from search.service.first_run import DATASET_HINT, MODEL_HINT, BuildState, failed, read_marker, wanted, write_marker
+from search.service.service import SearchService
+from search.stores.chroma import Store
+from search.web import views
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_default_dataset_and_limit_come_from_the_environment():
-    assert Settings.from_env({}).default_dataset == DEFAULT_DATASET == "ashraq/fashion-product-images-small"
-    assert Settings.from_env({}).default_limit == DEFAULT_LIMIT
-    assert Settings.from_env({"IMAGE_SEARCH_DEFAULT_DATASET": "None"}).default_dataset is None
-    assert Settings.from_env({"IMAGE_SEARCH_DEFAULT_DATASET": "/data/fashion"}).default_dataset == "/data/fashion"
-    assert Settings.from_env({"IMAGE_SEARCH_DEFAULT_LIMIT": "300"}).default_limit == 300
+def test_the_default_dataset_and_limit_come_from_the_environment(environment):
+    assert environment().default_dataset == DEFAULT_DATASET == "ashraq/fashion-product-images-small"
+    assert environment().default_limit == DEFAULT_LIMIT
+    assert environment(IMAGE_SEARCH_DEFAULT_DATASET="None").default_dataset is None
+    assert environment(IMAGE_SEARCH_DEFAULT_DATASET="/data/fashion").default_dataset == "/data/fashion"
+    assert environment(IMAGE_SEARCH_DEFAULT_LIMIT="300").default_limit == 300
     with pytest.raises(ValueError, match="IMAGE_SEARCH_DEFAULT_LIMIT"):
-        Settings.from_env({"IMAGE_SEARCH_DEFAULT_LIMIT": "lots"})
+        environment(IMAGE_SEARCH_DEFAULT_LIMIT="lots")
 
 
 def test_a_start_builds_on_an_empty_store_resumes_an_unfinished_build_and_leaves_other_stores_alone(tmp_path,
@@ -121,9 +121,9 @@ def test_with_no_build_the_page_stops_refreshing_and_lists_the_indexes(local_sto
 
 
 def test_the_default_dataset_gets_the_shipped_descriptions_and_its_product_types(tmp_path, shapes_model):
-    from search.build import BuildOptions, build_index
-    from search.embedders import load_embedder
-    from search.sources import open_source
+    from search.embedders.models import load_embedder
+    from search.pipeline.build import BuildOptions, build_index
+    from search.sources.base import open_source
     from tests.fixtures.shapes import write_folder
 
     write_folder(tmp_path / "shapes", per_class=1, seed=3)

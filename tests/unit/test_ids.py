@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from search import ids
+from search.core import ids
 from search.errors import QueryError
 
 GOOD_ID = ids.content_id(b"an image")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from search.errors import InvalidImageError
-from search.images import MAX_BYTES, decode_image, make_thumbnail, read_image
+from search.images.decode import MAX_BYTES, decode_image, make_thumbnail, read_image
 from tests.conftest import SKIP_REASONS, hostile_files, random_rgb
 
 
@@ -146,7 +146,7 @@ def _whole_image_rgb(img: Image.Image) -> np.ndarray:
 
 
 def test_conversion_in_strips_matches_the_whole_image(monkeypatch):
-    import search.images as images
+    import search.images.decode as images
 
     monkeypatch.setattr(images, "_STRIP_PIXELS", 300)  # many strips, the last one short
     rng = np.random.default_rng(9)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search.metrics import METRICS, ExactSearch, best_of, score_from_cosine, scores, top_k
+from search.core.metrics import METRICS, ExactSearch, best_of, score_from_cosine, scores, top_k
 
 RNG = np.random.default_rng(0)
 MATRIX = RNG.normal(size=(50, 16)).astype(np.float32)

@@ -6,10 +6,10 @@ import errno
 import numpy as np
 import pytest
 
-from search.build import BuildOptions, build_index
-from search.report import STAGES
-from search.sources import folder_items
-from search.store import Store
+from search.pipeline.build import BuildOptions, build_index
+from search.pipeline.report import STAGES
+from search.sources.base import folder_items
+from search.stores.chroma import Store
 from tests.fixtures.shapes import write_folder
 
 
@@ -43,7 +43,7 @@ def test_a_build_never_changes_the_shared_embedder(tmp_path, clip_embedder):
 
 @pytest.fixture(scope="module")
 def clip_embedder(random_clip):
-    from search.embedders import load_embedder
+    from search.embedders.models import load_embedder
 
     return load_embedder(str(random_clip))
 
@@ -88,9 +88,9 @@ def _disk_full():
 ])
 def test_a_store_lost_mid_build_is_a_store_error_and_a_rerun_resumes(tmp_path, monkeypatch, clip_embedder,
                                                                      method, error, after, message):
-    from search import thumbnails
     from search.errors import StoreError
-    from search.store import VectorCollection
+    from search.stores import thumbnails
+    from search.stores.chroma import VectorCollection
 
     folder, store = tmp_path / "photos", tmp_path / "store"
     files = write_folder(folder, per_class=2, seed=9)
@@ -125,7 +125,7 @@ def test_a_store_lost_mid_build_is_a_store_error_and_a_rerun_resumes(tmp_path, m
 
 
 def test_a_programming_error_mid_build_is_not_a_lost_store(tmp_path, monkeypatch, clip_embedder):
-    from search.store import VectorCollection
+    from search.stores.chroma import VectorCollection
 
     folder, store = tmp_path / "photos", tmp_path / "store"
     write_folder(folder, per_class=1, seed=9)

@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from search import embedders, precision
-from search.embedders import ClipEmbedder
-from search.precision import BF16, FP32, INT8, Decision, decide
+from search.embedders import precision
+from search.embedders.models import ClipEmbedder, load_embedder
+from search.embedders.precision import BF16, FP32, INT8, Decision, decide
 from tests.fixtures.shapes import sample
 
 
@@ -116,5 +116,5 @@ def test_prepared_images_agree_with_the_clip_processor(clip):
 
 
 def test_load_embedder_decides_once(shapes_model):
-    one = embedders.load_embedder(str(shapes_model), "cpu")
-    assert one is embedders.load_embedder(str(shapes_model), "cpu") and one.precision == FP32  # type: ignore[attr-defined]
+    one = load_embedder(str(shapes_model), "cpu")
+    assert one is load_embedder(str(shapes_model), "cpu") and one.precision == FP32  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from search import ImageIndex, QueryError
 from search.errors import InvalidImageError
-from search.images import decode_image
+from search.images.decode import decode_image
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 REASONS = {"empty", "corrupt", "too_large", "unsupported", "read_error"}

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from search.cutoff import DEPTH, auto_cutoff
+from search.core.cutoff import DEPTH, auto_cutoff
+from search.core.query import MAX_PARTS, Part, Query, compose, parse_query
 from search.errors import QueryError
-from search.query import MAX_PARTS, Part, Query, compose, parse_query
 
 ID = "0" * 32
 TEXT = {"text": "a red dress"}

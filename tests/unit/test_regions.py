@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search import regions
 from search.errors import QueryError
-from search.images import read_image
-from search.served_files import VisitorFiles
+from search.images.decode import read_image
+from search.web import regions
+from search.web.files import VisitorFiles
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from chromadb.errors import InternalError, NotFoundError
 
-from search import ids, thumbnails
+from search.core import ids
 from search.errors import QueryError, StoreError, StoreUnavailableError
-from search.store import ModelInfo, Record, Store, write_lock
+from search.stores import thumbnails
+from search.stores.chroma import ModelInfo, Record, Store, write_lock
 
 MODEL = ModelInfo("tiny-test-model", 8, True)
 

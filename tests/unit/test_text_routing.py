@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from search import ModelError, embedders
-from search.embedders import AUTO_TEXT_MODEL, ClipEmbedder, load_embedder, paired_text_model
+from search import ModelError
+from search.config import Settings
+from search.embedders.models import AUTO_TEXT_MODEL, DEFAULT_TEXT_MODELS, ClipEmbedder, load_embedder, paired_text_model
+from search.embedders.text_routing import CLIP, MULTILINGUAL, route
 from search.index import ImageIndex
-from search.settings import Settings
-from search.text_routing import CLIP, MULTILINGUAL, route
 from tests.fixtures.tiny_multilingual import build_tiny_multilingual, distill_tiny_multilingual
 
 VIETNAMESE = "hình tròn màu đỏ"
@@ -35,7 +35,7 @@ def paired(shapes_model, multilingual) -> ClipEmbedder:
 def default_pairing(monkeypatch, shapes_model):
     """Make the shapes CLIP an image model with a default pairing, as clip-ViT-B-32 has."""
     def pair_with(text_model: str) -> None:
-        monkeypatch.setitem(embedders.DEFAULT_TEXT_MODELS, str(shapes_model), text_model)
+        monkeypatch.setitem(DEFAULT_TEXT_MODELS, str(shapes_model), text_model)
     load_embedder.cache_clear()
     yield pair_with
     load_embedder.cache_clear()
@@ -119,10 +119,10 @@ def test_the_pairing_rule():
         load_embedder("pixels", None, "my/encoder")
 
 
-def test_settings_pair_by_default_and_the_variable_overrides():
-    assert Settings.from_env({}).text_model == AUTO_TEXT_MODEL == Settings().text_model
-    assert Settings.from_env({"IMAGE_SEARCH_TEXT_MODEL": "none"}).text_model is None
-    assert Settings.from_env({"IMAGE_SEARCH_TEXT_MODEL": " my/encoder "}).text_model == "my/encoder"
+def test_settings_pair_by_default_and_the_variable_overrides(environment):
+    assert environment().text_model == AUTO_TEXT_MODEL == Settings(text_model="").text_model
+    assert environment(IMAGE_SEARCH_TEXT_MODEL="none").text_model is None
+    assert environment(IMAGE_SEARCH_TEXT_MODEL=" my/encoder ").text_model == "my/encoder"
 
 
 @pytest.mark.parametrize(("text", "tower"), [

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from search.errors import InvalidImageError
-from search.urls import check_url, fetch
+from search.sources.fetch import check_url, fetch
 from tests.fixtures.site import body, lying_length, redirect, serve, slow
 
 REFUSED_ALWAYS = [
@@ -94,7 +94,7 @@ def test_bytes_and_time_are_capped(server):
 
 
 def test_content_is_judged_by_decoding_not_by_content_type(server, local_store):
-    from search.service import SearchService, Settings
+    from search.service.service import SearchService, Settings
 
     service = SearchService(Settings(store=local_store, allow_private_urls=True))
     assert service.search_image(service.fetch_url(f"{server}/good.jpg"), 3, "cosine").hits

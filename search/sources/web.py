@@ -8,9 +8,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlsplit
 
-from .errors import InvalidImageError, SourceError
-from .sources import Item
-from .urls import fetch
+from search.errors import InvalidImageError, SourceError
+from search.sources.base import Item
+from search.sources.fetch import fetch
 
 MAX_PAGE_BYTES = 5 * 1024 * 1024
 

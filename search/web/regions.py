@@ -14,10 +14,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .errors import QueryError
-from .images import Box, image_header, read_file, read_image
-from .query import MIN_REGION_EDGE
-from .served_files import VisitorFiles
+from search.core.query import MIN_REGION_EDGE
+from search.errors import QueryError
+from search.images.decode import Box, image_header, read_file, read_image
+from search.web.files import VisitorFiles
 
 SHOWN_MAX = 640  # the longest edge of the copy the page shows
 SHOWN_MIN = 320  # smaller images are scaled up to this, so they can be seen and tapped

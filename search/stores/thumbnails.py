@@ -5,7 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .ids import image_id as checked_image_id
+from search.core.ids import image_id as checked_image_id
 
 FOLDER = "thumbnails"
 TEMPORARY = ".tmp"  # the suffix of a thumbnail being written

@@ -32,8 +32,8 @@ from typing import Any
 
 from PIL import Image
 
-from .errors import QueryError
-from .store import folder_bytes
+from search.errors import QueryError
+from search.stores.chroma import folder_bytes
 
 log = logging.getLogger(__name__)
 FULL_MESSAGE = "The server's space for visitors' images is full; try again in a few minutes."

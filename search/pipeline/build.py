@@ -17,17 +17,17 @@ from typing import Any
 
 from PIL import Image
 
-from . import manifests, thumbnails
-from .duplicates import NEAR_DUPLICATE_SIMILARITY, find_near_duplicates
-from .embedders import Embedder
-from .errors import BuildInterrupted, InvalidImageError, StoreUnavailableError
-from .ids import content_id
-from .images import decode_image, make_thumbnail
-from .precision import AUTO, BF16, FP32
-from .prefetch import prefetch
-from .report import BuildReport
-from .sources import Item
-from .store import ModelInfo, Record, Store, VectorCollection
+from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY, find_near_duplicates
+from search.core.ids import content_id
+from search.embedders.models import Embedder
+from search.embedders.precision import AUTO, BF16, FP32
+from search.errors import BuildInterrupted, InvalidImageError, StoreUnavailableError
+from search.images.decode import decode_image, make_thumbnail
+from search.pipeline.prefetch import prefetch
+from search.pipeline.report import BuildReport
+from search.sources.base import Item
+from search.stores import manifests, thumbnails
+from search.stores.chroma import ModelInfo, Record, Store, VectorCollection
 
 KEEP_BYTES = 4 * 1024 * 1024  # per image, between hashing and decoding (32 images: 128 MB at most)
 Progress = Callable[[int, "int | None"], Any]  # (items done, items in all where known)

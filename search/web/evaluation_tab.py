@@ -16,12 +16,12 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from .albums import PREFIX as ALBUM_PREFIX
-from .errors import QueryError, SearchError
-from .evaluate import TASKS, Options, evaluate, markdown
-from .metrics import METRICS
-from .settings import Settings
-from .store import Store
+from search.config import Settings
+from search.core.metrics import METRICS
+from search.errors import QueryError, SearchError
+from search.evaluate import TASKS, Options, evaluate, markdown
+from search.service.albums import PREFIX as ALBUM_PREFIX
+from search.stores.chroma import Store
 
 log = logging.getLogger(__name__)
 DEFAULT_SAMPLE = 200

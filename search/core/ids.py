@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from .errors import QueryError
+from search.errors import QueryError
 
 ID_BYTES = 16
 IMAGE_ID = re.compile(rf"[0-9a-f]{{{ID_BYTES * 2}}}")

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from .store import VectorCollection
+from search.stores.chroma import VectorCollection
 
 NEAR_DUPLICATE_SIMILARITY = 0.95  # cosine between unit CLIP vectors; exact copies are caught by hash
 

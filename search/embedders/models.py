@@ -13,11 +13,11 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from . import precision as chosen
-from .errors import ModelError, QueryError
-from .model_input import Pixels, image_tower
-from .precision import AUTO, BF16, FP32, INT8, PRECISIONS, Decision
-from .text_routing import CLIP, MULTILINGUAL, Tower, route
+from search.embedders import precision as chosen
+from search.embedders.clip_input import Pixels, image_tower
+from search.embedders.precision import AUTO, BF16, FP32, INT8, PRECISIONS, Decision
+from search.embedders.text_routing import CLIP, MULTILINGUAL, Tower, route
+from search.errors import ModelError, QueryError
 
 log = logging.getLogger(__name__)
 

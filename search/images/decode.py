@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import InvalidImageError, QueryError
+from search.core.query import Box
+from search.errors import InvalidImageError, QueryError
 
 # Everything else is refused before decoding; JPEG includes MPO, which many phone cameras write.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
@@ -48,7 +49,6 @@ THUMBNAIL_SIZE = 256
 _STRIP_PIXELS = 1 << 20  # conversions work in horizontal strips of about this many pixels
 
 ImageInput = str | Path | bytes | bytearray | Image.Image
-Box = tuple[int, int, int, int]  # left, top, right, bottom, in the upright image's pixels
 
 
 class PixelBudget:

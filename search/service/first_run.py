@@ -25,17 +25,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .build import BuildOptions, build_index
-from .embedders import DEFAULT_MODEL, Embedder, load_embedder
-from .errors import ModelError, SearchError, SourceError
-from .index import ImageIndex
-from .report import BuildReport
-from .settings import Settings
-from .sources import Source, open_source
-from .store import DATABASE, DEFAULT_COLLECTION, ModelInfo, Store
+from search.config import Settings
+from search.embedders.models import DEFAULT_MODEL, Embedder, load_embedder
+from search.errors import ModelError, SearchError, SourceError
+from search.index import ImageIndex
+from search.pipeline.build import BuildOptions, build_index
+from search.pipeline.report import BuildReport
+from search.sources.base import Source, open_source
+from search.stores.chroma import DATABASE, DEFAULT_COLLECTION, ModelInfo, Store
 
 if TYPE_CHECKING:
-    from .service import SearchService
+    from search.service.service import SearchService
 
 log = logging.getLogger(__name__)
 MARKER = "default-build.json"

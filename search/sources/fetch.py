@@ -15,8 +15,8 @@ import ssl
 import time
 from urllib.parse import SplitResult, urljoin, urlsplit
 
-from .errors import InvalidImageError
-from .images import MAX_BYTES
+from search.errors import InvalidImageError
+from search.images.decode import MAX_BYTES
 
 MAX_REDIRECTS = 5
 TIMEOUT_S = 10.0

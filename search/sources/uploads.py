@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path, PurePosixPath
 
-from .errors import InvalidImageError, SourceError
-from .images import MAX_BYTES, QUERY_MAX_PIXELS, image_header, pixel_limit_message, read_file
-from .sources import Item
+from search.errors import InvalidImageError, SourceError
+from search.images.decode import MAX_BYTES, QUERY_MAX_PIXELS, image_header, pixel_limit_message, read_file
+from search.sources.base import Item
 
 MAX_MEMBERS = 2000
 MAX_TOTAL_BYTES = 1024 * 1024 * 1024  # what an archive may claim to unpack to, in all

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .archives import upload_items
-from .build import BuildOptions, Progress, build_index
-from .embedders import Embedder
-from .errors import BuildInterrupted, QueryError, StoreError, StoreUnavailableError
-from .ids import collection_name, image_ids, visitor_key
-from .images import MAX_PIXELS
-from .index import Hit, ImageIndex
-from .report import BuildReport
-from .settings import AlbumLimits
-from .store import Store, folder_bytes
+from search.config import AlbumLimits
+from search.core.ids import collection_name, image_ids, visitor_key
+from search.embedders.models import Embedder
+from search.errors import BuildInterrupted, QueryError, StoreError, StoreUnavailableError
+from search.images.decode import MAX_PIXELS
+from search.index import Hit, ImageIndex
+from search.pipeline.build import BuildOptions, Progress, build_index
+from search.pipeline.report import BuildReport
+from search.sources.uploads import upload_items
+from search.stores.chroma import Store, folder_bytes
 
 log = logging.getLogger(__name__)
 PREFIX = "mine-"

@@ -17,19 +17,19 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from .albums import Albums, Removal
-from .batching import QueryBatcher
-from .build import Progress
-from .duplicates import NEAR_DUPLICATE_SIMILARITY
-from .errors import InvalidImageError, QueryError, SearchError
-from .first_run import BuildState, DefaultBuild, wanted
-from .ids import content_id, shown
-from .index import Hit, ImageIndex
-from .query import Query, parse_query
-from .report import BuildReport
-from .settings import DEFAULT_DATASET, Settings
-from .thumbnails import path as thumbnail_path
-from .urls import PrivateAddressError, fetch
+from search.config import DEFAULT_DATASET, Settings
+from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
+from search.core.ids import content_id, shown
+from search.core.query import Query, parse_query
+from search.embedders.batching import QueryBatcher
+from search.errors import InvalidImageError, QueryError, SearchError
+from search.index import Hit, ImageIndex
+from search.pipeline.build import Progress
+from search.pipeline.report import BuildReport
+from search.service.albums import Albums, Removal
+from search.service.first_run import BuildState, DefaultBuild, wanted
+from search.sources.fetch import PrivateAddressError, fetch
+from search.stores.thumbnails import path as thumbnail_path
 
 log = logging.getLogger(__name__)
 MAX_RESULTS = 50

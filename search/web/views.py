@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import REASONS
-from .first_run import BuildState
-from .index import Hit
-from .report import BuildReport
-from .service import IndexChoice, Overview
+from search.errors import REASONS
+from search.index import Hit
+from search.pipeline.report import BuildReport
+from search.service.first_run import BuildState
+from search.service.service import IndexChoice, Overview
 
 BUILD_HINT = (
     "python index_builder.py --dataset ashraq/fashion-product-images-small --store data/store --limit 5000"

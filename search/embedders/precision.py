@@ -24,7 +24,7 @@ MIN_OVERLAP = {BF16: 0.0, INT8: 0.95}  # top-10 overlap of exact search with fp3
 MIN_SPEEDUP = 1.3  # the wide margin: noise on a shared machine is about 15%
 MIN_PARAMETERS = 5_000_000  # an image tower smaller than this runs in milliseconds: fp32, nothing measured
 ROUNDS = 3
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 Encode = Callable[[Sequence[Image.Image], str], np.ndarray]  # (batch, precision) -> unit rows
 

@@ -15,10 +15,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import metrics
-from .errors import QueryError
-from .ids import is_image_id, shown
-from .images import Box
+from search.core import metrics
+from search.core.ids import is_image_id, shown
+from search.errors import QueryError
 
 MAX_K = 1000  # the deepest a query may page: offset + k
 MAX_PAGE = 50  # results on one page (k)
@@ -30,6 +29,7 @@ MIN_REGION_EDGE = 8  # a region narrower than this (in the image's pixels) holds
 MAX_BOX_COORDINATE = 1_000_000
 
 PartKind = Literal["text", "image", "id"]
+Box = tuple[int, int, int, int]  # a region: left, top, right, bottom, in the upright image's pixels
 Cutoff = Literal["auto"] | float | None
 _QUERY_KEYS = ("positive", "negative", "k", "offset", "metric", "index", "labels", "cutoff", "fold")
 _PART_KINDS: tuple[PartKind, ...] = ("text", "image", "id")

@@ -9,8 +9,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from .errors import SourceError
-from .images import read_file
+from search.errors import SourceError
+from search.images.decode import read_file
 
 IMAGE_COLUMNS = ("image", "img", "picture", "photo", "images")
 LABEL_COLUMNS = ("label", "labels", "class", "category", "articleType", "subCategory", "masterCategory")

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from . import thumbnails
-from .errors import StoreError, StoreUnavailableError
-from .settings import ChromaServer
+from search.config import ChromaServer
+from search.errors import StoreError, StoreUnavailableError
+from search.stores import thumbnails
 
 log = logging.getLogger(__name__)
 DEFAULT_COLLECTION = "images"
@@ -240,13 +240,12 @@ class Store:
     def connect(cls, folder: str | Path, *, server: ChromaServer | None = None, create: bool = False) -> Store:
         """Open the store at ``folder``; ``create`` makes a missing one.
 
-        The vectors live on ``server`` if given, else on the server CHROMA_HOST names, else in the folder.
+        The vectors live on ``server`` if given, else in the folder.
         """
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
         folder = Path(folder)
-        server = server or ChromaServer.from_env()
         settings = ChromaSettings(anonymized_telemetry=False)
         if server:
             return cls(folder, _server_client(server, settings), server)
@@ -515,7 +514,7 @@ def _server_client(server: ChromaServer, settings: Any) -> Any:
     import chromadb
     import httpx
 
-    headers = {"x-chroma-token": server.token} if server.token else None
+    headers = {"x-chroma-token": server.token.get_secret_value()} if server.token else None
     timeout = httpx.Timeout(server.timeout, connect=min(server.timeout, 5.0))
     try:
         # chromadb's own client has no deadline and calls the server while it is made: ask first, briefly.
