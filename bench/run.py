@@ -45,7 +45,8 @@ from bench.workload import (  # noqa: E402
 from search.embedders.models import ClipEmbedder  # noqa: E402
 from search.embedders.precision import MIN_COSINE, MIN_OVERLAP  # noqa: E402
 from search.index import ImageIndex  # noqa: E402
-from search.stores.chroma import ModelInfo, Record, Store  # noqa: E402
+from search.stores.base import ModelInfo, Record  # noqa: E402
+from search.stores.store import Store  # noqa: E402
 from tests.fixtures.app_process import RunningApp  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"

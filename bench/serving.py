@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.load import PROMPTS, QUERY_IMAGE, TLS, run_load
 from bench.run import CACHE, machine, photo, vit_b32
 from bench.stats import percentiles
-from search.stores.chroma import ModelInfo, Record, Store
+from search.stores.base import ModelInfo, Record
+from search.stores.store import Store
 from search.stores.thumbnails import relative
 from tests.fixtures.app_process import RunningApp
 

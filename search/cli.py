@@ -17,7 +17,8 @@ from search.pipeline.build import BuildOptions, build_index
 from search.pipeline.report import BuildReport
 from search.sources.base import IMAGE_SUFFIXES, Item, Source, open_source
 from search.sources.web import crawl, read_url_list, url_items
-from search.stores.chroma import DEFAULT_COLLECTION, Store
+from search.stores.base import DEFAULT_COLLECTION
+from search.stores.store import Store
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

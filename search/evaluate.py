@@ -28,7 +28,7 @@ from search.config import Settings
 from search.core.metrics import METRICS, ExactSearch, best_of
 from search.embedders.models import PIXELS, load_embedder
 from search.errors import QueryError, SearchError
-from search.stores.chroma import Store
+from search.stores.store import Store
 
 DEFAULT_KS = (1, 5, 10)
 TEXT_TEMPLATES = ("a photo of a {}", "{}")

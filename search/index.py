@@ -4,9 +4,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -15,59 +14,17 @@ from search.core import metrics
 from search.core.cutoff import DEPTH as CUTOFF_DEPTH
 from search.core.cutoff import auto_cutoff
 from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY, fold_near_duplicates
+from search.core.hits import Hit, Ranked
 from search.core.ids import image_id as checked_image_id
 from search.core.ids import shown
-from search.core.query import MAX_K, MAX_TEXT_CHARS, Part, Query, checked_text, compose
+from search.core.query import CANNOT_READ_TEXT, MAX_K, Part, Query, checked_metric, checked_text, compose, whole
 from search.embedders.models import Embedder, load_embedder
 from search.errors import InvalidImageError, QueryError, StoreError
 from search.images.decode import ImageInput, read_image
-from search.stores.chroma import DEFAULT_COLLECTION, ModelInfo, Neighbour, Store, VectorCollection
+from search.stores.base import DEFAULT_COLLECTION, Collection, LabelFilter, ModelInfo, Neighbour
+from search.stores.store import Store
 
-__all__ = ["MAX_K", "MAX_TEXT_CHARS", "Hit", "ImageIndex", "Ranked"]
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One result: ``score`` is higher for more similar images, whatever the metric."""
-
-    id: str
-    score: float
-    label: str | None
-    caption: str | None
-    image: str | None  # absolute path of the thumbnail
-    source: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    similar: tuple[str, ...] = ()  # near-duplicates folded into this hit
-    relevant: bool | None = None  # above the query's cut-off; None where no cut-off was asked for
-
-
-@dataclass(frozen=True)
-class Ranked:
-    """One page of a query's ranking, how many images it ranks, and the cut-off score it used."""
-
-    hits: list[Hit]
-    total: int
-    cutoff: float | None
-
-
-@dataclass(frozen=True)
-class LabelFilter:
-    """Labels to keep (none: all) and to drop; a record without a label passes unless ``include`` is set."""
-
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-
-    def admits(self, label: str | None) -> bool:
-        """Whether a record with ``label`` passes."""
-        if self.include:
-            return label in self.include
-        return label not in self.exclude
-
-    def where(self) -> dict[str, Any] | None:
-        """The same filter as a Chroma ``where`` on the metadata key "label"."""
-        clauses = ([{"label": {"$in": list(self.include)}}] if self.include else []) + (
-            [{"label": {"$nin": list(self.exclude)}}] if self.exclude else [])
-        return None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+__all__ = ["Hit", "ImageIndex", "Ranked"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +47,7 @@ class ImageIndex:
     ``l1`` and ``correlation`` are always computed exactly over every stored vector.
     """
 
-    def __init__(self, store: Store, collection: VectorCollection, embedder: Embedder):
+    def __init__(self, store: Store, collection: Collection, embedder: Embedder):
         self.store = store
         self.store_dir = store.folder.resolve()
         self.collection = collection
@@ -136,18 +93,18 @@ class ImageIndex:
     def search_by_image(self, image: ImageInput, k: int = 10, metric: str = "cosine",
                         fold: float | None = None) -> list[Hit]:
         """The ``k`` stored images most like ``image`` (a path, bytes or a PIL image)."""
-        self._check(k, metric)
+        k, metric = whole("k", k, 1, MAX_K), checked_metric(metric)
         img = self.embedder.prepare(read_image(image, min_edges=self.embedder.min_edges))
         return self.search_by_vector(self.embedder.embed_images([img])[0], k, metric, fold)
 
     def search_by_text(self, text: str, k: int = 10, metric: str = "cosine", fold: float | None = None) -> list[Hit]:
         """The ``k`` stored images that best match a description."""
-        self._check(k, metric)
+        k, metric = whole("k", k, 1, MAX_K), checked_metric(metric)
         return self.search_by_vector(self.embedder.embed_texts([checked_text(text)])[0], k, metric, fold)
 
     def search_by_id(self, image_id: str, k: int = 10, metric: str = "cosine", fold: float | None = None) -> list[Hit]:
         """Images like a stored one, using its stored vector."""
-        self._check(k, metric)
+        k, metric = whole("k", k, 1, MAX_K), checked_metric(metric)
         vector = self.collection.vectors([checked_image_id(image_id)]).get(image_id)
         if vector is None:
             raise QueryError(f"No image with id {image_id} in this index.")
@@ -160,7 +117,7 @@ class ImageIndex:
         With ``fold`` (a cosine similarity, e.g. 0.95), near-duplicates of a better hit are folded
         into it (``Hit.similar``) instead of taking places of their own.
         """
-        self._check(k, metric)
+        k, metric = whole("k", k, 1, MAX_K), checked_metric(metric)
         return self._rank(np.asarray(vector, dtype=np.float32), k, 0, metric, fold)[0]
 
     def search(self, query: Query) -> Ranked:
@@ -169,7 +126,6 @@ class ImageIndex:
         Label filters run inside the search, so a full page comes back wherever enough images pass.
         Unknown ids and labels, and text parts on an index that cannot read text, are QueryErrors.
         """
-        self._check(query.offset + query.k, query.metric)
         labels = LabelFilter(query.include, query.exclude) if query.include or query.exclude else None
         if labels:
             held = self._catalogue().counts
@@ -202,8 +158,7 @@ class ImageIndex:
         out: dict[int, np.ndarray] = {}
         texts = [(i, p) for i, p in enumerate(parts) if p.kind == "text"]
         if texts and not self.supports_text:
-            raise QueryError(f"{texts[0][1].name}: the pixel method cannot read text; search by an image here, "
-                             "or choose a CLIP index.")
+            raise QueryError(f"{texts[0][1].name}: {CANNOT_READ_TEXT}")
         if texts:
             out.update(zip([i for i, _ in texts], self.embedder.embed_texts([p.value for _, p in texts])))
         images = [(i, p) for i, p in enumerate(parts) if p.kind == "image"]
@@ -234,7 +189,8 @@ class ImageIndex:
             return [self.hit(*s) for s in scored[offset:wanted]], top
         vectors = {i: v / (np.linalg.norm(v) or 1.0) for i, v in self.collection.vectors([s[0] for s in scored]).items()}
         by_id = {s[0]: s for s in scored}
-        folded = fold_near_duplicates([s[0] for s in scored], vectors, fold)[offset:wanted]
+        ranked = [s[0] for s in scored if s[0] in vectors]  # one deleted since it was ranked is gone from both
+        folded = fold_near_duplicates(ranked, vectors, fold)[offset:wanted]
         return [replace(self.hit(*by_id[head]), similar=tuple(members)) for head, members in folded], top
 
     def _nearest(self, vector: np.ndarray, k: int, metric: str,
@@ -242,8 +198,7 @@ class ImageIndex:
         if metric == "cosine" or (metric in ("ip", "l2") and self.metadata.get("normalized")):
             # No count() first: it costs more than the search at 100k vectors, and Chroma returns
             # fewer than k results (none from an empty collection) without complaint.
-            where = labels.where() if labels else None
-            found: list[Neighbour] = self.collection.nearest(vector[None, :], k, where)[0]
+            found: list[Neighbour] = self.collection.nearest(vector[None, :], k, labels)[0]
             return [(n.id, metrics.score_from_cosine(n.similarity, metric), n.metadata) for n in found]
         ids, exact = self._all_vectors()
         rows = None
@@ -302,13 +257,6 @@ class ImageIndex:
             source=meta.get("source"),
             metadata=meta,
         )
-
-    @staticmethod
-    def _check(k: int, metric: str) -> None:
-        if metric not in metrics.METRICS:
-            raise QueryError(f"unknown metric {metric!r}; choose one of {', '.join(metrics.METRICS)}")
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise QueryError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
 
 
 def _default_collection(store: Store) -> str:

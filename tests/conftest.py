@@ -144,7 +144,7 @@ def local_store(tmp_path_factory, shapes_model) -> Path:
     from search.embedders.models import load_embedder
     from search.pipeline.build import BuildOptions, build_index
     from search.sources.base import open_source
-    from search.stores.chroma import Store
+    from search.stores.store import Store
 
     root = tmp_path_factory.mktemp("local-store")
     write_folder(root / "shapes", per_class=4, seed=5)

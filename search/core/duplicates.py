@@ -5,13 +5,13 @@ from typing import Any
 
 import numpy as np
 
-from search.stores.chroma import VectorCollection
+from search.stores.base import Collection
 
 NEAR_DUPLICATE_SIMILARITY = 0.95  # cosine between unit CLIP vectors; exact copies are caught by hash
 
 
 def find_near_duplicates(
-    col: VectorCollection, ids: list[str], sources: list[str], vectors: np.ndarray, similarity: float
+    col: Collection, ids: list[str], sources: list[str], vectors: np.ndarray, similarity: float
 ) -> list[dict[str, Any]]:
     """Pairs of a new image and the most similar earlier one (stored, or earlier in this batch) above ``similarity``."""
     found: list[dict[str, Any]] = []

@@ -1,7 +1,9 @@
 """The one query model: weighted text, image and stored-image parts, filters, a page, a cut-off.
 
-``parse_query`` turns what an API caller sent (plain JSON) into a typed ``Query``, or a ``QueryError``
-that names the offending part ("positive[1]: image 2 was not given (1 image uploaded)"). What can only
+``Query`` and ``Part`` hold every rule a query obeys (ranges, limits, formats); making one that breaks a
+rule is a ``QueryError`` that names the part at fault ("positive[1]: weight must be ..."), whoever makes
+it: the page, the service, or ``parse_query``, which reads what an API caller sent (plain JSON) through a
+pydantic model of its shape and turns pydantic's error locations into the same messages. What can only
 be checked against an index (unknown ids and labels, text on a pixel index) is checked by
 ``ImageIndex.search``. ``compose`` is the maths that turns the parts' vectors into one query vector.
 """
@@ -14,12 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from search.core import metrics
 from search.core.ids import is_image_id, shown
+from search.core.metrics import METRICS
 from search.errors import QueryError
 
-MAX_K = 1000  # the deepest a query may page: offset + k
+MAX_K = 1000  # the deepest a query may rank: offset + k
 MAX_PAGE = 50  # results on one page (k)
 MAX_PARTS = 20
 MAX_WEIGHT = 10.0
@@ -27,23 +30,42 @@ MAX_TEXT_CHARS = 1000
 MAX_LABELS = 100  # per filter list
 MIN_REGION_EDGE = 8  # a region narrower than this (in the image's pixels) holds nothing to search by
 MAX_BOX_COORDINATE = 1_000_000
+DEFAULT_K = 12
 
 PartKind = Literal["text", "image", "id"]
 Box = tuple[int, int, int, int]  # a region: left, top, right, bottom, in the upright image's pixels
 Cutoff = Literal["auto"] | float | None
 _QUERY_KEYS = ("positive", "negative", "k", "offset", "metric", "index", "labels", "cutoff", "fold")
 _PART_KINDS: tuple[PartKind, ...] = ("text", "image", "id")
+CANNOT_READ_TEXT = "the pixel method cannot read text; search by an image here, or choose a CLIP index."
 
 
 @dataclass(frozen=True)
 class Part:
-    """One term of a query: a description, an uploaded image (its file path) or a stored image's id."""
+    """One term of a query: a description, an image (its file's path) or a stored image's id; checked when made."""
 
     kind: PartKind
     value: str  # the text, the image file's path, or the id
     weight: float = 1.0
     name: str = ""  # where the caller put it, e.g. "positive[1]", for messages
     box: Box | None = None  # an image part's region (left, top, right, bottom, in its pixels); None: all of it
+
+    def __post_init__(self) -> None:
+        at = f"{self.name}: " if self.name else ""
+        if self.kind not in _PART_KINDS:
+            raise QueryError(f"{at}a part has exactly one of text, image or id.")
+        if self.kind == "text":
+            object.__setattr__(self, "value", checked_text(self.value, self.name))
+        elif self.kind == "id" and not is_image_id(self.value):
+            raise QueryError(f"{at}{shown(self.value)} is not an image id.")
+        if not _finite(self.weight):
+            raise QueryError(f"{at}weight must be a finite number, not {shown(self.weight)}.")
+        if not 0 < self.weight <= MAX_WEIGHT:
+            raise QueryError(f"{at}weight must be above 0 and at most {MAX_WEIGHT:g}, not {self.weight:g}.")
+        if self.box is not None:
+            if self.kind != "image":
+                raise QueryError(f"{at}only an image part takes a box.")
+            object.__setattr__(self, "box", _box(self.box, at))
 
 
 @dataclass(frozen=True)
@@ -52,7 +74,7 @@ class Query:
 
     positive: tuple[Part, ...]
     negative: tuple[Part, ...] = ()
-    k: int = 12
+    k: int = DEFAULT_K
     offset: int = 0
     metric: str = "cosine"
     index: str = ""
@@ -61,42 +83,185 @@ class Query:
     cutoff: Cutoff = "auto"
     fold: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.positive:
+            raise QueryError("The query is empty: give at least one positive part (a text, an image or an id).")
+        if len(self.parts) > MAX_PARTS:
+            raise QueryError(f"The query has {len(self.parts)} parts; the limit is {MAX_PARTS}.")
+        whole("k", self.k, 1, MAX_PAGE)
+        whole("offset", self.offset, 0, MAX_K - 1)
+        if self.offset + self.k > MAX_K:
+            raise QueryError(f"offset + k is {self.offset + self.k}; results go no deeper than {MAX_K}.")
+        checked_metric(self.metric)
+        if not isinstance(self.index, str):
+            raise QueryError(f"index must be a string, not {_type(self.index)}.")
+        for side in ("include", "exclude"):
+            names = getattr(self, side)
+            if len(names) > MAX_LABELS or not all(isinstance(n, str) and n for n in names):
+                raise QueryError(f"labels.{side} must be a list of at most {MAX_LABELS} label names.")
+            object.__setattr__(self, side, tuple(dict.fromkeys(names)))
+        both = set(self.include) & set(self.exclude)
+        if both:
+            raise QueryError(f"labels: {shown(sorted(both)[0])} is both included and excluded.")
+        if self.cutoff not in (None, "auto") and not _finite(self.cutoff):
+            raise QueryError(f"cutoff must be \"auto\", null or a score, not {shown(self.cutoff)}.")
+        if not isinstance(self.fold, bool):
+            raise QueryError(f"fold must be true or false, not {_type(self.fold)}.")
+
     @property
     def parts(self) -> tuple[Part, ...]:
         """Every part, positives first."""
         return self.positive + self.negative
 
 
+def whole(name: str, value: object, low: int, high: int) -> int:
+    """``value`` as a whole number from ``low`` to ``high``, or a QueryError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise QueryError(f"{name} must be a whole number from {low} to {high}, not {shown(value)}.")
+    if not low <= value <= high:
+        seen = value if abs(int(value)) < 10**12 else shown(str(value))  # a 4,000-digit number is not echoed whole
+        raise QueryError(f"{name} must be a whole number from {low} to {high}, not {seen}.")
+    return int(value)
+
+
+def _finite(value: object) -> bool:
+    """Whether ``value`` is a number a float can hold and not NaN or infinite (a 400-digit integer is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def checked_metric(value: object) -> str:
+    """``value`` as one of METRICS, or a QueryError listing them."""
+    if value not in METRICS:
+        raise QueryError(f"metric: {shown(value)} is not one of {', '.join(METRICS)}.")
+    return str(value)
+
+
+def checked_text(value: object, name: str = "") -> str:
+    """A description as the text towers take it: a non-empty string of valid Unicode, at most MAX_TEXT_CHARS
+    characters; stripped. ``name`` (the part's place, e.g. "positive[1]") starts the message."""
+    at = f"{name}: " if name else ""
+    if not isinstance(value, str) or not value.strip():
+        raise QueryError(f"{at}Type a description to search for (a non-empty string).")
+    if len(value) > MAX_TEXT_CHARS:
+        raise QueryError(f"{at}The description is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no tokenizer can read it
+        raise QueryError(f"{at}The description holds characters that are not valid Unicode.") from None
+    return value.strip()
+
+
+def _box(value: object, at: str) -> Box:
+    if not (isinstance(value, (list, tuple)) and len(value) == 4 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_BOX_COORDINATE for v in value)):
+        raise QueryError(f"{at}{BOX_SHAPE}")
+    left, top, right, bottom = value
+    if right - left < MIN_REGION_EDGE or bottom - top < MIN_REGION_EDGE:
+        raise QueryError(f"{at}the box is too small to search by; make it at least {MIN_REGION_EDGE} pixels "
+                         "wide and high (right > left, bottom > top).")
+    return left, top, right, bottom
+
+
+BOX_SHAPE = f"box must be [left, top, right, bottom], whole numbers of pixels from 0 to {MAX_BOX_COORDINATE:,}."
+
+
+# --- What an API caller sends: the query's JSON shape -------------------------------------------------------
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _PartIn(_Shape):
+    text: Any = None  # the values' own rules are Part's; the shape checks only what JSON can get wrong
+    image: int | None = None
+    id: Any = None
+    weight: float = 1.0
+    box: list[int] | None = None
+
+
+class _LabelsIn(_Shape):
+    include: list[str] = []
+    exclude: list[str] = []
+
+
+class _QueryIn(_Shape):
+    positive: list[_PartIn] = []
+    negative: list[_PartIn] = []
+    k: int = DEFAULT_K
+    offset: int = 0
+    metric: str = "cosine"
+    index: str = ""
+    labels: _LabelsIn = _LabelsIn()
+    cutoff: Literal["auto"] | float | None = "auto"
+    fold: bool = False
+
+
 def parse_query(payload: object, images: Sequence[str | Path | None] | None = None) -> Query:
     """Check an API caller's query; ``images`` are the uploaded files that image parts name by position."""
     if not isinstance(payload, dict):
         raise QueryError(f"The query must be a JSON object, not {_type(payload)}.")
-    unknown = [key for key in payload if key not in _QUERY_KEYS]
-    if unknown:
-        raise QueryError(f"Unknown query key {shown(unknown[0])}; the keys are {', '.join(_QUERY_KEYS)}.")
+    try:
+        shape = _QueryIn.model_validate(payload)
+    except ValidationError as exc:
+        raise QueryError(_said(exc.errors()[0])) from None
     files = list(images or [])
-    positive = _parts(payload.get("positive"), "positive", files)
-    negative = _parts(payload.get("negative", []), "negative", files)
-    if not positive:
-        raise QueryError("The query is empty: give at least one positive part (a text, an image or an id).")
-    if len(positive) + len(negative) > MAX_PARTS:
-        raise QueryError(f"The query has {len(positive) + len(negative)} parts; the limit is {MAX_PARTS}.")
-    k = _whole(payload.get("k", 12), "k", 1, MAX_PAGE)
-    offset = _whole(payload.get("offset", 0), "offset", 0, MAX_K - 1)
-    if offset + k > MAX_K:
-        raise QueryError(f"offset + k is {offset + k}; results go no deeper than {MAX_K}.")
-    metric = payload.get("metric", "cosine")
-    if metric not in metrics.METRICS:
-        raise QueryError(f"metric: {shown(metric)} is not one of {', '.join(metrics.METRICS)}.")
-    index = payload.get("index", "")
-    if not isinstance(index, str):
-        raise QueryError(f"index must be a string, not {_type(index)}.")
-    include, exclude = _labels(payload.get("labels", {}))
-    fold = payload.get("fold", False)
-    if not isinstance(fold, bool):
-        raise QueryError(f"fold must be true or false, not {_type(fold)}.")
-    return Query(positive, negative, k, offset, metric, index, include, exclude,
-                 _cutoff(payload.get("cutoff", "auto")), fold)
+    positive = tuple(_part(p, f"positive[{i}]", files, payload["positive"][i]) for i, p in enumerate(shape.positive))
+    negative = tuple(_part(p, f"negative[{i}]", files, payload["negative"][i]) for i, p in enumerate(shape.negative))
+    return Query(positive, negative, shape.k, shape.offset, shape.metric, shape.index, tuple(shape.labels.include),
+                 tuple(shape.labels.exclude), shape.cutoff, shape.fold)
+
+
+def _part(shape: _PartIn, name: str, files: list[str | Path | None], sent: dict[str, Any]) -> Part:
+    kinds = [kind for kind in _PART_KINDS if kind in sent]
+    if len(kinds) != 1:
+        raise QueryError(f"{name}: a part has exactly one of text, image or id.")
+    box = tuple(shape.box) if shape.box is not None else None
+    if kinds[0] != "image":
+        return Part(kinds[0], getattr(shape, kinds[0]), shape.weight, name, box)  # type: ignore[arg-type]
+    position = shape.image
+    if position is None or position < 0:
+        raise QueryError(f"{name}: image must be the position of an uploaded image (0, 1, ...), not {shown(position)}.")
+    if position >= len(files) or not files[position]:
+        raise QueryError(f"{name}: image {position} was not given ({len(files)} image{'' if len(files) == 1 else 's'} "
+                         "uploaded).")
+    return Part("image", str(files[position]), shape.weight, name, box)  # type: ignore[arg-type]
+
+
+def _said(error: Any) -> str:
+    """A pydantic error on the query's shape, in the words the rules use, with the part it is in."""
+    loc, value, kind = tuple(error["loc"]), error.get("input"), error["type"]
+    if kind == "extra_forbidden":
+        if len(loc) == 1:
+            return f"Unknown query key {shown(loc[0])}; the keys are {', '.join(_QUERY_KEYS)}."
+        if loc[0] == "labels":
+            return f"labels: unknown key {shown(loc[-1])}; use include and exclude."
+        return (f"{loc[0]}[{loc[1]}]: unknown key {shown(loc[-1])}; a part has one of text, image, id, a weight, and "
+                "for an image a box.")
+    top = loc[0]
+    if top in ("positive", "negative"):
+        if len(loc) == 1:
+            return f"{top} must be a list of parts, not {_type(value)}."
+        at = f"{top}[{loc[1]}]: "
+        if len(loc) == 2:
+            return f"{at}a part must be an object such as {{\"text\": \"a red dress\"}}, not {_type(value)}."
+        return at + {"image": f"image must be the position of an uploaded image (0, 1, ...), not {shown(value)}.",
+                     "weight": f"weight must be a finite number, not {shown(value)}.", "box": BOX_SHAPE}[loc[2]]
+    if top in ("k", "offset"):
+        return f"{top} must be a whole number from {1 if top == 'k' else 0} to {MAX_PAGE if top == 'k' else MAX_K - 1}, " \
+               f"not {shown(value)}."
+    if top == "labels":
+        return (f"labels.{loc[1]} must be a list of at most {MAX_LABELS} label names." if len(loc) > 1 else
+                f"labels must be an object with include and exclude lists, not {_type(value)}.")
+    return {"metric": f"metric: {shown(value)} is not one of {', '.join(METRICS)}.",
+            "index": f"index must be a string, not {_type(value)}.",
+            "cutoff": f"cutoff must be \"auto\", null or a score, not {shown(value)}.",
+            "fold": f"fold must be true or false, not {_type(value)}."}[top]
 
 
 def compose(positive: Sequence[tuple[np.ndarray, float]], negative: Sequence[tuple[np.ndarray, float]],
@@ -127,113 +292,6 @@ def compose(positive: Sequence[tuple[np.ndarray, float]], negative: Sequence[tup
         return plus
     pull = sum(w for _, w in negative) / sum(w for _, w in (*positive, *negative))
     return np.asarray(plus + pull * (plus - _mean(negative)), np.float32)
-
-
-def _parts(value: object, side: str, files: list[str | Path | None]) -> tuple[Part, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise QueryError(f"{side} must be a list of parts, not {_type(value)}.")
-    return tuple(_part(item, f"{side}[{i}]", files) for i, item in enumerate(value))
-
-
-def _part(item: object, name: str, files: list[str | Path | None]) -> Part:
-    if not isinstance(item, dict):
-        raise QueryError(f"{name}: a part must be an object such as {{\"text\": \"a red dress\"}}, not {_type(item)}.")
-    unknown = [key for key in item if key not in (*_PART_KINDS, "weight", "box")]
-    if unknown:
-        raise QueryError(f"{name}: unknown key {shown(unknown[0])}; a part has one of text, image, id, a weight, "
-                         "and for an image a box.")
-    kinds = [kind for kind in _PART_KINDS if kind in item]
-    if len(kinds) != 1:
-        raise QueryError(f"{name}: a part has exactly one of text, image or id.")
-    kind = kinds[0]
-    value = item[kind]
-    weight = _weight(item.get("weight", 1.0), name)
-    if "box" in item and kind != "image":
-        raise QueryError(f"{name}: only an image part takes a box.")
-    if kind == "text":
-        return Part("text", checked_text(value, name), weight, name)
-    if kind == "image":
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise QueryError(f"{name}: image must be the position of an uploaded image (0, 1, ...), not {shown(value)}.")
-        if value >= len(files) or not files[value]:
-            uploaded = f"{len(files)} image{'' if len(files) == 1 else 's'} uploaded"
-            raise QueryError(f"{name}: image {value} was not given ({uploaded}).")
-        return Part("image", str(files[value]), weight, name, _box(item.get("box"), name))
-    if not is_image_id(value):
-        raise QueryError(f"{name}: {shown(value)} is not an image id.")
-    return Part("id", value, weight, name)
-
-
-def checked_text(value: object, name: str = "") -> str:
-    """A description as the text towers take it: a non-empty string of valid Unicode, at most MAX_TEXT_CHARS
-    characters; stripped. ``name`` (the part's place, e.g. "positive[1]") starts the message."""
-    at = f"{name}: " if name else ""
-    if not isinstance(value, str) or not value.strip():
-        raise QueryError(f"{at}Type a description to search for (a non-empty string).")
-    if len(value) > MAX_TEXT_CHARS:
-        raise QueryError(f"{at}The description is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}.")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: no tokenizer can read it
-        raise QueryError(f"{at}The description holds characters that are not valid Unicode.") from None
-    return value.strip()
-
-
-def _box(value: object, name: str) -> Box | None:
-    if value is None:
-        return None
-    if not (isinstance(value, list) and len(value) == 4
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_BOX_COORDINATE for v in value)):
-        raise QueryError(f"{name}: box must be [left, top, right, bottom], whole numbers of pixels from 0 "
-                         f"to {MAX_BOX_COORDINATE:,}.")
-    left, top, right, bottom = value
-    if right - left < MIN_REGION_EDGE or bottom - top < MIN_REGION_EDGE:
-        raise QueryError(f"{name}: the box is too small to search by; make it at least {MIN_REGION_EDGE} pixels "
-                         "wide and high (right > left, bottom > top).")
-    return left, top, right, bottom
-
-
-def _weight(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise QueryError(f"{name}: weight must be a finite number, not {shown(value)}.")
-    if not 0 < value <= MAX_WEIGHT:
-        raise QueryError(f"{name}: weight must be above 0 and at most {MAX_WEIGHT:g}, not {value:g}.")
-    return float(value)
-
-
-def _whole(value: object, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        shown_value = value if isinstance(value, int) and not isinstance(value, bool) else shown(value)
-        raise QueryError(f"{name} must be a whole number from {low} to {high}, not {shown_value}.")
-    return value
-
-
-def _labels(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    if not isinstance(value, dict):
-        raise QueryError(f"labels must be an object with include and exclude lists, not {_type(value)}.")
-    unknown = [key for key in value if key not in ("include", "exclude")]
-    if unknown:
-        raise QueryError(f"labels: unknown key {shown(unknown[0])}; use include and exclude.")
-    lists = []
-    for key in ("include", "exclude"):
-        names = value.get(key, [])
-        if not isinstance(names, list) or len(names) > MAX_LABELS or not all(isinstance(n, str) and n for n in names):
-            raise QueryError(f"labels.{key} must be a list of at most {MAX_LABELS} label names.")
-        lists.append(tuple(dict.fromkeys(names)))
-    both = set(lists[0]) & set(lists[1])
-    if both:
-        raise QueryError(f"labels: {shown(sorted(both)[0])} is both included and excluded.")
-    return lists[0], lists[1]
-
-
-def _cutoff(value: object) -> Cutoff:
-    if value is None or value == "auto":
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise QueryError(f"cutoff must be \"auto\", null or a score, not {shown(value)}.")
-    return float(value)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

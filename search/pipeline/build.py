@@ -27,7 +27,8 @@ from search.pipeline.prefetch import prefetch
 from search.pipeline.report import BuildReport
 from search.sources.base import Item
 from search.stores import manifests, thumbnails
-from search.stores.chroma import ModelInfo, Record, Store, VectorCollection
+from search.stores.base import Collection, ModelInfo, Record
+from search.stores.store import Store
 
 KEEP_BYTES = 4 * 1024 * 1024  # per image, between hashing and decoding (32 images: 128 MB at most)
 Progress = Callable[[int, "int | None"], Any]  # (items done, items in all where known)
@@ -88,7 +89,7 @@ class _Build:
         self.embedder = embedder
         self.options = options
         self.on_progress = on_progress
-        self.collection: VectorCollection = store.open_or_create(collection, ModelInfo.of(embedder), options.source)
+        self.collection: Collection = store.open_or_create(collection, ModelInfo.of(embedder), options.source)
         self.report = BuildReport(str(store.folder), collection, embedder.name)
         self.manifest_name = options.manifest or collection
         self.known = manifests.load(store.folder, self.manifest_name)

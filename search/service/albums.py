@@ -27,7 +27,8 @@ from search.index import Hit, ImageIndex
 from search.pipeline.build import BuildOptions, Progress, build_index
 from search.pipeline.report import BuildReport
 from search.sources.uploads import upload_items
-from search.stores.chroma import Store, folder_bytes
+from search.stores.base import folder_bytes
+from search.stores.store import Store
 
 log = logging.getLogger(__name__)
 PREFIX = "mine-"

@@ -20,10 +20,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from search.config import Settings
 from search.embedders.models import DEFAULT_MODEL, Embedder, load_embedder
@@ -32,10 +33,8 @@ from search.index import ImageIndex
 from search.pipeline.build import BuildOptions, build_index
 from search.pipeline.report import BuildReport
 from search.sources.base import Source, open_source
-from search.stores.chroma import DATABASE, DEFAULT_COLLECTION, ModelInfo, Store
-
-if TYPE_CHECKING:
-    from search.service.service import SearchService
+from search.stores.base import DEFAULT_COLLECTION, ModelInfo
+from search.stores.store import Store
 
 log = logging.getLogger(__name__)
 MARKER = "default-build.json"
@@ -124,7 +123,7 @@ def wanted(settings: Settings) -> bool:
 
 
 def _empty_store(settings: Settings) -> bool:
-    if settings.chroma is None and not (settings.store / DATABASE).exists():
+    if not Store.exists(settings.store, settings.chroma):
         return True
     try:
         return not Store.connect(settings.store, server=settings.chroma).names()
@@ -148,9 +147,12 @@ def failed(exc: SearchError | None) -> BuildState:
 class DefaultBuild:
     """The default build on its own thread; ``state()`` says how far it is."""
 
-    def __init__(self, service: SearchService):
-        self.service = service
-        self.settings = service.settings
+    def __init__(self, settings: Settings, opened: Callable[[], ImageIndex | None], attach: Callable[[ImageIndex], None]):
+        """``opened``: the main index the app already serves, if any (a resumed build embeds with its model);
+        ``attach``: hands each collection to the app as soon as it exists."""
+        self.settings = settings
+        self._opened = opened
+        self._attach = attach
         self._lock = threading.Lock()
         self._state = BuildState(total=self.settings.default_limit)
         self._started = time.monotonic()
@@ -201,7 +203,7 @@ class DefaultBuild:
 
     def _main_embedder(self) -> Embedder:
         """The model of the index the service already opened (a resumed build), else the configured one."""
-        opened = self.service.main_index()
+        opened = self._opened()
         if opened is not None:
             return opened.embedder
         return load_embedder(self.settings.model or DEFAULT_MODEL, None, self.settings.text_model)
@@ -212,7 +214,7 @@ class DefaultBuild:
         self._logged = -1
         self._set(BuildState(stage, 0, source.total or s.default_limit))
         made = store.open_or_create(collection, ModelInfo.of(embedder), source.description)
-        self.service.attach(ImageIndex(store, made, embedder))
+        self._attach(ImageIndex(store, made, embedder))
         report = build_index(source.items, store, collection, embedder,
                              BuildOptions(source=source.description, total=source.total),
                              on_progress=lambda done, total: self._progress(stage, done, total or s.default_limit))

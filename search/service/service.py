@@ -2,61 +2,42 @@
 
 Words used throughout: ``index`` is the string that names what to search ("" for the main index, a
 shared index's name such as "pixels", or "mine/NAME" for one of the caller's albums); the ``ImageIndex``
-it opens is called ``target``. ``fold`` is the "fold near-duplicates" option. How any of this is shown
-(captions, dropdown labels, Markdown, status lines) is the UI's business: see ``search/views.py``.
+it opens is called ``target``. How any of this is shown (captions, dropdown labels, Markdown, status
+lines) is the web layer's business: see ``search/web/views.py``.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
 
-from search.config import DEFAULT_DATASET, Settings
-from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
-from search.core.ids import content_id, shown
+from search.config import Settings
+from search.core.hits import Hit
+from search.core.ids import shown
 from search.core.query import Query, parse_query
 from search.embedders.batching import QueryBatcher
-from search.errors import InvalidImageError, QueryError, SearchError
-from search.index import Hit, ImageIndex
+from search.errors import InvalidImageError, QueryError, SearchError, StoreUnavailableError
+from search.index import ImageIndex
 from search.pipeline.build import Progress
 from search.pipeline.report import BuildReport
 from search.service.albums import Albums, Removal
+from search.service.examples import Examples, Shipped, examples_of
 from search.service.first_run import BuildState, DefaultBuild, wanted
 from search.sources.fetch import PrivateAddressError, fetch
 from search.stores.thumbnails import path as thumbnail_path
 
 log = logging.getLogger(__name__)
-MAX_RESULTS = 50
 MINE = "mine/"  # an index value naming one of the caller's albums
-
-EXAMPLE_IMAGES = 8
-EXAMPLE_LABELS = 6
-
-__all__ = ["MAX_RESULTS", "MINE", "Answer", "Examples", "IndexChoice", "Overview", "Results", "SearchService", "Settings"]
-
-
-@dataclass(frozen=True)
-class Results:
-    """Hits of one query, best first, and how long it took."""
-
-    hits: list[Hit]
-    seconds: float
-
-    def records(self) -> list[dict[str, Any]]:
-        """The API's answer: plain dicts, best first: id, score, label, caption, image (thumbnail path), similar."""
-        return [{"id": h.id, "score": round(h.score, 6), "label": h.label, "caption": h.caption, "image": h.image,
-                 "similar": list(h.similar)} for h in self.hits]
 
 
 @dataclass(frozen=True)
 class Answer:
-    """One page of a composed query's hits, how many images it ranks, its cut-off, and how long it took."""
+    """One page of a query's hits, how many images it ranks, its cut-off, and how long it took."""
 
     hits: list[Hit]
     total: int  # images the query ranks: the index's count after label filters
@@ -65,10 +46,9 @@ class Answer:
     seconds: float
     album: str | None = None  # the token that serves the thumbnails of an album's hits; None: a shared index
 
-    def records(self) -> list[dict[str, Any]]:
-        """The API's hits: plain dicts, best first: id, score, label, caption, image, relevant, similar."""
-        return [{"id": h.id, "score": round(h.score, 6), "label": h.label, "caption": h.caption, "image": h.image,
-                 "relevant": h.relevant, "similar": list(h.similar)} for h in self.hits]
+    def records(self, *, relevance: bool = True) -> list[dict[str, Any]]:
+        """The hits as plain data, best first (``Hit.record``)."""
+        return [h.record(relevance=relevance) for h in self.hits]
 
 
 @dataclass(frozen=True)
@@ -96,32 +76,33 @@ class Overview:
     building: BuildState | None = None  # the default build, while it runs or where it failed
 
 
-@dataclass(frozen=True)
-class Examples:
-    """Examples that fit the main index: images it holds (thumbnail path, label) and descriptions."""
-
-    images: list[tuple[str, str]]
-    prompts: list[str]
-
-
 class SearchService:
     """The indexes an app searches: the main one, the pixel baseline where the store has it, and albums."""
 
     def __init__(self, settings: Settings):
+        """An app's service with nothing open yet (``open`` opens the store and loads the model)."""
         self.settings = settings
         self._shared: dict[str, ImageIndex] = {}  # by name, the main index first
-        self._problem: str | None = None
+        self._problem: SearchError | None = SearchError("nothing has been opened")
         self._albums: Albums | None = None
         self._build: DefaultBuild | None = None
+
+    @classmethod
+    def open(cls, settings: Settings) -> SearchService:
+        """The service over the store ``settings`` name: its main index (model loaded and run once, so the
+        first visitor's query is not the slow one) and the pixel baseline; or, where there is none, the
+        reason, for the page and for callers."""
+        service = cls(settings)
         try:
             main = ImageIndex.open(settings.store, settings.collection, model=settings.model,
                                    text_model=settings.text_model, server=settings.chroma)
-            self.attach(main)
-            self._open_pixel_baseline(main)
-            self._warm_up(main)
+            service.attach(main)
+            service._open_pixel_baseline(main)
+            _warm_up(main)
         except SearchError as exc:
-            self._problem = f"{exc}"
+            service._problem = exc
             log.warning("no index to search: %s", exc.for_operator())
+        return service
 
     # --- What there is to search ------------------------------------------------------------------------
 
@@ -131,7 +112,7 @@ class SearchService:
         building = state if state and state.stage != "done" else None
         main = self.main_index()
         if main is None:
-            return Overview(problem=None if building else self._problem, building=building)
+            return Overview(problem=None if building or self._problem is None else str(self._problem), building=building)
         return Overview(len(main), main.collection.name, _model_name(main.metadata.get("model", main.embedder.name)),
                         building=building)
 
@@ -144,40 +125,13 @@ class SearchService:
         """The main index, where there is one yet."""
         return next(iter(self._shared.values()), None)
 
-    def examples(self, photos: list[Path], prompts: list[str]) -> Examples:
-        """Examples drawn from the main index, chosen deterministically.
-
-        Images: the shipped ``photos`` the index holds (by content id), then the first image (by sorted id)
-        of each of its most frequent labels, else its first images by id. Descriptions: ``prompts`` (the
-        shipped ones, written for the default dataset) and its most frequent labels where the index was built
-        from it, else "a photo of a LABEL" for its most frequent labels. None while the default build runs.
-        """
+    def examples(self, shipped: Shipped) -> Examples:
+        """Examples that fit the main index (``examples.examples_of``); none while the default build runs."""
         main = self.main_index()
         state = self.build_state()
         if main is None or (state and not state.finished):
             return Examples([], [])
-        records = sorted(main.collection.scan_metadata())
-        counts: dict[str, int] = {}
-        first: dict[str, tuple[str, dict]] = {}
-        for image_id, meta in records:
-            label = str(meta.get("label") or "").strip()
-            if label:
-                counts[label] = counts.get(label, 0) + 1
-                first.setdefault(label, (image_id, meta))
-        frequent = sorted(counts, key=lambda label: (-counts[label], label))
-        photo_ids = {p: content_id(p.read_bytes()) for p in photos}
-        held = set(main.collection.held(list(photo_ids.values())))
-        chosen = [(str(p), p.stem) for p, photo_id in photo_ids.items() if photo_id in held]
-        picks = [first[label] for label in frequent] or records
-        for image_id, meta in picks[: max(0, EXAMPLE_IMAGES - len(chosen))]:
-            hit = main.hit(image_id, 0.0, meta)
-            if hit.image:
-                chosen.append((hit.image, hit.label or hit.caption or ""))
-        if str(main.metadata.get("source", "")).startswith(DEFAULT_DATASET):  # product types read as they are
-            described = [*prompts, *(label.lower() for label in frequent[:EXAMPLE_LABELS])]
-        else:
-            described = [photo_of(label) for label in frequent[:EXAMPLE_LABELS]]
-        return Examples(chosen, list(dict.fromkeys(described)))
+        return examples_of(main, shipped)
 
     # --- The default index, built in the background on a first start (search/first_run.py) -------------
 
@@ -185,7 +139,7 @@ class SearchService:
         """Build (or resume) the default index in the background where this start calls for it."""
         if self._build is not None or not wanted(self.settings):
             return False
-        self._build = DefaultBuild(self)
+        self._build = DefaultBuild(self.settings, self.main_index, self.attach)
         self._build.start()
         return True
 
@@ -259,8 +213,9 @@ class SearchService:
 
     # --- Queries ----------------------------------------------------------------------------------------
 
-    def search(self, query: object, images: list[str] | None = None, key: str | None = None) -> Answer:
-        """Run a composed query (search/query.py); ``images`` are the uploads its image parts name by position."""
+    def search(self, query: Query | object, images: list[str] | None = None, key: str | None = None) -> Answer:
+        """Run a query: a checked ``Query``, or a composed query as API callers send it (``parse_query``), whose
+        image parts name ``images`` by position."""
         parsed = query if isinstance(query, Query) else parse_query(query, images)
         target = self._target(parsed.index, key)
         start = time.perf_counter()
@@ -271,14 +226,6 @@ class SearchService:
     def labels(self, index: str | None = None, key: str | None = None) -> list[str]:
         """The labels the index holds, sorted (for label filters)."""
         return self._target(index, key).labels()
-
-    def search_image(self, image: str | bytes | Image.Image | None, k: int, metric: str, index: str | None = None,
-                     *, key: str | None = None, fold: bool = False) -> Results:
-        """Search by an uploaded image (path, bytes or PIL image)."""
-        if image is None or image == "":
-            raise QueryError("Upload, paste or photograph an image first (or give an image URL).")
-        target = self._target(index, key)
-        return _timed(lambda: target.search_by_image(image, _results(k), metric, _fold_similarity(target, fold)))
 
     def fetch_url(self, url: str) -> bytes:
         """An image URL's bytes, fetched safely (public addresses only, unless the operator allows more)."""
@@ -291,14 +238,6 @@ class SearchService:
                 raise
             raise InvalidImageError(exc.reason, f"{exc.detail}. To search images on your own network, "
                                     "start the app with IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1") from None
-
-    def search_text(self, text: str, k: int, metric: str, index: str | None = None,
-                    *, key: str | None = None, fold: bool = False) -> Results:
-        """Search by a description."""
-        target = self._target(index, key)
-        if not target.supports_text:
-            raise QueryError("The pixel method cannot read text: choose a CLIP index, or search by image.")
-        return _timed(lambda: target.search_by_text(text or "", _results(k), metric, _fold_similarity(target, fold)))
 
     # --- Inside -----------------------------------------------------------------------------------------
 
@@ -333,15 +272,17 @@ class SearchService:
                              "(the page shows its progress).")
         return albums
 
-    def _unavailable(self) -> QueryError:
-        """Why there is nothing to search: the default build is under way, it failed, or there is no index."""
+    def _unavailable(self) -> SearchError:
+        """Why there is nothing to search: the default build is under way, it failed, or there is no index
+        (a store that went away, such as a full disk, stays a store's error: not the caller's to fix)."""
         state = self.build_state()
         if state and not state.finished:
             return QueryError(state.message())
         if state and state.problem:
             return QueryError(f"No index to search yet: the default index could not be built: {state.problem}. "
                               f"{state.hint}")
-        return QueryError(f"No index to search yet: {self._problem}")
+        kind = StoreUnavailableError if isinstance(self._problem, StoreUnavailableError) else QueryError
+        return kind(f"No index to search yet: {self._problem}")
 
     def _open_pixel_baseline(self, main: ImageIndex) -> None:
         name = self.settings.pixel_collection
@@ -353,43 +294,12 @@ class SearchService:
         except SearchError as exc:
             log.warning("pixel baseline %r not opened: %s", name, exc)
 
-    @staticmethod
-    def _warm_up(target: ImageIndex) -> None:
-        """Run the model once so the first visitor's query is not the slow one."""
-        target.embedder.embed_images([target.embedder.prepare(Image.new("RGB", (256, 256), "white"))])
-        if target.supports_text:  # both text towers where a multilingual one is paired, and the router
-            target.embedder.embed_texts(["warm up", "khởi động"])
 
-
-def photo_of(label: str) -> str:
-    """An example description for a label: "a photo of a cat", "an apple", "birds" (a folder's last name)."""
-    thing = label.rsplit("/", 1)[-1].strip().lower()
-    last = thing.split()[-1] if thing.split() else thing
-    if last.endswith("s") and not last.endswith(("ss", "us", "is")):
-        return f"a photo of {thing}"
-    return f"a photo of {'an' if thing[:1] in 'aeiou' else 'a'} {thing}"
-
-
-def _results(k: object) -> int:
-    """The number of results asked for, checked: a whole number from 1 to MAX_RESULTS."""
-    try:
-        n = int(k)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        n = 0
-    if not 1 <= n <= MAX_RESULTS or n != k:
-        raise QueryError(f"The number of results must be a whole number from 1 to {MAX_RESULTS}.")
-    return n
-
-
-def _fold_similarity(target: ImageIndex, fold: bool) -> float | None:
-    """The similarity ``fold`` folds at: near-duplicate folding applies to CLIP vectors; raw pixels are all alike."""
-    return NEAR_DUPLICATE_SIMILARITY if fold and target.metadata.get("normalized") else None
-
-
-def _timed(search: Callable[[], list[Hit]]) -> Results:
-    start = time.perf_counter()
-    hits = search()
-    return Results(hits, time.perf_counter() - start)
+def _warm_up(target: ImageIndex) -> None:
+    """Run the model once so the first visitor's query is not the slow one."""
+    target.embedder.embed_images([target.embedder.prepare(Image.new("RGB", (256, 256), "white"))])
+    if target.supports_text:  # both text towers where a multilingual one is paired, and the router
+        target.embedder.embed_texts(["warm up", "khởi động"])
 
 
 def _model_name(reference: str) -> str:

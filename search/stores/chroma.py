@@ -1,20 +1,21 @@
-"""The one module that speaks to Chroma: typed records in, typed results out.
+"""The one module that speaks to Chroma: the store backend for an embedded database or a Chroma server.
 
-A ``Store`` is a folder (thumbnails, manifests, the embedded database) and a Chroma client, embedded
-or the server that ``ChromaServer`` names. A ``VectorCollection`` holds one model's vectors with their
-metadata. Every Chroma failure that means the store went away (a dead server, a full disk) comes out
-as a ``StoreError`` for a person; nothing else in the project imports chromadb or reads its dicts.
+``ChromaBackend`` holds the client (embedded in the store folder, or a server's, every call of which has a
+deadline) and ``ChromaCollection`` one model's vectors with their metadata. Every Chroma failure that
+means the store went away (a dead or hung server, a full or read-only disk, a collection dropped
+meanwhile) comes out of ``guard`` as a StoreError for a person; nothing else in the project imports
+chromadb, reads its dicts or builds its ``where`` filters. The schema version lives here too.
 """
 from __future__ import annotations
 
+import atexit
 import errno
-import fcntl
 import logging
-import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,67 +27,40 @@ import numpy as np
 from search.config import ChromaServer
 from search.errors import StoreError, StoreUnavailableError
 from search.stores import thumbnails
+from search.stores.base import (
+    DISK_FULL,
+    NOT_ANSWERING,
+    READ_ONLY,
+    LabelFilter,
+    ModelInfo,
+    Neighbour,
+    Record,
+    disk_problem,
+    nearly_full,
+    writable,
+)
+from search.stores.locking import LOCK_FILE
 
 log = logging.getLogger(__name__)
-DEFAULT_COLLECTION = "images"
-LOCK_FILE = ".write.lock"
 DATABASE = "chroma.sqlite3"
 PAGE = 5000  # records per read when a whole collection is scanned
 STORE_FORMAT = 1
 # ef_search is read when a process first loads the index, so it is fixed at creation. On 100k
 # clustered vectors (bench/run.py) 128 gave recall@10 0.87-0.95, 384 gives >= 0.99 at ~3.6 ms.
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 384, "max_neighbors": 32}
-_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-_READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 # SQLite's result codes as Chroma's errors quote them: SQLITE_FULL and SQLITE_READONLY.
 _SQLITE_FULL, _SQLITE_READ_ONLY = "(code: 13)", "(code: 8)"
-DISK_FULL = "the server's disk is full; free some space, then try again (nothing stored was lost)"
-READ_ONLY = "the store is read-only here: searching works, adding or removing images does not"
-NOT_ANSWERING = "the store is not answering; try again in a moment"
 BREAKER_S = 5.0  # after a call timed out, calls fail at once for this long instead of each waiting again
-NEARLY_FULL_BYTES = 32 * 1024**2  # free space under which a failed write is put down to a full disk
-
-
-@dataclass(frozen=True)
-class Record:
-    """One image as stored: its content id, its vector and its metadata (source, label, thumbnail, ...)."""
-
-    id: str
-    vector: np.ndarray
-    metadata: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    """A stored record near a query: ``similarity`` is the cosine similarity HNSW measured."""
-
-    id: str
-    similarity: float
-    metadata: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a collection records of the model that filled it."""
-
-    model: str  # a Hub name, or a local checkpoint's absolute path
-    dimension: int
-    normalized: bool  # unit-length vectors: cosine, ip and l2 rank alike
-
-    @classmethod
-    def of(cls, embedder: Any) -> ModelInfo:
-        """What to record of an embedder (anything with ``name``, ``dimension`` and ``normalized``)."""
-        return cls(model_reference(embedder.name), int(embedder.dimension), bool(embedder.normalized))
 
 
 @dataclass
-class VectorCollection:
-    """One collection's vectors and metadata."""
+class ChromaCollection:
+    """One Chroma collection's vectors and metadata (``stores.base.Collection``)."""
 
     name: str
     metadata: dict[str, Any]
     _chroma: Any = field(repr=False)
-    _store: Store = field(repr=False)
+    _store: ChromaBackend = field(repr=False)
 
     @property
     def model(self) -> str | None:
@@ -129,13 +103,14 @@ class VectorCollection:
                 self._chroma.upsert(ids=[r.id for r in part], embeddings=np.stack([r.vector for r in part]),
                                     metadatas=[r.metadata for r in part])
 
-    def nearest(self, vectors: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[list[Neighbour]]:
-        """For each query vector, up to ``k`` stored records by HNSW cosine, most similar first."""
+    def nearest(self, vectors: np.ndarray, k: int, labels: LabelFilter | None = None) -> list[list[Neighbour]]:
+        """For each query vector, up to ``k`` stored records by HNSW cosine, most similar first, among those
+        ``labels`` admits (filtered inside the search, so k still come back where that many pass)."""
         if not len(vectors):
             return []
         with self._store.guard():
-            found = self._chroma.query(query_embeddings=np.asarray(vectors, np.float32), n_results=k, where=where,
-                                       include=["metadatas", "distances"])
+            found = self._chroma.query(query_embeddings=np.asarray(vectors, np.float32), n_results=k,
+                                       where=_where(labels), include=["metadatas", "distances"])
         return [[Neighbour(i, 1.0 - float(d), m or {}) for i, d, m in zip(ids, distances, metas)]
                 for ids, distances, metas in zip(found["ids"], found["distances"], found["metadatas"])]
 
@@ -225,8 +200,8 @@ class VectorCollection:
         return ids, values
 
 
-class Store:
-    """A store folder and its Chroma client (embedded, or a server)."""
+class ChromaBackend:
+    """A Chroma client (embedded in the store folder, or a server's) as a store backend."""
 
     def __init__(self, folder: Path, client: Any, server: ChromaServer | None, *, read_only: bool = False):
         self.folder = folder
@@ -237,31 +212,27 @@ class Store:
         self._down_until = 0.0  # monotonic time until which a server that timed out is not called again
 
     @classmethod
-    def connect(cls, folder: str | Path, *, server: ChromaServer | None = None, create: bool = False) -> Store:
-        """Open the store at ``folder``; ``create`` makes a missing one.
-
-        The vectors live on ``server`` if given, else in the folder.
-        """
+    def connect(cls, folder: Path, server: ChromaServer | None, create: bool) -> ChromaBackend:
+        """The backend of the store at ``folder``; the vectors live on ``server`` if given, else in the folder."""
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
-        folder = Path(folder)
         settings = ChromaSettings(anonymized_telemetry=False)
         if server:
             return cls(folder, _server_client(server, settings), server)
-        if not create and not (folder / DATABASE).exists():
+        if not create and not cls.exists(folder, None):
             raise StoreError(
                 "there is no index yet. Build one with: python index_builder.py --dataset SOURCE --store STORE",
                 internals=f"no {DATABASE} in {folder}",
             )
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            if not _writable(folder):
+            if not writable(folder):
                 return cls(folder, chromadb.PersistentClient(path=_snapshot(folder), settings=settings), None,
                            read_only=True)
             client = chromadb.PersistentClient(path=str(folder), settings=settings)
         except Exception as exc:
-            kind = _disk_problem(exc)
+            kind = _disk_problem(exc) or (DISK_FULL if nearly_full(folder) else None)
             if kind is not None:
                 raise StoreUnavailableError(kind, internals=f"{folder}: {type(exc).__name__}: {exc}") from exc
             raise StoreError(
@@ -270,6 +241,11 @@ class Store:
                 internals=f"{folder}: {type(exc).__name__}: {exc}",
             ) from exc
         return cls(folder, client, None)
+
+    @staticmethod
+    def exists(folder: Path, server: ChromaServer | None) -> bool:
+        """Whether a store is there: on a server, always (its collections say the rest); else the database file."""
+        return server is not None or (folder / DATABASE).exists()
 
     @property
     def answering(self) -> bool:
@@ -289,7 +265,7 @@ class Store:
         with self.guard():
             return sorted(c.name for c in self._client.list_collections())
 
-    def open(self, name: str) -> VectorCollection:
+    def open(self, name: str) -> ChromaCollection:
         """An existing collection, or a StoreError."""
         from chromadb.errors import NotFoundError
 
@@ -300,10 +276,10 @@ class Store:
             except NotFoundError:
                 raise StoreError(f"no collection {name!r} in the store",
                                  internals=f"collections: {', '.join(self.names()) or 'none'}") from None
-        return VectorCollection(name, dict(chroma.metadata or {}), chroma, self)
+        return ChromaCollection(name, dict(chroma.metadata or {}), chroma, self)
 
-    def open_or_create(self, name: str, model: ModelInfo, source: str = "") -> VectorCollection:
-        """The collection ``name`` for vectors of ``model``: created if missing, else checked to match it."""
+    def create(self, name: str, model: ModelInfo, source: str) -> None:
+        """Make the collection ``name`` for vectors of ``model``, unless it is there already."""
         import chromadb
 
         _check_name(name)
@@ -319,68 +295,16 @@ class Store:
                     raise self._lost(exc) or StoreError("a new collection could not be made in the store",
                                                         internals=f"{name!r}: {type(exc).__name__}: {exc}") from exc
                 # It exists already (made earlier, or by another builder a moment ago): use it.
-        collection = self.open(name)
-        collection.check_model(model, strict=True)
-        return collection
 
     def drop(self, name: str) -> None:
-        """Delete a whole collection (its thumbnails are the caller's business: see ``remove``)."""
+        """Delete a whole collection."""
         with self.guard():
             self._client.delete_collection(name)
 
-    def add(self, collection: VectorCollection, records: Sequence[Record], thumbs: Mapping[str, bytes]) -> None:
-        """Write records with their thumbnails (``thumbs``: JPEG bytes by id), so that they appear together.
-
-        Thumbnails go first, so a record never lacks its own; where the records cannot be written, the
-        thumbnails this call made go again. What a kill -9 leaves between the two, ``sweep`` removes.
-        """
-        made: list[str] = []
-        try:
-            with self.guard():  # a full disk here is the store going away too
-                made = [image_id for image_id, data in thumbs.items() if thumbnails.write(self.folder, image_id, data)]
-            collection.upsert(records)
-        except BaseException:
-            for image_id in made:
-                thumbnails.delete(self.folder, image_id)
-            raise
-
-    def sweep(self) -> int:
-        """Delete thumbnails no collection holds and temporary files, left by a writer that was killed.
-
-        Only where this process may write the embedded store now: the write lock keeps other writers out
-        (a Chroma server's other writers cannot be seen, so nothing is swept there). Returns files deleted.
-        """
-        if self.server or self.read_only:
-            return 0
-        with write_lock(self.folder):
-            held: set[str] = set()  # the thumbnails records name, relative to the folder
-            for name in self.names():
-                held.update(str(m.get("thumbnail")) for _, m in self.open(name).scan_metadata())
-            gone = 0
-            for file in thumbnails.stored(self.folder):
-                if file.name.endswith(thumbnails.TEMPORARY) or file.relative_to(self.folder).as_posix() not in held:
-                    file.unlink(missing_ok=True)
-                    gone += 1
-        if gone:
-            log.info("swept %d thumbnails without a record from %s", gone, self.folder)
-        return gone
-
-    def remove(self, collection: VectorCollection, ids: Sequence[str]) -> list[str]:
-        """Delete ``ids`` from ``collection``; a thumbnail goes too once no collection still holds its image."""
-        gone = collection.delete(ids)
-        if not gone:
-            return []
-        still_used: set[str] = set()
-        for name in self.names():
-            if name != collection.name:
-                still_used.update(self.open(name).held(gone))
-        for image_id in set(gone) - still_used:
-            thumbnails.delete(self.folder, image_id)
-        return gone
-
     @contextmanager
     def guard(self) -> Iterator[None]:
-        """Run Chroma calls, turning "the store went away" into a StoreError; anything else (bugs) passes.
+        """Run Chroma calls (and writes to the store folder), turning "the store went away" into a StoreError;
+        anything else (bugs) passes.
 
         A server call that timed out opens a short breaker: calls meanwhile fail at once, so a hung server
         costs each visitor one answer within the deadline, not a queue of waits.
@@ -396,17 +320,6 @@ class Store:
             if error is None:
                 raise
             raise error from exc
-
-    @contextmanager
-    def write_lock(self) -> Iterator[None]:
-        """Hold the embedded store's write lock, or fail at once: two processes must not write one folder."""
-        if self.read_only:
-            raise StoreError(READ_ONLY, internals=f"{self.folder} is not writable; searches read a snapshot")
-        if self.server:  # the server serialises writers itself
-            yield
-            return
-        with write_lock(self.folder):
-            yield
 
     def _lost(self, exc: Exception) -> StoreError | None:
         """What ``exc`` means for the person waiting, where it means the store went away; None for a bug."""
@@ -428,7 +341,7 @@ class Store:
                                          internals=f"Chroma server at {self.server}: {detail}")
         if isinstance(cause, NotFoundError):  # dropped while in use (an album deleted during its search)
             return StoreError("that collection is no longer in the store", internals=detail)
-        kind = _disk_problem(cause) or (DISK_FULL if isinstance(cause, InternalError) and _nearly_full(self.folder)
+        kind = _disk_problem(cause) or (DISK_FULL if isinstance(cause, InternalError) and nearly_full(self.folder)
                                         else None)
         if kind == READ_ONLY:
             return StoreError(READ_ONLY, internals=f"store at {self.folder}: {detail}")
@@ -439,74 +352,46 @@ class Store:
         return None
 
 
-@contextmanager
-def write_lock(folder: str | Path) -> Iterator[None]:
-    """Hold the embedded store folder's write lock, or fail at once with a StoreError."""
-    path = Path(folder) / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise StoreError(
-                "another process is writing to the store; wait for it to finish, "
-                "or run a Chroma server (CHROMA_HOST) for several writers at once",
-                internals=f"{holder} is writing to the store at {folder}",
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"process {os.getpid()}")
-        f.flush()
-        try:
-            yield
-        finally:
-            f.seek(0)
-            f.truncate()
-            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _where(labels: LabelFilter | None) -> dict[str, Any] | None:
+    """A label filter as Chroma's ``where`` on the metadata key "label"."""
+    if labels is None:
+        return None
+    clauses = ([{"label": {"$in": list(labels.include)}}] if labels.include else []) + (
+        [{"label": {"$nin": list(labels.exclude)}}] if labels.exclude else [])
+    return None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
 def _disk_problem(exc: BaseException) -> str | None:
-    """DISK_FULL or READ_ONLY where ``exc`` says the disk is full or cannot be written, else None."""
-    if (isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS) or _SQLITE_FULL in str(exc):
+    """DISK_FULL or READ_ONLY where ``exc`` (an OSError, or Chroma's SQLite error) says so, else None."""
+    if _SQLITE_FULL in str(exc):
         return DISK_FULL
-    if (isinstance(exc, OSError) and exc.errno in _READ_ONLY_ERRNOS) or _SQLITE_READ_ONLY in str(exc):
+    if _SQLITE_READ_ONLY in str(exc):
         return READ_ONLY
-    return None
-
-
-def _nearly_full(folder: Path) -> bool:
-    """Whether the store's disk has next to no room left: Chroma reports a failed write on a full disk as
-    "Error in compaction" and the like, with no errno, so the disk itself is asked."""
-    try:
-        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
-    except OSError:
-        return False
-
-
-def _writable(folder: Path) -> bool:
-    """Whether files can be made in ``folder`` (a read-only mount says no even to root)."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError as exc:
-        if exc.errno in _READ_ONLY_ERRNOS:
-            return False
-        raise
+    return disk_problem(exc)
 
 
 def _snapshot(folder: Path) -> str:
-    """A private, writable copy of a read-only store's database, for Chroma, which cannot open one read-only.
+    """A private, writable copy of a read-only store's database, for Chroma, which cannot open one read-only:
+    one per store and process (every later open reuses it), deleted when the process ends.
 
     Only Chroma's files are copied (the database and its index folders); thumbnails are read in place.
     """
-    copy = Path(tempfile.mkdtemp(prefix="image-search-snapshot-"))
-    for entry in folder.iterdir():
-        if entry.name not in (thumbnails.FOLDER, LOCK_FILE):
-            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, copy / entry.name)
-    log.warning("the store at %s is read-only: searching a snapshot of its database in %s", folder, copy)
-    return str(copy)
+    with _SNAPSHOT_LOCK:
+        if folder.resolve() not in _SNAPSHOTS:
+            copy = Path(tempfile.mkdtemp(prefix="image-search-snapshot-"))
+            atexit.register(shutil.rmtree, copy, ignore_errors=True)
+            for entry in folder.iterdir():
+                if entry.name not in (thumbnails.FOLDER, LOCK_FILE):
+                    (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, copy / entry.name)
+            log.warning("the store at %s is read-only: searching a snapshot of its database in %s", folder, copy)
+            _SNAPSHOTS[folder.resolve()] = copy
+        return str(_SNAPSHOTS[folder.resolve()])
+
+
+_SNAPSHOTS: dict[Path, Path] = {}
+_SNAPSHOT_LOCK = threading.Lock()
 
 
 def _server_client(server: ChromaServer, settings: Any) -> Any:
@@ -526,24 +411,6 @@ def _server_client(server: ChromaServer, settings: Any) -> Any:
         raise StoreError("cannot reach the Chroma server; check that it is running, then try again",
                          internals=f"{server}: {type(exc).__name__}: {exc}") from exc
     return client
-
-
-def model_reference(name: str) -> str:
-    """How a model is recorded: a local checkpoint by absolute path, a Hub model by name."""
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
-
-
-def folder_bytes(folder: Path) -> int:
-    """Bytes of every file under ``folder`` (the store's size on disk, or a cache's)."""
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:  # deleted while we walked
-                pass
-    return total
 
 
 def _check_name(name: str) -> None:

@@ -21,7 +21,7 @@ from search.core.metrics import METRICS
 from search.errors import QueryError, SearchError
 from search.evaluate import TASKS, Options, evaluate, markdown
 from search.service.albums import PREFIX as ALBUM_PREFIX
-from search.stores.chroma import Store
+from search.stores.store import Store
 
 log = logging.getLogger(__name__)
 DEFAULT_SAMPLE = 200
@@ -44,12 +44,13 @@ def evaluation_tab(settings: Settings) -> None:
                        "all of them when there are fewer)", elem_id="evaluate-sample")
     run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-run")
     table = gr.Markdown(elem_id="evaluate-table")
-    with gr.Row():
+    with gr.Row(equal_height=False):  # min_width below: the charts stack on a phone rather than shrink
         # A dot per cut-off above each collection and metric: few colours, so the legend stays whole.
         precision = gr.ScatterPlot(x="series", y="precision", color="cut-off", title="precision@k", y_lim=[0, 1],
-                                   x_label_angle=-45, label="Precision at k", elem_id="evaluate-precision")
+                                   x_label_angle=-45, label="Precision at k", elem_id="evaluate-precision",
+                                   min_width=340)
         latency = gr.BarPlot(x="series", y="ms per query", title="milliseconds per query (image to image)",
-                             label="Latency", x_label_angle=-45, elem_id="evaluate-latency")
+                             label="Latency", x_label_angle=-45, elem_id="evaluate-latency", min_width=340)
     download = gr.File(label="evaluation.json", elem_id="evaluate-json")
 
     refresh.click(lambda: gr.update(choices=shared_collections(settings)), None, collections, api_visibility="private")

@@ -33,7 +33,7 @@ from typing import Any
 from PIL import Image
 
 from search.errors import QueryError
-from search.stores.chroma import folder_bytes
+from search.stores.base import folder_bytes
 
 log = logging.getLogger(__name__)
 FULL_MESSAGE = "The server's space for visitors' images is full; try again in a few minutes."

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from search.core.ids import is_image_id
 from search.errors import QueryError, SearchError
 from search.service.service import Answer, SearchService
-from search.stores.chroma import NOT_ANSWERING
+from search.stores.base import NOT_ANSWERING
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024  # a query holds at most 20 parts of at most 1,000 characters each

@@ -32,7 +32,8 @@ def overview(o: Overview) -> str:
     if o.problem:
         return (f"**No index to search yet.** {o.problem}\n\nBuild the default one with "
                 f"`{BUILD_HINT}`, or point `IMAGE_SEARCH_STORE` at a store, then restart the app.")
-    return f"Searching **{o.images:,} images** in collection `{o.collection}` with `{o.model}`."
+    # Says what the main index is, not what is being searched: the Index dropdown may choose another.
+    return f"Main index: **{o.images:,} images** (collection `{o.collection}`, model `{o.model}`)."
 
 
 def build_progress(state: BuildState) -> str:

@@ -17,7 +17,8 @@ from tests.fixtures.shapes import CLASSES, caption
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_IMAGES = sorted((ROOT / "examples").glob("*.jpg"))
-EXAMPLE_PROMPTS = [p for p in (ROOT / "examples" / "prompts.txt").read_text(encoding="utf-8").splitlines() if p]
+EXAMPLE_PROMPTS = [p for p in (ROOT / "examples" / "prompts.txt").read_text(encoding="utf-8").splitlines()
+                   if p and not p.startswith("#")]
 
 
 @pytest.fixture(scope="module")

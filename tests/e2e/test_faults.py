@@ -12,7 +12,9 @@ import pytest
 
 from search import ImageIndex, StoreError
 from search.embedders.models import load_embedder
-from search.stores.chroma import ModelInfo, Record, Store, write_lock
+from search.stores.base import ModelInfo, Record
+from search.stores.locking import write_lock
+from search.stores.store import Store
 from tests.conftest import ROOT, run_builder
 from tests.fixtures.shapes import write_folder
 

@@ -64,7 +64,7 @@ def _wait_for_log(app: RunningApp, pattern: str, seconds: float) -> re.Match:
 
 def _stored(store: Path) -> dict[str, list[str]]:
     """Each collection's sources, read from the store after the app stopped."""
-    from search.stores.chroma import Store
+    from search.stores.store import Store
 
     opened = Store.connect(store)
     return {name: [str(m.get("source")) for _, m in opened.open(name).scan_metadata()] for name in opened.names()}
@@ -147,7 +147,7 @@ def test_the_page_shows_the_progress_then_examples_from_the_index_that_search_wh
             page.goto(app.url, wait_until="domcontentloaded")
             overview = page.locator("#overview")
             overview.get_by_text(re.compile(r"Building the (index|pixel baseline)")).wait_for(timeout=60_000)
-            overview.get_by_text(f"Searching {IMAGES} images").wait_for(timeout=150_000)  # the timer refreshed it
+            overview.get_by_text(f"Main index: {IMAGES} images").wait_for(timeout=150_000)  # the timer refreshed it
             page.locator("#example-prompts").get_by_text("a photo of a blue circle").click(timeout=30_000)
             page.locator("#status").get_by_text(re.compile(r"Top \d+ of")).wait_for(timeout=30_000)
             first = page.locator("#results").get_by_text(re.compile(r"^#1 "))

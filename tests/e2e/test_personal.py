@@ -16,7 +16,7 @@ from search.embedders.models import load_embedder
 from search.pipeline.build import BuildOptions, build_index
 from search.service.albums import Albums
 from search.sources.base import folder_items
-from search.stores.chroma import Store
+from search.stores.store import Store
 from tests.conftest import hostile_files, run_builder
 from tests.fixtures.shapes import sample, write_folder
 from tests.fixtures.site import body, lying_length, redirect, serve, slow

@@ -20,7 +20,7 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 from search.stores import thumbnails
-from search.stores.chroma import Store
+from search.stores.store import Store
 from tests.conftest import ROOT, RunningApp, free_port
 from tests.fixtures.chroma_server import ChromaServer
 from tests.fixtures.hostile import jpeg

@@ -1,8 +1,8 @@
-"""The app in-process, in seconds: `build_app` without launching, its handlers called directly, the views.
+"""The web layer in-process, in seconds: `build_app` without launching, its handlers called directly, the views.
 
 No app process, no browser: the layout's endpoints and privacy read from the Blocks, the handlers over
 `local_store` (a small store built once per session with the trained tiny model), and the formatting of
-`search.views` over hand-made hits. The end-to-end tests (test_app.py, test_page.py, ...) drive the
+`search.web.views` over hand-made hits. The end-to-end tests (test_app.py, test_page.py, ...) drive the
 same code through a real server.
 """
 from __future__ import annotations
@@ -15,11 +15,15 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-import app
 from search.config import Settings
 from search.index import Hit
+from search.service.examples import Shipped
 from search.service.service import IndexChoice, Overview, SearchService
-from search.web import regions, views
+from search.web import layout, regions, views
+from search.web.albums_page import DROP, AlbumPage
+from search.web.api import Api
+from search.web.files import VisitorFiles
+from search.web.page import OPEN, SEARCHED, SearchPage
 from search.web.page_query import PageQuery
 from tests.conftest import ROOT
 from tests.fixtures.shapes import caption, write_folder
@@ -27,6 +31,7 @@ from tests.fixtures.shapes import caption, write_folder
 PUBLIC = {"search", "search_by_image", "search_by_text", "collection_add", "collection_list", "collection_delete",
           "collection_drop"}
 KEY = "unit-test-key-0123456789"
+LOGGER = "search.web.messages"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,12 +44,19 @@ def gradio_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(local_store) -> SearchService:
-    return SearchService(Settings(store=local_store))
+    return SearchService.open(Settings(store=local_store))
 
 
 @pytest.fixture(scope="module")
 def demo(service) -> gr.Blocks:
-    return app.build_app(service)
+    return layout.build_app(service)
+
+
+def pages(service: SearchService) -> tuple[SearchPage, AlbumPage, Api]:
+    """The page's two tabs' handlers and the API's, over one account of visitors' files."""
+    files = VisitorFiles(service.settings.upload_budget_bytes)
+    search = SearchPage(service, files, Shipped.read(ROOT / "examples"))
+    return search, AlbumPage(service, files, search), Api(service, files)
 
 
 def _hit(i: int, score: float, **fields) -> Hit:
@@ -62,10 +74,10 @@ def controls(index: str = "", metric: str = "cosine", k: int = 5, *, include=(),
     return (index, metric, k, False, list(include), list(exclude), strong, key)
 
 
-def searched(answer: tuple) -> dict:
-    """A search handler's outputs by name (the results gallery's items, whether given bare or in an update)."""
-    assert len(answer) == len(app.SEARCHED_NAMES)
-    out = dict(zip(app.SEARCHED_NAMES, answer))
+def searched(answer: dict) -> dict:
+    """A search handler's outputs (every one a search returns), with the results gallery's items unwrapped."""
+    assert set(SEARCHED) <= set(answer), set(SEARCHED) - set(answer)
+    out = dict(answer)
     if isinstance(out["results"], dict) and "value" in out["results"]:
         assert out["results"]["selected_index"] is None  # no selection frame left on a slot of the old results
         out["results"] = out["results"]["value"]
@@ -82,26 +94,32 @@ def test_exactly_the_seven_endpoints_are_public(demo):
     assert documented == PUBLIC
     for fn in demo.fns.values():  # each endpoint runs the Api method of its own name
         if fn.api_visibility == "public":
-            assert isinstance(fn.fn.__self__, app.Api) and fn.fn.__name__ == fn.api_name
+            assert isinstance(fn.fn.__self__, Api) and fn.fn.__name__ == fn.api_name
+
+
+def _handler(fn) -> object:
+    """The page's handler behind an event: the bound method ``layout.named`` wraps."""
+    return getattr(fn.fn, "__wrapped__", fn.fn)
 
 
 def test_every_page_event_is_private(demo):
-    page_events = [fn for fn in demo.fns.values() if isinstance(getattr(fn.fn, "__self__", None), app.Page)]
-    assert {fn.fn.__name__ for fn in page_events} == {
+    page_events = [fn for fn in demo.fns.values()
+                   if isinstance(getattr(_handler(fn), "__self__", None), (SearchPage, AlbumPage))]
+    assert {_handler(fn).__name__ for fn in page_events} == {
         "first_visit", "refresh", "search_text", "search_prompt", "search_image", "search_example", "search_url",
         "search_selected", "rerun", "change_index", "more", "click_result", "add_part", "remove_part",
-        "more_like_selected", "less_like_selected", "undo", "pick_corner", "add_to_album", "show_album",
-        "album_newer", "album_older", "pick_image", "delete_picked", "drop_album"}
+        "more_like_selected", "less_like_selected", "undo", "pick_corner", "add", "show",
+        "newer", "older", "pick", "delete_picked", "drop"}
     assert all(fn.api_visibility == "private" for fn in page_events)
     # Nothing else is callable except the seven endpoints (Gradio's own example loaders stay undocumented).
     assert all(fn.api_visibility != "public" or fn.api_name in PUBLIC for fn in demo.fns.values())
 
 
 def test_gradio_sees_the_handlers_event_data_and_progress(demo):
-    by_name = {fn.fn.__name__: fn for fn in demo.fns.values() if fn.fn is not None}
-    for name in ("click_result", "pick_image", "search_example", "pick_corner"):
+    by_name = {_handler(fn).__name__: fn for fn in demo.fns.values() if fn.fn is not None}
+    for name in ("click_result", "pick", "search_example", "pick_corner"):
         assert by_name[name].collects_event_data, name
-    assert by_name["add_to_album"].tracks_progress
+    assert by_name["add"].tracks_progress
     assert not by_name["search_text"].collects_event_data
 
 
@@ -154,7 +172,7 @@ def test_index_choices_label_each_kind():
 
 def test_overview_says_what_is_searched_or_what_to_run():
     assert views.overview(Overview(12345, "images", "tiny-clip")) == \
-        "Searching **12,345 images** in collection `images` with `tiny-clip`."
+        "Main index: **12,345 images** (collection `images`, model `tiny-clip`)."
     problem = views.overview(Overview(problem="there is no index yet"))
     assert problem.startswith("**No index to search yet.** there is no index yet")
     assert "index_builder.py" in problem and "IMAGE_SEARCH_STORE" in problem
@@ -174,7 +192,7 @@ def test_album_views():
 
 
 def test_the_page_searches_by_text_best_first(service):
-    out = searched(app.Page(service).search_text(caption("blue triangle"), *controls()))
+    out = searched(pages(service)[0].search_text(caption("blue triangle"), *controls()))
     assert len(out["results"]) == len(out["shown"]) == 5 and out["status"].startswith("Top **5** of ")
     assert [c.split()[0] for _, c in out["results"]] == ["#1", "#2", "#3", "#4", "#5"]
     scores = [h.score for h in out["shown"]]
@@ -186,7 +204,7 @@ def test_the_page_searches_by_text_best_first(service):
 
 
 def test_a_control_change_reruns_the_query_and_more_continues_it(service):
-    page = app.Page(service)
+    page = pages(service)[0]
     first = searched(page.search_text(caption("red square"), *controls()))
     again = searched(page.rerun(first["query"], *controls(metric="l2")))
     assert [h.id for h in again["shown"]] == [h.id for h in first["shown"]]  # l2 ranks unit vectors as cosine
@@ -194,27 +212,27 @@ def test_a_control_change_reruns_the_query_and_more_continues_it(service):
     more = searched(page.more(first["query"], first["shown"], first["next_offset"], *controls()))
     assert [h.id for h in more["shown"][:5]] == [h.id for h in first["shown"]] and len(more["shown"]) == 10
     assert [c.split()[0] for _, c in more["results"]][5:] == ["#6", "#7", "#8", "#9", "#10"]
-    assert page.rerun(PageQuery(), *controls()) == tuple(gr.skip() for _ in app.SEARCHED_NAMES)
+    assert page.rerun(PageQuery(), *controls()) == {}  # nothing searched yet: nothing changes
 
 
 def test_a_result_opens_in_detail_and_searching_by_it_shows_it_as_the_query(service):
-    page = app.Page(service)
+    page = pages(service)[0]
     first = searched(page.search_text(caption("green square"), *controls(k=4)))
-    *opened, picture, text = page.click_result(app.OPEN, first["query"], first["shown"], *controls(), _select(2))
-    hit = searched(tuple(opened))["selected"]
-    assert searched(tuple(opened))["detail"]["visible"] and "Score (cosine)" in text
+    opened = page.click_result(_select(2), OPEN, first["query"], first["shown"], *controls())
+    hit, picture = opened["selected"], opened["detail_image"]
+    assert opened["detail"]["visible"] and "Score (cosine)" in opened["detail_text"]
+    assert "results" not in opened  # opening a result changes nothing else
     assert Path(picture).read_bytes() == Path(hit.image).read_bytes() and picture != hit.image  # a copy, not the store's
     out = searched(page.search_selected(hit, *controls(k=3)))
     assert out["shown"][0].id == hit.id and out["shown"][0].score == pytest.approx(1.0, abs=1e-5)
     assert max(Image.open(out["image"]).size) == regions.SHOWN_MIN and out["text"] == ""  # a 256 px thumbnail, shown larger
     assert out["query"].main.thumbnail == hit.image
     for stale in (4, -1, 10_000):  # a click on what the gallery no longer holds changes nothing
-        assert page.click_result(app.OPEN, first["query"], first["shown"], *controls(), _select(stale)) == \
-            (*(gr.skip() for _ in app.SEARCHED_NAMES), gr.skip(), gr.skip())
+        assert page.click_result(_select(stale), OPEN, first["query"], first["shown"], *controls()) == {}
 
 
 def test_errors_show_the_librarys_message_and_leave_nothing_stale(service, tmp_path):
-    page = app.Page(service)
+    page = pages(service)[0]
     fake = tmp_path / "fake.jpg"
     fake.write_text("not a picture")
     out = searched(page.search_image(str(fake), *controls()))
@@ -228,8 +246,9 @@ def test_errors_show_the_librarys_message_and_leave_nothing_stale(service, tmp_p
 
 
 def test_label_filters_list_the_index_labels_and_filter_inside_the_search(service):
-    page = app.Page(service)
-    include, exclude = page._label_filters("", None)
+    page = pages(service)[0]
+    filters = page.label_filters("", None)
+    include, exclude = filters["include"], filters["exclude"]
     assert "red circle" in include["choices"] and include["choices"] == exclude["choices"]
     out = searched(page.search_text(caption("red circle"), *controls(k=8, exclude=["red circle"])))
     assert len(out["shown"]) == 8 and all(h.label != "red circle" for h in out["shown"])
@@ -238,7 +257,7 @@ def test_label_filters_list_the_index_labels_and_filter_inside_the_search(servic
 
 
 def test_the_api_answers_hits_best_first_with_served_copies(service, local_store):
-    hits = app.Api(service).search_by_text(caption("red circle"), 5, "cosine", "", "")
+    hits = pages(service)[2].search_by_text(caption("red circle"), 5, "cosine", "", "")
     assert len(hits) == 5 and set(hits[0]) == {"id", "score", "label", "caption", "image", "similar"}
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert sum(h["label"] == "red circle" for h in hits) >= 4
@@ -246,33 +265,35 @@ def test_the_api_answers_hits_best_first_with_served_copies(service, local_store
         assert h["image"]["meta"] == {"_type": "gradio.FileData"}
         assert Path(h["image"]["path"]).is_file() and local_store not in Path(h["image"]["path"]).parents
     example = ROOT / "examples" / "cat.jpg"
-    by_image = app.Api(service).search_by_image(str(example), 3, "cosine", "", "")
+    by_image = pages(service)[2].search_by_image(str(example), 3.0, "cosine", "", "")  # a JSON number, as Gradio gives it
     assert len(by_image) == 3 and by_image[0]["score"] == pytest.approx(1.0, abs=1e-3)  # it finds itself
 
 
 def test_the_index_dropdown_offers_the_shared_indexes(service):
-    page = app.Page(service)
-    offered = page._index_choices(None)
+    page = pages(service)[0]
+    offered = page.index_choices(None)
     assert offered[0][1] == "images" and offered[0][0].startswith("images: CLIP ")
     assert ("pixels: pixels (basic)", "pixels") in offered
 
 
 def test_refusals_become_public_messages_and_one_log_line(service, caplog):
-    api = app.Api(service)
+    api = pages(service)[2]
     refusals = [
         (lambda: api.search_by_text("", 5, "cosine", "", ""), "Type a description"),
         (lambda: api.search_by_text("a red circle", 0, "cosine", "", ""), "from 1 to 50"),
-        (lambda: api.search_by_text("a red circle", 5, "nope", "", ""), "unknown metric"),
+        (lambda: api.search_by_text("a red circle", float("nan"), "cosine", "", ""), "k must be a whole number"),
+        (lambda: api.search_by_text("a red circle", 10**4000, "cosine", "", ""), "from 1 to 50, not '1000"),
+        (lambda: api.search_by_text("a red circle", 5, "nope", "", ""), "metric: .nope. is not one of cosine"),
         (lambda: api.search_by_text("a red circle", 5, "cosine", "no-such-index", ""), "Unknown index"),
         (lambda: api.search_by_text("a red circle", 5, "cosine", "pixels", ""), "pixel method cannot read text"),
         (lambda: api.search_by_image(None, 5, "cosine", "", ""), "Upload, paste or photograph"),
     ]
     for call, message in refusals:
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="app"), pytest.raises(gr.Error, match=message) as raised:
+        with caplog.at_level(logging.INFO, logger=LOGGER), pytest.raises(gr.Error, match=message) as raised:
             call()
-        assert raised.value.print_exception is False
-        records = [r for r in caplog.records if r.name == "app"]
+        assert raised.value.print_exception is False and len(str(raised.value)) < 300
+        records = [r for r in caplog.records if r.name == LOGGER]
         assert len(records) == 1 and records[0].message.startswith("refused in ") and records[0].exc_info is None
 
 
@@ -280,22 +301,24 @@ def test_a_bug_is_logged_with_its_traceback_and_hidden_from_the_caller(service, 
     def broken(*args, **kwargs):
         raise RuntimeError("/srv/secret/path exploded")
 
-    monkeypatch.setattr(service, "search_text", broken)
-    with caplog.at_level(logging.INFO, logger="app"), pytest.raises(gr.Error) as raised:
-        app.Api(service).search_by_text("a red circle", 5, "cosine", "", "")
+    monkeypatch.setattr(service, "search", broken)
+    with caplog.at_level(logging.INFO, logger=LOGGER), pytest.raises(gr.Error) as raised:
+        pages(service)[2].search_by_text("a red circle", 5, "cosine", "", "")
     assert "secret" not in str(raised.value) and "server log" in str(raised.value)
-    assert [r.exc_info is not None for r in caplog.records if r.name == "app"] == [True]
+    assert [r.exc_info is not None for r in caplog.records if r.name == LOGGER] == [True]
 
 
 def test_without_a_store_the_page_says_what_to_run_and_searches_refuse(tmp_path):
     missing = tmp_path / "no-store"
-    service = SearchService(Settings(store=missing))
-    demo = app.build_app(service)  # builds anyway: the page explains
+    service = SearchService.open(Settings(store=missing))
+    demo = layout.build_app(service)  # builds anyway: the page explains
     assert {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"} == PUBLIC
     assert "No index to search yet" in views.overview(service.overview())
+    search, _, api = pages(service)
     with pytest.raises(gr.Error, match="index_builder.py"):
-        app.Api(service).search_by_text("a red circle", 5, "cosine", "", "")
-    key, index_update, album_update = app.Page(service).first_visit(None)
+        api.search_by_text("a red circle", 5, "cosine", "", "")
+    visit = search.first_visit(None)
+    key, index_update, album_update = visit["key"], visit["index"], visit["album"]
     assert len(key) >= 16 and index_update["choices"] == [] and album_update["choices"] == []
     assert not missing.exists()
 
@@ -303,22 +326,23 @@ def test_without_a_store_the_page_says_what_to_run_and_searches_refuse(tmp_path)
 def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(local_store, store)
-    service = SearchService(Settings(store=store, public=True))
-    api, page = app.Api(service), app.Page(service)
+    service = SearchService.open(Settings(store=store, public=True))
+    page, albums, api = pages(service)
     uploads = [str(p) for p in write_folder(tmp_path / "uploads", per_class=1, seed=91)[:3]]
 
     report = api.collection_add(uploads, "trip", KEY)
     assert report["indexed"] == 3 and report["total_in_collection"] == 3 and "store" not in report
     assert api.collection_list(KEY) == ["trip"]
-    assert ("my collection: trip", "mine/trip") in page._index_choices(KEY)
+    assert ("my collection: trip", "mine/trip") in page.index_choices(KEY)
     assert api.collection_list("another-key-0123456789") == []
 
     junk = tmp_path / "notes.txt"
     junk.write_text("not an image")
     more = write_folder(tmp_path / "more", per_class=1, seed=92)[5]
-    summary, table, cleared, album_update, index_update, gallery, ids, selected, selected_id, offset, where, *_ = \
-        page.add_to_album(KEY, "trip", [str(junk), str(more)])
-    items = gallery["value"]
+    added = albums.add(KEY, "trip", [str(junk), str(more)])
+    summary, table, cleared, album_update, index_update = (added[n] for n in ("summary", "notes", "uploads", "album", "index"))
+    items, ids, selected, selected_id, where = (added[n] for n in ("gallery", "ids", "picked", "picked_id", "where"))
+    items = items["value"]
     assert summary.startswith("Added **1 image** to *trip*") and cleared is None and selected == "" and selected_id is None
     assert "holds 4 images" in summary and "/" not in summary and where == "Images 1–4 of 4, newest first."
     rows = table["value"]
@@ -330,33 +354,31 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     hits = api.search_by_text("a red circle", 5, "cosine", "mine/trip", KEY)
     assert len(hits) == 4  # only the album's images
     assert sorted(ids) == sorted(h["id"] for h in hits)
-    assert page.pick_image(ids, _select(1)) == (ids[1], ids[1])  # no caption given: named by its id
+    assert albums.pick(_select(1), ids) == {"picked": ids[1], "picked_id": ids[1]}  # no caption: named by its id
     named = gr.SelectData(None, {"index": 1, "value": {"image": {}, "caption": "beach.jpg"}})
-    assert page.pick_image(ids, named) == ("beach.jpg", ids[1])  # the file's name shown, the id kept to delete by
+    assert albums.pick(named, ids) == {"picked": "beach.jpg", "picked_id": ids[1]}  # the name shown, the id kept
 
     assert api.collection_delete([ids[0]], "trip", KEY) == {"removed": 1, "not_found": []}
-    assert len(page.show_album(KEY, "trip")[1]) == 3
-    view = dict(zip(app.ALBUM_VIEW, page.delete_picked(KEY, "trip", None, 0)))  # nothing picked: a message, no pop-up
-    assert view["where"] == "⚠️ Click an image in the collection first." and view["gallery"] == gr.skip()
-    album_update, index_update, *asked = page.drop_album(KEY, "trip", "mine/trip", None)  # the first click asks
-    asked_view = dict(zip(app.ALBUM_VIEW, asked[:-4]))
-    assert "Click again to delete “trip” and its 3 images" in asked_view["drop"]["value"] and asked_view["armed"] == "trip"
+    assert len(albums.show(KEY, "trip")["ids"]) == 3
+    # nothing picked: a message in the tab, no pop-up, and nothing else changed
+    assert albums.delete_picked(KEY, "trip", None, 0) == {"where": "⚠️ Click an image in the collection first."}
+    asked = albums.drop(KEY, "trip", "mine/trip", None)  # the first click asks
+    assert "Click again to delete “trip” and its 3 images" in asked["drop"]["value"] and asked["armed"] == "trip"
     assert api.collection_list(KEY) == ["trip"]  # nothing deleted yet
-    album_update, index_update, *emptied = page.drop_album(KEY, "trip", "mine/trip", "trip")
-    assert album_update["choices"] == [] and "mine/trip" not in {v for _, v in index_update["choices"]}
-    assert index_update["value"] == "images"  # the dropped album was chosen under Index: the main index now
-    *emptied, include, exclude, summary, notes = emptied
-    view = dict(zip(app.ALBUM_VIEW, emptied))
+    view = albums.drop(KEY, "trip", "mine/trip", "trip")
+    assert view["album"]["choices"] == [] and view["album"]["value"] == "photos"  # a name to add to again
+    assert "mine/trip" not in {v for _, v in view["index"]["choices"]}
+    assert view["index"]["value"] == "images"  # the dropped album was chosen under Index: the main index now
     assert view["gallery"]["value"] == [] and view["where"] == "Deleted collection *trip* and its 3 images."
-    assert summary == "" and notes["visible"] is False  # the last upload's report went with the collection
-    assert "red circle" in include["choices"] and include["interactive"]  # the main index's labels again
-    assert view["armed"] is None and view["drop"]["value"] == app.DROP
+    assert view["summary"] == "" and view["notes"]["visible"] is False  # the last upload's report went with it
+    assert "red circle" in view["include"]["choices"] and view["include"]["interactive"]  # the main index's labels
+    assert view["armed"] is None and view["drop"]["value"] == DROP
     with pytest.raises(gr.Error, match="no collection named 'trip'"):
         api.collection_drop("trip", KEY)
 
 
 def test_a_url_search_shows_the_fetched_image_and_a_local_address_gets_the_hint(service, monkeypatch):
-    page = app.Page(service)
+    page = pages(service)[0]
     photo = (ROOT / "examples" / "cat.jpg").read_bytes()
     monkeypatch.setattr(service, "fetch_url", lambda url: photo)
     out = searched(page.search_url("https://example.com/pets/cat.jpg", *controls(k=3)))
@@ -364,7 +386,8 @@ def test_a_url_search_shows_the_fetched_image_and_a_local_address_gets_the_hint(
     assert Path(out["query"].main.value).read_bytes() == photo  # what was fetched is what is searched
     assert max(shown.size) == min(regions.SHOWN_MAX, max(fetched.size))  # and the query panel shows a copy of it
     assert shown.size[0] / shown.size[1] == pytest.approx(fetched.size[0] / fetched.size[1], rel=0.01)
-    assert out["shown"][0].score == pytest.approx(1.0, abs=1e-3) and out["query"].main.name == "cat.jpg"
+    assert out["shown"][0].score == pytest.approx(1.0, abs=1e-3) and out["query"].main.label == "cat.jpg"
+    assert out["url"] is gr.skip() or out["url"] == gr.skip()  # the URL stays in its box
     monkeypatch.undo()
     refused = searched(page.search_url("http://127.0.0.1:9/cat.jpg", *controls()))
     assert "loopback" in refused["status"] and "IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1" in refused["status"]

@@ -14,7 +14,8 @@ from search.errors import QueryError, StoreError
 from search.evaluate import TEXT_TEMPLATES, Labelled, Options, evaluate, main, query_rows, read_collection, run_queries
 from search.pipeline.build import BuildOptions, build_index
 from search.sources.base import open_source
-from search.stores.chroma import ModelInfo, Store
+from search.stores.base import ModelInfo
+from search.stores.store import Store
 from tests.fixtures.shapes import write_folder
 
 KS = (1, 3, 5)

@@ -5,15 +5,18 @@ from pathlib import Path
 
 import pytest
 
-import app
 from search.config import DEFAULT_DATASET, DEFAULT_LIMIT, Settings
 from search.errors import ModelError, QueryError, SourceError
+from search.service.examples import Shipped
 from search.service.first_run import DATASET_HINT, MODEL_HINT, BuildState, failed, read_marker, wanted, write_marker
 from search.service.service import SearchService
-from search.stores.chroma import Store
+from search.stores.store import Store
 from search.web import views
+from search.web.files import VisitorFiles
+from search.web.page import SearchPage
 
 ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = Shipped.read(ROOT / "examples")
 
 
 def test_the_default_dataset_and_limit_come_from_the_environment(environment):
@@ -49,10 +52,10 @@ class _Running:
 
 
 def test_before_the_first_images_land_callers_are_told_the_build_is_under_way(tmp_path):
-    service = SearchService(Settings(store=tmp_path / "store"))
+    service = SearchService.open(Settings(store=tmp_path / "store"))
     service._build = _Running(BuildState("images", 0, 2000, seconds=12.0))  # type: ignore[assignment]
     with pytest.raises(QueryError, match="Building the index: 0 of 2,000 images"):
-        service.search_text("a red dress", 5, "cosine")
+        service.search({"positive": [{"text": "a red dress"}], "k": 5})
     with pytest.raises(QueryError, match="Building the index"):
         service.album_names("some-key-0123456789")
     shown = views.overview(service.overview())
@@ -60,19 +63,19 @@ def test_before_the_first_images_land_callers_are_told_the_build_is_under_way(tm
 
 
 def test_while_it_builds_searches_answer_on_what_is_in_and_collections_wait(local_store):
-    service = SearchService(Settings(store=local_store, default_dataset=None))
+    service = SearchService.open(Settings(store=local_store, default_dataset=None))
     service._build = _Running(BuildState("pixels", 10, 48, seconds=1.0))  # type: ignore[assignment]
-    assert len(service.search_text("a red circle", 3, "cosine").hits) == 3
+    assert len(service.search({"positive": [{"text": "a red circle"}], "k": 3}).hits) == 3
     with pytest.raises(QueryError, match="being built"):
         service.add_images("some-key-0123456789", "trip", [str(ROOT / "examples" / "cat.jpg")])
     assert "Searching the **" in views.overview(service.overview())
 
 
 def test_a_failed_build_says_what_to_do_without_internals(tmp_path):
-    service = SearchService(Settings(store=tmp_path / "store"))
+    service = SearchService.open(Settings(store=tmp_path / "store"))
     service._build = _Running(failed(SourceError("no such dataset", internals=str(tmp_path))))  # type: ignore[assignment]
     with pytest.raises(QueryError, match="could not be built") as refused:
-        service.search_text("a red dress", 5, "cosine")
+        service.search({"positive": [{"text": "a red dress"}], "k": 5})
     assert DATASET_HINT in str(refused.value) and str(tmp_path) not in str(refused.value)
     shown = views.overview(service.overview())
     assert "could not be built" in shown and "IMAGE_SEARCH_DEFAULT_DATASET" in shown and "index_builder.py" in shown
@@ -82,10 +85,10 @@ def test_a_failed_build_says_what_to_do_without_internals(tmp_path):
 
 
 def test_before_the_dataset_and_model_are_loaded_callers_are_told_so_not_a_count(tmp_path):
-    service = SearchService(Settings(store=tmp_path / "store"))
+    service = SearchService.open(Settings(store=tmp_path / "store"))
     service._build = _Running(BuildState("starting", 0, 2000, seconds=20.0))  # type: ignore[assignment]
     with pytest.raises(QueryError, match="loading the dataset and the model") as refused:
-        service.search_text("a red dress", 5, "cosine")
+        service.search({"positive": [{"text": "a red dress"}], "k": 5})
     assert "0 of" not in str(refused.value)
 
 
@@ -97,25 +100,29 @@ def test_progress_shows_images_of_the_total_rate_and_time_left():
 
 
 def test_examples_come_from_the_index_across_labels_and_fit_it(local_store):
-    service = SearchService(Settings(store=local_store, default_dataset=None))
-    examples = service.examples(app.EXAMPLE_IMAGES, app.EXAMPLE_PROMPTS)
-    assert examples == service.examples(app.EXAMPLE_IMAGES, app.EXAMPLE_PROMPTS)  # deterministic
-    shipped = {str(p) for p in app.EXAMPLE_IMAGES}
+    service = SearchService.open(Settings(store=local_store, default_dataset=None))
+    examples = service.examples(SHIPPED)
+    assert examples == service.examples(SHIPPED)  # deterministic
+    shipped = {str(p) for p in SHIPPED.photos}
     assert shipped <= {image for image, _ in examples.images}  # this index holds the shipped photos
     assert len(examples.images) == 8 and all(Path(image).is_file() for image, _ in examples.images)
     drawn = [label for image, label in examples.images if image not in shipped]
     assert len(drawn) == len(set(drawn)) == 2  # one image of each of the most frequent labels
     # Not the default dataset: descriptions from its labels, not the fashion prompts.
     assert examples.prompts and all(p.startswith("a photo of a ") for p in examples.prompts)
-    assert "a red circle" not in app.EXAMPLE_PROMPTS  # the test prompt is no public example
-    assert {"áo sơ mi trắng", "đồng hồ nam"} <= set(app.EXAMPLE_PROMPTS)
+    assert "a red circle" not in SHIPPED.prompts  # the test prompt is no public example
+    assert {"áo sơ mi trắng", "đồng hồ nam"} <= set(SHIPPED.prompts)
+    assert SHIPPED.prompts_for == DEFAULT_DATASET and not any(p.startswith("#") for p in SHIPPED.prompts)
 
 
 def test_with_no_build_the_page_stops_refreshing_and_lists_the_indexes(local_store):
-    page = app.Page(SearchService(Settings(store=local_store, default_dataset=None)))
+    service = SearchService.open(Settings(store=local_store, default_dataset=None))
+    page = SearchPage(service, VisitorFiles(service.settings.upload_budget_bytes), SHIPPED)
     assert not page.building()
-    overview, timer, index, include, exclude, gallery, paths, prompts = page.refresh(None, None)
-    assert overview.startswith("Searching ") and timer.active is False
+    out = page.refresh(None, None)
+    overview, timer, index, include, exclude, gallery, paths = (out[n] for n in (
+        "overview", "timer", "index", "include", "exclude", "example_gallery", "example_paths"))
+    assert overview.startswith("Main index: ") and timer.active is False
     assert index["value"] == "images" and len(paths) == 8 and gallery["visible"]
     assert "red circle" in include["choices"] and include["choices"] == exclude["choices"]  # the index's labels
 
@@ -131,9 +138,8 @@ def test_the_default_dataset_gets_the_shipped_descriptions_and_its_product_types
     source = open_source(str(tmp_path / "shapes"))
     build_index(source.items, store, "images", load_embedder(str(shapes_model)),
                 BuildOptions(source=f"{DEFAULT_DATASET} [train]", total=source.total))
-    examples = SearchService(Settings(store=tmp_path / "store", default_dataset=None)).examples(
-        app.EXAMPLE_IMAGES, app.EXAMPLE_PROMPTS)
-    assert examples.prompts[: len(app.EXAMPLE_PROMPTS)] == app.EXAMPLE_PROMPTS
-    assert examples.prompts[len(app.EXAMPLE_PROMPTS):] == ["blue circle", "blue square", "blue triangle",
+    examples = SearchService.open(Settings(store=tmp_path / "store", default_dataset=None)).examples(SHIPPED)
+    assert examples.prompts[: len(SHIPPED.prompts)] == SHIPPED.prompts
+    assert examples.prompts[len(SHIPPED.prompts):] == ["blue circle", "blue square", "blue triangle",
                                                            "green circle", "green square", "green triangle"]
-    assert len(examples.images) == 8 and not {str(p) for p in app.EXAMPLE_IMAGES} & {i for i, _ in examples.images}
+    assert len(examples.images) == 8 and not {str(p) for p in SHIPPED.photos} & {i for i, _ in examples.images}

@@ -9,7 +9,7 @@ import pytest
 from search.pipeline.build import BuildOptions, build_index
 from search.pipeline.report import STAGES
 from search.sources.base import folder_items
-from search.stores.chroma import Store
+from search.stores.store import Store
 from tests.fixtures.shapes import write_folder
 
 
@@ -90,7 +90,7 @@ def test_a_store_lost_mid_build_is_a_store_error_and_a_rerun_resumes(tmp_path, m
                                                                      method, error, after, message):
     from search.errors import StoreError
     from search.stores import thumbnails
-    from search.stores.chroma import VectorCollection
+    from search.stores.chroma import ChromaCollection
 
     folder, store = tmp_path / "photos", tmp_path / "store"
     files = write_folder(folder, per_class=2, seed=9)
@@ -104,11 +104,11 @@ def test_a_store_lost_mid_build_is_a_store_error_and_a_rerun_resumes(tmp_path, m
             return real_write(*args)
         monkeypatch.setattr(thumbnails, "write", write)
     else:  # Chroma's own collection object starts failing
-        real_init = VectorCollection.__init__
+        real_init = ChromaCollection.__init__
 
         def failing(self, name, metadata, chroma, store):
             real_init(self, name, metadata, _Failing(chroma, method, error(), after), store)
-        monkeypatch.setattr(VectorCollection, "__init__", failing)
+        monkeypatch.setattr(ChromaCollection, "__init__", failing)
     with pytest.raises(StoreError) as raised:
         build_index(folder_items(folder), Store.connect(store, create=True), "images", clip_embedder, options)
     text = raised.value.for_operator()
@@ -125,15 +125,15 @@ def test_a_store_lost_mid_build_is_a_store_error_and_a_rerun_resumes(tmp_path, m
 
 
 def test_a_programming_error_mid_build_is_not_a_lost_store(tmp_path, monkeypatch, clip_embedder):
-    from search.stores.chroma import VectorCollection
+    from search.stores.chroma import ChromaCollection
 
     folder, store = tmp_path / "photos", tmp_path / "store"
     write_folder(folder, per_class=1, seed=9)
-    real_init = VectorCollection.__init__
+    real_init = ChromaCollection.__init__
 
     def failing(self, name, metadata, chroma, store):
         real_init(self, name, metadata, _Failing(chroma, "upsert", TypeError("bug"), 0), store)
-    monkeypatch.setattr(VectorCollection, "__init__", failing)
+    monkeypatch.setattr(ChromaCollection, "__init__", failing)
     with pytest.raises(TypeError, match="bug"):
         build_index(folder_items(folder), Store.connect(store, create=True), "images", clip_embedder,
                     BuildOptions(precision="fp32"))

@@ -9,7 +9,9 @@ from chromadb.errors import InternalError, NotFoundError
 from search.core import ids
 from search.errors import QueryError, StoreError, StoreUnavailableError
 from search.stores import thumbnails
-from search.stores.chroma import ModelInfo, Record, Store, write_lock
+from search.stores.base import ModelInfo, Record
+from search.stores.locking import write_lock
+from search.stores.store import Store
 
 MODEL = ModelInfo("tiny-test-model", 8, True)
 
@@ -47,7 +49,7 @@ def test_a_collection_records_its_model_and_refuses_another(store):
 
 def test_upsert_in_batches_then_read_back_by_id_and_by_scan(store, vectors, monkeypatch):
     col = store.open_or_create("images", MODEL)
-    monkeypatch.setattr(store, "_max_batch", 7)  # 30 records: five writes
+    monkeypatch.setattr(store.backend, "_max_batch", 7)  # 30 records: five writes
     records = _records(vectors)
     col.upsert(records)
     assert col.count() == 30
@@ -149,13 +151,15 @@ def test_records_and_their_thumbnails_land_together_or_not_at_all(store, vectors
         def __getattr__(self, name):
             return getattr(real, name)
 
-        def upsert(self, **_):
+        def upsert(self, **rows):
+            real.upsert(**rows)  # Chroma keeps what it logged, then fails to apply it
             raise OSError(28, "No space left on device")
     real, col._chroma = col._chroma, Full()
     with pytest.raises(StoreUnavailableError, match="disk is full"):
         store.add(col, records, {r.id: b"jpeg" for r in records})
     assert shared.read_bytes() == b"kept: another write made it"  # not this call's to delete
     assert [p.name for p in thumbnails.stored(store.folder)] == [shared.name]
+    assert col.held([r.id for r in records]) == [records[0].id]  # no record is left without its thumbnail
 
 
 def test_a_sweep_removes_what_a_killed_writer_left_and_nothing_else(store, vectors):
@@ -165,8 +169,11 @@ def test_a_sweep_removes_what_a_killed_writer_left_and_nothing_else(store, vecto
     thumbnails.write(store.folder, records[2].id, b"orphan: its record never landed")
     left = thumbnails.path(store.folder, records[0].id).with_name("half-written.tmp")
     left.write_bytes(b"partial")
-    assert store.sweep() == 2
+    ghost = Record("e" * 32, records[0].vector, {"thumbnail": thumbnails.relative("e" * 32)})
+    col.upsert([ghost])  # a record whose thumbnail never landed (a write the store kept though it failed)
+    assert store.sweep() == 3
     assert sorted(p.stem for p in thumbnails.stored(store.folder)) == sorted(r.id for r in records[:2])
+    assert sorted(col.all_ids()) == sorted(r.id for r in records[:2])
     assert store.sweep() == 0
     with write_lock(store.folder), pytest.raises(StoreError, match="another process is writing"):
         store.sweep()  # a writer holds the store: nothing is swept from under it

@@ -96,10 +96,11 @@ def test_bytes_and_time_are_capped(server):
 def test_content_is_judged_by_decoding_not_by_content_type(server, local_store):
     from search.service.service import SearchService, Settings
 
-    service = SearchService(Settings(store=local_store, allow_private_urls=True))
-    assert service.search_image(service.fetch_url(f"{server}/good.jpg"), 3, "cosine").hits
+    service = SearchService.open(Settings(store=local_store, allow_private_urls=True))
+    index = service.main_index()
+    assert index.search_by_image(service.fetch_url(f"{server}/good.jpg"), 3, "cosine")
     with pytest.raises(InvalidImageError) as err:
-        service.search_image(service.fetch_url(f"{server}/text.jpg"), 3, "cosine")
+        index.search_by_image(service.fetch_url(f"{server}/text.jpg"), 3, "cosine")
     assert err.value.reason == "unsupported"
     with pytest.raises(InvalidImageError, match="loopback"):
-        SearchService(Settings(store=local_store)).fetch_url(f"{server}/good.jpg")
+        SearchService.open(Settings(store=local_store)).fetch_url(f"{server}/good.jpg")

@@ -1,0 +1,38 @@
+"""A result, and its one plain form for callers of the APIs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: ``score`` is higher for more similar images, whatever the metric."""
+
+    id: str
+    score: float
+    label: str | None
+    caption: str | None
+    image: str | None  # absolute path of the thumbnail
+    source: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    similar: tuple[str, ...] = ()  # near-duplicates folded into this hit
+    relevant: bool | None = None  # above the query's cut-off; None where no cut-off was asked for
+
+    def record(self, *, relevance: bool = True) -> dict[str, Any]:
+        """The hit as plain data: id, score, label, caption, image (the thumbnail's path), similar, and with
+        ``relevance`` whether it is above the cut-off. Each API swaps ``image`` for what its callers fetch."""
+        out: dict[str, Any] = {"id": self.id, "score": round(self.score, 6), "label": self.label, "caption": self.caption,
+                               "image": self.image, "similar": list(self.similar)}
+        if relevance:
+            out["relevant"] = self.relevant
+        return out
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One page of a query's ranking, how many images it ranks, and the cut-off score it used."""
+
+    hits: list[Hit]
+    total: int
+    cutoff: float | None

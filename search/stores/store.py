@@ -1,0 +1,154 @@
+"""A store: a folder (thumbnails, manifests, the write lock) and the backend that holds its vectors.
+
+What belongs to every backend lives here: records and their thumbnails written together, thumbnails a
+killed writer left swept, a thumbnail deleted once no collection holds its image, one writer at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+from search.config import ChromaServer
+from search.errors import StoreError
+from search.stores import thumbnails
+from search.stores.base import READ_ONLY, Backend, Collection, ModelInfo, Record
+from search.stores.locking import write_lock
+
+log = logging.getLogger(__name__)
+
+
+class Store:
+    """A store folder and its backend."""
+
+    def __init__(self, folder: Path, backend: Backend):
+        self.folder = folder
+        self.backend = backend
+
+    @classmethod
+    def connect(cls, folder: str | Path, *, server: ChromaServer | None = None, create: bool = False) -> Store:
+        """Open the store at ``folder``, its vectors on ``server`` where one is given; ``create`` makes a
+        missing one. A StoreError says what is wrong (no index yet, damaged, unreachable, full disk)."""
+        from search.stores.chroma import ChromaBackend
+
+        return cls(Path(folder), ChromaBackend.connect(Path(folder), server, create))
+
+    @staticmethod
+    def exists(folder: str | Path, server: ChromaServer | None = None) -> bool:
+        """Whether there is a store to open at ``folder`` (on ``server``), without making one."""
+        from search.stores.chroma import ChromaBackend
+
+        return ChromaBackend.exists(Path(folder), server)
+
+    @property
+    def server(self) -> ChromaServer | None:
+        """The server holding the vectors, or None where they are in the folder."""
+        return self.backend.server
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the store can only be searched (its disk is read-only)."""
+        return self.backend.read_only
+
+    @property
+    def answering(self) -> bool:
+        """False while the backend does not answer (calls then fail at once)."""
+        return self.backend.answering
+
+    def guard(self) -> AbstractContextManager[None]:
+        """Run calls that touch the store, turning "the store went away" into a StoreError."""
+        return self.backend.guard()
+
+    def names(self) -> list[str]:
+        """The collections' names, sorted."""
+        return self.backend.names()
+
+    def open(self, name: str) -> Collection:
+        """An existing collection, or a StoreError."""
+        return self.backend.open(name)
+
+    def open_or_create(self, name: str, model: ModelInfo, source: str = "") -> Collection:
+        """The collection ``name`` for vectors of ``model``: created if missing, else checked to match it."""
+        self.backend.create(name, model, source)
+        collection = self.open(name)
+        collection.check_model(model, strict=True)
+        return collection
+
+    def drop(self, name: str) -> None:
+        """Delete a whole collection (its thumbnails are the caller's business: see ``remove``)."""
+        self.backend.drop(name)
+
+    def add(self, collection: Collection, records: Sequence[Record], thumbs: Mapping[str, bytes]) -> None:
+        """Write records with their thumbnails (``thumbs``: JPEG bytes by id), so that they appear together.
+
+        Thumbnails go first, so a record never lacks its own; where the records cannot be written, the
+        thumbnails this call made go again. What a kill -9 leaves between the two, ``sweep`` removes.
+        """
+        made: list[str] = []
+        try:
+            with self.guard():  # a full disk here is the store going away too
+                made = [image_id for image_id, data in thumbs.items() if thumbnails.write(self.folder, image_id, data)]
+            collection.upsert(records)
+        except BaseException:
+            # A backend may keep part of a write it failed (Chroma logs it, then fails to apply it): the records
+            # of the images this call brought go too, as far as the store still lets them; ``sweep`` does the rest.
+            with contextlib.suppress(Exception):
+                collection.delete(made)
+            for image_id in made:
+                thumbnails.delete(self.folder, image_id)
+            raise
+
+    def sweep(self) -> int:
+        """Make records and thumbnails agree again after a writer was killed or its disk filled: thumbnails no
+        record names and temporary files go, and records whose thumbnail is missing (a write the store kept
+        though it failed, and reported as not done) go too. Returns how many of both went.
+
+        Only where this process may write the embedded store now: the write lock keeps other writers out
+        (a server's other writers cannot be seen, so nothing is swept there).
+        """
+        if self.server or self.read_only:
+            return 0
+        with write_lock(self.folder):
+            named: set[str] = set()  # the thumbnails records name, relative to the folder
+            broken = 0
+            for name in self.names():
+                collection = self.open(name)
+                records = collection.scan_metadata()
+                lost = [i for i, m in records if m.get("thumbnail") and not (self.folder / str(m["thumbnail"])).is_file()]
+                broken += len(collection.delete(lost))
+                named.update(str(m.get("thumbnail")) for i, m in records if i not in set(lost))
+            files = 0
+            for file in thumbnails.stored(self.folder):
+                if file.name.endswith(thumbnails.TEMPORARY) or file.relative_to(self.folder).as_posix() not in named:
+                    file.unlink(missing_ok=True)
+                    files += 1
+        if files or broken:
+            log.info("swept %d thumbnails without a record and %d records without a thumbnail from %s", files, broken,
+                     self.folder)
+        return files + broken
+
+    def remove(self, collection: Collection, ids: Sequence[str]) -> list[str]:
+        """Delete ``ids`` from ``collection``; a thumbnail goes too once no collection still holds its image."""
+        gone = collection.delete(ids)
+        if not gone:
+            return []
+        still_used: set[str] = set()
+        for name in self.names():
+            if name != collection.name:
+                still_used.update(self.open(name).held(gone))
+        for image_id in set(gone) - still_used:
+            thumbnails.delete(self.folder, image_id)
+        return gone
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Hold the embedded store's write lock, or fail at once: two processes must not write one folder."""
+        if self.read_only:
+            raise StoreError(READ_ONLY, internals=f"{self.folder} is not writable; searches read a snapshot")
+        if self.server:  # the server serialises writers itself
+            yield
+            return
+        with write_lock(self.folder):
+            yield

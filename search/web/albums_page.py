@@ -1,0 +1,151 @@
+"""What the "My collection" tab's events do: upload with progress, browse, select, delete, drop.
+
+Handlers return their outputs by name (``AlbumView``'s fields and a few more); a refusal shows in the tab's
+status line (``refusals_in("where")``) rather than as a pop-up that blanks the tab's components.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from typing import Any
+
+import gradio as gr
+
+from search.errors import QueryError
+from search.service.albums import Removal
+from search.service.service import SearchService
+from search.web import views
+from search.web.files import VisitorFiles
+from search.web.messages import refusals_in, user_errors
+from search.web.page import Outputs, SearchPage
+
+ALBUM_PAGE = 60
+DROP = "Delete this collection"
+FIRST_ALBUM = "photos"  # the name the Collection box suggests
+CLEARED_REPORT: Outputs = {"summary": "", "notes": gr.update(value=[], visible=False)}  # the last upload's, once stale
+
+
+@dataclass(frozen=True)
+class AlbumView:
+    """What every album event shows: a page of the album, what is selected, where the page is, the buttons."""
+
+    gallery: Any
+    ids: list[str]  # the id behind each gallery item
+    picked: str  # the selected image's file name
+    picked_id: str | None
+    offset: int
+    where: str
+    newer: Any
+    older: Any
+    drop: Any
+    armed: str | None  # the album a first click on DROP asked about
+
+    def outputs(self) -> Outputs:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+ALBUM_VIEW = tuple(f.name for f in fields(AlbumView))
+
+
+class AlbumPage:
+    """The My collection tab's events."""
+
+    def __init__(self, service: SearchService, files: VisitorFiles, search: SearchPage):
+        self.service = service
+        self.files = files
+        self.search = search  # for the Index dropdown and its label filters, which albums change
+
+    @refusals_in("where")
+    def show(self, key: str | None, name: str | None, offset: int = 0, note: str = "") -> Outputs:
+        """A page of the album chosen under Collection (nothing when there is no such album yet).
+
+        ``note`` goes first in the status line (what the last action did)."""
+        name = name or ""
+        offset = max(0, int(offset or 0))
+        hits, total = self.service.browse_album(key, name, offset, ALBUM_PAGE)
+        if hits == [] and offset and total:  # the page emptied (deletions): show the last one
+            offset = max(0, (total - 1) // ALBUM_PAGE * ALBUM_PAGE)
+            hits, total = self.service.browse_album(key, name, offset, ALBUM_PAGE)
+        items, ids = views.album_gallery(hits)
+        where = views.album_page(len(items), offset, total) if name else ""
+        # selected_index: the selection frame must not stay on a slot that now shows another image
+        return AlbumView(gr.update(value=self.search.gallery(items), selected_index=None), ids, "", None, offset,
+                         " ".join(filter(None, (note, where))), gr.update(interactive=offset > 0),
+                         gr.update(interactive=offset + ALBUM_PAGE < total), gr.update(value=DROP, variant="stop"),
+                         None).outputs()
+
+    def newer(self, key: str | None, name: str, offset: int) -> Outputs:
+        """The previous page of the album (newer images)."""
+        return self.show(key, name, max(0, int(offset or 0) - ALBUM_PAGE))
+
+    def older(self, key: str | None, name: str, offset: int) -> Outputs:
+        """The next page of the album (older images)."""
+        return self.show(key, name, int(offset or 0) + ALBUM_PAGE)
+
+    @refusals_in("where")
+    def add(self, key: str | None, name: str, files: list[str] | None, progress: gr.Progress = gr.Progress()) -> Outputs:
+        """Index the uploaded files into the album, showing progress with the total and the time left: the
+        report (summary, notes on files), the upload cleared, the Collection and Index dropdowns, the album."""
+        started = time.monotonic()
+
+        def report(done: int, total: int | None) -> None:
+            progress((done, total) if total else None, desc=views.upload_progress(done, total, time.monotonic() - started),
+                     unit="images")
+
+        with self.files.consumed(files or []):
+            added = self.service.add_images(key, name, files, on_progress=report)
+        names = self.service.album_names(key)
+        chosen = added.collection if added.collection in names else None
+        rows = views.ingest_rows(added)
+        return {**self.show(key, chosen or ""), "summary": views.ingest_summary(added),
+                "notes": gr.update(value=rows, visible=bool(rows)), "uploads": None,
+                "album": gr.update(choices=names, value=chosen), "index": gr.update(choices=self.search.index_choices(key))}
+
+    @user_errors
+    def pick(self, evt: gr.SelectData, ids: list[str]) -> Outputs:
+        """Select the album image that was clicked: its file's name to show, and its id to delete it by."""
+        if not (isinstance(evt.index, int) and 0 <= evt.index < len(ids or [])):
+            return {"picked": "", "picked_id": None}
+        caption = evt.value.get("caption") if isinstance(evt.value, dict) else None
+        return {"picked": str(caption or ids[evt.index]), "picked_id": ids[evt.index]}
+
+    @refusals_in("where")
+    def delete_picked(self, key: str | None, name: str, image_id: str | None, offset: int) -> Outputs:
+        """Delete the selected image from the album, then show the album again (the last upload's report,
+        which counted it, goes)."""
+        if not image_id:
+            raise QueryError("Click an image in the collection first.")
+        self.forget(self.service.delete_images(key, name, [image_id]))
+        return {**self.show(key, name, offset, note="Deleted the selected image."), **CLEARED_REPORT}
+
+    @refusals_in("where")
+    def drop(self, key: str | None, name: str, index: str, armed: str | None) -> Outputs:
+        """Delete the whole album, on a second click (the first asks): the Collection and Index dropdowns
+        (searching the main index again where the album was chosen there), an empty album view, and the
+        label filters of the index chosen now."""
+        if name not in self.service.album_names(key):
+            raise QueryError("There is no such collection to delete: choose one under Collection.")
+        if armed != name:
+            held = self.service.browse_album(key, name, 0, 1)[1]
+            return {"drop": gr.update(value=f"Click again to delete “{name}” and its {held:,} "
+                                            f"image{'' if held == 1 else 's'}", variant="stop"), "armed": name}
+        removed = len(self.forget(self.service.drop_album(key, name)).removed)
+        choices = self.search.index_choices(key)
+        values = [v for _, v in choices]
+        chosen = index if index in values else (values[0] if values else None)
+        filters = self.search.label_filters(chosen, key) if chosen != index else {}
+        names = self.service.album_names(key)
+        return {**self.show(key, "", note=views.dropped(name, removed)), **filters, **CLEARED_REPORT,
+                "album": gr.update(choices=names, value=names[0] if names else FIRST_ALBUM),
+                "index": gr.update(choices=choices, value=chosen)}
+
+    def forget(self, removal: Removal) -> Removal:
+        """The web server's copies of what ``removal`` took from the store go too."""
+        return forget(self.service, self.files, removal)
+
+
+def forget(service: SearchService, files: VisitorFiles, removal: Removal) -> Removal:
+    """After a delete: purge the web server's copies of the images whose thumbnails went from the store."""
+    files.purge(service.without_thumbnail(removal.removed))
+    return removal
+

@@ -1,0 +1,41 @@
+"""Serving the app: the service opened once, the page and the JSON API on one server, visitors' files budgeted."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from starlette.middleware import Middleware
+
+from search.config import configure_logging, load_settings
+from search.service.examples import Shipped
+from search.service.service import SearchService
+from search.web.files import UploadBudget, VisitorFiles
+from search.web.http_api import json_api
+from search.web.layout import build_app
+from search.web.styles import CSS
+
+log = logging.getLogger(__name__)
+MAX_FILE_SIZE = "20mb"
+
+
+def main(examples: Path | None = None) -> None:
+    """Load the model and the store once, then serve (GRADIO_SERVER_NAME/PORT choose the address).
+
+    ``examples``: a folder of example photos and descriptions shipped with the app (``Shipped.read``).
+    """
+    configure_logging()
+    service = SearchService.open(load_settings())
+    if service.start_default_build():
+        log.info("serving at once; the default index is built in the background")
+    elif (opened := service.main_index()) is not None:
+        log.info("opened the index: %d images in collection %r", len(opened), opened.collection.name)
+    files = VisitorFiles(service.settings.upload_budget_bytes)
+    demo = build_app(service, files, Shipped.read(examples) if examples else None)
+    demo.queue(max_size=service.settings.queue_size, default_concurrency_limit=service.settings.concurrency)
+    # The shipped example photos only: store files reach Gradio as copies (VisitorFiles.shown), so that no
+    # path into the store (an album's thumbnails, its database) is ever served.
+    allowed = [str(examples.resolve())] if examples else []
+    # show_error=False: the app's refusals (gr.Error) are shown anyway; Gradio's own errors name server internals
+    demo.launch(css=CSS, max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=False,
+                app_kwargs={"middleware": [Middleware(UploadBudget, files=files)],
+                            "routes": json_api(service).routes})  # /api/search, thumbnails

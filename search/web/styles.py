@@ -1,0 +1,26 @@
+"""The page's own CSS and script: grids that follow the width, readable tables on phones."""
+
+# Result grids follow the width (Gradio's galleries keep a fixed number of columns).
+CSS = """
+#results .grid-container { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important;
+  grid-template-rows: none !important; }
+#mine .grid-container { grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)) !important;
+  grid-template-rows: none !important; }
+#example-images .grid-container { grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important; }
+#query-image img { max-height: 300px; object-fit: contain; }
+#results .grid-wrap { overflow-y: visible !important; max-height: none !important; height: auto !important; }
+#evaluate-table { overflow-x: auto; }
+#evaluate-table table { white-space: nowrap; }
+#results .caption-label { white-space: normal; overflow-wrap: anywhere; }
+#detail-image img { width: 100%; height: 100%; object-fit: contain; }
+@media (max-width: 640px) {
+  #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+  #results .caption-label { font-size: 11px; }
+  #evaluate-table:has(table)::before, #ingest-notes:has(table)::before {
+    content: "Scroll the table sideways to see every column."; display: block; font-size: 12px; opacity: 0.7; }
+}
+"""
+
+# On a phone the results are below the query panel: bring them into view once a search has run.
+REVEAL_RESULTS = ("() => { if (window.innerWidth < 700) "
+                  "document.getElementById('status')?.scrollIntoView({behavior: 'smooth', block: 'start'}); }")
