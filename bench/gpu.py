@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.workload import NullStore, agreement, bare_model, pipeline, vit_b32, write_jpegs  # noqa: E402
 from search.core.ids import content_id  # noqa: E402
+from search.embedders.clip import ClipEmbedder  # noqa: E402
 from search.embedders.clip_input import Pixels  # noqa: E402
-from search.embedders.models import ClipEmbedder  # noqa: E402
 from search.images.decode import decode_image, make_thumbnail  # noqa: E402
 
 PIXELS = Pixels()

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.app_process import ROOT, RunningApp
 from bench.stats import percentiles
-from tests.fixtures.app_process import ROOT, RunningApp
 
 QUERY_IMAGE = ROOT / "examples" / "astronaut.jpg"
 PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow circle")

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
+from bench.app_process import RunningApp  # noqa: E402
 from bench.stats import percentiles  # noqa: E402
 from bench.workload import (  # noqa: E402
     CPU_FLAGS,
@@ -42,12 +43,11 @@ from bench.workload import (  # noqa: E402
     vit_b32,
     write_jpegs,
 )
-from search.embedders.models import ClipEmbedder  # noqa: E402
+from search.embedders.clip import ClipEmbedder  # noqa: E402
 from search.embedders.precision import MIN_COSINE, MIN_OVERLAP  # noqa: E402
 from search.index import ImageIndex  # noqa: E402
 from search.stores.base import ModelInfo, Record  # noqa: E402
 from search.stores.store import Store  # noqa: E402
-from tests.fixtures.app_process import RunningApp  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
 

@@ -26,20 +26,20 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.app_process import RunningApp
 from bench.load import PROMPTS, QUERY_IMAGE, TLS, run_load
 from bench.run import CACHE, machine, photo, vit_b32
 from bench.stats import percentiles
 from search.stores.base import ModelInfo, Record
 from search.stores.store import Store
 from search.stores.thumbnails import relative
-from tests.fixtures.app_process import RunningApp
 
 K = 12
 
 
 def make_store(store: Path, model: str, n: int) -> None:
     """``n`` clustered unit vectors with valid ids, each with a thumbnail of its own (256x192 JPEG)."""
-    from search.embedders.models import ClipEmbedder
+    from search.embedders.clip import ClipEmbedder
 
     embedder = ClipEmbedder(model, device="cpu")
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from search.embedders.models import ClipEmbedder
+from search.embedders.clip import ClipEmbedder
 from search.embedders.precision import PRECISIONS, probe_images, top10_overlap
 from search.pipeline.build import BuildOptions, build_index
 from search.sources.base import folder_items
@@ -28,7 +28,7 @@ def vit_b32(path: Path) -> Path:
         return path
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from tests.fixtures.tiny_clip import save_sentence_transformer, write_tokenizer_files
+    from bench.checkpoints import save_sentence_transformer, write_tokenizer_files
 
     with tempfile.TemporaryDirectory() as tmp:
         vocab, merges = write_tokenizer_files(Path(tmp))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from search.config import configure_logging, load_settings
 from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
-from search.embedders.models import DEFAULT_MODEL, load_embedder
+from search.embedders.base import DEFAULT_MODEL
+from search.embedders.registry import load_embedder
 from search.errors import SearchError, SourceError
 from search.pipeline.build import BuildOptions, build_index
 from search.pipeline.report import BuildReport
@@ -153,3 +154,7 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,7 +26,8 @@ import numpy as np
 
 from search.config import Settings
 from search.core.metrics import METRICS, ExactSearch, best_of
-from search.embedders.models import PIXELS, load_embedder
+from search.embedders.pixels import PIXELS
+from search.embedders.registry import load_embedder
 from search.errors import QueryError, SearchError
 from search.stores.store import Store
 

@@ -17,8 +17,9 @@ from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY, fold_near_duplicat
 from search.core.hits import Hit, Ranked
 from search.core.ids import image_id as checked_image_id
 from search.core.ids import shown
-from search.core.query import CANNOT_READ_TEXT, MAX_K, Part, Query, checked_metric, checked_text, compose, whole
-from search.embedders.models import Embedder, load_embedder
+from search.core.query import CANNOT_READ_TEXT, MAX_K, Part, Query, checked_metric, compose, whole
+from search.embedders.base import Embedder
+from search.embedders.registry import load_embedder
 from search.errors import InvalidImageError, QueryError, StoreError
 from search.images.decode import ImageInput, read_image
 from search.stores.base import DEFAULT_COLLECTION, Collection, LabelFilter, ModelInfo, Neighbour
@@ -99,16 +100,11 @@ class ImageIndex:
 
     def search_by_text(self, text: str, k: int = 10, metric: str = "cosine", fold: float | None = None) -> list[Hit]:
         """The ``k`` stored images that best match a description."""
-        k, metric = whole("k", k, 1, MAX_K), checked_metric(metric)
-        return self.search_by_vector(self.embedder.embed_texts([checked_text(text)])[0], k, metric, fold)
+        return self.search_by_vector(self._embed((Part("text", text),))[0], k, metric, fold)
 
     def search_by_id(self, image_id: str, k: int = 10, metric: str = "cosine", fold: float | None = None) -> list[Hit]:
         """Images like a stored one, using its stored vector."""
-        k, metric = whole("k", k, 1, MAX_K), checked_metric(metric)
-        vector = self.collection.vectors([checked_image_id(image_id)]).get(image_id)
-        if vector is None:
-            raise QueryError(f"No image with id {image_id} in this index.")
-        return self.search_by_vector(vector, k, metric, fold)
+        return self.search_by_vector(self._embed((Part("id", image_id),))[0], k, metric, fold)
 
     def search_by_vector(self, vector: np.ndarray, k: int = 10, metric: str = "cosine",
                          fold: float | None = None) -> list[Hit]:
@@ -158,7 +154,7 @@ class ImageIndex:
         out: dict[int, np.ndarray] = {}
         texts = [(i, p) for i, p in enumerate(parts) if p.kind == "text"]
         if texts and not self.supports_text:
-            raise QueryError(f"{texts[0][1].name}: {CANNOT_READ_TEXT}")
+            raise QueryError(_at(texts[0][1], CANNOT_READ_TEXT))
         if texts:
             out.update(zip([i for i, _ in texts], self.embedder.embed_texts([p.value for _, p in texts])))
         images = [(i, p) for i, p in enumerate(parts) if p.kind == "image"]
@@ -168,14 +164,14 @@ class ImageIndex:
                 prepared.append(self.embedder.prepare(read_image(part.value, min_edges=self.embedder.min_edges,
                                                                  box=part.box)))
             except (InvalidImageError, QueryError) as exc:  # a region outside the image is a QueryError
-                raise QueryError(f"{part.name}: {exc}") from exc
+                raise QueryError(_at(part, str(exc))) from exc
         if images:
             out.update(zip([i for i, _ in images], self.embedder.embed_images(prepared)))
         ids = [(i, p) for i, p in enumerate(parts) if p.kind == "id"]
         stored = self.collection.vectors(list(dict.fromkeys(p.value for _, p in ids)))
         for i, part in ids:
             if part.value not in stored:
-                raise QueryError(f"{part.name}: no image with id {part.value} in this index.")
+                raise QueryError(_at(part, f"no image with id {part.value} in this index."))
             out[i] = stored[part.value]
         return [out[i] for i in range(len(parts))]
 
@@ -257,6 +253,11 @@ class ImageIndex:
             source=meta.get("source"),
             metadata=meta,
         )
+
+
+def _at(part: Part, message: str) -> str:
+    """``message`` about ``part``, headed by where the caller put it ("positive[1]: ...") where it has a name."""
+    return f"{part.name}: {message}" if part.name else message[:1].upper() + message[1:]
 
 
 def _default_collection(store: Store) -> str:

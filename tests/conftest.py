@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.fixtures.app_process import RunningApp, free_port  # noqa: F401 - shared with bench/
+from bench.app_process import RunningApp, free_port  # noqa: F401 - shared with bench/
 from tests.fixtures.shapes import write_folder
 from tests.fixtures.tiny_clip import build_random_tiny_clip
 
@@ -141,7 +141,7 @@ def shapes_store(tmp_path_factory, shapes_model) -> Path:
 def local_store(tmp_path_factory, shapes_model) -> Path:
     """The same content as ``shapes_store``, built in this process in seconds: for the fast tier, which
     reads it in-process only (``shapes_store`` is built by the command line, for app processes)."""
-    from search.embedders.models import load_embedder
+    from search.embedders.registry import load_embedder
     from search.pipeline.build import BuildOptions, build_index
     from search.sources.base import open_source
     from search.stores.store import Store

@@ -5,21 +5,17 @@ from typing import Any
 
 import numpy as np
 
-from search.stores.base import Collection
-
 NEAR_DUPLICATE_SIMILARITY = 0.95  # cosine between unit CLIP vectors; exact copies are caught by hash
 
 
-def find_near_duplicates(
-    col: Collection, ids: list[str], sources: list[str], vectors: np.ndarray, similarity: float
-) -> list[dict[str, Any]]:
-    """Pairs of a new image and the most similar earlier one (stored, or earlier in this batch) above ``similarity``."""
+Nearest = tuple[str, str, float]  # a stored image's id, its source, and its cosine similarity to a new one
+
+
+def find_near_duplicates(ids: list[str], sources: list[str], vectors: np.ndarray, stored: list[Nearest | None],
+                         similarity: float) -> list[dict[str, Any]]:
+    """Pairs of a new image and the most similar earlier one above ``similarity``: the nearest stored image
+    (``stored``, one per new image, None where there is none) or one earlier in this batch."""
     found: list[dict[str, Any]] = []
-    stored: list[tuple[str, str, float] | None] = [None] * len(ids)
-    if col.count():
-        for i, nearest in enumerate(col.nearest(vectors, 1)):
-            if nearest and nearest[0].id != ids[i]:
-                stored[i] = (nearest[0].id, nearest[0].metadata.get("source", ""), nearest[0].similarity)
     within = vectors @ vectors.T
     for i in range(len(ids)):
         candidates = [found_stored] if (found_stored := stored[i]) else []

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from search.embedders.models import Embedder
+from search.embedders.base import Embedder
 
 Run = Callable[[list[Any]], np.ndarray]  # inputs -> one row per input
 

@@ -24,7 +24,7 @@ MIN_OVERLAP = {BF16: 0.0, INT8: 0.95}  # top-10 overlap of exact search with fp3
 MIN_SPEEDUP = 1.3  # the wide margin: noise on a shared machine is about 15%
 MIN_PARAMETERS = 5_000_000  # an image tower smaller than this runs in milliseconds: fp32, nothing measured
 ROUNDS = 3
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+PROBE = Path(__file__).resolve().parent / "probe"  # real photos, shipped with the package (package data)
 
 Encode = Callable[[Sequence[Image.Image], str], np.ndarray]  # (batch, precision) -> unit rows
 
@@ -160,7 +160,7 @@ def top10_overlap(reference: np.ndarray, rows: np.ndarray) -> float:
 
 def probe_images(count: int = 36) -> list[Image.Image]:
     """Real photos (the shipped examples), each also cropped and mirrored, so exact search has neighbours."""
-    photos = [Image.open(p).convert("RGB") for p in sorted(EXAMPLES.glob("*.jpg"))]
+    photos = [Image.open(p).convert("RGB") for p in sorted(PROBE.glob("*.jpg"))]
     out: list[Image.Image] = []
     for img in photos:
         w, h = img.size

@@ -1,7 +1,9 @@
-"""The indexing pipeline, as named stages: identify, decode, embed, write, sync.
+"""The local runner: ``build_index`` runs the stages (search/pipeline/stages.py) over a source's items.
 
-identify and decode run on worker threads one batch ahead of the model (``prefetch``), at a lower
-OS priority; embed and write run on the caller's thread. Each stage's seconds go into the report.
+identify and prepare run on a prefetch thread one batch ahead of the model, fanning out to a pool of
+decoding threads at a lower OS priority; embed and write run on the caller's thread. The run's state
+(which images it has seen, the manifest, the report) is the runner's alone: stages return their outcome
+and the runner merges it, with each stage's seconds.
 """
 from __future__ import annotations
 
@@ -15,22 +17,18 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from PIL import Image
-
-from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY, find_near_duplicates
-from search.core.ids import content_id
-from search.embedders.models import Embedder
+from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
+from search.embedders.base import Embedder
 from search.embedders.precision import AUTO, BF16, FP32
-from search.errors import BuildInterrupted, InvalidImageError, StoreUnavailableError
-from search.images.decode import decode_image, make_thumbnail
+from search.errors import BuildInterrupted, StoreUnavailableError
+from search.pipeline import stages
 from search.pipeline.prefetch import prefetch
 from search.pipeline.report import BuildReport
 from search.sources.base import Item
-from search.stores import manifests, thumbnails
-from search.stores.base import Collection, ModelInfo, Record
+from search.stores import manifests
+from search.stores.base import Collection, ModelInfo
 from search.stores.store import Store
 
-KEEP_BYTES = 4 * 1024 * 1024  # per image, between hashing and decoding (32 images: 128 MB at most)
 Progress = Callable[[int, "int | None"], Any]  # (items done, items in all where known)
 
 
@@ -48,16 +46,6 @@ class BuildOptions:
     manifest: str | None = None  # the manifest's name (default: the collection's)
 
 
-@dataclass
-class _Ready:
-    """An image past decoding: what the model and the writer need."""
-
-    item: Item
-    image_id: str
-    image: Image.Image
-    thumbnail: bytes
-
-
 def build_index(
     items: Iterable[Item],
     store: Store,
@@ -72,16 +60,16 @@ def build_index(
     re-run resumes: records and thumbnails written so far stay, and the manifest is saved only when
     the build completes.
     """
-    build = None
+    run = None
     try:
-        build = _Build(store, collection, embedder, options, on_progress)
-        return build.run(items)
+        run = _Run(store, collection, embedder, options, on_progress)
+        return run.run(items)
     except StoreUnavailableError as exc:
-        raise BuildInterrupted(exc, build.report.indexed if build else 0) from exc
+        raise BuildInterrupted(exc, run.report.indexed if run else 0) from exc
 
 
-class _Build:
-    """One run of the pipeline; its stages are methods named for them."""
+class _Run:
+    """One run of the pipeline over a source: the stages in order, and what only the run knows."""
 
     def __init__(self, store: Store, collection: str, embedder: Embedder, options: BuildOptions,
                  on_progress: Progress | None):
@@ -94,28 +82,64 @@ class _Build:
         self.manifest_name = options.manifest or collection
         self.known = manifests.load(store.folder, self.manifest_name)
         self.manifest: manifests.Manifest = {}
-        self.current_ids: set[str] = set()  # every image id the source holds now, for sync
+        self.seen: set[str] = set()  # every image id the source holds now: exact duplicates, and what sync keeps
         self.precision = getattr(embedder, "precision", FP32) if options.precision == AUTO else options.precision
+        self.near = options.near_duplicate_similarity if embedder.normalized else None
         self.done = 0
+        self._lock = threading.Lock()  # the two sides of the prefetch merge into one report
 
     def run(self, items: Iterable[Item]) -> BuildReport:
         start = time.perf_counter()
-        for batch in prefetch(self._prepared(items), self._advance):
-            if batch:
-                self._write(batch, self._embed(batch))
+        for ready in prefetch(self._produce(items), self._advance):
+            if ready:
+                with self._stage("embed"):
+                    vectors = stages.embed(ready, self.embedder, self.options.batch_size, self.precision)
+                with self._stage("write"):
+                    self._merge(stages.write(self.store, self.collection, ready, vectors, self.near))
         manifests.save(self.store.folder, self.manifest_name, self.manifest)
         if self.options.sync_root is not None:
-            self._sync(self.options.sync_root)
-        report = self.report
-        report.precision = self.precision
-        decision = getattr(self.embedder, "decision", None)  # a CLIP embedder's, where auto measured bf16
-        bf16 = decision.trial(BF16) if decision else None
-        if bf16:
-            report.bf16_agreement, report.bf16_speedup = bf16.cosine, bf16.speedup
-        report.seconds = round(time.perf_counter() - start, 3)
-        report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
-        report.total_in_collection = self.collection.count()
-        return report
+            with self._stage("sync"):
+                self.report.removed = stages.sync(self.store, self.collection, self.options.sync_root, self.seen)
+        return self._finished(time.perf_counter() - start)
+
+    def _produce(self, items: Iterable[Item]) -> Generator[tuple[int, list[stages.Ready]], None, None]:
+        """(items read, images ready to embed) for each batch of the source, on the prefetch thread."""
+        pool = ThreadPoolExecutor(max_workers=max(1, self.options.workers), thread_name_prefix="decode",
+                                  initializer=_yield_to_the_model)
+        iterator = iter(items)
+        try:
+            while chunk := list(islice(iterator, self.options.batch_size)):
+                with self._stage("identify"):
+                    found, outcome = stages.identify(chunk, self.known, pool.map)
+                    self._merge(outcome)
+                    todo = self._still_needed(found)
+                with self._stage("decode"):
+                    ready, outcome = stages.prepare(todo, self.embedder, pool.map)
+                    self._merge(outcome)
+                yield len(chunk), ready
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _still_needed(self, found: list[stages.Identified]) -> list[stages.Identified]:
+        """What the run must still embed: not an exact duplicate of an image it has seen, nor held by the store."""
+        fresh = []
+        for one in found:
+            if one.image_id in self.seen:
+                self.report.duplicates += 1
+            else:
+                self.seen.add(one.image_id)
+                fresh.append(one)
+        held = set(self.collection.held([f.image_id for f in fresh]))
+        self.report.already_indexed += len(held)
+        return [f for f in fresh if f.image_id not in held]
+
+    def _merge(self, outcome: stages.Outcome) -> None:
+        with self._lock:
+            self.report.indexed += outcome.indexed
+            self.report.skipped += outcome.skipped
+            self.report.near_duplicates += outcome.near_duplicates
+            self.manifest.update(outcome.manifest)
+            self.seen.difference_update(outcome.failed)
 
     def _advance(self, items: int) -> None:
         self.done += items
@@ -130,104 +154,17 @@ class _Build:
         finally:
             self.report.timed(name, time.perf_counter() - start)
 
-    # The producer side: on the prefetch thread, fanning out to the decode pool.
-
-    def _prepared(self, items: Iterable[Item]) -> Generator[tuple[int, list[_Ready]], None, None]:
-        """(items read, images ready to embed) for each batch of the source."""
-        pool = ThreadPoolExecutor(max_workers=max(1, self.options.workers), thread_name_prefix="decode",
-                                  initializer=_yield_to_the_model)
-        iterator = iter(items)
-        try:
-            while chunk := list(islice(iterator, self.options.batch_size)):
-                with self._stage("identify"):
-                    todo = self._identify(chunk, pool)
-                with self._stage("decode"):
-                    ready = self._decode(todo, pool)
-                yield len(chunk), ready
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _identify(self, chunk: list[Item], pool: ThreadPoolExecutor) -> list[tuple[Item, str, bytes | None]]:
-        """Hash each item (or trust the manifest), drop exact duplicates and what the store holds."""
-        fresh: list[tuple[Item, str, bytes | None]] = []
-        for item, result in zip(chunk, pool.map(self._identify_one, chunk)):
-            if isinstance(result, InvalidImageError):
-                self._skip(item, result)
-                continue
-            image_id, data = result
-            if item.fingerprint:
-                self.manifest[item.source] = [*item.fingerprint, image_id]
-            if image_id in self.current_ids:
-                self.report.duplicates += 1
-            else:
-                self.current_ids.add(image_id)
-                fresh.append((item, image_id, data))
-        stored = set(self.collection.held([f[1] for f in fresh]))
-        self.report.already_indexed += sum(1 for f in fresh if f[1] in stored)
-        return [f for f in fresh if f[1] not in stored]
-
-    def _identify_one(self, item: Item) -> tuple[str, bytes | None] | InvalidImageError:
-        """The image's id: from the manifest when the file is unchanged (no read), else by hashing its bytes."""
-        known = self.known.get(item.source)
-        if item.fingerprint and known and tuple(known[:2]) == item.fingerprint:
-            return known[2], None
-        try:
-            data = item.read()
-        except InvalidImageError as exc:
-            return exc
-        if not data:
-            return InvalidImageError("empty", "no bytes")
-        # A batch holds its images' bytes from hashing to decoding: large files are read again instead.
-        keep = len(data) <= KEEP_BYTES or not item.rereadable
-        return content_id(data), data if keep else None
-
-    def _decode(self, todo: list[tuple[Item, str, bytes | None]], pool: ThreadPoolExecutor) -> list[_Ready]:
-        """Decode, scale for the model and make the thumbnail, on the pool; bad images are skipped."""
-        ready = []
-        for (item, image_id, _), result in zip(todo, pool.map(self._decode_one, todo)):
-            if isinstance(result, InvalidImageError):
-                self.current_ids.discard(image_id)
-                self._skip(item, result)
-            else:
-                ready.append(_Ready(item, image_id, *result))
-        return ready
-
-    def _decode_one(self, todo: tuple[Item, str, bytes | None]) -> tuple[Image.Image, bytes] | InvalidImageError:
-        item, _, data = todo
-        try:
-            img = decode_image(data if data is not None else item.read(), min_edges=self.embedder.min_edges)
-            return self.embedder.prepare(img), make_thumbnail(img)
-        except InvalidImageError as exc:
-            return exc
-
-    def _skip(self, item: Item, error: InvalidImageError) -> None:
-        self.report.skipped.append({"source": item.source, "reason": error.reason, "detail": error.detail})
-
-    # The consumer side: on the caller's thread.
-
-    def _embed(self, batch: list[_Ready]) -> Any:
-        with self._stage("embed"):
-            return self.embedder.embed_images([r.image for r in batch], batch_size=self.options.batch_size,
-                                              precision=self.precision)
-
-    def _write(self, batch: list[_Ready], vectors: Any) -> None:
-        with self._stage("write"):
-            similarity = self.options.near_duplicate_similarity
-            if similarity and self.embedder.normalized:
-                ids, sources = [r.image_id for r in batch], [r.item.source for r in batch]
-                self.report.near_duplicates += find_near_duplicates(self.collection, ids, sources, vectors, similarity)
-            records = [Record(r.image_id, vector, _metadata(r, thumbnails.relative(r.image_id)))
-                       for r, vector in zip(batch, vectors)]
-            self.store.add(self.collection, records, {r.image_id: r.thumbnail for r in batch})
-            self.report.indexed += len(batch)
-
-    def _sync(self, root: str) -> None:
-        """Remove the records from under ``root`` whose image the source no longer holds."""
-        with self._stage("sync"):
-            prefix = root.rstrip("/") + "/"
-            stale = [i for i, m in self.collection.scan_metadata()
-                     if str(m.get("source", "")).startswith(prefix) and i not in self.current_ids]
-            self.report.removed = len(self.store.remove(self.collection, stale))
+    def _finished(self, seconds: float) -> BuildReport:
+        report = self.report
+        report.precision = self.precision
+        decision = getattr(self.embedder, "decision", None)  # a CLIP embedder's, where auto measured bf16
+        bf16 = decision.trial(BF16) if decision else None
+        if bf16:
+            report.bf16_agreement, report.bf16_speedup = bf16.cosine, bf16.speedup
+        report.seconds = round(seconds, 3)
+        report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
+        report.total_in_collection = self.collection.count()
+        return report
 
 
 def _yield_to_the_model() -> None:
@@ -240,12 +177,3 @@ def _yield_to_the_model() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):  # not Linux, or not allowed: decode at normal priority
         pass
-
-
-def _metadata(r: _Ready, thumbnail: str) -> dict[str, Any]:
-    meta: dict[str, Any] = {"source": r.item.source, "thumbnail": thumbnail, "added_at": int(time.time())}
-    if r.item.label:
-        meta["label"] = r.item.label
-    if r.item.caption:
-        meta["caption"] = r.item.caption
-    return meta

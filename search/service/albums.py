@@ -20,7 +20,7 @@ from typing import Any
 
 from search.config import AlbumLimits
 from search.core.ids import collection_name, image_ids, visitor_key
-from search.embedders.models import Embedder
+from search.embedders.base import Embedder
 from search.errors import BuildInterrupted, QueryError, StoreError, StoreUnavailableError
 from search.images.decode import MAX_PIXELS
 from search.index import Hit, ImageIndex

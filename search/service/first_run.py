@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from search.config import Settings
-from search.embedders.models import DEFAULT_MODEL, Embedder, load_embedder
+from search.embedders.base import DEFAULT_MODEL, Embedder
+from search.embedders.registry import load_embedder
 from search.errors import ModelError, SearchError, SourceError
 from search.index import ImageIndex
 from search.pipeline.build import BuildOptions, build_index

@@ -169,13 +169,13 @@ def _detect(features: dict, names: tuple[str, ...], is_kind: Callable | None, ex
 
 
 def _row_reader(value: Any) -> Callable[[], bytes]:
+    """How to get a row's image bytes; a partial, not a closure, so an item can travel to another process."""
     if isinstance(value, dict) and value.get("bytes"):
-        data = value["bytes"]
-        return lambda: data
+        return partial(bytes, value["bytes"])
     path = value.get("path") if isinstance(value, dict) else value
     if isinstance(path, str) and path:
-        return lambda: read_file(Path(path))
-    return lambda: b""
+        return partial(read_file, Path(path))
+    return partial(bytes)
 
 
 def _text(value: Any, feature: Any) -> str | None:

@@ -13,6 +13,7 @@ import unicodedata
 import zipfile
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
 
@@ -73,23 +74,51 @@ def upload_items(
 
     Every image is held to ``max_pixels`` and all of them together to ``total_pixels`` (None: no total).
     """
-    allowance = PixelAllowance(total_pixels)
+    admission = Admission(max_pixels, min_edges, PixelAllowance(total_pixels))
     for path in map(Path, paths):
         if zipfile.is_zipfile(path):
-            yield from zip_items(path, max_pixels=max_pixels, allowance=allowance, min_edges=min_edges)
+            yield from zip_items(path, admission)
         else:
-            yield Item(path.name, partial(_read_upload, path, allowance, max_pixels, min_edges))
+            yield Item(path.name, partial(_read_upload, path, admission))
 
 
-def zip_items(
-    path: Path,
-    *,
-    max_pixels: int = UPLOAD_MAX_PIXELS,
-    allowance: PixelAllowance | None = None,
-    min_edges: tuple[int, int] | None = UPLOAD_MIN_EDGES,
-) -> Iterator[Item]:
+@dataclass(frozen=True)
+class Admission:
+    """What lets an upload's image in: at most ``max_pixels`` as decoded (JPEGs drafted to ``min_edges``, the
+    model's input), and its share of the upload's pixel ``allowance``."""
+
+    max_pixels: int = UPLOAD_MAX_PIXELS
+    min_edges: tuple[int, int] | None = UPLOAD_MIN_EDGES
+    allowance: PixelAllowance = field(default_factory=PixelAllowance)
+
+    def check_head(self, head: bytes, key: str) -> None:
+        """Refuse early when the first bytes already show too many pixels, for the image or for the upload's
+        allowance (charged here, once); anything else waits for the whole file."""
+        try:
+            header = image_header(head, min_edges=self.min_edges, max_pixels=1 << 62)
+        except InvalidImageError as exc:
+            if exc.reason == "too_large":  # Pillow's own bomb limit
+                raise
+            return
+        if header.pixels > self.max_pixels:
+            raise InvalidImageError("too_large", pixel_limit_message(header.size_text, self.max_pixels))
+        self.allowance.charge(key, header.pixels)
+
+    def admit(self, data: bytes, key: str) -> bytes:
+        """The bytes, once the header is within the per-image limit and the upload's total."""
+        try:
+            header = image_header(data, min_edges=self.min_edges, max_pixels=self.max_pixels)
+        except InvalidImageError as exc:
+            if exc.reason == "too_large":
+                raise
+            return data  # not an image, or a damaged one: decoding gives the reason, as for any other file
+        self.allowance.charge(key, header.pixels)
+        return data
+
+
+def zip_items(path: Path, admission: Admission | None = None) -> Iterator[Item]:
     """The files of a zip archive, with member count, claimed sizes, names and pixels capped."""
-    allowance = allowance if allowance is not None else PixelAllowance()
+    admission = admission or Admission()
     try:
         archive = zipfile.ZipFile(path)
         members = [m for m in archive.infolist() if not m.is_dir()]
@@ -112,7 +141,7 @@ def zip_items(
         label = "/".join(parts[:-1]) or None  # the folder inside the zip, as a folder build labels it
         key = f"{path}/{member.filename}"
         yield Item(f"{path.name}/{member.filename}",
-                   partial(_read_member, archive, member, key, allowance, max_pixels, min_edges), label=label)
+                   partial(_read_member, archive, member, key, admission), label=label)
 
 
 def unsafe_member_name(name: str) -> str | None:
@@ -130,8 +159,7 @@ def unsafe_member_name(name: str) -> str | None:
     return None
 
 
-def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, key: str, allowance: PixelAllowance,
-                 max_pixels: int, min_edges: tuple[int, int] | None) -> bytes:
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, key: str, admission: Admission) -> bytes:
     if member.file_size > MAX_BYTES:
         raise InvalidImageError(
             "too_large", f"the file is {member.file_size:,} bytes, over the limit of {MAX_BYTES:,}; make it smaller and try again"
@@ -139,7 +167,7 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, key: str, al
     try:
         with archive.open(member) as f:
             head = f.read(PEEK_BYTES)
-            _check_head(head, key, allowance, max_pixels, min_edges)  # the rest is not read for a refused image
+            admission.check_head(head, key)  # the rest is not read for a refused image
             data = head + f.read(MAX_BYTES + 1 - len(head))  # the header may lie about the size; the read may not
     except NotImplementedError:  # a compression method zipfile cannot read
         raise InvalidImageError("unsupported", "the file is compressed in a way that cannot be read; zip it again") from None
@@ -147,39 +175,11 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, key: str, al
         raise InvalidImageError("corrupt", "the file is damaged or encrypted inside the zip archive") from None
     if len(data) > MAX_BYTES:
         raise InvalidImageError("too_large", f"the file is more than {MAX_BYTES:,} bytes; make it smaller and try again")
-    return _admit(data, key, allowance, max_pixels, min_edges)
+    return admission.admit(data, key)
 
 
-def _read_upload(path: Path, allowance: PixelAllowance, max_pixels: int, min_edges: tuple[int, int] | None) -> bytes:
-    return _admit(read_file(path), str(path), allowance, max_pixels, min_edges)
-
-
-def _check_head(head: bytes, key: str, allowance: PixelAllowance, max_pixels: int,
-                min_edges: tuple[int, int] | None) -> None:
-    """Refuse early when the first bytes already show too many pixels, for the image or for the upload's
-    allowance (charged here, once); anything else waits for the whole file."""
-    try:
-        header = image_header(head, min_edges=min_edges, max_pixels=1 << 62)
-    except InvalidImageError as exc:
-        if exc.reason == "too_large":  # Pillow's own bomb limit
-            raise
-        return
-    if header.pixels > max_pixels:
-        raise InvalidImageError("too_large", pixel_limit_message(header.size_text, max_pixels))
-    allowance.charge(key, header.pixels)
-
-
-def _admit(data: bytes, key: str, allowance: PixelAllowance, max_pixels: int,
-           min_edges: tuple[int, int] | None) -> bytes:
-    """The bytes, once the header is within the per-image limit and the upload's total."""
-    try:
-        header = image_header(data, min_edges=min_edges, max_pixels=max_pixels)
-    except InvalidImageError as exc:
-        if exc.reason == "too_large":
-            raise
-        return data  # not an image, or a damaged one: decoding gives the reason, as for any other file
-    allowance.charge(key, header.pixels)
-    return data
+def _read_upload(path: Path, admission: Admission) -> bytes:
+    return admission.admit(read_file(path), str(path))
 
 
 def _refuse(reason: str, detail: str) -> bytes:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from search import ImageIndex, StoreError
-from search.embedders.models import load_embedder
+from search.embedders.registry import load_embedder
 from search.stores.base import ModelInfo, Record
 from search.stores.locking import write_lock
 from search.stores.store import Store

@@ -17,8 +17,8 @@ from gradio_client import handle_file
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from bench.app_process import ROOT
 from tests.conftest import hostile_files, png_header_only
-from tests.fixtures.app_process import ROOT
 from tests.fixtures.hostile import (
     GENERIC,
     ID,

@@ -12,7 +12,7 @@ from PIL import Image
 
 from search import ImageIndex, QueryError
 from search.config import AlbumLimits
-from search.embedders.models import load_embedder
+from search.embedders.registry import load_embedder
 from search.pipeline.build import BuildOptions, build_index
 from search.service.albums import Albums
 from search.sources.base import folder_items

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from search.embedders.batching import QueryBatcher
-from search.embedders.models import load_embedder
+from search.embedders.registry import load_embedder
 from search.errors import QueryError
 
 TEXTS = ["a red circle", "a blue square", "a green triangle", "a yellow circle", "red", "a blue triangle", "x", "circle"]

@@ -9,7 +9,7 @@ import pytest
 
 from search.config import Settings
 from search.core.metrics import METRICS, ExactSearch
-from search.embedders.models import load_embedder
+from search.embedders.registry import load_embedder
 from search.errors import QueryError, StoreError
 from search.evaluate import TEXT_TEMPLATES, Labelled, Options, evaluate, main, query_rows, read_collection, run_queries
 from search.pipeline.build import BuildOptions, build_index

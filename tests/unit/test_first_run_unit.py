@@ -128,7 +128,7 @@ def test_with_no_build_the_page_stops_refreshing_and_lists_the_indexes(local_sto
 
 
 def test_the_default_dataset_gets_the_shipped_descriptions_and_its_product_types(tmp_path, shapes_model):
-    from search.embedders.models import load_embedder
+    from search.embedders.registry import load_embedder
     from search.pipeline.build import BuildOptions, build_index
     from search.sources.base import open_source
     from tests.fixtures.shapes import write_folder

@@ -43,7 +43,7 @@ def test_a_build_never_changes_the_shared_embedder(tmp_path, clip_embedder):
 
 @pytest.fixture(scope="module")
 def clip_embedder(random_clip):
-    from search.embedders.models import load_embedder
+    from search.embedders.registry import load_embedder
 
     return load_embedder(str(random_clip))
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from search.embedders import precision
-from search.embedders.models import ClipEmbedder, load_embedder
+from search.embedders.clip import ClipEmbedder
 from search.embedders.precision import BF16, FP32, INT8, Decision, decide
+from search.embedders.registry import load_embedder
 from tests.fixtures.shapes import sample
 
 

@@ -10,7 +10,8 @@ from sentence_transformers import SentenceTransformer
 
 from search import ModelError
 from search.config import Settings
-from search.embedders.models import AUTO_TEXT_MODEL, DEFAULT_TEXT_MODELS, ClipEmbedder, load_embedder, paired_text_model
+from search.embedders.clip import AUTO_TEXT_MODEL, DEFAULT_TEXT_MODELS, ClipEmbedder, paired_text_model
+from search.embedders.registry import load_embedder
 from search.embedders.text_routing import CLIP, MULTILINGUAL, route
 from search.index import ImageIndex
 from tests.fixtures.tiny_multilingual import build_tiny_multilingual, distill_tiny_multilingual

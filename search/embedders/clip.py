@@ -1,27 +1,26 @@
-"""Embedders: the basic one on raw pixels and the advanced one on CLIP, behind one interface."""
+"""The CLIP family: a sentence-transformers CLIP checkpoint, images and texts in one space, unit-length rows,
+with a paired multilingual text model for what CLIP's own text tower cannot read."""
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import threading
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from search.embedders import precision as chosen
+from search.embedders.base import DEFAULT_MODEL
 from search.embedders.clip_input import Pixels, image_tower
 from search.embedders.precision import AUTO, BF16, FP32, INT8, PRECISIONS, Decision
 from search.embedders.text_routing import CLIP, MULTILINGUAL, Tower, route
-from search.errors import ModelError, QueryError
+from search.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "clip-ViT-B-32"
 MULTILINGUAL_MODEL = "clip-ViT-B-32-multilingual-v1"  # DistilBERT distilled into CLIP ViT-B/32's text space
 AUTO_TEXT_MODEL = "auto"  # pair the image model with its default text model, if it has one
 NO_TEXT_MODEL = "none"  # IMAGE_SEARCH_TEXT_MODEL=none: CLIP's own tower reads every query
@@ -30,52 +29,6 @@ DEFAULT_TEXT_MODELS = {
     DEFAULT_MODEL: MULTILINGUAL_MODEL,
     f"sentence-transformers/{DEFAULT_MODEL}": MULTILINGUAL_MODEL,
 }
-PIXELS = "pixels"
-PIXEL_SIDE = 32
-
-
-class Embedder(Protocol):
-    """What the builder and the index need from a model."""
-
-    name: str
-    dimension: int
-    normalized: bool  # rows have unit length, so cosine, ip and l2 rank alike
-    supports_text: bool
-    min_edges: tuple[int, int]  # the smallest (shortest, longest) edges decoding may draft down to
-
-    def prepare(self, img: Image.Image) -> Image.Image: ...
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,
-                     precision: str | None = None) -> np.ndarray: ...
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
-class PixelEmbedder:
-    """The origin's basic method: the image scaled to 32x32, its RGB values as a vector."""
-
-    name = PIXELS
-    dimension = PIXEL_SIDE * PIXEL_SIDE * 3
-    normalized = False
-    supports_text = False
-    min_edges = (PIXEL_SIDE, 256)
-
-    def prepare(self, img: Image.Image) -> Image.Image:
-        """Scale to the fixed side (aspect ratio ignored, as the basic method does)."""
-        return img.resize((PIXEL_SIDE, PIXEL_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
-
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,
-                     precision: str | None = None) -> np.ndarray:
-        """Flattened RGB in [0, 1], one row per image (exact arithmetic: batch size and precision do not apply)."""
-        if not images:
-            return np.zeros((0, self.dimension), np.float32)
-        side = (PIXEL_SIDE, PIXEL_SIDE)
-        rows = [np.asarray(img if img.size == side else self.prepare(img), dtype=np.float32) for img in images]
-        return np.stack(rows).reshape(len(rows), -1) / 255.0
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        raise QueryError(
-            "This index uses the basic pixel method, which cannot read text. "
-            "Search it with an image, or build an index with a CLIP model (e.g. clip-ViT-B-32) for text search."
-        )
 
 
 def paired_text_model(name: str, text_model: str | None) -> tuple[str | None, bool]:
@@ -250,19 +203,3 @@ def _load_sentence_transformer(name: str, device: str, what: str = "model"):
     except Exception as exc:  # offline, a typo, or not a sentence-transformers checkpoint
         raise ModelError(f"cannot load the {what} {Path(name).name!r}",
                          internals=f"{name}: {type(exc).__name__}: {exc}") from exc
-
-
-@functools.lru_cache(maxsize=4)
-def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, text_model: str | None = None,
-                  precision: str = AUTO, batch_size: int = 1) -> Embedder:
-    """Load an embedder once per process: ``pixels`` or a sentence-transformers CLIP name or path.
-
-    ``text_model``: a text model to pair for non-English queries (see ``paired_text_model``; ``"auto"``
-    is the app's default). ``precision``: ``auto`` decides here, once, at ``batch_size`` (1: the app's
-    queries; a build passes its own); see ``search.precision``.
-    """
-    if name == PIXELS:
-        if paired_text_model(name, text_model)[1]:
-            raise ModelError("the pixel method has no text side; a text model cannot be paired with it")
-        return PixelEmbedder()
-    return ClipEmbedder(name, device=device, text_model=text_model, precision=precision, batch_size=batch_size)

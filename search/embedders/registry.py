@@ -1,0 +1,73 @@
+"""Model families by name: each says which models it loads and how; ``load_embedder`` finds the family a model
+name calls for and loads it once per process (simonw/llm's registered embedding models, immich's
+``get_model_class``). A new family is a module with its embedder and one ``register`` call below.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from search.embedders.base import DEFAULT_MODEL, Embedder
+from search.embedders.precision import AUTO
+from search.errors import ModelError
+
+Load = Callable[[str, "str | None", "str | None", str, int], Embedder]  # name, device, text model, precision, batch
+
+
+@dataclass(frozen=True)
+class Family:
+    """A kind of model: ``accepts`` tells whether it loads a model of that name; ``load`` makes its embedder."""
+
+    name: str
+    accepts: Callable[[str], bool]
+    load: Load
+
+
+_FAMILIES: list[Family] = []
+
+
+def register(family: Family) -> None:
+    """Offer a family; families registered later are asked first (a test's fake before the built-in ones)."""
+    _FAMILIES.insert(0, family)
+    load_embedder.cache_clear()
+
+
+def family_of(name: str) -> Family:
+    """The family that loads the model ``name``."""
+    for family in _FAMILIES:
+        if family.accepts(name):
+            return family
+    raise ModelError(f"no model family loads {name!r}")
+
+
+@functools.lru_cache(maxsize=4)
+def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, text_model: str | None = None,
+                  precision: str = AUTO, batch_size: int = 1) -> Embedder:
+    """Load an embedder once per process: ``pixels``, or a model by name or path that a family loads (CLIP:
+    a sentence-transformers checkpoint).
+
+    ``text_model``: a text model to pair for non-English queries (see ``clip.paired_text_model``; ``"auto"``
+    is the app's default). ``precision``: ``auto`` decides here, once, at ``batch_size`` (1: the app's
+    queries; a build passes its own); see ``search.embedders.precision``.
+    """
+    return family_of(name).load(name, device, text_model, precision, batch_size)
+
+
+def _pixels(name: str, device: str | None, text_model: str | None, precision: str, batch_size: int) -> Embedder:
+    from search.embedders.clip import paired_text_model
+    from search.embedders.pixels import PixelEmbedder
+
+    if paired_text_model(name, text_model)[1]:
+        raise ModelError("the pixel method has no text side; a text model cannot be paired with it")
+    return PixelEmbedder()
+
+
+def _clip(name: str, device: str | None, text_model: str | None, precision: str, batch_size: int) -> Embedder:
+    from search.embedders.clip import ClipEmbedder
+
+    return ClipEmbedder(name, device=device, text_model=text_model, precision=precision, batch_size=batch_size)
+
+
+register(Family("clip", lambda name: True, _clip))  # any other name: a sentence-transformers CLIP checkpoint
+register(Family("pixels", lambda name: name == "pixels", _pixels))
