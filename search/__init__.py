@@ -1,10 +1,11 @@
 """Image search by image and by text over a Chroma store; see README.md for the architecture."""
+from search.core.hits import Hit
 from search.core.metrics import METRICS
 from search.embedders.base import DEFAULT_MODEL
 from search.embedders.pixels import PIXELS
 from search.embedders.registry import load_embedder
 from search.errors import InvalidImageError, ModelError, QueryError, SearchError, SourceError, StoreError
-from search.index import Hit, ImageIndex
+from search.index import ImageIndex
 
 __all__ = [
     "DEFAULT_MODEL",

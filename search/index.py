@@ -25,7 +25,7 @@ from search.images.decode import ImageInput, read_image
 from search.stores.base import DEFAULT_COLLECTION, Collection, LabelFilter, ModelInfo, Neighbour
 from search.stores.store import Store
 
-__all__ = ["Hit", "ImageIndex", "Ranked"]
+__all__ = ["ImageIndex"]
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ class _Run:
         self.manifest_name = options.manifest or collection
         self.known = manifests.load(store.folder, self.manifest_name)
         self.manifest: manifests.Manifest = {}
-        self.seen: set[str] = set()  # every image id the source holds now: exact duplicates, and what sync keeps
+        self.seen: dict[str, str] = {}  # every image id the source holds now, with its first source: duplicates, sync
         self.precision = getattr(embedder, "precision", FP32) if options.precision == AUTO else options.precision
         self.near = options.near_duplicate_similarity if embedder.normalized else None
         self.done = 0
@@ -99,7 +99,7 @@ class _Run:
         manifests.save(self.store.folder, self.manifest_name, self.manifest)
         if self.options.sync_root is not None:
             with self._stage("sync"):
-                self.report.removed = stages.sync(self.store, self.collection, self.options.sync_root, self.seen)
+                self.report.removed = stages.sync(self.store, self.collection, self.options.sync_root, set(self.seen))
         return self._finished(time.perf_counter() - start)
 
     def _produce(self, items: Iterable[Item]) -> Generator[tuple[int, list[stages.Ready]], None, None]:
@@ -126,8 +126,9 @@ class _Run:
         for one in found:
             if one.image_id in self.seen:
                 self.report.duplicates += 1
+                self.report.exact_duplicates.append({"source": one.item.source, "same_as": self.seen[one.image_id]})
             else:
-                self.seen.add(one.image_id)
+                self.seen[one.image_id] = one.item.source
                 fresh.append(one)
         held = set(self.collection.held([f.image_id for f in fresh]))
         self.report.already_indexed += len(held)
@@ -139,7 +140,8 @@ class _Run:
             self.report.skipped += outcome.skipped
             self.report.near_duplicates += outcome.near_duplicates
             self.manifest.update(outcome.manifest)
-            self.seen.difference_update(outcome.failed)
+            for image_id in outcome.failed:
+                self.seen.pop(image_id, None)
 
     def _advance(self, items: int) -> None:
         self.done += items

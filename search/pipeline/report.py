@@ -17,6 +17,7 @@ class BuildReport:
     model: str
     indexed: int = 0
     duplicates: int = 0
+    exact_duplicates: list[dict[str, str]] = field(default_factory=list)  # source, and the one it is a copy of
     already_indexed: int = 0
     removed: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)

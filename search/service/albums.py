@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from search.config import AlbumLimits
+from search.core.hits import Hit
 from search.core.ids import collection_name, image_ids, visitor_key
 from search.embedders.base import Embedder
 from search.errors import BuildInterrupted, QueryError, StoreError, StoreUnavailableError
 from search.images.decode import MAX_PIXELS
-from search.index import Hit, ImageIndex
+from search.index import ImageIndex
 from search.pipeline.build import BuildOptions, Progress, build_index
 from search.pipeline.report import BuildReport
 from search.sources.uploads import upload_items

@@ -234,8 +234,9 @@ class SearchService:
         try:
             return fetch(url.strip(), allow_private=self.settings.allow_private_urls)
         except PrivateAddressError as exc:
-            if self.settings.public:
-                raise
+            if self.settings.public:  # which internal address a name leads to is nobody's business on a public app
+                raise InvalidImageError(exc.reason, "the address leads to a private or reserved network, which this "
+                                        "app does not fetch from") from None
             raise InvalidImageError(exc.reason, f"{exc.detail}. To search images on your own network, "
                                     "start the app with IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1") from None
 

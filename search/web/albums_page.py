@@ -68,8 +68,7 @@ class AlbumPage:
             hits, total = self.service.browse_album(key, name, offset, ALBUM_PAGE)
         items, ids = views.album_gallery(hits)
         where = views.album_page(len(items), offset, total) if name else ""
-        # selected_index: the selection frame must not stay on a slot that now shows another image
-        return AlbumView(gr.update(value=self.search.gallery(items), selected_index=None), ids, "", None, offset,
+        return AlbumView(self.search.gallery(items), ids, "", None, offset,
                          " ".join(filter(None, (note, where))), gr.update(interactive=offset > 0),
                          gr.update(interactive=offset + ALBUM_PAGE < total), gr.update(value=DROP, variant="stop"),
                          None).outputs()

@@ -137,17 +137,19 @@ class VisitorFiles:
     def consumed(self, paths: Iterable[str | Path | None]) -> Iterator[None]:
         """Read uploads within the block; then each is deleted, unless another upload of the same file waits.
 
+        Gradio stores an upload by renaming it over the path of an equal one: the file read here is known
+        by its inode, and only that file is deleted, never one another upload put in its place meanwhile.
         An upload this process never counted (a path reused after it was read, or from before a restart) is
         left to Gradio's expiry: it may be someone else's.
         """
+        read = {Path(p).resolve(): _inode(Path(p)) for p in paths if p}
         try:
             yield
         finally:
-            for path in paths:
-                if path:
-                    self._release(Path(path).resolve())
+            for path, inode in read.items():
+                self._release(path, inode)
 
-    def _release(self, path: Path) -> None:
+    def _release(self, path: Path, inode: int | None) -> None:
         key = str(path)
         with self._lock:
             if key not in self._uploads:
@@ -156,7 +158,8 @@ class VisitorFiles:
             if self._uploads[key]:
                 return
             del self._uploads[key]
-        _remove_inside(self.folder, path)
+            if inode is not None and _inode(path) == inode:
+                _remove_inside(self.folder, path)
 
     # --- Store files shown through Gradio ----------------------------------------------------------------
 
@@ -194,6 +197,13 @@ class VisitorFiles:
                 for name in names:
                     removed += _remove_inside(folder, Path(entry.path) / name)
         return removed
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 def _remove_inside(folder: Path, path: Path) -> int:

@@ -214,7 +214,7 @@ def _wire(demo: gr.Blocks, c: Components, page: SearchPage, albums: AlbumPage) -
     on(c["album"].input, albums.show, ["key", "album"], view)  # the person's choice; the handlers set it themselves
     on(c["newer"].click, albums.newer, ["key", "album", "offset"], view)
     on(c["older"].click, albums.older, ["key", "album", "offset"], view)
-    on(c["gallery"].select, albums.pick, ["ids"], ["picked", "picked_id"])
+    on(c["gallery"].select, albums.pick, ["ids"], ["picked", "picked_id"])  # the frame marks the picked one
     on(c["delete"].click, albums.delete_picked, ["key", "album", "picked_id", "offset"], [*view, "summary", "notes"])
     on(c["drop"].click, albums.drop, ["key", "album", "index", "armed"],
        [*view, "album", "index", "include", "exclude", "summary", "notes"])

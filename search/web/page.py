@@ -231,8 +231,7 @@ class SearchPage:
         more = (next_offset < min(answer.total, MAX_K) and len(answer.hits) == c.k
                 and not (c.strong and any(h.relevant is False for h in answer.hits)))
         text, image = _query_panel(query)
-        # selected_index: after a re-ranking the selection frame must not stay on a slot holding another result
-        return Searched(query, text, image, gr.update(value=self.gallery(items), selected_index=None), kept, next_offset,
+        return Searched(query, text, image, self.gallery(items), kept, next_offset,
                         views.status(len(kept), answer.total, answer.seconds, relevant), gr.update(visible=more),
                         gr.update(visible=False), None, _chips(query), _undo(query)).outputs()
 

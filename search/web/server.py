@@ -35,7 +35,8 @@ def main(examples: Path | None = None) -> None:
     # The shipped example photos only: store files reach Gradio as copies (VisitorFiles.shown), so that no
     # path into the store (an album's thumbnails, its database) is ever served.
     allowed = [str(examples.resolve())] if examples else []
-    # show_error=False: the app's refusals (gr.Error) are shown anyway; Gradio's own errors name server internals
-    demo.launch(css=CSS, max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=False,
+    # show_error: Gradio's own refusals (a file reference to a path that was not uploaded, too few inputs) keep
+    # their words, or callers get an error with no message at all; the app's own refusals carry no internals.
+    demo.launch(css=CSS, max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True,
                 app_kwargs={"middleware": [Middleware(UploadBudget, files=files)],
                             "routes": json_api(service).routes})  # /api/search, thumbnails

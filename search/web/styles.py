@@ -8,16 +8,23 @@ CSS = """
   grid-template-rows: none !important; }
 #example-images .grid-container { grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important; }
 #query-image img { max-height: 300px; object-fit: contain; }
-#results .grid-wrap { overflow-y: visible !important; max-height: none !important; height: auto !important; }
+#results .grid-wrap, #mine .grid-wrap { overflow-y: visible !important; max-height: none !important;
+  height: auto !important; }
 #evaluate-table { overflow-x: auto; }
 #evaluate-table table { white-space: nowrap; }
 #results .caption-label { white-space: normal; overflow-wrap: anywhere; }
 #detail-image img { width: 100%; height: 100%; object-fit: contain; }
+/* Gradio's gallery keeps its clicked slot framed after the server gives it new items (it drops a null
+   selected_index from updates): after a mark re-ranks the results, or a delete, the frame sat on another
+   image. The detail view and "Selected image" say what is chosen; the frame is not needed. */
+#results .thumbnail-item.selected, #mine .thumbnail-item.selected {
+  --ring-color: transparent; border-color: var(--border-color-primary); }
 @media (max-width: 640px) {
   #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
   #results .caption-label { font-size: 11px; }
-  #evaluate-table:has(table)::before, #ingest-notes:has(table)::before {
+  #evaluate-table:has(table)::before {
     content: "Scroll the table sideways to see every column."; display: block; font-size: 12px; opacity: 0.7; }
+  #ingest-notes td, #ingest-notes th { word-break: normal; overflow-wrap: break-word; }
 }
 """
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from search.core.hits import Hit
 from search.errors import REASONS
-from search.index import Hit
 from search.pipeline.report import BuildReport
 from search.service.first_run import BuildState
 from search.service.service import IndexChoice, Overview
@@ -208,8 +208,11 @@ def ingest_summary(report: BuildReport) -> str:
 
 
 def ingest_rows(report: BuildReport) -> list[list[str]]:
-    """The ingestion report's rows (INGEST_HEADERS): each skipped file with its reason, each near-duplicate."""
+    """The ingestion report's rows (INGEST_HEADERS): each skipped file with its reason, each exact duplicate
+    skipped (and which file it copies), each near-duplicate."""
     return ([[Path(s["source"]).name or s["source"], REASONS.get(s["reason"], s["reason"]), s["detail"]]
              for s in report.skipped]
+            + [[Path(d["source"]).name, "exact duplicate, skipped", f"the same image as {Path(d['same_as']).name}"]
+               for d in report.exact_duplicates]
             + [[Path(d["source"]).name, "near-duplicate", f"of {Path(d['similar_source']).name} ({d['similarity']})"]
                for d in report.near_duplicates])

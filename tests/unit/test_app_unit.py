@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from search.config import Settings
-from search.index import Hit
+from search.core.hits import Hit
 from search.service.examples import Shipped
 from search.service.service import IndexChoice, Overview, SearchService
 from search.web import layout, regions, views
@@ -75,13 +75,9 @@ def controls(index: str = "", metric: str = "cosine", k: int = 5, *, include=(),
 
 
 def searched(answer: dict) -> dict:
-    """A search handler's outputs (every one a search returns), with the results gallery's items unwrapped."""
+    """A search handler's outputs, checked to be every one a search returns."""
     assert set(SEARCHED) <= set(answer), set(SEARCHED) - set(answer)
-    out = dict(answer)
-    if isinstance(out["results"], dict) and "value" in out["results"]:
-        assert out["results"]["selected_index"] is None  # no selection frame left on a slot of the old results
-        out["results"] = out["results"]["value"]
-    return out
+    return dict(answer)
 
 
 # --- The layout: what is public, what is private ---------------------------------------------------------
@@ -342,7 +338,6 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     added = albums.add(KEY, "trip", [str(junk), str(more)])
     summary, table, cleared, album_update, index_update = (added[n] for n in ("summary", "notes", "uploads", "album", "index"))
     items, ids, selected, selected_id, where = (added[n] for n in ("gallery", "ids", "picked", "picked_id", "where"))
-    items = items["value"]
     assert summary.startswith("Added **1 image** to *trip*") and cleared is None and selected == "" and selected_id is None
     assert "holds 4 images" in summary and "/" not in summary and where == "Images 1–4 of 4, newest first."
     rows = table["value"]
@@ -369,7 +364,7 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     assert view["album"]["choices"] == [] and view["album"]["value"] == "photos"  # a name to add to again
     assert "mine/trip" not in {v for _, v in view["index"]["choices"]}
     assert view["index"]["value"] == "images"  # the dropped album was chosen under Index: the main index now
-    assert view["gallery"]["value"] == [] and view["where"] == "Deleted collection *trip* and its 3 images."
+    assert view["gallery"] == [] and view["where"] == "Deleted collection *trip* and its 3 images."
     assert view["summary"] == "" and view["notes"]["visible"] is False  # the last upload's report went with it
     assert "red circle" in view["include"]["choices"] and view["include"]["interactive"]  # the main index's labels
     assert view["armed"] is None and view["drop"]["value"] == DROP
@@ -392,3 +387,12 @@ def test_a_url_search_shows_the_fetched_image_and_a_local_address_gets_the_hint(
     refused = searched(page.search_url("http://127.0.0.1:9/cat.jpg", *controls()))
     assert "loopback" in refused["status"] and "IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1" in refused["status"]
     assert "refused_url" not in refused["status"] and refused["results"] == []
+
+
+def test_the_notes_name_each_exact_duplicate_and_the_file_it_copies():
+    from search.pipeline.report import BuildReport
+
+    report = BuildReport("", "trip", "m", duplicates=1,
+                         exact_duplicates=[{"source": "up.zip/copy of photo0.jpg", "same_as": "up.zip/photo0.jpg"}])
+    assert views.ingest_rows(report) == [["copy of photo0.jpg", "exact duplicate, skipped",
+                                          "the same image as photo0.jpg"]]

@@ -1,0 +1,59 @@
+"""What the web server keeps for visitors: uploads deleted once the last upload of them is read, and never a
+file another upload put in their place; copies of store files under names nobody can guess."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from search.web.files import VisitorFiles
+
+
+def _upload(folder, name: str, data: bytes):
+    """A file as Gradio stores an upload: renamed over the path of an equal one."""
+    path = folder / "0123abcd" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{name}.part"
+    temporary.write_bytes(data)
+    os.rename(temporary, path)
+    return path
+
+
+def test_an_upload_waits_for_every_upload_of_it_to_be_read(tmp_path):
+    files = VisitorFiles(10**9, folder=tmp_path)
+    path = _upload(tmp_path, "cat.jpg", b"cat")
+    files.uploaded([str(path), str(path)])  # two visitors sent the same file
+    with files.consumed([str(path)]):
+        assert path.read_bytes() == b"cat"
+    assert path.exists()  # the second visitor's upload still waits to be read
+    with files.consumed([str(path)]):
+        assert path.read_bytes() == b"cat"
+    assert not path.exists()
+
+
+def test_a_file_put_in_its_place_by_another_upload_is_not_deleted(tmp_path):
+    files = VisitorFiles(10**9, folder=tmp_path)
+    path = _upload(tmp_path, "cat.jpg", b"cat")
+    files.uploaded([str(path)])
+    with files.consumed([str(path)]):
+        _upload(tmp_path, "cat.jpg", b"cat")  # another visitor's upload lands before it is counted
+    assert path.read_bytes() == b"cat"
+
+
+def test_an_upload_nobody_counted_is_left_alone(tmp_path):
+    files = VisitorFiles(10**9, folder=tmp_path)
+    path = _upload(tmp_path, "cat.jpg", b"cat")
+    with files.consumed([str(path)]):
+        pass
+    assert path.exists()  # perhaps someone else's: Gradio's expiry takes it
+
+
+def test_store_files_are_shown_as_copies_under_names_nobody_can_guess(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    thumb = store / ("a" * 32 + ".jpg")
+    thumb.write_bytes(b"jpeg")
+    one, other = VisitorFiles(10**9, folder=tmp_path / "cache"), VisitorFiles(10**9, folder=tmp_path / "cache2")
+    shown = one.shown(thumb)
+    assert Path(shown).read_bytes() == b"jpeg" and (tmp_path / "cache") in Path(shown).parents
+    assert one.shown(thumb) == shown and other.shown(thumb).split("/")[-2] != shown.split("/")[-2]
+    assert one.purge(["a" * 32]) == 1 and not os.path.exists(shown)
