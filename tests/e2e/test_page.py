@@ -221,3 +221,61 @@ def test_a_region_drawn_on_the_query_image_is_searched_alone(browser, tmp_path):
     shot(page, "page-region")
     assert "red circle" in captions(page)[0]
     assert page.locator("#query-image img").count() == 1  # the panel shows the image with the box
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_a_small_image_is_shown_large_and_the_first_tap_leaves_a_marker(browser, tmp_path, viewport):
+    from PIL import Image, ImageDraw
+
+    page = open_page(browser, viewport)
+    icon = Image.new("RGB", (50, 50), (128, 128, 128))
+    ImageDraw.Draw(icon).ellipse([10, 10, 40, 40], fill=(220, 35, 35))
+    icon.save(tmp_path / "icon.png")
+    after(page, lambda: page.locator("#query-image input[type=file]").set_input_files(str(tmp_path / "icon.png")))
+    picture = page.locator("#query-image img").first
+    box = picture.bounding_box()
+    assert min(box["width"], box["height"]) >= 250, box  # not a thin strip under a label
+    shown = picture.get_attribute("src")
+    assert "Now tap the opposite corner" in after(page, lambda: picture.click(position={"x": 20, "y": 4}))
+    page.wait_for_function("s => document.querySelector('#query-image img')?.getAttribute('src') !== s", arg=shown,
+                           timeout=WAIT)
+    marked = page.locator("#query-image img").first.bounding_box()
+    label = page.locator("#query-image label, #query-image .label-wrap").first
+    if label.count() and label.is_visible():  # nothing lies over the top of the picture, where the tap was
+        assert label.bounding_box()["y"] + label.bounding_box()["height"] <= marked["y"] + 2
+    shot(page, f"page-first-tap-{'phone' if viewport is PHONE else 'desktop'}")
+
+
+def test_marked_results_leave_no_frame_on_the_slot_that_was_clicked(browser):
+    page = open_page(browser)
+    search_text(page, "a red circle")
+    page.get_by_label("more like this", exact=True).click()
+    after(page, lambda: page.locator("#results img").nth(5).click())
+    page.mouse.move(1, 1)
+    framed = page.evaluate("() => [...document.querySelectorAll('#results .thumbnail-item.selected')]"
+                           ".map(e => getComputedStyle(e).borderColor)")
+    plain = page.evaluate("() => getComputedStyle(document.querySelector('#results .thumbnail-item:not(.selected)'))"
+                          ".borderColor")
+    assert all(color == plain for color in framed), (framed, plain)
+    shot(page, "page-marked")
+
+
+def test_a_collection_shows_on_arrival_and_its_deletion_says_so(browser, tmp_path):
+    write_folder(tmp_path / "mine", per_class=1, seed=41)
+    files = sorted(str(p) for p in (tmp_path / "mine").rglob("*.jpg"))[:3]
+    page = open_page(browser)
+    page.get_by_role("tab", name="My collection").click()  # the collection box offers "photos" to add to
+    page.locator("#album-files input[type=file]").set_input_files(files)
+    page.wait_for_timeout(1500)
+    page.get_by_role("button", name="Add to collection").click()
+    page.get_by_text("It now holds 3 images").wait_for(timeout=WAIT)
+    page.reload(wait_until="domcontentloaded")
+    page.get_by_role("tab", name="My collection").click()
+    page.get_by_text("Images 1–3 of 3").wait_for(timeout=WAIT)  # shown on arrival, nothing chosen first
+    page.get_by_role("button", name="Delete this collection").click()
+    page.get_by_role("button", name="Click again to delete “photos” and its 3 images").click()
+    page.get_by_text("Deleted collection photos and its 3 images.").wait_for(timeout=WAIT)
+    page.wait_for_timeout(1500)  # nothing overwrites the confirmation, and the box offers a name to add to again
+    assert page.get_by_text("Deleted collection photos and its 3 images.").is_visible()
+    assert page.get_by_label("Collection", exact=True).input_value() == "photos"
+    shot(page, "page-dropped")
