@@ -86,19 +86,13 @@ class Settings(BaseSettings):
     @classmethod
     def _text_model(cls, value: object) -> object:
         """Unset or empty is "auto" (the default pairing); "none" turns pairing off."""
-        if isinstance(value, str):
-            value = value.strip()
-            return AUTO if not value else None if value.lower() == "none" else value
-        return value
+        return _unset_or_none(value, AUTO)
 
     @field_validator("default_dataset", mode="before")
     @classmethod
     def _default_dataset(cls, value: object) -> object:
         """A Hub name or a local dataset folder; empty is the default, "none" turns the first-run build off."""
-        if isinstance(value, str):
-            value = value.strip()
-            return DEFAULT_DATASET if not value else None if value.lower() == "none" else value
-        return value
+        return _unset_or_none(value, DEFAULT_DATASET)
 
     @field_validator("collection", "model", mode="before")
     @classmethod
@@ -163,3 +157,11 @@ def configure_logging(quiet: bool = False) -> None:
 
         disable_progress_bars()
         transformers_logging.disable_progress_bar()
+
+
+def _unset_or_none(value: object, default: str) -> object:
+    """An environment value where empty means ``default`` and "none" (any case) means off."""
+    if isinstance(value, str):
+        value = value.strip()
+        return default if not value else None if value.lower() == "none" else value
+    return value
