@@ -4,12 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from search.config import DEFAULT_DATASET, DEFAULT_LIMIT, Settings
 from search.errors import ModelError, QueryError, SourceError
-from search.service.examples import Shipped
+from search.service.examples import Shipped, photo_of
 from search.service.first_run import DATASET_HINT, MODEL_HINT, BuildState, failed, read_marker, wanted, write_marker
 from search.service.service import SearchService
+from search.sources.base import folder_items
 from search.stores.store import Store
 from search.web import views
 from search.web.files import VisitorFiles
@@ -143,3 +145,21 @@ def test_the_default_dataset_gets_the_shipped_descriptions_and_its_product_types
     assert examples.prompts[len(SHIPPED.prompts):] == ["blue circle", "blue square", "blue triangle",
                                                            "green circle", "green square", "green triangle"]
     assert len(examples.images) == 8 and not {str(p) for p in SHIPPED.photos} & {i for i, _ in examples.images}
+
+
+@pytest.mark.parametrize(("label", "prompt"), [
+    ("cat", "a photo of a cat"), ("apple", "a photo of an apple"), ("Owl", "a photo of an owl"),
+    ("birds", "a photo of birds"), ("vegetables", "a photo of vegetables"), ("glass", "a photo of a glass"),
+    ("cactus", "a photo of a cactus"), ("animals/cats", "a photo of cats"), ("wild/red fox", "a photo of a red fox"),
+])
+def test_example_prompts_read_as_english(label, prompt):
+    assert photo_of(label) == prompt
+
+
+def test_a_nested_folders_label_is_its_path_so_two_folders_of_one_name_stay_apart(tmp_path):
+    for folder in ("animals/cats", "toys/cats", ""):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "a.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    labels = sorted(str(item.label) for item in folder_items(tmp_path))
+    assert labels == ["None", "animals/cats", "toys/cats"]
