@@ -40,11 +40,15 @@ def status(page) -> str:
 
 
 def after(page, action) -> str:
-    """Run ``action``, then wait for the status line to change; the new status."""
-    before = status(page)
+    """Run ``action``, then wait for the status line or the results' captions to change; the new status."""
+    # A new search may end with the status line of the last (same count, same milliseconds), and Gradio then
+    # leaves that element untouched: the captions (scores, distances, order) tell that it ran.
+    seen = "() => document.querySelector('#status')?.innerText.trim() + '\\n' + " \
+           "[...document.querySelectorAll('#results .caption-label')].map(c => c.innerText).join('|')"
+    before = page.evaluate(seen)
     action()
-    page.wait_for_function("s => { const t = document.querySelector('#status')?.innerText.trim(); "
-                           "return t && t !== s && !/^[0-9.]+ ?s$|queue|processing/i.test(t) }", arg=before, timeout=WAIT)
+    page.wait_for_function(f"s => {{ const now = ({seen})(); const t = now.split('\\n')[0]; "
+                           "return t && now !== s && !/^[0-9.]+ ?s$|queue|processing/i.test(t) }", arg=before, timeout=WAIT)
     page.wait_for_timeout(300)  # the gallery renders with the status
     return status(page)
 
