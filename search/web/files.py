@@ -211,13 +211,11 @@ def _remove_inside(folder: Path, path: Path) -> int:
         resolved = path.resolve()
         if folder.resolve() not in resolved.parents or not resolved.is_file():
             return 0
+        # Its folder stays: Gradio makes it, then moves an upload in, and an upload of the same file may be
+        # between the two right now (removing it made that upload fail with a 500).
         resolved.unlink()
     except OSError:
         return 0
-    try:
-        resolved.parent.rmdir()  # the per-file hash folder, when it is now empty
-    except OSError:
-        pass
     return 1
 
 
