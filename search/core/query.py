@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -58,7 +58,7 @@ class Part:
             object.__setattr__(self, "value", checked_text(self.value, self.name))
         elif self.kind == "id" and not is_image_id(self.value):
             raise QueryError(f"{at}{shown(self.value)} is not an image id.")
-        if not _finite(self.weight):
+        if not finite(self.weight):
             raise QueryError(f"{at}weight must be a finite number, not {shown(self.weight)}.")
         if not 0 < self.weight <= MAX_WEIGHT:
             raise QueryError(f"{at}weight must be above 0 and at most {MAX_WEIGHT:g}, not {self.weight:g}.")
@@ -103,7 +103,7 @@ class Query:
         both = set(self.include) & set(self.exclude)
         if both:
             raise QueryError(f"labels: {shown(sorted(both)[0])} is both included and excluded.")
-        if self.cutoff not in (None, "auto") and not _finite(self.cutoff):
+        if self.cutoff not in (None, "auto") and not finite(self.cutoff):
             raise QueryError(f"cutoff must be \"auto\", null or a score, not {shown(self.cutoff)}.")
         if not isinstance(self.fold, bool):
             raise QueryError(f"fold must be true or false, not {_type(self.fold)}.")
@@ -124,7 +124,7 @@ def whole(name: str, value: object, low: int, high: int) -> int:
     return int(value)
 
 
-def _finite(value: object) -> bool:
+def finite(value: object) -> TypeGuard[int | float]:
     """Whether ``value`` is a number a float can hold and not NaN or infinite (a 400-digit integer is not)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False

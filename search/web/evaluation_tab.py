@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -18,10 +17,13 @@ import pandas as pd
 
 from search.config import Settings
 from search.core.metrics import METRICS
+from search.core.query import finite
 from search.errors import QueryError, SearchError
 from search.evaluate import TASKS, Options, evaluate, markdown
 from search.service.albums import PREFIX as ALBUM_PREFIX
 from search.stores.store import Store
+from search.web import views
+from search.web.messages import public_message
 
 log = logging.getLogger(__name__)
 DEFAULT_SAMPLE = 200
@@ -88,12 +90,8 @@ def run_evaluation(settings: Settings, collections: list[str] | None, metrics: l
         options = Options(tuple(chosen), tuple(metrics), queries=_sample(sample))
         report = evaluate(Store.connect(settings.store, server=settings.chroma), options,
                           lambda done, total: progress((done, total), unit="queries"))
-    except SearchError as exc:  # in the table's place, with nothing of an earlier run beside it
-        log.info("evaluation refused: %s", exc.for_operator())
-        return f"⚠️ {exc}", None, None, None
-    except Exception:
-        log.exception("evaluation failed")
-        return "⚠️ The evaluation failed on our side; the server log has the details.", None, None, None
+    except Exception as exc:  # in the table's place, with nothing of an earlier run beside it
+        return views.problem(public_message("the evaluation", exc)), None, None, None
     return markdown(report), precision_frame(report), latency_frame(report), str(save(for_visitor(report)))
 
 
@@ -109,7 +107,7 @@ def _sample(value: object) -> int:
     """The sample size, held to the slider's bounds on the server too (a caller may send anything)."""
     if value is None:
         return DEFAULT_SAMPLE
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not finite(value):
         raise QueryError(f"The number of query images must be a whole number from 1 to {MAX_SAMPLE:,}.")
     return min(max(int(value), 1), MAX_SAMPLE)
 

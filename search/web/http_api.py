@@ -28,6 +28,7 @@ from search.core.ids import is_image_id
 from search.errors import QueryError, SearchError
 from search.service.service import Answer, SearchService
 from search.stores.base import NOT_ANSWERING
+from search.web.messages import BUG
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024  # a query holds at most 20 parts of at most 1,000 characters each
@@ -77,7 +78,7 @@ def json_api(service: SearchService) -> APIRouter:
             return _error(503, str(exc))
         except Exception:
             log.exception("unexpected error in the JSON API")
-            return _error(500, "Something went wrong on our side; the server log has the details.")
+            return _error(500, BUG)
         return JSONResponse(_answer(answer, request))
 
     @router.get("/api/thumbnails/{name}", name="thumbnail")
