@@ -7,7 +7,8 @@ there. ``VisitorFiles`` is the app's one account of that folder:
   served), checked before anything is written: uploads past it get HTTP 507, and a fetch or preview
   past it gets a message;
 - uploads are counted as Gradio accepts them (equal files share one path there), and an upload a
-  request has read is deleted once no other upload of the same file is still waiting to be read;
+  request has read is deleted once no other upload of the same file is still waiting to be read, nor
+  may be: uploads Gradio was storing at that moment are waited for (one of them may be this file);
 - what the app writes itself is named by a keyed hash, so no URL can be guessed from a file's content;
 - store files (thumbnails) reach Gradio as links in its cache under names made with a secret, never by
   serving the store;
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -32,13 +34,16 @@ from typing import Any
 
 from PIL import Image
 
+from search.core.ids import is_image_id
 from search.errors import QueryError
 from search.stores.base import folder_bytes
 
 log = logging.getLogger(__name__)
 FULL_MESSAGE = "The server's space for visitors' images is full; try again in a few minutes."
 KEPT = "kept"  # the cache's sub-folder for what the app writes: fetched images, query previews
-KEEP_S = 1800  # as long as Gradio keeps what it cached (DELETE_CACHE in app.py)
+KEEP_S = 1800  # what the app keeps lives as long as what Gradio caches (layout.DELETE_CACHE)
+SWEEP_S = 60  # how often at most the kept files are swept for ones past KEEP_S
+RECHECK_S = 1.0  # how often at most the folder is measured for the budget
 _MAGIC = {b"\xff\xd8\xff": ".jpg", b"\x89PNG": ".png", b"GIF8": ".gif", b"RIFF": ".webp", b"BM": ".bmp"}
 MAX_UPLOAD_ANSWER = 1 << 20  # Gradio's answer to an upload lists paths; more than this is not one
 
@@ -53,32 +58,37 @@ def cache_folder() -> Path:
 class VisitorFiles:
     """Gradio's cache folder as the app uses it: a byte budget, counted uploads, kept and staged files."""
 
-    def __init__(self, max_bytes: int, folder: Path | None = None, recheck_s: float = 1.0):
+    def __init__(self, max_bytes: int, folder: Path | None = None):
         self.max_bytes = max_bytes
-        self.recheck_s = recheck_s
         self._folder = folder
+        self._swept = -float("inf")  # monotonic time of the last sweep of kept files
         self._measured = (-float("inf"), 0)  # (monotonic time, bytes)
         self._admitted = 0  # bytes let in since the last measurement
         self._uploads: Counter[str] = Counter()  # uploads Gradio accepted and no request has read yet, by path
+        self._tickets = itertools.count()
+        self._arriving: set[int] = set()  # uploads Gradio is storing now, not yet counted
+        self._doomed: list[tuple[str, int | None, set[int]]] = []  # read uploads, waiting on those arrivals
         self._secret = secrets.token_bytes(32)  # names what the app writes: unguessable, equal for equal bytes
         self._lock = threading.Lock()
 
     @property
     def folder(self) -> Path:
         """The cache folder (read when first needed: Gradio decides it at launch)."""
-        return self._folder or cache_folder()
+        if self._folder is None:
+            self._folder = cache_folder()
+        return self._folder
 
     # --- The budget -----------------------------------------------------------------------------------
 
     def admit(self, size: int) -> bool:
         """Whether ``size`` more bytes fit the budget; if they do, they are counted as written.
 
-        The folder is measured at most every ``recheck_s`` seconds; what was let in meanwhile is added
+        The folder is measured at most every RECHECK_S seconds; what was let in meanwhile is added
         to the last measurement, so a burst cannot slip under it.
         """
         with self._lock:
             now = time.monotonic()
-            if now - self._measured[0] >= self.recheck_s:
+            if now - self._measured[0] >= RECHECK_S:
                 self._measured = (now, folder_bytes(self.folder))
                 self._admitted = 0
             if self._measured[1] + self._admitted + size > self.max_bytes:
@@ -88,16 +98,19 @@ class VisitorFiles:
 
     # --- What the app writes --------------------------------------------------------------------------
 
-    def keep(self, data: bytes, suffix: str | None = None) -> str:
+    def keep(self, data: bytes, suffix: str | None = None, of: str | None = None) -> str:
         """Keep bytes (a fetched image, a preview) as a file the page can show and search again; its path.
 
-        Refused with a message when the budget is spent; files older than KEEP_S are swept on the way.
+        What is made from a stored image (``of``, its validated id) carries the id in its name, so it is
+        purged with the image. Refused with a message when the budget is spent; files older than KEEP_S
+        are swept on the way.
         """
         folder = self.folder / KEPT
         folder.mkdir(parents=True, exist_ok=True)
         self._sweep(folder)
         suffix = suffix or next((ext for magic, ext in _MAGIC.items() if data.startswith(magic)), ".bin")
-        path = folder / (hashlib.blake2b(data, key=self._secret, digest_size=16).hexdigest() + suffix)
+        name = hashlib.blake2b(data, key=self._secret, digest_size=16).hexdigest()
+        path = folder / (f"{name}-{of}{suffix}" if of else name + suffix)
         if path.exists():
             path.touch()
             return str(path)
@@ -112,14 +125,22 @@ class VisitorFiles:
             raise QueryError(FULL_MESSAGE, internals=f"{type(exc).__name__}: {exc}") from None
         return str(path)
 
-    def keep_image(self, img: Image.Image) -> str:
-        """Keep a picture the page shows (a preview, a region drawn on one) as a JPEG."""
+    def keep_image(self, img: Image.Image, source: str | Path) -> str:
+        """Keep a picture the page shows (a preview, a region drawn on one) made from ``source``, as a JPEG.
+
+        A store file as the source (a thumbnail, named by its image's id) makes a copy purged with it.
+        """
         out = io.BytesIO()
         img.convert("RGB").save(out, "JPEG", quality=88)
-        return self.keep(out.getvalue(), ".jpg")
+        stem = Path(source).stem
+        stored = self.folder not in Path(source).resolve().parents and is_image_id(stem)
+        return self.keep(out.getvalue(), ".jpg", of=stem if stored else None)
 
-    @staticmethod
-    def _sweep(folder: Path) -> None:
+    def _sweep(self, folder: Path) -> None:
+        with self._lock:
+            if time.monotonic() - self._swept < SWEEP_S:
+                return
+            self._swept = time.monotonic()
         cutoff = time.time() - KEEP_S
         for entry in os.scandir(folder):
             with contextlib.suppress(OSError):  # another request swept it first
@@ -128,10 +149,30 @@ class VisitorFiles:
 
     # --- Uploads --------------------------------------------------------------------------------------
 
+    def arriving(self) -> int:
+        """An upload request starts (Gradio may move its file over an equal one's path); its ticket."""
+        with self._lock:
+            ticket = next(self._tickets)
+            self._arriving.add(ticket)
+            return ticket
+
     def uploaded(self, paths: Iterable[str]) -> None:
         """Gradio accepted these uploads (one count per upload, so equal files from two visitors count twice)."""
         with self._lock:
             self._uploads.update(str(Path(p).resolve()) for p in paths)
+
+    def arrived(self, ticket: int) -> None:
+        """An upload request ended (counted or failed): deletions that waited only on it happen now."""
+        with self._lock:
+            self._arriving.discard(ticket)
+            waiting = []
+            for key, inode, on in self._doomed:
+                on.discard(ticket)
+                if on:
+                    waiting.append((key, inode, on))
+                else:
+                    self._delete(key, inode)
+            self._doomed = waiting
 
     @contextlib.contextmanager
     def consumed(self, paths: Iterable[str | Path | None]) -> Iterator[None]:
@@ -139,18 +180,19 @@ class VisitorFiles:
 
         Gradio stores an upload by renaming it over the path of an equal one: the file read here is known
         by its inode, and only that file is deleted, never one another upload put in its place meanwhile.
-        An upload this process never counted (a path reused after it was read, or from before a restart) is
-        left to Gradio's expiry: it may be someone else's.
+        An upload Gradio was storing when the last read ended may have put this very file there and not be
+        counted yet: the deletion waits until each of those is counted. An upload this process never
+        counted (a path reused after it was read, or from before a restart) is left to Gradio's expiry: it
+        may be someone else's.
         """
         read = {Path(p).resolve(): _inode(Path(p)) for p in paths if p}
         try:
             yield
         finally:
             for path, inode in read.items():
-                self._release(path, inode)
+                self._release(str(path), inode)
 
-    def _release(self, path: Path, inode: int | None) -> None:
-        key = str(path)
+    def _release(self, key: str, inode: int | None) -> None:
         with self._lock:
             if key not in self._uploads:
                 return
@@ -158,8 +200,16 @@ class VisitorFiles:
             if self._uploads[key]:
                 return
             del self._uploads[key]
-            if inode is not None and _inode(path) == inode:
-                _remove_inside(self.folder, path)
+            if self._arriving:
+                self._doomed.append((key, inode, set(self._arriving)))
+            else:
+                self._delete(key, inode)
+
+    def _delete(self, key: str, inode: int | None) -> None:
+        """Delete a read upload (the lock held) unless it was counted again or another file took its path."""
+        path = Path(key)
+        if key not in self._uploads and inode is not None and _inode(path) == inode:
+            _remove_inside(self.folder, path)
 
     # --- Store files shown through Gradio ----------------------------------------------------------------
 
@@ -196,6 +246,11 @@ class VisitorFiles:
             if entry.is_dir(follow_symlinks=False):
                 for name in names:
                     removed += _remove_inside(folder, Path(entry.path) / name)
+        made = tuple(f"-{name}" for name in names)  # previews and regions drawn on them (``keep(of=...)``)
+        if (folder / KEPT).is_dir():
+            for entry in os.scandir(folder / KEPT):
+                if entry.name.endswith(made):
+                    removed += _remove_inside(folder, Path(entry.path))
         return removed
 
 
@@ -246,6 +301,7 @@ class UploadBudget:
             await _answer(send, 507, FULL_MESSAGE.encode())
             return
         status, body = 0, bytearray()
+        ticket = self.files.arriving()
 
         async def counting(message: dict) -> None:
             nonlocal status
@@ -257,7 +313,10 @@ class UploadBudget:
                     self.files.uploaded(_paths(bytes(body)))
             await send(message)
 
-        await self.app(scope, receive, counting)
+        try:
+            await self.app(scope, receive, counting)
+        finally:
+            self.files.arrived(ticket)
 
 
 def _paths(answer: bytes) -> list[str]:

@@ -18,13 +18,13 @@ from search.web import views
 from search.web.albums_page import ALBUM_VIEW, DROP, FIRST_ALBUM, AlbumPage
 from search.web.api import ENDPOINTS, Api
 from search.web.evaluation_tab import evaluation_tab
-from search.web.files import VisitorFiles
+from search.web.files import KEEP_S, VisitorFiles
 from search.web.page import CONTROLS, LESS_LIKE, MORE_LIKE, OPEN, SEARCHED, PageQuery, SearchPage, query_image
 from search.web.styles import REVEAL_RESULTS
 
 BUILD_REFRESH_SECONDS = 2.0
 # Every 5 minutes, Gradio deletes what it cached more than 30 minutes ago (uploads nobody used included).
-DELETE_CACHE = (300, 1800)
+DELETE_CACHE = (300, KEEP_S)
 PRIVATE: dict[str, Any] = dict(api_visibility="private")
 Components = dict[str, Any]
 

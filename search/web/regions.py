@@ -44,7 +44,7 @@ def to_original(point: object, scale: float) -> tuple[float, float]:
 def shown(original: str, files: VisitorFiles) -> Marked:
     """The copy of ``original`` the query panel shows."""
     img, scale = _copy(original)
-    return Marked(files.keep_image(img), scale)
+    return Marked(files.keep_image(img, original), scale)
 
 
 def mark_corner(original: str, corner: tuple[float, float], files: VisitorFiles) -> Marked:
@@ -56,7 +56,7 @@ def mark_corner(original: str, corner: tuple[float, float], files: VisitorFiles)
     draw.line([(x - 3 * r, y), (x + 3 * r, y)], fill=OUTLINE, width=max(2, r // 2))
     draw.line([(x, y - 3 * r), (x, y + 3 * r)], fill=OUTLINE, width=max(2, r // 2))
     draw.ellipse([x - r, y - r, x + r, y + r], outline=OUTLINE, width=max(2, r // 2))
-    return Marked(files.keep_image(img), scale)
+    return Marked(files.keep_image(img, original), scale)
 
 
 def cut(original: str, a: tuple[float, float], b: tuple[float, float], files: VisitorFiles) -> tuple[Box, Marked]:
@@ -70,7 +70,7 @@ def cut(original: str, a: tuple[float, float], b: tuple[float, float], files: Vi
         raise QueryError(f"That region is too small to search by; draw one at least {MIN_REGION_EDGE} pixels "
                          "wide and high.")
     ImageDraw.Draw(img).rectangle([v / scale for v in box], outline=OUTLINE, width=max(2, round(max(img.size) / 160)))
-    return box, Marked(files.keep_image(img), scale)
+    return box, Marked(files.keep_image(img, original), scale)
 
 
 def _copy(original: str) -> tuple[Image.Image, float]:

@@ -40,6 +40,35 @@ def test_a_file_put_in_its_place_by_another_upload_is_not_deleted(tmp_path):
     assert path.read_bytes() == b"cat"
 
 
+def test_an_upload_still_arriving_when_the_last_read_ends_keeps_the_file(tmp_path):
+    files = VisitorFiles(10**9, folder=tmp_path)
+    path = _upload(tmp_path, "cat.jpg", b"cat")
+    files.uploaded([str(path)])
+    ticket = files.arriving()  # a second visitor's upload of the same file: Gradio moves it in ...
+    _upload(tmp_path, "cat.jpg", b"cat")
+    with files.consumed([str(path)]):  # ... and the first visitor's request reads that very file
+        pass
+    assert path.exists()  # the second upload is not counted yet, so the deletion waits for it
+    files.uploaded([str(path)])
+    files.arrived(ticket)
+    assert path.exists()  # counted: it waits for the second visitor's read
+    with files.consumed([str(path)]):
+        assert path.read_bytes() == b"cat"
+    assert not path.exists()
+
+
+def test_a_deletion_that_waited_on_a_failed_upload_happens_when_it_ends(tmp_path):
+    files = VisitorFiles(10**9, folder=tmp_path)
+    path = _upload(tmp_path, "cat.jpg", b"cat")
+    files.uploaded([str(path)])
+    ticket = files.arriving()
+    with files.consumed([str(path)]):
+        pass
+    assert path.exists()
+    files.arrived(ticket)  # it stored nothing (refused, or the visitor went away)
+    assert not path.exists()
+
+
 def test_an_upload_nobody_counted_is_left_alone(tmp_path):
     files = VisitorFiles(10**9, folder=tmp_path)
     path = _upload(tmp_path, "cat.jpg", b"cat")

@@ -3,6 +3,7 @@ original, searched by decoding only what it needs; the query panel's copy is fit
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,3 +70,22 @@ def test_the_copies_the_app_keeps_are_held_to_the_budget(tmp_path):
     assert small.keep(out.getvalue()) == path  # the same bytes are kept once
     with pytest.raises(QueryError, match="space for visitors' images is full"):
         small.keep(b"\x89PNG" + bytes(300_000))
+
+
+def test_what_is_shown_of_a_stored_image_goes_when_the_image_is_purged(tmp_path, files):
+    image_id = "ab" * 16
+    store = tmp_path / "store" / "thumbnails"
+    store.mkdir(parents=True)
+    Image.new("RGB", (384, 256), (0, 128, 0)).save(store / f"{image_id}.jpg")
+    thumbnail = str(store / f"{image_id}.jpg")
+    shown = regions.shown(thumbnail, files)
+    corner = regions.mark_corner(thumbnail, (10, 10), files)
+    _, boxed = regions.cut(thumbnail, (10, 10), (300, 200), files)
+    made = [shown.preview, corner.preview, boxed.preview]
+    assert len(set(made)) == 3
+    upload = tmp_path / "cache" / "0123" / "mine.png"
+    upload.parent.mkdir(parents=True)
+    Image.new("RGB", (400, 400)).save(upload)
+    theirs = regions.shown(str(upload), files).preview  # a visitor's own file: nothing of an id in its name
+    assert files.purge([image_id]) == 3
+    assert not any(Path(p).exists() for p in made) and Path(theirs).exists()
