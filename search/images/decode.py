@@ -153,21 +153,14 @@ def decode_image(
     if not data:
         raise InvalidImageError("empty", "the file is empty")
     if len(data) > max_bytes:
-        raise InvalidImageError(
-            "too_large", f"the file is {len(data):,} bytes, over the limit of {max_bytes:,}; make it smaller and try again"
-        )
+        raise too_big(len(data), max_bytes)
     img, header = _open(data, min_edges, max_pixels, box)
     with (budget or DECODE_BUDGET).reserve(header.cost, header.size_text):
         try:
             img.load()
         except Exception as exc:  # Pillow raises many types on malformed files; all mean "corrupt"
             raise InvalidImageError("corrupt", _corrupt_detail(exc)) from None
-        img = _detach(_apply_exif_orientation(img))
-        if box is not None:
-            img = img.crop(_scaled_box(box, img.size, (header.width, header.height)))
-        if fit is not None and max(img.size) > fit:
-            img = img.resize(_fitted(img.size, fit), Image.Resampling.BICUBIC, reducing_gap=2.0)
-        return to_rgb(img)
+        return to_rgb(_cut_and_fit(_detach(_apply_exif_orientation(img)), box, (header.width, header.height), fit))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -202,11 +195,7 @@ def read_image(
                 rotated = ImageOps.exif_transpose(image)  # a copy: the caller's image is left alone
             except Exception:
                 rotated = image
-            if box is not None:
-                rotated = rotated.crop(_scaled_box(box, rotated.size, rotated.size))
-            if fit is not None and max(rotated.size) > fit:
-                rotated = rotated.resize(_fitted(rotated.size, fit), Image.Resampling.BICUBIC)
-            return to_rgb(rotated)
+            return to_rgb(_cut_and_fit(rotated, box, rotated.size, fit))
     if isinstance(image, (bytes, bytearray)):
         return decode_image(bytes(image), min_edges=min_edges, max_pixels=max_pixels, box=box, fit=fit)
     if isinstance(image, (str, Path)):
@@ -219,9 +208,7 @@ def read_file(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
     try:
         size = path.stat().st_size
         if size > max_bytes:
-            raise InvalidImageError(
-                "too_large", f"the file is {size:,} bytes, over the limit of {max_bytes:,}; make it smaller and try again"
-            )
+            raise too_big(size, max_bytes)
         return path.read_bytes()
     except OSError as exc:
         raise InvalidImageError("read_error", f"{type(exc).__name__}: {exc.strerror or exc}") from None
@@ -229,11 +216,7 @@ def read_file(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
 
 def make_thumbnail(img: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
     """Encode a JPEG whose longest side is at most ``size``."""
-    scale = min(1.0, size / max(img.size))
-    # One resize straight from the (drafted) image: no full-size copy first.
-    thumb = img if scale == 1.0 else img.resize(
-        (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC,
-        reducing_gap=2.0)
+    thumb = _cut_and_fit(img, None, img.size, size)  # one resize straight from the (drafted) image
     out = io.BytesIO()
     thumb.save(out, "JPEG", quality=85)
     return out.getvalue()
@@ -360,6 +343,21 @@ def _scaled_box(box: Box, size: tuple[int, int], full: tuple[int, int]) -> Box:
     if right - left < 1 or bottom - top < 1:
         raise QueryError("The region lies outside the image; draw it on the image itself.")
     return left, top, right, bottom
+
+
+def too_big(size: int, limit: int) -> InvalidImageError:
+    """The refusal of a file of ``size`` bytes, over ``limit``."""
+    return InvalidImageError("too_large", f"the file is {size:,} bytes, over the limit of {limit:,}; make it smaller "
+                             "and try again")
+
+
+def _cut_and_fit(img: Image.Image, box: Box | None, original: tuple[int, int], fit: int | None) -> Image.Image:
+    """``box`` (in the ``original`` size's pixels) cut from ``img``, then scaled down to ``fit`` on its longest edge."""
+    if box is not None:
+        img = img.crop(_scaled_box(box, img.size, original))
+    if fit is not None and max(img.size) > fit:
+        img = img.resize(_fitted(img.size, fit), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return img
 
 
 def _fitted(size: tuple[int, int], fit: int) -> tuple[int, int]:

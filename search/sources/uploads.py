@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 
 from search.errors import InvalidImageError, SourceError
-from search.images.decode import MAX_BYTES, QUERY_MAX_PIXELS, image_header, pixel_limit_message, read_file
+from search.images.decode import MAX_BYTES, QUERY_MAX_PIXELS, image_header, pixel_limit_message, read_file, too_big
 from search.sources.base import Item
 
 MAX_MEMBERS = 2000
@@ -161,9 +161,7 @@ def unsafe_member_name(name: str) -> str | None:
 
 def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, key: str, admission: Admission) -> bytes:
     if member.file_size > MAX_BYTES:
-        raise InvalidImageError(
-            "too_large", f"the file is {member.file_size:,} bytes, over the limit of {MAX_BYTES:,}; make it smaller and try again"
-        )
+        raise too_big(member.file_size, MAX_BYTES)
     try:
         with archive.open(member) as f:
             head = f.read(PEEK_BYTES)
