@@ -111,17 +111,18 @@ class Store:
         if self.server or self.read_only:
             return 0
         with write_lock(self.folder):
+            on_disk = {file.relative_to(self.folder).as_posix(): file for file in thumbnails.stored(self.folder)}
             named: set[str] = set()  # the thumbnails records name, relative to the folder
             broken = 0
             for name in self.names():
                 collection = self.open(name)
                 records = collection.scan_metadata()
-                lost = [i for i, m in records if m.get("thumbnail") and not (self.folder / str(m["thumbnail"])).is_file()]
-                broken += len(collection.delete(lost))
-                named.update(str(m.get("thumbnail")) for i, m in records if i not in set(lost))
+                lost = {i for i, m in records if m.get("thumbnail") and str(m["thumbnail"]) not in on_disk}
+                broken += len(collection.delete(sorted(lost)))
+                named.update(str(m.get("thumbnail")) for i, m in records if i not in lost)
             files = 0
-            for file in thumbnails.stored(self.folder):
-                if file.name.endswith(thumbnails.TEMPORARY) or file.relative_to(self.folder).as_posix() not in named:
+            for relative, file in on_disk.items():
+                if file.name.endswith(thumbnails.TEMPORARY) or relative not in named:
                     file.unlink(missing_ok=True)
                     files += 1
         if files or broken:
