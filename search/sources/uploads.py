@@ -13,7 +13,7 @@ import unicodedata
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
@@ -40,10 +40,10 @@ _INVISIBLE = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]") 
 class PixelAllowance:
     """A total of decoded pixels for one upload, spent image by image, from any thread."""
 
-    def __init__(self, total: int | None = ARCHIVE_MAX_PIXELS):
+    def __init__(self, total: int | None):
         self.total = total
         self.used = 0
-        self._charged: dict[str, int] = {}
+        self._charged: set[str] = set()
         self._lock = threading.Lock()
 
     def charge(self, key: str, pixels: int) -> None:
@@ -56,7 +56,7 @@ class PixelAllowance:
             if self.used + pixels > self.total:
                 raise InvalidImageError("too_large", self._detail())
             self.used += pixels
-            self._charged[key] = pixels
+            self._charged.add(key)
 
     def _detail(self) -> str:
         return (f"the images of this upload add up to more than {self.total:,} pixels, the most one upload may "
@@ -87,9 +87,9 @@ class Admission:
     """What lets an upload's image in: at most ``max_pixels`` as decoded (JPEGs drafted to ``min_edges``, the
     model's input), and its share of the upload's pixel ``allowance``."""
 
-    max_pixels: int = UPLOAD_MAX_PIXELS
-    min_edges: tuple[int, int] | None = UPLOAD_MIN_EDGES
-    allowance: PixelAllowance = field(default_factory=PixelAllowance)
+    max_pixels: int
+    min_edges: tuple[int, int] | None
+    allowance: PixelAllowance
 
     def check_head(self, head: bytes, key: str) -> None:
         """Refuse early when the first bytes already show too many pixels, for the image or for the upload's
@@ -116,9 +116,8 @@ class Admission:
         return data
 
 
-def zip_items(path: Path, admission: Admission | None = None) -> Iterator[Item]:
+def zip_items(path: Path, admission: Admission) -> Iterator[Item]:
     """The files of a zip archive, with member count, claimed sizes, names and pixels capped."""
-    admission = admission or Admission()
     try:
         archive = zipfile.ZipFile(path)
         members = [m for m in archive.infolist() if not m.is_dir()]

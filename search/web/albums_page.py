@@ -17,7 +17,7 @@ from search.service.service import SearchService
 from search.web import views
 from search.web.files import VisitorFiles
 from search.web.messages import refusals_in, user_errors
-from search.web.page import Outputs, SearchPage
+from search.web.page import Fields, Outputs, SearchPage
 
 ALBUM_PAGE = 60
 DROP = "Delete this collection"
@@ -26,7 +26,7 @@ CLEARED_REPORT: Outputs = {"summary": "", "notes": gr.update(value=[], visible=F
 
 
 @dataclass(frozen=True)
-class AlbumView:
+class AlbumView(Fields):
     """What every album event shows: a page of the album, what is selected, where the page is, the buttons."""
 
     gallery: Any
@@ -40,8 +40,6 @@ class AlbumView:
     drop: Any
     armed: str | None  # the album a first click on DROP asked about
 
-    def outputs(self) -> Outputs:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 ALBUM_VIEW = tuple(f.name for f in fields(AlbumView))
@@ -114,7 +112,7 @@ class AlbumPage:
         which counted it, goes)."""
         if not image_id:
             raise QueryError("Click an image in the collection first.")
-        self.forget(self.service.delete_images(key, name, [image_id]))
+        forget(self.service, self.files, self.service.delete_images(key, name, [image_id]))
         return {**self.show(key, name, offset, note="Deleted the selected image."), **CLEARED_REPORT}
 
     @refusals_in("where")
@@ -128,19 +126,13 @@ class AlbumPage:
             held = self.service.browse_album(key, name, 0, 1)[1]
             return {"drop": gr.update(value=f"Click again to delete “{name}” and its {held:,} "
                                             f"image{'' if held == 1 else 's'}", variant="stop"), "armed": name}
-        removed = len(self.forget(self.service.drop_album(key, name)).removed)
-        choices = self.search.index_choices(key)
-        values = [v for _, v in choices]
-        chosen = index if index in values else (values[0] if values else None)
+        removed = len(forget(self.service, self.files, self.service.drop_album(key, name)).removed)
+        choices, chosen = self.search.index_choice(key, index)
         filters = self.search.label_filters(chosen, key) if chosen != index else {}
         names = self.service.album_names(key)
         return {**self.show(key, "", note=views.dropped(name, removed)), **filters, **CLEARED_REPORT,
                 "album": gr.update(choices=names, value=names[0] if names else FIRST_ALBUM),
                 "index": gr.update(choices=choices, value=chosen)}
-
-    def forget(self, removal: Removal) -> Removal:
-        """The web server's copies of what ``removal`` took from the store go too."""
-        return forget(self.service, self.files, removal)
 
 
 def forget(service: SearchService, files: VisitorFiles, removal: Removal) -> Removal:

@@ -14,7 +14,7 @@ from search.errors import QueryError
 from search.service.service import Answer, SearchService
 from search.web.albums_page import forget
 from search.web.files import VisitorFiles
-from search.web.http_api import thumbnail_url
+from search.web.http_api import hits_with_urls
 from search.web.messages import user_errors
 
 ENDPOINTS = ("search_by_image", "search_by_text", "search", "collection_add", "collection_list", "collection_delete",
@@ -53,11 +53,7 @@ class Api:
         """
         with self.files.consumed(images or []):
             answer = self.service.search(query, list(images or []), key or None)
-        base = str(request.base_url).rstrip("/") if request else ""
-        hits = []
-        for r in answer.records():
-            url = thumbnail_url(r["id"], answer.album) if r["image"] else None
-            hits.append({**r, "thumbnail": base + url if url else None, "image": url})
+        hits = hits_with_urls(answer, str(request.base_url) if request else "")
         return {"hits": hits, "total": answer.total, "offset": answer.offset, "cutoff": answer.cutoff}
 
     @user_errors

@@ -170,12 +170,19 @@ _JSON_NAMES = {str: "a string", int: "a whole number", dict: "an object"}
 
 
 def _answer(answer: Answer, request: Request) -> dict[str, Any]:
-    base = str(request.base_url).rstrip("/")
-    hits = [{"id": r["id"], "score": r["score"], "label": r["label"], "caption": r["caption"], "relevant": r["relevant"],
-             "similar": r["similar"], "thumbnail": base + thumbnail_url(r["id"], answer.album) if r["image"] else None}
-            for r in answer.records()]
+    hits = [{k: v for k, v in hit.items() if k != "image"} for hit in hits_with_urls(answer, str(request.base_url))]
     return {"hits": hits, "total": answer.total, "offset": answer.offset, "cutoff": answer.cutoff,
             "seconds": round(answer.seconds, 4)}
+
+
+def hits_with_urls(answer: Answer, base: str) -> list[dict[str, Any]]:
+    """The answer's hits as both APIs give them: ``image`` is the thumbnail's URL relative to the app and
+    ``thumbnail`` the same under ``base`` (both None for a hit without one); never a server path."""
+    hits = []
+    for r in answer.records():
+        url = thumbnail_url(r["id"], answer.album) if r["image"] else None
+        hits.append({**r, "image": url, "thumbnail": base.rstrip("/") + url if url else None})
+    return hits
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -47,7 +47,16 @@ CONTROLS = tuple(f.name for f in fields(Controls))
 
 
 @dataclass(frozen=True)
-class Searched:
+class Fields:
+    """A handler's outputs as a dataclass: every event of a kind names the same components."""
+
+    def outputs(self) -> Outputs:
+        """Every field, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Searched(Fields):
     """What every search returns: the query, the query panel (text, image), the results (gallery, hits,
     next offset, status, "more" button), the detail view (closed, nothing selected) and the query's other
     parts (chips, undo)."""
@@ -65,9 +74,6 @@ class Searched:
     chips: Any
     undo: Any
 
-    def outputs(self) -> Outputs:
-        """Every field, by name."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 SEARCHED = tuple(f.name for f in fields(Searched))
@@ -104,9 +110,7 @@ class SearchPage:
         overview = views.overview(self.service.overview())
         if self.building():
             return {"overview": overview}
-        choices = self.index_choices(key)
-        values = [value for _, value in choices]
-        chosen = index if index in values else (values[0] if values else None)
+        choices, chosen = self.index_choice(key, index)
         examples = self.examples()
         return {"overview": overview, "timer": gr.Timer(active=False), "index": gr.update(choices=choices, value=chosen),
                 **self.label_filters(chosen, key),
@@ -126,6 +130,12 @@ class SearchPage:
         except QueryError:
             albums = []
         return views.index_choices(self.service.shared_indexes() + albums)
+
+    def index_choice(self, key: str | None, index: str | None) -> tuple[list[tuple[str, str]], str | None]:
+        """The Index dropdown's choices, and ``index`` if it is still one of them (else the first)."""
+        choices = self.index_choices(key)
+        values = [value for _, value in choices]
+        return choices, index if index in values else (values[0] if values else None)
 
     def label_filters(self, index: str | None, key: str | None) -> Outputs:
         """The include and exclude filters' choices: the labels ``index`` holds (emptied selections)."""
@@ -212,7 +222,7 @@ class SearchPage:
             part = make()
         except Exception as exc:
             return {**self._failed(PageQuery(), exc, keep_text=keep_text), **url}
-        return {**self._search(PageQuery().starting(part), c), **url}
+        return {**self._search(PageQuery((part,)), c), **url}
 
     def _search(self, query: PageQuery, c: Controls, offset: int = 0, before: list[Hit] | None = None) -> Outputs:
         before = before or []

@@ -65,10 +65,6 @@ class PageQuery:
         """How many parts the search will combine."""
         return len(self.parts) + len(self.feedback)
 
-    def starting(self, part: Shown) -> PageQuery:
-        """A new search: this part alone (composer parts and feedback belong to the old one)."""
-        return PageQuery((part,))
-
     def with_main(self, part: Shown) -> PageQuery:
         """The same query with its main part replaced (a region of it, a corner marked on it)."""
         return replace(self, parts=(part, *self.parts[1:]))

@@ -116,7 +116,7 @@ def mark_name(hit: Hit) -> str:
     return f"{called} · {file}" if file and file != called else called
 
 
-def result_gallery(hits: list[Hit], metric: str, first_rank: int = 1,
+def result_gallery(hits: list[Hit], metric: str,
                    marks: dict[str, bool] | None = None) -> tuple[list[tuple[str, str]], list[Hit]]:
     """(thumbnail, caption) pairs for the results gallery, and the hit behind each item, in the same order.
 
@@ -125,7 +125,7 @@ def result_gallery(hits: list[Hit], metric: str, first_rank: int = 1,
     """
     items: list[tuple[str, str]] = []
     shown: list[Hit] = []
-    for rank, hit in enumerate(hits, first_rank):
+    for rank, hit in enumerate(hits, 1):
         if hit.image:
             items.append((hit.image, caption(rank, hit, metric, (marks or {}).get(hit.id))))
             shown.append(hit)

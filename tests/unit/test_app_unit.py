@@ -139,8 +139,8 @@ def test_captions_show_rank_the_best_name_there_is_and_a_readable_score():
 
 def test_the_results_gallery_keeps_ranks_and_hits_in_step():
     hits = [_hit(1, 0.9, label="a"), _hit(2, 0.8, label="b", image=None), _hit(3, 0.7, label="c")]
-    items, shown = views.result_gallery(hits, "cosine", first_rank=13)
-    assert items == [("/thumbs/1.jpg", "#13 a · 0.900"), ("/thumbs/3.jpg", "#15 c · 0.700")]
+    items, shown = views.result_gallery(hits, "cosine")
+    assert items == [("/thumbs/1.jpg", "#1 a · 0.900"), ("/thumbs/3.jpg", "#3 c · 0.700")]
     assert shown == [hits[0], hits[2]]  # a click on item i opens shown[i]
 
 
