@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -46,6 +47,7 @@ SWEEP_S = 60  # how often at most the kept files are swept for ones past KEEP_S
 RECHECK_S = 1.0  # how often at most the folder is measured for the budget
 _MAGIC = {b"\xff\xd8\xff": ".jpg", b"\x89PNG": ".png", b"GIF8": ".gif", b"RIFF": ".webp", b"BM": ".bmp"}
 MAX_UPLOAD_ANSWER = 1 << 20  # Gradio's answer to an upload lists paths; more than this is not one
+_STORE_FILE = re.compile(r"[0-9a-f]{32}\.jpg")  # a thumbnail's name, as ``shown`` copies it
 
 
 def cache_folder() -> Path:
@@ -70,6 +72,7 @@ class VisitorFiles:
         self._doomed: list[tuple[str, int | None, set[int]]] = []  # read uploads, waiting on those arrivals
         self._secret = secrets.token_bytes(32)  # names what the app writes: unguessable, equal for equal bytes
         self._lock = threading.Lock()
+        self._copying = threading.Lock()  # ``shown`` and the sweep of its copies, one folder at a time
 
     @property
     def folder(self) -> Path:
@@ -107,7 +110,7 @@ class VisitorFiles:
         """
         folder = self.folder / KEPT
         folder.mkdir(parents=True, exist_ok=True)
-        self._sweep(folder)
+        self._sweep()
         suffix = suffix or next((ext for magic, ext in _MAGIC.items() if data.startswith(magic)), ".bin")
         name = hashlib.blake2b(data, key=self._secret, digest_size=16).hexdigest()
         path = folder / (f"{name}-{of}{suffix}" if of else name + suffix)
@@ -136,16 +139,30 @@ class VisitorFiles:
         stored = self.folder not in Path(source).resolve().parents and is_image_id(stem)
         return self.keep(out.getvalue(), ".jpg", of=stem if stored else None)
 
-    def _sweep(self, folder: Path) -> None:
+    def _sweep(self) -> None:
+        """Delete what is older than KEEP_S and nobody else expires: kept files; copies of store files in
+        folders nobody asked for since (a copy shown again renews its folder), this process's or an earlier
+        one's; and the empty file Gradio's File component leaves for every file an API call sends. At most
+        every SWEEP_S seconds."""
         with self._lock:
             if time.monotonic() - self._swept < SWEEP_S:
                 return
             self._swept = time.monotonic()
         cutoff = time.time() - KEEP_S
-        for entry in os.scandir(folder):
+        for entry in _entries(self.folder):
             with contextlib.suppress(OSError):  # another request swept it first
-                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                if entry.name == KEPT:
+                    for kept in _entries(Path(entry.path)):
+                        if kept.is_file(follow_symlinks=False) and kept.stat().st_mtime < cutoff:
+                            os.unlink(kept.path)
+                elif _gradios_empty_file(entry, cutoff):
                     os.unlink(entry.path)
+                elif entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    with self._copying:  # not while ``shown`` renews this folder
+                        if os.stat(entry.path).st_mtime < cutoff:
+                            for copy in _entries(Path(entry.path)):
+                                if _STORE_FILE.fullmatch(copy.name):
+                                    os.unlink(copy.path)
 
     # --- Uploads --------------------------------------------------------------------------------------
 
@@ -223,8 +240,12 @@ class VisitorFiles:
         source = Path(path)
         if self.folder in source.parents:
             return str(source)
+        self._sweep()
         copy = self.folder / hashlib.blake2b(source.name.encode(), key=self._secret, digest_size=16).hexdigest() / source.name
-        if not copy.exists():
+        with self._copying:
+            if copy.exists():
+                os.utime(copy.parent)  # shown again: the sweep leaves it another KEEP_S
+                return str(copy)
             copy.parent.mkdir(parents=True, exist_ok=True)
             temporary = copy.with_name(f".{copy.name}.{threading.get_native_id()}.tmp")
             try:
@@ -252,6 +273,22 @@ class VisitorFiles:
                 if entry.name.endswith(made):
                     removed += _remove_inside(folder, Path(entry.path))
         return removed
+
+
+def _gradios_empty_file(entry: os.DirEntry, cutoff: float) -> bool:
+    """One of the empty temporary files ``gr.File(type="filepath")`` makes per file and never deletes (an upload
+    in progress writes to one like it, so only those empty since ``cutoff`` qualify)."""
+    if not (entry.name.startswith("tmp") and entry.is_file(follow_symlinks=False)):
+        return False
+    stat = entry.stat(follow_symlinks=False)
+    return stat.st_size == 0 and stat.st_mtime < cutoff
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    try:
+        return list(os.scandir(folder))
+    except OSError:  # not made yet, or swept meanwhile
+        return []
 
 
 def _inode(path: Path) -> int | None:

@@ -3,9 +3,10 @@ file another upload put in their place; copies of store files under names nobody
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-from search.web.files import VisitorFiles
+from search.web.files import KEEP_S, VisitorFiles
 
 
 def _upload(folder, name: str, data: bytes):
@@ -87,3 +88,28 @@ def test_store_files_are_shown_as_copies_under_names_nobody_can_guess(tmp_path):
     assert Path(shown).read_bytes() == b"jpeg" and (tmp_path / "cache") in Path(shown).parents
     assert one.shown(thumb) == shown and other.shown(thumb).split("/")[-2] != shown.split("/")[-2]
     assert one.purge(["a" * 32]) == 1 and not os.path.exists(shown)
+
+
+def test_copies_nobody_was_shown_for_half_an_hour_and_gradios_empty_leftovers_are_swept(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    old, renewed, new = (store / (c * 32 + ".jpg") for c in "abc")
+    for thumb in (old, renewed, new):
+        thumb.write_bytes(b"jpeg")
+    cache = tmp_path / "cache"
+    earlier = VisitorFiles(10**9, folder=cache)  # a process before a restart: another secret
+    stale = Path(earlier.shown(old))
+    upload = _upload(cache, "photo.jpg", b"mine")
+    left, arriving = cache / "tmpab12cd34", cache / "tmpef56gh78"  # Gradio's empty leftover; an upload's start
+    left.touch()
+    arriving.touch()
+    now = VisitorFiles(10**9, folder=cache)
+    kept = Path(now.shown(renewed))
+    long_ago = time.time() - KEEP_S - 60
+    for path in (stale.parent, kept.parent, upload.parent, left):
+        os.utime(path, (long_ago, long_ago))
+    assert Path(now.shown(renewed)) == kept  # shown again: renewed before any sweep
+    now._swept = -float("inf")  # the next minute's sweep
+    now.shown(new)
+    assert not stale.exists() and kept.exists() and upload.exists()  # an upload is Gradio's to expire
+    assert not left.exists() and arriving.exists()
