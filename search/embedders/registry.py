@@ -44,8 +44,8 @@ def family_of(name: str) -> Family:
 @functools.lru_cache(maxsize=4)
 def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, text_model: str | None = None,
                   precision: str = AUTO, batch_size: int = 1) -> Embedder:
-    """Load an embedder once per process: ``pixels``, or a model by name or path that a family loads (CLIP:
-    a sentence-transformers checkpoint).
+    """Load an embedder once per process: ``pixels``, or a model by name or path that a family loads (SigLIP
+    and SigLIP 2: a transformers checkpoint; CLIP: a sentence-transformers checkpoint).
 
     ``text_model``: a text model to pair for non-English queries (see ``clip.paired_text_model``; ``"auto"``
     is the app's default). ``precision``: ``auto`` decides here, once, at ``batch_size`` (1: the app's
@@ -69,5 +69,21 @@ def _clip(name: str, device: str | None, text_model: str | None, precision: str,
     return ClipEmbedder(name, device=device, text_model=text_model, precision=precision, batch_size=batch_size)
 
 
+def _siglip(name: str, device: str | None, text_model: str | None, precision: str, batch_size: int) -> Embedder:
+    from search.embedders.clip import paired_text_model
+    from search.embedders.siglip import SiglipEmbedder
+
+    if paired_text_model(name, text_model)[1]:
+        raise ModelError("SigLIP reads every language with its own text tower; a text model cannot be paired with it")
+    return SiglipEmbedder(name, device=device, precision=precision, batch_size=batch_size)
+
+
+def _is_siglip(name: str) -> bool:
+    from search.embedders.siglip import is_siglip
+
+    return is_siglip(name)
+
+
 register(Family("clip", lambda name: True, _clip))  # any other name: a sentence-transformers CLIP checkpoint
+register(Family("siglip", _is_siglip, _siglip))
 register(Family("pixels", lambda name: name == "pixels", _pixels))

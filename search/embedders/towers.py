@@ -1,0 +1,124 @@
+"""What the two-tower families (CLIP, SigLIP) share: an image tower run at one precision chosen once (fp32,
+bf16 or int8; see ``precision``), in batches, one call at a time, with unit-length rows.
+
+A family says how a batch of images becomes the tower's inputs (``image_inputs``) and which module maps
+them to embeddings; this module runs it, decides its precision and quantises it for int8.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from search.embedders import precision as chosen
+from search.embedders.precision import AUTO, BF16, FP32, INT8, PRECISIONS, Decision
+
+log = logging.getLogger(__name__)
+
+
+class TowerEmbedder:
+    """The image side of a two-tower model at a fixed precision; a family subclasses it with its own loading,
+    ``image_inputs`` and texts. Call ``_start`` once the model is loaded."""
+
+    normalized = True
+    supports_text = True
+    name: str
+    dimension: int
+    device: str
+    min_edges: tuple[int, int]
+    precision: str
+    decision: Decision
+
+    def _start(self, image_tower: Any, precision: str, batch_size: int) -> None:
+        """Keep the fp32 image tower, then decide the precision (``auto``: measured here, at ``batch_size``)."""
+        self._towers: dict[str, Any] = {FP32: image_tower}
+        # Tokenizers and torch modules are not safe for concurrent calls; the cores are shared anyway.
+        self._lock = threading.Lock()
+        self.decision = self._decide(precision, batch_size)
+        self.precision = self.decision.precision
+        log.info("images embed at %s (%s)", self.precision, self.decision.reason)
+
+    def prepare(self, img: Image.Image) -> Image.Image:
+        """The model's input image (the family's own steps; here: the image as it is)."""
+        return img
+
+    def image_inputs(self, images: Sequence[Image.Image]) -> dict[str, Any]:
+        """The image tower's keyword inputs for a batch, on the device."""
+        raise NotImplementedError
+
+    def _decide(self, precision: str, batch_size: int) -> Decision:
+        if precision != AUTO:
+            return Decision(check_precision(precision), batch_size, reason="asked for")
+        if sum(p.numel() for p in self._towers[FP32].parameters()) < chosen.MIN_PARAMETERS:
+            return Decision(FP32, batch_size, reason="a model this small gains nothing from lower precision")
+        tried = chosen.candidates(self.device)
+        images = [self.prepare(img) for img in chosen.probe_images()] if tried else []
+        return chosen.decide(self._encode_images, images, batch_size, tried)
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,
+                     precision: str | None = None) -> np.ndarray:
+        """Unit-length embeddings for RGB images, at the embedder's precision unless ``precision`` says otherwise."""
+        precision = check_precision(precision or self.precision)
+        images = list(images)
+        if not images:
+            return np.zeros((0, self.dimension), np.float32)
+        return np.concatenate([self._encode_images(images[i:i + batch_size], precision)
+                               for i in range(0, len(images), batch_size)])
+
+    def _encode_images(self, images: Sequence[Image.Image], precision: str) -> np.ndarray:
+        """One forward pass of the image tower over ``images`` (prepared where they are not yet)."""
+        import torch
+
+        inputs = self.image_inputs(images)
+        with self._lock, torch.inference_mode(), autocast(self.device, precision == BF16):
+            out = self.tower(precision)(**inputs)
+        return unit(out.float().cpu().numpy())
+
+    def tower(self, precision: str) -> Any:
+        """The image tower for ``precision``: int8's is quantised once, on first use (Linear layers only)."""
+        if precision == INT8 and INT8 not in self._towers:
+            import torch
+
+            self._towers[INT8] = torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(self._towers[FP32]), {torch.nn.Linear}, dtype=torch.qint8)
+        return self._towers[INT8 if precision == INT8 else FP32]
+
+    def _run_text(self, run: Any) -> np.ndarray:
+        """``run()`` (a text tower's forward pass) under the lock, at bf16 where the images run at bf16."""
+        import torch
+
+        with self._lock, torch.inference_mode(), autocast(self.device, self.precision == BF16):
+            return unit(np.asarray(run(), dtype=np.float32))
+
+
+def default_device(device: str | None) -> str:
+    """``device``, or CUDA where there is one, else the CPU."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: str, bf16: bool) -> Any:
+    """bf16 autocast on ``device``, or nothing."""
+    import torch
+
+    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length in fp32 (under bf16 the model's own normalisation is only bf16-exact)."""
+    rows = rows.astype(np.float32, copy=False)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of PRECISIONS, else ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision
