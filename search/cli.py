@@ -16,10 +16,12 @@ from search.embedders.registry import load_embedder
 from search.errors import SearchError, SourceError
 from search.pipeline.build import BuildOptions, build_index
 from search.pipeline.report import BuildReport
+from search.pipeline.swap import compare, reembed
 from search.sources.base import IMAGE_SUFFIXES, Item, Source, open_source
 from search.sources.web import crawl, read_url_list, url_items
 from search.stores.base import DEFAULT_COLLECTION
 from search.stores.store import Store
+from search.stores.swaps import next_name, previous_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,8 +31,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--dataset", help="a Hub dataset name, a folder of images, or a saved/parquet dataset")
     what.add_argument("--urls", type=Path, help="a text file of image URLs, one a line")
     what.add_argument("--crawl", metavar="URL", help="collect the images of a web page and its same-site links")
+    what.add_argument("--reembed", metavar="MODEL",
+                      help="embed every image of --collection again with MODEL into COLLECTION.next while the "
+                           "collection goes on answering, then compare the two (resumable)")
+    what.add_argument("--switch", action="store_true", help="make COLLECTION.next the collection, in one step; "
+                      "the old one is kept as COLLECTION.previous")
+    what.add_argument("--rollback", action="store_true", help="make COLLECTION.previous the collection again")
+    what.add_argument("--drop-previous", action="store_true", help="delete COLLECTION.previous")
     p.add_argument("--store", required=True, type=Path, help="the store folder (Chroma + thumbnails)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="sentence-transformers CLIP name or path, or 'pixels'")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="a model by Hub name or path: a SigLIP or SigLIP 2 checkpoint (transformers), "
+                        "a sentence-transformers CLIP, or 'pixels'")
     p.add_argument("--collection", default=DEFAULT_COLLECTION)
     p.add_argument("--split", default="train")
     p.add_argument("--image-column")
@@ -84,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run a build; exit 0 unless the build could not run at all."""
     args = parse_args(argv)
     configure_logging(quiet=args.quiet)
+    if args.reembed or args.switch or args.rollback or args.drop_previous:
+        return _swap(args)
     try:
         source, failed_pages = open_input(args)
         if source.total == 0:  # a folder without a single image: nothing to build, no empty collection
@@ -107,6 +120,47 @@ def main(argv: list[str] | None = None) -> int:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report.to_dict(), indent=2))
     print(report.summary(report_file=args.report))
+    return 0
+
+
+def _swap(args: argparse.Namespace) -> int:
+    """--reembed, --switch, --rollback, --drop-previous: a model swap of --collection (see pipeline/swap.py)."""
+    from tqdm import tqdm
+
+    name = args.collection
+    try:
+        store = Store.connect(args.store, server=load_settings().chroma)
+        if args.switch:
+            store.switch(name)
+            print(f"{name!r} now holds what {next_name(name)!r} held; the old one is kept as {previous_name(name)!r} "
+                  "(--rollback to go back, --drop-previous to delete it).")
+        elif args.rollback:
+            store.rollback(name)
+            print(f"{name!r} holds what it held before the switch; the newer one is kept as {next_name(name)!r}.")
+        elif args.drop_previous:
+            with store.write_lock():
+                store.open(previous_name(name))  # a StoreError if there is none
+                store.drop(previous_name(name))
+            store.sweep()
+            print(f"deleted {previous_name(name)!r}.")
+        else:
+            embedder = load_embedder(args.reembed, args.device, precision=args.precision, batch_size=args.batch_size)
+            with store.write_lock(), tqdm(unit="img", desc="re-embedding", disable=args.quiet) as bar:
+                def progress(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                report = reembed(store, name, embedder, args.batch_size, progress)
+            comparison, table = compare(store, name)
+            print(report.summary())
+            print(table)
+            if args.report:
+                args.report.parent.mkdir(parents=True, exist_ok=True)
+                args.report.write_text(json.dumps({**report.to_dict(), "comparison": comparison}, indent=2))
+            print(f"--switch makes {next_name(name)!r} the collection {name!r}.")
+    except SearchError as exc:
+        print(f"error: {exc.for_operator()}", file=sys.stderr)
+        return 2
     return 0
 
 

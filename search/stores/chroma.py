@@ -301,6 +301,12 @@ class ChromaBackend:
         with self.guard():
             self._client.delete_collection(name)
 
+    def rename(self, name: str, new: str) -> None:
+        """Give the collection ``name`` the name ``new`` (one write: it has one name or the other)."""
+        _check_name(new)
+        with self.guard():
+            self._client.get_collection(name, embedding_function=None).modify(name=new)
+
     @contextmanager
     def guard(self) -> Iterator[None]:
         """Run Chroma calls (and writes to the store folder), turning "the store went away" into a StoreError;

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from search.config import ChromaServer
 from search.errors import StoreError
-from search.stores import thumbnails
+from search.stores import swaps, thumbnails
 from search.stores.base import READ_ONLY, Backend, Collection, ModelInfo, Record
 from search.stores.locking import write_lock
 
@@ -33,7 +33,12 @@ class Store:
         missing one. A StoreError says what is wrong (no index yet, damaged, unreachable, full disk)."""
         from search.stores.chroma import ChromaBackend
 
-        return cls(Path(folder), ChromaBackend.connect(Path(folder), server, create))
+        store = cls(Path(folder), ChromaBackend.connect(Path(folder), server, create))
+        if not store.read_only and any((store.folder / swaps.FOLDER).glob("*.json")):
+            # Taking the lock finishes a switch a kill interrupted; a writer at work now finishes it itself.
+            with contextlib.suppress(StoreError), store.write_lock():
+                pass
+        return store
 
     @staticmethod
     def exists(folder: str | Path, server: ChromaServer | None = None) -> bool:
@@ -80,6 +85,16 @@ class Store:
         """Delete a whole collection (its thumbnails are the caller's business: see ``remove``)."""
         self.backend.drop(name)
 
+    def switch(self, name: str) -> None:
+        """Make the re-embedded ``name`` (NAME.next) the collection ``name``, keeping the old one for ``rollback``."""
+        with self.write_lock():
+            swaps.switch(self.backend, self.folder, name)
+
+    def rollback(self, name: str) -> None:
+        """Make the collection a switch replaced ``name`` again (the newer one is kept as NAME.next)."""
+        with self.write_lock():
+            swaps.rollback(self.backend, self.folder, name)
+
     def add(self, collection: Collection, records: Sequence[Record], thumbs: Mapping[str, bytes]) -> None:
         """Write records with their thumbnails (``thumbs``: JPEG bytes by id), so that they appear together.
 
@@ -110,7 +125,7 @@ class Store:
         """
         if self.server or self.read_only:
             return 0
-        with write_lock(self.folder):
+        with self.write_lock():
             on_disk = {file.relative_to(self.folder).as_posix(): file for file in thumbnails.stored(self.folder)}
             named: set[str] = set()  # the thumbnails records name, relative to the folder
             broken = 0
@@ -149,7 +164,13 @@ class Store:
         if self.read_only:
             raise StoreError(READ_ONLY, internals=f"{self.folder} is not writable; searches read a snapshot")
         if self.server:  # the server serialises writers itself
+            self._finish_swaps()
             yield
             return
         with write_lock(self.folder):
+            self._finish_swaps()
             yield
+
+    def _finish_swaps(self) -> None:
+        for name in swaps.finish(self.backend, self.folder):
+            log.warning("finished switching %r, which a stopped process had begun", name)

@@ -1,0 +1,135 @@
+"""A model swap on a real store (the tiny shapes CLIP -> a tiny SigLIP 2): the app answers throughout the
+re-embedding, the comparison is made, a kill -9 mid-way resumes without embedding anything twice, and the
+switch and the rollback each leave the collection whole, also when a kill -9 lands between their steps."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.app_process import RunningApp
+from search.stores.chroma import ChromaBackend
+from search.stores.store import Store
+from tests.conftest import ROOT, run_builder
+from tests.fixtures.shapes import caption, write_folder
+from tests.fixtures.tiny_siglip import save_fixres
+
+PROGRESS = re.compile(r"(\d+)/(\d+)")
+
+
+@pytest.fixture()
+def built(tmp_path, shapes_model):
+    folder, store = tmp_path / "shapes", tmp_path / "store"
+    files = write_folder(folder, per_class=30, seed=4)  # 360 images
+    done = run_builder("--dataset", folder, "--store", store, "--model", shapes_model)
+    assert done.returncode == 0, done.stderr
+    return store, files, save_fixres(tmp_path / "siglip")
+
+
+def _models(store: Path) -> dict[str, str | None]:
+    opened = Store.connect(store)
+    return {name: opened.open(name).model for name in opened.names()}
+
+
+def test_the_app_answers_while_a_collection_is_re_embedded_then_serves_the_switched_one(built, shapes_model):
+    store, files, siglip = built
+    with RunningApp(store) as app:
+        answers: list[int] = []
+        stop = threading.Event()
+
+        def query() -> None:
+            with httpx.Client(base_url=app.url, timeout=30) as http:
+                while not stop.is_set():
+                    answers.append(http.post("/api/search", json={"text": caption("red circle"), "k": 5}).status_code)
+
+        asker = threading.Thread(target=query)
+        asker.start()
+        try:
+            done = run_builder("--store", store, "--reembed", siglip, "--batch-size", "8",
+                               "--report", store.parent / "swap.json")
+        finally:
+            stop.set()
+            asker.join(timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert len(answers) >= 5 and set(answers) == {200}  # answered all along
+    report = json.loads((store.parent / "swap.json").read_text())
+    assert report["embedded"] == len(files) and report["from_original"] == len(files) and report["already"] == 0
+    assert 0.99 < report["thumbnail_agreement"] <= 1.0001
+    assert set(report["comparison"]["collections"]) == {"images", "images.next"}
+    assert all("p@1" in e["image_to_image"]["cosine"] for e in report["comparison"]["collections"].values())
+    assert "| images.next | image to image | cosine |" in done.stdout
+    assert _models(store) == {"images": str(shapes_model), "images.next": str(siglip)}
+
+    assert run_builder("--store", store, "--switch").returncode == 0
+    assert _models(store) == {"images": str(siglip), "images.previous": str(shapes_model)}
+    with RunningApp(store) as app:  # a restarted app serves the new model's vectors
+        hits = httpx.post(app.url + "api/search", json={"text": "ảnh hình tròn màu đỏ", "k": 3}, timeout=30).json()
+        assert len(hits["hits"]) == 3
+    assert run_builder("--store", store, "--rollback").returncode == 0
+    assert _models(store) == {"images": str(shapes_model), "images.next": str(siglip)}
+    refused = run_builder("--store", store, "--rollback")
+    assert refused.returncode == 2 and "no earlier 'images' kept" in refused.stderr
+
+
+def test_a_re_embedding_killed_mid_way_resumes_and_embeds_nothing_twice(built):
+    store, files, siglip = built
+    proc = subprocess.Popen([sys.executable, str(ROOT / "index_builder.py"), "--store", str(store), "--reembed", str(siglip),
+                             "--batch-size", "4"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen, deadline = 0, time.monotonic() + 120
+    assert proc.stderr is not None
+    os.set_blocking(proc.stderr.fileno(), False)
+    buffer = ""
+    while seen < len(files) // 3 and proc.poll() is None and time.monotonic() < deadline:
+        buffer += (proc.stderr.read() or b"").decode(errors="replace")  # tqdm's progress, as the operator sees it
+        counts = [int(done) for done, total in PROGRESS.findall(buffer) if int(total) == len(files)]
+        seen = max(counts, default=0)
+        time.sleep(0.01)
+    assert proc.poll() is None, "it finished before it could be killed; the test proves nothing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    again = run_builder("--store", store, "--reembed", siglip, "--report", store.parent / "again.json")
+    assert again.returncode == 0, again.stderr
+    report = json.loads((store.parent / "again.json").read_text())
+    assert report["already"] >= seen and report["already"] + report["embedded"] == len(files)  # nothing twice
+    shadow = Store.connect(store).open("images.next")
+    assert shadow.count() == len(files) and sorted(shadow.all_ids()) == sorted(Store.connect(store).open("images").all_ids())
+
+
+SWITCH_KILLED_AFTER_ONE_RENAME = """
+import os, sys
+from search.stores.chroma import ChromaBackend
+from search.stores.chroma import ChromaBackend
+from search.stores.store import Store
+rename = ChromaBackend.rename
+def once(self, name, new):
+    rename(self, name, new)
+    os.kill(os.getpid(), 9)  # kill -9 between the two renames
+ChromaBackend.rename = once
+Store.connect(sys.argv[1]).{change}(sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("change", ["switch", "rollback"])
+def test_a_kill_between_the_steps_of_a_switch_is_finished_by_the_next_opener(built, shapes_model, change):
+    store, _, siglip = built
+    assert run_builder("--store", store, "--reembed", siglip).returncode == 0
+    if change == "rollback":
+        assert run_builder("--store", store, "--switch").returncode == 0
+    killed = subprocess.run([sys.executable, "-c", SWITCH_KILLED_AFTER_ONE_RENAME.format(change=change), str(store), "images"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    half = set(ChromaBackend.connect(store, None, create=False).names())  # the backend alone: nothing finished
+    assert (store / "swaps" / "images.json").exists() and "images" not in half  # the kill left it half done
+    models = _models(store)  # opening the store (as the app and the builder do) finishes the change
+    expected = {"images": str(siglip), "images.previous": str(shapes_model)} if change == "switch" else \
+        {"images": str(shapes_model), "images.next": str(siglip)}
+    assert models == expected and not (store / "swaps" / "images.json").exists()
