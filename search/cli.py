@@ -14,9 +14,10 @@ from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
 from search.embedders.base import DEFAULT_MODEL
 from search.embedders.registry import load_embedder
 from search.errors import SearchError, SourceError
+from search.evaluate import Options, evaluate, markdown
 from search.pipeline.build import BuildOptions, build_index
 from search.pipeline.report import BuildReport
-from search.pipeline.swap import compare, reembed
+from search.pipeline.swap import reembed
 from search.sources.base import IMAGE_SUFFIXES, Item, Source, open_source
 from search.sources.web import crawl, read_url_list, url_items
 from search.stores.base import DEFAULT_COLLECTION
@@ -144,16 +145,17 @@ def _swap(args: argparse.Namespace) -> int:
             store.sweep()
             print(f"deleted {previous_name(name)!r}.")
         else:
-            embedder = load_embedder(args.reembed, args.device, precision=args.precision, batch_size=args.batch_size)
+            embedder = load_embedder(args.reembed, args.device, precision=args.precision, batch_size=args.batch_size,
+                                     decisions=store.precision_file)
             with store.write_lock(), tqdm(unit="img", desc="re-embedding", disable=args.quiet) as bar:
                 def progress(done: int, total: int) -> None:
                     bar.total = total
                     bar.update(done - bar.n)
 
                 report = reembed(store, name, embedder, args.batch_size, progress)
-            comparison, table = compare(store, name)
+            comparison = evaluate(store, Options(collections=(name, next_name(name)), metrics=("cosine",), queries=200))
             print(report.summary())
-            print(table)
+            print(markdown(comparison))
             if args.report:
                 args.report.parent.mkdir(parents=True, exist_ok=True)
                 args.report.write_text(json.dumps({**report.to_dict(), "comparison": comparison}, indent=2))
@@ -181,7 +183,8 @@ def _build(args: argparse.Namespace, store: Store, source: Source, items: Iterab
         near_duplicate_similarity=args.near_duplicate_similarity or None,
         manifest=manifest,
     )
-    embedder = load_embedder(args.model, args.device, precision=args.precision, batch_size=args.batch_size)
+    embedder = load_embedder(args.model, args.device, precision=args.precision, batch_size=args.batch_size,
+                             decisions=store.precision_file)
     with tqdm(total=source.total, unit="img", desc="indexing", disable=args.quiet, smoothing=0.1) as bar:
         return build_index(items, store, args.collection, embedder, options,
                            on_progress=lambda done, _: bar.update(done - bar.n))

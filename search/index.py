@@ -24,6 +24,7 @@ from search.errors import InvalidImageError, QueryError, StoreError
 from search.images.decode import ImageInput, read_image
 from search.stores.base import DEFAULT_COLLECTION, Collection, LabelFilter, ModelInfo, Neighbour
 from search.stores.store import Store
+from search.stores.swaps import is_shadow
 
 __all__ = ["ImageIndex"]
 
@@ -79,7 +80,7 @@ class ImageIndex:
         col.check_health()
         if not (model or col.model):
             raise StoreError(f"collection {name!r} does not record its model; pass model=")
-        embedder = load_embedder(model or col.model or "", device, text_model)
+        embedder = load_embedder(model or col.model or "", device, text_model, decisions=opened.precision_file)
         col.check_model(ModelInfo.of(embedder), strict=False)
         return cls(opened, col, embedder)
 
@@ -261,7 +262,7 @@ def _at(part: Part, message: str) -> str:
 
 
 def _default_collection(store: Store) -> str:
-    names = store.names()
+    names = [name for name in store.names() if not is_shadow(name)]
     if DEFAULT_COLLECTION in names or not names:
         return DEFAULT_COLLECTION
     if len(names) == 1:

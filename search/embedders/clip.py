@@ -53,7 +53,7 @@ class ClipEmbedder(TowerEmbedder):
     """
 
     def __init__(self, name: str, device: str | None = None, text_model: str | None = None,
-                 precision: str = FP32, batch_size: int = 32):
+                 precision: str = FP32, batch_size: int = 32, decisions: str | None = None):
         self.name = name
         self.device = default_device(device)
         self.model = _load_sentence_transformer(name, self.device)
@@ -75,7 +75,7 @@ class ClipEmbedder(TowerEmbedder):
         self._pixels = Pixels.of(self.model[0].processor.image_processor)
         side = self._pixels.side
         self.min_edges = (side, max(side, 256))
-        self._start(image_tower(self.model[0].model), precision, batch_size)
+        self._start(image_tower(self.model[0].model), precision, batch_size, decisions)
 
     def _load_text_model(self, name: str):
         model = _load_sentence_transformer(name, self.device, what="text model")

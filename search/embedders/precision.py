@@ -1,17 +1,23 @@
 """Choosing an embedder's precision once: by what the device can do, agreement with fp32, and wide speed margins.
 
 The decision runs at the batch size that will run, every path warmed at that shape and timed in
-interleaved rounds (medians), so a first-call cost or a noisy neighbour does not decide it. A
-candidate must beat fp32 by MIN_SPEEDUP; a later candidate must also beat the earlier choice by it.
-Where the true speeds differ that much (AMX bf16: 4-9x; emulated bf16: slower) every run decides alike.
+interleaved rounds (medians of ROUNDS), so a first-call cost or a noisy neighbour does not decide it. The
+candidates (bf16 where it is native, int8 where it has fast kernels) race: each must agree with fp32 on real
+photos and beat it by MIN_SPEEDUP, and the fastest of those wins. Where two run close to each other (this
+2-core EPYC: int8 about 1.4x bf16) two measurements could pick differently, so the decision is remembered
+per machine, model and batch size (``decision_key``) in a file in the store: later starts read it instead of
+measuring (seconds saved) and cannot flip.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +27,9 @@ FP32, BF16, INT8, AUTO = "fp32", "bf16", "int8", "auto"
 PRECISIONS = (FP32, BF16, INT8)
 MIN_COSINE = {BF16: 0.999, INT8: 0.995}  # mean cosine to fp32 each needs on real images
 MIN_OVERLAP = {BF16: 0.0, INT8: 0.95}  # top-10 overlap of exact search with fp32's
-MIN_SPEEDUP = 1.3  # the wide margin: noise on a shared machine is about 15%
+MIN_SPEEDUP = 1.3  # the wide margin over fp32: noise on a shared machine is about 15%
 MIN_PARAMETERS = 5_000_000  # an image tower smaller than this runs in milliseconds: fp32, nothing measured
-ROUNDS = 3
+ROUNDS = 5  # interleaved rounds per candidate; the median decides
 PROBE = Path(__file__).resolve().parent / "probe"  # real photos, shipped with the package (package data)
 
 Encode = Callable[[Sequence[Image.Image], str], np.ndarray]  # (batch, precision) -> unit rows
@@ -79,14 +85,9 @@ def int8_capable(device: str) -> bool:
 
 
 def candidates(device: str) -> list[str]:
-    """The one precision worth trying here: bf16 where it is native, else int8 where it has fast kernels.
-
-    One candidate, not a race between two: where bf16 and int8 run within the margin of each other
-    (this 2-core EPYC with AVX512-BF16: int8 about 1.4x bf16) a race would flip between runs.
-    """
-    if native_bf16(device):
-        return [BF16]
-    return [INT8] if int8_capable(device) else []
+    """The precisions worth trying here: bf16 where it is native, int8 where it has fast kernels (both on an
+    x86 CPU with AVX512-BF16 or AMX: they race)."""
+    return [p for p, able in ((BF16, native_bf16(device)), (INT8, int8_capable(device))) if able]
 
 
 def decide(encode: Encode, images: Sequence[Image.Image], batch_size: int, tried: Sequence[str]) -> Decision:
@@ -111,11 +112,62 @@ def decide(encode: Encode, images: Sequence[Image.Image], batch_size: int, tried
 
 
 def _choose(trials: list[Trial], batch_size: int) -> Decision:
-    chosen, speed, reason = FP32, 1.0, f"nothing agreed and beat fp32 by {MIN_SPEEDUP}x"
-    for t in trials:
-        if t.agrees() and t.speedup >= MIN_SPEEDUP * speed:
-            chosen, speed, reason = t.precision, t.speedup, f"agrees and is {t.speedup}x fp32's speed"
-    return Decision(chosen, batch_size, tuple(trials), reason)
+    """The fastest candidate that agrees and beats fp32 by MIN_SPEEDUP (the race's winner, by median speed)."""
+    agreeing = [t for t in trials if t.agrees() and t.speedup >= MIN_SPEEDUP]
+    if not agreeing:
+        return Decision(FP32, batch_size, tuple(trials), f"nothing agreed and beat fp32 by {MIN_SPEEDUP}x")
+    best = max(agreeing, key=lambda t: t.speedup)
+    return Decision(best.precision, batch_size, tuple(trials), f"agrees and is {best.speedup}x fp32's speed")
+
+
+def decision_key(model: str, device: str, batch_size: int) -> str:
+    """What a decision depends on: the machine (CPU model and flags, cores, torch), the model (its name, and a
+    local checkpoint's weights by size and time) and the batch size."""
+    import torch
+
+    cpu = ""
+    if device == "cpu" and Path("/proc/cpuinfo").exists():
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        cpu = f"{name} {os.cpu_count()} {' '.join(sorted(f for f in flags if f.startswith(('avx', 'amx'))))}"
+    elif device == "cuda":
+        cpu = torch.cuda.get_device_name(0)
+    weights = sorted(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in Path(model).glob("*.safetensors")) \
+        if Path(model).is_dir() else []
+    text = json.dumps([device, cpu, torch.__version__, platform.machine(), model, weights, batch_size])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def recall(path: str | None, key: str) -> Decision | None:
+    """The decision ``path`` remembers for ``key``, if any."""
+    if not path:
+        return None
+    try:
+        entry = json.loads(Path(path).read_text())[key]
+        trials = tuple(Trial(**t) for t in entry["trials"])
+        return Decision(entry["precision"], entry["batch_size"], trials, f"{entry['reason']} (measured {entry['at']})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember(path: str | None, key: str, decision: Decision) -> None:
+    """Add ``decision`` to the file at ``path`` (atomically; a store that cannot be written just re-measures)."""
+    if not path:
+        return
+    target = Path(path)
+    try:
+        known = json.loads(target.read_text()) if target.exists() else {}
+    except (OSError, ValueError):
+        known = {}
+    known[key] = {"precision": decision.precision, "batch_size": decision.batch_size, "reason": decision.reason,
+                  "trials": [asdict(t) for t in decision.trials], "at": time.strftime("%Y-%m-%d")}
+    try:
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(known, indent=1))
+        os.replace(temporary, target)
+    except OSError:
+        pass
 
 
 def _batch(images: Sequence[Image.Image], batch_size: int) -> list[Image.Image]:

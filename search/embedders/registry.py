@@ -12,7 +12,8 @@ from search.embedders.base import DEFAULT_MODEL, Embedder
 from search.embedders.precision import AUTO
 from search.errors import ModelError
 
-Load = Callable[[str, "str | None", "str | None", str, int], Embedder]  # name, device, text model, precision, batch
+# name, device, text model, precision, batch, the file of earlier precision decisions
+Load = Callable[[str, "str | None", "str | None", str, int, "str | None"], Embedder]
 
 
 @dataclass(frozen=True)
@@ -43,18 +44,20 @@ def family_of(name: str) -> Family:
 
 @functools.lru_cache(maxsize=4)
 def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, text_model: str | None = None,
-                  precision: str = AUTO, batch_size: int = 1) -> Embedder:
+                  precision: str = AUTO, batch_size: int = 1, decisions: str | None = None) -> Embedder:
     """Load an embedder once per process: ``pixels``, or a model by name or path that a family loads (SigLIP
     and SigLIP 2: a transformers checkpoint; CLIP: a sentence-transformers checkpoint).
 
     ``text_model``: a text model to pair for non-English queries (see ``clip.paired_text_model``; ``"auto"``
     is the app's default). ``precision``: ``auto`` decides here, once, at ``batch_size`` (1: the app's
-    queries; a build passes its own); see ``search.embedders.precision``.
+    queries; a build passes its own); see ``search.embedders.precision``. ``decisions``: a JSON file (in the
+    store) remembering earlier decisions by machine and model, so that only the first start measures.
     """
-    return family_of(name).load(name, device, text_model, precision, batch_size)
+    return family_of(name).load(name, device, text_model, precision, batch_size, decisions)
 
 
-def _pixels(name: str, device: str | None, text_model: str | None, precision: str, batch_size: int) -> Embedder:
+def _pixels(name: str, device: str | None, text_model: str | None, precision: str, batch_size: int,
+            decisions: str | None) -> Embedder:
     from search.embedders.clip import paired_text_model
     from search.embedders.pixels import PixelEmbedder
 
@@ -63,19 +66,22 @@ def _pixels(name: str, device: str | None, text_model: str | None, precision: st
     return PixelEmbedder()
 
 
-def _clip(name: str, device: str | None, text_model: str | None, precision: str, batch_size: int) -> Embedder:
+def _clip(name: str, device: str | None, text_model: str | None, precision: str, batch_size: int,
+          decisions: str | None) -> Embedder:
     from search.embedders.clip import ClipEmbedder
 
-    return ClipEmbedder(name, device=device, text_model=text_model, precision=precision, batch_size=batch_size)
+    return ClipEmbedder(name, device=device, text_model=text_model, precision=precision, batch_size=batch_size,
+                        decisions=decisions)
 
 
-def _siglip(name: str, device: str | None, text_model: str | None, precision: str, batch_size: int) -> Embedder:
+def _siglip(name: str, device: str | None, text_model: str | None, precision: str, batch_size: int,
+            decisions: str | None) -> Embedder:
     from search.embedders.clip import paired_text_model
     from search.embedders.siglip import SiglipEmbedder
 
     if paired_text_model(name, text_model)[1]:
         raise ModelError("SigLIP reads every language with its own text tower; a text model cannot be paired with it")
-    return SiglipEmbedder(name, device=device, precision=precision, batch_size=batch_size)
+    return SiglipEmbedder(name, device=device, precision=precision, batch_size=batch_size, decisions=decisions)
 
 
 def _is_siglip(name: str) -> bool:

@@ -43,7 +43,8 @@ class SiglipEmbedder(TowerEmbedder):
     ``precision`` as for CLIP (``towers``): images at it, texts at bf16 when it is bf16.
     """
 
-    def __init__(self, name: str, device: str | None = None, precision: str = FP32, batch_size: int = 32):
+    def __init__(self, name: str, device: str | None = None, precision: str = FP32, batch_size: int = 32,
+                 decisions: str | None = None):
         self.name = name
         self.device = default_device(device)
         self.model, self.processor = _load(name, self.device)
@@ -54,7 +55,7 @@ class SiglipEmbedder(TowerEmbedder):
             raise ModelError(f"the model {Path(name).name!r} has towers of different widths", internals=name)
         side = _side(self.processor.image_processor, config.vision_config)
         self.min_edges = (side, side)
-        self._start(_ImageTower.around(self.model.vision_model), precision, batch_size)
+        self._start(_ImageTower.around(self.model.vision_model), precision, batch_size, decisions)
 
     def text_tower(self, text: str) -> Tower:
         """Every text goes to SigLIP's own text tower."""

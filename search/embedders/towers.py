@@ -35,12 +35,13 @@ class TowerEmbedder:
     precision: str
     decision: Decision
 
-    def _start(self, image_tower: Any, precision: str, batch_size: int) -> None:
-        """Keep the fp32 image tower, then decide the precision (``auto``: measured here, at ``batch_size``)."""
+    def _start(self, image_tower: Any, precision: str, batch_size: int, decisions: str | None = None) -> None:
+        """Keep the fp32 image tower, then decide the precision (``auto``: measured here at ``batch_size``, or
+        read from ``decisions``, where an earlier start on this machine wrote what it measured)."""
         self._towers: dict[str, Any] = {FP32: image_tower}
         # Tokenizers and torch modules are not safe for concurrent calls; the cores are shared anyway.
         self._lock = threading.Lock()
-        self.decision = self._decide(precision, batch_size)
+        self.decision = self._decide(precision, batch_size, decisions)
         self.precision = self.decision.precision
         log.info("images embed at %s (%s)", self.precision, self.decision.reason)
 
@@ -52,14 +53,20 @@ class TowerEmbedder:
         """The image tower's keyword inputs for a batch, on the device."""
         raise NotImplementedError
 
-    def _decide(self, precision: str, batch_size: int) -> Decision:
+    def _decide(self, precision: str, batch_size: int, decisions: str | None) -> Decision:
         if precision != AUTO:
             return Decision(check_precision(precision), batch_size, reason="asked for")
         if sum(p.numel() for p in self._towers[FP32].parameters()) < chosen.MIN_PARAMETERS:
             return Decision(FP32, batch_size, reason="a model this small gains nothing from lower precision")
+        key = chosen.decision_key(self.name, self.device, batch_size)
+        earlier = chosen.recall(decisions, key)
+        if earlier is not None:
+            return earlier
         tried = chosen.candidates(self.device)
         images = [self.prepare(img) for img in chosen.probe_images()] if tried else []
-        return chosen.decide(self._encode_images, images, batch_size, tried)
+        decision = chosen.decide(self._encode_images, images, batch_size, tried)
+        chosen.remember(decisions, key, decision)
+        return decision
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,
                      precision: str | None = None) -> np.ndarray:

@@ -25,6 +25,11 @@ from search.errors import InvalidImageError, QueryError
 
 # Everything else is refused before decoding; JPEG includes MPO, which many phone cameras write.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+NOT_AN_IMAGE = f"not an image, or not one of {', '.join(ALLOWED_FORMATS)}"
+# The first bytes of each allowed format (WebP: "RIFF", 4 bytes of size, "WEBP"; MPO files are JPEGs).
+SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+              (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"))
+HEAD_BYTES = 12
 MAX_BYTES = 50 * 1024 * 1024
 # Builds from the command line: a 12 MP photo passes five times over; a decompression bomb does not.
 MAX_PIXELS = 64_000_000
@@ -204,14 +209,26 @@ def read_image(
 
 
 def read_file(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
-    """Read a file's bytes, refusing one over ``max_bytes`` before reading it."""
+    """Read an image file's bytes, refusing one over ``max_bytes``, or whose first bytes are not an allowed
+    format's, before reading the rest (a folder's large non-images named .jpg are neither read nor hashed)."""
     try:
         size = path.stat().st_size
         if size > max_bytes:
             raise too_big(size, max_bytes)
-        return path.read_bytes()
+        with path.open("rb") as f:
+            head = f.read(HEAD_BYTES)
+            if head and format_of(head) is None:
+                raise InvalidImageError("unsupported", NOT_AN_IMAGE)
+            return head + f.read()
     except OSError as exc:
         raise InvalidImageError("read_error", f"{type(exc).__name__}: {exc.strerror or exc}") from None
+
+
+def format_of(head: bytes) -> str | None:
+    """The allowed format a file's first bytes announce (``HEAD_BYTES`` of them), or None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in SIGNATURES if head.startswith(magic)), None)
 
 
 def make_thumbnail(img: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
@@ -246,9 +263,7 @@ def _open(data: bytes, min_edges: tuple[int, int] | None, max_pixels: int,
     except Image.DecompressionBombError:
         raise InvalidImageError("too_large", pixel_limit_message("the image", max_pixels)) from None
     except UnidentifiedImageError:
-        raise InvalidImageError(
-            "unsupported", f"not an image, or not one of {', '.join(ALLOWED_FORMATS)}"
-        ) from None
+        raise InvalidImageError("unsupported", NOT_AN_IMAGE) from None
     except Exception as exc:  # Pillow raises many types on malformed files; all mean "corrupt"
         raise InvalidImageError("corrupt", _corrupt_detail(exc)) from None
     header = ImageHeader(img.format or "", width, height, pixels, cost)

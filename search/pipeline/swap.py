@@ -1,5 +1,6 @@
 """A model swap's first half: every image of a collection embedded again with another model into its shadow
-(NAME.next, same ids and metadata) while the collection itself goes on answering; then both compared.
+(NAME.next, same ids and metadata) while the collection itself goes on answering (the command line then
+compares both with ``search.evaluate``).
 
 Each image is read from its original file where that file still holds the same bytes (the id is their
 hash), else from its stored thumbnail; the report says how many came from each, and, for images it has
@@ -103,15 +104,6 @@ def reembed(store: Store, name: str, embedder: Embedder, batch_size: int = 32,
         report.thumbnail_agreement, report.agreement_images = round(float(np.mean(agreement)), 4), len(agreement)
     report.seconds = round(time.perf_counter() - start, 2)
     return report
-
-
-def compare(store: Store, name: str, queries: int | None = 200) -> tuple[dict[str, Any], str]:
-    """The evaluation (P@k, mAP; image-to-image, and text-to-image where the model reads text) of ``name``
-    and its shadow on the collection's labels, and as a Markdown table."""
-    from search.evaluate import Options, evaluate, markdown
-
-    report = evaluate(store, Options(collections=(name, next_name(name)), metrics=("cosine",), queries=queries))
-    return report, markdown(report)
 
 
 def _original(metadata: dict[str, Any], image_id: str, min_edges: tuple[int, int]) -> Image.Image | None:

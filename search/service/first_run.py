@@ -181,7 +181,7 @@ class DefaultBuild:
             store = Store.connect(s.store, server=s.chroma, create=True)
             with store.write_lock():
                 source = open_source(dataset, limit=s.default_limit)  # before the model: the quicker to fail
-                model = self._main_embedder()
+                model = self._main_embedder(store)
                 name = s.collection or DEFAULT_COLLECTION
                 info = dict(state="building", dataset=dataset, limit=s.default_limit, model=model.name,
                             collection=name, pixel_collection=s.pixel_collection)
@@ -202,12 +202,13 @@ class DefaultBuild:
         log.info("the default index is complete: %d images, and the pixel baseline", images.total_in_collection)
         self._set(BuildState("done", done=images.total_in_collection, total=images.total_in_collection))
 
-    def _main_embedder(self) -> Embedder:
+    def _main_embedder(self, store: Store) -> Embedder:
         """The model of the index the service already opened (a resumed build), else the configured one."""
         opened = self._opened()
         if opened is not None:
             return opened.embedder
-        return load_embedder(self.settings.model or DEFAULT_MODEL, None, self.settings.text_model)
+        return load_embedder(self.settings.model or DEFAULT_MODEL, None, self.settings.text_model,
+                             decisions=store.precision_file)
 
     def _build(self, store: Store, collection: str, embedder: Embedder, stage: str, source: Source) -> BuildReport:
         s = self.settings

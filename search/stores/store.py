@@ -18,6 +18,7 @@ from search.stores.base import READ_ONLY, Backend, Collection, ModelInfo, Record
 from search.stores.locking import write_lock
 
 log = logging.getLogger(__name__)
+PRECISION_FILE = "precision.json"
 
 
 class Store:
@@ -46,6 +47,11 @@ class Store:
         from search.stores.chroma import ChromaBackend
 
         return ChromaBackend.exists(Path(folder), server)
+
+    @property
+    def precision_file(self) -> str:
+        """Where the precision decisions made for this store's models on this machine are remembered."""
+        return str(self.folder / PRECISION_FILE)
 
     @property
     def server(self) -> ChromaServer | None:

@@ -37,6 +37,7 @@ from PIL import Image
 
 from search.core.ids import is_image_id
 from search.errors import QueryError
+from search.images.decode import HEAD_BYTES, format_of
 from search.stores.base import folder_bytes
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ KEPT = "kept"  # the cache's sub-folder for what the app writes: fetched images,
 KEEP_S = 1800  # what the app keeps lives as long as what Gradio caches (layout.DELETE_CACHE)
 SWEEP_S = 60  # how often at most the kept files are swept for ones past KEEP_S
 RECHECK_S = 1.0  # how often at most the folder is measured for the budget
-_MAGIC = {b"\xff\xd8\xff": ".jpg", b"\x89PNG": ".png", b"GIF8": ".gif", b"RIFF": ".webp", b"BM": ".bmp"}
+_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 MAX_UPLOAD_ANSWER = 1 << 20  # Gradio's answer to an upload lists paths; more than this is not one
 _STORE_FILE = re.compile(r"[0-9a-f]{32}\.jpg")  # a thumbnail's name, as ``shown`` copies it
 
@@ -111,7 +112,7 @@ class VisitorFiles:
         folder = self.folder / KEPT
         folder.mkdir(parents=True, exist_ok=True)
         self._sweep()
-        suffix = suffix or next((ext for magic, ext in _MAGIC.items() if data.startswith(magic)), ".bin")
+        suffix = suffix or _SUFFIXES.get(format_of(data[:HEAD_BYTES]) or "", ".bin")
         name = hashlib.blake2b(data, key=self._secret, digest_size=16).hexdigest()
         path = folder / (f"{name}-{of}{suffix}" if of else name + suffix)
         if path.exists():

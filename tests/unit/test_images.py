@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from search.errors import InvalidImageError
-from search.images.decode import MAX_BYTES, decode_image, make_thumbnail, read_image
+from search.images.decode import ALLOWED_FORMATS, MAX_BYTES, decode_image, format_of, make_thumbnail, read_file, read_image
 from tests.conftest import SKIP_REASONS, hostile_files, random_rgb
 
 
@@ -24,6 +24,27 @@ def test_hostile_files_are_refused_with_their_reason(name):
         decode_image(hostile_files()[name])
     assert err.value.reason == SKIP_REASONS[name]
     assert err.value.detail
+
+
+@pytest.mark.parametrize("fmt,options", [("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {}), ("GIF", {}),
+                                         ("GIF", {"version": "GIF87a"}), ("WEBP", {}), ("WEBP", {"lossless": True}),
+                                         ("BMP", {}), ("TIFF", {}), ("TIFF", {"compression": "tiff_lzw"}),
+                                         ("MPO", {}), ("TIFF", {"big_tiff": True})])
+def test_every_allowed_format_is_known_by_its_first_bytes(tmp_path, fmt, options):
+    data = encode(random_rgb(1, (40, 30)), fmt, **options)
+    assert format_of(data[:12]) == ("JPEG" if fmt == "MPO" else fmt) and format_of(data[:12]) in ALLOWED_FORMATS
+    (tmp_path / "photo.img").write_bytes(data)
+    assert read_file(tmp_path / "photo.img") == data
+
+
+def test_a_file_named_as_an_image_that_is_not_one_is_refused_by_its_first_bytes(tmp_path):
+    fake = tmp_path / "movie.jpg"
+    fake.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(5_000_000))  # a video with an image's name
+    with pytest.raises(InvalidImageError) as err:
+        read_file(fake)
+    assert err.value.reason == "unsupported" and "not an image" in err.value.detail
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert read_file(tmp_path / "empty.jpg") == b""  # decoding names it: "empty"
 
 
 def test_oversized_bytes_are_refused_before_decoding():

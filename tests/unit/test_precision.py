@@ -46,11 +46,35 @@ def test_a_candidate_is_chosen_only_when_it_agrees_and_clears_the_margin(images)
     assert decision.precision == FP32 and not any(t.agrees() for t in decision.trials)
 
 
-def test_a_later_candidate_must_beat_the_earlier_choice_by_the_margin_too(images):
-    close = fake({FP32: 0.03, BF16: 0.01, INT8: 0.009}, {FP32: 0, BF16: 0.001, INT8: 0.001})
-    assert decide(close, images, 4, [BF16, INT8]).precision == BF16
-    far = fake({FP32: 0.03, BF16: 0.02, INT8: 0.005}, {FP32: 0, BF16: 0.001, INT8: 0.001})
-    assert decide(far, images, 4, [BF16, INT8]).precision == INT8
+def test_the_candidates_race_and_the_fastest_that_agrees_wins(images):
+    int8_faster = fake({FP32: 0.04, BF16: 0.012, INT8: 0.004}, {FP32: 0, BF16: 0.001, INT8: 0.001})
+    assert decide(int8_faster, images, 4, [BF16, INT8]).precision == INT8
+    bf16_faster = fake({FP32: 0.04, BF16: 0.004, INT8: 0.012}, {FP32: 0, BF16: 0.001, INT8: 0.001})
+    assert decide(bf16_faster, images, 4, [BF16, INT8]).precision == BF16
+    int8_wrong = fake({FP32: 0.04, BF16: 0.012, INT8: 0.004}, {FP32: 0, BF16: 0.001, INT8: 0.5})
+    decision = decide(int8_wrong, images, 4, [BF16, INT8])
+    assert decision.precision == BF16 and not decision.trial(INT8).agrees()
+
+
+def test_a_decision_is_remembered_per_machine_model_and_batch_and_not_measured_again(shapes_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "MIN_PARAMETERS", 0)  # measure even the tiny model
+    monkeypatch.setattr(precision, "candidates", lambda device: [INT8])
+    remembered = tmp_path / "precision.json"
+    first = ClipEmbedder(str(shapes_model), device="cpu", precision="auto", batch_size=4, decisions=str(remembered))
+    assert first.decision.trials and remembered.exists()
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(precision, "decide", no_measuring)
+    again = ClipEmbedder(str(shapes_model), device="cpu", precision="auto", batch_size=4, decisions=str(remembered))
+    assert again.precision == first.precision and again.decision.trials == first.decision.trials
+    assert "measured" in again.decision.reason
+    key = precision.decision_key(str(shapes_model), "cpu", 4)
+    assert key != precision.decision_key(str(shapes_model), "cpu", 32)  # another batch size: its own decision
+    assert key != precision.decision_key("clip-ViT-B-32", "cpu", 4)
+    remembered.write_text("{not json")  # damaged: measured again, never a failure
+    assert precision.recall(str(remembered), key) is None
 
 
 def test_timing_runs_at_the_batch_that_will_run_warmed_first(images):
@@ -82,7 +106,8 @@ def test_capability(monkeypatch):
     assert not precision.native_bf16("cpu")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert precision.native_bf16("cpu")
-    assert precision.candidates("cpu") == [BF16]  # native bf16: int8 is not raced against it
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert precision.candidates("cpu") == [BF16, INT8]  # both fast here: they race
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert precision.candidates("cpu") == [INT8]
