@@ -22,13 +22,14 @@ from search.config import AlbumLimits
 from search.core.hits import Hit
 from search.core.ids import collection_name, image_ids, visitor_key
 from search.embedders.base import Embedder
+from search.embedders.registry import load_embedder
 from search.errors import BuildInterrupted, QueryError, StoreError, StoreUnavailableError
 from search.images.decode import MAX_PIXELS
 from search.index import ImageIndex
 from search.pipeline.build import BuildOptions, Progress, build_index
 from search.pipeline.report import BuildReport
 from search.sources.uploads import upload_items
-from search.stores.base import folder_bytes
+from search.stores.base import Collection, ModelInfo, folder_bytes
 from search.stores.store import Store
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,15 @@ class Albums:
         full = self._full_name(key, name)
         with self._lock, self.store.write_lock():
             existing = self.names(key)
+            embedder = self._embedder(self.store.open(full)) if name in existing else self.embedder
             # A zip is listed, not read; a public app holds uploads to the query limits, a local one to the builder's.
-            items = list(upload_items(files, min_edges=self.embedder.min_edges) if self.public else
-                         upload_items(files, max_pixels=MAX_PIXELS, total_pixels=None, min_edges=self.embedder.min_edges))
+            items = list(upload_items(files, min_edges=embedder.min_edges) if self.public else
+                         upload_items(files, max_pixels=MAX_PIXELS, total_pixels=None, min_edges=embedder.min_edges))
             if self.public:
                 self._check_room(full, name in existing, len(items), len(existing))
             options = BuildOptions(source="upload", total=len(items))
             try:
-                report = build_index(items, self.store, full, self.embedder, options, on_progress)
+                report = build_index(items, self.store, full, embedder, options, on_progress)
             except BaseException as exc:
                 if name not in existing:
                     self._drop_if_empty(full)  # a failed upload leaves no empty collection to count against a cap
@@ -117,7 +119,7 @@ class Albums:
         """The album whose thumbnails ``token`` serves, or None."""
         for full in self.store.names():
             if full.startswith(PREFIX) and hmac.compare_digest(self._token(full), token):
-                return ImageIndex(self.store, self.store.open(full), self.embedder)
+                return ImageIndex(self.store, self.store.open(full), self.embedder)  # for its thumbnails: no model
         return None
 
     def sweep(self) -> int:
@@ -139,7 +141,14 @@ class Albums:
             col = self.store.open(full)
         except StoreError:
             raise QueryError(f"You have no collection named {name!r} yet; add images to it first.") from None
-        return ImageIndex(self.store, col, self.embedder)
+        return ImageIndex(self.store, col, self._embedder(col))
+
+    def _embedder(self, col: Collection) -> Embedder:
+        """The model an album was filled with: the main index's, or (made before the main index was switched to
+        another model) the one the album records."""
+        if not col.model or col.model == ModelInfo.of(self.embedder).model:
+            return self.embedder
+        return load_embedder(col.model, decisions=self.store.precision_file)
 
     def browse(self, key: str | None, name: str, offset: int = 0, limit: int = 200) -> tuple[list[Hit], int]:
         """A page of the collection's images, newest first, with no score; and how many it holds."""

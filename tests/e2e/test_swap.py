@@ -133,3 +133,18 @@ def test_a_kill_between_the_steps_of_a_switch_is_finished_by_the_next_opener(bui
     expected = {"images": str(siglip), "images.previous": str(shapes_model)} if change == "switch" else \
         {"images": str(shapes_model), "images.next": str(siglip)}
     assert models == expected and not (store / "swaps" / "images.json").exists()
+
+
+def test_an_album_made_before_a_switch_is_searched_and_added_to_with_its_own_model(tmp_path, shapes_model):
+    from search.embedders.registry import load_embedder
+    from search.service.albums import Albums
+
+    files = write_folder(tmp_path / "photos", per_class=1, seed=8)
+    store = Store.connect(tmp_path / "store", create=True)
+    before = Albums(store, load_embedder(str(shapes_model)), public=False)
+    assert before.add(None, "trip", files[:6]).total_in_collection == 6
+    after = Albums(store, load_embedder(str(save_fixres(tmp_path / "siglip"))), public=False)  # the main index moved
+    hits = after.index(None, "trip").search_by_text(caption("red circle"), k=3)
+    assert len(hits) == 3
+    assert after.add(None, "trip", files[6:]).total_in_collection == 12  # its own model, not the main one
+    assert store.open(next(n for n in store.names() if n.endswith("trip"))).model == str(shapes_model)
