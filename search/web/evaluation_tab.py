@@ -23,7 +23,9 @@ from search.evaluate import TASKS, Options, evaluate, markdown
 from search.service.albums import PREFIX as ALBUM_PREFIX
 from search.stores.store import Store
 from search.web import views
+from search.web.files import VisitorFiles
 from search.web.messages import public_message
+from search.web.side_by_side import SideBySide, side_by_side
 
 log = logging.getLogger(__name__)
 DEFAULT_SAMPLE = 200
@@ -33,8 +35,9 @@ INTRO = ("How often the nearest images share the query image's label (leave one 
          "cannot be evaluated.")
 
 
-def evaluation_tab(settings: Settings) -> None:
-    """Lay out the tab's components inside the caller's ``gr.Tab`` and wire their (private) events."""
+def evaluation_tab(settings: Settings, files: VisitorFiles) -> None:
+    """Lay out the tab's components inside the caller's ``gr.Tab`` and wire their (private) events; a local
+    app's operator also gets the side-by-side view of a model swap."""
     choices = shared_collections(settings)
     gr.Markdown(INTRO)
     with gr.Row():
@@ -54,8 +57,17 @@ def evaluation_tab(settings: Settings) -> None:
         latency = gr.BarPlot(x="series", y="ms per query", title="milliseconds per query (image to image)",
                              label="Latency", x_label_angle=-45, elem_id="evaluate-latency", min_width=340)
     download = gr.File(label="evaluation.json", elem_id="evaluate-json")
+    if settings.public:
+        refresh.click(lambda: gr.update(choices=shared_collections(settings)), None, collections,
+                      api_visibility="private")
+    else:
+        pair = side_by_side(settings, files, lambda: shared_collections(settings))
 
-    refresh.click(lambda: gr.update(choices=shared_collections(settings)), None, collections, api_visibility="private")
+        def refreshed() -> tuple[Any, Any]:
+            names = shared_collections(settings)
+            return gr.update(choices=names), gr.update(choices=SideBySide.pairs(names))
+
+        refresh.click(refreshed, None, [collections, pair], api_visibility="private")
 
     def clicked(chosen: list[str], measures: list[str], size: float,
                 progress: gr.Progress = gr.Progress()) -> tuple[str, pd.DataFrame | None, pd.DataFrame | None, str | None]:

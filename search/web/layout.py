@@ -161,7 +161,7 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
                 c["offset"] = gr.State(0)
                 c["armed"] = gr.State(None)  # the album a first click on DROP asked about
             with gr.Tab("Evaluate"):
-                evaluation_tab(service.settings)
+                evaluation_tab(service.settings, files)
         _wire(demo, c, page, albums)
         _endpoints(Api(service, files))
     return demo

@@ -8,8 +8,10 @@ CSS = """
   grid-template-rows: none !important; }
 #example-images .grid-container { grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important; }
 #query-image img { max-height: 300px; object-fit: contain; }
-#results .grid-wrap, #mine .grid-wrap { overflow-y: visible !important; max-height: none !important;
-  height: auto !important; }
+#compare-left .grid-container, #compare-right .grid-container {
+  grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)) !important; grid-template-rows: none !important; }
+#results .grid-wrap, #mine .grid-wrap, #compare-left .grid-wrap, #compare-right .grid-wrap {
+  overflow-y: visible !important; max-height: none !important; height: auto !important; }
 #evaluate-table { overflow-x: auto; }
 #evaluate-table table { white-space: nowrap; }
 #results .caption-label { white-space: normal; overflow-wrap: anywhere; }

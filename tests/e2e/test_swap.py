@@ -148,3 +148,21 @@ def test_an_album_made_before_a_switch_is_searched_and_added_to_with_its_own_mod
     assert len(hits) == 3
     assert after.add(None, "trip", files[6:]).total_in_collection == 12  # its own model, not the main one
     assert store.open(next(n for n in store.names() if n.endswith("trip"))).model == str(shapes_model)
+
+
+def test_the_operators_side_by_side_searches_both_collections_with_their_own_models(built, tmp_path):
+    from search.config import Settings
+    from search.web.files import VisitorFiles
+    from search.web.side_by_side import SideBySide
+
+    store, _, siglip = built
+    assert run_builder("--store", store, "--reembed", siglip).returncode == 0
+    names = Store.connect(store).names()
+    assert SideBySide.pairs(names) == ["images"]
+    compare = SideBySide(Settings(IMAGE_SEARCH_STORE=str(store)), VisitorFiles(10**9, folder=tmp_path / "cache"))
+    left, right, status = compare.search("images", caption("red circle"), names)
+    assert len(left["value"]) == len(right["value"]) == 8 and "Top 8 of each" in status
+    assert left["label"].startswith("images · ") and right["label"] == f"images.next · {siglip.name}"
+    assert all((tmp_path / "cache") in Path(picture).parents for picture, _ in left["value"])  # copies, not the store
+    _, _, refused = compare.search("images.next", "x", names)
+    assert refused.startswith("⚠️") and "re-embedded twin" in refused
