@@ -6,7 +6,6 @@ visitor make it do.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,11 @@ INTRO = ("The same description searched in a collection and in the one `index_bu
 
 
 class SideBySide:
-    """The indexes of swapped collections, opened once each (with their own models) and searched together."""
+    """Swapped collections, each searched with its own model, together."""
 
     def __init__(self, settings: Settings, files: VisitorFiles):
         self.settings = settings
         self.files = files
-        self._open: dict[str, ImageIndex] = {}
-        self._lock = threading.Lock()
 
     @staticmethod
     def pairs(names: list[str]) -> list[str]:
@@ -46,7 +43,9 @@ class SideBySide:
             if name not in self.pairs(names):
                 raise QueryError("Choose a collection that has a re-embedded twin.")
             twin = next_name(name) if next_name(name) in names else previous_name(name)
-            sides = [self._index(n) for n in (name, twin)]
+            # Opened for each search (their models stay loaded): after a --switch the names hold other collections.
+            sides = [ImageIndex.open(self.settings.store, n, text_model=self.settings.text_model, server=self.settings.chroma)
+                     for n in (name, twin)]
             results = [index.search_by_text(text, k=K) for index in sides]
         except Exception as exc:
             return gr.update(value=[]), gr.update(value=[]), views.problem(public_message("the comparison", exc))
@@ -55,12 +54,6 @@ class SideBySide:
                                label=f"{index.collection.name} · {Path(index.collection.model or '').name}")
                      for index, hits in zip(sides, results, strict=True)]
         return galleries[0], galleries[1], f"Top {K} of each for “{text}”."
-
-    def _index(self, name: str) -> ImageIndex:
-        with self._lock:
-            if name not in self._open:
-                self._open[name] = ImageIndex.open(self.settings.store, name, server=self.settings.chroma)
-            return self._open[name]
 
 
 def side_by_side(settings: Settings, files: VisitorFiles, names: Any) -> gr.Dropdown:
