@@ -153,13 +153,21 @@ def _swap(args: argparse.Namespace) -> int:
                     bar.update(done - bar.n)
 
                 report = reembed(store, name, embedder, args.batch_size, progress)
-            comparison = evaluate(store, Options(collections=(name, next_name(name)), metrics=("cosine",), queries=200))
             print(report.summary())
-            print(markdown(comparison))
+            comparison = None
+            try:  # the work is done and kept whatever the comparison says
+                comparison = evaluate(store, Options(collections=(name, next_name(name)), metrics=("cosine",), queries=200))
+                print(markdown(comparison))
+            except SearchError as exc:
+                print(f"no comparison: {exc.for_operator()}")
             if args.report:
                 args.report.parent.mkdir(parents=True, exist_ok=True)
                 args.report.write_text(json.dumps({**report.to_dict(), "comparison": comparison}, indent=2))
-            print(f"--switch makes {next_name(name)!r} the collection {name!r}.")
+            if report.failed:
+                print(f"{len(report.failed)} images could not be read: --switch is refused until {next_name(name)!r} "
+                      f"holds every image of {name!r}.")
+            else:
+                print(f"--switch makes {next_name(name)!r} the collection {name!r}.")
     except SearchError as exc:
         print(f"error: {exc.for_operator()}", file=sys.stderr)
         return 2

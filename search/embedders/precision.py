@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -163,7 +164,7 @@ def remember(path: str | None, key: str, decision: Decision) -> None:
     known[key] = {"precision": decision.precision, "batch_size": decision.batch_size, "reason": decision.reason,
                   "trials": [asdict(t) for t in decision.trials], "at": time.strftime("%Y-%m-%d")}
     try:
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_native_id()}.tmp")
         temporary.write_text(json.dumps(known, indent=1))
         os.replace(temporary, target)
     except OSError:

@@ -24,7 +24,7 @@ from search.errors import InvalidImageError
 from search.images.decode import decode_image, read_file
 from search.stores.base import ModelInfo, Record
 from search.stores.store import Store
-from search.stores.swaps import next_name
+from search.stores.swaps import check, next_name
 
 AGREEMENT_SAMPLE = 32  # images embedded from both their original and their thumbnail, to say how far they agree
 
@@ -38,7 +38,8 @@ class ReembedReport:
     model: str
     images: int = 0  # in the collection
     embedded: int = 0  # by this run
-    already: int = 0  # in the shadow from an earlier, interrupted run
+    already: int = 0  # in the shadow from an earlier, interrupted run (kept only if still in the collection)
+    dropped: int = 0  # in the shadow from an earlier run, but deleted from the collection since
     from_original: int = 0
     from_thumbnail: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)  # neither could be read
@@ -67,11 +68,14 @@ def reembed(store: Store, name: str, embedder: Embedder, batch_size: int = 32,
             on_progress: Callable[[int, int], None] | None = None) -> ReembedReport:
     """Fill NAME.next with every image of ``name`` embedded by ``embedder`` (the caller holds the write lock)."""
     start = time.perf_counter()
+    check(name)
     live = store.open(name)
     shadow = store.open_or_create(next_name(name), ModelInfo.of(embedder), source=str(live.metadata.get("source", "")))
     records = live.scan_metadata()
     report = ReembedReport(name, shadow.name, embedder.name, images=len(records))
+    held = {i for i, _ in records}
     there = set(shadow.all_ids())
+    report.dropped = len(shadow.delete(sorted(there - held)))  # deleted from NAME since an earlier run
     todo = [(i, m) for i, m in records if i not in there]
     report.already = len(records) - len(todo)
     agreement: list[float] = []

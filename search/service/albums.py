@@ -54,9 +54,11 @@ class Removal:
 class Albums:
     """Add to, search and delete from albums."""
 
-    def __init__(self, store: Store, embedder: Embedder, *, public: bool, limits: AlbumLimits = AlbumLimits()):
+    def __init__(self, store: Store, embedder: Embedder, *, public: bool, limits: AlbumLimits = AlbumLimits(),
+                 text_model: str | None = None):
         self.store = store
         self.embedder = embedder
+        self.text_model = text_model  # the main index's pairing, for albums that keep an older model
         self.public = public
         self.limits = limits
         self._lock = threading.Lock()  # threads queue here; other processes meet the store's file lock
@@ -135,24 +137,30 @@ class Albums:
         return hmac.new(self._secret, full.encode(), hashlib.sha256).hexdigest()[:32]
 
     def index(self, key: str | None, name: str) -> ImageIndex:
-        """The owner's collection, for searching."""
-        full = self._full_name(key, name)
+        """The owner's collection, for searching (with the model it was filled with)."""
+        col = self._open(key, name)
+        return ImageIndex(self.store, col, self._embedder(col))
+
+    def _stored(self, key: str | None, name: str) -> ImageIndex:
+        """The owner's collection, to browse or delete from: no model is loaded for that."""
+        return ImageIndex(self.store, self._open(key, name), self.embedder)
+
+    def _open(self, key: str | None, name: str) -> Collection:
         try:
-            col = self.store.open(full)
+            return self.store.open(self._full_name(key, name))
         except StoreError:
             raise QueryError(f"You have no collection named {name!r} yet; add images to it first.") from None
-        return ImageIndex(self.store, col, self._embedder(col))
 
     def _embedder(self, col: Collection) -> Embedder:
         """The model an album was filled with: the main index's, or (made before the main index was switched to
         another model) the one the album records."""
         if not col.model or col.model == ModelInfo.of(self.embedder).model:
             return self.embedder
-        return load_embedder(col.model, decisions=self.store.precision_file)
+        return load_embedder(col.model, text_model=self.text_model, decisions=self.store.precision_file)
 
     def browse(self, key: str | None, name: str, offset: int = 0, limit: int = 200) -> tuple[list[Hit], int]:
         """A page of the collection's images, newest first, with no score; and how many it holds."""
-        col = self.index(key, name)
+        col = self._stored(key, name)
         rows = sorted(col.collection.scan_metadata(), key=lambda r: -r[1].get("added_at", 0))
         return [col.hit(i, 0.0, m) for i, m in rows[offset:offset + limit]], len(rows)
 
@@ -160,13 +168,13 @@ class Albums:
         """Delete images from the owner's collection; every id must be well-formed, or nothing is removed."""
         wanted = image_ids(ids, self.limits.images)
         with self._lock, self.store.write_lock():
-            gone = self.index(key, name).remove(wanted)
+            gone = self._stored(key, name).remove(wanted)
         return Removal(gone, [i for i in wanted if i not in set(gone)])
 
     def drop(self, key: str | None, name: str) -> Removal:
         """Delete the owner's whole collection (thumbnails no other collection uses go too)."""
         with self._lock, self.store.write_lock():
-            index = self.index(key, name)
+            index = self._stored(key, name)
             removed = index.remove(index.collection.all_ids())
             self.store.drop(index.collection.name)
             return Removal(removed, [])

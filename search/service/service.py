@@ -152,7 +152,7 @@ class SearchService:
         if not self._shared:  # the main index: concurrent queries share its model calls (its albums' too)
             target.embedder = QueryBatcher(target.embedder)
             self._albums = Albums(target.store, target.embedder, public=self.settings.public,
-                                  limits=self.settings.limits)
+                                  limits=self.settings.limits, text_model=self.settings.text_model)
             self._problem = None
             # Thumbnails a killed upload left without records (never served: see ``thumbnail``) leave the disk.
             threading.Thread(target=self._albums.sweep, name="sweep", daemon=True).start()

@@ -9,6 +9,7 @@ entry deleted: whoever opens the store for writing next finishes a change a kill
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -16,7 +17,9 @@ from typing import Literal
 from search.errors import StoreError
 from search.stores.base import Backend
 
+log = logging.getLogger(__name__)
 FOLDER = "swaps"
+MAX_NAME = 63  # the longest collection name a store holds (Chroma's limit)
 NEXT, PREVIOUS = ".next", ".previous"
 Change = Literal["switch", "rollback"]
 
@@ -36,39 +39,60 @@ def is_shadow(name: str) -> bool:
     return name.endswith((NEXT, PREVIOUS))
 
 
+def check(name: str) -> None:
+    """Refuse a swap of ``name`` whose twins' names the store could not hold (before any work is done)."""
+    if len(previous_name(name)) > MAX_NAME:
+        raise StoreError(f"the collection name {name!r} is too long to swap: {previous_name(name)!r} would be over "
+                         f"{MAX_NAME} characters")
+
+
 def switch(backend: Backend, folder: Path, name: str) -> None:
-    """Make NAME.next the collection NAME, keeping the one it replaces as NAME.previous."""
+    """Make NAME.next the collection NAME, keeping the one it replaces as NAME.previous; refused unless NAME.next
+    holds exactly NAME's images (a re-embedding that did not finish, or a NAME that changed since, must not go live)."""
+    check(name)
     names = set(backend.names())
     if next_name(name) not in names:
         raise StoreError(f"there is no re-embedded {name!r} to switch to; run --reembed MODEL first")
     if previous_name(name) in names:
-        raise StoreError(f"{previous_name(name)!r} is still kept from an earlier switch; --drop-previous it "
-                         "(or --rollback to it) first")
+        raise StoreError(f"{previous_name(name)!r} is still kept from an earlier switch; --drop-previous it first")
+    live, shadow = set(backend.open(name).all_ids()), set(backend.open(next_name(name)).all_ids())
+    if live != shadow:
+        raise StoreError(f"{next_name(name)!r} holds {len(live & shadow):,} of the {len(live):,} images of {name!r} "
+                         f"(and {len(shadow - live):,} it no longer has): run --reembed MODEL again to finish it")
     _change(backend, folder, name, "switch")
 
 
 def rollback(backend: Backend, folder: Path, name: str) -> None:
     """Make NAME.previous the collection NAME again, keeping the one it replaces as NAME.next."""
+    check(name)
     names = set(backend.names())
     if previous_name(name) not in names:
         raise StoreError(f"there is no earlier {name!r} kept to roll back to")
     if next_name(name) in names:
-        raise StoreError(f"{next_name(name)!r} exists (a re-embedding not switched to); drop it first")
+        raise StoreError(f"{next_name(name)!r} exists (a re-embedding not switched to yet): --switch to it first")
     _change(backend, folder, name, "rollback")
 
 
 def finish(backend: Backend, folder: Path) -> list[str]:
-    """Finish every change a kill interrupted (the write lock held); the names it finished."""
+    """Finish every change a kill interrupted (the write lock held); the names it finished. One that cannot be
+    finished now is logged and kept for the next writer, never in the way of other collections' writes."""
     finished = []
     for entry in sorted((Path(folder) / FOLDER).glob("*.json")):
         try:
             change = json.loads(entry.read_text())
-        except (OSError, ValueError):  # a journal entry half written: the change had not begun
+            name, kind = str(change["name"]), change["change"]
+            if kind not in ("switch", "rollback"):
+                raise ValueError(kind)
+        except (OSError, ValueError, KeyError, TypeError):  # never written whole: the renames had not begun
             entry.unlink(missing_ok=True)
             continue
-        _steps(backend, change["name"], change["change"])
+        try:
+            _steps(backend, name, kind)
+        except StoreError as exc:
+            log.warning("could not finish switching %r now: %s", name, exc.for_operator())
+            continue
         entry.unlink(missing_ok=True)
-        finished.append(change["name"])
+        finished.append(name)
     return finished
 
 
@@ -76,10 +100,13 @@ def _change(backend: Backend, folder: Path, name: str, change: Change) -> None:
     entry = Path(folder) / FOLDER / f"{name}.json"
     entry.parent.mkdir(parents=True, exist_ok=True)
     temporary = entry.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"name": name, "change": change}))
+    with open(temporary, "w") as f:  # on disk before the first rename: a power cut must not lose the intent
+        f.write(json.dumps({"name": name, "change": change}))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(temporary, entry)
     _steps(backend, name, change)
-    entry.unlink()
+    entry.unlink(missing_ok=True)
 
 
 def _steps(backend: Backend, name: str, change: Change) -> None:

@@ -22,6 +22,7 @@ from search.errors import QueryError, SearchError
 from search.evaluate import TASKS, Options, evaluate, markdown
 from search.service.albums import PREFIX as ALBUM_PREFIX
 from search.stores.store import Store
+from search.stores.swaps import is_shadow
 from search.web import views
 from search.web.files import VisitorFiles
 from search.web.messages import public_message
@@ -85,7 +86,8 @@ def shared_collections(settings: Settings) -> list[str]:
     except SearchError as exc:
         log.info("no collections to evaluate: %s", exc.for_operator())
         return []
-    return [name for name in names if not name.startswith(ALBUM_PREFIX)]
+    # A public page offers no swap's twin: each loads another model, which visitors must not make it do.
+    return [name for name in names if not name.startswith(ALBUM_PREFIX) and not (settings.public and is_shadow(name))]
 
 
 def run_evaluation(settings: Settings, collections: list[str] | None, metrics: list[str] | None, sample: float | None,

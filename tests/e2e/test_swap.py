@@ -96,6 +96,8 @@ def test_a_re_embedding_killed_mid_way_resumes_and_embeds_nothing_twice(built):
     assert proc.poll() is None, "it finished before it could be killed; the test proves nothing"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    refused = run_builder("--store", store, "--switch")  # half a re-embedding must not go live
+    assert refused.returncode == 2 and "run --reembed MODEL again" in refused.stderr
     again = run_builder("--store", store, "--reembed", siglip, "--report", store.parent / "again.json")
     assert again.returncode == 0, again.stderr
     report = json.loads((store.parent / "again.json").read_text())
@@ -166,3 +168,34 @@ def test_the_operators_side_by_side_searches_both_collections_with_their_own_mod
     assert all((tmp_path / "cache") in Path(picture).parents for picture, _ in left["value"])  # copies, not the store
     _, _, refused = compare.search("images.next", "x", names)
     assert refused.startswith("⚠️") and "re-embedded twin" in refused
+
+
+def test_images_deleted_since_a_re_embedding_are_dropped_from_it_before_a_switch(built):
+    store, files, siglip = built
+    assert run_builder("--store", store, "--reembed", siglip).returncode == 0
+    from search import ImageIndex
+
+    live = ImageIndex.open(store)
+    gone = live.remove(live.collection.all_ids()[:3])
+    assert len(gone) == 3
+    refused = run_builder("--store", store, "--switch")
+    assert refused.returncode == 2 and "3 it no longer has" in refused.stderr
+    again = run_builder("--store", store, "--reembed", siglip, "--report", store.parent / "again.json")
+    assert again.returncode == 0 and json.loads((store.parent / "again.json").read_text())["dropped"] == 3
+    assert run_builder("--store", store, "--switch").returncode == 0
+    assert Store.connect(store).open("images").count() == len(files) - 3
+
+
+def test_a_name_too_long_to_swap_and_a_damaged_journal_are_refused_without_blocking_the_store(tmp_path):
+    from search.errors import StoreError
+    from search.stores import swaps
+
+    with pytest.raises(StoreError, match="too long to swap"):
+        swaps.check("x" * 56)
+    swaps.check("x" * 54)
+    store = Store.connect(tmp_path / "store", create=True)
+    (tmp_path / "store" / "swaps").mkdir()
+    (tmp_path / "store" / "swaps" / "images.json").write_text('{"name": "images"}')  # no change named
+    with store.write_lock():  # a writer goes on, and the entry that was never whole goes
+        pass
+    assert not (tmp_path / "store" / "swaps" / "images.json").exists()
