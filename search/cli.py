@@ -35,8 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--reembed", metavar="MODEL",
                       help="embed every image of --collection again with MODEL into COLLECTION.next while the "
                            "collection goes on answering, then compare the two (resumable)")
-    what.add_argument("--switch", action="store_true", help="make COLLECTION.next the collection, in one step; "
-                      "the old one is kept as COLLECTION.previous")
+    what.add_argument("--switch", action="store_true",
+                      help="make COLLECTION.next the collection (journaled: a kill cannot lose it); the old one is kept "
+                           "as COLLECTION.previous")
     what.add_argument("--rollback", action="store_true", help="make COLLECTION.previous the collection again")
     what.add_argument("--drop-previous", action="store_true", help="delete COLLECTION.previous")
     p.add_argument("--store", required=True, type=Path, help="the store folder (Chroma + thumbnails)")

@@ -4,7 +4,8 @@ A collection NAME being swapped has a shadow NAME.next (the new model's vectors,
 after a switch the old one is kept as NAME.previous until it is dropped. Each change is a journal entry
 written first (``swaps/NAME.json``), then renames that each check whether they are still to do, then the
 entry deleted: whoever opens the store for writing next finishes a change a kill interrupted
-(``finish``), so NAME is always the old collection or the new one.
+(``finish``), so NAME ends as the old collection or the new one, never lost (it is missing only between
+the two renames).
 """
 from __future__ import annotations
 
