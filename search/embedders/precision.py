@@ -134,8 +134,9 @@ def decision_key(model: str, device: str, batch_size: int) -> str:
         cpu = f"{name} {os.cpu_count()} {' '.join(sorted(f for f in flags if f.startswith(('avx', 'amx'))))}"
     elif device == "cuda":
         cpu = torch.cuda.get_device_name(0)
-    weights = sorted(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in Path(model).glob("*.safetensors")) \
-        if Path(model).is_dir() else []
+    folder = Path(model)
+    weights = sorted(f"{w.relative_to(folder)}:{w.stat().st_size}:{w.stat().st_mtime_ns}"
+                     for pattern in ("*.safetensors", "*.bin") for w in folder.rglob(pattern)) if folder.is_dir() else []
     text = json.dumps([device, cpu, torch.__version__, platform.machine(), model, weights, batch_size])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 DEFAULT_COLLECTION = "images"
+MAX_COLLECTION_NAME = 63  # the longest collection name a store holds (Chroma's limit, the tightest backend's)
 DISK_FULL = "the server's disk is full; free some space, then try again (nothing stored was lost)"
 READ_ONLY = "the store is read-only here: searching works, adding or removing images does not"
 NOT_ANSWERING = "the store is not answering; try again in a moment"

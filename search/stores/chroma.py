@@ -29,6 +29,7 @@ from search.errors import StoreError, StoreUnavailableError
 from search.stores import thumbnails
 from search.stores.base import (
     DISK_FULL,
+    MAX_COLLECTION_NAME,
     NOT_ANSWERING,
     READ_ONLY,
     LabelFilter,
@@ -420,8 +421,8 @@ def _server_client(server: ChromaServer, settings: Any) -> Any:
 
 
 def _check_name(name: str) -> None:
-    if not 3 <= len(name) <= 63:
-        raise StoreError(f"collection name {name!r} must have 3 to 63 characters")
+    if not 3 <= len(name) <= MAX_COLLECTION_NAME:
+        raise StoreError(f"collection name {name!r} must have 3 to {MAX_COLLECTION_NAME} characters")
 
 
 def _major(version: str) -> int:

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 from search.errors import StoreError
-from search.stores.base import Backend
+from search.stores.base import MAX_COLLECTION_NAME, Backend
 
 log = logging.getLogger(__name__)
 FOLDER = "swaps"
-MAX_NAME = 63  # the longest collection name a store holds (Chroma's limit)
 NEXT, PREVIOUS = ".next", ".previous"
 Change = Literal["switch", "rollback"]
 
@@ -42,9 +41,9 @@ def is_shadow(name: str) -> bool:
 
 def check(name: str) -> None:
     """Refuse a swap of ``name`` whose twins' names the store could not hold (before any work is done)."""
-    if len(previous_name(name)) > MAX_NAME:
+    if len(previous_name(name)) > MAX_COLLECTION_NAME:
         raise StoreError(f"the collection name {name!r} is too long to swap: {previous_name(name)!r} would be over "
-                         f"{MAX_NAME} characters")
+                         f"{MAX_COLLECTION_NAME} characters")
 
 
 def switch(backend: Backend, folder: Path, name: str) -> None:
