@@ -115,18 +115,18 @@ def _original(metadata: dict[str, Any], image_id: str, min_edges: tuple[int, int
     source = str(metadata.get("source", ""))
     if not Path(source).is_absolute():  # a dataset row or a URL: not read again
         return None
-    try:
-        data = read_file(Path(source))
-        return decode_image(data, min_edges=min_edges) if content_id(data) == image_id else None
-    except InvalidImageError:
-        return None
+    return _decoded(Path(source), min_edges, image_id)
 
 
 def _thumbnail(folder: Path, metadata: dict[str, Any], min_edges: tuple[int, int]) -> Image.Image | None:
     thumbnail = metadata.get("thumbnail")
-    if not thumbnail:
-        return None
+    return _decoded(folder / str(thumbnail), min_edges) if thumbnail else None
+
+
+def _decoded(path: Path, min_edges: tuple[int, int], image_id: str | None = None) -> Image.Image | None:
+    """The image at ``path`` (only if its bytes are still those of ``image_id``, where one is given), or None."""
     try:
-        return decode_image(read_file(folder / str(thumbnail)), min_edges=min_edges)
+        data = read_file(path)
+        return decode_image(data, min_edges=min_edges) if image_id is None or content_id(data) == image_id else None
     except InvalidImageError:
         return None

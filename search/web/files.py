@@ -23,7 +23,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import threading
@@ -48,7 +47,6 @@ SWEEP_S = 60  # how often at most the kept files are swept for ones past KEEP_S
 RECHECK_S = 1.0  # how often at most the folder is measured for the budget
 _SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 MAX_UPLOAD_ANSWER = 1 << 20  # Gradio's answer to an upload lists paths; more than this is not one
-_STORE_FILE = re.compile(r"[0-9a-f]{32}\.jpg")  # a thumbnail's name, as ``shown`` copies it
 
 
 def cache_folder() -> Path:
@@ -162,7 +160,7 @@ class VisitorFiles:
                     with self._copying:  # not while ``shown`` renews this folder
                         if os.stat(entry.path).st_mtime < cutoff:
                             for copy in _entries(Path(entry.path)):
-                                if _STORE_FILE.fullmatch(copy.name):
+                                if _is_store_file(copy.name):
                                     os.unlink(copy.path)
 
     # --- Uploads --------------------------------------------------------------------------------------
@@ -274,6 +272,11 @@ class VisitorFiles:
                 if entry.name.endswith(made):
                     removed += _remove_inside(folder, Path(entry.path))
         return removed
+
+
+def _is_store_file(name: str) -> bool:
+    """Whether ``name`` is a thumbnail's (``<image id>.jpg``), as ``shown`` copies them."""
+    return name.endswith(".jpg") and is_image_id(name.removesuffix(".jpg"))
 
 
 def _gradios_empty_file(entry: os.DirEntry, cutoff: float) -> bool:
