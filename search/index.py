@@ -2,43 +2,53 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, replace
+from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from search.config import ChromaServer, Settings
 from search.core import metrics
 from search.core.cutoff import DEPTH as CUTOFF_DEPTH
-from search.core.cutoff import auto_cutoff
+from search.core.cutoff import auto_cutoff, match_floor
 from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY, fold_near_duplicates
+from search.core.fusion import fuse
 from search.core.hits import Hit, Ranked
 from search.core.ids import image_id as checked_image_id
 from search.core.ids import shown
 from search.core.query import CANNOT_READ_TEXT, MAX_K, Part, Query, checked_metric, compose, whole
+from search.core.words import fold, found, query_words
 from search.embedders.base import Embedder
 from search.embedders.registry import load_embedder
 from search.errors import InvalidImageError, QueryError, StoreError
 from search.images.decode import ImageInput, read_image
-from search.stores.base import DEFAULT_COLLECTION, Collection, LabelFilter, ModelInfo, Neighbour
+from search.stores.base import DEFAULT_COLLECTION, Collection, Filter, ModelInfo, Neighbour
+from search.stores.keywords import fields
 from search.stores.store import Store
 from search.stores.swaps import is_shadow
 
 __all__ = ["ImageIndex"]
+KEYWORD_DEPTH = 100  # keyword hits fused with the vector ranking (as deep as the cut-off reads)
+FLOOR_LABELS = 32  # labels searched as text for the match floor, the most common first
 
 
 @dataclass(frozen=True)
 class Catalogue:
-    """Every record's label, and how many records hold each: what label filters and totals read."""
+    """Every record's label and capture time, and how many records hold each label: what filters and totals read."""
 
-    labels: dict[str, str | None]  # by id
+    rows: dict[str, dict[str, Any]]  # by id: the metadata filters read ("label", "taken")
     counts: Counter[str | None]
 
-    def total(self, labels: LabelFilter) -> int:
-        """How many records pass ``labels``."""
-        return sum(n for label, n in self.counts.items() if labels.admits(label))
+    def total(self, where: Filter) -> int:
+        """How many records pass ``where``."""
+        if where.taken_from is None and where.taken_until is None:
+            return sum(n for label, n in self.counts.items() if where.admits({"label": label}))
+        return sum(1 for meta in self.rows.values() if where.admits(meta))
 
 
 class ImageIndex:
@@ -57,6 +67,7 @@ class ImageIndex:
         self.metadata = dict(collection.metadata)
         self._exact_cache: tuple[int, list[str], metrics.ExactSearch] | None = None
         self._catalogue_cache: tuple[int, Catalogue] | None = None
+        self._floor_cache: tuple[int, float | None] | None = None
         self._cache_lock = threading.Lock()
 
     @classmethod
@@ -99,9 +110,11 @@ class ImageIndex:
         img = self.embedder.prepare(read_image(image, min_edges=self.embedder.min_edges))
         return self.search_by_vector(self.embedder.embed_images([img])[0], k, metric, fold)
 
-    def search_by_text(self, text: str, k: int = 10, metric: str = "cosine", fold: float | None = None) -> list[Hit]:
-        """The ``k`` stored images that best match a description."""
-        return self.search_by_vector(self._embed((Part("text", text),))[0], k, metric, fold)
+    def search_by_text(self, text: str, k: int = 10, metric: str = "cosine", fold: bool = False) -> list[Hit]:
+        """The ``k`` stored images that best match a description: by its vector and its words, as ``search``
+        ranks a query of this one text part (without a cut-off)."""
+        query = Query((Part("text", text),), metric=metric, cutoff=None, fold=fold)
+        return self._search(query, 0, whole("k", k, 1, MAX_K)).hits
 
     def search_by_id(self, image_id: str, k: int = 10, metric: str = "cosine", fold: float | None = None) -> list[Hit]:
         """Images like a stored one, using its stored vector."""
@@ -115,30 +128,45 @@ class ImageIndex:
         into it (``Hit.similar``) instead of taking places of their own.
         """
         k, metric = whole("k", k, 1, MAX_K), checked_metric(metric)
-        return self._rank(np.asarray(vector, dtype=np.float32), k, 0, metric, fold)[0]
+        return self._rank(np.asarray(vector, dtype=np.float32), k, 0, metric, fold)
 
     def search(self, query: Query) -> Ranked:
         """A page of ``query``'s ranking (see search/query.py), with each hit marked against its cut-off.
 
-        Label filters run inside the search, so a full page comes back wherever enough images pass.
-        Unknown ids and labels, and text parts on an index that cannot read text, are QueryErrors.
+        Text parts search two channels: the vectors and the records' words (caption, label, file name, photo
+        text, text in the image), fused by rank (``core.fusion``); a query none of whose words is found ranks
+        by its vector alone. Filters run inside the search, so a full page comes back wherever enough images
+        pass. Unknown ids and labels, and text parts on an index that cannot read text, are QueryErrors.
         """
-        labels = LabelFilter(query.include, query.exclude) if query.include or query.exclude else None
-        if labels:
-            held = self._catalogue().counts
-            for name in (*labels.include, *labels.exclude):
-                if name not in held:
-                    raise QueryError(f"labels: this index holds no label {shown(name)}.")
+        return self._search(query, query.offset, query.k)
+
+    def _search(self, query: Query, offset: int, k: int) -> Ranked:
+        """Hits ``offset`` to ``offset + k`` of ``query``'s ranking (``search``; the library's calls rank deeper)."""
+        where = self._filter(query)
         vector = self._compose(query)
         fold = NEAR_DUPLICATE_SIMILARITY if query.fold and self.metadata.get("normalized") else None
-        hits, top = self._rank(vector, query.k, query.offset, query.metric, fold, labels,
-                               CUTOFF_DEPTH if query.cutoff == "auto" else 0)
+        dated = query.sort != "relevance"
+        words = self._words(query)
+        # A fused ranking reads both channels as deep as the keyword one goes, whatever page is asked for
+        depth = max(offset + k, CUTOFF_DEPTH if query.cutoff == "auto" or dated else 0, KEYWORD_DEPTH if words else 0)
+        scored = self._nearest(vector, depth * 4 + 8 if fold else depth, query.metric, where)
+        top = np.array([s[1] for s in scored], dtype=np.float64)
+        if words:
+            scored = self._fused(scored, self._keyword_hits(words, where, vector, query.metric), query.keywords)
         # The label scan is read only for filters: counting is cheaper where there are none
-        total = self._catalogue().total(labels) if labels else len(self)
+        total = self._catalogue().total(where) if where else len(self)
         cutoff = auto_cutoff(top, total) if query.cutoff == "auto" else query.cutoff
+        hits = [self.hit(*s) for s in scored]
+        if words:
+            hits = [replace(h, matched=_matched(h, words)) for h in hits]
         if cutoff is not None:
-            hits = [replace(h, relevant=h.score >= cutoff) for h in hits]
-        return Ranked(hits, total, cutoff)
+            hits = [replace(h, relevant=h.score >= cutoff or _all_found(h, words)) for h in hits]
+        if dated:
+            hits = _by_date(hits, newest=query.sort == "newest")
+        if fold:
+            hits = self._folded(hits, fold)
+        no_match = self._nothing_stands_out(query, top) and not any(_all_found(h, words) for h in hits)
+        return Ranked(hits[offset: offset + k], total, cutoff, no_match)
 
     def labels(self) -> list[str]:
         """The labels this index holds, sorted."""
@@ -176,32 +204,98 @@ class ImageIndex:
             out[i] = stored[part.value]
         return [out[i] for i in range(len(parts))]
 
-    def _rank(self, vector: np.ndarray, k: int, offset: int, metric: str, fold: float | None,
-              labels: LabelFilter | None = None, depth: int = 0) -> tuple[list[Hit], np.ndarray]:
-        """Hits ``offset`` to ``offset + k`` of the ranking, and the scores it ranked (at least ``depth``), best first."""
+    def _rank(self, vector: np.ndarray, k: int, offset: int, metric: str, fold: float | None) -> list[Hit]:
+        """Hits ``offset`` to ``offset + k`` of ``vector``'s ranking."""
         wanted = offset + k
-        scored = self._nearest(vector, max(wanted * 4 + 8 if fold else wanted, depth), metric, labels)
-        top = np.array([s[1] for s in scored], dtype=np.float64)
-        if not fold:
-            return [self.hit(*s) for s in scored[offset:wanted]], top
-        vectors = {i: v / (np.linalg.norm(v) or 1.0) for i, v in self.collection.vectors([s[0] for s in scored]).items()}
-        by_id = {s[0]: s for s in scored}
-        ranked = [s[0] for s in scored if s[0] in vectors]  # one deleted since it was ranked is gone from both
-        folded = fold_near_duplicates(ranked, vectors, fold)[offset:wanted]
-        return [replace(self.hit(*by_id[head]), similar=tuple(members)) for head, members in folded], top
+        hits = [self.hit(*s) for s in self._nearest(vector, wanted * 4 + 8 if fold else wanted, metric)]
+        return (self._folded(hits, fold) if fold else hits)[offset:wanted]
+
+    def _folded(self, hits: list[Hit], fold: float) -> list[Hit]:
+        """``hits`` with each near-duplicate of a better one folded into it (``Hit.similar``)."""
+        vectors = {i: v / (np.linalg.norm(v) or 1.0) for i, v in self.collection.vectors([h.id for h in hits]).items()}
+        by_id = {h.id: h for h in hits}
+        ranked = [h.id for h in hits if h.id in vectors]  # one deleted since it was ranked is gone from both
+        return [replace(by_id[head], similar=tuple(members)) for head, members in fold_near_duplicates(ranked, vectors, fold)]
+
+    def _nothing_stands_out(self, query: Query, top: np.ndarray) -> bool:
+        """Whether a text query's best score is below the collection's match floor (``cutoff.match_floor``)."""
+        if not len(top) or query.metric not in ("cosine", "ip") or not self.metadata.get("normalized") or any(
+                p.kind != "text" for p in query.positive):
+            return False
+        floor = self._match_floor()
+        return floor is not None and float(top[0]) < floor
+
+    def _match_floor(self) -> float | None:
+        """The collection's match floor from its most common labels (at least two), read once per size."""
+        with self._cache_lock:
+            count = len(self)
+            if self._floor_cache is not None and self._floor_cache[0] == count:
+                return self._floor_cache[1]
+        labels = [label for label, _ in self._catalogue().counts.most_common(FLOOR_LABELS) if label]
+        floor = None
+        if len(labels) >= 2 and count > len(labels):
+            texts = [" ".join(re.split(r"[/_\-]+", label)).strip() for label in labels]
+            found = self.collection.nearest(self.embedder.embed_texts(texts), min(CUTOFF_DEPTH, count))
+            tops = [f[0].similarity for f in found if f]
+            floor = match_floor(np.array(tops), np.array([f[-1].similarity for f in found if f])) if tops else None
+        with self._cache_lock:
+            self._floor_cache = (count, floor)
+        return floor
+
+    def _filter(self, query: Query) -> Filter | None:
+        """The query's label and date filters, its labels checked against those the index holds."""
+        if not (query.include or query.exclude or query.taken_from or query.taken_to):
+            return None
+        held = self._catalogue().counts
+        for name in (*query.include, *query.exclude):
+            if name not in held:
+                raise QueryError(f"labels: this index holds no label {shown(name)}.")
+        until = query.taken_to + timedelta(days=1) if query.taken_to else None
+        return Filter(query.include, query.exclude, _day(query.taken_from), _day(until))
+
+    def _words(self, query: Query) -> list[str]:
+        """The words the keyword channel looks for: those of a query whose positive parts are all text (an image
+        or id part asks for images like it, which words cannot say); none with ``keywords=0``."""
+        if not query.keywords or not self.supports_text or any(p.kind != "text" for p in query.positive):
+            return []
+        return query_words(" ".join(p.value for p in query.positive))
+
+    def _keyword_hits(self, words: list[str], where: Filter | None, vector: np.ndarray,
+                      metric: str) -> list[tuple[str, float, dict]]:
+        """The records holding the query's words that ``where`` admits, best first, each with its score under
+        ``metric`` against ``vector`` (what the hit shows, whichever channel found it)."""
+        found_ids = [h.id for h in self.store.keywords_of(self.collection).search(self.collection.name, words,
+                                                                                  KEYWORD_DEPTH)]
+        metas = self.collection.metadatas(found_ids)
+        kept = [i for i in found_ids if i in metas and (where is None or where.admits(metas[i]))]
+        stored = self.collection.vectors(kept)
+        kept = [i for i in kept if i in stored]
+        if not kept:
+            return []
+        scores = metrics.scores(np.stack([stored[i] for i in kept]), vector, metric)
+        return [(i, float(score), metas[i]) for i, score in zip(kept, scores)]
+
+    @staticmethod
+    def _fused(scored: list[tuple[str, float, dict]], keyword: list[tuple[str, float, dict]],
+               weight: float) -> list[tuple[str, float, dict]]:
+        """The vector ranking and the keyword channel's, fused (``core.fusion.fuse``)."""
+        if not keyword:
+            return scored
+        by_id = {s[0]: s for s in (*keyword, *scored)}
+        return [by_id[i] for i in fuse([s[0] for s in scored], [s[0] for s in keyword], weight)]
 
     def _nearest(self, vector: np.ndarray, k: int, metric: str,
-                 labels: LabelFilter | None = None) -> list[tuple[str, float, dict]]:
+                 where: Filter | None = None) -> list[tuple[str, float, dict]]:
         if metric == "cosine" or (metric in ("ip", "l2") and self.metadata.get("normalized")):
             # No count() first: it costs more than the search at 100k vectors, and Chroma returns
             # fewer than k results (none from an empty collection) without complaint.
-            found: list[Neighbour] = self.collection.nearest(vector[None, :], k, labels)[0]
-            return [(n.id, metrics.score_from_cosine(n.similarity, metric), n.metadata) for n in found]
+            near: list[Neighbour] = self.collection.nearest(vector[None, :], k, where)[0]
+            return [(n.id, metrics.score_from_cosine(n.similarity, metric), n.metadata) for n in near]
         ids, exact = self._all_vectors()
         rows = None
-        if labels:  # rank only the rows the filter admits, so k results still come back
+        if where:  # rank only the rows the filter admits, so k results still come back
             catalogue = self._catalogue()
-            rows = np.flatnonzero([labels.admits(catalogue.labels.get(i)) for i in ids])
+            rows = np.flatnonzero([where.admits(catalogue.rows.get(i, {})) for i in ids])
         best = exact.top_k(vector, metric, k, rows)
         chosen = [ids[i] for i, _ in best]
         metas = self.collection.metadatas(chosen)
@@ -221,14 +315,15 @@ class ImageIndex:
         with self._cache_lock:
             self._exact_cache = None
             self._catalogue_cache = None
+            self._floor_cache = None
 
     def _catalogue(self) -> Catalogue:
         """Every record's label, read once per collection size (a change of size re-reads them)."""
         with self._cache_lock:
             count = len(self)
             if self._catalogue_cache is None or self._catalogue_cache[0] != count:
-                labels = {i: m.get("label") for i, m in self.collection.scan_metadata()}
-                self._catalogue_cache = (count, Catalogue(labels, Counter(labels.values())))
+                rows = {i: {"label": m.get("label"), "taken": m.get("taken")} for i, m in self.collection.scan_metadata()}
+                self._catalogue_cache = (count, Catalogue(rows, Counter(r["label"] for r in rows.values())))
             return self._catalogue_cache[1]
 
     def _all_vectors(self) -> tuple[list[str], metrics.ExactSearch]:
@@ -254,6 +349,35 @@ class ImageIndex:
             source=meta.get("source"),
             metadata=meta,
         )
+
+
+def _matched(hit: Hit, words: list[str]) -> dict[str, list[str]]:
+    """The query's words in each of the hit's fields, as written there (only the fields holding some)."""
+    where = {name: found(text, words) for name, text in fields(hit.metadata).items()}
+    return {name: hits for name, hits in where.items() if hits}
+
+
+def _all_found(hit: Hit, words: list[str]) -> bool:
+    """Whether the hit holds every one of the query's words (in any field, with or without accents)."""
+    if not words:
+        return False
+    have = {fold(w) for hits in hit.matched.values() for w in hits}
+    return all(fold(w) in have for w in words)
+
+
+def _by_date(hits: list[Hit], *, newest: bool) -> list[Hit]:
+    """The relevant hits by capture date (those without one after them), then the rest as ranked."""
+    relevant = [h for h in hits if h.relevant is not False]
+    dated = sorted((h for h in relevant if isinstance(h.metadata.get("taken"), int)),
+                   key=lambda h: int(h.metadata["taken"]), reverse=newest)
+    return dated + [h for h in relevant if not isinstance(h.metadata.get("taken"), int)] + \
+        [h for h in hits if h.relevant is False]
+
+
+def _day(day: date | None) -> int | None:
+    import calendar  # TODO(lead): core/dates.py
+
+    return calendar.timegm(day.timetuple()) if day else None
 
 
 def _at(part: Part, message: str) -> str:

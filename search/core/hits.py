@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+
+def taken_text(seconds: int) -> str:
+    """A capture time as stored (seconds, the camera's own clock read as UTC) in ISO 8601, without a zone."""
+    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None).isoformat()
 
 
 @dataclass(frozen=True)
@@ -18,12 +24,21 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     similar: tuple[str, ...] = ()  # near-duplicates folded into this hit
     relevant: bool | None = None  # above the query's cut-off; None where no cut-off was asked for
+    matched: dict[str, list[str]] = field(default_factory=dict, compare=False)  # words found, by field (caption, ...)
+
+    @property
+    def taken(self) -> str | None:
+        """When the photo was taken (ISO 8601, as the camera or the file name tells it), where known."""
+        seconds = self.metadata.get("taken")
+        return taken_text(seconds) if isinstance(seconds, int) else None
 
     def record(self, *, relevance: bool = True) -> dict[str, Any]:
-        """The hit as plain data: id, score, label, caption, image (the thumbnail's path), similar, and with
-        ``relevance`` whether it is above the cut-off. Each API swaps ``image`` for what its callers fetch."""
+        """The hit as plain data: id, score, label, caption, image (the thumbnail's path), similar, taken, matched
+        (the query's words found, by field), and with ``relevance`` whether it is above the cut-off. Each API
+        swaps ``image`` for what its callers fetch."""
         out: dict[str, Any] = {"id": self.id, "score": round(self.score, 6), "label": self.label, "caption": self.caption,
-                               "image": self.image, "similar": list(self.similar)}
+                               "image": self.image, "similar": list(self.similar), "taken": self.taken,
+                               "matched": self.matched}
         if relevance:
             out["relevant"] = self.relevant
         return out
@@ -36,3 +51,4 @@ class Ranked:
     hits: list[Hit]
     total: int
     cutoff: float | None
+    no_match: bool = False  # nothing stands out for the query's text: the hits are only the nearest there are

@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from search.core.ids import is_image_id, shown
 from search.core.metrics import METRICS
@@ -35,7 +36,10 @@ DEFAULT_K = 12
 PartKind = Literal["text", "image", "id"]
 Box = tuple[int, int, int, int]  # a region: left, top, right, bottom, in the upright image's pixels
 Cutoff = Literal["auto"] | float | None
-_QUERY_KEYS = ("positive", "negative", "k", "offset", "metric", "index", "labels", "cutoff", "fold")
+Sort = Literal["relevance", "newest", "oldest"]
+SORTS: tuple[Sort, ...] = ("relevance", "newest", "oldest")
+_QUERY_KEYS = ("positive", "negative", "k", "offset", "metric", "index", "labels", "cutoff", "fold", "keywords",
+               "taken", "sort")
 _PART_KINDS: tuple[PartKind, ...] = ("text", "image", "id")
 CANNOT_READ_TEXT = "the pixel method cannot read text; search by an image here, or choose a CLIP index."
 
@@ -82,6 +86,10 @@ class Query:
     exclude: tuple[str, ...] = ()  # labels to drop
     cutoff: Cutoff = "auto"
     fold: bool = False
+    keywords: float = 1.0  # the keyword channel's weight in the fusion with the vector search; 0: vectors alone
+    taken_from: date | None = None  # capture dates to keep, both inclusive (None: no bound)
+    taken_to: date | None = None
+    sort: Sort = "relevance"  # newest / oldest: the relevant hits by capture date, then the rest
 
     def __post_init__(self) -> None:
         if not self.positive:
@@ -107,6 +115,15 @@ class Query:
             raise QueryError(f"cutoff must be \"auto\", null or a score, not {shown(self.cutoff)}.")
         if not isinstance(self.fold, bool):
             raise QueryError(f"fold must be true or false, not {_type(self.fold)}.")
+        if not finite(self.keywords) or not 0 <= self.keywords <= MAX_WEIGHT:
+            raise QueryError(f"keywords must be a weight from 0 to {MAX_WEIGHT:g}, not {shown(self.keywords)}.")
+        for side in ("taken_from", "taken_to"):
+            if getattr(self, side) is not None and not isinstance(getattr(self, side), date):
+                raise QueryError(f"{side} must be a date, not {_type(getattr(self, side))}.")
+        if self.taken_from and self.taken_to and self.taken_from > self.taken_to:
+            raise QueryError(f"taken: from ({self.taken_from}) is after to ({self.taken_to}).")
+        if self.sort not in SORTS:
+            raise QueryError(f"sort: {shown(self.sort)} is not one of {', '.join(SORTS)}.")
 
     @property
     def parts(self) -> tuple[Part, ...]:
@@ -190,6 +207,12 @@ class _LabelsIn(_Shape):
     exclude: list[str] = []
 
 
+class _TakenIn(_Shape):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+    start: str | None = Field(None, alias="from")
+    to: str | None = None
+
+
 class _QueryIn(_Shape):
     positive: list[_PartIn] = []
     negative: list[_PartIn] = []
@@ -200,6 +223,9 @@ class _QueryIn(_Shape):
     labels: _LabelsIn = _LabelsIn()
     cutoff: Literal["auto"] | float | None = "auto"
     fold: bool = False
+    keywords: float = 1.0
+    taken: _TakenIn = _TakenIn()
+    sort: str = "relevance"
 
 
 def parse_query(payload: object, images: Sequence[str | Path | None] | None = None) -> Query:
@@ -213,8 +239,21 @@ def parse_query(payload: object, images: Sequence[str | Path | None] | None = No
     files = list(images or [])
     positive = tuple(_part(p, f"positive[{i}]", files, payload["positive"][i]) for i, p in enumerate(shape.positive))
     negative = tuple(_part(p, f"negative[{i}]", files, payload["negative"][i]) for i, p in enumerate(shape.negative))
+    taken = [_date(value, f"taken.{side}") for side, value in (("from", shape.taken.start), ("to", shape.taken.to))]
     return Query(positive, negative, shape.k, shape.offset, shape.metric, shape.index, tuple(shape.labels.include),
-                 tuple(shape.labels.exclude), shape.cutoff, shape.fold)
+                 tuple(shape.labels.exclude), shape.cutoff, shape.fold, shape.keywords, taken[0], taken[1],
+                 shape.sort)  # type: ignore[arg-type]
+
+
+def _date(value: str | None, name: str) -> date | None:
+    if value is None:
+        return None
+    from search.core.dates import parse_date  # TODO(lead): top-level once core/dates.py lands
+
+    try:
+        return parse_date(value)
+    except QueryError as exc:
+        raise QueryError(f"{name}: {exc}") from None
 
 
 def _part(shape: _PartIn, name: str, files: list[str | Path | None], sent: dict[str, Any]) -> Part:
@@ -241,6 +280,8 @@ def _said(error: Any) -> str:
             return f"Unknown query key {shown(loc[0])}; the keys are {', '.join(_QUERY_KEYS)}."
         if loc[0] == "labels":
             return f"labels: unknown key {shown(loc[-1])}; use include and exclude."
+        if loc[0] == "taken":
+            return f"taken: unknown key {shown(loc[-1])}; use from and to (dates such as \"2024-01-31\")."
         return (f"{loc[0]}[{loc[1]}]: unknown key {shown(loc[-1])}; a part has one of text, image, id, a weight, and "
                 "for an image a box.")
     top = loc[0]
@@ -258,10 +299,15 @@ def _said(error: Any) -> str:
     if top == "labels":
         return (f"labels.{loc[1]} must be a list of at most {MAX_LABELS} label names." if len(loc) > 1 else
                 f"labels must be an object with include and exclude lists, not {_type(value)}.")
+    if top == "taken":
+        return (f"taken.{loc[1]} must be a date such as \"2024-01-31\", not {shown(value)}." if len(loc) > 1 else
+                f"taken must be an object with from and to dates, not {_type(value)}.")
     return {"metric": f"metric: {shown(value)} is not one of {', '.join(METRICS)}.",
             "index": f"index must be a string, not {_type(value)}.",
             "cutoff": f"cutoff must be \"auto\", null or a score, not {shown(value)}.",
-            "fold": f"fold must be true or false, not {_type(value)}."}[top]
+            "fold": f"fold must be true or false, not {_type(value)}.",
+            "keywords": f"keywords must be a weight from 0 to {MAX_WEIGHT:g}, not {shown(value)}.",
+            "sort": f"sort: {shown(value)} is not one of {', '.join(SORTS)}."}[top]
 
 
 def compose(positive: Sequence[tuple[np.ndarray, float]], negative: Sequence[tuple[np.ndarray, float]],

@@ -1,4 +1,4 @@
-"""What every store backend speaks: typed records and results, a neutral label filter, the collection's
+"""What every store backend speaks: typed records and results, a neutral filter, the collection's
 protocol, and the words for a store that went away. No backend is imported here."""
 from __future__ import annotations
 
@@ -56,19 +56,28 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class LabelFilter:
-    """Labels to keep (none: all) and to drop; a record without a label passes unless ``include`` is set.
+class Filter:
+    """Which records a search ranks: labels to keep (none: all) and to drop, and a capture-time range.
 
-    Backends translate it into their own filter language (``admits`` is the meaning they must keep)."""
+    A record without a label passes unless ``include`` is set; with a range set, a record without a capture
+    time ("taken", seconds) does not pass. Backends translate it into their own filter language (``admits``
+    is the meaning they must keep)."""
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    taken_from: int | None = None  # seconds, inclusive
+    taken_until: int | None = None  # seconds, exclusive
 
-    def admits(self, label: str | None) -> bool:
-        """Whether a record with ``label`` passes."""
-        if self.include:
-            return label in self.include
-        return label not in self.exclude
+    def admits(self, meta: dict[str, Any]) -> bool:
+        """Whether a record with metadata ``meta`` passes."""
+        label = meta.get("label")
+        if (self.include and label not in self.include) or label in self.exclude:
+            return False
+        if self.taken_from is None and self.taken_until is None:
+            return True
+        taken = meta.get("taken")
+        return isinstance(taken, int) and (self.taken_from is None or taken >= self.taken_from) and (
+            self.taken_until is None or taken < self.taken_until)
 
 
 class Collection(Protocol):
@@ -87,7 +96,7 @@ class Collection(Protocol):
     def held(self, ids: Sequence[str]) -> list[str]: ...
     def all_ids(self) -> list[str]: ...
     def upsert(self, records: Sequence[Record]) -> None: ...
-    def nearest(self, vectors: np.ndarray, k: int, labels: LabelFilter | None = None) -> list[list[Neighbour]]: ...
+    def nearest(self, vectors: np.ndarray, k: int, where: Filter | None = None) -> list[list[Neighbour]]: ...
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
     def metadatas(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
     def scan_metadata(self) -> list[tuple[str, dict[str, Any]]]: ...

@@ -32,7 +32,7 @@ from search.stores.base import (
     MAX_COLLECTION_NAME,
     NOT_ANSWERING,
     READ_ONLY,
-    LabelFilter,
+    Filter,
     ModelInfo,
     Neighbour,
     Record,
@@ -104,14 +104,14 @@ class ChromaCollection:
                 self._chroma.upsert(ids=[r.id for r in part], embeddings=np.stack([r.vector for r in part]),
                                     metadatas=[r.metadata for r in part])
 
-    def nearest(self, vectors: np.ndarray, k: int, labels: LabelFilter | None = None) -> list[list[Neighbour]]:
+    def nearest(self, vectors: np.ndarray, k: int, where: Filter | None = None) -> list[list[Neighbour]]:
         """For each query vector, up to ``k`` stored records by HNSW cosine, most similar first, among those
-        ``labels`` admits (filtered inside the search, so k still come back where that many pass)."""
+        ``where`` admits (filtered inside the search, so k still come back where that many pass)."""
         if not len(vectors):
             return []
         with self._store.guard():
             found = self._chroma.query(query_embeddings=np.asarray(vectors, np.float32), n_results=k,
-                                       where=_where(labels), include=["metadatas", "distances"])
+                                       where=_where(where), include=["metadatas", "distances"])
         return [[Neighbour(i, 1.0 - float(d), m or {}) for i, d, m in zip(ids, distances, metas)]
                 for ids, distances, metas in zip(found["ids"], found["distances"], found["metadatas"])]
 
@@ -361,12 +361,16 @@ class ChromaBackend:
 
 
 
-def _where(labels: LabelFilter | None) -> dict[str, Any] | None:
-    """A label filter as Chroma's ``where`` on the metadata key "label"."""
-    if labels is None:
+def _where(where: Filter | None) -> dict[str, Any] | None:
+    """A filter as Chroma's ``where`` on the metadata keys "label" and "taken"."""
+    if where is None:
         return None
-    clauses = ([{"label": {"$in": list(labels.include)}}] if labels.include else []) + (
-        [{"label": {"$nin": list(labels.exclude)}}] if labels.exclude else [])
+    clauses: list[dict[str, Any]] = ([{"label": {"$in": list(where.include)}}] if where.include else []) + (
+        [{"label": {"$nin": list(where.exclude)}}] if where.exclude else [])
+    if where.taken_from is not None:
+        clauses.append({"taken": {"$gte": where.taken_from}})
+    if where.taken_until is not None:
+        clauses.append({"taken": {"$lt": where.taken_until}})
     return None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from search.config import ChromaServer
 from search.errors import StoreError
 from search.stores import swaps, thumbnails
 from search.stores.base import READ_ONLY, Backend, Collection, ModelInfo, Record
+from search.stores.keywords import Keywords
 from search.stores.locking import write_lock
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,8 @@ class Store:
     def __init__(self, folder: Path, backend: Backend):
         self.folder = folder
         self.backend = backend
+        self._keywords: Keywords | None = None
+        self._keywords_lock = threading.Lock()
 
     @classmethod
     def connect(cls, folder: str | Path, *, server: ChromaServer | None = None, create: bool = False) -> Store:
@@ -52,6 +56,24 @@ class Store:
     def precision_file(self) -> str:
         """Where the precision decisions made for this store's models on this machine are remembered."""
         return str(self.folder / PRECISION_FILE)
+
+    @property
+    def keywords(self) -> Keywords:
+        """The keyword index of this store's collections (in memory where the store is read-only)."""
+        with self._keywords_lock:
+            if self._keywords is None:
+                with self.guard():
+                    self._keywords = Keywords(None if self.read_only else self.folder)
+            return self._keywords
+
+    def keywords_of(self, collection: Collection) -> Keywords:
+        """The keyword index, agreeing with ``collection`` (rebuilt from its records' metadata where a kill or
+        a switch left them apart: their counts differ)."""
+        keywords = self.keywords
+        with self.guard():
+            if keywords.count(collection.name) != collection.count():
+                keywords.reconcile(collection.name, collection.scan_metadata())
+        return keywords
 
     @property
     def server(self) -> ChromaServer | None:
@@ -88,30 +110,38 @@ class Store:
         return collection
 
     def drop(self, name: str) -> None:
-        """Delete a whole collection (its thumbnails are the caller's business: see ``remove``)."""
+        """Delete a whole collection and its words (its thumbnails are the caller's business: see ``remove``)."""
         self.backend.drop(name)
+        with self.guard():
+            self.keywords.drop(name)
 
     def switch(self, name: str) -> None:
         """Make the re-embedded ``name`` (NAME.next) the collection ``name``, keeping the old one for ``rollback``."""
         with self.write_lock():
             swaps.switch(self.backend, self.folder, name)
+            self._forget_words(name)
 
     def rollback(self, name: str) -> None:
         """Make the collection a switch replaced ``name`` again (the newer one is kept as NAME.next)."""
         with self.write_lock():
             swaps.rollback(self.backend, self.folder, name)
+            self._forget_words(name)
 
     def add(self, collection: Collection, records: Sequence[Record], thumbs: Mapping[str, bytes]) -> None:
-        """Write records with their thumbnails (``thumbs``: JPEG bytes by id), so that they appear together.
+        """Write records with their thumbnails (``thumbs``: JPEG bytes by id) and their words, so that they
+        appear together.
 
         Thumbnails go first, so a record never lacks its own; where the records cannot be written, the
-        thumbnails this call made go again. What a kill -9 leaves between the two, ``sweep`` removes.
+        thumbnails this call made go again. What a kill -9 leaves between the two, ``sweep`` removes; words
+        a kill kept from their records ``keywords_of`` writes again.
         """
         made: list[str] = []
         try:
             with self.guard():  # a full disk here is the store going away too
                 made = [image_id for image_id, data in thumbs.items() if thumbnails.write(self.folder, image_id, data)]
             collection.upsert(records)
+            with self.guard():
+                self.keywords.add(collection.name, [(r.id, r.metadata) for r in records])
         except BaseException:
             # A backend may keep part of a write it failed (Chroma logs it, then fails to apply it): the records
             # of the images this call brought go too, as far as the store still lets them; ``sweep`` does the rest.
@@ -156,6 +186,8 @@ class Store:
         gone = collection.delete(ids)
         if not gone:
             return []
+        with self.guard():
+            self.keywords.delete(collection.name, gone)
         still_used: set[str] = set()
         for name in self.names():
             if name != collection.name:
@@ -177,6 +209,13 @@ class Store:
             self._finish_swaps()
             yield
 
+    def _forget_words(self, name: str) -> None:
+        """Drop the words of a switch's collections: each name now holds another's records (rebuilt on use)."""
+        with self.guard():
+            for each in (name, swaps.next_name(name), swaps.previous_name(name)):
+                self.keywords.drop(each)
+
     def _finish_swaps(self) -> None:
         for name in swaps.finish(self.backend, self.folder):
             log.warning("finished switching %r, which a stopped process had begun", name)
+            self._forget_words(name)

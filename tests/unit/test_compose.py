@@ -33,7 +33,8 @@ def test_one_text_part_answers_exactly_what_search_by_text_does(service, metric)
     composed = service.search(_text("a red circle", k=10, metric=metric))
     plain = service.main_index().search_by_text("a red circle", 10, metric)  # the library's own, by the text's vector
     assert [(h.id, round(h.score, 6)) for h in composed.hits] == [(h.id, round(h.score, 6)) for h in plain]
-    assert set(composed.records()[0]) == {"id", "score", "label", "caption", "image", "relevant", "similar"}
+    assert set(composed.records()[0]) == {"id", "score", "label", "caption", "image", "relevant", "similar", "taken",
+                                          "matched"}
 
 
 def test_an_image_part_by_position_finds_its_own_class_as_search_by_image_does(service, tmp_path):
@@ -53,7 +54,7 @@ def test_a_negative_part_steers_away_from_its_meaning(service):
 
 
 def test_stored_ids_as_parts_are_relevance_feedback(service):
-    before = service.search(_text("a red circle", k=12))
+    before = service.search(_text("a red circle", k=12, keywords=0))  # by the vector alone, as the feedback is
     squares = _ids(service, "red square", 3)
     after = service.search({"positive": [{"text": "a red circle"}, *({"id": i} for i in squares)], "k": 12})
     assert _labels(after).count("red square") > _labels(before).count("red square")

@@ -56,7 +56,7 @@ def test_defaults_a_page_of_twelve_by_cosine_in_the_main_index_with_the_auto_cut
     ({"positive": [{"text": "x", "weight": -1}]}, None, "weight must be above 0"),
     ({"positive": [{"text": "x", "weight": 10.5}]}, None, "weight must be above 0 and at most 10, not 10.5"),
     ({"positive": [TEXT] * 15, "negative": [TEXT] * 6}, None, f"The query has 21 parts; the limit is {MAX_PARTS}"),
-    ({"positive": [TEXT], "sort": "date"}, None, "Unknown query key 'sort'"),
+    ({"positive": [TEXT], "sort": "date"}, None, "sort: 'date' is not one of relevance, newest, oldest"),
     ({"positive": [{"text": "x", "colour": "red"}]}, None, "positive[0]: unknown key 'colour'"),
     ({"positive": [{"text": "x", "id": ID}]}, None, "positive[0]: a part has exactly one of text, image or id"),
     ({"positive": [{"weight": 2}]}, None, "positive[0]: a part has exactly one of text, image or id"),
