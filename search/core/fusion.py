@@ -15,7 +15,10 @@ RRF_K = 60
 
 def fuse(vector: Sequence[str], keyword: Sequence[str], weight: float = 1.0) -> list[str]:
     """The ids of both rankings (best first each) in fused order: each scores 1/(RRF_K + rank) per ranking it
-    is in, the keyword ranking's share times ``weight``; ties keep the vector ranking's order."""
+    is in, the keyword ranking's share times ``weight``; ties keep the vector ranking's order. No keyword hit,
+    or a weight of 0: the vector ranking as it is."""
+    if not keyword or weight <= 0:
+        return list(vector)
     score: dict[str, float] = {}
     for rank, image_id in enumerate(vector):
         score[image_id] = 1.0 / (RRF_K + rank + 1)

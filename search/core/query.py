@@ -239,19 +239,21 @@ def parse_query(payload: object, images: Sequence[str | Path | None] | None = No
     files = list(images or [])
     positive = tuple(_part(p, f"positive[{i}]", files, payload["positive"][i]) for i, p in enumerate(shape.positive))
     negative = tuple(_part(p, f"negative[{i}]", files, payload["negative"][i]) for i, p in enumerate(shape.negative))
-    taken = [_date(value, f"taken.{side}") for side, value in (("from", shape.taken.start), ("to", shape.taken.to))]
+    taken = [checked_date(value, f"taken.{side}") for side, value in (("from", shape.taken.start), ("to", shape.taken.to))]
     return Query(positive, negative, shape.k, shape.offset, shape.metric, shape.index, tuple(shape.labels.include),
                  tuple(shape.labels.exclude), shape.cutoff, shape.fold, shape.keywords, taken[0], taken[1],
                  shape.sort)  # type: ignore[arg-type]
 
 
-def _date(value: str | None, name: str) -> date | None:
-    if value is None:
+def checked_date(value: str | None, name: str) -> date | None:
+    """A date a person or caller typed ("2024-01-31"); None where there is none (or only spaces); else a
+    QueryError headed by ``name``."""
+    if value is None or not value.strip():
         return None
     from search.core.dates import parse_date  # TODO(lead): top-level once core/dates.py lands
 
     try:
-        return parse_date(value)
+        return parse_date(value.strip())
     except QueryError as exc:
         raise QueryError(f"{name}: {exc}") from None
 

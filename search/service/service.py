@@ -45,6 +45,7 @@ class Answer:
     cutoff: float | None  # the score below which hits are marked not relevant; None: no cut-off
     seconds: float
     album: str | None = None  # the token that serves the thumbnails of an album's hits; None: a shared index
+    no_match: bool = False  # nothing stands out for the query's text: the hits are only the nearest there are
 
     def records(self, *, relevance: bool = True) -> list[dict[str, Any]]:
         """The hits as plain data, best first (``Hit.record``)."""
@@ -221,7 +222,8 @@ class SearchService:
         start = time.perf_counter()
         ranked = target.search(parsed)
         album = self._albums.token(key, parsed.index[len(MINE):]) if parsed.index.startswith(MINE) and self._albums else None
-        return Answer(ranked.hits, ranked.total, parsed.offset, ranked.cutoff, time.perf_counter() - start, album)
+        return Answer(ranked.hits, ranked.total, parsed.offset, ranked.cutoff, time.perf_counter() - start, album,
+                      ranked.no_match)
 
     def labels(self, index: str | None = None, key: str | None = None) -> list[str]:
         """The labels the index holds, sorted (for label filters)."""

@@ -46,15 +46,16 @@ class Api:
                key: str = "") -> dict[str, Any]:
         """A composed query (see search/core/query.py): parts to look for and to avoid, filters, a page, a cut-off.
 
-        Answers ``{"hits": [{id, score, label, caption, relevant, similar, thumbnail, image}...], "total",
-        "offset", "cutoff"}``, where ``thumbnail`` is the thumbnail's URL (as POST /api/search gives it) and
+        Answers ``{"hits": [{id, score, label, caption, relevant, similar, taken, matched, thumbnail, image}...],
+        "total", "offset", "cutoff", "no_match"}``, where ``thumbnail`` is the thumbnail's URL (as POST /api/search gives it) and
         ``image`` the same relative to the app: a caller fetches only what it shows (a client that downloads
         every file spends more on the files than on the search).
         """
         with self.files.consumed(images or []):
             answer = self.service.search(query, list(images or []), key or None)
         hits = hits_with_urls(answer, str(request.base_url) if request else "")
-        return {"hits": hits, "total": answer.total, "offset": answer.offset, "cutoff": answer.cutoff}
+        return {"hits": hits, "total": answer.total, "offset": answer.offset, "cutoff": answer.cutoff,
+                "no_match": answer.no_match}
 
     @user_errors
     def collection_add(self, files: list[str] | None, collection: str, key: str) -> dict[str, Any]:

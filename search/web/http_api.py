@@ -2,8 +2,8 @@
 
     POST /api/search  {"query": {...the /search endpoint's query...}, "key": null}
                       or, for a start, {"text": "a red dress", "k": 12, "metric": "cosine", "index": "", "key": null}
-    -> {"hits": [{"id", "score", "label", "caption", "relevant", "thumbnail": URL}], "total", "offset",
-        "cutoff", "seconds"}
+    -> {"hits": [{"id", "score", "label", "caption", "relevant", "similar", "taken", "matched", "thumbnail": URL}],
+        "total", "offset", "cutoff", "no_match", "seconds"}
     GET /api/thumbnails/{id}.jpg -> a shared index's thumbnail (content-addressed, so cached for good)
     GET /api/albums/{token}/{id}.jpg -> an album's thumbnail; the token comes in that album's answers
 
@@ -172,7 +172,7 @@ _JSON_NAMES = {str: "a string", int: "a whole number", dict: "an object"}
 def _answer(answer: Answer, request: Request) -> dict[str, Any]:
     hits = [{k: v for k, v in hit.items() if k != "image"} for hit in hits_with_urls(answer, str(request.base_url))]
     return {"hits": hits, "total": answer.total, "offset": answer.offset, "cutoff": answer.cutoff,
-            "seconds": round(answer.seconds, 4)}
+            "no_match": answer.no_match, "seconds": round(answer.seconds, 4)}
 
 
 def hits_with_urls(answer: Answer, base: str) -> list[dict[str, Any]]:

@@ -102,6 +102,13 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
                         with gr.Row():
                             c["fold"] = gr.Checkbox(False, label="Fold near-duplicates", min_width=140)
                             c["strong"] = gr.Checkbox(False, label="Only strong matches", min_width=140)
+                        c["sort"] = gr.Dropdown(views.SORT_CHOICES, value="relevance", label="Order",
+                                                info="By date: the strong matches by when they were taken, then the rest")
+                        with gr.Row():
+                            c["taken_from"] = gr.Textbox(label="Taken from", placeholder="2024-01-31, then Enter", min_width=120,
+                                                         max_length=40, elem_id="taken-from")
+                            c["taken_to"] = gr.Textbox(label="Taken until", placeholder="2024-12-31, then Enter", min_width=120,
+                                                       max_length=40, elem_id="taken-to")
                         c["include"] = gr.Dropdown([], value=[], multiselect=True, label="Only these labels",
                                                    interactive=False)
                         c["exclude"] = gr.Dropdown([], value=[], multiselect=True, label="Not these labels",
@@ -193,7 +200,8 @@ def _wire(demo: gr.Blocks, c: Components, page: SearchPage, albums: AlbumPage) -
     new_search([c["example_gallery"].select], page.search_example, "example_paths")
     new_search([c["url"].submit, c["url_button"].click], page.search_url, "url")
     new_search([c["search_this"].click], page.search_selected, "selected")
-    on([c[n].input for n in ("metric", "fold", "strong", "include", "exclude")] + [c["k"].release],
+    on([c[n].input for n in ("metric", "fold", "strong", "include", "exclude", "sort")] + [c["k"].release]
+       + [c[n].submit for n in ("taken_from", "taken_to")],
        page.rerun, ["query", *controls], searched, **running)
     on(c["index"].input, page.change_index, ["query", *controls], [*searched, "include", "exclude"], **running)
     on(c["more"].click, page.more, ["query", "shown", "next_offset", *controls], searched, **running)

@@ -15,7 +15,7 @@ import gradio as gr
 
 from search.core.hits import Hit
 from search.core.ids import KEY
-from search.core.query import MAX_K, MAX_PARTS, Part
+from search.core.query import MAX_K, MAX_PARTS, Part, Query, checked_date
 from search.errors import InvalidImageError, QueryError, SearchError
 from search.service.examples import Examples, Shipped
 from search.service.service import SearchService
@@ -40,6 +40,9 @@ class Controls:
     include: list[str]
     exclude: list[str]
     strong: bool  # show only the hits above the relevance cut-off
+    sort: str  # "relevance", "newest" or "oldest" (SORT_CHOICES)
+    taken_from: str  # capture dates, as typed ("2024-01-31"); "" for no bound
+    taken_to: str
     key: str | None
 
 
@@ -228,13 +231,15 @@ class SearchPage:
         before = before or []
         try:
             asked = query.query(k=c.k, offset=offset, metric=c.metric, index=c.index or "", fold=bool(c.fold),
-                                include=tuple(c.include or ()), exclude=tuple(c.exclude or ()), cutoff="auto")
+                                include=tuple(c.include or ()), exclude=tuple(c.exclude or ()), cutoff="auto",
+                                sort=c.sort or "relevance", taken_from=checked_date(c.taken_from, "Taken from"),
+                                taken_to=checked_date(c.taken_to, "Taken until"))
             answer = self.service.search(asked, key=c.key)
         except Exception as exc:
             return self._failed(query, exc)
         hits = [h for h in answer.hits if h.relevant is not False] if c.strong else answer.hits
         marks = {p.value: not p.negative for p in query.feedback}
-        items, kept = views.result_gallery(before + hits, c.metric, marks=marks)
+        items, kept = views.result_gallery(before + hits, c.metric, marks=marks, dated=asked.sort != "relevance")
         relevant = sum(1 for h in kept if h.relevant) if answer.cutoff is not None else None
         next_offset = offset + len(answer.hits)
         # With only strong matches shown, a page that reached the cut-off has no more of them after it.
@@ -242,7 +247,8 @@ class SearchPage:
                 and not (c.strong and any(h.relevant is False for h in answer.hits)))
         text, image = _query_panel(query)
         return Searched(query, text, image, self.gallery(items), kept, next_offset,
-                        views.status(len(kept), answer.total, answer.seconds, relevant), gr.update(visible=more),
+                        views.status(len(kept), answer.total, answer.seconds, relevant,
+                                     _texts(asked) if answer.no_match else None), gr.update(visible=more),
                         gr.update(visible=False), None, _chips(query), _undo(query)).outputs()
 
     def _failed(self, query: PageQuery, exc: Exception, *, keep_text: bool = False) -> Outputs:
@@ -364,6 +370,11 @@ def _emptied(query: PageQuery, image: Any, status: str, *, keep_text: bool = Fal
     """A search with no results to show: the query panel, the status line, and nothing left of the last one."""
     return Searched(query, gr.skip() if keep_text else text, image, [], [], 0, status, gr.update(visible=False),
                     gr.update(visible=False), None, _chips(query), _undo(query))
+
+
+def _texts(query: Query) -> str:
+    """A query's descriptions, as the no-match message quotes them."""
+    return " + ".join(p.value for p in query.positive if p.kind == "text")
 
 
 def _chips(query: PageQuery) -> Any:

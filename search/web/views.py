@@ -86,6 +86,8 @@ METRIC_INFO = ("Cosine and correlation score similarity: 1 is the same direction
                "L1 and L2 are distances: 0 is identical, lower is closer. "
                "Inner product equals cosine on CLIP; on raw pixels it grows with brightness.")
 DISTANCES = ("l1", "l2")
+SORT_CHOICES = [("Best match first", "relevance"), ("Newest first (strong matches)", "newest"),
+                ("Oldest first (strong matches)", "oldest")]
 
 
 def score_text(score: float, metric: str) -> str:
@@ -95,12 +97,33 @@ def score_text(score: float, metric: str) -> str:
     return f"{score:.3f}" if abs(score) < 10 else f"{score:,.0f}"
 
 
-def caption(rank: int, hit: Hit, metric: str, mark: bool | None = None) -> str:
+def caption(rank: int, hit: Hit, metric: str, mark: bool | None = None, dated: bool = False) -> str:
     """A result's caption: a mark the person gave it (👍 more like, 👎 less like), rank, label (else caption,
-    else file name), score, folded near-duplicates, and "weak" below the query's relevance cut-off."""
+    else file name), score, with ``dated`` the capture date, folded near-duplicates, the words the query
+    found in it, and "weak" below the query's relevance cut-off."""
     text = f"{'' if mark is None else '👍 ' if mark else '👎 '}#{rank} {name(hit)} · {score_text(hit.score, metric)}"
-    return (text + (f" · +{len(hit.similar)} similar" if hit.similar else "")
+    when = f" · {hit.taken[:10] if hit.taken else 'no date'}" if dated else ""
+    return (text + when + (f" · +{len(hit.similar)} similar" if hit.similar else "") + _words_caption(hit)
             + (" · weak" if hit.relevant is False else ""))
+
+
+FIELD_NAMES = {"caption": "caption", "label": "label", "name": "file name", "photo": "photo's description",
+               "ocr": "text in the image"}
+
+
+def _words_caption(hit: Hit) -> str:
+    """Why the keyword channel found a hit, as short as a caption allows: the words, and the first place."""
+    if not hit.matched:
+        return ""
+    first, *rest = hit.matched.items()
+    words = list(dict.fromkeys(w for found in hit.matched.values() for w in found))
+    return f" · “{' '.join(words)}” in {FIELD_NAMES[first[0]]}{' +' if rest else ''}"
+
+
+def matched(hit: Hit) -> str:
+    """Where the query's words were found, in Markdown, the words in bold ("**Nike** **Air** in the caption")."""
+    return "; ".join(f"{' '.join(f'**{_md(w)}**' for w in found)} in the {FIELD_NAMES[field]}"
+                     for field, found in hit.matched.items())
 
 
 def name(hit: Hit) -> str:
@@ -116,26 +139,30 @@ def mark_name(hit: Hit) -> str:
     return f"{called} · {file}" if file and file != called else called
 
 
-def result_gallery(hits: list[Hit], metric: str,
-                   marks: dict[str, bool] | None = None) -> tuple[list[tuple[str, str]], list[Hit]]:
+def result_gallery(hits: list[Hit], metric: str, marks: dict[str, bool] | None = None,
+                   dated: bool = False) -> tuple[list[tuple[str, str]], list[Hit]]:
     """(thumbnail, caption) pairs for the results gallery, and the hit behind each item, in the same order.
 
     Hits without a thumbnail are not shown; ranks stay those of the results. ``marks``: the person's
-    feedback by image id (True: more like it).
+    feedback by image id (True: more like it); ``dated``: captions show capture dates (a sort by date).
     """
     items: list[tuple[str, str]] = []
     shown: list[Hit] = []
     for rank, hit in enumerate(hits, 1):
         if hit.image:
-            items.append((hit.image, caption(rank, hit, metric, (marks or {}).get(hit.id))))
+            items.append((hit.image, caption(rank, hit, metric, (marks or {}).get(hit.id), dated)))
             shown.append(hit)
     return items, shown
 
 
-def status(shown: int, total: int, seconds: float, relevant: int | None = None) -> str:
-    """How many results of how many images, how many pass the cut-off, and how long the search took."""
+def status(shown: int, total: int, seconds: float, relevant: int | None = None, no_match: str | None = None) -> str:
+    """How many results of how many images, how many pass the cut-off, and how long the search took; with
+    ``no_match`` (the query's text), that nothing stands out for it, before the counts."""
     if not total:
-        return "No images to search here: the index is empty, or no image has the labels chosen."
+        return "No images to search here: the index is empty, or no image has these labels or dates."
+    if no_match is not None:
+        return (f"**Nothing here looks like “{_md(no_match)}”**; the nearest images are shown below. "
+                f"{shown:,} of {total:,} image{'' if total == 1 else 's'} · {seconds * 1000:.0f} ms")
     cut = f" · {relevant} strong match{'' if relevant == 1 else 'es'}" if relevant is not None else ""
     return f"Top **{shown:,}** of {total:,} image{'' if total == 1 else 's'}{cut} · {seconds * 1000:.0f} ms"
 
@@ -151,6 +178,10 @@ def detail(rank: int, hit: Hit, metric: str) -> str:
     if hit.caption and hit.caption != hit.label:
         lines.append(_md(hit.caption))
     lines.append(f"Score ({metric}): {score_text(hit.score, metric)} (raw {hit.score:.6g})")
+    if hit.matched:
+        lines.append(f"Found {matched(hit)}")
+    if hit.taken:
+        lines.append(f"Taken {hit.taken.replace('T', ' ')}")
     if hit.source:
         source = hit.source
         link = source.startswith(("http://", "https://")) and " " not in source and ")" not in source

@@ -70,9 +70,9 @@ def _select(index: int) -> gr.SelectData:
 
 
 def controls(index: str = "", metric: str = "cosine", k: int = 5, *, include=(), exclude=(), strong=False,
-             key: str | None = None) -> tuple:
+             sort: str = "relevance", taken_from: str = "", taken_to: str = "", key: str | None = None) -> tuple:
     """The page's search controls, in the order its handlers take them."""
-    return (index, metric, k, False, list(include), list(exclude), strong, key)
+    return (index, metric, k, False, list(include), list(exclude), strong, sort, taken_from, taken_to, key)
 
 
 def searched(answer: dict) -> dict:
