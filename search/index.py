@@ -68,6 +68,7 @@ class ImageIndex:
         self._exact_cache: tuple[int, list[str], metrics.ExactSearch] | None = None
         self._catalogue_cache: tuple[int, Catalogue] | None = None
         self._floor_cache: tuple[int, float | None] | None = None
+        self._words_checked: int | None = None  # the collection's size when its words were last checked
         self._cache_lock = threading.Lock()
 
     @classmethod
@@ -144,6 +145,7 @@ class ImageIndex:
         """Hits ``offset`` to ``offset + k`` of ``query``'s ranking (``search``; the library's calls rank deeper)."""
         where = self._filter(query)
         vector = self._compose(query)
+        count = len(self)
         fold = NEAR_DUPLICATE_SIMILARITY if query.fold and self.metadata.get("normalized") else None
         dated = query.sort != "relevance"
         words = self._words(query)
@@ -151,21 +153,24 @@ class ImageIndex:
         depth = max(offset + k, CUTOFF_DEPTH if query.cutoff == "auto" or dated else 0, KEYWORD_DEPTH if words else 0)
         scored = self._nearest(vector, depth * 4 + 8 if fold else depth, query.metric, where)
         top = np.array([s[1] for s in scored], dtype=np.float64)
+        found_ids: set[str] = set()
         if words:
-            scored = self._fused(scored, self._keyword_hits(words, where, vector, query.metric), query.keywords)
+            by_words = self._keyword_hits(words, where, vector, query.metric, {s[0]: s for s in scored}, count)
+            found_ids = {s[0] for s in by_words}
+            scored = self._fused(scored, by_words, query.keywords)
         # The label scan is read only for filters: counting is cheaper where there are none
-        total = self._catalogue().total(where) if where else len(self)
+        total = self._catalogue().total(where) if where else count
         cutoff = auto_cutoff(top, total) if query.cutoff == "auto" else query.cutoff
         hits = [self.hit(*s) for s in scored]
-        if words:
-            hits = [replace(h, matched=_matched(h, words)) for h in hits]
+        if found_ids:  # only what the keyword channel found holds any of the words
+            hits = [replace(h, matched=_matched(h, words)) if h.id in found_ids else h for h in hits]
         if cutoff is not None:
             hits = [replace(h, relevant=h.score >= cutoff or _all_found(h, words)) for h in hits]
         if dated:
             hits = _by_date(hits, newest=query.sort == "newest")
         if fold:
             hits = self._folded(hits, fold)
-        no_match = self._nothing_stands_out(query, top) and not any(_all_found(h, words) for h in hits)
+        no_match = self._nothing_stands_out(query, top, count) and not any(_all_found(h, words) for h in hits)
         return Ranked(hits[offset: offset + k], total, cutoff, no_match)
 
     def labels(self) -> list[str]:
@@ -217,18 +222,17 @@ class ImageIndex:
         ranked = [h.id for h in hits if h.id in vectors]  # one deleted since it was ranked is gone from both
         return [replace(by_id[head], similar=tuple(members)) for head, members in fold_near_duplicates(ranked, vectors, fold)]
 
-    def _nothing_stands_out(self, query: Query, top: np.ndarray) -> bool:
+    def _nothing_stands_out(self, query: Query, top: np.ndarray, count: int) -> bool:
         """Whether a text query's best score is below the collection's match floor (``cutoff.match_floor``)."""
         if not len(top) or query.metric not in ("cosine", "ip") or not self.metadata.get("normalized") or any(
                 p.kind != "text" for p in query.positive):
             return False
-        floor = self._match_floor()
+        floor = self._match_floor(count)
         return floor is not None and float(top[0]) < floor
 
-    def _match_floor(self) -> float | None:
+    def _match_floor(self, count: int) -> float | None:
         """The collection's match floor from its most common labels (at least two), read once per size."""
         with self._cache_lock:
-            count = len(self)
             if self._floor_cache is not None and self._floor_cache[0] == count:
                 return self._floor_cache[1]
         labels = [label for label, _ in self._catalogue().counts.most_common(FLOOR_LABELS) if label]
@@ -260,20 +264,22 @@ class ImageIndex:
             return []
         return query_words(" ".join(p.value for p in query.positive))
 
-    def _keyword_hits(self, words: list[str], where: Filter | None, vector: np.ndarray,
-                      metric: str) -> list[tuple[str, float, dict]]:
+    def _keyword_hits(self, words: list[str], where: Filter | None, vector: np.ndarray, metric: str,
+                      ranked: dict[str, tuple[str, float, dict]], count: int) -> list[tuple[str, float, dict]]:
         """The records holding the query's words that ``where`` admits, best first, each with its score under
-        ``metric`` against ``vector`` (what the hit shows, whichever channel found it)."""
-        found_ids = [h.id for h in self.store.keywords_of(self.collection).search(self.collection.name, words,
-                                                                                  KEYWORD_DEPTH)]
-        metas = self.collection.metadatas(found_ids)
-        kept = [i for i in found_ids if i in metas and (where is None or where.admits(metas[i]))]
-        stored = self.collection.vectors(kept)
-        kept = [i for i in kept if i in stored]
-        if not kept:
-            return []
-        scores = metrics.scores(np.stack([stored[i] for i in kept]), vector, metric)
-        return [(i, float(score), metas[i]) for i, score in zip(kept, scores)]
+        ``metric`` against ``vector`` (what the hit shows, whichever channel found it); ``ranked``: what the
+        vector search already gave, by id (read again from the store only where it did not); ``count``: the
+        collection's size now (the words are checked against the records again when it changes)."""
+        if self._words_checked != count:
+            self.store.keywords_of(self.collection)
+            self._words_checked = count
+        ids = [h.id for h in self.store.keywords.search(self.collection.name, words, KEYWORD_DEPTH)]
+        stored = self.collection.records([i for i in ids if i not in ranked])
+        extra = [r for r in stored.values() if where is None or where.admits(r.metadata)]
+        if extra:
+            scores = metrics.scores(np.stack([r.vector for r in extra]), vector, metric)
+            ranked = {**ranked, **{r.id: (r.id, float(score), r.metadata) for r, score in zip(extra, scores)}}
+        return [ranked[i] for i in ids if i in ranked]
 
     @staticmethod
     def _fused(scored: list[tuple[str, float, dict]], keyword: list[tuple[str, float, dict]],
@@ -316,6 +322,7 @@ class ImageIndex:
             self._exact_cache = None
             self._catalogue_cache = None
             self._floor_cache = None
+            self._words_checked = None
 
     def _catalogue(self) -> Catalogue:
         """Every record's label, read once per collection size (a change of size re-reads them)."""

@@ -8,6 +8,7 @@ query typed with its diacritics ranks the images that carry them higher.
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -27,6 +28,7 @@ def normal(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).casefold().split())
 
 
+@functools.lru_cache(maxsize=65_536)  # called word by word on every hit's fields: the same words recur
 def fold(text: str) -> str:
     """``text`` without accents (tone and vowel marks gone, đ as d), lower-cased: the form both sides meet in."""
     decomposed = unicodedata.normalize("NFD", normal(text).replace("đ", "d"))

@@ -123,6 +123,15 @@ class ChromaCollection:
             got = self._chroma.get(ids=list(ids), include=["embeddings"])
         return {i: np.asarray(v, np.float32) for i, v in zip(got["ids"], got["embeddings"])}
 
+    def records(self, ids: Sequence[str]) -> dict[str, Record]:
+        """The stored records of ``ids`` (those held), vectors and metadata in one read."""
+        if not ids:
+            return {}
+        with self._store.guard():
+            got = self._chroma.get(ids=list(ids), include=["embeddings", "metadatas"])
+        return {i: Record(i, np.asarray(v, np.float32), m or {})
+                for i, v, m in zip(got["ids"], got["embeddings"], got["metadatas"])}
+
     def metadatas(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The stored metadata of ``ids`` (those held)."""
         if not ids:
