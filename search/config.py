@@ -7,6 +7,8 @@ override them, as tests and library callers do. Nothing else in the package read
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -61,6 +63,7 @@ class Settings(BaseSettings):
     text_model: str | None = Field(AUTO, validation_alias="IMAGE_SEARCH_TEXT_MODEL")
     pixel_collection: str = Field("pixels", validation_alias="IMAGE_SEARCH_PIXEL_COLLECTION")
     allow_private_urls: bool = Field(False, validation_alias="IMAGE_SEARCH_ALLOW_PRIVATE_URLS")
+    ocr: bool = Field(True, validation_alias="IMAGE_SEARCH_OCR")  # albums' text read in the background, if Tesseract is here
     public: bool = Field(False, validation_alias="IMAGE_SEARCH_PUBLIC")  # albums per visitor, and capped
     space_id: str = Field("", validation_alias="SPACE_ID", repr=False)  # set by Hugging Face: public
     max_collections_total: int = Field(100, ge=1, validation_alias="IMAGE_SEARCH_MAX_COLLECTIONS_TOTAL")
@@ -71,6 +74,7 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, ge=1, validation_alias="IMAGE_SEARCH_QUEUE_SIZE")
     concurrency: int = Field(4, ge=1, validation_alias="IMAGE_SEARCH_CONCURRENCY")  # Chroma is thread-safe
     chroma_host: str = Field("", validation_alias="CHROMA_HOST")
+    ray_address: str = Field("", validation_alias="RAY_ADDRESS")  # the cluster `--engine ray` joins ("": a Ray of its own)
     chroma_port: int = Field(8000, ge=1, le=65535, validation_alias="CHROMA_PORT")
     chroma_token: SecretStr | None = Field(None, validation_alias="CHROMA_TOKEN")
     chroma_timeout_s: float = Field(10.0, gt=0, validation_alias="CHROMA_TIMEOUT_S")
@@ -165,3 +169,27 @@ def _unset_or_none(value: object, default: str) -> object:
         value = value.strip()
         return default if not value else None if value.lower() == "none" else value
     return value
+
+
+class _ChildEnvironment(Mapping[str, str]):
+    """This process's environment as a child process sees it, read at each use, with ``defaults`` for
+    variables the operator did not set."""
+
+    def __init__(self, defaults: dict[str, str]):
+        self.defaults = defaults
+
+    def __getitem__(self, key: str) -> str:
+        return os.environ[key] if key in os.environ else self.defaults[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from os.environ
+        yield from (k for k in self.defaults if k not in os.environ)
+
+    def __len__(self) -> int:
+        return len(os.environ) + sum(k not in os.environ for k in self.defaults)
+
+
+def for_child_processes(**defaults: str) -> Mapping[str, str]:
+    """The environment to start a child process with (Tesseract): this process's own, with ``defaults`` for what
+    the operator did not set (config is the only module that reads the environment)."""
+    return _ChildEnvironment(defaults)

@@ -1,0 +1,264 @@
+"""A photo's own words and date, read from its header: EXIF, IPTC and XMP, without decoding a pixel.
+
+What people and their software wrote into the file (a caption, a title, keywords) becomes searchable text,
+and the moment the camera took the photo its capture date. Each source is read on its own, so a damaged one
+costs only itself; text is made NFC, stripped of control characters and bounded; a date must be a real one
+between 1900 and 2100. Garbage in gives empty facts out, never an exception.
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import re
+import unicodedata
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from PIL import Image, ImageFile, IptcImagePlugin
+
+from search.images.decode import ALLOWED_FORMATS
+
+MAX_TEXT = 2_000  # characters kept of each text field (a caption, a title, a comment)
+MAX_KEYWORD = 200
+MAX_KEYWORDS = 100
+# An XMP packet in a JPEG's APP1 segment is at most 64 KB; PNG and TIFF can carry more. Larger ones are skipped
+# rather than parsed.
+MAX_XMP_BYTES = 512 * 1024
+YEARS = range(1900, 2101)
+# What cameras and phones write as ImageDescription when nobody described the photo: words of no one's choosing.
+CAMERA_DEFAULTS = frozenset({
+    "olympus digital camera", "sony dsc", "samsung camera pictures", "exif_jpeg_picture", "digital camera",
+    "kodak digital still camera", "minolta digital camera", "konica minolta digital camera", "default",
+})
+
+EXIF_IFD = 0x8769
+IMAGE_DESCRIPTION = 0x010E
+XP_TITLE, XP_COMMENT, XP_KEYWORDS, XP_SUBJECT = 0x9C9B, 0x9C9C, 0x9C9E, 0x9C9F
+USER_COMMENT = 0x9286
+DATE_TIME_ORIGINAL, DATE_TIME_DIGITIZED = 0x9003, 0x9004
+IPTC_KEYWORDS, IPTC_DATE, IPTC_TIME, IPTC_CAPTION = (2, 25), (2, 55), (2, 60), (2, 120)
+
+RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+DC = "{http://purl.org/dc/elements/1.1/}"
+PHOTOSHOP = "{http://ns.adobe.com/photoshop/1.0/}"
+XMP_EXIF = "{http://ns.adobe.com/exif/1.0/}"
+XMP_BASIC = "{http://ns.adobe.com/xap/1.0/}"
+XMP_TEXT = (f"{DC}title", f"{DC}description")
+# Most trusted first: when the shutter fired, then when the photo was first made a file.
+XMP_DATES = (f"{XMP_EXIF}DateTimeOriginal", f"{PHOTOSHOP}DateCreated", f"{XMP_BASIC}CreateDate")
+
+# "2024:01:31 12:34:56" (EXIF), "2024-01-31T12:34:56.00+07:00" or "2024-01-31" (XMP), "20240131" (IPTC)
+_DATE = re.compile(r"\s*(\d{4})[:\-]?(\d{2})[:\-]?(\d{2})(?:[T ]?(\d{2}):?(\d{2})(?::?(\d{2}))?)?")
+# Markup declarations (DOCTYPE, ENTITY) are how XML expands entities or reaches outside; XMP never needs them.
+_DECLARATION = re.compile(r"<!(?!--|\[CDATA\[)")
+
+
+@dataclass(frozen=True)
+class PhotoFacts:
+    """What the file says about itself: a description (its texts, one a line), keywords, and when it was taken
+    (the camera's wall-clock time, naive: no source says the zone reliably)."""
+
+    description: str | None = None
+    keywords: tuple[str, ...] = ()
+    taken: datetime.datetime | None = None
+
+
+EMPTY = PhotoFacts()
+
+
+def read_facts(data: bytes) -> PhotoFacts:
+    """The description, keywords and capture date that ``data``'s EXIF, IPTC and XMP hold; empty facts where
+    there are none or the bytes are not an image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about odd headers; they are read as far as they go
+            texts: list[str] = []
+            keywords: list[str] = []
+            dates: list[datetime.datetime | None] = []
+            with Image.open(io.BytesIO(bytes(data)), formats=ALLOWED_FORMATS) as im:
+                for source in (_exif_facts, _iptc_facts, _xmp_facts):
+                    try:
+                        found_texts, found_keywords, found_dates = source(im)
+                    except Exception:  # a damaged block costs only itself
+                        continue
+                    texts += found_texts
+                    keywords += found_keywords
+                    dates += found_dates
+    except Exception:  # not an image, or one Pillow cannot open: nothing to say
+        return EMPTY
+    description = "\n".join(_distinct(texts))
+    taken = next((d for d in dates if d is not None), None)
+    return PhotoFacts(description or None, tuple(_keywords(keywords)), taken)
+
+
+Facts = tuple[list[str], list[str], list[datetime.datetime | None]]  # texts, keywords, dates (best first)
+
+
+def _exif_facts(im: ImageFile.ImageFile) -> Facts:
+    if "exif" in im.info:
+        exif = Image.Exif()
+        exif.load(im.info["exif"])
+    elif im.format == "TIFF":  # a TIFF's own tags are its EXIF; PNG's getexif would decode the pixels instead
+        exif = im.getexif()
+    else:
+        return [], [], []
+    ifd = exif.get_ifd(EXIF_IFD)
+    description = _clean(_decode(_raw(exif.get(IMAGE_DESCRIPTION))))
+    if description and " ".join(description.casefold().split()) in CAMERA_DEFAULTS:
+        description = None
+    texts = [description, *(_clean(_utf16le(exif.get(tag))) for tag in (XP_TITLE, XP_SUBJECT, XP_COMMENT)),
+             _clean(_user_comment(ifd.get(USER_COMMENT)))]
+    keywords = (_utf16le(exif.get(XP_KEYWORDS)) or "").split(";")
+    # DateTime (0x0132) is left out: editors rewrite it on every save.
+    dates = [_date(_decode(_raw(ifd.get(tag) or exif.get(tag)))) for tag in (DATE_TIME_ORIGINAL, DATE_TIME_DIGITIZED)]
+    return [t for t in texts if t], keywords, dates
+
+
+def _iptc_facts(im: ImageFile.ImageFile) -> Facts:
+    # Record 1:90 may declare UTF-8; _decode reads UTF-8 first whether or not it does, as undeclared UTF-8 is common.
+    iptc = IptcImagePlugin.getiptcinfo(im) or {}
+    caption = [_clean(_decode(v)) for v in _values(iptc.get(IPTC_CAPTION))]
+    keywords = [k for v in _values(iptc.get(IPTC_KEYWORDS)) if (k := _decode(v))]
+    day = (_values(iptc.get(IPTC_DATE)) or [b""])[0]
+    time = (_values(iptc.get(IPTC_TIME)) or [b""])[0]  # HHMMSS and a zone, which is dropped
+    dates = [_date(day.decode("ascii", "replace") + " " + time[:6].decode("ascii", "replace"))] if day else []
+    return [c for c in caption if c], keywords, dates
+
+
+def _xmp_facts(im: ImageFile.ImageFile) -> Facts:
+    packet = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
+    if not packet or len(packet) > MAX_XMP_BYTES:
+        return [], [], []
+    if isinstance(packet, bytes):  # UTF-8, or UTF-16 after a byte-order mark
+        packet = packet.decode("utf-16" if packet[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8", "replace")
+    text = str(packet).strip("\x00 \t\r\n\ufeff")
+    if _DECLARATION.search(text):
+        return [], [], []
+    root = ET.fromstring(text)
+    found: dict[str, list[str]] = {}
+    for element in root.iter():
+        if element.tag in (*XMP_TEXT, f"{DC}subject", *XMP_DATES):
+            items = [li.text for li in element.iter(f"{RDF}li")] or [element.text]
+            found.setdefault(element.tag, []).extend(i for i in items if i)
+        if element.tag == f"{RDF}Description":  # simple values may be written as attributes
+            for name, value in element.attrib.items():
+                if name in (*XMP_TEXT, *XMP_DATES):
+                    found.setdefault(name, []).append(value)
+    texts = [_clean(t) for name in XMP_TEXT for t in found.get(name, [])]
+    dates = [_date(d) for name in XMP_DATES for d in found.get(name, [])[:1]]
+    return [t for t in texts if t], found.get(f"{DC}subject", []), dates
+
+
+def _values(value: object) -> list[bytes]:
+    """An IPTC dataset's values: it is bytes once, a list of bytes when repeated."""
+    items = value if isinstance(value, list) else [value]
+    return [v for v in items if isinstance(v, bytes)]
+
+
+def _raw(value: object) -> bytes | None:
+    """An EXIF ASCII value as the bytes in the file: Pillow hands them over decoded as Latin-1."""
+    if isinstance(value, str):
+        try:
+            return value.encode("latin-1")
+        except UnicodeEncodeError:
+            return value.encode("utf-8")
+    if isinstance(value, tuple) and all(isinstance(v, int) and 0 <= v < 256 for v in value):
+        return bytes(value)
+    return value if isinstance(value, bytes) else None
+
+
+def _decode(value: bytes | None) -> str | None:
+    """Text bytes of no declared charset: UTF-8 where they are valid UTF-8 (most software writes it, whatever
+    the spec says), else Windows-1252; cut at the first NUL, where C strings end."""
+    if not value:
+        return None
+    value = value.lstrip(b"\x00").split(b"\x00", 1)[0][: MAX_TEXT * 4]
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("cp1252", "replace")
+
+
+def _utf16le(value: object) -> str | None:
+    """A Windows XP* tag: UTF-16LE, NUL-terminated."""
+    raw = _raw(value)
+    if not raw:
+        return None
+    return raw[: MAX_TEXT * 4].decode("utf-16-le", "replace").split("\x00", 1)[0]
+
+
+def _user_comment(value: object) -> str | None:
+    """EXIF UserComment: an 8-byte charset code, then the text."""
+    raw = _raw(value)
+    if not raw or len(raw) <= 8:
+        return None
+    code, body = raw[:8], raw[8 : 8 + MAX_TEXT * 4]
+    if code == b"UNICODE\x00":
+        return body.decode(_utf16_order(body), "replace").split("\x00", 1)[0]
+    if code in (b"ASCII\x00\x00\x00", b"\x00" * 8):
+        return _decode(body)
+    return None  # JIS, or a code no one defined
+
+
+def _utf16_order(body: bytes) -> str:
+    """The byte order of UTF-16 text. Writers follow the EXIF block's order or always use little-endian, so
+    read it from the text: Latin letters, Vietnamese's included, have a zero high byte or a small one."""
+    if body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    even = sum(1 for b in body[0::2] if b < 0x20)
+    odd = sum(1 for b in body[1::2] if b < 0x20)
+    return "utf-16-be" if even > odd else "utf-16-le"
+
+
+def _clean(text: str | None, limit: int = MAX_TEXT) -> str | None:
+    """``text`` in NFC without control characters, its whitespace as single spaces, at most ``limit``
+    characters; None if nothing is left."""
+    if not text:
+        return None
+    text = unicodedata.normalize("NFC", text[: limit * 2])
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text
+                   if unicodedata.category(c) not in ("Cf", "Cs", "Co"))
+    return " ".join(text.split())[:limit].rstrip() or None
+
+
+def _distinct(texts: Iterable[str]) -> list[str]:
+    """Each text once: the same caption often stands in EXIF, IPTC and XMP alike, or a title inside its caption."""
+    kept: list[tuple[str, str]] = []
+    for text in texts:
+        key = text.casefold()
+        if any(key in other for other, _ in kept):
+            continue
+        kept = [(other, t) for other, t in kept if other not in key]
+        kept.append((key, text))
+    return [text for _, text in kept]
+
+
+def _keywords(keywords: Iterable[str]) -> Iterator[str]:
+    seen: set[str] = set()
+    for keyword in keywords:
+        clean = _clean(keyword, MAX_KEYWORD)
+        if clean and clean.casefold() not in seen and len(seen) < MAX_KEYWORDS:
+            seen.add(clean.casefold())
+            yield clean
+
+
+def _date(text: str | None) -> datetime.datetime | None:
+    """A date and time as EXIF, XMP or IPTC write it, if it is a real one between 1900 and 2100; a time that is
+    missing or impossible leaves the day at midnight."""
+    match = _DATE.match(text or "")
+    if not match:
+        return None
+    year, month, day = (int(g) for g in match.groups()[:3])
+    if year not in YEARS:
+        return None
+    try:
+        date = datetime.datetime(year, month, day)
+    except ValueError:
+        return None
+    hour, minute, second = (int(g or 0) for g in match.groups()[3:])
+    try:
+        return date.replace(hour=hour, minute=minute, second=second)
+    except ValueError:
+        return date
