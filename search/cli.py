@@ -7,7 +7,9 @@ import hashlib
 import json
 import sys
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 from search.config import configure_logging, load_settings
 from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
@@ -15,6 +17,7 @@ from search.embedders.base import DEFAULT_MODEL
 from search.embedders.registry import load_embedder
 from search.errors import SearchError, SourceError
 from search.evaluate import Options, evaluate, markdown
+from search.images import ocr
 from search.pipeline.build import BuildOptions, build_index
 from search.pipeline.report import BuildReport
 from search.pipeline.swap import reembed
@@ -61,7 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--near-duplicate-similarity", type=float, default=NEAR_DUPLICATE_SIMILARITY,
                    help="cosine above which two images are reported as near-duplicates (0 turns it off)")
     p.add_argument("--shard", type=_shard, metavar="I/N",
-                   help="index only shard I of N (0-based) of the source, for several builders into one collection")
+                   help="deprecated (--engine ray spreads one build over a cluster): index only shard I of N (0-based) "
+                        "of the source, for several builders into one collection")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: Ray tasks and model actors, on a Ray started here or the cluster "
+                        "RAY_ADDRESS names (pip install ray; see README)")
+    p.add_argument("--ocr", action="store_true",
+                   help="also read the text inside each image (Tesseract, English and Vietnamese) so that keyword "
+                        "search finds it; about a second an image here (see README)")
     p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
@@ -75,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--sync needs --dataset FOLDER and no --limit (it removes what the folder no longer holds)")
     if args.sync and args.shard:
         p.error("--sync and --shard do not go together: one shard cannot tell what another removed")
+    if args.shard and args.engine == "ray":
+        p.error("--shard and --engine ray do not go together: the Ray engine spreads the whole build itself")
     return args
 
 
@@ -108,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                               + f"; it reads {', '.join(sorted(IMAGE_SUFFIXES))} files")
         items, manifest = source.items, args.collection
         if args.shard:
+            print("note: --shard is deprecated and will go; --engine ray spreads one build over a cluster "
+                  "(RAY_ADDRESS)", file=sys.stderr)
             index, count = args.shard
             items = (item for item in items if shard_of(item.source, count) == index)
             manifest = f"{args.collection}.shard-{index}-of-{count}"
@@ -191,12 +205,32 @@ def _build(args: argparse.Namespace, store: Store, source: Source, items: Iterab
         sync_root=source.description if args.sync else None,
         near_duplicate_similarity=args.near_duplicate_similarity or None,
         manifest=manifest,
+        ocr=_ocr(args.ocr),
     )
-    embedder = load_embedder(args.model, args.device, precision=args.precision, batch_size=args.batch_size,
-                             decisions=store.precision_file)
+    if args.engine == "ray":  # the model loads in the cluster's processes, not in this one
+        from search.pipeline.ray_engine import ModelSpec, RayOptions, build_index_ray
+
+        model = ModelSpec(args.model, args.device, store.precision_file)
+        where = RayOptions(address=load_settings().ray_address or None)
+        build = partial(build_index_ray, items, store, args.collection, model, options, ray_options=where)
+    else:
+        embedder = load_embedder(args.model, args.device, precision=args.precision, batch_size=args.batch_size,
+                                 decisions=store.precision_file)
+        build = partial(build_index, items, store, args.collection, embedder, options)
     with tqdm(total=source.total, unit="img", desc="indexing", disable=args.quiet, smoothing=0.1) as bar:
-        return build_index(items, store, args.collection, embedder, options,
-                           on_progress=lambda done, _: bar.update(done - bar.n))
+        return build(on_progress=lambda done, _: bar.update(done - bar.n))
+
+
+def _ocr(wanted: bool) -> Literal["now"] | None:
+    """OCR for this build where it was asked for and Tesseract is here; where it is not, a note says so and
+    the build goes on without it."""
+    if not wanted:
+        return None
+    reason = ocr.missing()
+    if reason:
+        print(f"note: {reason} The build goes on without it.", file=sys.stderr)
+        return None
+    return "now"
 
 
 def shard_of(source: str, count: int) -> int:

@@ -16,6 +16,7 @@ from search.config import ChromaServer, Settings
 from search.core import metrics
 from search.core.cutoff import DEPTH as CUTOFF_DEPTH
 from search.core.cutoff import auto_cutoff, match_floor
+from search.core.dates import seconds_of
 from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY, fold_near_duplicates
 from search.core.fusion import fuse
 from search.core.hits import Hit, Ranked
@@ -382,9 +383,7 @@ def _by_date(hits: list[Hit], *, newest: bool) -> list[Hit]:
 
 
 def _day(day: date | None) -> int | None:
-    import calendar  # TODO(lead): core/dates.py
-
-    return calendar.timegm(day.timetuple()) if day else None
+    return seconds_of(day) if day else None
 
 
 def _at(part: Part, message: str) -> str:

@@ -52,10 +52,10 @@ def match_floor(tops: np.ndarray, lows: np.ndarray) -> float:
     A query for something the collection holds scores about as high as its labels do; one for something it
     lacks stays below the weakest label by more than a small part of the spread between labels' best scores
     and the bulk. Scale-free: the floor moves with the model's scores (SigLIP's sit elsewhere than CLIP's).
-    Measured on the shapes (tests/e2e/test_words.py; the tiny CLIP, 6 of 12 classes held, 4 draws, four
-    phrasings each unlike the labels): held classes' queries are never below the floor (0 of 96), absent
-    classes' are in 92 of 96 (a margin of 0.01 gives 96 of 96; 0.25 only 76, 0.05 keeps room for labels that
-    make poor prompts).
+    Measured on the shapes with the tiny CLIP (6 of the 12 classes held, 8 images each, each class asked for in
+    four phrasings unlike the labels): over 4 draws held classes' queries were never below the floor (0 of 96)
+    and absent classes' were in 92 of 96 (a margin of 0.01 gives 96 of 96, 0.25 only 76; 0.05 keeps room for
+    labels that make poor prompts); tests/e2e/test_words.py holds 3 draws to it: 0 of 72 and 68 of 72.
     """
     tops, lows = np.asarray(tops, np.float64), np.asarray(lows, np.float64)
     return float(tops.min() - NO_MATCH_MARGIN * max(float(np.median(tops) - np.median(lows)), 0.0))

@@ -2,13 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-
-def taken_text(seconds: int) -> str:
-    """A capture time as stored (seconds, the camera's own clock read as UTC) in ISO 8601, without a zone."""
-    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None).isoformat()
+from search.core.dates import taken_text
 
 
 @dataclass(frozen=True)

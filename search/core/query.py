@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeGuard
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from search.core.dates import parse_date
 from search.core.ids import is_image_id, shown
 from search.core.metrics import METRICS
 from search.errors import QueryError
@@ -250,8 +251,6 @@ def checked_date(value: str | None, name: str) -> date | None:
     QueryError headed by ``name``."""
     if value is None or not value.strip():
         return None
-    from search.core.dates import parse_date  # TODO(lead): top-level once core/dates.py lands
-
     try:
         return parse_date(value.strip())
     except QueryError as exc:

@@ -2,8 +2,9 @@
 
 identify and prepare run on a prefetch thread one batch ahead of the model, fanning out to a pool of
 decoding threads at a lower OS priority; embed and write run on the caller's thread. The run's state
-(which images it has seen, the manifest, the report) is the runner's alone: stages return their outcome
-and the runner merges it, with each stage's seconds.
+(which images it has seen, the manifest, the report) is ``RunState``'s alone: stages return their outcome
+and the runner merges it, with each stage's seconds. Another engine (ray_engine.py) keeps its run in a
+``RunState`` too, so both say the same of the same source.
 """
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
 from search.embedders.base import Embedder
 from search.embedders.precision import AUTO, BF16, FP32
 from search.errors import BuildInterrupted, StoreUnavailableError
-from search.pipeline import stages
+from search.pipeline import stages, text_queue
 from search.pipeline.prefetch import prefetch
 from search.pipeline.report import BuildReport
 from search.sources.base import Item
@@ -44,6 +45,9 @@ class BuildOptions:
     sync_root: str | None = None  # remove records from under this root that the source no longer holds
     near_duplicate_similarity: float | None = NEAR_DUPLICATE_SIMILARITY
     manifest: str | None = None  # the manifest's name (default: the collection's)
+    # Text inside the images (Tesseract): "now" reads it before each batch is written (the builder's --ocr);
+    # "later" keeps an OCR-sized copy for a background reader (pipeline/text_queue.py: albums); None: no OCR.
+    ocr: Literal["now", "later"] | None = None
 
 
 def build_index(
@@ -68,60 +72,42 @@ def build_index(
         raise BuildInterrupted(exc, run.report.indexed if run else 0) from exc
 
 
-class _Run:
-    """One run of the pipeline over a source: the stages in order, and what only the run knows."""
+class Model(Protocol):
+    """What a run records of its model (an ``Embedder`` is one; precision and decision are read where it has them)."""
 
-    def __init__(self, store: Store, collection: str, embedder: Embedder, options: BuildOptions,
+    @property
+    def name(self) -> str: ...
+    @property
+    def dimension(self) -> int: ...
+    @property
+    def normalized(self) -> bool: ...
+
+
+class RunState:
+    """What one run over a source knows besides its batches, whatever runs the stages: the collection, the
+    manifest of earlier builds and this one's, every image id seen (duplicates, sync), the report."""
+
+    def __init__(self, store: Store, collection: str, model: Model, options: BuildOptions,
                  on_progress: Progress | None):
         self.store = store
-        self.embedder = embedder
+        self.model = model
         self.options = options
         self.on_progress = on_progress
-        self.collection: Collection = store.open_or_create(collection, ModelInfo.of(embedder), options.source)
-        self.report = BuildReport(str(store.folder), collection, embedder.name)
+        self.collection: Collection = store.open_or_create(collection, ModelInfo.of(model), options.source)
+        self.report = BuildReport(str(store.folder), collection, model.name)
         self.manifest_name = options.manifest or collection
         self.known = manifests.load(store.folder, self.manifest_name)
         self.manifest: manifests.Manifest = {}
         self.seen: dict[str, str] = {}  # every image id the source holds now, with its first source: duplicates, sync
-        self.precision = getattr(embedder, "precision", FP32) if options.precision == AUTO else options.precision
-        self.near = options.near_duplicate_similarity if embedder.normalized else None
+        self.precision = getattr(model, "precision", FP32) if options.precision == AUTO else options.precision
+        self.near = options.near_duplicate_similarity if model.normalized else None
         self.done = 0
-        self._lock = threading.Lock()  # the two sides of the prefetch merge into one report
+        self._lock = threading.Lock()  # an engine's threads merge into one report
 
-    def run(self, items: Iterable[Item]) -> BuildReport:
-        start = time.perf_counter()
-        for ready in prefetch(self._produce(items), self._advance):
-            if ready:
-                with self._stage("embed"):
-                    vectors = stages.embed(ready, self.embedder, self.options.batch_size, self.precision)
-                with self._stage("write"):
-                    self._merge(stages.write(self.store, self.collection, ready, vectors, self.near))
-        manifests.save(self.store.folder, self.manifest_name, self.manifest)
-        if self.options.sync_root is not None:
-            with self._stage("sync"):
-                self.report.removed = stages.sync(self.store, self.collection, self.options.sync_root, set(self.seen))
-        return self._finished(time.perf_counter() - start)
+    def still_needed(self, found: list[stages.Identified]) -> list[stages.Identified]:
+        """What the run must still embed: not an exact duplicate of an image it has seen, nor held by the store.
 
-    def _produce(self, items: Iterable[Item]) -> Generator[tuple[int, list[stages.Ready]], None, None]:
-        """(items read, images ready to embed) for each batch of the source, on the prefetch thread."""
-        pool = ThreadPoolExecutor(max_workers=max(1, self.options.workers), thread_name_prefix="decode",
-                                  initializer=_yield_to_the_model)
-        iterator = iter(items)
-        try:
-            while chunk := list(islice(iterator, self.options.batch_size)):
-                with self._stage("identify"):
-                    found, outcome = stages.identify(chunk, self.known, pool.map)
-                    self._merge(outcome)
-                    todo = self._still_needed(found)
-                with self._stage("decode"):
-                    ready, outcome = stages.prepare(todo, self.embedder, pool.map)
-                    self._merge(outcome)
-                yield len(chunk), ready
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _still_needed(self, found: list[stages.Identified]) -> list[stages.Identified]:
-        """What the run must still embed: not an exact duplicate of an image it has seen, nor held by the store."""
+        Called in the source's order, so the first of two copies is the one kept."""
         fresh = []
         for one in found:
             if one.image_id in self.seen:
@@ -134,7 +120,8 @@ class _Run:
         self.report.already_indexed += len(held)
         return [f for f in fresh if f.image_id not in held]
 
-    def _merge(self, outcome: stages.Outcome) -> None:
+    def merge(self, outcome: stages.Outcome) -> None:
+        """Add a stage's outcome to the run's report and manifest."""
         with self._lock:
             self.report.indexed += outcome.indexed
             self.report.skipped += outcome.skipped
@@ -143,33 +130,83 @@ class _Run:
             for image_id in outcome.failed:
                 self.seen.pop(image_id, None)
 
-    def _advance(self, items: int) -> None:
+    def advance(self, items: int) -> None:
+        """``items`` more of the source are done (embedded and written, or not needed)."""
         self.done += items
         if self.on_progress:
             self.on_progress(self.done, self.options.total)
 
     @contextmanager
-    def _stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str) -> Iterator[None]:
+        """Time what runs inside as ``name``'s."""
         start = time.perf_counter()
         try:
             yield
         finally:
             self.report.timed(name, time.perf_counter() - start)
 
-    def _finished(self, seconds: float) -> BuildReport:
+    def complete(self, started: float) -> BuildReport:
+        """Save the manifest (only a complete build does), sync where asked, and finish the report
+        (``started``: ``time.perf_counter()`` when the run began)."""
+        manifests.save(self.store.folder, self.manifest_name, self.manifest)
+        if self.options.sync_root is not None:
+            with self.stage("sync"):
+                self.report.removed = stages.sync(self.store, self.collection, self.options.sync_root, set(self.seen))
         report = self.report
         report.precision = self.precision
-        decision = getattr(self.embedder, "decision", None)  # a CLIP embedder's, where auto measured bf16
+        decision = getattr(self.model, "decision", None)  # a CLIP embedder's, where auto measured bf16
         bf16 = decision.trial(BF16) if decision else None
         if bf16:
             report.bf16_agreement, report.bf16_speedup = bf16.cosine, bf16.speedup
-        report.seconds = round(seconds, 3)
+        report.seconds = round(time.perf_counter() - started, 3)
         report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
         report.total_in_collection = self.collection.count()
         return report
 
 
-def _yield_to_the_model() -> None:
+class _Run(RunState):
+    """One run of the pipeline over a source on this machine: the stages in order."""
+
+    def __init__(self, store: Store, collection: str, embedder: Embedder, options: BuildOptions,
+                 on_progress: Progress | None):
+        super().__init__(store, collection, embedder, options, on_progress)
+        self.embedder = embedder
+
+    def run(self, items: Iterable[Item]) -> BuildReport:
+        start = time.perf_counter()
+        for ready in prefetch(self._produce(items), self.advance):
+            if ready:
+                with self.stage("embed"):
+                    vectors = stages.embed(ready, self.embedder, self.options.batch_size, self.precision)
+                with self.stage("write"):
+                    self.merge(stages.write(self.store, self.collection, ready, vectors, self.near))
+                    if self.options.ocr == "later":
+                        self.report.texts_queued += text_queue.enqueue(self.store, self.collection.name, ready)
+        return self.complete(start)
+
+    def _produce(self, items: Iterable[Item]) -> Generator[tuple[int, list[stages.Ready]], None, None]:
+        """(items read, images ready to embed) for each batch of the source, on the prefetch thread."""
+        pool = ThreadPoolExecutor(max_workers=max(1, self.options.workers), thread_name_prefix="decode",
+                                  initializer=yield_to_the_model)
+        iterator = iter(items)
+        try:
+            while chunk := list(islice(iterator, self.options.batch_size)):
+                with self.stage("identify"):
+                    found, outcome = stages.identify(chunk, self.known, pool.map)
+                    self.merge(outcome)
+                    todo = self.still_needed(found)
+                with self.stage("decode"):
+                    ready, outcome = stages.prepare(todo, self.embedder, pool.map, keep_data=bool(self.options.ocr))
+                    self.merge(outcome)
+                if self.options.ocr == "now":
+                    with self.stage("ocr"):
+                        ready = stages.read_texts(ready, pool.map)
+                yield len(chunk), ready
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def yield_to_the_model() -> None:
     """Lower this decoding thread's priority, so it runs when the model's threads leave a core free.
 
     On a CPU the model's threads already fill every core; decoding at equal priority slows each of

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("identify", "decode", "embed", "write", "sync")
+STAGES = ("identify", "decode", "ocr", "embed", "write", "sync")
 
 
 @dataclass
@@ -28,6 +28,7 @@ class BuildReport:
     precision: str = "fp32"
     bf16_agreement: float | None = None
     bf16_speedup: float | None = None
+    texts_queued: int = 0  # images whose text is read in the background after the build (albums)
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     def timed(self, stage: str, seconds: float) -> None:

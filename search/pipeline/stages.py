@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from search.core.dates import date_in_name, seconds_of
 from search.core.duplicates import Nearest, find_near_duplicates
 from search.core.ids import content_id
 from search.embedders.base import Embedder
 from search.errors import InvalidImageError
+from search.images import ocr
 from search.images.decode import decode_image, make_thumbnail
+from search.images.metadata import read_facts
 from search.sources.base import Item
 from search.stores import manifests, thumbnails
 from search.stores.base import Collection, Record
+from search.stores.keywords import file_name
 from search.stores.store import Store
 
 KEEP_BYTES = 4 * 1024 * 1024  # per image, between hashing and decoding (32 images: 128 MB at most)
@@ -41,12 +45,14 @@ class Identified:
 
 @dataclass(frozen=True)
 class Ready:
-    """An image past decoding: the model's input and the thumbnail."""
+    """An image past decoding: the model's input, the thumbnail, and what its file says of it."""
 
     item: Item
     image_id: str
     image: Image.Image
     thumbnail: bytes
+    facts: dict[str, Any] = field(default_factory=dict)  # metadata from the file: photo_text, taken, ocr
+    data: bytes | None = None  # the file's bytes, kept only for a stage that reads them again (OCR)
 
 
 @dataclass
@@ -90,12 +96,14 @@ def _identify(item: Item, known: manifests.Manifest) -> Identified | InvalidImag
     return Identified(item, content_id(data), data if keep else None)
 
 
-def prepare(todo: list[Identified], embedder: Embedder, map: Map = map) -> tuple[list[Ready], Outcome]:
-    """Decode (drafted to the model's input), scale for the model and make the thumbnail; bad images are
-    skipped with their reason (and listed in ``failed``)."""
+def prepare(todo: list[Identified], embedder: Embedder, map: Map = map, *,
+            keep_data: bool = False) -> tuple[list[Ready], Outcome]:
+    """Decode (drafted to the model's input), scale for the model, make the thumbnail and read the file's own
+    description, keywords and capture date (else a date in its name); bad images are skipped with their
+    reason (and listed in ``failed``). ``keep_data``: keep each file's bytes for ``read_texts``."""
     outcome = Outcome()
     ready: list[Ready] = []
-    for one, result in zip(todo, map(lambda one: _prepare(one, embedder), todo)):
+    for one, result in zip(todo, map(lambda one: _prepare(one, embedder, keep_data), todo)):
         if isinstance(result, InvalidImageError):
             outcome.skipped.append(_skip(one.item, result))
             outcome.failed.append(one.image_id)
@@ -104,12 +112,35 @@ def prepare(todo: list[Identified], embedder: Embedder, map: Map = map) -> tuple
     return ready, outcome
 
 
-def _prepare(one: Identified, embedder: Embedder) -> Ready | InvalidImageError:
+def _prepare(one: Identified, embedder: Embedder, keep_data: bool) -> Ready | InvalidImageError:
     try:
-        img = decode_image(one.data if one.data is not None else one.item.read(), min_edges=embedder.min_edges)
-        return Ready(one.item, one.image_id, embedder.prepare(img), make_thumbnail(img))
+        data = one.data if one.data is not None else one.item.read()
+        img = decode_image(data, min_edges=embedder.min_edges)
+        return Ready(one.item, one.image_id, embedder.prepare(img), make_thumbnail(img), _facts(data, one.item.source),
+                     data if keep_data else None)
     except InvalidImageError as exc:
         return exc
+
+
+def read_texts(ready: list[Ready], map: Map = map) -> list[Ready]:
+    """The text inside each image (Tesseract, bounded in time per image: ``images.ocr``), in its ``facts``
+    as "ocr"; the bytes ``prepare`` kept for it are let go."""
+    texts = list(map(lambda r: ocr.read_text(r.data) if r.data is not None else "", ready))
+    return [replace(r, facts={**r.facts, "ocr": text} if text else r.facts, data=None) for r, text in zip(ready, texts)]
+
+
+def _facts(data: bytes, source: str) -> dict[str, Any]:
+    """What an image's file says of it, as record metadata: its description and keywords ("photo_text") and
+    when it was taken ("taken", seconds: the camera's date, else one in the file's name, else none)."""
+    facts = read_facts(data)
+    out: dict[str, Any] = {}
+    text = " ".join(t for t in (facts.description, ", ".join(facts.keywords)) if t)
+    if text:
+        out["photo_text"] = text
+    taken = facts.taken or date_in_name(file_name(source))
+    if taken is not None:
+        out["taken"] = seconds_of(taken)
+    return out
 
 
 def embed(ready: list[Ready], embedder: Embedder, batch_size: int, precision: str) -> np.ndarray:
@@ -153,4 +184,4 @@ def _metadata(r: Ready) -> dict[str, Any]:
         meta["label"] = r.item.label
     if r.item.caption:
         meta["caption"] = r.item.caption
-    return meta
+    return {**meta, **r.facts}

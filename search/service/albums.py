@@ -8,12 +8,14 @@ albums; locally there is one namespace and albums persist in the store. The publ
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,11 @@ from search.core.ids import collection_name, image_ids, visitor_key
 from search.embedders.base import Embedder
 from search.embedders.registry import load_embedder
 from search.errors import BuildInterrupted, QueryError, StoreError, StoreUnavailableError
+from search.images import ocr
 from search.images.decode import MAX_PIXELS
 from search.index import ImageIndex
-from search.pipeline.build import BuildOptions, Progress, build_index
+from search.pipeline import text_queue
+from search.pipeline.build import BuildOptions, Progress, build_index, yield_to_the_model
 from search.pipeline.report import BuildReport
 from search.sources.uploads import upload_items
 from search.stores.base import Collection, ModelInfo, folder_bytes
@@ -55,8 +59,11 @@ class Albums:
     """Add to, search and delete from albums."""
 
     def __init__(self, store: Store, embedder: Embedder, *, public: bool, limits: AlbumLimits = AlbumLimits(),
-                 text_model: str | None = None):
+                 text_model: str | None = None, read_texts: bool = True):
         self.store = store
+        # Text inside the images, read after they are searchable (pipeline/text_queue.py), where Tesseract is here
+        self.read_texts = read_texts and not ocr.missing() and not store.read_only
+        self._reader: threading.Thread | None = None
         self.embedder = embedder
         self.text_model = text_model  # the main index's pairing, for albums that keep an older model
         self.public = public
@@ -90,7 +97,7 @@ class Albums:
                          upload_items(files, max_pixels=MAX_PIXELS, total_pixels=None, min_edges=embedder.min_edges))
             if self.public:
                 self._check_room(full, name in existing, len(items), len(existing))
-            options = BuildOptions(source="upload", total=len(items))
+            options = BuildOptions(source="upload", total=len(items), ocr="later" if self.read_texts else None)
             try:
                 report = build_index(items, self.store, full, embedder, options, on_progress)
             except BaseException as exc:
@@ -104,7 +111,37 @@ class Albums:
             if not report.total_in_collection and name not in existing:
                 self.store.drop(full)  # nothing usable came: no empty collection either
         report.collection = name
+        if report.texts_queued:
+            self.start_reading()
         return report
+
+    def start_reading(self) -> bool:
+        """Read the text in the images waiting for it, on a background thread (one at a time); whether one started."""
+        with self._lock:
+            if not self.read_texts or (self._reader and self._reader.is_alive()) or not text_queue.waiting(self.store):
+                return False
+            self._reader = threading.Thread(target=self._read, name="read-texts", daemon=True)
+            self._reader.start()
+            return True
+
+    def _read(self) -> None:
+        yield_to_the_model()  # searches first: text that arrives a little later is no one's wait
+        left = text_queue.waiting(self.store)
+        while left:
+            try:
+                read = text_queue.drain(self.store, self._writing)
+            except Exception:  # never a visitor's problem: what is left stays queued for the next start
+                log.exception("reading the text in album images stopped")
+                return
+            log.info("read the text in %d album images", read)
+            before, left = left, text_queue.waiting(self.store)
+            if left >= before:  # another writer holds the store: the next upload or start goes on from here
+                return
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        with self._lock, self.store.write_lock():
+            yield
 
     def _drop_if_empty(self, full: str) -> None:
         try:

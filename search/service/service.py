@@ -153,10 +153,12 @@ class SearchService:
         if not self._shared:  # the main index: concurrent queries share its model calls (its albums' too)
             target.embedder = QueryBatcher(target.embedder)
             self._albums = Albums(target.store, target.embedder, public=self.settings.public,
-                                  limits=self.settings.limits, text_model=self.settings.text_model)
+                                  limits=self.settings.limits, text_model=self.settings.text_model,
+                                  read_texts=self.settings.ocr)
             self._problem = None
             # Thumbnails a killed upload left without records (never served: see ``thumbnail``) leave the disk.
             threading.Thread(target=self._albums.sweep, name="sweep", daemon=True).start()
+            self._albums.start_reading()  # text a stopped process left to read
         self._shared = {**self._shared, target.collection.name: target}  # readers iterate the old dict safely
 
     def shared_indexes(self) -> list[IndexChoice]:

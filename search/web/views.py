@@ -234,6 +234,9 @@ def ingest_summary(report: BuildReport) -> str:
         parts.append(f"{len(report.near_duplicates)} near-duplicate{'' if len(report.near_duplicates) == 1 else 's'}")
     if report.skipped:
         parts.append(f"{len(report.skipped)} file{'' if len(report.skipped) == 1 else 's'} could not be used (below)")
+    if report.texts_queued:
+        parts.append(f"the text inside {'it' if report.texts_queued == 1 else 'them'} is being read in the background "
+                     "(searchable by its words in a minute or so)")
     total = report.total_in_collection
     return "; ".join(parts) + f". It now holds {total:,} image{'' if total == 1 else 's'}."
 
