@@ -38,8 +38,9 @@ def test_text_search_returns_hits_best_first_with_files(client):
     for cls in ("red circle", "blue triangle"):
         hits = client.predict(caption(cls), 5, api_name="/search_by_text")
         assert len(hits) == 5
-        assert set(hits[0]) == {"id", "score", "label", "caption", "image", "similar"}
-        assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+        assert set(hits[0]) == {"id", "score", "label", "caption", "image", "similar", "taken", "matched"}
+        # Best first by the vectors and the words fused: the first hold the query's words in their label
+        assert all(h["matched"] == {"label": cls.split()} for h in hits[:4]), [h["matched"] for h in hits]
         assert sum(h["label"] == cls for h in hits) >= 4
         assert all(Image.open(h["image"]).size for h in hits)  # the client received real image files
 

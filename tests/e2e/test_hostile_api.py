@@ -379,10 +379,10 @@ def test_composed_search_survives_hostile_queries(main, files, data):
     if not isinstance(query, dict) or not query.get("positive"):
         assert_refused(out, f"query={query!r:.80}")
     if out.ok:
-        assert set(out.value) == {"hits", "total", "offset", "cutoff"}
+        assert set(out.value) == {"hits", "total", "offset", "cutoff", "no_match"}
         assert_hits(out.value["hits"], 50)
-        assert all(set(h) == {"id", "score", "label", "caption", "image", "thumbnail", "relevant", "similar"}
-                       for h in out.value["hits"])
+        assert all(set(h) == {"id", "score", "label", "caption", "image", "thumbnail", "relevant", "similar", "taken",
+                              "matched"} for h in out.value["hits"])
     assert_answers_unchanged(main, files)
 
 

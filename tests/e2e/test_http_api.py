@@ -28,9 +28,10 @@ def test_a_text_search_answers_hits_with_thumbnails_to_fetch(http, shapes_store)
     answer = http.post("/api/search", json={"text": caption("red circle"), "k": 5})
     assert answer.status_code == 200, answer.text
     hits = answer.json()["hits"]
-    assert len(hits) == 5 and set(hits[0]) == {"id", "score", "label", "caption", "relevant", "similar", "thumbnail"}
-    assert answer.json()["total"] == 54 and answer.json()["offset"] == 0
-    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert len(hits) == 5 and set(hits[0]) == {"id", "score", "label", "caption", "relevant", "similar", "taken",
+                                               "matched", "thumbnail"}
+    assert answer.json()["total"] == 54 and answer.json()["offset"] == 0 and answer.json()["no_match"] is False
+    assert all(h["matched"] == {"label": ["red", "circle"]} and h["relevant"] for h in hits[:4])  # words and vectors
     assert sum(h["label"] == "red circle" for h in hits) >= 4
     assert str(shapes_store.parent) not in answer.text and "/tmp" not in answer.text  # no server paths
     for hit in hits:
