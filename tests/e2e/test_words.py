@@ -143,6 +143,24 @@ def test_a_query_none_of_whose_words_is_held_ranks_by_its_vector_alone(named):
     assert not any(h.matched for h in fused)
 
 
+def test_product_names_in_a_datasets_captions_are_found(tmp_path, shapes_model):
+    import datasets
+
+    names = ["Nike Air Zoom Pegasus", "Adidas Ultraboost Light", "Áo dài lụa Hà Nội", "Puma Suede Classic"]
+    rng = random.Random(5)
+    rows = [(draw_shape(CLASSES[i % len(CLASSES)], rng), names[i % len(names)]) for i in range(24)]
+    saved = tmp_path / "products"
+    datasets.Dataset.from_dict({"image": [img for img, _ in rows], "productDisplayName": [n for _, n in rows]},
+                               features=datasets.Features({"image": datasets.Image(),
+                                                           "productDisplayName": datasets.Value("string")}),
+                               ).save_to_disk(str(saved))
+    index = build(saved, tmp_path / "store", shapes_model)
+    for typed, name in (("nike air", names[0]), ("ultraboost", names[1]), ("ao dai ha noi", names[2])):
+        hits = _search(index, typed, 6)
+        assert [h.caption for h in hits] == [name] * 6, typed
+        assert all("caption" in h.matched for h in hits)
+
+
 # --- Capture dates -----------------------------------------------------------------------------------------
 
 
