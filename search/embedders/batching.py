@@ -3,8 +3,9 @@
 A model call costs nearly the same for one query as for a few: at batch 1 the text tower is bound by
 reading its weights, not by arithmetic. So when queries arrive together, the first one (the leader)
 waits up to ``max_wait_ms`` for companions, embeds them all in one call, and hands each its row;
-queries that arrive while that call runs form the next batch. One query alone waits at most the
-deadline. Calls with several inputs (an album upload) go straight to the model.
+queries that arrive while that call runs form the next batch. A query that comes after a quiet spell (no
+other within twice the deadline) does not wait at all; one alone in a busy spell waits at most the deadline.
+Calls with several inputs (an album upload) go straight to the model.
 
 Batches are formed per kind of call: texts, and images at each precision. Texts of a batch may go to
 different towers (search/text_routing.py): the wrapped embedder splits a batch by tower itself.
@@ -47,16 +48,22 @@ class _Lane:
         self._pending: list[_Query] = []
         self._busy = False  # a leader is gathering or running a batch
         self._arrived = threading.Condition()
+        self._last_arrival = float("-inf")
 
     def submit(self, item: Any) -> np.ndarray:
         query = _Query(item)
         with self._arrived:
+            now = time.monotonic()
+            # Companions are worth waiting for only while queries come close together: one after a quiet spell
+            # (a person's query on an idle app) runs at once instead of waiting out the deadline alone.
+            crowded = now - self._last_arrival < 2 * self.max_wait_s
+            self._last_arrival = now
             self._pending.append(query)
             first = not self._busy
             self._busy = True
             self._arrived.notify_all()
         if first:
-            self._lead(wait=True)
+            self._lead(wait=crowded)
         else:
             query.done.wait()
             if query.lead:  # handed the lead: its companions gathered while the last batch ran
