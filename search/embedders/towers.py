@@ -92,8 +92,7 @@ class TowerEmbedder:
         if precision == INT8 and INT8 not in self._towers:
             import torch
 
-            self._towers[INT8] = torch.ao.quantization.quantize_dynamic(
-                copy.deepcopy(self._towers[FP32]), {torch.nn.Linear}, dtype=torch.qint8)
+            self._towers[INT8] = _quantized(self._towers[FP32], torch)
         return self._towers[INT8 if precision == INT8 else FP32]
 
     def _run_text(self, run: Any) -> np.ndarray:
@@ -102,6 +101,25 @@ class TowerEmbedder:
 
         with self._lock, torch.inference_mode(), autocast(self.device, self.precision == BF16):
             return unit(np.asarray(run(), dtype=np.float32))
+
+
+def _quantized(module: Any, torch: Any) -> Any:
+    """``module`` with its Linear layers dynamically quantised to int8 (as ``quantize_dynamic`` does) and every
+    other weight shared with it, not copied. quantize_dynamic needs a deep copy to leave the fp32 tower intact,
+    and copies it once more itself: those fp32 copies were the builder's peak memory (ViT-B/32 at int8: 1.81 GB,
+    against 1.20 at fp32; 1.62 with one copy)."""
+    from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+
+    clone = copy.copy(module)  # its own table of children; parameters, buffers and hooks shared
+    clone._modules = {}
+    for name, child in module.named_children():
+        if type(child) is torch.nn.Linear:
+            child.qconfig = torch.ao.quantization.default_dynamic_qconfig
+            clone._modules[name] = QuantizedLinear.from_float(child)
+            del child.qconfig
+        else:
+            clone._modules[name] = _quantized(child, torch)
+    return clone
 
 
 def default_device(device: str | None) -> str:

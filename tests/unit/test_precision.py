@@ -144,3 +144,25 @@ def test_prepared_images_agree_with_the_clip_processor(clip):
 def test_load_embedder_decides_once(shapes_model):
     one = load_embedder(str(shapes_model), "cpu")
     assert one is load_embedder(str(shapes_model), "cpu") and one.precision == FP32  # type: ignore[attr-defined]
+
+
+def test_the_int8_tower_is_quantize_dynamics_own_and_shares_the_rest_with_fp32(clip, images):
+    import copy
+
+    import torch
+
+    from search.embedders.towers import _quantized
+
+    fp32 = clip.tower(FP32)
+    before = {k: v.clone() for k, v in fp32.state_dict().items()}
+    ours = _quantized(fp32, torch)
+    theirs = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
+    inputs = clip.image_inputs([clip.prepare(img) for img in images[:4]])
+    with torch.inference_mode():
+        assert torch.equal(ours(**inputs), theirs(**inputs))
+    assert all(torch.equal(v, before[k]) for k, v in fp32.state_dict().items())  # fp32 untouched
+    assert any(type(m).__name__ == "Linear" and m.__module__.startswith("torch.ao") for m in ours.modules())
+    assert not any(type(m) is torch.nn.Linear for m in ours.modules())
+    norms = [m for m in fp32.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(any(n.weight is o.weight for o in ours.modules() if isinstance(o, torch.nn.LayerNorm))
+                         for n in norms)  # shared, not copied
