@@ -13,9 +13,9 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from search.config import ChromaServer
-from search.errors import StoreError
+from search.errors import StoreError, StoreUnavailableError
 from search.stores import swaps, thumbnails
-from search.stores.base import READ_ONLY, Backend, Collection, ModelInfo, Record
+from search.stores.base import DISK_FULL, NEARLY_FULL_BYTES, READ_ONLY, Backend, Collection, ModelInfo, Record, nearly_full
 from search.stores.keywords import Keywords
 from search.stores.locking import write_lock
 
@@ -135,6 +135,12 @@ class Store:
         thumbnails this call made go again. What a kill -9 leaves between the two, ``sweep`` removes; words
         a kill kept from their records ``keywords_of`` writes again.
         """
+        if records and nearly_full(self.folder):
+            # Refused before any write: a database that runs out of room inside a transaction (Chroma's SQLite)
+            # may be left unable to take the next one, while thumbnails and words that could not land are
+            # cleaned up; with next to no room left, nothing is started.
+            raise StoreUnavailableError(DISK_FULL, internals=f"store at {self.folder}: under "
+                                        f"{NEARLY_FULL_BYTES // 1024**2} MB free")
         made: list[str] = []
         try:
             with self.guard():  # a full disk here is the store going away too
