@@ -12,6 +12,9 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.pop("CHROMA_HOST", None)
+# Apps and services under test read no text in album images: Tesseract at ~1 s an image in the background of
+# every upload would take the two cores from the tests (tests/e2e/test_words.py turns it on where it is tested).
+os.environ["IMAGE_SEARCH_OCR"] = "0"
 
 import numpy as np
 import pytest
