@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from tests.conftest import RunningApp, run_builder
-from tests.e2e.test_page import WAIT, after, captions, choose, search_text, status
+from tests.e2e.test_page import WAIT, after, captions, choose, open_page, search_text, status
 from tests.e2e.test_words import write_named_photos
 from tests.fixtures.browser import CHROMIUM, DESKTOP, FLAGS, PHONE, needs_chromium, shot
 
@@ -32,13 +32,6 @@ def browser(tmp_path_factory, shapes_model):
             yield chromium
         finally:
             chromium.close()
-
-
-def open_page(browser, viewport):
-    page = browser.new_page(viewport=viewport)
-    page.goto(browser.app_url, wait_until="domcontentloaded")
-    page.locator("#text-query textarea").wait_for(timeout=WAIT)
-    return page
 
 
 def width_of(viewport) -> str:
