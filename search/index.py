@@ -88,14 +88,19 @@ class ImageIndex:
         ``server``: a Chroma server holding the vectors (default: the one CHROMA_HOST names, if any).
         """
         opened = Store.connect(store, server=server or Settings().chroma)
-        name = collection or _default_collection(opened)
-        col = opened.open(name)
-        col.check_health()
-        if not (model or col.model):
-            raise StoreError(f"collection {name!r} does not record its model; pass model=")
-        embedder = load_embedder(model or col.model or "", device, text_model, decisions=opened.precision_file)
-        col.check_model(ModelInfo.of(embedder), strict=False)
-        return cls(opened, col, embedder)
+        return cls.of(opened, opened.open(collection or _default_collection(opened)), model=model,
+                      text_model=text_model, device=device)
+
+    @classmethod
+    def of(cls, store: Store, collection: Collection, *, model: str | None = None, text_model: str | None = None,
+           device: str | None = None) -> ImageIndex:
+        """An opened collection of an opened store, searched with its model (or ``model``), loaded here."""
+        collection.check_health()
+        if not (model or collection.model):
+            raise StoreError(f"collection {collection.name!r} does not record its model; pass model=")
+        embedder = load_embedder(model or collection.model or "", device, text_model, decisions=store.precision_file)
+        collection.check_model(ModelInfo.of(embedder), strict=False)
+        return cls(store, collection, embedder)
 
     def __len__(self) -> int:
         return self.collection.count()

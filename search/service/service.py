@@ -33,6 +33,7 @@ from search.stores.thumbnails import path as thumbnail_path
 
 log = logging.getLogger(__name__)
 MINE = "mine/"  # an index value naming one of the caller's albums
+FOLLOW_S = 5.0  # how often the shared indexes are checked for a switch or rollback made by the builder
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,44 @@ class SearchService:
             # Thumbnails a killed upload left without records (never served: see ``thumbnail``) leave the disk.
             threading.Thread(target=self._albums.sweep, name="sweep", daemon=True).start()
             self._albums.start_reading()  # text a stopped process left to read
+            threading.Thread(target=self._follow, name="follow-switches", daemon=True).start()
         self._shared = {**self._shared, target.collection.name: target}  # readers iterate the old dict safely
+
+    def follow_switch(self) -> list[str]:
+        """Serve the collection now under a shared index's name where a switch or rollback (index_builder.py
+        --switch, --rollback) put another one there; the names whose index changed.
+
+        The new collection is searched with the model it records, loaded and run once before it replaces
+        the old index, which answers until then. Albums keep the model they were built with; new ones get
+        the main index's.
+        """
+        changed = []
+        for name, target in list(self._shared.items()):
+            try:
+                now = target.store.open(name)
+                if now.key == target.collection.key:
+                    continue
+                fresh = ImageIndex.of(target.store, now, text_model=self.settings.text_model)
+                _warm_up(fresh)
+            except SearchError as exc:  # mid-switch (the name is missing between two renames), or the store is down
+                log.info("index %r not checked for a switch: %s", name, exc.for_operator())
+                continue
+            if name == next(iter(self._shared)):
+                fresh.embedder = QueryBatcher(fresh.embedder)
+                if self._albums:  # new albums are made with the main index's model
+                    self._albums.embedder = fresh.embedder
+            self._shared = {n: fresh if n == name else t for n, t in self._shared.items()}
+            log.info("serving %r with %s: the collection under that name was switched", name, now.model)
+            changed.append(name)
+        return changed
+
+    def _follow(self) -> None:
+        while True:
+            time.sleep(FOLLOW_S)
+            try:
+                self.follow_switch()
+            except Exception:  # a bug here must not end the following for the process's life
+                log.exception("checking for a switch failed")
 
     def shared_indexes(self) -> list[IndexChoice]:
         """The indexes every visitor may search, the main one first."""

@@ -64,6 +64,11 @@ class ChromaCollection:
     _store: ChromaBackend = field(repr=False)
 
     @property
+    def key(self) -> str:
+        """The collection's own identity: another one under its name (a switch, a rollback) has another key."""
+        return str(self._chroma.id)
+
+    @property
     def model(self) -> str | None:
         """The model recorded when the collection was made."""
         return self.metadata.get("model")

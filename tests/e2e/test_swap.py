@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,13 +27,22 @@ from tests.fixtures.tiny_siglip import save_fixres
 PROGRESS = re.compile(r"(\d+)/(\d+)")
 
 
-@pytest.fixture()
-def built(tmp_path, shapes_model):
-    folder, store = tmp_path / "shapes", tmp_path / "store"
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, shapes_model):
+    """One build for the module: each test swaps a copy of its store (the photos are only read)."""
+    root = tmp_path_factory.mktemp("swap")
+    folder, store = root / "shapes", root / "store"
     files = write_folder(folder, per_class=30, seed=4)  # 360 images
     done = run_builder("--dataset", folder, "--store", store, "--model", shapes_model)
     assert done.returncode == 0, done.stderr
-    return store, files, save_fixres(tmp_path / "siglip")
+    return store, files, save_fixres(root / "siglip")
+
+
+@pytest.fixture()
+def built(pristine, tmp_path):
+    store, files, siglip = pristine
+    shutil.copytree(store, tmp_path / "store")
+    return tmp_path / "store", files, siglip
 
 
 def _models(store: Path) -> dict[str, str | None]:
@@ -40,8 +50,32 @@ def _models(store: Path) -> dict[str, str | None]:
     return {name: opened.open(name).model for name in opened.names()}
 
 
-def test_the_app_answers_while_a_collection_is_re_embedded_then_serves_the_switched_one(built, shapes_model):
+def _answers(app: RunningApp, text: str) -> list[tuple[str, float]]:
+    hits = httpx.post(app.url + "api/search", json={"text": text, "k": 5}, timeout=30).json()["hits"]
+    return [(h["id"], h["score"]) for h in hits]
+
+
+def _served_as_opened(app: RunningApp, store: Path, text: str, model: Path) -> None:
+    """Wait until the running app answers ``text`` as the store's collection opened afresh does, with ``model``."""
+    from search.index import ImageIndex
+
+    fresh = ImageIndex.open(store)
+    assert fresh.collection.model == str(model)
+    expected = [(h.id, h.score) for h in fresh.search_by_text(text, k=5)]
+    deadline = time.monotonic() + 60
+    while not _same(got := _answers(app, text), expected) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [i for i, _ in got] == [i for i, _ in expected]
+    assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-4)
+
+
+def _same(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> bool:
+    return [i for i, _ in a] == [i for i, _ in b] and all(abs(x - y) <= 1e-4 for (_, x), (_, y) in zip(a, b, strict=True))
+
+
+def test_the_app_answers_while_a_collection_is_re_embedded_then_serves_the_switch_and_the_rollback(built, shapes_model):
     store, files, siglip = built
+    text = "ảnh hình tròn màu đỏ"
     with RunningApp(store) as app:
         answers: list[int] = []
         stop = threading.Event()
@@ -56,25 +90,28 @@ def test_the_app_answers_while_a_collection_is_re_embedded_then_serves_the_switc
         try:
             done = run_builder("--store", store, "--reembed", siglip, "--batch-size", "8",
                                "--report", store.parent / "swap.json")
+            assert done.returncode == 0, done.stderr
+            before = _answers(app, text)
+            # The running app follows the switch (no restart): it answers with the new model's vectors, and
+            # goes on answering while it loads that model.
+            assert run_builder("--store", store, "--switch").returncode == 0
+            assert _models(store) == {"images": str(siglip), "images.previous": str(shapes_model)}
+            _served_as_opened(app, store, text, siglip)
+            assert not _same(_answers(app, text), before)
+            assert run_builder("--store", store, "--rollback").returncode == 0
+            _served_as_opened(app, store, text, shapes_model)
+            assert _same(_answers(app, text), before)
         finally:
             stop.set()
             asker.join(timeout=60)
-        assert done.returncode == 0, done.stderr
         assert len(answers) >= 5 and set(answers) == {200}  # answered all along
+        assert "serving 'images' with" in app.log.read_text()
     report = json.loads((store.parent / "swap.json").read_text())
     assert report["embedded"] == len(files) and report["from_original"] == len(files) and report["already"] == 0
     assert 0.99 < report["thumbnail_agreement"] <= 1.0001
     assert set(report["comparison"]["collections"]) == {"images", "images.next"}
     assert all("p@1" in e["image_to_image"]["cosine"] for e in report["comparison"]["collections"].values())
     assert "| images.next | image to image | cosine |" in done.stdout
-    assert _models(store) == {"images": str(shapes_model), "images.next": str(siglip)}
-
-    assert run_builder("--store", store, "--switch").returncode == 0
-    assert _models(store) == {"images": str(siglip), "images.previous": str(shapes_model)}
-    with RunningApp(store) as app:  # a restarted app serves the new model's vectors
-        hits = httpx.post(app.url + "api/search", json={"text": "ảnh hình tròn màu đỏ", "k": 3}, timeout=30).json()
-        assert len(hits["hits"]) == 3
-    assert run_builder("--store", store, "--rollback").returncode == 0
     assert _models(store) == {"images": str(shapes_model), "images.next": str(siglip)}
     refused = run_builder("--store", store, "--rollback")
     assert refused.returncode == 2 and "no earlier 'images' kept" in refused.stderr

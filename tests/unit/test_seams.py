@@ -2,6 +2,8 @@
 torch, carries a build, the index and the service end to end (in a second)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -9,6 +11,7 @@ from search.config import Settings
 from search.core.query import Part, Query
 from search.embedders.registry import family_of, load_embedder
 from search.pipeline.build import build_index
+from search.pipeline.swap import reembed
 from search.service.service import SearchService
 from search.sources.base import open_source
 from search.stores.store import Store
@@ -17,9 +20,12 @@ from tests.fixtures import fake_embedder
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory):
+    return _colours(tmp_path_factory.mktemp("colours"))
+
+
+def _colours(root: Path) -> Path:
     """A store of flat colour swatches, built through the real pipeline with the fake family."""
     fake_embedder.install()
-    root = tmp_path_factory.mktemp("colours")
     for colour, rgb in (("red", (230, 20, 20)), ("green", (20, 200, 30)), ("blue", (20, 30, 220))):
         (root / "photos" / colour).mkdir(parents=True)
         for shade in range(4):
@@ -46,3 +52,21 @@ def test_the_service_searches_an_index_of_the_fake_family_by_text_and_by_image(c
     by_image = service.search({"positive": [{"image": 0}], "negative": [{"text": "green"}], "k": 4}, [str(red)])
     assert [h.label for h in by_image.hits] == ["red"] * 4 and by_image.hits[0].relevant
     assert service.labels() == ["blue", "green", "red"]
+
+
+def test_the_service_follows_a_switch_and_a_rollback_of_its_main_collection_without_a_restart(tmp_path):
+    store = _colours(tmp_path)
+    service = SearchService.open(Settings(store=store, default_dataset=None))
+    first = service.main_index()
+    assert first is not None and service.follow_switch() == []  # nothing changed: the same index stays
+    writer = Store.connect(store)
+    with writer.write_lock():
+        assert reembed(writer, "images", load_embedder(fake_embedder.NAME)).embedded == 12
+    writer.switch("images")
+    assert service.follow_switch() == ["images"]
+    switched = service.main_index()
+    assert switched is not first and switched.collection.key == writer.open("images").key != first.collection.key
+    assert [h.label for h in service.search(Query((Part("text", "red"),), k=4)).hits] == ["red"] * 4
+    assert service.follow_switch() == [] and service.main_index() is switched
+    writer.rollback("images")
+    assert service.follow_switch() == ["images"] and service.main_index().collection.key == first.collection.key
