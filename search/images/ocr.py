@@ -13,8 +13,8 @@ import logging
 import subprocess
 import unicodedata
 from collections import Counter
+from types import ModuleType
 
-import pytesseract
 from PIL import Image, ImageOps
 
 from search.config import for_child_processes
@@ -61,18 +61,25 @@ class OcrUnavailableError(SearchError):
     """Text inside images cannot be read here: Tesseract or one of its language packs is missing."""
 
 
-# pytesseract passes this module-level mapping to every Tesseract process it starts. OpenMP is held to one
-# thread unless the operator set a limit: Tesseract's OpenMP threads spin while they wait, so on a busy machine
-# one thread read a 640x480 page in half the wall time of its default (a thread per core), on a quiet one as
-# fast (bench/ocr.py: 1.19 against 1.15 images/s), and the other cores are left to reads in parallel (2.2
-# images/s two at once). Setting it for this process itself would also cap torch's threads.
-pytesseract.pytesseract.environ = for_child_processes(OMP_THREAD_LIMIT="1")
+@functools.cache
+def _tesseract() -> ModuleType:
+    """pytesseract, imported when text is first read: it imports pandas, 0.7 s of every builder's start."""
+    import pytesseract
+
+    # pytesseract passes this module-level mapping to every Tesseract process it starts. OpenMP is held to one
+    # thread unless the operator set a limit: Tesseract's OpenMP threads spin while they wait, so on a busy
+    # machine one thread read a 640x480 page in half the wall time of its default (a thread per core), on a quiet
+    # one as fast (bench/ocr.py: 1.19 against 1.15 images/s), and the other cores are left to reads in parallel
+    # (2.2 images/s two at once). Setting it for this process itself would also cap torch's threads.
+    pytesseract.pytesseract.environ = for_child_processes(OMP_THREAD_LIMIT="1")
+    return pytesseract
 
 
 @functools.cache
 def missing() -> str | None:
     """None where Tesseract and its Vietnamese and English packs are installed, else what is missing and how to
     install it, in words for the person running the app."""
+    pytesseract = _tesseract()
     try:
         pytesseract.get_tesseract_version()
         installed = set(pytesseract.get_languages())
@@ -98,6 +105,7 @@ def read_text(data: bytes | Image.Image, *, timeout_s: float = DEFAULT_TIMEOUT_S
     except InvalidImageError as exc:
         log.debug("OCR skipped an image: %s", exc)
         return ""
+    pytesseract = _tesseract()
     try:
         found = pytesseract.image_to_data(page, lang="+".join(LANGUAGES), config=CONFIG, timeout=timeout_s,
                                           output_type=pytesseract.Output.DICT)

@@ -215,7 +215,7 @@ def test_a_missing_language_pack_is_named(monkeypatch, fresh_missing):
 
 
 def test_tesseract_runs_on_one_thread_unless_the_operator_says_otherwise(monkeypatch):
-    env = pytesseract.pytesseract.environ
+    env = ocr._tesseract().pytesseract.environ
     monkeypatch.delenv("OMP_THREAD_LIMIT", raising=False)
     monkeypatch.setenv("SOME_SETTING", "kept")
     assert env["OMP_THREAD_LIMIT"] == "1" and dict(env)["SOME_SETTING"] == "kept" and len(dict(env)) == len(env)
