@@ -304,7 +304,7 @@ def _k_must_fail(k: object) -> bool:
 # --- 1. Property-based: every public endpoint ------------------------------------------------------------------
 
 
-@settings(max_examples=40, **HYPOTHESIS)
+@settings(max_examples=25, **HYPOTHESIS)
 @given(data=st.data())
 def test_search_endpoints_survive_hostile_inputs(main, files, data):
     # each argument is valid about half the time, so that answers are checked as well as errors
@@ -386,7 +386,7 @@ def test_composed_search_survives_hostile_queries(main, files, data):
     assert_answers_unchanged(main, files)
 
 
-@settings(max_examples=60, **HYPOTHESIS)
+@settings(max_examples=30, **HYPOTHESIS)
 @given(data=st.data())
 def test_collection_delete_removes_only_what_the_caller_holds(main, files, data):
     before = _own_ids(main)

@@ -7,7 +7,7 @@ from tests.conftest import RunningApp
 
 def test_sixteen_concurrent_users_get_answers_and_memory_stays_flat(shapes_store):
     with RunningApp(shapes_store) as app:
-        report = run_load(app, users=16, seconds=24, rounds=4)
+        report = run_load(app, users=16, seconds=16, rounds=4)
     print(report)
     assert report["errors"] == 0, report["error_samples"]
     assert report["requests"] > 0  # how many is throughput: bench/load.py measures it, no test floors it
