@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from search.embedders.base import DEFAULT_MODEL
-from search.embedders.clip_input import Pixels, image_tower
+from search.embedders.clip_input import Pixels, image_tower, text_tower
 from search.embedders.precision import FP32
 from search.embedders.text_routing import CLIP, MULTILINGUAL, Tower, route
 from search.embedders.towers import TowerEmbedder, default_device
@@ -48,8 +48,8 @@ class ClipEmbedder(TowerEmbedder):
     A paired text model (``text_model``, see ``paired_text_model``) reads the queries CLIP's own
     text tower cannot (non-English: ``text_routing.route``); CLIP's tower keeps English.
     ``precision`` (fp32, bf16, int8, or auto: decided once, at ``batch_size``; see ``towers``) is fixed
-    for the embedder's life: images run at it, and texts at bf16 when it is bf16 (int8 quantises the
-    image tower alone).
+    for the embedder's life. CLIP's text tower has its own (the one asked for, or auto: decided at one text,
+    ``text_decision``); the paired model's texts run at bf16 where the images do.
     """
 
     def __init__(self, name: str, device: str | None = None, text_model: str | None = None,
@@ -76,6 +76,7 @@ class ClipEmbedder(TowerEmbedder):
         side = self._pixels.side
         self.min_edges = (side, max(side, 256))
         self._start(image_tower(self.model[0].model), precision, batch_size, decisions)
+        self._start_text(text_tower(self.model[0].model), self._text_inputs, precision, decisions)
 
     def _load_text_model(self, name: str):
         model = _load_sentence_transformer(name, self.device, what="text model")
@@ -122,8 +123,17 @@ class ClipEmbedder(TowerEmbedder):
     def _encode_texts(self, model, texts: list[str], batch_size: int) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), np.float32)
+        if model is self.model:  # CLIP's own tower, at its own precision
+            precision = self.text_decision.precision
+            return np.concatenate([self._encode_text_batch(texts[i:i + batch_size], precision)
+                                   for i in range(0, len(texts), batch_size)])
         return self._run_text(lambda: model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
                                                    normalize_embeddings=True, show_progress_bar=False))
+
+    def _text_inputs(self, texts: list[str]) -> dict:
+        """CLIP's text tower's inputs, tokenised by the checkpoint's own sentence-transformers module (as encode does)."""
+        features = self.model[0].preprocess(texts)
+        return {name: features[name].to(self.device) for name in ("input_ids", "attention_mask")}
 
 
 def _load_sentence_transformer(name: str, device: str, what: str = "model"):

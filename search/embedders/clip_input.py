@@ -84,3 +84,21 @@ def image_tower(clip: Any) -> Any:
 
 def _rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def text_tower(clip: Any) -> Any:
+    """CLIP's text side alone, as one module: the text transformer and its projection."""
+    import torch
+
+    class TextTower(torch.nn.Module):
+        """get_text_features' arithmetic, as a module that dynamic quantisation can copy and convert."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.text_model = clip.text_model
+            self.text_projection = clip.text_projection
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.text_projection(self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
+
+    return TextTower().eval()

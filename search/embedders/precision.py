@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -33,7 +34,7 @@ MIN_PARAMETERS = 5_000_000  # an image tower smaller than this runs in milliseco
 ROUNDS = 5  # interleaved rounds per candidate; the median decides
 PROBE = Path(__file__).resolve().parent / "probe"  # real photos, shipped with the package (package data)
 
-Encode = Callable[[Sequence[Image.Image], str], np.ndarray]  # (batch, precision) -> unit rows
+Encode = Callable[[Sequence[Any], str], np.ndarray]  # (batch of images or texts, precision) -> unit rows
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,12 @@ def candidates(device: str) -> list[str]:
     return [p for p, able in ((BF16, native_bf16(device)), (INT8, int8_capable(device))) if able]
 
 
-def decide(encode: Encode, images: Sequence[Image.Image], batch_size: int, tried: Sequence[str]) -> Decision:
-    """Choose among fp32 and ``tried``, measured on ``images`` at ``batch_size``."""
+def decide(encode: Encode, images: Sequence[Any], batch_size: int, tried: Sequence[str]) -> Decision:
+    """Choose among fp32 and ``tried``, measured on ``images`` (or texts: ``probe_texts``) at ``batch_size``."""
     if not tried:
         return Decision(FP32, batch_size, reason="no faster arithmetic on this device")
     if len(images) < 2:
-        return Decision(FP32, batch_size, reason="no real images to check agreement on")
+        return Decision(FP32, batch_size, reason="no real inputs to check agreement on")
     batch = _batch(images, batch_size)
     encode(batch, FP32)  # warm: the first call at a shape pays its setup
     # Agreement in one pass over every image (it does not depend on the batch), speed at the real batch.
@@ -172,18 +173,18 @@ def remember(path: str | None, key: str, decision: Decision) -> None:
         pass
 
 
-def _batch(images: Sequence[Image.Image], batch_size: int) -> list[Image.Image]:
-    """``batch_size`` images, the given ones repeated where there are fewer."""
+def _batch(images: Sequence[Any], batch_size: int) -> list[Any]:
+    """``batch_size`` inputs, the given ones repeated where there are fewer."""
     return [images[i % len(images)] for i in range(batch_size)]
 
 
-def _seconds(encode: Encode, batch: list[Image.Image], precision: str) -> float:
+def _seconds(encode: Encode, batch: list[Any], precision: str) -> float:
     start = time.perf_counter()
     encode(batch, precision)
     return time.perf_counter() - start
 
 
-def _speedup(encode: Encode, batch: list[Image.Image], precision: str) -> float:
+def _speedup(encode: Encode, batch: list[Any], precision: str) -> float:
     """Median fp32 time over median ``precision`` time, both warmed, rounds interleaved.
 
     A candidate slower than fp32 in a first round cannot clear the margin: it stops there.
@@ -222,3 +223,8 @@ def probe_images(count: int = 36) -> list[Image.Image]:
         out += [img.crop(box) for box in crops]
         out += [ImageOps.mirror(img), ImageOps.mirror(img.crop(crops[1]))]
     return out[:count]
+
+
+def probe_texts() -> list[str]:
+    """Descriptions such as visitors type, in English and Vietnamese, for a text tower's agreement (shipped beside the photos)."""
+    return [line for line in (PROBE / "texts.txt").read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,6 +1,7 @@
 """Precision is decided once, when the embedder is made: by capability, agreement with fp32 and wide margins."""
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -166,3 +167,34 @@ def test_the_int8_tower_is_quantize_dynamics_own_and_shares_the_rest_with_fp32(c
     norms = [m for m in fp32.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert norms and all(any(n.weight is o.weight for o in ours.modules() if isinstance(o, torch.nn.LayerNorm))
                          for n in norms)  # shared, not copied
+
+
+def test_clips_text_tower_is_the_checkpoints_own_and_decides_its_precision_at_one_text_once(shapes_model, tmp_path,
+                                                                                            monkeypatch):
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["a red circle", "ảnh hình tròn màu đỏ", "x " * 120]  # the last is past CLIP's 77 tokens: truncated
+    reference = SentenceTransformer(str(shapes_model), device="cpu").encode(texts, normalize_embeddings=True)
+    plain = ClipEmbedder(str(shapes_model), device="cpu", precision="auto")
+    assert plain.text_decision.precision == FP32 and not plain.text_decision.trials  # tiny: nothing measured
+    assert np.min(np.sum(plain.embed_texts(texts) * reference, axis=1)) > 0.99999
+    monkeypatch.setattr(precision, "MIN_PARAMETERS", 0)  # measure even the tiny model
+    monkeypatch.setattr(precision, "candidates", lambda device: [INT8])
+    monkeypatch.setattr(precision, "MIN_SPEEDUP", 0.0)  # the tiny tower is not faster at int8; its agreement counts
+    remembered = tmp_path / "precision.json"
+    first = ClipEmbedder(str(shapes_model), device="cpu", precision="auto", decisions=str(remembered))
+    decided = json.loads(remembered.read_text())
+    assert len(decided) == 1  # the image tower's decision; the text's waits for a text
+    rows = first.embed_texts(texts)
+    text = first.text_decision
+    assert [t.precision for t in text.trials] == [INT8] and text.batch_size == 1 and len(json.loads(remembered.read_text())) == 2
+    assert text.precision == (INT8 if text.trials[0].agrees() else FP32)
+    assert np.min(np.sum(rows * reference, axis=1)) > 0.99  # int8 where it agreed on the probe texts
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(precision, "decide", no_measuring)
+    again = ClipEmbedder(str(shapes_model), device="cpu", precision="auto", decisions=str(remembered))
+    assert again.text_decision.precision == text.precision and "measured" in again.text_decision.reason
+    assert ClipEmbedder(str(shapes_model), device="cpu", precision="bf16").text_decision.precision == BF16  # as asked
