@@ -122,9 +122,9 @@ def _choose(trials: list[Trial], batch_size: int) -> Decision:
     return Decision(best.precision, batch_size, tuple(trials), f"agrees and is {best.speedup}x fp32's speed")
 
 
-def decision_key(model: str, device: str, batch_size: int) -> str:
+def decision_key(model: str, device: str, batch_size: int, tower: str = "image") -> str:
     """What a decision depends on: the machine (CPU model and flags, cores, torch), the model (its name, and a
-    local checkpoint's weights by size and time) and the batch size."""
+    local checkpoint's weights by size and time), the batch size and the tower ("image" or "text")."""
     import torch
 
     cpu = ""
@@ -138,7 +138,8 @@ def decision_key(model: str, device: str, batch_size: int) -> str:
     folder = Path(model)
     weights = sorted(f"{w.relative_to(folder)}:{w.stat().st_size}:{w.stat().st_mtime_ns}"
                      for pattern in ("*.safetensors", "*.bin") for w in folder.rglob(pattern)) if folder.is_dir() else []
-    text = json.dumps([device, cpu, torch.__version__, platform.machine(), model, weights, batch_size])
+    parts = [device, cpu, torch.__version__, platform.machine(), model, weights, batch_size]
+    text = json.dumps(parts if tower == "image" else [*parts, tower])  # image keys as they were before texts had theirs
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

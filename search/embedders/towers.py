@@ -56,16 +56,16 @@ class TowerEmbedder:
     def _decide(self, precision: str, batch_size: int, decisions: str | None) -> Decision:
         if precision != AUTO:
             return Decision(check_precision(precision), batch_size, reason="asked for")
-        return self._measured(self._towers[FP32], self.name, batch_size, decisions, self._encode_images,
+        return self._measured(self._towers[FP32], "image", batch_size, decisions, self._encode_images,
                               lambda: [self.prepare(img) for img in chosen.probe_images()])
 
-    def _measured(self, tower: Any, name: str, batch_size: int, decisions: str | None, encode: chosen.Encode,
+    def _measured(self, tower: Any, kind: str, batch_size: int, decisions: str | None, encode: chosen.Encode,
                   probes: Callable[[], list[Any]]) -> Decision:
-        """``auto``'s decision for ``tower``: remembered in ``decisions`` by machine, ``name`` and batch, else
-        measured on ``probes()`` and remembered."""
+        """``auto``'s decision for ``tower`` (the ``kind`` of tower: "image" or "text"): remembered in ``decisions``
+        by machine, model, batch and kind, else measured on ``probes()`` and remembered."""
         if sum(p.numel() for p in tower.parameters()) < chosen.MIN_PARAMETERS:
             return Decision(FP32, batch_size, reason="a model this small gains nothing from lower precision")
-        key = chosen.decision_key(name, self.device, batch_size)
+        key = chosen.decision_key(self.name, self.device, batch_size, kind)
         earlier = chosen.recall(decisions, key)
         if earlier is not None:
             return earlier
@@ -94,7 +94,7 @@ class TowerEmbedder:
                 precision, decisions = self._text_asked
                 self._text_decision = (
                     Decision(check_precision(precision), 1, reason="asked for") if precision != AUTO else
-                    self._measured(self._text_towers[FP32], f"{self.name} (text)", 1, decisions,
+                    self._measured(self._text_towers[FP32], "text", 1, decisions,
                                    self._encode_text_batch, chosen.probe_texts))
                 log.info("texts embed at %s (%s)", self._text_decision.precision, self._text_decision.reason)
             return self._text_decision

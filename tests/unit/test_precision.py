@@ -197,4 +197,7 @@ def test_clips_text_tower_is_the_checkpoints_own_and_decides_its_precision_at_on
     monkeypatch.setattr(precision, "decide", no_measuring)
     again = ClipEmbedder(str(shapes_model), device="cpu", precision="auto", decisions=str(remembered))
     assert again.text_decision.precision == text.precision and "measured" in again.text_decision.reason
+    text_key = precision.decision_key(str(shapes_model), "cpu", 1, "text")
+    assert text_key in json.loads(remembered.read_text())
+    assert text_key != precision.decision_key(str(shapes_model), "cpu", 1)  # the app's image tower runs at batch 1 too
     assert ClipEmbedder(str(shapes_model), device="cpu", precision="bf16").text_decision.precision == BF16  # as asked
