@@ -124,9 +124,7 @@ class ClipEmbedder(TowerEmbedder):
         if not texts:
             return np.zeros((0, self.dimension), np.float32)
         if model is self.model:  # CLIP's own tower, at its own precision
-            precision = self.text_decision.precision
-            return np.concatenate([self._encode_text_batch(texts[i:i + batch_size], precision)
-                                   for i in range(0, len(texts), batch_size)])
+            return self._own_texts(texts, batch_size)
         return self._run_text(lambda: model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
                                                    normalize_embeddings=True, show_progress_bar=False))
 

@@ -99,43 +99,40 @@ class TowerEmbedder:
                 log.info("texts embed at %s (%s)", self._text_decision.precision, self._text_decision.reason)
             return self._text_decision
 
+    def _own_texts(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Unit-length embeddings for texts from the text tower kept by ``_start_text``, at its precision."""
+        return self._in_batches(self._encode_text_batch, list(texts), batch_size, self.text_decision.precision)
+
     def _encode_text_batch(self, texts: Sequence[str], precision: str) -> np.ndarray:
         """One forward pass of the text tower kept by ``_start_text`` at ``precision``."""
-        import torch
-
-        inputs = self._tokens(list(texts))
-        with self._lock, torch.inference_mode(), autocast(self.device, precision == BF16):
-            if precision == INT8 and INT8 not in self._text_towers:
-                self._text_towers[INT8] = _quantized(self._text_towers[FP32], torch)
-            out = self._text_towers[INT8 if precision == INT8 else FP32](**inputs)
-        return unit(out.float().cpu().numpy())
+        return self._forward(self._text_towers, self._tokens(list(texts)), precision)
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,
                      precision: str | None = None) -> np.ndarray:
         """Unit-length embeddings for RGB images, at the embedder's precision unless ``precision`` says otherwise."""
-        precision = check_precision(precision or self.precision)
-        images = list(images)
-        if not images:
+        return self._in_batches(self._encode_images, list(images), batch_size,
+                                check_precision(precision or self.precision))
+
+    def _in_batches(self, encode: chosen.Encode, items: list[Any], batch_size: int, precision: str) -> np.ndarray:
+        if not items:
             return np.zeros((0, self.dimension), np.float32)
-        return np.concatenate([self._encode_images(images[i:i + batch_size], precision)
-                               for i in range(0, len(images), batch_size)])
+        return np.concatenate([encode(items[i:i + batch_size], precision) for i in range(0, len(items), batch_size)])
 
     def _encode_images(self, images: Sequence[Image.Image], precision: str) -> np.ndarray:
         """One forward pass of the image tower over ``images`` (prepared where they are not yet)."""
+        return self._forward(self._towers, self.image_inputs(images), precision)
+
+    def _forward(self, towers: dict[str, Any], inputs: dict[str, Any], precision: str) -> np.ndarray:
+        """One forward pass of the tower ``towers`` holds for ``precision``, under the lock, as unit rows."""
         import torch
 
-        inputs = self.image_inputs(images)
         with self._lock, torch.inference_mode(), autocast(self.device, precision == BF16):
-            out = self.tower(precision)(**inputs)
+            out = _at(towers, precision)(**inputs)
         return unit(out.float().cpu().numpy())
 
     def tower(self, precision: str) -> Any:
-        """The image tower for ``precision``: int8's is quantised once, on first use (Linear layers only)."""
-        if precision == INT8 and INT8 not in self._towers:
-            import torch
-
-            self._towers[INT8] = _quantized(self._towers[FP32], torch)
-        return self._towers[INT8 if precision == INT8 else FP32]
+        """The image tower for ``precision`` (see ``_at``)."""
+        return _at(self._towers, precision)
 
     def _run_text(self, run: Any) -> np.ndarray:
         """``run()`` (a text tower's forward pass) under the lock, at bf16 where the images run at bf16."""
@@ -143,6 +140,16 @@ class TowerEmbedder:
 
         with self._lock, torch.inference_mode(), autocast(self.device, self.precision == BF16):
             return unit(np.asarray(run(), dtype=np.float32))
+
+
+def _at(towers: dict[str, Any], precision: str) -> Any:
+    """The tower for ``precision`` among ``towers`` (fp32's, and int8's once made): int8's is quantised from
+    fp32's once, on first use (Linear layers only); bf16 runs fp32's under autocast."""
+    if precision == INT8 and INT8 not in towers:
+        import torch
+
+        towers[INT8] = _quantized(towers[FP32], torch)
+    return towers[INT8 if precision == INT8 else FP32]
 
 
 def _quantized(module: Any, torch: Any) -> Any:
