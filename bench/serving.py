@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.app_process import RunningApp
 from bench.load import PROMPTS, QUERY_IMAGE, TLS, run_load
 from bench.run import CACHE, machine, photo, vit_b32
-from bench.stats import percentiles
+from bench.stats import emit, percentiles
 from search.stores.base import ModelInfo, Record
 from search.stores.store import Store
 from search.stores.thumbnails import relative
@@ -211,10 +211,7 @@ def main() -> None:
         result["one_thumbnail"] = thumbnail_fetches(apps["app"], args.repeat * 2)
         result["throughput"] = throughputs(apps, args.seconds, args.rounds)
         result["app_rss_mb"] = {name: round(app.rss_mb(), 1) for name, app in apps.items()}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

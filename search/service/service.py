@@ -34,6 +34,7 @@ from search.stores.thumbnails import path as thumbnail_path
 log = logging.getLogger(__name__)
 MINE = "mine/"  # an index value naming one of the caller's albums
 FOLLOW_S = 5.0  # how often the shared indexes are checked for a switch or rollback made by the builder
+LOAD_WAIT_S = 120.0  # how long a query that came while the model loads waits for it before it is refused
 
 
 @dataclass(frozen=True)
@@ -76,40 +77,61 @@ class Overview:
     model: str = ""
     problem: str | None = None
     building: BuildState | None = None  # the default build, while it runs or where it failed
+    loading: bool = False  # the store and the model are being opened: nothing is known yet
 
 
 class SearchService:
     """The indexes an app searches: the main one, the pixel baseline where the store has it, and albums."""
 
     def __init__(self, settings: Settings):
-        """An app's service with nothing open yet (``open`` opens the store and loads the model)."""
+        """An app's service with nothing open yet: ``load`` opens the store and loads the model, and until
+        it has, queries wait for it (so a server can take visitors before the model is in memory)."""
         self.settings = settings
         self._shared: dict[str, ImageIndex] = {}  # by name, the main index first
         self._problem: SearchError | None = SearchError("nothing has been opened")
         self._albums: Albums | None = None
         self._build: DefaultBuild | None = None
+        self._loaded = threading.Event()
 
     @classmethod
     def open(cls, settings: Settings) -> SearchService:
-        """The service over the store ``settings`` name: its main index (model loaded and run once, so the
-        first visitor's query is not the slow one) and the pixel baseline; or, where there is none, the
-        reason, for the page and for callers."""
+        """The service over the store ``settings`` name, loaded (``load``)."""
         service = cls(settings)
-        try:
-            main = ImageIndex.open(settings.store, settings.collection, model=settings.model,
-                                   text_model=settings.text_model, server=settings.chroma)
-            service.attach(main)
-            service._open_pixel_baseline(main)
-            _warm_up(main)
-        except SearchError as exc:
-            service._problem = exc
-            log.warning("no index to search: %s", exc.for_operator())
+        service.load()
         return service
+
+    def load(self, *, build_default: bool = False) -> None:
+        """Open the main index (model loaded and run once, so the first visitor's query is not the slow one)
+        and the pixel baseline; where there is none, keep the reason, for the page and for callers. With
+        ``build_default``, then start the default build where this start calls for it (``wanted``).
+
+        Queries that came meanwhile go on once this returns, or raises."""
+        try:
+            try:
+                main = ImageIndex.open(self.settings.store, self.settings.collection, model=self.settings.model,
+                                       text_model=self.settings.text_model, server=self.settings.chroma)
+                self.attach(main)
+                self._open_pixel_baseline(main)
+                _warm_up(main)
+            except SearchError as exc:
+                self._problem = exc
+                log.warning("no index to search: %s", exc.for_operator())
+            if build_default:  # before loading is over, so that the page goes from one to the other
+                self.start_default_build()
+        finally:
+            self._loaded.set()
+
+    @property
+    def loading(self) -> bool:
+        """True until ``load`` has run."""
+        return not self._loaded.is_set()
 
     # --- What there is to search ------------------------------------------------------------------------
 
     def overview(self) -> Overview:
         """The main index's size, collection and model; or the problem that left nothing to search."""
+        if self.loading:
+            return Overview(loading=True)
         state = self.build_state()
         building = state if state and state.stage != "done" else None
         main = self.main_index()
@@ -286,6 +308,7 @@ class SearchService:
 
     def _target(self, index: str | None, key: str | None) -> ImageIndex:
         """The ImageIndex that ``index`` names (see the module's docstring)."""
+        self._wait_loaded()
         shared = self._shared
         if not shared:
             raise self._unavailable()
@@ -302,6 +325,7 @@ class SearchService:
 
     def _albums_or_refuse(self) -> Albums:
         """Visitors' albums, which share the main index's model (so there are none without it)."""
+        self._wait_loaded()
         if self._albums is None:
             raise self._unavailable()
         return self._albums
@@ -314,6 +338,10 @@ class SearchService:
             raise QueryError("The default index is being built; change your collections once it is done "
                              "(the page shows its progress).")
         return albums
+
+    def _wait_loaded(self) -> None:
+        if not self._loaded.wait(LOAD_WAIT_S):
+            raise QueryError("The app is still loading its model; try again in a minute.")
 
     def _unavailable(self) -> SearchError:
         """Why there is nothing to search: the default build is under way, it failed, or there is no index

@@ -38,12 +38,13 @@ INTRO = ("How often the nearest images share the query image's label (leave one 
 
 def evaluation_tab(settings: Settings, files: VisitorFiles) -> None:
     """Lay out the tab's components inside the caller's ``gr.Tab`` and wire their (private) events; a local
-    app's operator also gets the side-by-side view of a model swap."""
-    choices = shared_collections(settings)
+    app's operator also gets the side-by-side view of a model swap.
+
+    The collections are listed when a visitor opens the page, not when it is laid out: the app serves its page
+    before it opens the store (search/web/server.py)."""
     gr.Markdown(INTRO)
     with gr.Row():
-        collections = gr.CheckboxGroup(choices, value=choices, label="Collections", scale=4,
-                                       elem_id="evaluate-collections")
+        collections = gr.CheckboxGroup([], value=[], label="Collections", scale=4, elem_id="evaluate-collections")
         refresh = gr.Button("Refresh the list", scale=1, size="sm")
     metrics = gr.CheckboxGroup(list(METRICS), value=list(METRICS), label="Metrics", elem_id="evaluate-metrics")
     sample = gr.Slider(1, MAX_SAMPLE, value=DEFAULT_SAMPLE, step=1, label="Query images per collection (a random sample; "
@@ -58,17 +59,17 @@ def evaluation_tab(settings: Settings, files: VisitorFiles) -> None:
         latency = gr.BarPlot(x="series", y="ms per query", title="milliseconds per query (image to image)",
                              label="Latency", x_label_angle=-45, elem_id="evaluate-latency", min_width=340)
     download = gr.File(label="evaluation.json", elem_id="evaluate-json")
-    if settings.public:
-        refresh.click(lambda: gr.update(choices=shared_collections(settings)), None, collections,
-                      api_visibility="private")
-    else:
-        pair = side_by_side(settings, files, lambda: shared_collections(settings))
+    lists: list[Any] = [collections]
+    if not settings.public:
+        lists.append(side_by_side(settings, files, lambda: shared_collections(settings)))
 
-        def refreshed() -> tuple[Any, Any]:
-            names = shared_collections(settings)
-            return gr.update(choices=names), gr.update(choices=SideBySide.pairs(names))
+    def listed(chosen: bool) -> list[Any]:
+        names = shared_collections(settings)
+        listing = [gr.update(choices=names, value=names) if chosen else gr.update(choices=names)]
+        return listing + [gr.update(choices=SideBySide.pairs(names))] * (len(lists) - 1)
 
-        refresh.click(refreshed, None, [collections, pair], api_visibility="private")
+    gr.on(None, lambda: listed(True), None, lists, api_visibility="private")  # on each page load: every one chosen
+    refresh.click(lambda: listed(False), None, lists, api_visibility="private")  # the visitor's choice kept
 
     def clicked(chosen: list[str], measures: list[str], size: float,
                 progress: gr.Progress = gr.Progress()) -> tuple[str, pd.DataFrame | None, pd.DataFrame | None, str | None]:

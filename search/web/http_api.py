@@ -4,6 +4,8 @@
                       or, for a start, {"text": "a red dress", "k": 12, "metric": "cosine", "index": "", "key": null}
     -> {"hits": [{"id", "score", "label", "caption", "relevant", "similar", "taken", "matched", "thumbnail": URL}],
         "total", "offset", "cutoff", "no_match", "seconds"}
+    GET /api/status -> {"state": "loading" | "building" | "ready" | "unavailable", "images", "collection", "model",
+                        "problem"}: whether searches are answered yet (a health check waits for "ready")
     GET /api/thumbnails/{id}.jpg -> a shared index's thumbnail (content-addressed, so cached for good)
     GET /api/albums/{token}/{id}.jpg -> an album's thumbnail; the token comes in that album's answers
 
@@ -26,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from search.core.ids import is_image_id
 from search.errors import QueryError, SearchError
-from search.service.service import Answer, SearchService
+from search.service.service import Answer, Overview, SearchService
 from search.stores.base import NOT_ANSWERING
 from search.web.messages import BUG
 
@@ -81,6 +83,10 @@ def json_api(service: SearchService) -> APIRouter:
             return _error(500, BUG)
         return JSONResponse(_answer(answer, request))
 
+    @router.get("/api/status")
+    def status() -> JSONResponse:
+        return JSONResponse(status_of(service.overview()), headers={"Cache-Control": PRIVATE})
+
     @router.get("/api/thumbnails/{name}", name="thumbnail")
     def thumbnail(name: str) -> Any:
         return _thumbnail(service, name, None)
@@ -104,6 +110,20 @@ def _thumbnail(service: SearchService, name: str, album: str | None) -> Any:
     if path is None:
         return _error(404, "No such thumbnail.")
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": PRIVATE if album else IMMUTABLE})
+
+
+def status_of(o: Overview) -> dict[str, Any]:
+    """Where the app stands, as /api/status answers it."""
+    if o.loading:
+        state = "loading"
+    elif o.building and not o.building.finished:
+        state = "building"
+    else:
+        state = "ready" if o.collection else "unavailable"
+    problem = o.problem
+    if o.building and o.building.problem:
+        problem = f"the default index could not be built: {o.building.problem}. {o.building.hint}".strip()
+    return {"state": state, "images": o.images, "collection": o.collection, "model": o.model, "problem": problem}
 
 
 def run_query(service: SearchService, body: dict[str, Any]) -> Answer:

@@ -57,7 +57,7 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
         c["key"] = gr.BrowserState(None, storage_key="image-search-key")  # this browser's secret for its albums
         gr.Markdown("# Image search\nFind images by description, by example, or by a part of a photo.")
         c["overview"] = gr.Markdown(views.overview(service.overview()), elem_id="overview")
-        c["timer"] = gr.Timer(BUILD_REFRESH_SECONDS, active=page.building())  # progress, while the default index is built
+        c["timer"] = gr.Timer(BUILD_REFRESH_SECONDS, active=page.building())  # while the model loads, or the default build runs
         examples = page.examples()
         c["query"] = gr.State(PageQuery())  # what the page searches by
         c["shown"] = gr.State([])  # the Hit behind each results item

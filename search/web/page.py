@@ -94,18 +94,19 @@ class SearchPage:
     # --- The page as a whole --------------------------------------------------------------------------
 
     def examples(self) -> Examples:
-        """Examples that fit the main index, worked out once it is complete (none while it is built)."""
+        """Examples that fit the main index, worked out once it is complete (none while it loads or is built)."""
         if self._examples is None:
+            complete = not self.building()  # asked first: loading may end while the examples are worked out
             examples = self.service.examples(self.shipped)
-            if self.building():
+            if not complete:
                 return examples
             self._examples = examples
         return self._examples
 
     def building(self) -> bool:
-        """Whether the default index is being built now (the page then refreshes its progress)."""
+        """Whether the model is loading or the default index is being built now (the page then refreshes)."""
         state = self.service.build_state()
-        return state is not None and not state.finished
+        return self.service.loading or (state is not None and not state.finished)
 
     def refresh(self, key: str | None, index: str | None) -> Outputs:
         """The overview (progress while the default index is built); once it is complete, the Index

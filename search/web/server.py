@@ -19,16 +19,14 @@ MAX_FILE_SIZE = "20mb"
 
 
 def main(examples: Path | None = None) -> None:
-    """Load the model and the store once, then serve (GRADIO_SERVER_NAME/PORT choose the address).
+    """Serve the page, then load the model and the store (GRADIO_SERVER_NAME/PORT choose the address).
 
+    The page comes first: importing and loading the model takes longer than the page does, and a visitor
+    who comes meanwhile sees that it loads; queries made then wait for it (``SearchService.load``).
     ``examples``: a folder of example photos and descriptions shipped with the app (``Shipped.read``).
     """
     configure_logging()
-    service = SearchService.open(load_settings())
-    if service.start_default_build():
-        log.info("serving at once; the default index is built in the background")
-    elif (opened := service.main_index()) is not None:
-        log.info("opened the index: %d images in collection %r", len(opened), opened.collection.name)
+    service = SearchService(load_settings())
     files = VisitorFiles(service.settings.upload_budget_bytes)
     demo = build_app(service, files, Shipped.read(examples) if examples else None)
     demo.queue(max_size=service.settings.queue_size, default_concurrency_limit=service.settings.concurrency)
@@ -37,6 +35,12 @@ def main(examples: Path | None = None) -> None:
     allowed = [str(examples.resolve())] if examples else []
     # show_error: Gradio's own refusals (a file reference to a path that was not uploaded, too few inputs) keep
     # their words, or callers get an error with no message at all; the app's own refusals carry no internals.
-    demo.launch(css=CSS, max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True,
+    demo.launch(css=CSS, max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True, prevent_thread_lock=True,
                 app_kwargs={"middleware": [Middleware(UploadBudget, files=files)],
-                            "routes": json_api(service).routes})  # /api/search, thumbnails
+                            "routes": json_api(service).routes})  # /api/search, /api/status, thumbnails
+    service.load(build_default=True)
+    if service.build_state() is not None:
+        log.info("serving at once; the default index is built in the background")
+    elif (opened := service.main_index()) is not None:
+        log.info("opened the index: %d images in collection %r", len(opened), opened.collection.name)
+    demo.block_thread()

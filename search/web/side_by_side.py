@@ -58,12 +58,12 @@ class SideBySide:
 
 def side_by_side(settings: Settings, files: VisitorFiles, names: Any) -> gr.Dropdown:
     """Lay out the comparison inside the caller's block (``names()`` lists the shared collections); its
-    collection chooser, for the caller to refresh."""
+    collection chooser, for the caller to fill and refresh."""
     compare = SideBySide(settings, files)
     with gr.Accordion("Side by side: a re-embedded collection against the one it would replace", open=False):
         gr.Markdown(INTRO)
         with gr.Row():
-            pair = gr.Dropdown(compare.pairs(names()), label="Collection", scale=1, elem_id="compare-collection")
+            pair = gr.Dropdown([], label="Collection", scale=1, elem_id="compare-collection")  # the caller fills it
             text = gr.Textbox(label="Description", placeholder="a red dress", scale=3, elem_id="compare-text")
             go = gr.Button("Search both", variant="primary", scale=1, elem_id="compare-run")
         status = gr.Markdown(elem_id="compare-status")

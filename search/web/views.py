@@ -22,8 +22,11 @@ INGEST_HEADERS = ["source", "outcome", "detail"]
 def overview(o: Overview) -> str:
     """One line of Markdown on what is being searched, or what to do when nothing is.
 
-    While the default index is built: its progress; where that failed: why, and what to do.
+    While the model loads: that; while the default index is built: its progress; where that failed: why, and
+    what to do.
     """
+    if o.loading:
+        return "**Loading the model…** Searches made now are answered as soon as it is ready."
     searched = f"Searching the **{o.images:,} images** indexed so far." if o.images else ""
     if o.building and o.building.stage == "failed":
         return (f"**The default index could not be built:** {o.building.problem}. {o.building.hint} {searched}").strip()

@@ -124,8 +124,10 @@ def test_missing_store_serves_a_page_that_says_what_to_run(tmp_path):
     import urllib.request
 
     with RunningApp(tmp_path / "no-store") as app:
-        page = urllib.request.urlopen(app.url, timeout=10).read().decode()
-        assert "No index to search yet" in page and "index_builder.py" in page
+        assert urllib.request.urlopen(app.url, timeout=10).status == 200  # the page, whose overview then says it
+        status = app.status()
+        assert status["state"] == "unavailable" and "index_builder.py" in status["problem"]
+        assert str(tmp_path) not in status["problem"]  # the operator's log has the path, callers do not
         with pytest.raises(AppError, match="index_builder.py"):
             app.client().predict("a red circle", 5, api_name="/search_by_text")
     assert not (tmp_path / "no-store").exists()

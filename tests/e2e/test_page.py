@@ -5,6 +5,10 @@ One app serves the module; each test opens its own page and saves a screenshot o
 """
 from __future__ import annotations
 
+import json
+import threading
+import urllib.request
+
 import pytest
 
 from tests.conftest import RunningApp
@@ -286,3 +290,36 @@ def test_a_collection_shows_on_arrival_and_its_deletion_says_so(browser, tmp_pat
     assert page.get_by_text("Deleted collection photos and its 3 images.").is_visible()
     assert page.get_by_label("Collection", exact=True).input_value() == "photos"
     shot(page, "page-dropped")
+
+
+def test_the_page_serves_while_the_model_loads_and_a_search_made_then_is_answered(browser, shapes_store):
+    """The page comes before the model: a visitor then sees that it loads, a search sent meanwhile waits and is
+    answered, and the page fills in (index, examples) without a reload."""
+    with RunningApp(shapes_store, loaded=False) as app:
+        assert app.status()["state"] == "loading"  # the page is served; importing the model takes seconds more
+        answer: dict = {}
+
+        def search() -> None:
+            body = json.dumps({"text": "a red circle", "k": 5}).encode()
+            request = urllib.request.Request(app.url + "api/search", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=180) as r:
+                answer.update(json.load(r), status=r.status)
+
+        waiting = threading.Thread(target=search)
+        waiting.start()
+        page = browser.new_page(viewport=DESKTOP)
+        try:
+            page.goto(app.url, wait_until="domcontentloaded")
+            overview = page.locator("#overview")
+            overview.wait_for(timeout=WAIT)
+            shot(page, "page-loading")
+            page.wait_for_function("() => /Main index/.test(document.querySelector('#overview')?.innerText)",
+                                   timeout=WAIT)
+            waiting.join(120)
+            assert answer["status"] == 200 and len(answer["hits"]) == 5 and app.status()["state"] == "ready"
+            assert "circle" in answer["hits"][0]["label"]
+            page.locator("#example-prompts").wait_for(timeout=WAIT)  # the examples came with the refresh
+            assert "images" in overview.inner_text()
+            shot(page, "page-loaded")
+        finally:
+            page.close()

@@ -2,6 +2,8 @@
 torch, carries a build, the index and the service end to end (in a second)."""
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,11 +12,14 @@ from PIL import Image
 from search.config import Settings
 from search.core.query import Part, Query
 from search.embedders.registry import family_of, load_embedder
+from search.errors import QueryError
 from search.pipeline.build import build_index
 from search.pipeline.swap import reembed
+from search.service import service as service_module
 from search.service.service import SearchService
 from search.sources.base import open_source
 from search.stores.store import Store
+from search.web.http_api import status_of
 from tests.fixtures import fake_embedder
 
 
@@ -70,3 +75,38 @@ def test_the_service_follows_a_switch_and_a_rollback_of_its_main_collection_with
     assert service.follow_switch() == [] and service.main_index() is switched
     writer.rollback("images")
     assert service.follow_switch() == ["images"] and service.main_index().collection.key == first.collection.key
+
+
+def test_a_query_made_while_the_service_loads_waits_for_it_and_is_answered(colours):
+    service = SearchService(Settings(store=colours, default_dataset=None))
+    assert service.loading and status_of(service.overview())["state"] == "loading"
+    answers = []
+    waiting = threading.Thread(target=lambda: answers.append(service.search(Query((Part("text", "blue"),), k=4))))
+    waiting.start()
+    time.sleep(0.3)
+    assert waiting.is_alive() and not answers  # neither refused nor answered from an empty service
+    service.load()
+    waiting.join(10)
+    assert [h.label for h in answers[0].hits] == ["blue"] * 4
+    assert not service.loading and status_of(service.overview()) == {
+        "state": "ready", "images": 12, "collection": "images", "model": fake_embedder.NAME, "problem": None}
+
+
+def test_a_query_waits_for_the_load_only_so_long(colours, monkeypatch):
+    monkeypatch.setattr(service_module, "LOAD_WAIT_S", 0.2)
+    service = SearchService(Settings(store=colours, default_dataset=None))
+    with pytest.raises(QueryError, match="still loading its model"):
+        service.search(Query((Part("text", "blue"),), k=4))
+
+
+def test_a_load_that_fails_releases_the_queries_waiting_for_it(colours, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug while loading")
+
+    monkeypatch.setattr(service_module.ImageIndex, "open", broken)
+    service = SearchService(Settings(store=colours, default_dataset=None))
+    with pytest.raises(RuntimeError):
+        service.load()
+    assert not service.loading
+    with pytest.raises(QueryError, match="No index to search"):
+        service.search(Query((Part("text", "blue"),), k=4))
