@@ -50,6 +50,11 @@ class ReembedReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def for_visitor(self) -> dict[str, Any]:
+        """What an album's owner is told: counts and the model by its name only (no collection names)."""
+        return {"images": self.images, "reembedded": self.embedded, "from_thumbnail": self.from_thumbnail,
+                "model": Path(self.model).name, "seconds": round(self.seconds, 1)}
+
     def summary(self) -> str:
         """A few lines for the person who ran it."""
         lines = [f"Re-embedded {self.embedded:,} of {self.images:,} images of {self.collection!r} with {self.model} "

@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,11 @@ from search.index import ImageIndex
 from search.pipeline import text_queue
 from search.pipeline.build import BuildOptions, Progress, build_index, yield_to_the_model
 from search.pipeline.report import BuildReport
+from search.pipeline.swap import ReembedReport, reembed
 from search.sources.uploads import upload_items
 from search.stores.base import Collection, ModelInfo, folder_bytes
 from search.stores.store import Store
+from search.stores.swaps import is_shadow, next_name, previous_name
 
 log = logging.getLogger(__name__)
 PREFIX = "mine-"
@@ -79,8 +81,8 @@ class Albums:
 
     def names(self, key: str | None) -> list[str]:
         """The owner's albums, by the names they gave them."""
-        prefix = self.namespace(key)
-        return [n[len(prefix):] for n in self.store.names() if n.startswith(prefix)]
+        prefix = self.namespace(key)  # a swap's shadows (NAME.next, NAME.previous) are not albums of their own
+        return [n[len(prefix):] for n in self.store.names() if n.startswith(prefix) and not is_shadow(n)]
 
     def add(self, key: str | None, name: str, files: list[str | Path], on_progress: Progress | None = None) -> BuildReport:
         """Index uploaded images and zip archives into the owner's collection ``name``."""
@@ -195,6 +197,37 @@ class Albums:
             return self.embedder
         return load_embedder(col.model, text_model=self.text_model, decisions=self.store.precision_file)
 
+    def model(self, key: str | None, name: str) -> str:
+        """The model the owner's album ``name`` was filled with."""
+        return self._open(key, name).model or self.embedder.name
+
+    def behind(self, key: str | None, name: str) -> bool:
+        """Whether the album was filled with another model than the main index's (it was made before a switch)."""
+        return self.model(key, name) != ModelInfo.of(self.embedder).model
+
+    def swap(self, key: str | None, name: str, on_progress: Callable[[int, int], None] | None = None) -> ReembedReport:
+        """Embed the album again with the main index's model, then switch to that in one step (the old
+        collection goes): as ``index_builder.py --reembed`` and ``--switch`` do, from the stored thumbnails,
+        since an upload's files are not kept. Searches of the album answer from the old model until the switch.
+        """
+        full = self._full_name(key, name)
+        with self._lock:
+            if not self.behind(key, name):
+                raise QueryError(f"“{name}” is already searched with the app's model.")
+            with self.store.write_lock():
+                if previous_name(full) in self.store.names():  # left by a swap killed after its switch
+                    self.store.drop(previous_name(full))
+                report = reembed(self.store, full, self.embedder, on_progress=on_progress)
+                if report.failed:
+                    self.store.drop(next_name(full))  # no half-made shadow left to count against the caps
+                    raise QueryError(f"{len(report.failed)} images of “{name}” could not be read again; the "
+                                     "collection is unchanged.")
+            self.store.switch(full)
+            with self.store.write_lock():  # the old vectors: their thumbnails are the new collection's too
+                self.store.drop(previous_name(full))
+        report.collection = name
+        return report
+
     def browse(self, key: str | None, name: str, offset: int = 0, limit: int = 200) -> tuple[list[Hit], int]:
         """A page of the collection's images, newest first, with no score; and how many it holds."""
         col = self._stored(key, name)
@@ -219,7 +252,7 @@ class Albums:
     def _check_room(self, full: str, exists: bool, incoming: int, owned: int) -> None:
         """Refuse an upload that would pass a visitor's caps or the deployment's."""
         limits = self.limits
-        everyone = [n for n in self.store.names() if n.startswith(PREFIX)]
+        everyone = [n for n in self.store.names() if n.startswith(PREFIX) and not is_shadow(n)]
         if not exists:
             if owned >= limits.albums:
                 raise QueryError(f"You have {owned} collections, the most allowed here; delete one first.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from search.errors import InvalidImageError, QueryError, SearchError, StoreUnava
 from search.index import ImageIndex
 from search.pipeline.build import Progress
 from search.pipeline.report import BuildReport
+from search.pipeline.swap import ReembedReport
 from search.service.albums import Albums, Removal
 from search.service.examples import Examples, Shipped, examples_of
 from search.service.first_run import BuildState, DefaultBuild, wanted
@@ -230,8 +232,8 @@ class SearchService:
         """The caller's albums as searchable indexes; none where there is no main index (and so no album)."""
         if self._albums is None:
             return []
-        model = _model_name(self._albums.embedder.name)
-        return [IndexChoice(name, "album", model) for name in self.album_names(key)]
+        albums = self._albums
+        return [IndexChoice(name, "album", _model_name(albums.model(key, name))) for name in self.album_names(key)]
 
     # --- Albums: a visitor's own images -----------------------------------------------------------------
 
@@ -256,6 +258,18 @@ class SearchService:
     def drop_album(self, key: str | None, name: str) -> Removal:
         """Delete a visitor's whole album."""
         return self._albums_to_change().drop(key, name)
+
+    def album_behind(self, key: str | None, name: str) -> bool:
+        """Whether a visitor's album was made with another model than the main index's (before a switch)."""
+        albums = self._albums_or_refuse()
+        return name in albums.names(key) and albums.behind(key, name)
+
+    def swap_album(self, key: str | None, name: str, on_progress: Callable[[int, int], None] | None = None) -> ReembedReport:
+        """Bring a visitor's album to the main index's model (``Albums.swap``)."""
+        albums = self._albums_to_change()
+        if name not in albums.names(key):
+            raise QueryError(f"You have no collection named {shown(name)} yet; add images to it first.")
+        return albums.swap(key, name, on_progress)
 
     def thumbnail(self, image_id: str, album: str | None = None) -> Path | None:
         """The thumbnail of ``image_id`` that may be served: of a shared index's image, or, with ``album``

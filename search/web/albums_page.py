@@ -21,6 +21,7 @@ from search.web.page import Fields, Outputs, SearchPage
 
 ALBUM_PAGE = 60
 DROP = "Delete this collection"
+SWAP = "Search it with the app's current model"
 FIRST_ALBUM = "photos"  # the name the Collection box suggests
 CLEARED_REPORT: Outputs = {"summary": "", "notes": gr.update(value=[], visible=False)}  # the last upload's, once stale
 
@@ -39,6 +40,7 @@ class AlbumView(Fields):
     older: Any
     drop: Any
     armed: str | None  # the album a first click on DROP asked about
+    swap: Any  # offered where the album was made with an earlier model than the app's
 
 
 
@@ -66,10 +68,13 @@ class AlbumPage:
             hits, total = self.service.browse_album(key, name, offset, ALBUM_PAGE)
         items, ids = views.album_gallery(hits)
         where = views.album_page(len(items), offset, total) if name else ""
+        behind = bool(total) and self.service.album_behind(key, name)
+        if behind:
+            where += " " + views.album_behind()
         return AlbumView(self.search.gallery(items), ids, "", None, offset,
                          " ".join(filter(None, (note, where))), gr.update(interactive=offset > 0),
                          gr.update(interactive=offset + ALBUM_PAGE < total), gr.update(value=DROP, variant="stop"),
-                         None).outputs()
+                         None, gr.update(visible=behind)).outputs()
 
     def newer(self, key: str | None, name: str, offset: int) -> Outputs:
         """The previous page of the album (newer images)."""
@@ -97,6 +102,19 @@ class AlbumPage:
         return {**self.show(key, chosen or ""), "summary": views.ingest_summary(added),
                 "notes": gr.update(value=rows, visible=bool(rows)), "uploads": None,
                 "album": gr.update(choices=names, value=chosen), "index": gr.update(choices=self.search.index_choices(key))}
+
+    @refusals_in("where")
+    def swap(self, key: str | None, name: str, progress: gr.Progress = gr.Progress()) -> Outputs:
+        """Embed the album again with the app's model and switch to it, showing progress; then the album, what
+        was done, and the Index dropdown."""
+        started = time.monotonic()
+
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc=views.upload_progress(done, total, time.monotonic() - started), unit="images")
+
+        swapped = self.service.swap_album(key, name, on_progress=report)
+        return {**self.show(key, name), **CLEARED_REPORT, "summary": views.swapped(name, swapped),
+                "index": gr.update(choices=self.search.index_choices(key))}
 
     @user_errors
     def pick(self, evt: gr.SelectData, ids: list[str]) -> Outputs:

@@ -1,4 +1,4 @@
-"""The public API's seven named Gradio endpoints, returning JSON; each method's name is its endpoint's name.
+"""The public API's eight named Gradio endpoints, returning JSON; each method's name is its endpoint's name.
 
 ``index`` may name one of the caller's albums ("mine/NAME"), with the caller's ``key`` (16+ characters) on
 a public deployment. The API calls albums "collections".
@@ -18,7 +18,7 @@ from search.web.http_api import hits_with_urls
 from search.web.messages import user_errors
 
 ENDPOINTS = ("search_by_image", "search_by_text", "search", "collection_add", "collection_list", "collection_delete",
-             "collection_drop")
+             "collection_drop", "collection_swap")
 
 
 class Api:
@@ -77,6 +77,12 @@ class Api:
     def collection_drop(self, collection: str, key: str) -> dict[str, int]:
         """Delete the caller's whole collection: ``{"removed": n}``."""
         return {"removed": len(forget(self.service, self.files, self.service.drop_album(key, collection)).removed)}
+
+    @user_errors
+    def collection_swap(self, collection: str, key: str) -> dict[str, Any]:
+        """Embed a collection made before the app changed its model again with the app's model, and search it
+        with that from then on: ``{"images", "reembedded", "from_thumbnail", "model", "seconds"}``."""
+        return self.service.swap_album(key, collection).for_visitor()
 
     def _one(self, part: Part, k: float, metric: str, index: str, key: str) -> Answer:
         """A query of one part, with no cut-off (these endpoints predate it). ``k`` arrives as a JSON number

@@ -15,7 +15,7 @@ from search.core.query import DEFAULT_K, MAX_PAGE, MAX_TEXT_CHARS
 from search.service.examples import Shipped
 from search.service.service import SearchService
 from search.web import views
-from search.web.albums_page import ALBUM_VIEW, DROP, FIRST_ALBUM, AlbumPage
+from search.web.albums_page import ALBUM_VIEW, DROP, FIRST_ALBUM, SWAP, AlbumPage
 from search.web.api import ENDPOINTS, Api
 from search.web.evaluation_tab import evaluation_tab
 from search.web.files import KEEP_S, VisitorFiles
@@ -154,6 +154,7 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
                 c["notes"] = gr.Dataframe(headers=views.INGEST_HEADERS, label="Notes on your files", interactive=False,
                                           wrap=True, visible=False, elem_id="ingest-notes")
                 c["where"] = gr.Markdown()
+                c["swap"] = gr.Button(SWAP, visible=False, elem_id="album-swap")  # an album older than the app's model
                 c["gallery"] = gr.Gallery(label="In this collection (click one to select it)", columns=8, height="auto",
                                           allow_preview=False, object_fit="contain", elem_id="mine")
                 with gr.Row():
@@ -224,6 +225,7 @@ def _wire(demo: gr.Blocks, c: Components, page: SearchPage, albums: AlbumPage) -
     on(c["older"].click, albums.older, ["key", "album", "offset"], view)
     on(c["gallery"].select, albums.pick, ["ids"], ["picked", "picked_id"])  # the frame marks the picked one
     on(c["delete"].click, albums.delete_picked, ["key", "album", "picked_id", "offset"], [*view, "summary", "notes"])
+    on(c["swap"].click, albums.swap, ["key", "album"], [*view, "summary", "notes", "index"])
     on(c["drop"].click, albums.drop, ["key", "album", "index", "armed"],
        [*view, "album", "index", "include", "exclude", "summary", "notes"])
 
@@ -247,6 +249,7 @@ def _endpoints(api: Api) -> None:
             "collection_list": [key],
             "collection_delete": [gr.JSON(value=[], label="ids"), collection, key],
             "collection_drop": [collection, key],
+            "collection_swap": [collection, key],
         }
         result = gr.JSON(label="result")
         for name in ENDPOINTS:

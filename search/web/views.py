@@ -10,6 +10,7 @@ from pathlib import Path
 from search.core.hits import Hit
 from search.errors import REASONS
 from search.pipeline.report import BuildReport
+from search.pipeline.swap import ReembedReport
 from search.service.first_run import BuildState
 from search.service.service import IndexChoice, Overview
 
@@ -216,6 +217,19 @@ def album_page(shown: int, offset: int, total: int) -> str:
     if not total:
         return "This collection is empty: add images or a .zip above."
     return f"Images {offset + 1:,}–{offset + shown:,} of {total:,}, newest first."
+
+
+def album_behind() -> str:
+    """Why the swap button shows: the album's model is not the app's any more."""
+    return ("This collection was made with the model the app used before; it is still searched with that one, "
+            "until you bring it to the current model.")
+
+
+def swapped(name: str, report: ReembedReport) -> str:
+    """What bringing a collection to the app's model did."""
+    n = report.embedded
+    return (f"*{_md(name)}*: embedded {n:,} image{'' if n == 1 else 's'} again with `{Path(report.model).name}` in "
+            f"{report.seconds:.1f} s; it is searched with that model now.")
 
 
 def dropped(name: str, removed: int) -> str:

@@ -29,7 +29,7 @@ def client(app):
 def test_only_the_intended_endpoints_are_public(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/search", "/search_by_image", "/search_by_text", "/collection_add",
-                              "/collection_list", "/collection_delete", "/collection_drop"}
+                              "/collection_list", "/collection_delete", "/collection_drop", "/collection_swap"}
     with pytest.raises(Exception):  # the UI's own events are private: not callable by number either
         client.predict("a red circle", fn_index=3)
 

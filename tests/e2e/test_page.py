@@ -6,6 +6,7 @@ One app serves the module; each test opens its own page and saves a screenshot o
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import urllib.request
 
@@ -321,5 +322,35 @@ def test_the_page_serves_while_the_model_loads_and_a_search_made_then_is_answere
             page.locator("#example-prompts").wait_for(timeout=WAIT)  # the examples came with the refresh
             assert "images" in overview.inner_text()
             shot(page, "page-loaded")
+        finally:
+            page.close()
+
+
+def test_a_collection_made_with_an_earlier_model_is_brought_to_the_apps_model_from_its_tab(browser, shapes_store,
+                                                                                          random_clip, tmp_path):
+    from search.embedders.registry import load_embedder
+    from search.service.albums import Albums
+    from search.stores.store import Store
+    from search.web.albums_page import SWAP
+
+    store = tmp_path / "store"
+    shutil.copytree(shapes_store, store)
+    photos = write_folder(tmp_path / "old", per_class=1, seed=13)[:5]
+    earlier = Albums(Store.connect(store), load_embedder(str(random_clip)), public=False, read_texts=False)
+    assert earlier.add(None, "old", photos).indexed == 5  # as if made before the app moved to the shapes model
+    with RunningApp(store) as app:
+        page = browser.new_page(viewport=DESKTOP)
+        try:
+            page.goto(app.url, wait_until="domcontentloaded")
+            page.get_by_role("tab", name="My collection").click()
+            choose(page, "Collection", "old")
+            page.get_by_text("made with the model the app used before").wait_for(timeout=WAIT)
+            shot(page, "page-collection-behind")
+            page.get_by_role("button", name=SWAP).click()
+            page.get_by_text("embedded 5 images again with").wait_for(timeout=WAIT)
+            assert "tiny-clip-shapes" in page.locator("body").inner_text()
+            assert not page.get_by_role("button", name=SWAP).is_visible()
+            assert not page.get_by_text("made with the model the app used before").is_visible()
+            shot(page, "page-collection-swapped")
         finally:
             page.close()

@@ -117,6 +117,36 @@ def test_the_app_answers_while_a_collection_is_re_embedded_then_serves_the_switc
     assert refused.returncode == 2 and "no earlier 'images' kept" in refused.stderr
 
 
+def test_an_album_owner_brings_it_to_the_model_the_running_app_switched_to(built, shapes_model):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    store, _, siglip = built
+    photos = write_folder(store.parent / "trip", per_class=1, seed=12)[:6]
+    with RunningApp(store) as app:
+        client = app.client()
+        added = client.predict([handle_file(str(p)) for p in photos], "trip", "", api_name="/collection_add")
+        assert added["indexed"] == 6
+        assert run_builder("--store", store, "--reembed", siglip, "--batch-size", "16").returncode == 0
+        assert run_builder("--store", store, "--switch").returncode == 0
+        _served_as_opened(app, store, "a red circle", siglip)  # the app follows the switch of its main index
+
+        def album_hits() -> list[str]:
+            return [h["id"] for h in client.predict(caption("red circle"), 6, "cosine", "mine/trip", "",
+                                                    api_name="/search_by_text")]
+
+        before = album_hits()  # still searched with the model it was made with
+        album = next(n for n in _models(store) if n.endswith("trip"))
+        assert _models(store)[album] == str(shapes_model)
+        swapped = client.predict("trip", "", api_name="/collection_swap")
+        assert swapped["images"] == swapped["reembedded"] == 6 and swapped["model"] == siglip.name
+        assert _models(store)[album] == str(siglip)
+        assert not any(n.startswith(album + ".") for n in _models(store))  # no shadow or kept copy left
+        assert sorted(album_hits()) == sorted(before)  # the same six images, found by the new model's text tower
+        with pytest.raises(AppError, match="already searched with the app's model"):
+            client.predict("trip", "", api_name="/collection_swap")
+
+
 def test_a_re_embedding_killed_mid_way_resumes_and_embeds_nothing_twice(built):
     store, files, siglip = built
     proc = subprocess.Popen([sys.executable, str(ROOT / "index_builder.py"), "--store", str(store), "--reembed", str(siglip),

@@ -27,10 +27,11 @@ from search.web.files import VisitorFiles
 from search.web.page import OPEN, SEARCHED, SearchPage
 from search.web.page_query import PageQuery
 from tests.conftest import ROOT
+from tests.fixtures import fake_embedder
 from tests.fixtures.shapes import caption, write_folder
 
 PUBLIC = {"search", "search_by_image", "search_by_text", "collection_add", "collection_list", "collection_delete",
-          "collection_drop"}
+          "collection_drop", "collection_swap"}
 KEY = "unit-test-key-0123456789"
 LOGGER = "search.web.messages"
 
@@ -84,7 +85,7 @@ def searched(answer: dict) -> dict:
 # --- The layout: what is public, what is private ---------------------------------------------------------
 
 
-def test_exactly_the_seven_endpoints_are_public(demo):
+def test_exactly_the_eight_endpoints_are_public(demo):
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert public == PUBLIC
     documented = {name.lstrip("/") for name in demo.get_api_info()["named_endpoints"]}
@@ -106,9 +107,9 @@ def test_every_page_event_is_private(demo):
         "first_visit", "refresh", "search_text", "search_prompt", "search_image", "search_example", "search_url",
         "search_selected", "rerun", "change_index", "more", "click_result", "add_part", "remove_part",
         "more_like_selected", "less_like_selected", "undo", "pick_corner", "add", "show",
-        "newer", "older", "pick", "delete_picked", "drop"}
+        "newer", "older", "pick", "delete_picked", "drop", "swap"}
     assert all(fn.api_visibility == "private" for fn in page_events)
-    # Nothing else is callable except the seven endpoints (Gradio's own example loaders stay undocumented).
+    # Nothing else is callable except the eight endpoints (Gradio's own example loaders stay undocumented).
     assert all(fn.api_visibility != "public" or fn.api_name in PUBLIC for fn in demo.fns.values())
 
 
@@ -373,6 +374,34 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     assert view["armed"] is None and view["drop"]["value"] == DROP
     with pytest.raises(gr.Error, match="no collection named 'trip'"):
         api.collection_drop("trip", KEY)
+
+
+def test_an_album_made_with_an_earlier_model_is_offered_the_apps_model_and_swapped_to_it(local_store, tmp_path):
+    from search.embedders.registry import load_embedder
+    from search.service.albums import Albums
+    from search.stores.store import Store
+
+    store = tmp_path / "store"
+    shutil.copytree(local_store, store)
+    fake_embedder.install()  # the album's model: another family than the main index's CLIP
+    uploads = [str(p) for p in write_folder(tmp_path / "uploads", per_class=1, seed=93)[:3]]
+    earlier = Albums(Store.connect(store), load_embedder(fake_embedder.NAME), public=True, read_texts=False)
+    assert earlier.add(KEY, "old", uploads).indexed == 3
+    service = SearchService.open(Settings(store=store, public=True, ocr=False))
+    _, albums, api = pages(service)
+
+    view = albums.show(KEY, "old")
+    assert view["swap"]["visible"] and "made with the model the app used before" in view["where"]
+    swapped = albums.swap(KEY, "old")
+    assert swapped["summary"].startswith("*old*: embedded 3 images again with `tiny-clip-shapes` in ")
+    assert swapped["swap"]["visible"] is False and sorted(swapped["ids"]) == sorted(view["ids"])
+    assert "before" not in swapped["where"] and "mine/old" in {v for _, v in swapped["index"]["choices"]}
+    hits = api.search_by_text(caption("red circle"), 5, "cosine", "mine/old", KEY)
+    assert sorted(h["id"] for h in hits) == sorted(view["ids"])  # the album's own images, by the app's text tower
+    with pytest.raises(gr.Error, match="already searched with the app's model"):
+        api.collection_swap("old", KEY)
+    with pytest.raises(gr.Error, match="no collection named"):
+        api.collection_swap("never-made", KEY)
 
 
 def test_a_url_search_shows_the_fetched_image_and_a_local_address_gets_the_hint(service, monkeypatch):

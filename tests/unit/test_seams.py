@@ -110,3 +110,38 @@ def test_a_load_that_fails_releases_the_queries_waiting_for_it(colours, monkeypa
     assert not service.loading
     with pytest.raises(QueryError, match="No index to search"):
         service.search(Query((Part("text", "blue"),), k=4))
+
+
+def test_an_album_made_before_a_switch_is_brought_to_the_new_model_by_its_owner(tmp_path):
+    store = _colours(tmp_path)
+    service = SearchService.open(Settings(store=store, default_dataset=None, ocr=False))
+    photos = sorted((tmp_path / "photos").rglob("*.png"))
+    red = {p for p in photos if p.parent.name == "red"}
+    assert service.add_images(None, "holiday", [str(p) for p in photos]).indexed == 12
+    writer = Store.connect(store)
+    with writer.write_lock():
+        reembed(writer, "images", load_embedder(fake_embedder.V2))
+    writer.switch("images")
+    assert service.follow_switch() == ["images"]
+
+    def reds() -> set[str]:
+        answer = service.search(Query((Part("text", "red"),), k=4, index="mine/holiday"))
+        return {h.id for h in answer.hits}
+
+    album = next(c for c in service.album_indexes(None) if c.name == "holiday")
+    assert service.album_behind(None, "holiday") and album.model == fake_embedder.NAME
+    before = reds()  # still searched with the model it was made with
+    assert len(before) == 4 and {Path(h.source or "").name for h in service.browse_album(None, "holiday")[0]
+                                 if h.id in before} <= {p.name for p in red}
+    report = service.swap_album(None, "holiday")
+    assert report.embedded == 12 and report.from_original + report.from_thumbnail == 12 and not report.failed
+    assert not service.album_behind(None, "holiday") and service.album_names(None) == ["holiday"]
+    assert next(c for c in service.album_indexes(None) if c.name == "holiday").model == fake_embedder.V2
+    assert reds() == before  # the same red swatches, found with the new model's text tower
+    token = service.search(Query((Part("text", "red"),), k=1, index="mine/holiday")).album
+    assert all(service.thumbnail(i, token) is not None for i in before)  # the thumbnails stayed with the album
+    assert not [n for n in Store.connect(store).names() if n.endswith((".next", ".previous")) and "holiday" in n]
+    with pytest.raises(QueryError, match="already searched"):
+        service.swap_album(None, "holiday")
+    with pytest.raises(QueryError, match="no collection named"):
+        service.swap_album(None, "elsewhere")
