@@ -16,7 +16,7 @@ from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
 from search.embedders.base import DEFAULT_MODEL
 from search.embedders.registry import load_embedder
 from search.errors import SearchError, SourceError
-from search.evaluate import Options, evaluate, markdown
+from search.evaluate import Options, evaluate, markdown, read_prompts
 from search.images import ocr
 from search.pipeline.build import BuildOptions, build_index
 from search.pipeline.report import BuildReport
@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "and is measured clearly faster at --batch-size, else fp32")
     p.add_argument("--workers", type=_positive, default=2, help="reading and decoding threads")
     p.add_argument("--report", type=Path, help="write the build report as JSON here")
+    p.add_argument("--prompts", type=Path, help="--reembed: descriptions of each label by language (JSON, see "
+                   "search/evaluate.py), so that the comparison measures text to image language by language")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.sync and (args.limit or not args.dataset or not Path(args.dataset).expanduser().is_dir()):
@@ -145,7 +147,9 @@ def _swap(args: argparse.Namespace) -> int:
 
     name = args.collection
     try:
-        store = Store.connect(args.store, server=load_settings().chroma)
+        settings = load_settings()
+        prompts = read_prompts(args.prompts) if args.prompts else {}  # refused before any work
+        store = Store.connect(args.store, server=settings.chroma)
         if args.switch:
             store.switch(name)
             print(f"{name!r} now holds what {next_name(name)!r} held; the old one is kept as {previous_name(name)!r} "
@@ -171,7 +175,8 @@ def _swap(args: argparse.Namespace) -> int:
             print(report.summary())
             comparison = None
             try:  # the work is done and kept whatever the comparison says
-                comparison = evaluate(store, Options(collections=(name, next_name(name)), metrics=("cosine",), queries=200))
+                comparison = evaluate(store, Options(collections=(name, next_name(name)), metrics=("cosine",), queries=200,
+                                                     prompts=prompts, text_model=settings.text_model))
                 print(markdown(comparison))
             except SearchError as exc:
                 print(f"no comparison: {exc.for_operator()}")

@@ -1,31 +1,36 @@
 """How well each collection of a store retrieves by label, for every metric (issue #15).
 
     python -m search.evaluate --store DIR [--collection NAME ...] [--metrics l1,l2,cosine,correlation,ip]
-                              [--k 1,5,10] [--queries N] [--seed S] [--out DIR]
+                              [--k 1,5,10] [--queries N] [--seed S] [--prompts FILE] [--out DIR]
 
 Image to image, leave one out: each query is a stored, labelled image; it and its exact duplicates
 (rows with an identical vector) are never counted; an image is relevant when it has the query's label.
 Text to image (collections whose model reads text): one query per label and template ("a photo of a
-{label}", "{label}"). For both: precision@k for each k, recall@k, mAP@max(k) (average precision over
-the first K results, divided by min(relevant, K)) and milliseconds per query (scoring every row and
-taking the top K, exactly, with ``ExactSearch``). Queries with nothing relevant to find (a label on
-one image only) are left out. Writes OUT/evaluation.json, OUT/evaluation.md and OUT/evaluation.png.
+{label}", "{label}"); with ``--prompts``, also a person's own descriptions of each label, language by
+language, each language measured apart (a JSON file: ``{"vi": {"red circle": ["hình tròn màu đỏ", ...]},
+"en": {...}}``). Text goes to the model the app would send it to (IMAGE_SEARCH_TEXT_MODEL's pairing). For
+all: precision@k for each k, recall@k, mAP@max(k) (average precision over the first K results, divided by
+min(relevant, K)) and milliseconds per query (scoring every row and taking the top K, exactly, with
+``ExactSearch``). Queries with nothing relevant to find (a label on one image only) are left out. Writes
+OUT/evaluation.json, OUT/evaluation.md and OUT/evaluation.png.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
 
-from search.config import Settings
+from search.config import AUTO, Settings
 from search.core.metrics import METRICS, ExactSearch, best_of
+from search.embedders.base import Embedder
 from search.embedders.pixels import PIXELS
 from search.embedders.registry import load_embedder
 from search.errors import QueryError, SearchError
@@ -35,6 +40,10 @@ DEFAULT_KS = (1, 5, 10)
 TEXT_TEMPLATES = ("a photo of a {}", "{}")
 TASKS = ("image_to_image", "text_to_image")
 Progress = Callable[[int, int], None]  # (queries done, queries in all)
+Prompts = Mapping[str, Mapping[str, tuple[str, ...]]]  # language -> label -> descriptions of it
+LANGUAGE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")  # a BCP 47 language with an optional region: vi, pt-BR
+MAX_PROMPTS = 10_000
+MAX_PROMPT_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ class Options:
     ks: tuple[int, ...] = DEFAULT_KS
     queries: int | None = None
     seed: int = 0
+    prompts: Prompts = field(default_factory=dict)
+    text_model: str | None = AUTO  # the pairing for non-English text, as IMAGE_SEARCH_TEXT_MODEL says
 
     def check(self) -> None:
         """Refuse unknown metrics and k or sample sizes below 1, with a message for a person."""
@@ -148,17 +159,57 @@ def run_queries(search: ExactSearch, data: Labelled, queries: np.ndarray, wanted
     return {**measures(hits, relevant, ks), "ms_per_query": 1000 * seconds / max(len(queries), 1)}
 
 
-def text_queries(data: Labelled) -> tuple[np.ndarray, np.ndarray] | None:
-    """Text-to-image queries (each label in each template, embedded with the collection's model) and their
-    labels; None where the model reads no text (pixels) or is not recorded."""
+def text_embedder(data: Labelled, text_model: str | None) -> Embedder | None:
+    """The collection's model with the app's text pairing; None where it reads no text (pixels) or is not recorded."""
     if not data.model or data.model == PIXELS:
         return None
-    embedder = load_embedder(data.model)
-    if not embedder.supports_text:
-        return None
+    embedder = load_embedder(data.model, text_model=text_model)
+    return embedder if embedder.supports_text else None
+
+
+def text_queries(data: Labelled, embedder: Embedder) -> tuple[np.ndarray, np.ndarray]:
+    """Text-to-image queries (each label in each template) and their labels."""
     texts = [template.format(label) for label in data.names for template in TEXT_TEMPLATES]
     wanted = np.repeat(np.arange(len(data.names)), len(TEXT_TEMPLATES))
     return np.asarray(embedder.embed_texts(texts), dtype=np.float32), wanted
+
+
+def prompt_queries(data: Labelled, embedder: Embedder, prompts: Prompts) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per language, the prompts of the labels this collection has, embedded, and their labels."""
+    index = {label: n for n, label in enumerate(data.names)}
+    queries = {}
+    for language, by_label in prompts.items():
+        pairs = [(text, index[label]) for label, texts in by_label.items() if label in index for text in texts]
+        if pairs:
+            vectors = np.asarray(embedder.embed_texts([text for text, _ in pairs]), dtype=np.float32)
+            queries[language] = (vectors, np.array([n for _, n in pairs], dtype=np.int64))
+    return queries
+
+
+def read_prompts(path: Path) -> dict[str, dict[str, tuple[str, ...]]]:
+    """Labelled descriptions by language from a JSON file (see the module's docstring), checked."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise QueryError(f"the prompts file {path} cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise QueryError(f"the prompts file {path} is not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict) or not data:
+        raise QueryError('the prompts file holds no languages; write {"vi": {"LABEL": ["a description", ...]}, ...}')
+    prompts: dict[str, dict[str, tuple[str, ...]]] = {}
+    for language, by_label in data.items():
+        if not LANGUAGE.fullmatch(language):
+            raise QueryError(f"{language[:40]!r} in the prompts file is not a language code such as vi, en or pt-BR")
+        if not isinstance(by_label, dict) or not all(isinstance(label, str) and isinstance(texts, list)
+                                                     and all(isinstance(t, str) for t in texts)
+                                                     for label, texts in by_label.items()):
+            raise QueryError(f"prompts for {language!r} must map each label to a list of descriptions")
+        prompts[language] = {label: tuple(t.strip() for t in texts if t.strip()) for label, texts in by_label.items()}
+        if any(len(t) > MAX_PROMPT_CHARS for texts in prompts[language].values() for t in texts):
+            raise QueryError(f"a description for {language!r} is longer than {MAX_PROMPT_CHARS} characters")
+    if sum(len(texts) for by_label in prompts.values() for texts in by_label.values()) > MAX_PROMPTS:
+        raise QueryError(f"the prompts file holds more than {MAX_PROMPTS:,} descriptions")
+    return prompts
 
 
 def evaluate(store: str | Path | Store, options: Options = Options(), on_progress: Progress | None = None) -> dict[str, Any]:
@@ -172,9 +223,12 @@ def evaluate(store: str | Path | Store, options: Options = Options(), on_progres
     plan = []
     for d in data:
         rows = query_rows(d, options.queries, options.seed)
-        texts = text_queries(d)
-        plan.append((d, rows, texts))
-    total = len(options.metrics) * sum(len(rows) + (len(t[0]) if t else 0) for _, rows, t in plan)
+        embedder = text_embedder(d, options.text_model)
+        texts = text_queries(d, embedder) if embedder else None
+        languages = prompt_queries(d, embedder, options.prompts) if embedder else {}
+        plan.append((d, rows, texts, languages))
+    total = len(options.metrics) * sum(len(rows) + (len(t[0]) if t else 0) + sum(len(q) for q, _ in ls.values())
+                                       for _, rows, t, ls in plan)
     done = 0
 
     def tick() -> None:
@@ -185,7 +239,7 @@ def evaluate(store: str | Path | Store, options: Options = Options(), on_progres
 
     report: dict[str, Any] = {"store": str(opened.folder), "metrics": list(options.metrics), "k": list(options.ks),
                               "seed": options.seed, "collections": {}}
-    for d, rows, texts in plan:
+    for d, rows, texts, languages in plan:
         search = ExactSearch(d.matrix)
         entry: dict[str, Any] = {"model": d.model, "images": len(d.matrix), "labels": len(d.names), "queries": len(rows)}
         entry["image_to_image"] = {m: run_queries(search, d, d.matrix[rows], d.labels[rows], rows, m, options.ks, tick)
@@ -194,6 +248,12 @@ def evaluate(store: str | Path | Store, options: Options = Options(), on_progres
             entry["text_queries"] = len(texts[0])
             entry["text_to_image"] = {m: run_queries(search, d, texts[0], texts[1], None, m, options.ks, tick)
                                       for m in options.metrics}
+        if languages:
+            entry["by_language"] = {
+                language: {"text_queries": len(vectors),
+                           "text_to_image": {m: run_queries(search, d, vectors, wanted, None, m, options.ks, tick)
+                                             for m in options.metrics}}
+                for language, (vectors, wanted) in languages.items()}
         report["collections"][d.name] = entry
     return report
 
@@ -205,12 +265,16 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["| collection | task | metric | " + " | ".join(columns) + " | ms/query |",
              "|---|---|---|" + "---:|" * (len(columns) + 1)]
     for name, entry in report["collections"].items():
-        for task in TASKS:
-            for metric, values in entry.get(task, {}).items():
+        rows = [(task.replace("_", " "), entry.get(task, {})) for task in TASKS]
+        rows += [(f"text to image ({language})", measured["text_to_image"])
+                 for language, measured in entry.get("by_language", {}).items()]
+        for task, by_metric in rows:
+            for metric, values in by_metric.items():
                 cells = " | ".join(f"{values[c]:.3f}" for c in columns)
-                lines.append(f"| {name} | {task.replace('_', ' ')} | {metric} | {cells} | {values['ms_per_query']:.2f} |")
+                lines.append(f"| {name} | {task} | {metric} | {cells} | {values['ms_per_query']:.2f} |")
     queries = ", ".join(f"{name}: {e['images']} images, {e['queries']} image queries"
                         + (f", {e['text_queries']} text queries" if "text_queries" in e else "")
+                        + "".join(f", {m['text_queries']} {language} prompts" for language, m in e.get("by_language", {}).items())
                         for name, e in report["collections"].items())
     return "\n".join(lines) + f"\n\n{queries}; exact search, leave one out (duplicates excluded).\n"
 
@@ -277,6 +341,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", default=",".join(map(str, DEFAULT_KS)), help="comma-separated cut-offs, e.g. 1,5,10")
     p.add_argument("--queries", type=int, help="sample this many query images (default: all)")
     p.add_argument("--seed", type=int, default=0, help="the sample's seed")
+    p.add_argument("--prompts", type=Path, help="a JSON file of descriptions of each label by language, each "
+                   'language measured apart: {"vi": {"LABEL": ["...", ...]}, ...}')
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="where to write the results")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -289,7 +355,8 @@ def options_from(args: argparse.Namespace) -> Options:
     except ValueError:
         raise QueryError(f"--k takes whole numbers separated by commas, e.g. 1,5,10 (not {args.k!r})") from None
     metrics = tuple(dict.fromkeys(m.strip() for m in args.metrics.split(",") if m.strip()))
-    return Options(tuple(args.collection), metrics, ks, args.queries, args.seed)
+    prompts = read_prompts(args.prompts) if args.prompts else {}
+    return Options(tuple(args.collection), metrics, ks, args.queries, args.seed, prompts, Settings().text_model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,15 @@ def random_clip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def multilingual(tmp_path_factory, shapes_model) -> Path:
+    """A tiny DistilBERT + 1_Pooling + 2_Dense checkpoint in the Hub's layout, distilled into the shapes
+    CLIP's text space from English captions and their Vietnamese translations (a few seconds)."""
+    from tests.fixtures.tiny_multilingual import distill_tiny_multilingual
+
+    return distill_tiny_multilingual(tmp_path_factory.mktemp("models") / "tiny-multilingual", shapes_model)
+
+
+@pytest.fixture(scope="session")
 def shapes_model() -> Path:
     """The tiny CLIP trained on shapes, committed with the repo."""
     assert (SHAPES_MODEL / "modules.json").exists(), "run tests/fixtures/train_tiny_clip.py"

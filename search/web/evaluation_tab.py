@@ -102,7 +102,7 @@ def run_evaluation(settings: Settings, collections: list[str] | None, metrics: l
             raise QueryError("Choose at least one collection.")
         if not metrics:
             raise QueryError("Choose at least one metric.")
-        options = Options(tuple(chosen), tuple(metrics), queries=_sample(sample))
+        options = Options(tuple(chosen), tuple(metrics), queries=_sample(sample), text_model=settings.text_model)
         report = evaluate(Store.connect(settings.store, server=settings.chroma), options,
                           lambda done, total: progress((done, total), unit="queries"))
     except Exception as exc:  # in the table's place, with nothing of an earlier run beside it

@@ -21,7 +21,8 @@ from bench.app_process import RunningApp
 from search.stores.chroma import ChromaBackend
 from search.stores.store import Store
 from tests.conftest import ROOT, run_builder
-from tests.fixtures.shapes import caption, write_folder
+from tests.fixtures.shapes import CLASSES, caption, write_folder
+from tests.fixtures.tiny_multilingual import vietnamese
 from tests.fixtures.tiny_siglip import save_fixres
 
 PROGRESS = re.compile(r"(\d+)/(\d+)")
@@ -88,8 +89,11 @@ def test_the_app_answers_while_a_collection_is_re_embedded_then_serves_the_switc
         asker = threading.Thread(target=query)
         asker.start()
         try:
+            prompts = store.parent / "prompts.json"
+            prompts.write_text(json.dumps({"en": {c: [caption(c)] for c in CLASSES},
+                                           "vi": {c: [vietnamese(c)] for c in CLASSES}}), encoding="utf-8")
             done = run_builder("--store", store, "--reembed", siglip, "--batch-size", "8",
-                               "--report", store.parent / "swap.json")
+                               "--report", store.parent / "swap.json", "--prompts", prompts)
             assert done.returncode == 0, done.stderr
             before = _answers(app, text)
             # The running app follows the switch (no restart): it answers with the new model's vectors, and
@@ -112,6 +116,9 @@ def test_the_app_answers_while_a_collection_is_re_embedded_then_serves_the_switc
     assert set(report["comparison"]["collections"]) == {"images", "images.next"}
     assert all("p@1" in e["image_to_image"]["cosine"] for e in report["comparison"]["collections"].values())
     assert "| images.next | image to image | cosine |" in done.stdout
+    for name in ("images", "images.next"):  # text to image language by language, for the old and the new model
+        assert f"| {name} | text to image (vi) | cosine |" in done.stdout
+        assert report["comparison"]["collections"][name]["by_language"]["vi"]["text_queries"] == len(CLASSES)
     assert _models(store) == {"images": str(shapes_model), "images.next": str(siglip)}
     refused = run_builder("--store", store, "--rollback")
     assert refused.returncode == 2 and "no earlier 'images' kept" in refused.stderr

@@ -11,12 +11,24 @@ from search.config import Settings
 from search.core.metrics import METRICS, ExactSearch
 from search.embedders.registry import load_embedder
 from search.errors import QueryError, StoreError
-from search.evaluate import TEXT_TEMPLATES, Labelled, Options, evaluate, main, query_rows, read_collection, run_queries
+from search.evaluate import (
+    TEXT_TEMPLATES,
+    Labelled,
+    Options,
+    evaluate,
+    main,
+    markdown,
+    query_rows,
+    read_collection,
+    read_prompts,
+    run_queries,
+)
 from search.pipeline.build import BuildOptions, build_index
 from search.sources.base import open_source
 from search.stores.base import ModelInfo
 from search.stores.store import Store
-from tests.fixtures.shapes import write_folder
+from tests.fixtures.shapes import CLASSES, write_folder
+from tests.fixtures.tiny_multilingual import vietnamese
 
 KS = (1, 3, 5)
 
@@ -89,6 +101,56 @@ def test_text_to_image_equals_brute_force(local_store, report, metric):
     got = report["collections"]["images"]["text_to_image"][metric]
     assert report["collections"]["images"]["text_queries"] == 2 * 12
     assert {key: got[key] for key in expected} == pytest.approx(expected, abs=1e-6)
+
+
+def test_prompts_are_measured_language_by_language_with_the_apps_text_pairing(local_store, multilingual):
+    prompts = {"en": {c: (f"a photo of a {c}",) for c in CLASSES}, "vi": {c: (vietnamese(c),) for c in CLASSES},
+               "fr": {"no such label": ("rien",)}}
+    options = {"collections": ("images",), "metrics": ("cosine",), "ks": KS, "prompts": prompts}
+    alone = evaluate(local_store, Options(**options, text_model=None))["collections"]["images"]["by_language"]
+    paired = evaluate(local_store, Options(**options, text_model=str(multilingual)))
+    by = paired["collections"]["images"]["by_language"]
+    assert set(by) == set(alone) == {"en", "vi"} and by["vi"]["text_queries"] == 12  # fr names no label here
+    p1 = {language: measured["text_to_image"]["cosine"]["p@1"] for language, measured in by.items()}
+    # English goes to CLIP's own tower with or without the pairing; Vietnamese is read only by the paired model
+    english, english_alone = by["en"]["text_to_image"]["cosine"], alone["en"]["text_to_image"]["cosine"]
+    assert {k: v for k, v in english.items() if k != "ms_per_query"} == pytest.approx(
+        {k: v for k, v in english_alone.items() if k != "ms_per_query"}, abs=1e-9)
+    assert p1["vi"] >= alone["vi"]["text_to_image"]["cosine"]["p@1"] + 0.3 and p1["vi"] >= 0.8
+    store = Store.connect(local_store)
+    matrix, labels = labelled_rows(store, "images")
+    texts = [vietnamese(c) for c in CLASSES]
+    vectors = load_embedder(store.open("images").model or "", text_model=str(multilingual)).embed_texts(texts)
+    expected = brute_measures(matrix, labels, vectors, CLASSES, None, "cosine")
+    got = by["vi"]["text_to_image"]["cosine"]
+    assert {key: got[key] for key in expected} == pytest.approx(expected, abs=1e-6)
+    table = markdown(paired)
+    assert "| images | text to image (vi) | cosine |" in table and "12 vi prompts" in table
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "cannot be read"), ("{", "not UTF-8 JSON"), ("[]", "holds no languages"), ("{}", "holds no languages"),
+    ('{"Vietnamese": {"a": ["b"]}}', "not a language code"), ('{"vi": {"a": "b"}}', "a list of descriptions"),
+    ('{"vi": ["b"]}', "a list of descriptions"), ('{"vi": {"a": [1]}}', "a list of descriptions"),
+    ('{"vi": {"a": ["' + "x" * 1001 + '"]}}', "longer than 1000"),
+    ('{"vi": {"a": ' + '["b"]' * 0 + '[' + ",".join(['"b"'] * 10_001) + ']}}', "more than 10,000"),
+])
+def test_a_prompts_file_is_checked_before_any_work(tmp_path, content, message):
+    path = tmp_path / "prompts.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(QueryError, match=message):
+        read_prompts(path)
+    if content is None:
+        return
+    assert main(["--store", str(tmp_path / "no-store"), "--prompts", str(path), "--out", str(tmp_path)]) == 2
+
+
+def test_a_prompts_file_keeps_each_languages_descriptions(tmp_path):
+    path = tmp_path / "prompts.json"
+    path.write_text('{"vi": {"red circle": ["hình tròn màu đỏ", "  "]}, "pt-BR": {"red circle": ["círculo"]}}',
+                    encoding="utf-8")
+    assert read_prompts(path) == {"vi": {"red circle": ("hình tròn màu đỏ",)}, "pt-BR": {"red circle": ("círculo",)}}
 
 
 def test_the_trained_clip_beats_pixels_image_to_image(report):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,17 +13,10 @@ from search.embedders.clip import AUTO_TEXT_MODEL, DEFAULT_TEXT_MODELS, ClipEmbe
 from search.embedders.registry import load_embedder
 from search.embedders.text_routing import CLIP, MULTILINGUAL, route
 from search.index import ImageIndex
-from tests.fixtures.tiny_multilingual import build_tiny_multilingual, distill_tiny_multilingual
+from tests.fixtures.tiny_multilingual import build_tiny_multilingual
 
 VIETNAMESE = "hình tròn màu đỏ"
 ENGLISH = "a red circle"
-
-
-@pytest.fixture(scope="module")
-def multilingual(tmp_path_factory, shapes_model) -> Path:
-    """A tiny DistilBERT + 1_Pooling + 2_Dense checkpoint in the Hub's layout, distilled into the shapes
-    CLIP's text space from English captions and their Vietnamese translations (a few seconds)."""
-    return distill_tiny_multilingual(tmp_path_factory.mktemp("models") / "tiny-multilingual", shapes_model)
 
 
 @pytest.fixture(scope="module")
