@@ -40,7 +40,7 @@ def is_siglip(name: str) -> bool:
 class SiglipEmbedder(TowerEmbedder):
     """A SigLIP or SigLIP 2 checkpoint by Hub name or path: images and texts in one space, unit-length rows.
 
-    ``precision`` as for CLIP (``towers``): images at it, texts at bf16 when it is bf16.
+    ``precision`` as for CLIP (``towers``): the image tower's decided at ``batch_size``, the text tower's its own.
     """
 
     def __init__(self, name: str, device: str | None = None, precision: str = FP32, batch_size: int = 32,
@@ -55,7 +55,8 @@ class SiglipEmbedder(TowerEmbedder):
             raise ModelError(f"the model {Path(name).name!r} has towers of different widths", internals=name)
         side = _side(self.processor.image_processor, config.vision_config)
         self.min_edges = (side, side)
-        self._start(_ImageTower.around(self.model.vision_model), precision, batch_size, decisions)
+        self._start(_Pooled.around(self.model.vision_model), precision, batch_size, decisions)
+        self._start_text(_Pooled.around(self.model.text_model), self._text_inputs, precision, decisions)
 
     def text_tower(self, text: str) -> Tower:
         """Every text goes to SigLIP's own text tower."""
@@ -67,37 +68,34 @@ class SiglipEmbedder(TowerEmbedder):
         return {key: value.to(self.device) for key, value in inputs.items()}
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Unit-length embeddings for texts, in the images' space, one row per text in order."""
-        texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.dimension), np.float32)
-        return np.concatenate([self._run_text(lambda chunk=texts[i:i + batch_size]: self._text_features(chunk))
-                               for i in range(0, len(texts), batch_size)])
+        """Unit-length embeddings for texts, in the images' space, one row per text in order (at the text tower's
+        own precision, ``text_decision``)."""
+        return self._own_texts(texts, batch_size)
 
-    def _text_features(self, texts: list[str]) -> np.ndarray:
+    def _text_inputs(self, texts: list[str]) -> dict[str, Any]:
+        """The processor's tokens, padded to the checkpoint's length (64) as SigLIP was trained, on the device."""
         inputs = self.processor(text=texts, padding="max_length", max_length=self.max_tokens, truncation=True,
                                 return_tensors="pt")
-        out = self.model.get_text_features(**{key: value.to(self.device) for key, value in inputs.items()})
-        return out.pooler_output.float().cpu().numpy()
+        return {key: value.to(self.device) for key, value in inputs.items()}
 
 
-class _ImageTower:
-    """get_image_features' arithmetic as one module (the vision transformer and its pooling head), which
+class _Pooled:
+    """get_image_features' or get_text_features' arithmetic as one module (a tower and its pooling head), which
     autocast runs and dynamic quantisation can copy and convert."""
 
     @staticmethod
-    def around(vision_model: Any) -> Any:
+    def around(tower: Any) -> Any:
         import torch
 
-        class ImageTower(torch.nn.Module):
+        class Pooled(torch.nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.vision_model = vision_model
+                self.tower = tower
 
             def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-                return self.vision_model(**inputs).pooler_output
+                return self.tower(**inputs).pooler_output
 
-        return ImageTower()
+        return Pooled()
 
 
 def _side(image_processor: Any, vision_config: Any) -> int:
