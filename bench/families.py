@@ -5,9 +5,10 @@
 Each model is its published architecture (transformers' configs; weights cannot be downloaded here, and speed
 does not depend on them): OpenAI CLIP ViT-B/32, SigLIP 2 B/32 at 256 px, B/16 at 224 px, L/16 at 256 px and
 So400m/14 at 384 px (FixRes, Gemma's 256k vocabulary). Images: a batch of ``--batch`` (at most 8 at 384 px) at
-the model's input size, fp32 and (where the CPU has native bf16) bf16 autocast, rounds interleaved, medians. Texts: one query at a time, as the app runs them (CLIP: a
-typical 9-token query; SigLIP: always 64 tokens, its padded length). The whole sequence runs ``--runs`` times;
-``best`` keeps each figure's best run, as a shared host's neighbours slow one run by up to 2x.
+the model's input size, fp32 and (where the CPU has native bf16) bf16 autocast, rounds interleaved, medians.
+Texts: one query at a time, as the app runs them (CLIP: a typical 9-token query; SigLIP: always 64 tokens, its
+padded length). The whole sequence runs ``--runs`` times; ``best`` keeps each figure's best run, as a shared
+host's neighbours slow one run by up to 2x.
 """
 from __future__ import annotations
 

@@ -266,10 +266,7 @@ class SearchService:
 
     def swap_album(self, key: str | None, name: str, on_progress: Callable[[int, int], None] | None = None) -> ReembedReport:
         """Bring a visitor's album to the main index's model (``Albums.swap``)."""
-        albums = self._albums_to_change()
-        if name not in albums.names(key):
-            raise QueryError(f"You have no collection named {shown(name)} yet; add images to it first.")
-        return albums.swap(key, name, on_progress)
+        return self._albums_to_change().swap(key, name, on_progress)
 
     def thumbnail(self, image_id: str, album: str | None = None) -> Path | None:
         """The thumbnail of ``image_id`` that may be served: of a shared index's image, or, with ``album``
