@@ -229,7 +229,9 @@ class SearchService:
                 for name, target in self._shared.items()]
 
     def album_indexes(self, key: str | None) -> list[IndexChoice]:
-        """The caller's albums as searchable indexes; none where there is no main index (and so no album)."""
+        """The caller's albums as searchable indexes; none where there is no main index (and so no album). While
+        the model loads, this waits for it, as searches do: a page opened meanwhile lists the albums once loaded."""
+        self._wait_loaded()
         if self._albums is None:
             return []
         albums = self._albums

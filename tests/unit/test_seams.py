@@ -80,14 +80,17 @@ def test_the_service_follows_a_switch_and_a_rollback_of_its_main_collection_with
 def test_a_query_made_while_the_service_loads_waits_for_it_and_is_answered(colours):
     service = SearchService(Settings(store=colours, default_dataset=None))
     assert service.loading and status_of(service.overview())["state"] == "loading"
-    answers = []
+    answers, listed = [], []
     waiting = threading.Thread(target=lambda: answers.append(service.search(Query((Part("text", "blue"),), k=4))))
+    listing = threading.Thread(target=lambda: listed.append(service.album_indexes(None)))  # a page's first visit
     waiting.start()
+    listing.start()
     time.sleep(0.3)
-    assert waiting.is_alive() and not answers  # neither refused nor answered from an empty service
+    assert waiting.is_alive() and listing.is_alive() and not answers  # neither refused nor answered from nothing
     service.load()
     waiting.join(10)
-    assert [h.label for h in answers[0].hits] == ["blue"] * 4
+    listing.join(10)
+    assert [h.label for h in answers[0].hits] == ["blue"] * 4 and listed == [[]]
     assert not service.loading and status_of(service.overview()) == {
         "state": "ready", "images": 12, "collection": "images", "model": fake_embedder.NAME, "problem": None}
 
