@@ -293,10 +293,22 @@ def test_a_collection_shows_on_arrival_and_its_deletion_says_so(browser, tmp_pat
     shot(page, "page-dropped")
 
 
-def test_the_page_serves_while_the_model_loads_and_a_search_made_then_is_answered(browser, shapes_store):
+def test_the_page_serves_while_the_model_loads_then_an_older_collection_is_brought_to_the_apps_model(
+        browser, shapes_store, random_clip, tmp_path):
     """The page comes before the model: a visitor then sees that it loads, a search sent meanwhile waits and is
-    answered, and the page fills in (index, examples) without a reload."""
-    with RunningApp(shapes_store, loaded=False) as app:
+    answered, and the page fills in (index, examples) without a reload. Then a collection made with another model
+    (as before an operator's switch) says so in its tab, and its button embeds it again with the app's."""
+    from search.embedders.registry import load_embedder
+    from search.service.albums import Albums
+    from search.stores.store import Store
+    from search.web.albums_page import SWAP
+
+    store = tmp_path / "store"
+    shutil.copytree(shapes_store, store)
+    photos = write_folder(tmp_path / "old", per_class=1, seed=13)[:5]
+    earlier = Albums(Store.connect(store), load_embedder(str(random_clip)), public=False, read_texts=False)
+    assert earlier.add(None, "old", photos).indexed == 5
+    with RunningApp(store, loaded=False) as app:
         assert app.status()["state"] == "loading"  # the page is served; importing the model takes seconds more
         answer: dict = {}
 
@@ -322,26 +334,7 @@ def test_the_page_serves_while_the_model_loads_and_a_search_made_then_is_answere
             page.locator("#example-prompts").wait_for(timeout=WAIT)  # the examples came with the refresh
             assert "images" in overview.inner_text()
             shot(page, "page-loaded")
-        finally:
-            page.close()
 
-
-def test_a_collection_made_with_an_earlier_model_is_brought_to_the_apps_model_from_its_tab(browser, shapes_store,
-                                                                                          random_clip, tmp_path):
-    from search.embedders.registry import load_embedder
-    from search.service.albums import Albums
-    from search.stores.store import Store
-    from search.web.albums_page import SWAP
-
-    store = tmp_path / "store"
-    shutil.copytree(shapes_store, store)
-    photos = write_folder(tmp_path / "old", per_class=1, seed=13)[:5]
-    earlier = Albums(Store.connect(store), load_embedder(str(random_clip)), public=False, read_texts=False)
-    assert earlier.add(None, "old", photos).indexed == 5  # as if made before the app moved to the shapes model
-    with RunningApp(store) as app:
-        page = browser.new_page(viewport=DESKTOP)
-        try:
-            page.goto(app.url, wait_until="domcontentloaded")
             page.get_by_role("tab", name="My collection").click()
             choose(page, "Collection", "old")
             page.get_by_text("made with the model the app used before").wait_for(timeout=WAIT)

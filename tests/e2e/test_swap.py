@@ -51,6 +51,32 @@ def _models(store: Path) -> dict[str, str | None]:
     return {name: opened.open(name).model for name in opened.names()}
 
 
+def _shared(store: Path) -> dict[str, str | None]:
+    """The models of the shared collections (albums aside)."""
+    return {name: model for name, model in _models(store).items() if name.startswith("images")}
+
+
+def _album_brought_along(client, store: Path, model: Path, earlier: Path) -> None:
+    """The album "trip", made with ``earlier``, is still searched with it after the switch to ``model``; its
+    owner's /collection_swap embeds it again with ``model``: the same images found, nothing left beside it."""
+    from gradio_client.exceptions import AppError
+
+    def album_hits() -> list[str]:
+        return [h["id"] for h in client.predict(caption("red circle"), 6, "cosine", "mine/trip", "",
+                                                api_name="/search_by_text")]
+
+    before = album_hits()
+    album = next(n for n in _models(store) if n.endswith("trip"))
+    assert _models(store)[album] == str(earlier)
+    swapped = client.predict("trip", "", api_name="/collection_swap")
+    assert swapped["images"] == swapped["reembedded"] == 6 and swapped["model"] == model.name
+    assert _models(store)[album] == str(model)
+    assert not any(n.startswith(album + ".") for n in _models(store))  # no shadow or kept copy left
+    assert sorted(album_hits()) == sorted(before)  # the same six images, found by the new model's text tower
+    with pytest.raises(AppError, match="already searched with the app's model"):
+        client.predict("trip", "", api_name="/collection_swap")
+
+
 def _answers(app: RunningApp, text: str) -> list[tuple[str, float]]:
     hits = httpx.post(app.url + "api/search", json={"text": text, "k": 5}, timeout=30).json()["hits"]
     return [(h["id"], h["score"]) for h in hits]
@@ -75,9 +101,15 @@ def _same(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> bool:
 
 
 def test_the_app_answers_while_a_collection_is_re_embedded_then_serves_the_switch_and_the_rollback(built, shapes_model):
+    """... and an album made before the switch is brought to the new model by its owner, through the API."""
+    from gradio_client import handle_file
+
     store, files, siglip = built
     text = "ảnh hình tròn màu đỏ"
     with RunningApp(store) as app:
+        client = app.client()
+        trip = write_folder(store.parent / "trip", per_class=1, seed=12)[:6]
+        assert client.predict([handle_file(str(p)) for p in trip], "trip", "", api_name="/collection_add")["indexed"] == 6
         answers: list[int] = []
         stop = threading.Event()
 
@@ -99,9 +131,10 @@ def test_the_app_answers_while_a_collection_is_re_embedded_then_serves_the_switc
             # The running app follows the switch (no restart): it answers with the new model's vectors, and
             # goes on answering while it loads that model.
             assert run_builder("--store", store, "--switch").returncode == 0
-            assert _models(store) == {"images": str(siglip), "images.previous": str(shapes_model)}
+            assert _shared(store) == {"images": str(siglip), "images.previous": str(shapes_model)}
             _served_as_opened(app, store, text, siglip)
             assert not _same(_answers(app, text), before)
+            _album_brought_along(client, store, siglip, shapes_model)
             assert run_builder("--store", store, "--rollback").returncode == 0
             _served_as_opened(app, store, text, shapes_model)
             assert _same(_answers(app, text), before)
@@ -119,39 +152,9 @@ def test_the_app_answers_while_a_collection_is_re_embedded_then_serves_the_switc
     for name in ("images", "images.next"):  # text to image language by language, for the old and the new model
         assert f"| {name} | text to image (vi) | cosine |" in done.stdout
         assert report["comparison"]["collections"][name]["by_language"]["vi"]["text_queries"] == len(CLASSES)
-    assert _models(store) == {"images": str(shapes_model), "images.next": str(siglip)}
+    assert _shared(store) == {"images": str(shapes_model), "images.next": str(siglip)}
     refused = run_builder("--store", store, "--rollback")
     assert refused.returncode == 2 and "no earlier 'images' kept" in refused.stderr
-
-
-def test_an_album_owner_brings_it_to_the_model_the_running_app_switched_to(built, shapes_model):
-    from gradio_client import handle_file
-    from gradio_client.exceptions import AppError
-
-    store, _, siglip = built
-    photos = write_folder(store.parent / "trip", per_class=1, seed=12)[:6]
-    with RunningApp(store) as app:
-        client = app.client()
-        added = client.predict([handle_file(str(p)) for p in photos], "trip", "", api_name="/collection_add")
-        assert added["indexed"] == 6
-        assert run_builder("--store", store, "--reembed", siglip, "--batch-size", "16").returncode == 0
-        assert run_builder("--store", store, "--switch").returncode == 0
-        _served_as_opened(app, store, "a red circle", siglip)  # the app follows the switch of its main index
-
-        def album_hits() -> list[str]:
-            return [h["id"] for h in client.predict(caption("red circle"), 6, "cosine", "mine/trip", "",
-                                                    api_name="/search_by_text")]
-
-        before = album_hits()  # still searched with the model it was made with
-        album = next(n for n in _models(store) if n.endswith("trip"))
-        assert _models(store)[album] == str(shapes_model)
-        swapped = client.predict("trip", "", api_name="/collection_swap")
-        assert swapped["images"] == swapped["reembedded"] == 6 and swapped["model"] == siglip.name
-        assert _models(store)[album] == str(siglip)
-        assert not any(n.startswith(album + ".") for n in _models(store))  # no shadow or kept copy left
-        assert sorted(album_hits()) == sorted(before)  # the same six images, found by the new model's text tower
-        with pytest.raises(AppError, match="already searched with the app's model"):
-            client.predict("trip", "", api_name="/collection_swap")
 
 
 def test_a_re_embedding_killed_mid_way_resumes_and_embeds_nothing_twice(built):
