@@ -402,6 +402,11 @@ def test_an_album_made_with_an_earlier_model_is_offered_the_apps_model_and_swapp
         api.collection_swap("old", KEY)
     with pytest.raises(gr.Error, match="no collection named"):
         api.collection_swap("never-made", KEY)
+    # checked at the boundary, as every endpoint's are: the name's format, then the key's
+    with pytest.raises(gr.Error, match="not a valid collection name"):
+        api.collection_swap("../old", KEY)
+    with pytest.raises(gr.Error, match="key"):
+        api.collection_swap("old", "short")
 
 
 def test_a_url_search_shows_the_fetched_image_and_a_local_address_gets_the_hint(service, monkeypatch):
