@@ -193,9 +193,13 @@ class Albums:
     def _embedder(self, col: Collection) -> Embedder:
         """The model an album was filled with: the main index's, or (made before the main index was switched to
         another model) the one the album records."""
-        if not col.model or col.model == ModelInfo.of(self.embedder).model:
+        if not self._older(col):
             return self.embedder
-        return load_embedder(col.model, text_model=self.text_model, decisions=self.store.precision_file)
+        return load_embedder(col.model or "", text_model=self.text_model, decisions=self.store.precision_file)
+
+    def _older(self, col: Collection) -> bool:
+        """Whether ``col`` records another model than the main index's (an album with none recorded is the main's)."""
+        return bool(col.model) and col.model != ModelInfo.of(self.embedder).model
 
     def model(self, key: str | None, name: str) -> str:
         """The model the owner's album ``name`` was filled with."""
@@ -203,7 +207,7 @@ class Albums:
 
     def behind(self, key: str | None, name: str) -> bool:
         """Whether the album was filled with another model than the main index's (it was made before a switch)."""
-        return self.model(key, name) != ModelInfo.of(self.embedder).model
+        return self._older(self._open(key, name))
 
     def swap(self, key: str | None, name: str, on_progress: Callable[[int, int], None] | None = None) -> ReembedReport:
         """Embed the album again with the main index's model, then switch to that in one step (the old
