@@ -161,7 +161,6 @@ def _swap(args: argparse.Namespace) -> int:
             with store.write_lock():
                 store.open(previous_name(name))  # a StoreError if there is none
                 store.drop(previous_name(name))
-            store.sweep()
             print(f"deleted {previous_name(name)!r}.")
         else:
             embedder = load_embedder(args.reembed, args.device, precision=args.precision, batch_size=args.batch_size,

@@ -5,7 +5,7 @@ import os
 import re
 import threading
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from search.embedders.registry import load_embedder
 from search.errors import InvalidImageError, QueryError, StoreError
 from search.images.decode import ImageInput, read_image
 from search.stores.base import DEFAULT_COLLECTION, Collection, Filter, ModelInfo, Neighbour
+from search.stores.catalogue import State
 from search.stores.keywords import fields
 from search.stores.store import Store
 from search.stores.swaps import is_shadow
@@ -36,20 +37,6 @@ from search.stores.swaps import is_shadow
 __all__ = ["ImageIndex"]
 KEYWORD_DEPTH = 100  # keyword hits fused with the vector ranking (as deep as the cut-off reads)
 FLOOR_LABELS = 32  # labels searched as text for the match floor, the most common first
-
-
-@dataclass(frozen=True)
-class Catalogue:
-    """Every record's label and capture time, and how many records hold each label: what filters and totals read."""
-
-    rows: dict[str, dict[str, Any]]  # by id: the metadata filters read ("label", "taken")
-    counts: Counter[str | None]
-
-    def total(self, where: Filter) -> int:
-        """How many records pass ``where``."""
-        if where.taken_from is None and where.taken_until is None:
-            return sum(n for label, n in self.counts.items() if where.admits({"label": label}))
-        return sum(1 for meta in self.rows.values() if where.admits(meta))
 
 
 class ImageIndex:
@@ -66,10 +53,11 @@ class ImageIndex:
         self.collection = collection
         self.embedder = embedder
         self.metadata = dict(collection.metadata)
+        # Caches are keyed by the collection's version in the store's catalogue, which every write changes
         self._exact_cache: tuple[int, list[str], metrics.ExactSearch] | None = None
-        self._catalogue_cache: tuple[int, Catalogue] | None = None
+        self._labels_cache: tuple[int, Counter[str | None]] | None = None
         self._floor_cache: tuple[int, float | None] | None = None
-        self._words_checked: int | None = None  # the collection's size when its words were last checked
+        self._words_checked: int | None = None  # the version when its words were last checked
         self._cache_lock = threading.Lock()
 
     @classmethod
@@ -103,7 +91,29 @@ class ImageIndex:
         return cls(store, collection, embedder)
 
     def __len__(self) -> int:
-        return self.collection.count()
+        return self._state().count
+
+    def _state(self) -> State:
+        """The collection's count and version, as the store's catalogue keeps them (no scan, no backend call)."""
+        catalogue = self.store.catalogue_for(self.collection)
+        return catalogue.state(self.collection.key) or State(0, -1)
+
+    def label_counts(self) -> Counter[str | None]:
+        """How many images carry each label (None: those without one), read once per version of the collection."""
+        version = self._state().version
+        with self._cache_lock:
+            if self._labels_cache is None or self._labels_cache[0] != version:
+                self._labels_cache = (version, self.store.catalogue_for(self.collection).labels(self.collection.key))
+            return self._labels_cache[1]
+
+    def first_images(self, labels: list[str], n: int) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``n`` images (id, metadata): the first, by sorted id, of each of ``labels`` in turn; where
+        ``labels`` is empty, the first ``n`` by id."""
+        catalogue, key = self.store.catalogue_for(self.collection), self.collection.key
+        firsts = catalogue.first_of(key, labels[:n])
+        ids = [firsts[label] for label in labels[:n] if label in firsts] if labels else catalogue.first_ids(key, n)
+        metas = self.collection.metadatas(ids)
+        return [(i, metas[i]) for i in ids if i in metas]
 
     @property
     def supports_text(self) -> bool:
@@ -151,7 +161,8 @@ class ImageIndex:
         """Hits ``offset`` to ``offset + k`` of ``query``'s ranking (``search``; the library's calls rank deeper)."""
         where = self._filter(query)
         vector = self._compose(query)
-        count = len(self)
+        state = self._state()
+        count = state.count
         fold = NEAR_DUPLICATE_SIMILARITY if query.fold and self.metadata.get("normalized") else None
         dated = query.sort != "relevance"
         words = self._words(query)
@@ -161,11 +172,10 @@ class ImageIndex:
         top = np.array([s[1] for s in scored], dtype=np.float64)
         found_ids: set[str] = set()
         if words:
-            by_words = self._keyword_hits(words, where, vector, query.metric, {s[0]: s for s in scored}, count)
+            by_words = self._keyword_hits(words, where, vector, query.metric, {s[0]: s for s in scored}, state.version)
             found_ids = {s[0] for s in by_words}
             scored = self._fused(scored, by_words, query.keywords)
-        # The label scan is read only for filters: counting is cheaper where there are none
-        total = self._catalogue().total(where) if where else count
+        total = self.store.catalogue_for(self.collection).total(self.collection.key, where) if where else count
         cutoff = auto_cutoff(top, total) if query.cutoff == "auto" else query.cutoff
         hits = [self.hit(*s) for s in scored]
         if found_ids:  # only what the keyword channel found holds any of the words
@@ -176,12 +186,12 @@ class ImageIndex:
             hits = _by_date(hits, newest=query.sort == "newest")
         if fold:
             hits = self._folded(hits, fold)
-        no_match = self._nothing_stands_out(query, top, count) and not any(_all_found(h, words) for h in hits)
+        no_match = self._nothing_stands_out(query, top, state) and not any(_all_found(h, words) for h in hits)
         return Ranked(hits[offset: offset + k], total, cutoff, no_match)
 
     def labels(self) -> list[str]:
         """The labels this index holds, sorted."""
-        return sorted(label for label in self._catalogue().counts if label is not None)
+        return sorted(label for label in self.label_counts() if label is not None)
 
     def _compose(self, query: Query) -> np.ndarray:
         """Embed every part in this index's space, then combine them (``query.compose``)."""
@@ -228,20 +238,21 @@ class ImageIndex:
         ranked = [h.id for h in hits if h.id in vectors]  # one deleted since it was ranked is gone from both
         return [replace(by_id[head], similar=tuple(members)) for head, members in fold_near_duplicates(ranked, vectors, fold)]
 
-    def _nothing_stands_out(self, query: Query, top: np.ndarray, count: int) -> bool:
+    def _nothing_stands_out(self, query: Query, top: np.ndarray, state: State) -> bool:
         """Whether a text query's best score is below the collection's match floor (``cutoff.match_floor``)."""
         if not len(top) or query.metric not in ("cosine", "ip") or not self.metadata.get("normalized") or any(
                 p.kind != "text" for p in query.positive):
             return False
-        floor = self._match_floor(count)
+        floor = self._match_floor(state)
         return floor is not None and float(top[0]) < floor
 
-    def _match_floor(self, count: int) -> float | None:
-        """The collection's match floor from its most common labels (at least two), read once per size."""
+    def _match_floor(self, state: State) -> float | None:
+        """The collection's match floor from its most common labels (at least two), read once per version."""
         with self._cache_lock:
-            if self._floor_cache is not None and self._floor_cache[0] == count:
+            if self._floor_cache is not None and self._floor_cache[0] == state.version:
                 return self._floor_cache[1]
-        labels = [label for label, _ in self._catalogue().counts.most_common(FLOOR_LABELS) if label]
+        count = state.count
+        labels = [label for label, _ in self.label_counts().most_common(FLOOR_LABELS) if label]
         floor = None
         if len(labels) >= 2 and count > len(labels):
             texts = [" ".join(re.split(r"[/_\-]+", label)).strip() for label in labels]
@@ -249,14 +260,14 @@ class ImageIndex:
             tops = [f[0].similarity for f in found if f]
             floor = match_floor(np.array(tops), np.array([f[-1].similarity for f in found if f])) if tops else None
         with self._cache_lock:
-            self._floor_cache = (count, floor)
+            self._floor_cache = (state.version, floor)
         return floor
 
     def _filter(self, query: Query) -> Filter | None:
         """The query's label and date filters, its labels checked against those the index holds."""
         if not (query.include or query.exclude or query.taken_from or query.taken_to):
             return None
-        held = self._catalogue().counts
+        held = self.label_counts()
         for name in (*query.include, *query.exclude):
             if name not in held:
                 raise QueryError(f"labels: this index holds no label {shown(name)}.")
@@ -271,14 +282,14 @@ class ImageIndex:
         return query_words(" ".join(p.value for p in query.positive))
 
     def _keyword_hits(self, words: list[str], where: Filter | None, vector: np.ndarray, metric: str,
-                      ranked: dict[str, tuple[str, float, dict]], count: int) -> list[tuple[str, float, dict]]:
+                      ranked: dict[str, tuple[str, float, dict]], version: int) -> list[tuple[str, float, dict]]:
         """The records holding the query's words that ``where`` admits, best first, each with its score under
         ``metric`` against ``vector`` (what the hit shows, whichever channel found it); ``ranked``: what the
-        vector search already gave, by id (read again from the store only where it did not); ``count``: the
-        collection's size now (the words are checked against the records again when it changes)."""
-        if self._words_checked != count:
+        vector search already gave, by id (read again from the store only where it did not); ``version``: the
+        collection's now (the words are checked against the records again when it changes)."""
+        if self._words_checked != version:
             self.store.keywords_of(self.collection)
-            self._words_checked = count
+            self._words_checked = version
         ids = [h.id for h in self.store.keywords.search(self.collection.name, words, KEYWORD_DEPTH)]
         stored = self.collection.records([i for i in ids if i not in ranked])
         extra = [r for r in stored.values() if where is None or where.admits(r.metadata)]
@@ -306,8 +317,8 @@ class ImageIndex:
         ids, exact = self._all_vectors()
         rows = None
         if where:  # rank only the rows the filter admits, so k results still come back
-            catalogue = self._catalogue()
-            rows = np.flatnonzero([where.admits(catalogue.rows.get(i, {})) for i in ids])
+            admitted = set(self.store.catalogue_for(self.collection).ids(self.collection.key, where))
+            rows = np.flatnonzero([i in admitted for i in ids])
         best = exact.top_k(vector, metric, k, rows)
         chosen = [ids[i] for i, _ in best]
         metas = self.collection.metadatas(chosen)
@@ -318,34 +329,15 @@ class ImageIndex:
 
         Returns the ids that were held and are now gone; every id must be well-formed.
         """
-        removed = self.store.remove(self.collection, [checked_image_id(i) for i in ids])
-        self.invalidate()
-        return removed
-
-    def invalidate(self) -> None:
-        """Forget cached vectors after this process changed the collection."""
-        with self._cache_lock:
-            self._exact_cache = None
-            self._catalogue_cache = None
-            self._floor_cache = None
-            self._words_checked = None
-
-    def _catalogue(self) -> Catalogue:
-        """Every record's label, read once per collection size (a change of size re-reads them)."""
-        with self._cache_lock:
-            count = len(self)
-            if self._catalogue_cache is None or self._catalogue_cache[0] != count:
-                rows = {i: {"label": m.get("label"), "taken": m.get("taken")} for i, m in self.collection.scan_metadata()}
-                self._catalogue_cache = (count, Catalogue(rows, Counter(r["label"] for r in rows.values())))
-            return self._catalogue_cache[1]
+        return self.store.remove(self.collection, [checked_image_id(i) for i in ids])
 
     def _all_vectors(self) -> tuple[list[str], metrics.ExactSearch]:
-        """Every stored vector, read once per collection size, with what exact metrics precompute on them."""
+        """Every stored vector, read once per version of the collection, with what exact metrics precompute on them."""
+        version = self._state().version
         with self._cache_lock:
-            count = len(self)
-            if self._exact_cache is None or self._exact_cache[0] != count:
+            if self._exact_cache is None or self._exact_cache[0] != version:
                 ids, matrix = self.collection.scan_vectors()
-                self._exact_cache = (count, ids, metrics.ExactSearch(matrix))
+                self._exact_cache = (version, ids, metrics.ExactSearch(matrix))
             return self._exact_cache[1], self._exact_cache[2]
 
     def hit(self, image_id: str, score: float, meta: dict | None) -> Hit:

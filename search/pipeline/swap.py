@@ -80,7 +80,7 @@ def reembed(store: Store, name: str, embedder: Embedder, batch_size: int = 32,
     report = ReembedReport(name, shadow.name, embedder.name, images=len(records))
     held = {i for i, _ in records}
     there = set(shadow.all_ids())
-    report.dropped = len(shadow.delete(sorted(there - held)))  # deleted from NAME since an earlier run
+    report.dropped = len(store.remove(shadow, sorted(there - held)))  # deleted from NAME since an earlier run
     todo = [(i, m) for i, m in records if i not in there]
     report.already = len(records) - len(todo)
     agreement: list[float] = []
@@ -105,7 +105,7 @@ def reembed(store: Store, name: str, embedder: Embedder, batch_size: int = 32,
             ready.append((image_id, metadata, embedder.prepare(picture)))
         if ready:
             vectors = embedder.embed_images([picture for _, _, picture in ready], batch_size=batch_size)
-            shadow.upsert([Record(i, v, m) for (i, m, _), v in zip(ready, vectors, strict=True)])
+            store.add(shadow, [Record(i, v, m) for (i, m, _), v in zip(ready, vectors, strict=True)], {})
             report.embedded += len(ready)
         if on_progress:
             on_progress(report.already + begin + len(batch), len(records))

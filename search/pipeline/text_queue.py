@@ -112,9 +112,7 @@ def _read_one(store: Store, name: str, copy: Path, writing: Callable[[], Abstrac
                     meta = collection.metadatas([image_id]).get(image_id)
                     vector = collection.vectors([image_id]).get(image_id)
                     if meta is not None and vector is not None:
-                        record = Record(image_id, vector, {**meta, "ocr": text})
-                        collection.upsert([record])
-                        store.keywords.add(name, [(record.id, record.metadata)])
+                        store.add(collection, [Record(image_id, vector, {**meta, "ocr": text})], {})
                         wrote = 1
         except StoreError as exc:  # the store went away or is busy: the copy stays for the next try
             log.info("text in an image not stored now: %s", exc.for_operator())

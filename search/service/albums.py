@@ -163,13 +163,13 @@ class Albums:
                 return ImageIndex(self.store, self.store.open(full), self.embedder)  # for its thumbnails: no model
         return None
 
-    def sweep(self) -> int:
-        """Remove thumbnails that a killed upload (or build) left without a record; 0 where another writer works."""
+    def repair(self) -> int:
+        """Settle what a killed upload (or build) left in flight (``Store.repair``); 0 where another writer works."""
         with self._lock:
             try:
-                return self.store.sweep()
+                return self.store.repair()
             except StoreError as exc:
-                log.info("thumbnails not swept now: %s", exc.for_operator())
+                log.info("the store is not repaired now: %s", exc.for_operator())
                 return 0
 
     def _token(self, full: str) -> str:

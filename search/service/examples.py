@@ -42,20 +42,12 @@ def examples_of(index: ImageIndex, shipped: Shipped) -> Examples:
     each of its most frequent labels, else its first images by id. Descriptions: the shipped prompts and the
     most frequent labels as they read where the index was built from what the prompts were written for,
     else "a photo of a LABEL" for its most frequent labels."""
-    records = sorted(index.collection.scan_metadata())
-    counts: dict[str, int] = {}
-    first: dict[str, tuple[str, dict]] = {}
-    for image_id, meta in records:
-        label = str(meta.get("label") or "").strip()
-        if label:
-            counts[label] = counts.get(label, 0) + 1
-            first.setdefault(label, (image_id, meta))
-    frequent = sorted(counts, key=lambda label: (-counts[label], label))
+    counts = index.label_counts()  # kept by the store's catalogue: no scan of the collection
+    frequent = sorted((label for label in counts if label and label.strip()), key=lambda label: (-counts[label], label))
     photo_ids = {p: content_id(p.read_bytes()) for p in shipped.photos}
     held = set(index.collection.held(list(photo_ids.values())))
     chosen = [(str(p), p.stem) for p, photo_id in photo_ids.items() if photo_id in held]
-    picks = [first[label] for label in frequent] or records
-    for image_id, meta in picks[: max(0, EXAMPLE_IMAGES - len(chosen))]:
+    for image_id, meta in index.first_images(frequent, max(0, EXAMPLE_IMAGES - len(chosen))):
         hit = index.hit(image_id, 0.0, meta)
         if hit.image:
             chosen.append((hit.image, hit.label or hit.caption or ""))

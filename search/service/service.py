@@ -181,8 +181,8 @@ class SearchService:
                                   limits=self.settings.limits, text_model=self.settings.text_model,
                                   read_texts=self.settings.ocr)
             self._problem = None
-            # Thumbnails a killed upload left without records (never served: see ``thumbnail``) leave the disk.
-            threading.Thread(target=self._albums.sweep, name="sweep", daemon=True).start()
+            # What a killed upload left in flight (thumbnails without records are never served: see ``thumbnail``).
+            threading.Thread(target=self._albums.repair, name="repair", daemon=True).start()
             self._albums.start_reading()  # text a stopped process left to read
             threading.Thread(target=self._follow, name="follow-switches", daemon=True).start()
         self._shared = {**self._shared, target.collection.name: target}  # readers iterate the old dict safely

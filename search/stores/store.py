@@ -1,13 +1,15 @@
-"""A store: a folder (thumbnails, manifests, the write lock) and the backend that holds its vectors.
+"""A store: a folder (thumbnails, the catalogue, manifests, the write lock) and the backend that holds its vectors.
 
-What belongs to every backend lives here: records and their thumbnails written together, thumbnails a
-killed writer left swept, a thumbnail deleted once no collection holds its image, one writer at a time.
+What belongs to every backend lives here: records, their thumbnails, their words and their catalogue rows
+written together; what a killed writer left in flight settled from the catalogue's journal; a thumbnail
+deleted once no collection holds its image; one writer at a time.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -16,11 +18,13 @@ from search.config import ChromaServer
 from search.errors import StoreError, StoreUnavailableError
 from search.stores import swaps, thumbnails
 from search.stores.base import DISK_FULL, NEARLY_FULL_BYTES, READ_ONLY, Backend, Collection, ModelInfo, Record, nearly_full
+from search.stores.catalogue import Catalogue
 from search.stores.keywords import Keywords
 from search.stores.locking import write_lock
 
 log = logging.getLogger(__name__)
 PRECISION_FILE = "precision.json"
+RECHECK_S = 5.0  # how often a server's collection is checked against the catalogue: other machines may write to it
 
 
 class Store:
@@ -31,6 +35,11 @@ class Store:
         self.backend = backend
         self._keywords: Keywords | None = None
         self._keywords_lock = threading.Lock()
+        self._catalogue: Catalogue | None = None
+        self._checked: dict[str, float] = {}  # by collection key: when it last agreed with the catalogue
+        self._private: dict[str, Catalogue] = {}  # by key: a scan of one the shared catalogue could not be brought to
+        self._agreed = False  # every collection was checked against the catalogue under this process's write lock
+        self._settled = 0  # ids settled from the journal when the write lock was last taken
 
     @classmethod
     def connect(cls, folder: str | Path, *, server: ChromaServer | None = None, create: bool = False) -> Store:
@@ -65,6 +74,50 @@ class Store:
                 with self.guard():
                     self._keywords = Keywords(None if self.read_only else self.folder)
             return self._keywords
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """The catalogue of this store's collections (in memory where the store is read-only)."""
+        with self._keywords_lock:
+            if self._catalogue is None:
+                with self.guard():
+                    self._catalogue = Catalogue(None if self.read_only else self.folder)
+            return self._catalogue
+
+    def catalogue_for(self, collection: Collection) -> Catalogue:
+        """A catalogue that holds ``collection`` as the backend does: the store's, checked against the backend's
+        count once per process (on a server, every RECHECK_S seconds: other machines may write there) and
+        brought into agreement where it is not; a scan of its own where another writer holds the store then."""
+        key, now = collection.key, time.monotonic()
+        checked = self._checked.get(key)
+        if checked is not None and key not in self._private and (not self.server or now - checked < RECHECK_S):
+            return self.catalogue
+        catalogue = self.catalogue
+        if not self._agrees(catalogue, collection):
+            if self.read_only:  # a private, in-memory catalogue: no other writer to race
+                with self.guard():
+                    catalogue.replace(key, collection.scan_metadata())
+            else:
+                try:
+                    with self.write_lock():  # taking it checks every collection (``_agree``)
+                        pass
+                except StoreError as exc:
+                    log.info("the catalogue of %r is not checked now: %s", collection.name, exc.for_operator())
+                if not self._agrees(catalogue, collection):
+                    private = self._private.get(key)
+                    if private is None or not self._agrees(private, collection):
+                        private = self._private[key] = Catalogue(None)
+                        with self.guard():
+                            private.replace(key, collection.scan_metadata())
+                    return private
+        self._private.pop(key, None)
+        self._checked[key] = now
+        return catalogue
+
+    def _agrees(self, catalogue: Catalogue, collection: Collection) -> bool:
+        """Whether the catalogue's count of ``collection`` is the backend's (or a live writer is changing it)."""
+        state = catalogue.state(collection.key)
+        return state is not None and (state.count == collection.count() or catalogue.in_flight(collection.key))
 
     def keywords_of(self, collection: Collection) -> Keywords:
         """The keyword index, agreeing with ``collection`` (rebuilt from its records' metadata where a kill or
@@ -110,10 +163,18 @@ class Store:
         return collection
 
     def drop(self, name: str) -> None:
-        """Delete a whole collection and its words (its thumbnails are the caller's business: see ``remove``)."""
+        """Delete a whole collection, its words, its catalogue rows, and its thumbnails no other collection uses.
+
+        Its ids are named in the journal first, so a kill at any step leaves them for ``repair``."""
+        key = self.open(name).key
+        with self.guard():
+            ids = self.catalogue.ids(key)
+            self.catalogue.begin(key, ids)
         self.backend.drop(name)
         with self.guard():
             self.keywords.drop(name)
+            self._forget_thumbnails(key, ids)
+            self.catalogue.drop(key)
 
     def switch(self, name: str) -> None:
         """Make the re-embedded ``name`` (NAME.next) the collection ``name``, keeping the old one for ``rollback``."""
@@ -141,47 +202,115 @@ class Store:
             # cleaned up; with next to no room left, nothing is started.
             raise StoreUnavailableError(DISK_FULL, internals=f"store at {self.folder}: under "
                                         f"{NEARLY_FULL_BYTES // 1024**2} MB free")
+        if not records:
+            return
+        ids = [r.id for r in records]
         made: list[str] = []
+        with self.guard():  # named before anything is written: a kill from here on leaves them to ``repair``
+            self.catalogue.begin(collection.key, ids)
         try:
             with self.guard():  # a full disk here is the store going away too
                 made = [image_id for image_id, data in thumbs.items() if thumbnails.write(self.folder, image_id, data)]
             collection.upsert(records)
             with self.guard():
                 self.keywords.add(collection.name, [(r.id, r.metadata) for r in records])
+                self.catalogue.settle(collection.key, [(r.id, r.metadata) for r in records], [])
         except BaseException:
             # A backend may keep part of a write it failed (Chroma logs it, then fails to apply it): the records
-            # of the images this call brought go too, as far as the store still lets them; ``sweep`` does the rest.
+            # of the images this call brought go too, as far as the store still lets them; the journal keeps
+            # the rest for ``repair``.
             with contextlib.suppress(Exception):
                 collection.delete(made)
             for image_id in made:
                 thumbnails.delete(self.folder, image_id)
+            with contextlib.suppress(Exception):
+                self._settle(collection.key, collection, ids, pending=False)
             raise
 
-    def sweep(self) -> int:
-        """Make records and thumbnails agree again after a writer was killed or its disk filled: thumbnails no
-        record names and temporary files go, and records whose thumbnail is missing (a write the store kept
-        though it failed, and reported as not done) go too. Returns how many of both went.
-
-        Only where this process may write the embedded store now: the write lock keeps other writers out
-        (a server's other writers cannot be seen, so nothing is swept there).
-        """
-        if self.server or self.read_only:
+    def repair(self) -> int:
+        """Settle what writers that were killed (or whose disk filled) left in flight, as their journal entries
+        name it: records whose thumbnail is missing go, thumbnails no record names go, words and catalogue rows
+        follow the records. Returns how many ids were settled. Only where this process may write now: the write
+        lock keeps other writers out (and taking it is what repairs)."""
+        if self.read_only:
             return 0
         with self.write_lock():
-            on_disk = {file.relative_to(self.folder).as_posix(): file for file in thumbnails.stored(self.folder)}
-            named: set[str] = set()  # the thumbnails records name, relative to the folder
-            broken = 0
-            for name in self.names():
-                collection = self.open(name)
-                records = collection.scan_metadata()
-                lost = {i for i, m in records if m.get("thumbnail") and str(m["thumbnail"]) not in on_disk}
-                broken += len(collection.delete(sorted(lost)))
-                named.update(str(m.get("thumbnail")) for i, m in records if i not in lost)
-            files = 0
-            for relative, file in on_disk.items():
-                if file.name.endswith(thumbnails.TEMPORARY) or relative not in named:
-                    file.unlink(missing_ok=True)
-                    files += 1
+            return self._settled
+
+    def _settle_pending(self) -> int:
+        """Settle every journal entry a gone writer left (the write lock held)."""
+        pending = self.catalogue.pending()
+        if not pending:
+            return 0
+        by_key = self._collections()
+        for entry in pending:
+            self._settle(entry.key, by_key.get(entry.key), entry.ids, pending=True)
+        settled = sum(len(entry.ids) for entry in pending)
+        log.info("settled %d images that stopped writers left in flight in %s", settled, self.folder)
+        return settled
+
+    def _settle(self, key: str, collection: Collection | None, ids: list[str], *, pending: bool) -> None:
+        """Make thumbnails, words and catalogue agree with what the backend holds of ``ids`` (a record whose
+        thumbnail is missing goes too); ``collection`` None: it is gone."""
+        with self.guard():
+            held = collection.metadatas(ids) if collection is not None else {}
+            lost = [i for i, m in held.items() if m.get("thumbnail") and not thumbnails.exists(self.folder, i)]
+            if lost and collection is not None:
+                collection.delete(lost)
+            kept = [(i, m) for i, m in held.items() if i not in set(lost)]
+            gone = [i for i in ids if i not in dict(kept)]
+            if collection is not None:
+                self.keywords.add(collection.name, kept)
+                self.keywords.delete(collection.name, gone)
+            self._forget_thumbnails(key, gone)
+            self.catalogue.settle(key, kept, gone, pending=pending)
+            if collection is None:
+                self.catalogue.drop(key)
+
+    def _forget_thumbnails(self, key: str, ids: list[str]) -> None:
+        """Delete the thumbnails of ``ids`` (gone from the collection ``key``) that no other collection holds."""
+        for image_id in set(ids) - self.catalogue.held_elsewhere(key, ids):
+            thumbnails.delete(self.folder, image_id)
+
+    def _collections(self) -> dict[str, Collection]:
+        """Every collection, by key."""
+        opened = (self.open(name) for name in self.names())
+        return {collection.key: collection for collection in opened}
+
+    def _agree(self) -> None:
+        """Bring the catalogue into agreement with every collection (the write lock held; once per process):
+        one the catalogue does not hold yet, or whose count differs, is read whole; one gone is forgotten. A
+        catalogue made now for a store that had collections also sweeps what killed writers of a version
+        without the journal left."""
+        catalogue = self.catalogue
+        by_key = self._collections()
+        for key, collection in by_key.items():
+            state = catalogue.state(key)
+            if state is None or state.count != collection.count():
+                log.info("cataloguing %r (%d images) in %s", collection.name, collection.count(), self.folder)
+                catalogue.replace(key, collection.scan_metadata())
+        for key in catalogue.keys() - set(by_key):
+            self._settle(key, None, catalogue.ids(key), pending=True)
+        if catalogue.fresh and by_key:
+            self._sweep(list(by_key.values()))
+        catalogue.fresh = False
+
+    def _sweep(self, collections: list[Collection]) -> int:
+        """Thumbnails no record names and temporary files go, and records whose thumbnail is missing go too:
+        a whole listing, for a store whose writers kept no journal."""
+        on_disk = {file.relative_to(self.folder).as_posix(): file for file in thumbnails.stored(self.folder)}
+        named: set[str] = set()  # the thumbnails records name, relative to the folder
+        broken = 0
+        for collection in collections:
+            records = collection.scan_metadata()
+            lost = {i for i, m in records if m.get("thumbnail") and str(m["thumbnail"]) not in on_disk}
+            broken += len(self.remove(collection, sorted(lost))) if lost else 0
+            named.update(str(m.get("thumbnail")) for i, m in records if i not in lost)
+        files = 0
+        for relative, file in on_disk.items():
+            if file.name.endswith(thumbnails.TEMPORARY) or relative not in named:
+                file.unlink(missing_ok=True)
+                files += 1
         if files or broken:
             log.info("swept %d thumbnails without a record and %d records without a thumbnail from %s", files, broken,
                      self.folder)
@@ -189,17 +318,16 @@ class Store:
 
     def remove(self, collection: Collection, ids: Sequence[str]) -> list[str]:
         """Delete ``ids`` from ``collection``; a thumbnail goes too once no collection still holds its image."""
-        gone = collection.delete(ids)
-        if not gone:
+        ids = list(dict.fromkeys(ids))
+        if not ids:
             return []
         with self.guard():
+            self.catalogue.begin(collection.key, ids)
+        gone = collection.delete(ids)
+        with self.guard():
             self.keywords.delete(collection.name, gone)
-        still_used: set[str] = set()
-        for name in self.names():
-            if name != collection.name:
-                still_used.update(self.open(name).held(gone))
-        for image_id in set(gone) - still_used:
-            thumbnails.delete(self.folder, image_id)
+            self._forget_thumbnails(collection.key, gone)
+            self.catalogue.settle(collection.key, [], ids)  # those not held were not there either
         return gone
 
     @contextmanager
@@ -208,12 +336,22 @@ class Store:
         if self.read_only:
             raise StoreError(READ_ONLY, internals=f"{self.folder} is not writable; searches read a snapshot")
         if self.server:  # the server serialises writers itself
-            self._finish_swaps()
+            self._taken()
             yield
             return
         with write_lock(self.folder):
-            self._finish_swaps()
+            self._taken()
             yield
+
+    def _taken(self) -> None:
+        """What whoever takes the write lock does first: finish a switch and settle writes that stopped halfway,
+        and (once per process) bring the catalogue into agreement with every collection."""
+        self._finish_swaps()
+        with self.guard():
+            self._settled = self._settle_pending()
+            if not self._agreed:
+                self._agree()
+                self._agreed = True
 
     def _forget_words(self, name: str) -> None:
         """Drop the words of a switch's collections: each name now holds another's records (rebuilt on use)."""

@@ -53,6 +53,11 @@ def _entries(folder: Path) -> list[os.DirEntry]:
         return []
 
 
+def exists(store_folder: Path, image_id: str) -> bool:
+    """Whether the image's thumbnail is stored."""
+    return path(store_folder, image_id).exists()
+
+
 def delete(store_folder: Path, image_id: str) -> None:
     """Delete a thumbnail, if it is there."""
     path(store_folder, image_id).unlink(missing_ok=True)

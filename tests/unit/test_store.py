@@ -1,6 +1,12 @@
 """The store layer against a real embedded Chroma in a temp folder: typed records in, typed results out."""
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
 import httpx
 import numpy as np
 import pytest
@@ -9,7 +15,7 @@ from chromadb.errors import InternalError, NotFoundError
 from search.core import ids
 from search.errors import QueryError, StoreError, StoreUnavailableError
 from search.stores import thumbnails
-from search.stores.base import ModelInfo, Record
+from search.stores.base import Filter, ModelInfo, Record
 from search.stores.locking import write_lock
 from search.stores.store import Store
 
@@ -87,7 +93,7 @@ def test_remove_keeps_thumbnails_another_collection_still_uses(store, vectors):
     first, second = store.open_or_create("first", MODEL), store.open_or_create("second", MODEL)
     records = _records(vectors[:4])
     store.add(first, records, {r.id: b"jpeg bytes" for r in records})
-    second.upsert(records[:1])  # the first image is in both collections
+    store.add(second, records[:1], {})  # the first image is in both collections
     stranger = "f" * 32
     gone = store.remove(first, [r.id for r in records] + [stranger])
     assert sorted(gone) == sorted(r.id for r in records)  # what went, never what was only asked for
@@ -162,18 +168,121 @@ def test_records_and_their_thumbnails_land_together_or_not_at_all(store, vectors
     assert col.held([r.id for r in records]) == [records[0].id]  # no record is left without its thumbnail
 
 
-def test_a_sweep_removes_what_a_killed_writer_left_and_nothing_else(store, vectors):
+_KILLED_WRITER = """
+import os, signal, sys
+import numpy as np
+from search.core import ids
+from search.stores.base import Filter, ModelInfo, Record
+from search.stores.keywords import Keywords
+from search.stores.store import Store
+from search.stores import thumbnails
+
+store = Store.connect(sys.argv[1])
+col = store.open_or_create("first", ModelInfo("tiny-test-model", 8, True))
+start, stop, moment = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rng = np.random.default_rng(start)
+records = [Record(ids.content_id(f"x{i}".encode()), (v / np.linalg.norm(v)).astype(np.float32),
+                  {"source": f"x/{i}", "label": "late", "thumbnail": thumbnails.relative(ids.content_id(f"x{i}".encode()))})
+           for i, v in zip(range(start, stop), rng.normal(size=(stop - start, 8)))]
+die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+if moment == "before-vectors":
+    col.upsert = die
+else:
+    Keywords.add = die
+# The last record's thumbnail never lands (a write the store kept though it failed)
+store.add(col, records, {r.id: b"jpeg" for r in records[:-1]})
+"""
+
+
+def _killed_writer(folder, start: int, stop: int, moment: str) -> None:
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(folder), str(start), str(stop), moment],
+                          cwd=Path(__file__).parents[2], timeout=120, capture_output=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+
+
+def test_repair_settles_exactly_what_killed_writers_left_in_flight(store, vectors):
     col = store.open_or_create("first", MODEL)
-    records = [Record(r.id, r.vector, {**r.metadata, "thumbnail": thumbnails.relative(r.id)}) for r in _records(vectors[:3])]
-    store.add(col, records[:2], {r.id: b"jpeg" for r in records[:2]})
-    thumbnails.write(store.folder, records[2].id, b"orphan: its record never landed")
-    left = thumbnails.path(store.folder, records[0].id).with_name("half-written.tmp")
-    left.write_bytes(b"partial")
-    ghost = Record("e" * 32, records[0].vector, {"thumbnail": thumbnails.relative("e" * 32)})
-    col.upsert([ghost])  # a record whose thumbnail never landed (a write the store kept though it failed)
-    assert store.sweep() == 3
+    kept = [Record(r.id, r.vector, {**r.metadata, "label": "early", "thumbnail": thumbnails.relative(r.id)})
+            for r in _records(vectors[:2])]
+    store.add(col, kept, {r.id: b"jpeg" for r in kept})
+    _killed_writer(store.folder, 10, 14, "after-vectors")  # x10-x12 land whole but for their words; x13 has no thumbnail
+    _killed_writer(store.folder, 20, 23, "before-vectors")  # thumbnails of x20, x21 land; no record
+    assert len(store.catalogue.pending()[0].ids) == 7 and store.catalogue.state(col.key).count == 2
+    assert store.repair() == 7
+    landed = [ids.content_id(f"x{i}".encode()) for i in (10, 11, 12)]
+    held = sorted(r.id for r in kept) + sorted(landed)
+    assert sorted(col.all_ids()) == sorted(held)  # x13's record went with its missing thumbnail
+    assert sorted(p.stem for p in thumbnails.stored(store.folder)) == sorted(held)
+    assert store.catalogue.state(col.key).count == 5 and store.catalogue.labels(col.key) == {"early": 2, "late": 3}
+    assert sorted(store.catalogue.ids(col.key)) == sorted(held)
+    assert {h.id for h in store.keywords.search("first", ["late"], 10)} == set(landed)  # words a kill kept from them
+    assert store.catalogue.pending() == [] and store.repair() == 0
+    with write_lock(store.folder), pytest.raises(StoreError, match="another process is writing"):
+        store.repair()  # a writer holds the store: nothing is settled from under it
+
+
+def test_the_catalogue_agrees_with_a_brute_force_count_through_adds_removes_a_sync_and_a_drop(store):
+    rng = np.random.default_rng(1)
+    first, second = store.open_or_create("first", MODEL), store.open_or_create("second", MODEL)
+
+    def batch(start: int, count: int) -> list[Record]:
+        return [Record(ids.content_id(f"r{i}".encode()), _unit(rng.normal(size=(1, 8)))[0],
+                       {"source": f"r/{i}", "taken": 1_000_000 + i * 1000} | ({"label": f"l{i % 5}"} if i % 7 else {}))
+                for i in range(start, start + count)]
+
+    def agrees(col) -> None:
+        rows = col.scan_metadata()
+        assert store.catalogue.state(col.key).count == len(rows) == col.count()
+        assert store.catalogue.labels(col.key) == Counter(m.get("label") for _, m in rows)
+        for where in (Filter(("l1", "l2")), Filter(exclude=("l0",)), Filter(taken_from=1_030_000, taken_until=1_090_000),
+                      Filter(("l3",), taken_from=1_010_000)):
+            assert store.catalogue.total(col.key, where) == sum(where.admits(m) for _, m in rows)
+            assert store.catalogue.ids(col.key, where) == sorted(i for i, m in rows if where.admits(m))
+
+    records = batch(0, 60)
+    store.add(first, records, {r.id: b"jpeg" for r in records})
+    store.add(second, records[:10], {})
+    versions = [store.catalogue.state(first.key).version]
+    agrees(first)
+    store.remove(first, [r.id for r in records[:20]])  # a sync that removes 20 and adds 20: same count, new version
+    fresh = batch(100, 20)
+    store.add(first, fresh, {r.id: b"jpeg" for r in fresh})
+    versions.append(store.catalogue.state(first.key).version)
+    assert store.catalogue.state(first.key).count == 60 and versions[1] > versions[0]
+    agrees(first)
+    assert thumbnails.exists(store.folder, records[0].id) and not thumbnails.exists(store.folder, records[15].id)
+    relabelled = [Record(r.id, r.vector, {**r.metadata, "label": "moved"}) for r in fresh[:5]]
+    store.add(first, relabelled, {})  # the same ids again: labels move, the count does not
+    agrees(first)
+    store.drop("first")  # its thumbnails go, but those "second" still holds
+    assert store.catalogue.state(first.key) is None
+    assert {p.stem for p in thumbnails.stored(store.folder)} == {r.id for r in records[:10]}
+    agrees(second)
+
+
+def test_a_store_from_before_the_catalogue_is_catalogued_once_and_swept(store, vectors):
+    col = store.open_or_create("first", MODEL)
+    records = [Record(r.id, r.vector, {**r.metadata, "label": "old", "thumbnail": thumbnails.relative(r.id)})
+               for r in _records(vectors[:3])]
+    for r in records[:2]:
+        thumbnails.write(store.folder, r.id, b"jpeg")
+    col.upsert(records)  # written as a version without the catalogue wrote: x2's thumbnail never landed
+    thumbnails.write(store.folder, "e" * 32, b"orphan: its record never landed")
+    store.catalogue.close()
+    for made in store.folder.glob("catalogue.sqlite3*"):
+        made.unlink()
+    opened = Store.connect(store.folder)
+    catalogue = opened.catalogue_for(opened.open("first"))  # takes the write lock: catalogues and sweeps once
+    assert catalogue.state(col.key).count == 2 and catalogue.labels(col.key) == {"old": 2}
     assert sorted(p.stem for p in thumbnails.stored(store.folder)) == sorted(r.id for r in records[:2])
     assert sorted(col.all_ids()) == sorted(r.id for r in records[:2])
-    assert store.sweep() == 0
-    with write_lock(store.folder), pytest.raises(StoreError, match="another process is writing"):
-        store.sweep()  # a writer holds the store: nothing is swept from under it
+
+
+def test_a_reader_that_cannot_take_the_lock_scans_for_itself_and_never_writes_the_catalogue(store, vectors):
+    col = store.open_or_create("first", MODEL)
+    col.upsert(_records(vectors[:4]))  # behind the catalogue's back (as another machine's writer to a server)
+    with write_lock(store.folder):
+        catalogue = store.catalogue_for(col)
+        assert catalogue is not store.catalogue and catalogue.state(col.key).count == 4
+        assert store.catalogue.state(col.key) is None
+    assert store.catalogue_for(col) is store.catalogue and store.catalogue.state(col.key).count == 4
