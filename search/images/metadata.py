@@ -41,6 +41,7 @@ DATE_TIME_ORIGINAL, DATE_TIME_DIGITIZED = 0x9003, 0x9004
 IPTC_KEYWORDS, IPTC_DATE, IPTC_TIME, IPTC_CAPTION = (2, 25), (2, 55), (2, 60), (2, 120)
 
 RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+RDF_ITEM = f"{RDF}li"
 DC = "{http://purl.org/dc/elements/1.1/}"
 PHOTOSHOP = "{http://ns.adobe.com/photoshop/1.0/}"
 XMP_EXIF = "{http://ns.adobe.com/exif/1.0/}"
@@ -48,6 +49,8 @@ XMP_BASIC = "{http://ns.adobe.com/xap/1.0/}"
 XMP_TEXT = (f"{DC}title", f"{DC}description")
 # Most trusted first: when the shutter fired, then when the photo was first made a file.
 XMP_DATES = (f"{XMP_EXIF}DateTimeOriginal", f"{PHOTOSHOP}DateCreated", f"{XMP_BASIC}CreateDate")
+XMP_VALUES = frozenset({*XMP_TEXT, *XMP_DATES})  # the fields that may be written as attributes too
+XMP_FIELDS = XMP_VALUES | {f"{DC}subject"}
 
 # "2024:01:31 12:34:56" (EXIF), "2024-01-31T12:34:56.00+07:00" or "2024-01-31" (XMP), "20240131" (IPTC)
 _DATE = re.compile(r"\s*(\d{4})[:\-]?(\d{2})[:\-]?(\d{2})(?:[T ]?(\d{2}):?(\d{2})(?::?(\d{2}))?)?")
@@ -139,12 +142,14 @@ def _xmp_facts(im: ImageFile.ImageFile) -> Facts:
     root = ET.fromstring(text)
     found: dict[str, list[str]] = {}
     for element in root.iter():
-        if element.tag in (*XMP_TEXT, f"{DC}subject", *XMP_DATES):
-            items = [li.text for li in element.iter(f"{RDF}li")] or [element.text]
+        if element.tag in XMP_FIELDS:
+            # An array's items stand in its rdf:Alt, Bag or Seq, right inside the field. Looking no deeper keeps the
+            # walk linear where fields are nested inside fields thousands deep.
+            items = [li.text for array in element for li in array if li.tag == RDF_ITEM] or [element.text]
             found.setdefault(element.tag, []).extend(i for i in items if i)
         if element.tag == f"{RDF}Description":  # simple values may be written as attributes
             for name, value in element.attrib.items():
-                if name in (*XMP_TEXT, *XMP_DATES):
+                if name in XMP_VALUES:
                     found.setdefault(name, []).append(value)
     texts = [_clean(t) for name in XMP_TEXT for t in found.get(name, [])]
     dates = [_date(d) for name in XMP_DATES for d in found.get(name, [])[:1]]

@@ -158,6 +158,12 @@ def test_an_oversized_or_broken_xmp_packet_is_skipped():
     assert read_facts(encode(xmp=xmp("Hoa sen")[:300])) == EMPTY
 
 
+def test_fields_nested_thousands_deep_are_each_read_once():
+    deep = 10_000
+    packet = xmp(body="<dc:description>" * deep + "Hoa sen" + "</dc:description>" * deep)
+    assert read_facts(encode("PNG", pnginfo=_itxt(packet))).description == "Hoa sen"
+
+
 def test_iptc_caption_keywords_and_date():
     data = with_iptc(encode(), [(1, 90, b"\x1b%G"), (2, 120, "Phố cổ Hội An".encode()), (2, 25, "phố cổ".encode()),
                                 (2, 25, b"Hoi An"), (2, 55, b"20240131"), (2, 60, b"123456+0700")])
