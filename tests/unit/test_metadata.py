@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, PngImagePlugin
 
-from search.images.metadata import EMPTY, MAX_KEYWORDS, MAX_TEXT, MAX_XMP_BYTES, PhotoFacts, read_facts
+from search.images import metadata
+from search.images.metadata import EMPTY, MAX_KEYWORDS, MAX_PHOTO_TEXT, MAX_TEXT, MAX_XMP_BYTES, PhotoFacts, read_facts
+from tests.fixtures.hostile import xmp_flood_png
 
 EXIF_IFD = 0x8769
 TAKEN = datetime.datetime(2024, 1, 31, 12, 34, 56)
@@ -156,6 +158,41 @@ def test_an_oversized_or_broken_xmp_packet_is_skipped():
     assert read_facts(encode("PNG", pnginfo=_itxt(xmp("x" * MAX_XMP_BYTES)))).description is None
     assert read_facts(encode(xmp=b"<x:xmpmeta><unclosed>")) == EMPTY
     assert read_facts(encode(xmp=xmp("Hoa sen")[:300])) == EMPTY
+
+
+def test_an_xmp_of_14500_descriptions_is_read_once_each_of_the_first_few_in_the_order_written(monkeypatch):
+    cleaned = []
+    monkeypatch.setattr(metadata, "_clean", lambda text, *limit: cleaned.append(text) or text)
+    facts = read_facts(xmp_flood_png(14_500))
+    assert facts.description is not None and facts.description.splitlines() == [f"w{i:05d}" for i in range(metadata.TEXTS_READ)]
+    assert len(cleaned) == metadata.TEXTS_READ  # of 14,500: comparing them all with each other took 15 s
+
+
+def xmp_lists(titles: list[str], keywords: list[str]) -> bytes:
+    """An XMP packet of these titles (one rdf:Alt) and keywords (one rdf:Bag)."""
+    return xmp(body="<dc:title><rdf:Alt>" + "".join(f"<rdf:li>{t}</rdf:li>" for t in titles) + "</rdf:Alt></dc:title>"
+                    "<dc:subject><rdf:Bag>" + "".join(f"<rdf:li>{k}</rdf:li>" for k in keywords) + "</rdf:Bag></dc:subject>")
+
+
+def test_500_fields_are_bounded_in_total_texts_first_in_the_order_read_cut_after_a_word():
+    texts = [f"Caption {i}: " + " ".join(f"word{i}x{j}" for j in range(12)) for i in range(250)]
+    keywords = [f"keyword {i}" for i in range(250)]
+    data = with_iptc(encode(exif=exif({0x010E: texts[0].encode()}), xmp=xmp_lists(texts[3:], keywords)),
+                     [(2, 120, t.encode()) for t in texts[1:3]])
+    facts = read_facts(data)
+    assert facts.description is not None and MAX_PHOTO_TEXT - 200 <= len(facts.text) <= MAX_PHOTO_TEXT
+    *whole, last = facts.description.splitlines()
+    assert whole == texts[: len(whole)] and f"{texts[len(whole)]} ".startswith(f"{last} ")
+    assert facts.keywords == tuple(keywords[: len(facts.keywords)])  # what room the texts left
+
+
+def test_keywords_have_the_room_the_texts_leave():
+    keywords = [f"keyword {i}" for i in range(250)]
+    facts = read_facts(encode(xmp=xmp_lists(["Phố cổ"], keywords)))
+    assert facts.description == "Phố cổ" and facts.keywords == tuple(keywords[:MAX_KEYWORDS])
+    crowded = read_facts(encode(xmp=xmp_lists(["phố " * 490, "hội " * 490], keywords)))
+    assert 0 < len(crowded.keywords) < MAX_KEYWORDS and crowded.keywords == tuple(keywords[: len(crowded.keywords)])
+    assert MAX_PHOTO_TEXT - len(", keyword 10") < len(crowded.text) <= MAX_PHOTO_TEXT
 
 
 def test_fields_nested_thousands_deep_are_each_read_once():
