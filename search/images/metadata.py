@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile, IptcImagePlugin
+from PIL import Image, ImageFile, IptcImagePlugin, TiffImagePlugin
 
 from search.images.decode import ALLOWED_FORMATS
 
@@ -38,6 +38,9 @@ KEYWORDS_READ = 3 * MAX_KEYWORDS
 # An XMP packet in a JPEG's APP1 segment is at most 64 KB; PNG and TIFF can carry more. Larger ones are skipped
 # rather than parsed.
 MAX_XMP_BYTES = 512 * 1024
+# IPTC in a JPEG stands in an APP13 segment, at most 64 KB; a TIFF's IPTC tag can be as large as the file, and Pillow
+# parses it one 5-byte record at a time (6 MB of them: 1.4 s). Larger ones are skipped rather than parsed.
+MAX_IPTC_BYTES = 64 * 1024
 YEARS = range(1900, 2101)
 # What cameras and phones write as ImageDescription when nobody described the photo: words of no one's choosing.
 CAMERA_DEFAULTS = frozenset({
@@ -138,6 +141,10 @@ def _exif_facts(im: ImageFile.ImageFile) -> Facts:
 
 
 def _iptc_facts(im: ImageFile.ImageFile) -> Facts:
+    # A TIFF's tags wait undecoded in _tagdata, where getiptcinfo reads IPTC from too
+    tiff = im.tag_v2._tagdata if isinstance(im, TiffImagePlugin.TiffImageFile) else {}
+    if len(tiff.get(TiffImagePlugin.IPTC_NAA_CHUNK, b"")) > MAX_IPTC_BYTES:
+        return [], [], []
     # Record 1:90 may declare UTF-8; _decode reads UTF-8 first whether or not it does, as undeclared UTF-8 is common.
     iptc = IptcImagePlugin.getiptcinfo(im) or {}
     caption = [_decode(v) for v in _values(iptc.get(IPTC_CAPTION))[:TEXTS_READ]]

@@ -8,7 +8,7 @@ import unicodedata
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageFile, PngImagePlugin
+from PIL import Image, ImageFile, PngImagePlugin, TiffImagePlugin
 
 from search.images import metadata
 from search.images.metadata import EMPTY, MAX_KEYWORDS, MAX_PHOTO_TEXT, MAX_TEXT, MAX_XMP_BYTES, PhotoFacts, read_facts
@@ -210,6 +210,20 @@ def test_iptc_caption_keywords_and_date():
 def test_an_iptc_date_without_a_time_or_a_real_day():
     assert read_facts(with_iptc(encode(), [(2, 55, b"20240131")])).taken == datetime.datetime(2024, 1, 31)
     assert read_facts(with_iptc(encode(), [(2, 55, b"20240000")])).taken is None
+
+
+def test_a_tiffs_iptc_is_read_up_to_its_bound_and_a_larger_one_is_skipped():
+    def tiff(records: int) -> bytes:
+        tags = TiffImagePlugin.ImageFileDirectory_v2()
+        tags[0x010E] = "Hoa sen"
+        tags[TiffImagePlugin.IPTC_NAA_CHUNK] = b"\x1c\x02\x19\x00\x02kw" * records  # keyword records of 7 bytes
+        tags.tagtype[TiffImagePlugin.IPTC_NAA_CHUNK] = 7  # UNDEFINED: bytes as they are
+        out = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(out, "TIFF", tiffinfo=tags)
+        return out.getvalue()
+
+    assert read_facts(tiff(metadata.MAX_IPTC_BYTES // 7)) == PhotoFacts("Hoa sen", ("kw",))
+    assert read_facts(tiff(metadata.MAX_IPTC_BYTES // 7 + 1)) == PhotoFacts("Hoa sen")
 
 
 def _itxt(packet: bytes) -> PngImagePlugin.PngInfo:
