@@ -35,6 +35,9 @@ MAX_KEYWORDS = 100
 # and their keywords up to three times (XPKeywords, IPTC, XMP).
 TEXTS_READ = 50
 KEYWORDS_READ = 3 * MAX_KEYWORDS
+# EXIF in a JPEG stands in an APP1 segment, at most 64 KB, and PNG and WebP carry what was copied from one; Pillow
+# parses each entry of a block in Python (65,535 of them: 0.66 s). Larger ones are skipped rather than parsed.
+MAX_EXIF_BYTES = 64 * 1024
 # An XMP packet in a JPEG's APP1 segment is at most 64 KB; PNG and TIFF can carry more. Larger ones are skipped
 # rather than parsed.
 MAX_XMP_BYTES = 512 * 1024
@@ -121,6 +124,8 @@ Facts = tuple[list[str], list[str], list[datetime.datetime | None]]
 
 
 def _exif_facts(im: ImageFile.ImageFile) -> Facts:
+    if len(im.info.get("exif", b"")) > MAX_EXIF_BYTES:
+        return [], [], []
     if "exif" in im.info:
         exif = Image.Exif()
         exif.load(im.info["exif"])

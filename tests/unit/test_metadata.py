@@ -212,6 +212,14 @@ def test_an_iptc_date_without_a_time_or_a_real_day():
     assert read_facts(with_iptc(encode(), [(2, 55, b"20240000")])).taken is None
 
 
+def test_an_exif_block_larger_than_a_jpeg_can_hold_is_skipped_and_the_rest_is_still_read():
+    def png(description: bytes) -> bytes:
+        return encode("PNG", exif=exif({0x010E: description}), pnginfo=_itxt(xmp("Chợ hoa")))
+
+    assert read_facts(png(b"Hoa sen " * 100)).description == "Hoa sen " * 99 + "Hoa sen\nChợ hoa"
+    assert read_facts(png(b"Hoa sen " * (metadata.MAX_EXIF_BYTES // 8))).description == "Chợ hoa"
+
+
 def test_a_tiffs_iptc_is_read_up_to_its_bound_and_a_larger_one_is_skipped():
     def tiff(records: int) -> bytes:
         tags = TiffImagePlugin.ImageFileDirectory_v2()
