@@ -87,7 +87,8 @@ class PhotoFacts:
 
     @property
     def text(self) -> str:
-        """The description, then the keywords: the photo's words as one text, at most MAX_PHOTO_TEXT characters."""
+        """The description, then the keywords: the photo's words as one text (read_facts keeps it to MAX_PHOTO_TEXT
+        characters)."""
         return " ".join(t for t in (self.description, ", ".join(self.keywords)) if t)
 
 

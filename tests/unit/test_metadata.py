@@ -165,6 +165,7 @@ def test_an_xmp_of_14500_descriptions_is_read_once_each_of_the_first_few_in_the_
     monkeypatch.setattr(metadata, "_clean", lambda text, *limit: cleaned.append(text) or text)
     facts = read_facts(xmp_flood_png(14_500))
     assert facts.description is not None and facts.description.splitlines() == [f"w{i:05d}" for i in range(metadata.TEXTS_READ)]
+    assert len(facts.text) <= MAX_PHOTO_TEXT
     assert len(cleaned) == metadata.TEXTS_READ  # of 14,500: comparing them all with each other took 15 s
 
 
