@@ -2,13 +2,15 @@
 
 What people and their software wrote into the file (a caption, a title, keywords) becomes searchable text,
 and the moment the camera took the photo its capture date. Each source is read on its own, so a damaged one
-costs only itself; text is made NFC, stripped of control characters and bounded; a date must be a real one
-between 1900 and 2100. Garbage in gives empty facts out, never an exception.
+costs only itself; text is made NFC, stripped of control characters and bounded, each field and all of them
+together; a date must be a real one between 1900 and 2100. Garbage in gives empty facts out, never an exception,
+and a file that repeats or nests its fields thousands of times costs no more to read than a few of them would.
 """
 from __future__ import annotations
 
 import datetime
 import io
+import itertools
 import re
 import unicodedata
 import warnings
@@ -16,16 +18,32 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile, IptcImagePlugin
+from PIL import Image, ImageFile, IptcImagePlugin, TiffImagePlugin
 
 from search.images.decode import ALLOWED_FORMATS
 
 MAX_TEXT = 2_000  # characters kept of each text field (a caption, a title, a comment)
+# Characters kept of a photo's words in all, its texts first and then its keywords: a full-length caption, a title
+# and a hundred keywords fit. Beyond that a file's words are repetition or stuffing, and each character is stored
+# three times (the record's metadata, the exact and the accent-folded full-text index) and read again by every
+# search that matches it.
+MAX_PHOTO_TEXT = 4_000
 MAX_KEYWORD = 200
 MAX_KEYWORDS = 100
+# Texts and keywords read of a photo at most, in order, so that a field repeated thousands of times costs no more
+# than these: real files hold a handful of texts (a caption in EXIF, IPTC and XMP alike, a title, a few languages),
+# and their keywords up to three times (XPKeywords, IPTC, XMP).
+TEXTS_READ = 50
+KEYWORDS_READ = 3 * MAX_KEYWORDS
+# EXIF in a JPEG stands in an APP1 segment, at most 64 KB, and PNG and WebP carry what was copied from one; Pillow
+# parses each entry of a block in Python (65,535 of them: 0.66 s). Larger ones are skipped rather than parsed.
+MAX_EXIF_BYTES = 64 * 1024
 # An XMP packet in a JPEG's APP1 segment is at most 64 KB; PNG and TIFF can carry more. Larger ones are skipped
 # rather than parsed.
 MAX_XMP_BYTES = 512 * 1024
+# IPTC in a JPEG stands in an APP13 segment, at most 64 KB; a TIFF's IPTC tag can be as large as the file, and Pillow
+# parses it one 5-byte record at a time (6 MB of them: 1.4 s). Larger ones are skipped rather than parsed.
+MAX_IPTC_BYTES = 64 * 1024
 YEARS = range(1900, 2101)
 # What cameras and phones write as ImageDescription when nobody described the photo: words of no one's choosing.
 CAMERA_DEFAULTS = frozenset({
@@ -41,6 +59,7 @@ DATE_TIME_ORIGINAL, DATE_TIME_DIGITIZED = 0x9003, 0x9004
 IPTC_KEYWORDS, IPTC_DATE, IPTC_TIME, IPTC_CAPTION = (2, 25), (2, 55), (2, 60), (2, 120)
 
 RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+RDF_ITEM = f"{RDF}li"
 DC = "{http://purl.org/dc/elements/1.1/}"
 PHOTOSHOP = "{http://ns.adobe.com/photoshop/1.0/}"
 XMP_EXIF = "{http://ns.adobe.com/exif/1.0/}"
@@ -48,6 +67,8 @@ XMP_BASIC = "{http://ns.adobe.com/xap/1.0/}"
 XMP_TEXT = (f"{DC}title", f"{DC}description")
 # Most trusted first: when the shutter fired, then when the photo was first made a file.
 XMP_DATES = (f"{XMP_EXIF}DateTimeOriginal", f"{PHOTOSHOP}DateCreated", f"{XMP_BASIC}CreateDate")
+XMP_VALUES = frozenset({*XMP_TEXT, *XMP_DATES})  # the fields that may be written as attributes too
+XMP_FIELDS = XMP_VALUES | {f"{DC}subject"}
 
 # "2024:01:31 12:34:56" (EXIF), "2024-01-31T12:34:56.00+07:00" or "2024-01-31" (XMP), "20240131" (IPTC)
 _DATE = re.compile(r"\s*(\d{4})[:\-]?(\d{2})[:\-]?(\d{2})(?:[T ]?(\d{2}):?(\d{2})(?::?(\d{2}))?)?")
@@ -63,6 +84,12 @@ class PhotoFacts:
     description: str | None = None
     keywords: tuple[str, ...] = ()
     taken: datetime.datetime | None = None
+
+    @property
+    def text(self) -> str:
+        """The description, then the keywords: the photo's words as one text (read_facts keeps it to MAX_PHOTO_TEXT
+        characters)."""
+        return " ".join(t for t in (self.description, ", ".join(self.keywords)) if t)
 
 
 EMPTY = PhotoFacts()
@@ -88,15 +115,18 @@ def read_facts(data: bytes) -> PhotoFacts:
                     dates += found_dates
     except Exception:  # not an image, or one Pillow cannot open: nothing to say
         return EMPTY
-    description = "\n".join(_distinct(texts))
+    description = _description(texts)
     taken = next((d for d in dates if d is not None), None)
-    return PhotoFacts(description or None, tuple(_keywords(keywords)), taken)
+    return PhotoFacts(description, tuple(_keywords(keywords, MAX_PHOTO_TEXT - len(description or ""))), taken)
 
 
-Facts = tuple[list[str], list[str], list[datetime.datetime | None]]  # texts, keywords, dates (best first)
+# Texts (as written: they are cleaned only while there is room for them), keywords, dates (best first)
+Facts = tuple[list[str], list[str], list[datetime.datetime | None]]
 
 
 def _exif_facts(im: ImageFile.ImageFile) -> Facts:
+    if len(im.info.get("exif", b"")) > MAX_EXIF_BYTES:
+        return [], [], []
     if "exif" in im.info:
         exif = Image.Exif()
         exif.load(im.info["exif"])
@@ -108,8 +138,8 @@ def _exif_facts(im: ImageFile.ImageFile) -> Facts:
     description = _clean(_decode(_raw(exif.get(IMAGE_DESCRIPTION))))
     if description and " ".join(description.casefold().split()) in CAMERA_DEFAULTS:
         description = None
-    texts = [description, *(_clean(_utf16le(exif.get(tag))) for tag in (XP_TITLE, XP_SUBJECT, XP_COMMENT)),
-             _clean(_user_comment(ifd.get(USER_COMMENT)))]
+    texts = [description, *(_utf16le(exif.get(tag)) for tag in (XP_TITLE, XP_SUBJECT, XP_COMMENT)),
+             _user_comment(ifd.get(USER_COMMENT))]
     keywords = (_utf16le(exif.get(XP_KEYWORDS)) or "").split(";")
     # DateTime (0x0132) is left out: editors rewrite it on every save.
     dates = [_date(_decode(_raw(ifd.get(tag) or exif.get(tag)))) for tag in (DATE_TIME_ORIGINAL, DATE_TIME_DIGITIZED)]
@@ -117,10 +147,14 @@ def _exif_facts(im: ImageFile.ImageFile) -> Facts:
 
 
 def _iptc_facts(im: ImageFile.ImageFile) -> Facts:
+    # A TIFF's tags wait undecoded in _tagdata, where getiptcinfo reads IPTC from too
+    tiff = im.tag_v2._tagdata if isinstance(im, TiffImagePlugin.TiffImageFile) else {}
+    if len(tiff.get(TiffImagePlugin.IPTC_NAA_CHUNK, b"")) > MAX_IPTC_BYTES:
+        return [], [], []
     # Record 1:90 may declare UTF-8; _decode reads UTF-8 first whether or not it does, as undeclared UTF-8 is common.
     iptc = IptcImagePlugin.getiptcinfo(im) or {}
-    caption = [_clean(_decode(v)) for v in _values(iptc.get(IPTC_CAPTION))]
-    keywords = [k for v in _values(iptc.get(IPTC_KEYWORDS)) if (k := _decode(v))]
+    caption = [_decode(v) for v in _values(iptc.get(IPTC_CAPTION))[:TEXTS_READ]]
+    keywords = [k for v in _values(iptc.get(IPTC_KEYWORDS))[:KEYWORDS_READ] if (k := _decode(v))]
     day = (_values(iptc.get(IPTC_DATE)) or [b""])[0]
     time = (_values(iptc.get(IPTC_TIME)) or [b""])[0]  # HHMMSS and a zone, which is dropped
     dates = [_date(day.decode("ascii", "replace") + " " + time[:6].decode("ascii", "replace"))] if day else []
@@ -139,16 +173,18 @@ def _xmp_facts(im: ImageFile.ImageFile) -> Facts:
     root = ET.fromstring(text)
     found: dict[str, list[str]] = {}
     for element in root.iter():
-        if element.tag in (*XMP_TEXT, f"{DC}subject", *XMP_DATES):
-            items = [li.text for li in element.iter(f"{RDF}li")] or [element.text]
+        if element.tag in XMP_FIELDS:
+            # An array's items stand in its rdf:Alt, Bag or Seq, right inside the field. Looking no deeper keeps the
+            # walk linear where fields are nested inside fields thousands deep.
+            items = [li.text for array in element for li in array if li.tag == RDF_ITEM] or [element.text]
             found.setdefault(element.tag, []).extend(i for i in items if i)
         if element.tag == f"{RDF}Description":  # simple values may be written as attributes
             for name, value in element.attrib.items():
-                if name in (*XMP_TEXT, *XMP_DATES):
+                if name in XMP_VALUES:
                     found.setdefault(name, []).append(value)
-    texts = [_clean(t) for name in XMP_TEXT for t in found.get(name, [])]
+    texts = [t for name in XMP_TEXT for t in found.get(name, [])[:TEXTS_READ]]
     dates = [_date(d) for name in XMP_DATES for d in found.get(name, [])[:1]]
-    return [t for t in texts if t], found.get(f"{DC}subject", []), dates
+    return texts, found.get(f"{DC}subject", [])[:KEYWORDS_READ], dates
 
 
 def _values(value: object) -> list[bytes]:
@@ -218,30 +254,54 @@ def _clean(text: str | None, limit: int = MAX_TEXT) -> str | None:
     if not text:
         return None
     text = unicodedata.normalize("NFC", text[: limit * 2])
-    text = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text
-                   if unicodedata.category(c) not in ("Cf", "Cs", "Co"))
-    return " ".join(text.split())[:limit].rstrip() or None
+    if not text.isprintable():  # most text is, which str.isprintable sees in C, sparing a Python step per character
+        text = "".join(" " if kind in ("Cc", "Zl", "Zp") else c for c in text
+                       if (kind := unicodedata.category(c)) not in ("Cf", "Cs", "Co"))
+    return _cut(" ".join(text.split()), limit) or None
 
 
-def _distinct(texts: Iterable[str]) -> list[str]:
-    """Each text once: the same caption often stands in EXIF, IPTC and XMP alike, or a title inside its caption."""
-    kept: list[tuple[str, str]] = []
-    for text in texts:
+def _cut(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: cut after its last whole word, unless that would lose more than a
+    tenth (a language written without spaces, one endless token), then where the limit falls."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit + 1]
+    space = max(head.rfind(" "), head.rfind("\n"))
+    return (head[:space] if space >= limit - limit // 10 else head[:limit]).rstrip()
+
+
+def _description(texts: Iterable[str | None]) -> str | None:
+    """The first TEXTS_READ texts, cleaned, each once and one a line, in the order first seen, in at most
+    MAX_PHOTO_TEXT characters; None if there are none. A text inside another is dropped: the same caption often
+    stands in EXIF, IPTC and XMP alike, or a title inside its caption."""
+    kept: dict[str, str] = {}  # casefolded: as written
+    size = -1  # characters of the kept texts and the line breaks between them
+    for text in filter(None, map(_clean, itertools.islice(texts, TEXTS_READ))):
         key = text.casefold()
-        if any(key in other for other, _ in kept):
+        if any(key in other for other in kept):
             continue
-        kept = [(other, t) for other, t in kept if other not in key]
-        kept.append((key, text))
-    return [text for _, text in kept]
+        for other in [other for other in kept if other in key]:
+            size -= len(kept.pop(other)) + 1
+        kept[key] = text
+        size += len(text) + 1
+        if size >= MAX_PHOTO_TEXT:  # the texts after it would be cut off
+            break
+    return _cut("\n".join(kept.values()), MAX_PHOTO_TEXT) or None
 
 
-def _keywords(keywords: Iterable[str]) -> Iterator[str]:
+def _keywords(keywords: Iterable[str], room: int) -> Iterator[str]:
+    """The first KEYWORDS_READ keywords, cleaned, each once, in the order first seen: at most MAX_KEYWORDS of them,
+    and as many as fit in ``room`` characters with a comma and a space after each."""
     seen: set[str] = set()
-    for keyword in keywords:
+    for keyword in itertools.islice(keywords, KEYWORDS_READ):
         clean = _clean(keyword, MAX_KEYWORD)
-        if clean and clean.casefold() not in seen and len(seen) < MAX_KEYWORDS:
-            seen.add(clean.casefold())
-            yield clean
+        if not clean or clean.casefold() in seen:
+            continue
+        room -= len(clean) + 2
+        if room < 0 or len(seen) == MAX_KEYWORDS:
+            return
+        seen.add(clean.casefold())
+        yield clean
 
 
 def _date(text: str | None) -> datetime.datetime | None:

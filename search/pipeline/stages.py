@@ -134,9 +134,8 @@ def _facts(data: bytes, source: str) -> dict[str, Any]:
     when it was taken ("taken", seconds: the camera's date, else one in the file's name, else none)."""
     facts = read_facts(data)
     out: dict[str, Any] = {}
-    text = " ".join(t for t in (facts.description, ", ".join(facts.keywords)) if t)
-    if text:
-        out["photo_text"] = text
+    if facts.text:
+        out["photo_text"] = facts.text
     taken = facts.taken or date_in_name(file_name(source))
     if taken is not None:
         out["taken"] = seconds_of(taken)

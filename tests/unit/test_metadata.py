@@ -8,9 +8,11 @@ import unicodedata
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageFile, PngImagePlugin
+from PIL import Image, ImageFile, PngImagePlugin, TiffImagePlugin
 
-from search.images.metadata import EMPTY, MAX_KEYWORDS, MAX_TEXT, MAX_XMP_BYTES, PhotoFacts, read_facts
+from search.images import metadata
+from search.images.metadata import EMPTY, MAX_KEYWORDS, MAX_PHOTO_TEXT, MAX_TEXT, MAX_XMP_BYTES, PhotoFacts, read_facts
+from tests.fixtures.hostile import xmp_flood_png
 
 EXIF_IFD = 0x8769
 TAKEN = datetime.datetime(2024, 1, 31, 12, 34, 56)
@@ -158,6 +160,48 @@ def test_an_oversized_or_broken_xmp_packet_is_skipped():
     assert read_facts(encode(xmp=xmp("Hoa sen")[:300])) == EMPTY
 
 
+def test_an_xmp_of_14500_descriptions_is_read_once_each_of_the_first_few_in_the_order_written(monkeypatch):
+    cleaned = []
+    monkeypatch.setattr(metadata, "_clean", lambda text, *limit: cleaned.append(text) or text)
+    facts = read_facts(xmp_flood_png(14_500))
+    assert facts.description is not None and facts.description.splitlines() == [f"w{i:05d}" for i in range(metadata.TEXTS_READ)]
+    assert len(facts.text) <= MAX_PHOTO_TEXT
+    assert len(cleaned) == metadata.TEXTS_READ  # of 14,500: comparing them all with each other took 15 s
+
+
+def xmp_lists(titles: list[str], keywords: list[str]) -> bytes:
+    """An XMP packet of these titles (one rdf:Alt) and keywords (one rdf:Bag)."""
+    return xmp(body="<dc:title><rdf:Alt>" + "".join(f"<rdf:li>{t}</rdf:li>" for t in titles) + "</rdf:Alt></dc:title>"
+                    "<dc:subject><rdf:Bag>" + "".join(f"<rdf:li>{k}</rdf:li>" for k in keywords) + "</rdf:Bag></dc:subject>")
+
+
+def test_500_fields_are_bounded_in_total_texts_first_in_the_order_read_cut_after_a_word():
+    texts = [f"Caption {i}: " + " ".join(f"word{i}x{j}" for j in range(12)) for i in range(250)]
+    keywords = [f"keyword {i}" for i in range(250)]
+    data = with_iptc(encode(exif=exif({0x010E: texts[0].encode()}), xmp=xmp_lists(texts[3:], keywords)),
+                     [(2, 120, t.encode()) for t in texts[1:3]])
+    facts = read_facts(data)
+    assert facts.description is not None and MAX_PHOTO_TEXT - 200 <= len(facts.text) <= MAX_PHOTO_TEXT
+    *whole, last = facts.description.splitlines()
+    assert whole == texts[: len(whole)] and f"{texts[len(whole)]} ".startswith(f"{last} ")
+    assert facts.keywords == tuple(keywords[: len(facts.keywords)])  # what room the texts left
+
+
+def test_keywords_have_the_room_the_texts_leave():
+    keywords = [f"keyword {i}" for i in range(250)]
+    facts = read_facts(encode(xmp=xmp_lists(["Phố cổ"], keywords)))
+    assert facts.description == "Phố cổ" and facts.keywords == tuple(keywords[:MAX_KEYWORDS])
+    crowded = read_facts(encode(xmp=xmp_lists(["phố " * 490, "hội " * 490], keywords)))
+    assert 0 < len(crowded.keywords) < MAX_KEYWORDS and crowded.keywords == tuple(keywords[: len(crowded.keywords)])
+    assert MAX_PHOTO_TEXT - len(", keyword 10") < len(crowded.text) <= MAX_PHOTO_TEXT
+
+
+def test_fields_nested_thousands_deep_are_each_read_once():
+    deep = 10_000
+    packet = xmp(body="<dc:description>" * deep + "Hoa sen" + "</dc:description>" * deep)
+    assert read_facts(encode("PNG", pnginfo=_itxt(packet))).description == "Hoa sen"
+
+
 def test_iptc_caption_keywords_and_date():
     data = with_iptc(encode(), [(1, 90, b"\x1b%G"), (2, 120, "Phố cổ Hội An".encode()), (2, 25, "phố cổ".encode()),
                                 (2, 25, b"Hoi An"), (2, 55, b"20240131"), (2, 60, b"123456+0700")])
@@ -167,6 +211,28 @@ def test_iptc_caption_keywords_and_date():
 def test_an_iptc_date_without_a_time_or_a_real_day():
     assert read_facts(with_iptc(encode(), [(2, 55, b"20240131")])).taken == datetime.datetime(2024, 1, 31)
     assert read_facts(with_iptc(encode(), [(2, 55, b"20240000")])).taken is None
+
+
+def test_an_exif_block_larger_than_a_jpeg_can_hold_is_skipped_and_the_rest_is_still_read():
+    def png(description: bytes) -> bytes:
+        return encode("PNG", exif=exif({0x010E: description}), pnginfo=_itxt(xmp("Chợ hoa")))
+
+    assert read_facts(png(b"Hoa sen " * 100)).description == "Hoa sen " * 99 + "Hoa sen\nChợ hoa"
+    assert read_facts(png(b"Hoa sen " * (metadata.MAX_EXIF_BYTES // 8))).description == "Chợ hoa"
+
+
+def test_a_tiffs_iptc_is_read_up_to_its_bound_and_a_larger_one_is_skipped():
+    def tiff(records: int) -> bytes:
+        tags = TiffImagePlugin.ImageFileDirectory_v2()
+        tags[0x010E] = "Hoa sen"
+        tags[TiffImagePlugin.IPTC_NAA_CHUNK] = b"\x1c\x02\x19\x00\x02kw" * records  # keyword records of 7 bytes
+        tags.tagtype[TiffImagePlugin.IPTC_NAA_CHUNK] = 7  # UNDEFINED: bytes as they are
+        out = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(out, "TIFF", tiffinfo=tags)
+        return out.getvalue()
+
+    assert read_facts(tiff(metadata.MAX_IPTC_BYTES // 7)) == PhotoFacts("Hoa sen", ("kw",))
+    assert read_facts(tiff(metadata.MAX_IPTC_BYTES // 7 + 1)) == PhotoFacts("Hoa sen")
 
 
 def _itxt(packet: bytes) -> PngImagePlugin.PngInfo:
