@@ -40,6 +40,8 @@ KEYWORD_DEPTH = 100  # keyword hits fused with the vector ranking (as deep as th
 # vector (15 s for the first query at 100k, 2 GB at 1M): a collection no larger is ranked exactly; the recall of
 # larger ones against a full scan is measured by bench/scale.py
 RERANK_DEPTH = 1000
+NARROW = 50_000  # a filter admitting at most this many images ranks them exactly, from the catalogue's vectors
+MAX_BROAD_DEPTH = 5_000  # the deepest a broad filter's unfiltered HNSW search goes before the backend filters instead
 FLOOR_LABELS = 32  # labels searched as text for the match floor, the most common first
 
 
@@ -314,25 +316,49 @@ class ImageIndex:
 
     def _nearest(self, vector: np.ndarray, k: int, metric: str,
                  where: Filter | None = None) -> list[tuple[str, float, dict]]:
-        if metric == "cosine" or (metric in ("ip", "l2") and self.metadata.get("normalized")):
-            # No count() first: it costs more than the search at 100k vectors, and Chroma returns
-            # fewer than k results (none from an empty collection) without complaint.
+        """The ``k`` records nearest ``vector`` under ``metric`` among those ``where`` admits: (id, score, metadata)."""
+        normalized = self.collection.normalized
+        if where is not None:
+            catalogue, key = self.store.catalogue_for(self.collection), self.collection.key
+            admitted = catalogue.total(key, where)
+            approximate = metric == "cosine" or normalized
+            if admitted <= NARROW or not approximate:  # few enough to rank exactly, from the catalogue's vectors
+                ids, matrix = catalogue.vectors(key, where)
+                return self._exact(ids, metrics.ExactSearch(matrix), vector, metric, k)
+            # A broad filter: the nearest over everything, as deep as the filter's share calls for, that it admits
+            # (the backend's own filtered search reads every record's metadata: it grows with the collection)
+            depth = int(k * self._state().count / admitted * 2) + 32
+            if depth <= MAX_BROAD_DEPTH:
+                found = [s for s in self._approximate(vector, depth, metric) if where.admits(s[2])]
+                if len(found) >= min(k, admitted):
+                    return found[:k]
+            return self._approximate(vector, k, metric, where)
+        if metric == "cosine" or normalized:
+            return self._approximate(vector, k, metric)
+        ids, exact = self._all_vectors()
+        return self._exact(ids, exact, vector, metric, k)
+
+    def _approximate(self, vector: np.ndarray, k: int, metric: str,
+                     where: Filter | None = None) -> list[tuple[str, float, dict]]:
+        """HNSW's ``k`` nearest: cosine, and ip and l2 on unit vectors, from its cosine; l1 and correlation by
+        ranking its RERANK_DEPTH nearest exactly."""
+        if metric == "cosine" or (metric in ("ip", "l2") and self.collection.normalized):
+            # No count() first: Chroma returns fewer than k results (none from an empty collection) without complaint
             near: list[Neighbour] = self.collection.nearest(vector[None, :], k, where)[0]
             return [(n.id, metrics.score_from_cosine(n.similarity, metric), n.metadata) for n in near]
-        if self.metadata.get("normalized"):
-            near = self.collection.nearest(vector[None, :], max(k, RERANK_DEPTH), where, with_vectors=True)[0]
-            if not near:
-                return []
-            ranked = metrics.top_k(np.stack([n.vector for n in near if n.vector is not None]), vector, metric, k)
-            return [(near[i].id, s, near[i].metadata) for i, s in ranked]
-        ids, exact = self._all_vectors()
-        rows = None
-        if where:  # rank only the rows the filter admits, so k results still come back
-            admitted = set(self.store.catalogue_for(self.collection).ids(self.collection.key, where))
-            rows = np.flatnonzero([i in admitted for i in ids])
-        best = exact.top_k(vector, metric, k, rows)
-        chosen = [ids[i] for i, _ in best]
-        metas = self.collection.metadatas(chosen)
+        near = self.collection.nearest(vector[None, :], max(k, RERANK_DEPTH), where, with_vectors=True)[0]
+        if not near:
+            return []
+        ranked = metrics.top_k(np.stack([n.vector for n in near if n.vector is not None]), vector, metric, k)
+        return [(near[i].id, s, near[i].metadata) for i, s in ranked]
+
+    def _exact(self, ids: list[str], exact: metrics.ExactSearch, vector: np.ndarray, metric: str,
+               k: int) -> list[tuple[str, float, dict]]:
+        """The ``k`` best of ``ids`` (the rows of ``exact``) under ``metric``, with their metadata."""
+        if not ids:
+            return []
+        best = exact.top_k(vector, metric, k)
+        metas = self.collection.metadatas([ids[i] for i, _ in best])
         return [(ids[i], s, metas.get(ids[i], {})) for i, s in best]
 
     def remove(self, ids: list[str]) -> list[str]:
@@ -347,7 +373,7 @@ class ImageIndex:
         version = self._state().version
         with self._cache_lock:
             if self._exact_cache is None or self._exact_cache[0] != version:
-                ids, matrix = self.collection.scan_vectors()
+                ids, matrix = self.store.catalogue_for(self.collection).vectors(self.collection.key)
                 self._exact_cache = (version, ids, metrics.ExactSearch(matrix))
             return self._exact_cache[1], self._exact_cache[2]
 

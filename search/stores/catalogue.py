@@ -1,11 +1,13 @@
 """The store's catalogue: what filters, totals and the page read of every record, kept as records change.
 
-One SQLite database in the store folder (``catalogue.sqlite3``) holds, per collection, each record's id, label
-and capture time, how many records carry each label, and a version that every write changes; beside them, a
-journal of the writes under way. ``Store`` writes it in step with the vectors, so nothing on the start path or
-on a query has to scan a collection: labels and their counts are one small read, a date range is counted on
-an index, a cache is keyed by the version (a sync that removes N and adds N changes it, where a count would
-not).
+One SQLite database in the store folder (``catalogue.sqlite3``) holds, per collection, each record's id, label,
+capture time and vector (float16: 1 KB at 512-d), how many records carry each label, and a version that every
+write changes; beside them, a journal of the writes under way. ``Store`` writes it in step with the backend, so
+nothing on the start path or on a query has to scan a collection: labels and their counts are one small read, a
+date range is counted on an index, a cache is keyed by the version (a sync that removes N and adds N changes it,
+where a count would not), and a filter that admits few records ranks them exactly from their vectors here
+(``vectors``), where the backend's own filtered search costs hundreds of milliseconds and grows with the
+collection.
 
 Collections are keyed by the backend's own identity (``Collection.key``), not by name, so a switch or a
 rollback, which only renames collections, leaves every row right.
@@ -28,16 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.stores.base import Filter
+import numpy as np
+
+from search.stores.base import Filter, Record
 
 FILE = "catalogue.sqlite3"
+SCHEMA_VERSION = 1  # a catalogue of another version is made again from the backend (it holds nothing else)
 _BUSY_MS = 10_000
 _TOKEN = secrets.token_hex(8)  # tells this process from an earlier one that had the same process id
 _CHUNK = 500  # ids per IN (...): well under SQLite's limit on bound variables
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections(cid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,
                                        version INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS records(cid INTEGER NOT NULL, id TEXT NOT NULL, label TEXT, taken INTEGER,
+CREATE TABLE IF NOT EXISTS records(cid INTEGER NOT NULL, id TEXT NOT NULL, label TEXT, taken INTEGER, vector BLOB,
                                    PRIMARY KEY (cid, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_label ON records(cid, label, id);
 CREATE INDEX IF NOT EXISTS records_taken ON records(cid, taken);
@@ -65,18 +70,19 @@ class Pending:
     ids: list[str]
 
 
-def row(meta: dict[str, Any]) -> tuple[str | None, int | None]:
-    """What the catalogue keeps of a record's metadata: its label and capture time (seconds), where it has them."""
-    label, taken = meta.get("label"), meta.get("taken")
-    return (label if isinstance(label, str) else None,
-            taken if isinstance(taken, int) and not isinstance(taken, bool) else None)
+def row(record: Record) -> tuple[str, str | None, int | None, bytes]:
+    """What the catalogue keeps of a record: its id, label and capture time (seconds) where it has them, and its
+    vector as float16 bytes."""
+    label, taken = record.metadata.get("label"), record.metadata.get("taken")
+    return (record.id, label if isinstance(label, str) else None,
+            taken if isinstance(taken, int) and not isinstance(taken, bool) else None,
+            np.asarray(record.vector, np.float16).tobytes())
 
 
 class Catalogue:
     """A store's catalogue (``FILE`` in its folder; in memory where the folder cannot be written)."""
 
     def __init__(self, folder: Path | None):
-        self.fresh = folder is None or not (folder / FILE).exists()  # made now: the store's records are not in it yet
         self._db = sqlite3.connect(":memory:" if folder is None else str(folder / FILE), timeout=_BUSY_MS / 1000,
                                    check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
@@ -85,7 +91,16 @@ class Catalogue:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")  # WAL keeps it consistent; the journal repairs the rest
             self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
-            self._db.executescript(_SCHEMA)
+            self._db.execute("BEGIN IMMEDIATE")
+            # Made now, or by another version: the store's records are not in it yet (``Store`` fills it)
+            self.fresh = int(self._db.execute("PRAGMA user_version").fetchone()[0]) != SCHEMA_VERSION
+            if self.fresh:
+                for (table,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                    self._db.execute(f"DROP TABLE {table}")
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
 
     # --- Reads ------------------------------------------------------------------------------------------
 
@@ -123,6 +138,18 @@ class Catalogue:
         with self._lock:
             cid = self._cid(key)
             return [] if cid is None else [i for (i,) in self._db.execute(sql + " ORDER BY id", (cid, *args))]
+
+    def vectors(self, key: str, where: Filter | None = None) -> tuple[list[str], np.ndarray]:
+        """The ids ``where`` admits (all without one), sorted, and their vectors (float32 rows, as stored in
+        float16)."""
+        sql, args = _filtered("id, vector", where or Filter())
+        with self._lock:
+            cid = self._cid(key)
+            found = [] if cid is None else self._db.execute(sql + " ORDER BY id", (cid, *args)).fetchall()
+        if not found:
+            return [], np.zeros((0, 0), np.float32)
+        matrix = np.frombuffer(b"".join(v for _, v in found), np.float16).reshape(len(found), -1)
+        return [i for i, _ in found], matrix.astype(np.float32)
 
     def first_of(self, key: str, labels: Sequence[str]) -> dict[str, str]:
         """The first id (in sorted order) of each of ``labels`` that the collection holds."""
@@ -182,25 +209,24 @@ class Catalogue:
             self._db.executemany("INSERT OR IGNORE INTO journal(key, id, writer) VALUES (?, ?, ?)",
                                  [(key, i, _writer()) for i in ids])
 
-    def settle(self, key: str, held: Iterable[tuple[str, dict[str, Any]]], gone: Iterable[str],
-               *, pending: bool = False) -> None:
-        """Make the catalogue say what the collection now holds of the ids a write named: ``held`` (id,
-        metadata) are there, ``gone`` are not; clear them from the journal (this process's entries, or with
-        ``pending`` anyone's: a dead writer's) and change the version, in one transaction."""
-        held, gone = list(held), list(gone)
+    def settle(self, key: str, held: Iterable[Record], gone: Iterable[str], *, pending: bool = False) -> None:
+        """Make the catalogue say what the collection now holds of the ids a write named: ``held`` are there
+        as given, ``gone`` are not; clear them from the journal (this process's entries, or with ``pending``
+        anyone's: a dead writer's) and change the version, in one transaction."""
+        rows, gone = [row(r) for r in held], list(gone)
         with self._transaction():
             cid = self._cid_made(key)
-            before = self._labels_of(cid, [i for i, _ in held] + gone)
-            self._db.executemany("INSERT OR REPLACE INTO records(cid, id, label, taken) VALUES (?, ?, ?, ?)",
-                                 [(cid, i, *row(m)) for i, m in held])
+            before = self._labels_of(cid, [r[0] for r in rows] + gone)
+            self._db.executemany("INSERT OR REPLACE INTO records(cid, id, label, taken, vector) VALUES (?, ?, ?, ?, ?)",
+                                 [(cid, *r) for r in rows])
             for part in _chunks(gone):
                 self._db.execute(f"DELETE FROM records WHERE cid = ? AND id IN ({','.join('?' * len(part))})", (cid, *part))
-            delta: Counter[str | None] = Counter(row(m)[0] for _, m in held)
+            delta: Counter[str | None] = Counter(r[1] for r in rows)
             delta.subtract(before.values())
             self._count_labels(cid, delta)
-            added = len(held) - sum(1 for i, _ in held if i in before) - sum(1 for i in gone if i in before)
+            added = len(rows) - sum(1 for r in rows if r[0] in before) - sum(1 for i in gone if i in before)
             self._db.execute("UPDATE collections SET count = count + ?, version = version + 1 WHERE cid = ?", (added, cid))
-            ids = [i for i, _ in held] + gone
+            ids = [r[0] for r in rows] + gone
             for part in _chunks(ids):
                 marks = ",".join("?" * len(part))
                 if pending:
@@ -209,17 +235,17 @@ class Catalogue:
                     self._db.execute(f"DELETE FROM journal WHERE key = ? AND writer = ? AND id IN ({marks})",
                                      (key, _writer(), *part))
 
-    def replace(self, key: str, records: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        """Make the collection's rows exactly ``records`` (id, metadata): a store the catalogue has not held yet,
-        or one whose count disagrees with the backend's (written by another writer it could not see)."""
+    def replace(self, key: str, records: Iterable[Record]) -> None:
+        """Make the collection's rows exactly ``records``: a store the catalogue has not held yet, or one whose
+        count disagrees with the backend's (written by another writer it could not see)."""
         with self._transaction():
             cid = self._cid_made(key)
             self._db.execute("DELETE FROM records WHERE cid = ?", (cid,))
             self._db.execute("DELETE FROM labels WHERE cid = ?", (cid,))
-            rows = {i: row(m) for i, m in records}
-            self._db.executemany("INSERT INTO records(cid, id, label, taken) VALUES (?, ?, ?, ?)",
-                                 [(cid, i, *r) for i, r in rows.items()])
-            self._count_labels(cid, Counter(label for label, _ in rows.values()))
+            rows = {r[0]: r for r in map(row, records)}
+            self._db.executemany("INSERT INTO records(cid, id, label, taken, vector) VALUES (?, ?, ?, ?, ?)",
+                                 [(cid, *r) for r in rows.values()])
+            self._count_labels(cid, Counter(r[1] for r in rows.values()))
             self._db.execute("UPDATE collections SET count = ?, version = version + 1 WHERE cid = ?", (len(rows), cid))
 
     def drop(self, key: str) -> list[str]:

@@ -96,7 +96,7 @@ class Store:
         if not self._agrees(catalogue, collection):
             if self.read_only:  # a private, in-memory catalogue: no other writer to race
                 with self.guard():
-                    catalogue.replace(key, collection.scan_metadata())
+                    catalogue.replace(key, collection.scan())
             else:
                 try:
                     with self.write_lock():  # taking it checks every collection (``_agree``)
@@ -108,7 +108,7 @@ class Store:
                     if private is None or not self._agrees(private, collection):
                         private = self._private[key] = Catalogue(None)
                         with self.guard():
-                            private.replace(key, collection.scan_metadata())
+                            private.replace(key, collection.scan())
                     return private
         self._private.pop(key, None)
         self._checked[key] = now
@@ -214,7 +214,7 @@ class Store:
             collection.upsert(records)
             with self.guard():
                 self.keywords.add(collection.name, [(r.id, r.metadata) for r in records])
-                self.catalogue.settle(collection.key, [(r.id, r.metadata) for r in records], [])
+                self.catalogue.settle(collection.key, records, [])
         except BaseException:
             # A backend may keep part of a write it failed (Chroma logs it, then fails to apply it): the records
             # of the images this call brought go too, as far as the store still lets them; the journal keeps
@@ -253,14 +253,14 @@ class Store:
         """Make thumbnails, words and catalogue agree with what the backend holds of ``ids`` (a record whose
         thumbnail is missing goes too); ``collection`` None: it is gone."""
         with self.guard():
-            held = collection.metadatas(ids) if collection is not None else {}
-            lost = [i for i, m in held.items() if m.get("thumbnail") and not thumbnails.exists(self.folder, i)]
+            held = collection.records(ids) if collection is not None else {}
+            lost = {i for i, r in held.items() if r.metadata.get("thumbnail") and not thumbnails.exists(self.folder, i)}
             if lost and collection is not None:
-                collection.delete(lost)
-            kept = [(i, m) for i, m in held.items() if i not in set(lost)]
-            gone = [i for i in ids if i not in dict(kept)]
+                collection.delete(sorted(lost))
+            kept = [r for i, r in held.items() if i not in lost]
+            gone = [i for i in ids if i not in held or i in lost]
             if collection is not None:
-                self.keywords.add(collection.name, kept)
+                self.keywords.add(collection.name, [(r.id, r.metadata) for r in kept])
                 self.keywords.delete(collection.name, gone)
             self._forget_thumbnails(key, gone)
             self.catalogue.settle(key, kept, gone, pending=pending)
@@ -288,7 +288,7 @@ class Store:
             state = catalogue.state(key)
             if state is None or state.count != collection.count():
                 log.info("cataloguing %r (%d images) in %s", collection.name, collection.count(), self.folder)
-                catalogue.replace(key, collection.scan_metadata())
+                catalogue.replace(key, collection.scan())
         for key in catalogue.keys() - set(by_key):
             self._settle(key, None, catalogue.ids(key), pending=True)
         if catalogue.fresh and by_key:
