@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -236,17 +237,21 @@ class Catalogue:
                                      (key, _writer(), *part))
 
     def replace(self, key: str, records: Iterable[Record]) -> None:
-        """Make the collection's rows exactly ``records``: a store the catalogue has not held yet, or one whose
-        count disagrees with the backend's (written by another writer it could not see)."""
+        """Make the collection's rows exactly ``records`` (read as they come: a million need not fit in memory):
+        a store the catalogue has not held yet, or one whose count disagrees with the backend's (written by
+        another writer it could not see)."""
         with self._transaction():
             cid = self._cid_made(key)
             self._db.execute("DELETE FROM records WHERE cid = ?", (cid,))
             self._db.execute("DELETE FROM labels WHERE cid = ?", (cid,))
-            rows = {r[0]: r for r in map(row, records)}
-            self._db.executemany("INSERT INTO records(cid, id, label, taken, vector) VALUES (?, ?, ?, ?, ?)",
-                                 [(cid, *r) for r in rows.values()])
-            self._count_labels(cid, Counter(r[1] for r in rows.values()))
-            self._db.execute("UPDATE collections SET count = ?, version = version + 1 WHERE cid = ?", (len(rows), cid))
+            rows = map(row, records)
+            while part := list(islice(rows, _CHUNK)):
+                self._db.executemany("INSERT OR REPLACE INTO records(cid, id, label, taken, vector) VALUES (?, ?, ?, ?, ?)",
+                                     [(cid, *r) for r in part])
+            self._db.execute("INSERT INTO labels(cid, label, n) SELECT cid, label, count(*) FROM records "
+                             "WHERE cid = ? AND label IS NOT NULL GROUP BY label", (cid,))
+            self._db.execute("UPDATE collections SET count = (SELECT count(*) FROM records WHERE cid = ?), "
+                             "version = version + 1 WHERE cid = ?", (cid, cid))
 
     def drop(self, key: str) -> list[str]:
         """Forget a whole collection; the ids it held."""

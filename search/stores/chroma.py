@@ -155,15 +155,13 @@ class ChromaCollection:
         ids, values = self._scan("metadatas")
         return [(i, m or {}) for i, m in zip(ids, values)]
 
-    def scan(self) -> list[Record]:
-        """Every record, vectors and metadata, read in pages the store can serve."""
-        records: list[Record] = []
+    def scan(self) -> Iterator[Record]:
+        """Every record, vectors and metadata, read a page at a time as they are used."""
         for offset in range(0, self.count(), PAGE):
             with self._store.guard():
                 got = self._chroma.get(include=["embeddings", "metadatas"], limit=PAGE, offset=offset)
-            records += [Record(i, np.asarray(v, np.float32), m or {})
-                        for i, v, m in zip(got["ids"], got["embeddings"], got["metadatas"])]
-        return records
+            yield from (Record(i, np.asarray(v, np.float32), m or {})
+                        for i, v, m in zip(got["ids"], got["embeddings"], got["metadatas"]))
 
     def scan_vectors(self) -> tuple[list[str], np.ndarray]:
         """Every record's id and vector, as one matrix (rows in the order of the ids)."""

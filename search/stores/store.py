@@ -122,9 +122,9 @@ class Store:
     def keywords_of(self, collection: Collection) -> Keywords:
         """The keyword index, agreeing with ``collection`` (rebuilt from its records' metadata where a kill or
         a switch left them apart: their counts differ)."""
-        keywords = self.keywords
+        keywords, state = self.keywords, self.catalogue_for(collection).state(collection.key)
         with self.guard():
-            if keywords.count(collection.name) != collection.count():
+            if keywords.count(collection.name) != (state.count if state else collection.count()):
                 keywords.reconcile(collection.name, collection.scan_metadata())
         return keywords
 
@@ -285,10 +285,11 @@ class Store:
         catalogue = self.catalogue
         by_key = self._collections()
         for key, collection in by_key.items():
-            state = catalogue.state(key)
-            if state is None or state.count != collection.count():
-                log.info("cataloguing %r (%d images) in %s", collection.name, collection.count(), self.folder)
+            state, count = catalogue.state(key), collection.count()
+            if state is None or state.count != count:
+                log.info("cataloguing %r (%d images) in %s", collection.name, count, self.folder)
                 catalogue.replace(key, collection.scan())
+            self._checked[key] = time.monotonic()
         for key in catalogue.keys() - set(by_key):
             self._settle(key, None, catalogue.ids(key), pending=True)
         if catalogue.fresh and by_key:
