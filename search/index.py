@@ -253,6 +253,17 @@ class ImageIndex:
         floor = self._match_floor(state)
         return floor is not None and float(top[0]) < floor
 
+    def warm(self) -> None:
+        """Work out now what the first query would (the label counts; a text index's words checked and its match
+        floor), so it is not the slow one."""
+        state = self._state()
+        self.label_counts()
+        if self.supports_text:
+            self.store.keywords_of(self.collection)
+            self._words_checked = state.version
+            if self.collection.normalized:
+                self._match_floor(state)
+
     def _match_floor(self, state: State) -> float | None:
         """The collection's match floor from its most common labels (at least two), read once per version."""
         with self._cache_lock:

@@ -380,10 +380,11 @@ class SearchService:
 
 
 def _warm_up(target: ImageIndex) -> None:
-    """Run the model once so the first visitor's query is not the slow one."""
+    """Run the model once, and read what a first query reads, so the first visitor's query is not the slow one."""
     target.embedder.embed_images([target.embedder.prepare(Image.new("RGB", (256, 256), "white"))])
     if target.supports_text:  # both text towers where a multilingual one is paired, and the router
         target.embedder.embed_texts(["warm up", "khởi động"])
+    target.warm()
 
 
 def _model_name(reference: str) -> str:

@@ -53,6 +53,14 @@ def _entries(folder: Path) -> list[os.DirEntry]:
         return []
 
 
+def read(store_folder: Path, image_id: str) -> bytes | None:
+    """The image's thumbnail, or None where it is not stored."""
+    try:
+        return path(store_folder, image_id).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def exists(store_folder: Path, image_id: str) -> bool:
     """Whether the image's thumbnail is stored."""
     return path(store_folder, image_id).exists()
