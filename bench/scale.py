@@ -54,7 +54,8 @@ from bench.workload import photo, with_comment
 from search.core.dates import seconds_of
 from search.core.ids import content_id
 from search.core.metrics import METRICS
-from search.stores.base import DEFAULT_COLLECTION, ModelInfo, Record
+from search.errors import SearchError
+from search.stores.base import DEFAULT_COLLECTION, ModelInfo, Record, model_reference
 from search.stores.store import Store
 from search.stores.thumbnails import relative
 
@@ -153,12 +154,9 @@ def zipf(n: int, exponent: float) -> np.ndarray:
 
 def grow(folder: Path, images: int, model: str, collection: str) -> int:
     """Grow ``collection`` to ``images`` records of ours; returns how many it holds now (all records)."""
-    from search.embedders.clip import ClipEmbedder
-
-    embedder = ClipEmbedder(model, device="cpu")
     store = Store.connect(folder, create=True)
-    col = store.open_or_create(collection, ModelInfo.of(embedder), SOURCE)
-    data = Synthetic(embedder.dimension)
+    col = store.open_or_create(collection, model_info(store, collection, model), SOURCE)
+    data = Synthetic(col.dimension or 0)
     done = resume_point(col, data)
     print(f"{col.count()} records in {folder} ({collection}), {done} of them ours; growing to {images}", flush=True)
     began, start = time.perf_counter(), done
@@ -172,6 +170,17 @@ def grow(folder: Path, images: int, model: str, collection: str) -> int:
         print(f"{done}/{images}: {len(made) / batch_s:.0f} records/s in Store.add, "
               f"{(done - start) / (time.perf_counter() - began):.0f} records/s overall; load {load()}", flush=True)
     return col.count()
+
+
+def model_info(store: Store, collection: str, model: str) -> ModelInfo:
+    """What the collection records of ``model``: read from the collection where it exists (a re-run need not
+    load the model; ``open_or_create`` still refuses another one), else from the model itself."""
+    if collection in store.names():
+        col = store.open(collection)
+        return ModelInfo(model_reference(model), col.dimension or 0, col.normalized)
+    from search.embedders.clip import ClipEmbedder
+
+    return ModelInfo.of(ClipEmbedder(model, device="cpu"))
 
 
 def resume_point(col: Any, data: Synthetic) -> int:
@@ -464,8 +473,6 @@ def writes(folder: Path, images: int, queries: int) -> dict[str, Any]:
     import chromadb
     from chromadb.config import Settings
 
-    if folder.exists() and any(folder.iterdir()):
-        raise SystemExit(f"--store {folder}: give a new or empty folder (writes makes its stores there)")
     data = Synthetic(512)
     made = list(data.records(0, images))
     batches = [made[i: i + BATCH] for i in range(0, images, BATCH)]
@@ -571,7 +578,10 @@ def load() -> list[float]:
 
 
 def positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text}")
     return value
@@ -594,8 +604,8 @@ def main() -> None:
     m.add_argument("--store", type=existing, required=True)
     m.add_argument("--repeat", type=positive, default=20, help="warm runs of each kind of query")
     m.add_argument("--profile", type=Path, default=None,
-                   help="py-spy profiles (pip install py-spy): PROFILE.app.txt (start-up and first queries), "
-                        "PROFILE.builder.txt")
+                   help="write py-spy profiles (pip install py-spy): PROFILE.start.txt (page to ready), "
+                        "PROFILE.first.txt (the first query of each kind), PROFILE.builder.txt")
     for sub in (g, m):
         sub.add_argument("--model", type=Path, default=CACHE / "vit-b-32-random",
                          help="a sentence-transformers CLIP (default: ViT-B/32 with random weights, made there if missing)")
@@ -605,7 +615,16 @@ def main() -> None:
     w.add_argument("--images", type=positive, required=True)
     w.add_argument("--queries", type=positive, default=200)
     args = parser.parse_args()
+    try:
+        run(parser, args)
+    except SearchError as exc:  # a store that is not one, a collection of another model: said, not traced
+        parser.exit(1, f"scale.py {args.command}: {exc}\n")
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.command == "writes":
+        if args.store.exists() and any(args.store.iterdir()):
+            parser.error(f"--store {args.store}: give a new or empty folder (writes makes its stores there)")
         result = writes(args.store, args.images, args.queries)
         print(table(result))
         save(result, WRITES, str(args.images))
