@@ -63,11 +63,16 @@ def write_jpegs(folder: Path, n: int, size: tuple[int, int], distinct: int | Non
                 out = io.BytesIO()
                 photo(*size, seed=seed).save(out, "JPEG", quality=90)
                 encoded[seed] = out.getvalue()
-            comment = str(i).encode()
-            # SOI, then a COM segment (marker, length, text), then the rest of the photo's JPEG.
-            path.write_bytes(b"\xff\xd8\xff\xfe" + (2 + len(comment)).to_bytes(2, "big") + comment + encoded[seed][2:])
+            path.write_bytes(with_comment(encoded[seed], str(i)))
         paths.append(path)
     return paths
+
+
+def with_comment(jpeg: bytes, text: str) -> bytes:
+    """The same picture with a comment segment of its own: other bytes (another content id), no re-encoding."""
+    comment = text.encode()
+    # SOI, then a COM segment (marker, length, text), then the rest of the JPEG.
+    return b"\xff\xd8\xff\xfe" + (2 + len(comment)).to_bytes(2, "big") + comment + jpeg[2:]
 
 
 def timed(fn: Callable[[], Any], repeat: int) -> list[float]:

@@ -29,3 +29,26 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert min(q["recall_at_10"].values()) >= 0.95 and q["vector_search"]["p50_ms"] > 0
     assert q["through_app"]["startup_seconds"] > 0 and q["through_app"]["text_query"]["p50_ms"] > 0
     assert "| Bare model" in out.with_suffix(".md").read_text()
+
+
+def test_scale_grow_writes_records_with_thumbnails_and_words_and_resumes(tmp_path):
+    from PIL import Image
+
+    from bench.scale import Synthetic, grow
+    from search.core.words import query_words
+    from search.stores.store import Store
+
+    model, folder = str(ROOT / "tests" / "fixtures" / "tiny-clip-shapes"), tmp_path / "store"
+    assert grow(folder, 30, model, "images") == 30
+    assert grow(folder, 50, model, "images") == 50  # continues from the 30 there, as a re-run after a kill does
+    store = Store.connect(folder)
+    col = store.open("images")
+    data = Synthetic(col.dimension or 0)
+    records = dict(col.scan_metadata())
+    assert set(records) == {data.image_id(j) for j in range(50)}
+    last = records[data.image_id(49)]
+    assert {"source", "thumbnail", "added_at", "label", "caption"} <= set(last)
+    assert (folder / last["thumbnail"]).read_bytes() == data.thumbnail(49)
+    Image.open(folder / last["thumbnail"]).verify()
+    found = store.keywords_of(col).search("images", query_words(last["caption"]), 100)
+    assert data.image_id(49) in {hit.id for hit in found}
