@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -115,9 +116,9 @@ def test_sixteen_visitors_upload_at_once_embedding_side_by_side_and_writing_in_t
     assert all(getattr(r, "indexed", None) == 3 for r in results.values()), results
     calls = sorted(embedder.calls, key=lambda c: c[1])
     assert {c[0] for c in calls} == set(results)
-    assert any(a[0] != b[0] and b[1] < a[2] for a, b in zip(calls, calls[1:])), "no two visitors embedded at once"
+    assert any(a[0] != b[0] and b[1] < a[2] for a, b in pairwise(calls)), "no two visitors embedded at once"
     writes.sort()
-    assert len(writes) == 16 and all(b[0] >= a[1] for a, b in zip(writes, writes[1:])), "two writes overlapped"
+    assert len(writes) == 16 and all(b[0] >= a[1] for a, b in pairwise(writes)), "two writes overlapped"
     for v in visitors:  # each sees their own three images, and only those
         key, own = _key(v), {Path(f).name for f in files[v]}
         assert albums.names(key) == ["trip"]
@@ -192,3 +193,35 @@ def test_a_store_size_adds_what_is_written_and_walks_again_in_the_background_onc
     while size.bytes() != 150 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert size.bytes() == 150
+
+
+def test_the_copies_an_albums_text_is_read_from_are_made_and_read_with_the_lock_free(tmp_path, monkeypatch):
+    from search.images import ocr
+    from search.pipeline import text_queue
+
+    monkeypatch.setattr(ocr, "missing", lambda: None)  # Tesseract as if installed: its reading is faked below
+    albums = Albums(Store.connect(tmp_path / "store", create=True), Recording(), public=True, read_texts=True)
+    held: list[tuple[str, bool]] = []  # (what ran, whether the albums' lock was held meanwhile)
+    read_image = text_queue.read_image
+
+    def copy(*args: object, **kwargs: object) -> Image.Image:
+        held.append(("copy", albums._lock.locked()))
+        return read_image(*args, **kwargs)  # type: ignore[arg-type]
+
+    def read_text(data: bytes) -> str:
+        held.append(("read", albums._lock.locked()))
+        return "words"
+
+    monkeypatch.setattr(text_queue, "read_image", copy)
+    monkeypatch.setattr(ocr, "read_text", read_text)
+    assert albums.add(_key(1), "trip", _photos(tmp_path / "up", 1)).texts_queued == 3
+    deadline = time.monotonic() + JOIN_S
+    while text_queue.waiting(albums.store) and time.monotonic() < deadline:
+        albums.start_reading()
+        time.sleep(0.05)
+    assert albums._reader is not None
+    albums._reader.join(JOIN_S)
+    assert sorted(held) == [("copy", False)] * 3 + [("read", False)] * 3
+    hits, _ = albums.browse(_key(1), "trip")
+    assert [h.metadata.get("ocr") for h in hits] == ["words"] * 3
+    assert not list((albums.store.folder / text_queue.FOLDER).glob("*"))  # read: the copies and their folder went
