@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ class _Ledger:
     """Album images in the store (every visitor's), counted when stale and then kept as writes change them."""
 
     images: int | None = None
-    at: float = field(default=-float("inf"))
+    at: float = -float("inf")
 
 
 class Albums:
@@ -322,8 +322,8 @@ class Albums:
         finally:
             with self._lock:
                 self._swapping.discard(full)
+            self.start_reading()  # text to store meanwhile waited for the swap to end
         report.collection = name
-        self.start_reading()  # text read meanwhile waited for the switch
         return report
 
     def browse(self, key: str | None, name: str, offset: int = 0, limit: int = 200) -> tuple[list[Hit], int]:
