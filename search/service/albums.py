@@ -70,6 +70,16 @@ class _Upload:
     full: str
     new: bool
     images: int
+    collection: Collection | None = None  # once made: to count what each write added
+
+    def held(self, store: Store) -> int:
+        """How many images the album holds now (0 before it is made)."""
+        try:
+            if self.collection is None:
+                self.collection = store.open(self.full)
+            return self.collection.count()
+        except StoreError:  # not made yet, or the store failed: the write's own error says which
+            return 0
 
 
 @dataclass
@@ -172,20 +182,14 @@ class Albums:
     def _writing(self, upload: _Upload | None = None) -> Iterator[None]:
         """Hold what a write needs (the lock, then the store's write lock); for an upload, count what it added."""
         with self._lock, self.store.write_lock():
-            before = self._count(upload.full) if upload else 0
+            before = upload.held(self.store) if upload else 0
             try:
                 yield
             finally:
                 if upload:
-                    added = max(0, self._count(upload.full) - before)
+                    added = max(0, upload.held(self.store) - before)
                     upload.images = max(0, upload.images - added)
                     self._changed(added)
-
-    def _count(self, full: str) -> int:
-        try:
-            return self.store.open(full).count()
-        except StoreError:  # not made yet, or the store failed: the write's own error says which
-            return 0
 
     def _changed(self, images: int) -> None:
         """``images`` more (fewer, where negative) album images are in the store; the caller holds the lock."""
