@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal, Protocol
@@ -31,6 +31,7 @@ from search.stores.base import Collection, ModelInfo
 from search.stores.store import Store
 
 Progress = Callable[[int, "int | None"], Any]  # (items done, items in all where known)
+Writing = Callable[[], AbstractContextManager[object]]  # entered around each write to the store
 
 
 @dataclass(frozen=True)
@@ -57,16 +58,19 @@ def build_index(
     embedder: Embedder,
     options: BuildOptions = BuildOptions(),
     on_progress: Progress | None = None,
+    writing: Writing = nullcontext,
 ) -> BuildReport:
     """Index ``items`` into ``collection``; bad images are skipped and reported, never fatal.
 
     A store that goes away mid-build (a dead server, a full disk) is a BuildInterrupted that says a
     re-run resumes: records and thumbnails written so far stay, and the manifest is saved only when
-    the build completes.
+    the build completes. ``writing`` is entered around each write (the collection made, each batch, the
+    manifest) and nothing else: where several builds share a store (visitors' albums), each holds the store
+    only to write, while reading, decoding and embedding go on outside it.
     """
     run = None
     try:
-        run = _Run(store, collection, embedder, options, on_progress)
+        run = _Run(store, collection, embedder, options, on_progress, writing)
         return run.run(items)
     except StoreUnavailableError as exc:
         raise BuildInterrupted(exc, run.report.indexed if run else 0) from exc
@@ -88,12 +92,14 @@ class RunState:
     manifest of earlier builds and this one's, every image id seen (duplicates, sync), the report."""
 
     def __init__(self, store: Store, collection: str, model: Model, options: BuildOptions,
-                 on_progress: Progress | None):
+                 on_progress: Progress | None, writing: Writing = nullcontext):
         self.store = store
         self.model = model
         self.options = options
         self.on_progress = on_progress
-        self.collection: Collection = store.open_or_create(collection, ModelInfo.of(model), options.source)
+        self.writing = writing
+        with writing():
+            self.collection: Collection = store.open_or_create(collection, ModelInfo.of(model), options.source)
         self.report = BuildReport(str(store.folder), collection, model.name)
         self.manifest_name = options.manifest or collection
         self.known = manifests.load(store.folder, self.manifest_name)
@@ -148,10 +154,12 @@ class RunState:
     def complete(self, started: float) -> BuildReport:
         """Save the manifest (only a complete build does), sync where asked, and finish the report
         (``started``: ``time.perf_counter()`` when the run began)."""
-        manifests.save(self.store.folder, self.manifest_name, self.manifest)
-        if self.options.sync_root is not None:
-            with self.stage("sync"):
-                self.report.removed = stages.sync(self.store, self.collection, self.options.sync_root, set(self.seen))
+        with self.writing():
+            manifests.save(self.store.folder, self.manifest_name, self.manifest)
+            if self.options.sync_root is not None:
+                with self.stage("sync"):
+                    self.report.removed = stages.sync(self.store, self.collection, self.options.sync_root,
+                                                      set(self.seen))
         report = self.report
         report.precision = self.precision
         decision = getattr(self.model, "decision", None)  # a CLIP embedder's, where auto measured bf16
@@ -168,8 +176,8 @@ class _Run(RunState):
     """One run of the pipeline over a source on this machine: the stages in order."""
 
     def __init__(self, store: Store, collection: str, embedder: Embedder, options: BuildOptions,
-                 on_progress: Progress | None):
-        super().__init__(store, collection, embedder, options, on_progress)
+                 on_progress: Progress | None, writing: Writing):
+        super().__init__(store, collection, embedder, options, on_progress, writing)
         self.embedder = embedder
 
     def run(self, items: Iterable[Item]) -> BuildReport:
@@ -178,7 +186,7 @@ class _Run(RunState):
             if ready:
                 with self.stage("embed"):
                     vectors = stages.embed(ready, self.embedder, self.options.batch_size, self.precision)
-                with self.stage("write"):
+                with self.writing(), self.stage("write"):  # the wait for the store is no stage's time
                     self.merge(stages.write(self.store, self.collection, ready, vectors, self.near))
                     if self.options.ocr == "later":
                         self.report.texts_queued += text_queue.enqueue(self.store, self.collection.name, ready)
@@ -198,6 +206,8 @@ class _Run(RunState):
                 with self.stage("decode"):
                     ready, outcome = stages.prepare(todo, self.embedder, pool.map, keep_data=bool(self.options.ocr))
                     self.merge(outcome)
+                    if self.options.ocr == "later":  # made here, so that writing the batch only saves them
+                        ready = text_queue.copies(ready, pool.map)
                 if self.options.ocr == "now":
                     with self.stage("ocr"):
                         ready = stages.read_texts(ready, pool.map)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from search.core.ids import content_id
 from search.embedders.base import Embedder
 from search.errors import InvalidImageError
 from search.images.decode import decode_image, read_file
+from search.pipeline.build import Writing
 from search.stores.base import ModelInfo, Record
 from search.stores.store import Store
 from search.stores.swaps import check, next_name
@@ -70,17 +72,21 @@ class ReembedReport:
 
 
 def reembed(store: Store, name: str, embedder: Embedder, batch_size: int = 32,
-            on_progress: Callable[[int, int], None] | None = None) -> ReembedReport:
-    """Fill NAME.next with every image of ``name`` embedded by ``embedder`` (the caller holds the write lock)."""
+            on_progress: Callable[[int, int], None] | None = None, writing: Writing = nullcontext) -> ReembedReport:
+    """Fill NAME.next with every image of ``name`` embedded by ``embedder``; the caller holds the write lock, or
+    ``writing`` takes it around each write (as ``build_index``'s does), reading and embedding outside it."""
     start = time.perf_counter()
     check(name)
     live = store.open(name)
-    shadow = store.open_or_create(next_name(name), ModelInfo.of(embedder), source=str(live.metadata.get("source", "")))
+    with writing():
+        shadow = store.open_or_create(next_name(name), ModelInfo.of(embedder),
+                                      source=str(live.metadata.get("source", "")))
     records = live.scan_metadata()
     report = ReembedReport(name, shadow.name, embedder.name, images=len(records))
     held = {i for i, _ in records}
     there = set(shadow.all_ids())
-    report.dropped = len(store.remove(shadow, sorted(there - held)))  # deleted from NAME since an earlier run
+    with writing():
+        report.dropped = len(store.remove(shadow, sorted(there - held)))  # deleted from NAME since an earlier run
     todo = [(i, m) for i, m in records if i not in there]
     report.already = len(records) - len(todo)
     agreement: list[float] = []
@@ -105,7 +111,8 @@ def reembed(store: Store, name: str, embedder: Embedder, batch_size: int = 32,
             ready.append((image_id, metadata, embedder.prepare(picture)))
         if ready:
             vectors = embedder.embed_images([picture for _, _, picture in ready], batch_size=batch_size)
-            store.add(shadow, [Record(i, v, m) for (i, m, _), v in zip(ready, vectors, strict=True)], {})
+            with writing():
+                store.add(shadow, [Record(i, v, m) for (i, m, _), v in zip(ready, vectors, strict=True)], {})
             report.embedded += len(ready)
         if on_progress:
             on_progress(report.already + begin + len(batch), len(records))

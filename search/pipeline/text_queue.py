@@ -16,13 +16,14 @@ import logging
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 
 from search.core.ids import is_image_id
 from search.errors import InvalidImageError, StoreError
 from search.images import ocr
 from search.images.decode import MAX_PIXELS, read_image
-from search.pipeline.stages import Ready
+from search.pipeline.stages import Map, Ready
 from search.stores.base import Record
 from search.stores.store import Store
 
@@ -37,24 +38,36 @@ def folder_of(store: Store, collection: str) -> Path:
     return store.folder / FOLDER / hashlib.sha1(collection.encode("utf-8")).hexdigest()[:20]
 
 
+def copies(ready: list[Ready], map: Map = map) -> list[Ready]:
+    """``ready`` with the bytes ``prepare`` kept replaced by each image's OCR-sized copy (a JPEG), for ``enqueue``;
+    decoding and encoding happen here, on the decoding threads, so that writing a batch only saves the copies."""
+    made = list(map(lambda r: _copy(r.data) if r.data is not None else None, ready))
+    return [replace(r, data=data) for r, data in zip(ready, made)]
+
+
+def _copy(data: bytes) -> bytes | None:
+    try:
+        image = read_image(data, min_edges=(0, ocr.MAX_EDGE), max_pixels=MAX_PIXELS, fit=ocr.MAX_EDGE)
+    except InvalidImageError:
+        return None  # it decoded for the model a moment ago; a copy that cannot be made is no text to read
+    out = io.BytesIO()
+    image.convert("RGB").save(out, "JPEG", quality=92)
+    return out.getvalue()
+
+
 def enqueue(store: Store, collection: str, ready: list[Ready]) -> int:
-    """Keep an OCR-sized copy of each image whose bytes ``ready`` kept; how many were queued."""
+    """Keep the copies ``copies`` made (once their records are written: a copy without one is dropped unread);
+    how many were queued."""
     folder = folder_of(store, collection)
     queued = 0
     for r in ready:
         if r.data is None:
             continue
-        try:
-            image = read_image(r.data, min_edges=(0, ocr.MAX_EDGE), max_pixels=MAX_PIXELS, fit=ocr.MAX_EDGE)
-        except InvalidImageError:
-            continue  # it decoded for the model a moment ago; a copy that cannot be made is no text to read
-        out = io.BytesIO()
-        image.convert("RGB").save(out, "JPEG", quality=92)
         if not queued:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / NAME_FILE).write_text(collection, encoding="utf-8")
         part = folder / f"{r.image_id}.jpg{TEMPORARY}"
-        part.write_bytes(out.getvalue())
+        part.write_bytes(r.data)
         os.replace(part, folder / f"{r.image_id}.jpg")
         queued += 1
     return queued
@@ -88,7 +101,9 @@ def drain(store: Store, writing: Callable[[], AbstractContextManager[object]],
             if stop():
                 return done
             done += _read_one(store, name, copy, writing)
-        with contextlib.suppress(OSError):  # emptied: the folder goes (a new upload makes it again)
+        # Emptied: the folder goes (a new upload makes it again), under ``writing`` as ``enqueue`` runs, which may
+        # be filling it again meanwhile.
+        with contextlib.suppress(OSError, StoreError), writing():
             if not any(folder.glob("*.jpg")):
                 (folder / NAME_FILE).unlink(missing_ok=True)
                 folder.rmdir()

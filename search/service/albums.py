@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,9 @@ from search.pipeline import text_queue
 from search.pipeline.build import BuildOptions, Progress, build_index, yield_to_the_model
 from search.pipeline.report import BuildReport
 from search.pipeline.swap import ReembedReport, reembed
+from search.service.store_size import RECHECK_S, StoreSize
 from search.sources.uploads import upload_items
-from search.stores.base import Collection, ModelInfo, folder_bytes
+from search.stores.base import Collection, ModelInfo
 from search.stores.store import Store
 from search.stores.swaps import is_shadow, next_name, previous_name
 
@@ -43,6 +45,9 @@ PREFIX = "mine-"
 LOCAL_OWNER = "local"
 SECRET = ".albums-secret"  # in the store folder: what makes album tokens (so they outlive a restart)
 FULL = "The public demo is full ({}); try again later, or run the app on your own machine (see its README)."
+# What an album image adds to the store until the next walk of its folder says (store_size.py): its thumbnail,
+# record and words, and the copy waiting for its text to be read; more than most take.
+IMAGE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,41 @@ class Removal:
         return {"removed": len(self.removed), "not_found": self.not_found}
 
 
+@dataclass(eq=False)
+class _Upload:
+    """An upload under way: the album it fills, whether it (or one beside it) makes that album, and how many images
+    it may still write, which the caps count as if written."""
+
+    full: str
+    new: bool
+    images: int
+    collection: Collection | None = None  # once made: to count what each write added
+
+    def held(self, store: Store) -> int:
+        """How many images the album holds now (0 before it is made)."""
+        try:
+            if self.collection is None:
+                self.collection = store.open(self.full)
+            return self.collection.count()
+        except StoreError:  # not made yet, or the store failed: the write's own error says which
+            return 0
+
+
+@dataclass
+class _Ledger:
+    """Album images in the store (every visitor's), counted when stale and then kept as writes change them."""
+
+    images: int | None = None
+    at: float = -float("inf")
+
+
 class Albums:
-    """Add to, search and delete from albums."""
+    """Add to, search and delete from albums.
+
+    Changes meet at ``_lock`` only to write (each batch of an upload, a delete, a text read), with the store's
+    write lock taken inside it; reading, decoding and embedding happen outside, so visitors' uploads overlap.
+    What the caps need to stay true under that (uploads under way, the albums they make) is kept under the lock.
+    """
 
     def __init__(self, store: Store, embedder: Embedder, *, public: bool, limits: AlbumLimits = AlbumLimits(),
                  text_model: str | None = None, read_texts: bool = True):
@@ -70,7 +108,12 @@ class Albums:
         self.text_model = text_model  # the main index's pairing, for albums that keep an older model
         self.public = public
         self.limits = limits
-        self._lock = threading.Lock()  # threads queue here; other processes meet the store's file lock
+        self._lock = threading.Lock()  # in front of the store's write lock, which fails at once: threads queue here
+        self._uploads: list[_Upload] = []  # under way; with ``_swapping`` and ``_ledger``, held under ``_lock``
+        self._swapping: set[str] = set()
+        self._ledger = _Ledger()
+        self._size = StoreSize(store.folder)
+        self._starting = threading.Lock()  # one reader at a time
         self._secret = _secret(store.folder)
 
     def namespace(self, key: str | None) -> str:
@@ -81,8 +124,8 @@ class Albums:
 
     def names(self, key: str | None) -> list[str]:
         """The owner's albums, by the names they gave them."""
-        prefix = self.namespace(key)  # a swap's shadows (NAME.next, NAME.previous) are not albums of their own
-        return [n[len(prefix):] for n in self.store.names() if n.startswith(prefix) and not is_shadow(n)]
+        prefix = self.namespace(key)
+        return [n[len(prefix):] for n in self._all() if n.startswith(prefix)]
 
     def add(self, key: str | None, name: str, files: list[str | Path], on_progress: Progress | None = None) -> BuildReport:
         """Index uploaded images and zip archives into the owner's collection ``name``."""
@@ -91,35 +134,75 @@ class Albums:
         if len(files) > self.limits.files:
             raise QueryError(f"{len(files)} files at once is over the limit of {self.limits.files}; add them in parts.")
         full = self._full_name(key, name)
-        with self._lock, self.store.write_lock():
-            existing = self.names(key)
-            embedder = self._embedder(self.store.open(full)) if name in existing else self.embedder
-            # A zip is listed, not read; a public app holds uploads to the query limits, a local one to the builder's.
-            items = list(upload_items(files, min_edges=embedder.min_edges) if self.public else
-                         upload_items(files, max_pixels=MAX_PIXELS, total_pixels=None, min_edges=embedder.min_edges))
-            if self.public:
-                self._check_room(full, name in existing, len(items), len(existing))
-            options = BuildOptions(source="upload", total=len(items), ocr="later" if self.read_texts else None)
-            try:
-                report = build_index(items, self.store, full, embedder, options, on_progress)
-            except BaseException as exc:
-                if name not in existing:
-                    self._drop_if_empty(full)  # a failed upload leaves no empty collection to count against a cap
-                if isinstance(exc, BuildInterrupted):  # in a visitor's words, not the builder's
-                    kept = f"the first {exc.indexed} images of it were added" if exc.indexed else "nothing was added"
-                    raise StoreUnavailableError(f"{exc.reason[:1].upper()}{exc.reason[1:]}. The upload stopped: {kept}.",
-                                                internals=exc.internals) from exc
-                raise
-            if not report.total_in_collection and name not in existing:
-                self.store.drop(full)  # nothing usable came: no empty collection either
+        embedder = self._embedder(self.store.open(full)) if name in self.names(key) else self.embedder
+        # A zip is listed, not read; a public app holds uploads to the query limits, a local one to the builder's.
+        items = list(upload_items(files, min_edges=embedder.min_edges) if self.public else
+                     upload_items(files, max_pixels=MAX_PIXELS, total_pixels=None, min_edges=embedder.min_edges))
+        upload = self._begin(key, name, len(items))
+        options = BuildOptions(source="upload", total=len(items), ocr="later" if self.read_texts else None)
+        try:
+            report = build_index(items, self.store, full, embedder, options, on_progress,
+                                 writing=lambda: self._writing(upload))
+        except BuildInterrupted as exc:  # in a visitor's words, not the builder's
+            kept = f"the first {exc.indexed} images of it were added" if exc.indexed else "nothing was added"
+            raise StoreUnavailableError(f"{exc.reason[:1].upper()}{exc.reason[1:]}. The upload stopped: {kept}.",
+                                        internals=exc.internals) from exc
+        finally:
+            self._end(upload)
         report.collection = name
         if report.texts_queued:
             self.start_reading()
         return report
 
+    def _begin(self, key: str | None, name: str, incoming: int) -> _Upload:
+        """Count an upload of ``incoming`` items into ``name`` as under way, where the caps leave room for it."""
+        full = self._full_name(key, name)
+        too_big = self.public and self._size.bytes() >= self.limits.store_bytes  # a walk, the first time: unlocked
+        with self._lock:
+            self._refuse_while_swapping(full, name)
+            stored = set(self._all())
+            made = {u.full for u in self._uploads if u.new}  # by uploads under way: albums already, for the caps
+            if self.public:
+                self._check_room(key, full, stored, stored | made, incoming)
+                if too_big:
+                    raise QueryError(FULL.format("no room left on its disk"))
+            upload = _Upload(full, full not in stored or full in made, incoming)
+            self._uploads.append(upload)
+            return upload
+
+    def _end(self, upload: _Upload) -> None:
+        """The upload is over: its room goes back, and the album it made goes if it holds nothing (a failed upload,
+        or one with nothing usable, leaves no empty collection to count against a cap) once no other fills it."""
+        with self._lock:
+            self._uploads.remove(upload)
+            if upload.new and not any(u.full == upload.full for u in self._uploads):
+                self._drop_if_empty(upload.full)
+
+    @contextlib.contextmanager
+    def _writing(self, upload: _Upload | None = None) -> Iterator[None]:
+        """Hold what a write needs (the lock, then the store's write lock); for an upload, count what it added."""
+        with self._lock, self.store.write_lock():
+            before = upload.held(self.store) if upload else 0
+            try:
+                yield
+            finally:
+                if upload:
+                    added = max(0, upload.held(self.store) - before)
+                    upload.images = max(0, upload.images - added)
+                    self._changed(added)
+
+    def _changed(self, images: int) -> None:
+        """``images`` more (fewer, where negative) album images are in the store; the caller holds the lock."""
+        if self._ledger.images is not None:
+            self._ledger.images = max(0, self._ledger.images + images)
+        if images > 0:
+            self._size.add(images * IMAGE_BYTES)
+        elif images < 0:  # what a delete frees is not known here (thumbnails other albums share stay)
+            self._size.stale()
+
     def start_reading(self) -> bool:
         """Read the text in the images waiting for it, on a background thread (one at a time); whether one started."""
-        with self._lock:
+        with self._starting:
             if not self.read_texts or (self._reader and self._reader.is_alive()) or not text_queue.waiting(self.store):
                 return False
             self._reader = threading.Thread(target=self._read, name="read-texts", daemon=True)
@@ -131,7 +214,7 @@ class Albums:
         left = text_queue.waiting(self.store)
         while left:
             try:
-                read = text_queue.drain(self.store, self._writing)
+                read = text_queue.drain(self.store, self._writing_text, stop=lambda: bool(self._swapping))
             except Exception:  # never a visitor's problem: what is left stays queued for the next start
                 log.exception("reading the text in album images stopped")
                 return
@@ -141,16 +224,22 @@ class Albums:
                 return
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        with self._lock, self.store.write_lock():
+    def _writing_text(self) -> Iterator[None]:
+        """``_writing``, for the text reader: not while an album is embedded again (its new collection would miss
+        the text), said as a busy store, so that the copy waits for the next read (``swap`` starts one)."""
+        with self._writing():
+            if self._swapping:
+                raise StoreError("an album is being embedded again; text is stored once that is done")
             yield
 
     def _drop_if_empty(self, full: str) -> None:
+        """Drop ``full`` where it holds nothing; the caller holds the lock."""
         try:
-            if full in self.store.names() and not self.store.open(full).count():
-                self.store.drop(full)
+            with self.store.write_lock():
+                if full in self.store.names() and not self.store.open(full).count():
+                    self.store.drop(full)
         except StoreError as exc:  # the store is what failed: the next start's sweep and caps still hold
-            log.warning("an empty collection could not be dropped after a failed upload: %s", exc.for_operator())
+            log.warning("an empty collection could not be dropped after an upload: %s", exc.for_operator())
 
     def token(self, key: str | None, name: str) -> str:
         """The unguessable part of the URLs that serve the album's thumbnails (the same after a restart)."""
@@ -215,20 +304,29 @@ class Albums:
         since an upload's files are not kept. Searches of the album answer from the old model until the switch.
         """
         full = self._full_name(key, name)
-        with self._lock:
-            if not self.behind(key, name):
-                raise QueryError(f"“{name}” is already searched with the app's model.")
-            with self.store.write_lock():
+        if not self.behind(key, name):
+            raise QueryError(f"“{name}” is already searched with the app's model.")
+        with self._lock:  # nothing else changes the album meanwhile: its new collection would not have it
+            self._refuse_while_changing(full, name)
+            self._swapping.add(full)
+        try:
+            with self._writing():
                 if previous_name(full) in self.store.names():  # left by a swap killed after its switch
                     self.store.drop(previous_name(full))
-                report = reembed(self.store, full, self.embedder, on_progress=on_progress)
-                if report.failed:
+            report = reembed(self.store, full, self.embedder, on_progress=on_progress, writing=self._writing)
+            if report.failed:
+                with self._writing():
                     self.store.drop(next_name(full))  # no half-made shadow left to count against the caps
-                    raise QueryError(f"{len(report.failed)} images of “{name}” could not be read again; the "
-                                     "collection is unchanged.")
-            self.store.switch(full)
-            with self.store.write_lock():  # the old vectors: their thumbnails are the new collection's too
+                raise QueryError(f"{len(report.failed)} images of “{name}” could not be read again; the "
+                                 "collection is unchanged.")
+            with self._lock:
+                self.store.switch(full)  # which takes the write lock
+            with self._writing():  # the old vectors: their thumbnails are the new collection's too
                 self.store.drop(previous_name(full))
+        finally:
+            with self._lock:
+                self._swapping.discard(full)
+            self.start_reading()  # text to store meanwhile waited for the swap to end
         report.collection = name
         return report
 
@@ -241,36 +339,67 @@ class Albums:
     def remove(self, key: str | None, name: str, ids: object) -> Removal:
         """Delete images from the owner's collection; every id must be well-formed, or nothing is removed."""
         wanted = image_ids(ids, self.limits.images)
-        with self._lock, self.store.write_lock():
-            gone = self._stored(key, name).remove(wanted)
+        index = self._stored(key, name)
+        with self._lock:
+            self._refuse_while_swapping(index.collection.name, name)
+            with self.store.write_lock():
+                gone = index.remove(wanted)
+            self._changed(-len(gone))
         return Removal(gone, [i for i in wanted if i not in set(gone)])
 
     def drop(self, key: str | None, name: str) -> Removal:
         """Delete the owner's whole collection (thumbnails no other collection uses go too)."""
-        with self._lock, self.store.write_lock():
-            index = self._stored(key, name)
-            removed = index.remove(index.collection.all_ids())
-            self.store.drop(index.collection.name)
-            return Removal(removed, [])
+        index = self._stored(key, name)
+        with self._lock:
+            self._refuse_while_changing(index.collection.name, name)
+            with self.store.write_lock():
+                removed = index.remove(index.collection.all_ids())
+                self.store.drop(index.collection.name)
+            self._changed(-len(removed))
+        return Removal(removed, [])
 
-    def _check_room(self, full: str, exists: bool, incoming: int, owned: int) -> None:
-        """Refuse an upload that would pass a visitor's caps or the deployment's."""
+    def _refuse_while_swapping(self, full: str, name: str) -> None:
+        if full in self._swapping:
+            raise QueryError(f"“{name}” is being embedded again with the app's model; change it once that is done.")
+
+    def _refuse_while_changing(self, full: str, name: str) -> None:
+        """Refuse to replace or delete an album that uploads are still filling, or that is being swapped."""
+        self._refuse_while_swapping(full, name)
+        if any(u.full == full for u in self._uploads):
+            raise QueryError(f"Images are still being added to “{name}”; try again once they are in.")
+
+    def _check_room(self, key: str | None, full: str, stored: set[str], albums: set[str], incoming: int) -> None:
+        """Refuse an upload that would pass a visitor's caps or the deployment's; the caller holds the lock.
+
+        ``stored``: the albums in the store; ``albums``: those and the ones uploads under way are making. Uploads
+        under way count as if every image they hold were written (they give back what they did not write at the end).
+        """
         limits = self.limits
-        everyone = [n for n in self.store.names() if n.startswith(PREFIX) and not is_shadow(n)]
-        if not exists:
+        if full not in albums:
+            owned = sum(1 for n in albums if n.startswith(self.namespace(key)))
             if owned >= limits.albums:
                 raise QueryError(f"You have {owned} collections, the most allowed here; delete one first.")
-            if len(everyone) >= limits.albums_total:
+            if len(albums) >= limits.albums_total:
                 raise QueryError(FULL.format("no room for more collections"))
-        held = self.store.open(full).count() if exists else 0
+        held = (self.store.open(full).count() if full in stored else 0) + sum(
+            u.images for u in self._uploads if u.full == full)
         if held + incoming > limits.images:
             raise QueryError(f"This upload holds {incoming} files and the collection {held} images; a "
                              f"collection may hold {limits.images}. Add fewer, or delete some first.")
-        total = sum(self.store.open(n).count() for n in everyone)
-        if total + incoming > limits.images_total:
+        if self._images(stored) + sum(u.images for u in self._uploads) + incoming > limits.images_total:
             raise QueryError(FULL.format("no room for more images"))
-        if folder_bytes(self.store.folder) >= limits.store_bytes:
-            raise QueryError(FULL.format("no room left on its disk"))
+
+    def _images(self, stored: set[str]) -> int:
+        """Album images in the store: counted again when stale (every album: another process may write them too),
+        else as writes have changed them since; the caller holds the lock."""
+        ledger = self._ledger
+        if ledger.images is None or time.monotonic() - ledger.at >= RECHECK_S:
+            ledger.images, ledger.at = sum(self.store.open(n).count() for n in stored), time.monotonic()
+        return ledger.images
+
+    def _all(self) -> list[str]:
+        """Every visitor's albums in the store (a swap's shadows, NAME.next and NAME.previous, are not albums)."""
+        return [n for n in self.store.names() if n.startswith(PREFIX) and not is_shadow(n)]
 
     def _full_name(self, key: str | None, name: str) -> str:
         return self.namespace(key) + collection_name(name)
