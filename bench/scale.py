@@ -155,21 +155,22 @@ def zipf(n: int, exponent: float) -> np.ndarray:
 def grow(folder: Path, images: int, model: str, collection: str) -> int:
     """Grow ``collection`` to ``images`` records of ours; returns how many it holds now (all records)."""
     store = Store.connect(folder, create=True)
-    col = store.open_or_create(collection, model_info(store, collection, model), SOURCE)
-    data = Synthetic(col.dimension or 0)
-    done = resume_point(col, data)
-    print(f"{col.count()} records in {folder} ({collection}), {done} of them ours; growing to {images}", flush=True)
-    began, start = time.perf_counter(), done
-    while done < images:
-        stop = min(images, (done // BATCH + 1) * BATCH)
-        made = list(data.records(done, stop))
-        t = time.perf_counter()
-        store.add(col, [r for r, _ in made], {r.id: thumb for r, thumb in made})
-        batch_s = time.perf_counter() - t
-        done = stop
-        print(f"{done}/{images}: {len(made) / batch_s:.0f} records/s in Store.add, "
-              f"{(done - start) / (time.perf_counter() - began):.0f} records/s overall; load {load()}", flush=True)
-    return col.count()
+    with store.write_lock():  # as a build holds it (taking it settles what a killed grow left in flight)
+        col = store.open_or_create(collection, model_info(store, collection, model), SOURCE)
+        data = Synthetic(col.dimension or 0)
+        done = resume_point(col, data)
+        print(f"{col.count()} records in {folder} ({collection}), {done} of them ours; growing to {images}", flush=True)
+        began, start = time.perf_counter(), done
+        while done < images:
+            stop = min(images, (done // BATCH + 1) * BATCH)
+            made = list(data.records(done, stop))
+            t = time.perf_counter()
+            store.add(col, [r for r, _ in made], {r.id: thumb for r, thumb in made})
+            batch_s = time.perf_counter() - t
+            done = stop
+            print(f"{done}/{images}: {len(made) / batch_s:.0f} records/s in Store.add, "
+                  f"{(done - start) / (time.perf_counter() - began):.0f} records/s overall; load {load()}", flush=True)
+        return col.count()
 
 
 def model_info(store: Store, collection: str, model: str) -> ModelInfo:
