@@ -81,6 +81,8 @@ class Store:
         with self._keywords_lock:
             if self._catalogue is None:
                 with self.guard():
+                    if not self.read_only:  # a server's store folder is made on first use
+                        self.folder.mkdir(parents=True, exist_ok=True)
                     self._catalogue = Catalogue(None if self.read_only else self.folder)
             return self._catalogue
 
@@ -94,7 +96,9 @@ class Store:
             return self.catalogue
         catalogue = self.catalogue
         if not self._agrees(catalogue, collection):
-            if self.read_only:  # a private, in-memory catalogue: no other writer to race
+            # Read again from the backend: a read-only store's catalogue is in memory, this process's alone; a
+            # server's other writers, on other machines, write no catalogue here (each change of count costs a scan)
+            if self.read_only or self.server:
                 with self.guard():
                     catalogue.replace(key, collection.scan())
             else:
