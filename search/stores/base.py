@@ -34,13 +34,11 @@ class Record:
 
 @dataclass(frozen=True)
 class Neighbour:
-    """A stored record near a query: ``similarity`` is the cosine similarity the index measured; ``vector`` its
-    stored vector, where it was asked for."""
+    """A stored record near a query: ``similarity`` is the cosine similarity the index measured."""
 
     id: str
     similarity: float
     metadata: dict[str, Any]
-    vector: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +99,7 @@ class Collection(Protocol):
     def all_ids(self) -> list[str]: ...
     def upsert(self, records: Sequence[Record]) -> None: ...
     def nearest(self, vectors: np.ndarray, k: int, where: Filter | None = None, *,
-                with_vectors: bool = False) -> list[list[Neighbour]]: ...
+                with_metadata: bool = True) -> list[list[Neighbour]]: ...
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
     def metadatas(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
     def records(self, ids: Sequence[str]) -> dict[str, Record]: ...

@@ -152,6 +152,19 @@ class Catalogue:
         matrix = np.frombuffer(b"".join(v for _, v in found), np.float16).reshape(len(found), -1)
         return [i for i, _ in found], matrix.astype(np.float32)
 
+    def vectors_of(self, key: str, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """Those of ``ids`` the collection holds, in their order, and their vectors (float32 rows)."""
+        found: dict[str, bytes] = {}
+        with self._lock:
+            cid = self._cid(key)
+            for part in _chunks(ids) if cid is not None else ():
+                found.update(self._db.execute(f"SELECT id, vector FROM records WHERE cid = ? AND id IN "
+                                              f"({','.join('?' * len(part))})", (cid, *part)).fetchall())
+        held = [i for i in ids if i in found]
+        if not held:
+            return [], np.zeros((0, 0), np.float32)
+        return held, np.frombuffer(b"".join(found[i] for i in held), np.float16).reshape(len(held), -1).astype(np.float32)
+
     def first_of(self, key: str, labels: Sequence[str]) -> dict[str, str]:
         """The first id (in sorted order) of each of ``labels`` that the collection holds."""
         out: dict[str, str] = {}

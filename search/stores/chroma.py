@@ -110,20 +110,19 @@ class ChromaCollection:
                                     metadatas=[r.metadata for r in part])
 
     def nearest(self, vectors: np.ndarray, k: int, where: Filter | None = None, *,
-                with_vectors: bool = False) -> list[list[Neighbour]]:
+                with_metadata: bool = True) -> list[list[Neighbour]]:
         """For each query vector, up to ``k`` stored records by HNSW cosine, most similar first, among those
-        ``where`` admits (filtered inside the search, so k still come back where that many pass); with
-        ``with_vectors``, each with its stored vector."""
+        ``where`` admits (filtered inside the search, so k still come back where that many pass). Without
+        ``with_metadata`` their metadata is left empty: Chroma takes 5x longer to answer 1,000 with it."""
         if not len(vectors):
             return []
-        include = ["metadatas", "distances", *(["embeddings"] if with_vectors else [])]
+        include = ["distances", *(["metadatas"] if with_metadata else [])]
         with self._store.guard():
             found = self._chroma.query(query_embeddings=np.asarray(vectors, np.float32), n_results=k,
                                        where=_where(where), include=include)
-        rows = found["embeddings"] if with_vectors else [[None] * len(ids) for ids in found["ids"]]
-        return [[Neighbour(i, 1.0 - float(d), m or {}, None if v is None else np.asarray(v, np.float32))
-                 for i, d, m, v in zip(ids, distances, metas, vectors_)]
-                for ids, distances, metas, vectors_ in zip(found["ids"], found["distances"], found["metadatas"], rows)]
+        metas = found["metadatas"] if with_metadata else [[{}] * len(ids) for ids in found["ids"]]
+        return [[Neighbour(i, 1.0 - float(d), m or {}) for i, d, m in zip(ids, distances, row)]
+                for ids, distances, row in zip(found["ids"], found["distances"], metas)]
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The stored vectors of ``ids`` (those held)."""

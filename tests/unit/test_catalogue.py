@@ -126,8 +126,9 @@ def test_l1_and_correlation_rank_hnsw_candidates_exactly(index, store):
     for metric in ("l1", "correlation"):
         hits = index.search_by_vector(vector, k=20, metric=metric)
         expected = _brute_force(store, vector, metric, None, 20)
-        # RERANK_DEPTH (1,000) of 3,000 candidates by cosine: the true best 20 are among them here
-        assert np.allclose([h.score for h in hits], expected, atol=1e-5)
+        # RERANK_DEPTH (1,000) of 3,000 candidates by cosine: the true best 20 are among them here, scored from
+        # the catalogue's float16 copies of their vectors
+        assert np.allclose([h.score for h in hits], expected, atol=0.01 if metric == "l1" else 1e-3)
 
 
 def test_the_catalogue_follows_a_switch_and_a_rollback(tmp_path):
