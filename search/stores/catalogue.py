@@ -152,6 +152,17 @@ class Catalogue:
         matrix = np.frombuffer(b"".join(v for _, v in found), np.float16).reshape(len(found), -1)
         return [i for i, _ in found], matrix.astype(np.float32)
 
+    def admitted(self, key: str, ids: Sequence[str], where: Filter) -> set[str]:
+        """Those of ``ids`` that the collection holds and ``where`` admits."""
+        sql, args = _filtered("id", where)
+        out: set[str] = set()
+        with self._lock:
+            cid = self._cid(key)
+            for part in _chunks(ids) if cid is not None else ():
+                out.update(i for (i,) in self._db.execute(f"{sql} AND id IN ({','.join('?' * len(part))})",
+                                                           (cid, *args, *part)))
+        return out
+
     def vectors_of(self, key: str, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
         """Those of ``ids`` the collection holds, in their order, and their vectors (float32 rows)."""
         found: dict[str, bytes] = {}
