@@ -144,7 +144,7 @@ class Store:
         made: list[str] = []
         try:
             with self.guard():  # a full disk here is the store going away too
-                made = [image_id for image_id, data in thumbs.items() if thumbnails.write(self.folder, image_id, data)]
+                made = thumbnails.write_many(self.folder, thumbs)
             collection.upsert(records)
             with self.guard():
                 self.keywords.add(collection.name, [(r.id, r.metadata) for r in records])
@@ -153,14 +153,14 @@ class Store:
             # of the images this call brought go too, as far as the store still lets them; ``sweep`` does the rest.
             with contextlib.suppress(Exception):
                 collection.delete(made)
-            for image_id in made:
-                thumbnails.delete(self.folder, image_id)
+            with contextlib.suppress(Exception):  # a full disk may refuse this too; ``sweep`` does it then
+                thumbnails.delete_many(self.folder, made)
             raise
 
     def sweep(self) -> int:
         """Make records and thumbnails agree again after a writer was killed or its disk filled: thumbnails no
-        record names and temporary files go, and records whose thumbnail is missing (a write the store kept
-        though it failed, and reported as not done) go too. Returns how many of both went.
+        record names go, and records whose thumbnail is missing (a write the store kept though it failed, and
+        reported as not done) go too. Returns how many of both went.
 
         Only where this process may write the embedded store now: the write lock keeps other writers out
         (a server's other writers cannot be seen, so nothing is swept there).
@@ -168,20 +168,18 @@ class Store:
         if self.server or self.read_only:
             return 0
         with self.write_lock():
-            on_disk = {file.relative_to(self.folder).as_posix(): file for file in thumbnails.stored(self.folder)}
-            named: set[str] = set()  # the thumbnails records name, relative to the folder
+            held = thumbnails.ids(self.folder)
+            named: set[str] = set()  # the images whose thumbnails records name
             broken = 0
             for name in self.names():
                 collection = self.open(name)
                 records = collection.scan_metadata()
-                lost = {i for i, m in records if m.get("thumbnail") and str(m["thumbnail"]) not in on_disk}
+                lost = {i for i, m in records if m.get("thumbnail") and i not in held}
                 broken += len(collection.delete(sorted(lost)))
-                named.update(str(m.get("thumbnail")) for i, m in records if i not in lost)
-            files = 0
-            for relative, file in on_disk.items():
-                if file.name.endswith(thumbnails.TEMPORARY) or relative not in named:
-                    file.unlink(missing_ok=True)
-                    files += 1
+                named.update(i for i, m in records if m.get("thumbnail") and i not in lost)
+            unnamed = held - named
+            thumbnails.delete_many(self.folder, unnamed)
+            files = len(unnamed)
         if files or broken:
             log.info("swept %d thumbnails without a record and %d records without a thumbnail from %s", files, broken,
                      self.folder)
@@ -198,8 +196,7 @@ class Store:
         for name in self.names():
             if name != collection.name:
                 still_used.update(self.open(name).held(gone))
-        for image_id in set(gone) - still_used:
-            thumbnails.delete(self.folder, image_id)
+        thumbnails.delete_many(self.folder, set(gone) - still_used)
         return gone
 
     @contextmanager

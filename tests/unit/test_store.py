@@ -91,8 +91,8 @@ def test_remove_keeps_thumbnails_another_collection_still_uses(store, vectors):
     stranger = "f" * 32
     gone = store.remove(first, [r.id for r in records] + [stranger])
     assert sorted(gone) == sorted(r.id for r in records)  # what went, never what was only asked for
-    assert thumbnails.path(store.folder, records[0].id).exists()  # still used by "second"
-    assert not any(thumbnails.path(store.folder, r.id).exists() for r in records[1:])
+    assert thumbnails.exists(store.folder, records[0].id)  # still used by "second"
+    assert not any(thumbnails.exists(store.folder, r.id) for r in records[1:])
     assert first.count() == 0 and second.count() == 1
     assert store.remove(first, [records[1].id]) == []
 
@@ -144,7 +144,6 @@ def test_no_store_says_how_to_build_one(tmp_path):
 def test_records_and_their_thumbnails_land_together_or_not_at_all(store, vectors):
     col = store.open_or_create("first", MODEL)
     records = _records(vectors[:3])
-    shared = thumbnails.path(store.folder, records[0].id)
     thumbnails.write(store.folder, records[0].id, b"kept: another write made it")
 
     class Full:  # Chroma's collection on a disk that just filled up
@@ -157,8 +156,8 @@ def test_records_and_their_thumbnails_land_together_or_not_at_all(store, vectors
     real, col._chroma = col._chroma, Full()
     with pytest.raises(StoreUnavailableError, match="disk is full"):
         store.add(col, records, {r.id: b"jpeg" for r in records})
-    assert shared.read_bytes() == b"kept: another write made it"  # not this call's to delete
-    assert [p.name for p in thumbnails.stored(store.folder)] == [shared.name]
+    assert thumbnails.read(store.folder, records[0].id) == b"kept: another write made it"  # not this call's to delete
+    assert thumbnails.ids(store.folder) == {records[0].id}
     assert col.held([r.id for r in records]) == [records[0].id]  # no record is left without its thumbnail
 
 
@@ -167,12 +166,15 @@ def test_a_sweep_removes_what_a_killed_writer_left_and_nothing_else(store, vecto
     records = [Record(r.id, r.vector, {**r.metadata, "thumbnail": thumbnails.relative(r.id)}) for r in _records(vectors[:3])]
     store.add(col, records[:2], {r.id: b"jpeg" for r in records[:2]})
     thumbnails.write(store.folder, records[2].id, b"orphan: its record never landed")
-    left = thumbnails.path(store.folder, records[0].id).with_name("half-written.tmp")
-    left.write_bytes(b"partial")
+    pack = next((store.folder / thumbnails.FOLDER).glob("pack-*.bin"))
+    with open(pack, "ab") as out:
+        out.write(b"half-written")  # appended by a writer killed before its commit
     ghost = Record("e" * 32, records[0].vector, {"thumbnail": thumbnails.relative("e" * 32)})
     col.upsert([ghost])  # a record whose thumbnail never landed (a write the store kept though it failed)
-    assert store.sweep() == 3
-    assert sorted(p.stem for p in thumbnails.stored(store.folder)) == sorted(r.id for r in records[:2])
+    assert store.sweep() == 2
+    assert thumbnails.ids(store.folder) == {r.id for r in records[:2]}
+    packs = (store.folder / thumbnails.FOLDER).glob("pack-*.bin")
+    assert sum(p.stat().st_size for p in packs) == 2 * len(b"jpeg")  # the dead tail cut, the orphan's bytes reclaimed
     assert sorted(col.all_ids()) == sorted(r.id for r in records[:2])
     assert store.sweep() == 0
     with write_lock(store.folder), pytest.raises(StoreError, match="another process is writing"):
