@@ -169,14 +169,15 @@ class Store:
             return 0
         with self.write_lock():
             held = thumbnails.ids(self.folder)
-            named: set[str] = set()  # the images whose thumbnails records name
+            named: set[str | None] = set()  # the images whose thumbnails records name
             broken = 0
             for name in self.names():
                 collection = self.open(name)
-                records = collection.scan_metadata()
-                lost = {i for i, m in records if m.get("thumbnail") and i not in held}
+                thumbs = {i: thumbnails.id_of(str(m["thumbnail"])) for i, m in collection.scan_metadata()
+                          if m.get("thumbnail")}
+                lost = {i for i, thumb in thumbs.items() if thumb not in held}
                 broken += len(collection.delete(sorted(lost)))
-                named.update(i for i, m in records if m.get("thumbnail") and i not in lost)
+                named.update(thumb for i, thumb in thumbs.items() if i not in lost)
             unnamed = held - named
             thumbnails.delete_many(self.folder, unnamed)
             files = len(unnamed)

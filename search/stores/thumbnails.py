@@ -47,8 +47,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS packs (pack INTEGER PRIMARY KEY AUTOINCREMENT, end INTEGER NOT NULL, dead INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS thumbs (id TEXT PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL,
                                    length INTEGER NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS thumbs_by_pack ON thumbs (pack, offset);
-"""
+"""  # no index by pack: only a compaction asks by pack, and a scan of a million rows is short beside its copying
 
 
 def path(store_folder: Path, image_id: str) -> Path:
@@ -62,14 +61,20 @@ def relative(image_id: str) -> str:
     return path(Path("."), image_id).as_posix()
 
 
-def at(logical: str | Path) -> bytes | None:
-    """The bytes of the thumbnail a logical path (``path``) names, or None for any other path."""
+def id_of(logical: str | Path) -> str | None:
+    """The image id a logical path (``path`` or ``relative``) names, or None for any other path."""
     logical = Path(logical)
     image_id = logical.name.removesuffix(".jpg")
-    if not (is_image_id(image_id) and logical.suffix == ".jpg" and logical.parent.name == image_id[:2]
-            and logical.parent.parent.name == FOLDER):
-        return None
-    return read(logical.parents[2], image_id)
+    if is_image_id(image_id) and logical.suffix == ".jpg" and logical.parent.name == image_id[:2] \
+            and logical.parent.parent.name == FOLDER:
+        return image_id
+    return None
+
+
+def at(logical: str | Path) -> bytes | None:
+    """The bytes of the thumbnail a logical path (``path``) names, or None for any other path."""
+    image_id = id_of(logical)
+    return read(Path(logical).parents[2], image_id) if image_id else None
 
 
 def read(store_folder: Path, image_id: str) -> bytes | None:
@@ -135,8 +140,8 @@ def delete_many(store_folder: Path, image_ids: Collection[str]) -> None:
     with _writing(store_folder) as db:
         for chunk in _chunks(image_ids):
             marks = ",".join("?" * len(chunk))
-            for pack, length in db.execute(f"SELECT pack, length FROM thumbs WHERE id IN ({marks})", chunk).fetchall():
-                db.execute("UPDATE packs SET dead = dead + ? WHERE pack = ?", (length, pack))
+            dead = db.execute(f"SELECT SUM(length), pack FROM thumbs WHERE id IN ({marks}) GROUP BY pack", chunk).fetchall()
+            db.executemany("UPDATE packs SET dead = dead + ? WHERE pack = ?", dead)
             db.execute(f"DELETE FROM thumbs WHERE id IN ({marks})", chunk)
         wasted = [pack for (pack,) in db.execute("SELECT pack FROM packs WHERE dead * 2 > end")]
     for pack in wasted:
