@@ -321,7 +321,12 @@ def _rows(store_folder: Path, sql: str, parameters: tuple = ()) -> list[tuple]:
 
 def _query(uri: str, sql: str, parameters: tuple) -> list[tuple]:
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=BUSY_S)) as db:
-        return db.execute(sql, parameters).fetchall()
+        try:
+            return db.execute(sql, parameters).fetchall()
+        except sqlite3.OperationalError as exc:
+            if str(exc).startswith("no such table"):  # the first writer has made the file, not yet its tables
+                return []
+            raise
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:

@@ -47,6 +47,13 @@ def test_written_thumbnails_read_back_once_each_and_go_when_deleted(tmp_path):
     assert thumbnails.read(tmp_path / "no-store", one) is None and thumbnails.ids(tmp_path / "no-store") == set()
 
 
+def test_a_reader_that_comes_between_the_index_file_and_its_tables_sees_no_thumbnail(tmp_path):
+    (tmp_path / thumbnails.FOLDER).mkdir()
+    sqlite3.connect(tmp_path / thumbnails.FOLDER / thumbnails.INDEX).execute("PRAGMA journal_mode=WAL").connection.close()
+    assert thumbnails.ids(tmp_path) == set() and thumbnails.read(tmp_path, "a" * 32) is None
+    assert not thumbnails.exists(tmp_path, "a" * 32)
+
+
 def test_ids_from_outside_are_checked_before_any_file_is_touched(tmp_path):
     calls = (thumbnails.read, thumbnails.exists, thumbnails.delete, lambda folder, bad: thumbnails.write(folder, bad, b"x"),
              lambda folder, bad: thumbnails.write_many(folder, {bad: b"x"}))
