@@ -231,6 +231,26 @@ def test_a_result_opens_in_detail_and_searching_by_it_shows_it_as_the_query(serv
         assert page.click_result(_select(stale), OPEN, first["query"], first["shown"], *controls()) == {}
 
 
+def test_a_stored_image_s_thumbnail_searched_by_example_or_by_a_region_is_a_copy_purged_with_it(service):
+    page = pages(service)[0]
+    paths = [image for image, _ in page.examples().images]
+    last = paths[-1]  # after the shipped photos, the thumbnails of the index's most frequent labels
+    assert thumbnails.id_of(last) and not Path(last).exists()  # a hit's thumbnail: its bytes are in the store's pack
+    by_example = searched(page.search_example(_select(len(paths) - 1), paths, *controls(k=3)))
+    assert Path(by_example["query"].main.value).read_bytes() == thumbnails.at(last)  # searched by the copy Gradio serves
+    assert by_example["shown"][0].id == thumbnails.id_of(last)
+    hit = searched(page.search_text(caption("green square"), *controls(k=1)))["shown"][0]
+    query = searched(page.search_selected(hit, *controls(k=3)))["query"]
+    tap = gr.SelectData(None, {"index": [5, 5], "value": None})
+    marked = page.pick_corner(tap, query, None, *controls())
+    region = searched(page.pick_corner(gr.SelectData(None, {"index": [200, 150], "value": None}), marked["query"],
+                                       marked["corner"], *controls(k=3)))
+    part = region["query"].main.part
+    assert part.box and Path(part.value).read_bytes() == thumbnails.at(hit.image) and region["shown"]
+    assert page.files.purge([hit.id]) >= 3  # the copy searched and the copies drawn on it go with the image
+    assert not Path(part.value).exists()
+
+
 def test_errors_show_the_librarys_message_and_leave_nothing_stale(service, tmp_path):
     page = pages(service)[0]
     fake = tmp_path / "fake.jpg"
