@@ -25,6 +25,7 @@ logical path that ``at`` maps back to the bytes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -65,10 +66,8 @@ def id_of(logical: str | Path) -> str | None:
     """The image id a logical path (``path`` or ``relative``) names, or None for any other path."""
     logical = Path(logical)
     image_id = logical.name.removesuffix(".jpg")
-    if is_image_id(image_id) and logical.suffix == ".jpg" and logical.parent.name == image_id[:2] \
-            and logical.parent.parent.name == FOLDER:
-        return image_id
-    return None
+    named = is_image_id(image_id) and logical.suffix == ".jpg" and logical.parent.name == image_id[:2]
+    return image_id if named and logical.parent.parent.name == FOLDER else None
 
 
 def at(logical: str | Path) -> bytes | None:
@@ -145,7 +144,10 @@ def delete_many(store_folder: Path, image_ids: Collection[str]) -> None:
             db.execute(f"DELETE FROM thumbs WHERE id IN ({marks})", chunk)
         wasted = [pack for (pack,) in db.execute("SELECT pack FROM packs WHERE dead * 2 > end")]
     for pack in wasted:
-        _compact(store_folder, pack)
+        try:
+            _compact(store_folder, pack)
+        except OSError as exc:  # no room to copy into: the deletes stand, and the next one tries again
+            log.warning("thumbnail pack %d of %s not compacted: %s", pack, store_folder, exc)
 
 
 def _compact(store_folder: Path, pack: int) -> None:
@@ -185,6 +187,11 @@ def _writing(store_folder: Path) -> Iterator[sqlite3.Connection]:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
+    except sqlite3.OperationalError as exc:  # a full or read-only disk, as the OSError the store's guard names
+        code = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_READONLY: errno.EROFS}.get(exc.sqlite_errorcode & 0xFF)
+        if code is None:
+            raise
+        raise OSError(code, str(exc)) from exc
     finally:
         db.close()
 

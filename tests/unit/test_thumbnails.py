@@ -2,6 +2,7 @@
 from loose files, read on a read-only disk, and agreeing with their index after any kill -9."""
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -110,6 +111,32 @@ def test_less_than_half_dead_is_left_as_it_is(tmp_path):
     before = _packs(tmp_path)
     thumbnails.delete_many(tmp_path, list(thumbs)[:4])
     assert _packs(tmp_path) == before
+
+
+def test_a_full_disk_is_the_os_error_the_store_names_and_a_compaction_without_room_waits(tmp_path, monkeypatch):
+    thumbs = _thumbs(10, seed=14)
+    thumbnails.write_many(tmp_path, thumbs)
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL
+
+    def sqlite_full(*args):
+        raise full
+
+    def no_room(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(thumbnails, "_repair", sqlite_full)
+    with pytest.raises(OSError) as raised:
+        thumbnails.write_many(tmp_path, _thumbs(1, seed=15))
+    assert raised.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    real_compact = thumbnails._compact
+    monkeypatch.setattr(thumbnails, "_compact", no_room)
+    thumbnails.delete_many(tmp_path, list(thumbs)[:8])  # the deletes stand though the pack could not be compacted
+    assert thumbnails.ids(tmp_path) == set(list(thumbs)[8:]) and len(_packs(tmp_path)) == 1
+    monkeypatch.setattr(thumbnails, "_compact", real_compact)
+    thumbnails.delete_many(tmp_path, list(thumbs)[8:9])  # room again: the next delete compacts
+    _check(tmp_path)
+    assert sum(_packs(tmp_path).values()) == len(thumbs[list(thumbs)[9]])
 
 
 def test_an_older_store_s_loose_files_are_read_then_packed_by_the_first_write(tmp_path):
