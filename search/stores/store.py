@@ -168,6 +168,7 @@ class Store:
         if self.server or self.read_only:
             return 0
         with self.write_lock():
+            thumbnails.repair(self.folder)
             held = thumbnails.ids(self.folder)
             named: set[str | None] = set()  # the images whose thumbnails records name
             broken = 0

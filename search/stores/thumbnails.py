@@ -13,10 +13,11 @@ a time, of any process, append to or compact the packs.
 Crash safety: a writer takes that lock, then repairs (each pack is cut back to its committed end, packs the
 index does not know are deleted), appends at the committed end, fsyncs the pack, and only then commits the
 rows with the pack's new end. A kill before the commit leaves dead bytes past a pack's end, which the next
-writer cuts; a committed row always lies within bytes that were on disk before it. Compaction (when over
-half a pack is dead) copies the live thumbnails into another pack and repoints their rows in one transaction,
-then deletes the old pack; a kill in between leaves a pack nobody names, which the next writer deletes.
-Pack numbers are never reused, so a reader holding an old row finds its pack gone and asks again.
+writer cuts (or ``repair``, which the store's sweep runs); a committed row always lies within bytes that were
+on disk before it. Compaction (when over half a pack is dead) copies the live thumbnails into another pack
+and repoints their rows in one transaction, then deletes the old pack; a kill in between leaves a pack nobody
+names, which the next writer deletes. Pack numbers are never reused, so a reader holding an old row finds its
+pack gone and asks again.
 
 Loose files of older stores (``thumbnails/xx/<id>.jpg``) are read where the index lacks an id, and packed
 (then deleted) by the first write or delete; records keep ``relative(id)`` as their "thumbnail" field, a
@@ -142,8 +143,25 @@ def delete_many(store_folder: Path, image_ids: Collection[str]) -> None:
             dead = db.execute(f"SELECT SUM(length), pack FROM thumbs WHERE id IN ({marks}) GROUP BY pack", chunk).fetchall()
             db.executemany("UPDATE packs SET dead = dead + ? WHERE pack = ?", dead)
             db.execute(f"DELETE FROM thumbs WHERE id IN ({marks})", chunk)
-        wasted = [pack for (pack,) in db.execute("SELECT pack FROM packs WHERE dead * 2 > end")]
-    for pack in wasted:
+        wasted = _wasted(db)
+    _compact_each(store_folder, wasted)
+
+
+def repair(store_folder: Path) -> None:
+    """Make the packs agree with the index now (every write does so first): loose files packed, dead tails a
+    killed writer left cut, packs it never committed deleted, packs a kill left over half dead compacted."""
+    _migrate(store_folder)
+    with _writing(store_folder) as db:
+        wasted = _wasted(db)
+    _compact_each(store_folder, wasted)
+
+
+def _wasted(db: sqlite3.Connection) -> list[int]:
+    return [pack for (pack,) in db.execute("SELECT pack FROM packs WHERE dead * 2 > end")]
+
+
+def _compact_each(store_folder: Path, packs: list[int]) -> None:
+    for pack in packs:
         try:
             _compact(store_folder, pack)
         except OSError as exc:  # no room to copy into: the deletes stand, and the next one tries again
