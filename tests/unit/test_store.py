@@ -179,3 +179,16 @@ def test_a_sweep_removes_what_a_killed_writer_left_and_nothing_else(store, vecto
     assert store.sweep() == 0
     with write_lock(store.folder), pytest.raises(StoreError, match="another process is writing"):
         store.sweep()  # a writer holds the store: nothing is swept from under it
+
+
+def test_a_store_with_loose_thumbnails_keeps_them_through_its_sweep_which_packs_them(store, vectors):
+    col = store.open_or_create("first", MODEL)
+    records = [Record(r.id, r.vector, {**r.metadata, "thumbnail": thumbnails.relative(r.id)}) for r in _records(vectors[:4])]
+    col.upsert(records)
+    for r in records:  # as a store written before packs holds them
+        thumbnails.path(store.folder, r.id).parent.mkdir(parents=True, exist_ok=True)
+        thumbnails.path(store.folder, r.id).write_bytes(r.id.encode())
+    assert thumbnails.read(store.folder, records[0].id) == records[0].id.encode()
+    assert store.sweep() == 0  # nothing lost, nothing orphaned
+    assert not any(p.is_dir() for p in (store.folder / thumbnails.FOLDER).iterdir())  # packed, the loose files gone
+    assert all(thumbnails.read(store.folder, r.id) == r.id.encode() for r in records) and col.count() == 4
