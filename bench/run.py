@@ -10,6 +10,7 @@ Writes OUT.json and OUT.md.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing
 import os
@@ -43,9 +44,11 @@ from bench.workload import (  # noqa: E402
     vit_b32,
     write_jpegs,
 )
+from search.core.ids import content_id  # noqa: E402
 from search.embedders.clip import ClipEmbedder  # noqa: E402
 from search.embedders.precision import MIN_COSINE, MIN_OVERLAP  # noqa: E402
 from search.index import ImageIndex  # noqa: E402
+from search.stores import thumbnails  # noqa: E402
 from search.stores.base import ModelInfo, Record  # noqa: E402
 from search.stores.store import Store  # noqa: E402
 
@@ -100,11 +103,12 @@ def synthetic_store(store: Path, embedder: ClipEmbedder, n: int) -> tuple[np.nda
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     shutil.rmtree(store, ignore_errors=True)
     col = Store.connect(store, create=True).open_or_create("images", ModelInfo.of(embedder))
-    thumb = store / "thumbnails" / "00" / "placeholder.jpg"
-    thumb.parent.mkdir(parents=True)
-    photo(256, 192, 0).save(thumb)
+    out = io.BytesIO()
+    photo(256, 192, 0).save(out, "JPEG")
+    placeholder = content_id(out.getvalue())
+    thumbnails.write(store, placeholder, out.getvalue())
     start = time.perf_counter()
-    col.upsert([Record(f"v{j}", vectors[j], {"source": f"synthetic/{j}", "thumbnail": "thumbnails/00/placeholder.jpg"})
+    col.upsert([Record(f"v{j}", vectors[j], {"source": f"synthetic/{j}", "thumbnail": thumbnails.relative(placeholder)})
                 for j in range(n)])
     return vectors, time.perf_counter() - start
 

@@ -24,6 +24,7 @@ from search.embedders.base import Embedder
 from search.errors import InvalidImageError
 from search.images.decode import decode_image, read_file
 from search.pipeline.build import Writing
+from search.stores import thumbnails
 from search.stores.base import ModelInfo, Record
 from search.stores.store import Store
 from search.stores.swaps import check, next_name
@@ -96,7 +97,7 @@ def reembed(store: Store, name: str, embedder: Embedder, batch_size: int = 32,
         for image_id, metadata in batch:
             original = _original(metadata, image_id, embedder.min_edges)
             sampled = original is not None and len(agreement) < AGREEMENT_SAMPLE
-            thumbnail = _thumbnail(store.folder, metadata, embedder.min_edges) if original is None or sampled else None
+            thumbnail = _thumbnail(store.folder, image_id, metadata, embedder.min_edges) if original is None or sampled else None
             picture = original or thumbnail
             if picture is None:
                 report.failed.append({"id": image_id, "source": str(metadata.get("source", ""))})
@@ -130,15 +131,17 @@ def _original(metadata: dict[str, Any], image_id: str, min_edges: tuple[int, int
     return _decoded(Path(source), min_edges, image_id)
 
 
-def _thumbnail(folder: Path, metadata: dict[str, Any], min_edges: tuple[int, int]) -> Image.Image | None:
-    thumbnail = metadata.get("thumbnail")
-    return _decoded(folder / str(thumbnail), min_edges) if thumbnail else None
+def _thumbnail(folder: Path, image_id: str, metadata: dict[str, Any], min_edges: tuple[int, int]) -> Image.Image | None:
+    """The image's stored thumbnail, where its record names one and the store still holds it."""
+    data = thumbnails.read(folder, image_id) if metadata.get("thumbnail") else None
+    return _decoded(data, min_edges) if data is not None else None
 
 
-def _decoded(path: Path, min_edges: tuple[int, int], image_id: str | None = None) -> Image.Image | None:
-    """The image at ``path`` (only if its bytes are still those of ``image_id``, where one is given), or None."""
+def _decoded(data: bytes | Path, min_edges: tuple[int, int], image_id: str | None = None) -> Image.Image | None:
+    """The image in ``data`` or the file at it (only if its bytes are still those of ``image_id``, where one is
+    given), or None."""
     try:
-        data = read_file(path)
+        data = read_file(data) if isinstance(data, Path) else data
         return decode_image(data, min_edges=min_edges) if image_id is None or content_id(data) == image_id else None
     except InvalidImageError:
         return None

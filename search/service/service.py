@@ -31,7 +31,7 @@ from search.service.albums import Albums, Removal
 from search.service.examples import Examples, Shipped, examples_of
 from search.service.first_run import BuildState, DefaultBuild, wanted
 from search.sources.fetch import PrivateAddressError, fetch
-from search.stores.thumbnails import path as thumbnail_path
+from search.stores import thumbnails
 
 log = logging.getLogger(__name__)
 MINE = "mine/"  # an index value naming one of the caller's albums
@@ -270,22 +270,21 @@ class SearchService:
         """Bring a visitor's album to the main index's model (``Albums.swap``)."""
         return self._albums_to_change().swap(key, name, on_progress)
 
-    def thumbnail(self, image_id: str, album: str | None = None) -> Path | None:
-        """The thumbnail of ``image_id`` that may be served: of a shared index's image, or, with ``album``
-        (the token in the album's thumbnail URLs), of that album's. None for anything else, alike."""
+    def thumbnail(self, image_id: str, album: str | None = None) -> bytes | None:
+        """The JPEG bytes of the thumbnail of ``image_id`` that may be served: of a shared index's image, or,
+        with ``album`` (the token in the album's thumbnail URLs), of that album's. None for anything else, alike."""
         if album is None:
             targets = list(self._shared.values())
         else:
             found = self._albums.by_token(album) if self._albums else None
             targets = [found] if found else []
-        path = thumbnail_path(self.settings.store, image_id)
-        if any(t.collection.held([image_id]) for t in targets) and path.is_file():
-            return path
+        if any(t.collection.held([image_id]) for t in targets):
+            return thumbnails.read(self.settings.store, image_id)
         return None
 
     def without_thumbnail(self, ids: list[str]) -> list[str]:
         """Those of ``ids`` whose thumbnail is gone from the store (no collection holds them any longer)."""
-        return [i for i in ids if not thumbnail_path(self.settings.store, i).exists()]
+        return [i for i in ids if not thumbnails.exists(self.settings.store, i)]
 
     # --- Queries ----------------------------------------------------------------------------------------
 

@@ -214,7 +214,7 @@ class Store:
             self.catalogue.begin(collection.key, ids)
         try:
             with self.guard():  # a full disk here is the store going away too
-                made = [image_id for image_id, data in thumbs.items() if thumbnails.write(self.folder, image_id, data)]
+                made = thumbnails.write_many(self.folder, thumbs)
             collection.upsert(records)
             with self.guard():
                 self.keywords.add(collection.name, [(r.id, r.metadata) for r in records])
@@ -225,8 +225,8 @@ class Store:
             # the rest for ``repair``.
             with contextlib.suppress(Exception):
                 collection.delete(made)
-            for image_id in made:
-                thumbnails.delete(self.folder, image_id)
+            with contextlib.suppress(Exception):  # a full disk may refuse this too; the journal keeps them then
+                thumbnails.delete_many(self.folder, made)
             with contextlib.suppress(Exception):
                 self._settle(collection.key, collection, ids, pending=False)
             raise
@@ -258,7 +258,7 @@ class Store:
         thumbnail is missing goes too); ``collection`` None: it is gone."""
         with self.guard():
             held = collection.records(ids) if collection is not None else {}
-            lost = {i for i, r in held.items() if r.metadata.get("thumbnail") and not thumbnails.exists(self.folder, i)}
+            lost = {i for i, r in held.items() if self._lacks_thumbnail(r.metadata)}
             if lost and collection is not None:
                 collection.delete(sorted(lost))
             kept = [r for i, r in held.items() if i not in lost]
@@ -271,10 +271,16 @@ class Store:
             if collection is None:
                 self.catalogue.drop(key)
 
+    def _lacks_thumbnail(self, meta: dict) -> bool:
+        """Whether a record names a thumbnail the store does not hold."""
+        if not meta.get("thumbnail"):
+            return False
+        named = thumbnails.id_of(str(meta["thumbnail"]))
+        return named is None or not thumbnails.exists(self.folder, named)
+
     def _forget_thumbnails(self, key: str, ids: list[str]) -> None:
         """Delete the thumbnails of ``ids`` (gone from the collection ``key``) that no other collection holds."""
-        for image_id in set(ids) - self.catalogue.held_elsewhere(key, ids):
-            thumbnails.delete(self.folder, image_id)
+        thumbnails.delete_many(self.folder, set(ids) - self.catalogue.held_elsewhere(key, ids))
 
     def _collections(self) -> dict[str, Collection]:
         """Every collection, by key."""
@@ -287,6 +293,8 @@ class Store:
         catalogue made now for a store that had collections also sweeps what killed writers of a version
         without the journal left."""
         catalogue = self.catalogue
+        if not self.server:  # cut a killed thumbnail writer's dead tail, compact what a kill left half dead
+            thumbnails.repair(self.folder)
         by_key = self._collections()
         for key, collection in by_key.items():
             state, count = catalogue.state(key), collection.count()
@@ -301,21 +309,19 @@ class Store:
         catalogue.fresh = False
 
     def _sweep(self, collections: list[Collection]) -> int:
-        """Thumbnails no record names and temporary files go, and records whose thumbnail is missing go too:
-        a whole listing, for a store whose writers kept no journal."""
-        on_disk = {file.relative_to(self.folder).as_posix(): file for file in thumbnails.stored(self.folder)}
-        named: set[str] = set()  # the thumbnails records name, relative to the folder
+        """Thumbnails no record names go, and records whose thumbnail is missing go too: a whole listing, for a
+        store whose writers kept no journal."""
+        held = thumbnails.ids(self.folder)
+        named: set[str | None] = set()  # the images whose thumbnails records name
         broken = 0
         for collection in collections:
-            records = collection.scan_metadata()
-            lost = {i for i, m in records if m.get("thumbnail") and str(m["thumbnail"]) not in on_disk}
+            thumbs = {i: thumbnails.id_of(str(m["thumbnail"])) for i, m in collection.scan_metadata() if m.get("thumbnail")}
+            lost = {i for i, thumb in thumbs.items() if thumb not in held}
             broken += len(self.remove(collection, sorted(lost))) if lost else 0
-            named.update(str(m.get("thumbnail")) for i, m in records if i not in lost)
-        files = 0
-        for relative, file in on_disk.items():
-            if file.name.endswith(thumbnails.TEMPORARY) or relative not in named:
-                file.unlink(missing_ok=True)
-                files += 1
+            named.update(thumb for i, thumb in thumbs.items() if i not in lost)
+        unnamed = held - named
+        thumbnails.delete_many(self.folder, unnamed)
+        files = len(unnamed)
         if files or broken:
             log.info("swept %d thumbnails without a record and %d records without a thumbnail from %s", files, broken,
                      self.folder)

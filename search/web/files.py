@@ -10,8 +10,8 @@ there. ``VisitorFiles`` is the app's one account of that folder:
   request has read is deleted once no other upload of the same file is still waiting to be read, nor
   may be: uploads Gradio was storing at that moment are waited for (one of them may be this file);
 - what the app writes itself is named by a keyed hash, so no URL can be guessed from a file's content;
-- store files (thumbnails) reach Gradio as links in its cache under names made with a secret, never by
-  serving the store;
+- store files (thumbnails, written from their pack) reach Gradio as copies in its cache under names made
+  with a secret, never by serving the store;
 - the copies of a deleted image are purged everywhere.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ from PIL import Image
 from search.core.ids import is_image_id
 from search.errors import QueryError
 from search.images.decode import HEAD_BYTES, format_of
+from search.stores import thumbnails
 from search.stores.base import folder_bytes
 
 log = logging.getLogger(__name__)
@@ -130,13 +131,14 @@ class VisitorFiles:
     def keep_image(self, img: Image.Image, source: str | Path) -> str:
         """Keep a picture the page shows (a preview, a region drawn on one) made from ``source``, as a JPEG.
 
-        A store file as the source (a thumbnail, named by its image's id) makes a copy purged with it.
+        A thumbnail as the source (its logical path, or the copy ``shown`` made of it) makes a copy purged with it.
         """
         out = io.BytesIO()
         img.convert("RGB").save(out, "JPEG", quality=88)
-        stem = Path(source).stem
-        stored = self.folder not in Path(source).resolve().parents and is_image_id(stem)
-        return self.keep(out.getvalue(), ".jpg", of=stem if stored else None)
+        source = Path(source)
+        stored = is_image_id(source.stem) and (self.folder not in source.resolve().parents
+                                               or source == self._copy_of(source.name))
+        return self.keep(out.getvalue(), ".jpg", of=source.stem if stored else None)
 
     def _sweep(self) -> None:
         """Delete what is older than KEEP_S and nobody else expires: kept files; copies of store files in
@@ -230,29 +232,38 @@ class VisitorFiles:
     # --- Store files shown through Gradio ----------------------------------------------------------------
 
     def shown(self, path: str | Path) -> str:
-        """A copy of a store file (a thumbnail) that Gradio may serve, for a component or an API answer.
+        """A copy of a store file that Gradio may serve, for a component, an API answer or a search: a
+        thumbnail (by the logical path a hit carries, written from the store's pack) or a shipped picture
+        (a hard link where it can be).
 
-        A hard link where it can be, in a folder of the cache named by a keyed hash of the file's name: the
-        URL cannot be guessed from an image id, and the store itself is never served. Files already in the
-        cache pass as they are.
+        It lies in a folder of the cache named by a keyed hash of the file's name: the URL cannot be guessed
+        from an image id, and the store itself is never served. Files already in the cache pass as they are.
         """
         source = Path(path)
         if self.folder in source.parents:
             return str(source)
         self._sweep()
-        copy = self.folder / hashlib.blake2b(source.name.encode(), key=self._secret, digest_size=16).hexdigest() / source.name
+        copy = self._copy_of(source.name)
         with self._copying:
             if copy.exists():
                 os.utime(copy.parent)  # shown again: the sweep leaves it another KEEP_S
                 return str(copy)
             copy.parent.mkdir(parents=True, exist_ok=True)
             temporary = copy.with_name(f".{copy.name}.{threading.get_native_id()}.tmp")
-            try:
-                os.link(source, temporary)
-            except OSError:  # another file system, or no links there
-                shutil.copyfile(source, temporary)
+            data = thumbnails.at(source)
+            if data is not None:
+                temporary.write_bytes(data)
+            else:
+                try:
+                    os.link(source, temporary)
+                except OSError:  # another file system, or no links there
+                    shutil.copyfile(source, temporary)
             os.replace(temporary, copy)
         return str(copy)
+
+    def _copy_of(self, name: str) -> Path:
+        """Where ``shown`` puts its copy of a file so named."""
+        return self.folder / hashlib.blake2b(name.encode(), key=self._secret, digest_size=16).hexdigest() / name
 
     def purge(self, image_ids: Iterable[str]) -> int:
         """Delete every copy of these images' thumbnails (named ``<id>.jpg``) in the cache, ours and Gradio's;

@@ -23,7 +23,7 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from search.core.ids import is_image_id
@@ -101,15 +101,15 @@ def json_api(service: SearchService) -> APIRouter:
 def _thumbnail(service: SearchService, name: str, album: str | None) -> Any:
     """The thumbnail ``name`` names, where the service may serve it; every other case answers alike (404)."""
     image_id = name.removesuffix(".jpg")
-    path = None
+    data = None
     if name.endswith(".jpg") and is_image_id(image_id) and (album is None or TOKEN.fullmatch(album)):
         try:
-            path = service.thumbnail(image_id, album)
+            data = service.thumbnail(image_id, album)
         except SearchError as exc:
             log.info("thumbnail not served: %s", exc.for_operator())
-    if path is None:
+    if data is None:
         return _error(404, "No such thumbnail.")
-    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": PRIVATE if album else IMMUTABLE})
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": PRIVATE if album else IMMUTABLE})
 
 
 def status_of(o: Overview) -> dict[str, Any]:

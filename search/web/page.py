@@ -214,6 +214,7 @@ class SearchPage:
 
     def _image(self, path: str, name: str | None) -> Shown:
         """An image file as the main part: the query panel shows a copy fitted to it (taps map back)."""
+        path = self.files.shown(path)  # an example's thumbnail is searched by a copy, as it is shown
         copy = regions.shown(path, self.files)
         return image_part(path, copy.preview, copy.scale, name)
 
@@ -333,7 +334,7 @@ class SearchPage:
                         "query": query.with_main(replace(main, preview=marked.preview, scale=marked.scale)),
                         "image": marked.preview}
             box, marked = regions.cut(picture, corner, point, self.files)
-            region = Shown(Part("image", picture, main.part.weight, box=box), negative=main.negative,
+            region = Shown(Part("image", self.files.shown(picture), main.part.weight, box=box), negative=main.negative,
                            preview=marked.preview, label=f"region of {main.label.removeprefix('region of ')}",
                            scale=marked.scale)
         except SearchError as exc:

@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 from search import ImageIndex
+from search.stores import thumbnails
 from tests.conftest import ROOT, run_builder
 from tests.fixtures.shapes import write_folder
 
 
 def _thumbnails(store: Path) -> int:
-    return sum(1 for _ in (store / "thumbnails").glob("*/*.jpg")) if (store / "thumbnails").exists() else 0
+    return len(thumbnails.ids(store))
 
 
 def _start(folder: Path, store: Path, model: Path) -> subprocess.Popen:
@@ -49,7 +50,8 @@ def test_kill_9_at_several_moments_then_resume(tmp_path, random_clip):
     stored = [m for _, m in index.collection.scan_metadata()]
     assert len(index) == len(files)
     assert sorted(m["source"] for m in stored) == sorted(str(f) for f in files)
-    assert all((store / m["thumbnail"]).exists() for m in stored)
+    assert thumbnails.ids(store) == {i for i, _ in index.collection.scan_metadata()}  # each record's, no other
+    assert all(thumbnails.at(store / m["thumbnail"]) for m in stored)
     # Every stored vector is searchable: each image finds itself first.
     for f in files[::59]:
         assert index.search_by_image(f, k=1)[0].source == str(f)

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bench.app_process import ROOT
+from search.stores import thumbnails
 from tests.conftest import hostile_files, png_header_only
 from tests.fixtures.hostile import (
     GENERIC,
@@ -486,13 +487,14 @@ def test_collection_list_and_drop_touch_nothing_else(main, files, data):
 def test_issue_10_traversal_and_removed_count(main, files):
     client, problems = main.state["client"], []
     shipped = main.shipped_ids()[0]
-    attacks = {"../victim": main.srv / "victim.jpg",
-               f"./../thumbnails/{shipped[:2]}/{shipped}": main.store / "thumbnails" / shipped[:2] / f"{shipped}.jpg"}
-    for bad, target in attacks.items():
+    attacks = {"../victim": ("the canary victim.jpg", (main.srv / "victim.jpg").exists),
+               f"./../thumbnails/{shipped[:2]}/{shipped}": ("a shipped thumbnail",
+                                                            lambda: thumbnails.exists(main.store, shipped))}
+    for bad, (target, there) in attacks.items():
         out = call(client, [bad], "own", OWNER, api_name="/collection_delete")
         if out.ok:
             problems.append(f"delete {bad!r} answered {out.value} instead of an error")
-        if not target.exists():
+        if not there():
             problems.append(f"delete {bad!r} deleted {target}")
     unknown = "0" * 32
     out = call(client, [unknown], "own", OWNER, api_name="/collection_delete")
@@ -526,7 +528,8 @@ def test_add_cannot_read_files_of_the_server(main, files):
     """File references to server paths (never uploaded) are refused, or index nothing."""
     shipped = main.shipped_ids()[0]
     for path in (main.srv / "canary" / "secret.jpg", main.srv / "victim.jpg", main.store / "chroma.sqlite3",
-                 main.store / "thumbnails" / shipped[:2] / f"{shipped}.jpg", Path("/etc/hostname"),
+                 thumbnails.path(main.store, shipped), main.store / "thumbnails" / thumbnails.INDEX,
+                 *(main.store / "thumbnails").glob("pack-*.bin"), Path("/etc/hostname"),
                  Path(str(main.gradio_tmp) + "/../srv/canary/secret.jpg")):
         out = raw_call(main.url, "collection_add", [[file_ref(str(path))], "stolen", ADDER])
         assert_clear(main, out, [str(path)])
@@ -554,7 +557,7 @@ def test_dropped_collection_leaves_no_reachable_file(main, files):
     urls: dict[str, set[str]] = {i: {file_url(main.url, p)} for i, p in uploaded.items()}  # every URL given out, by image
     hits = call(client, QUERY, 50, "cosine", "mine/leaving", LEAVER, api_name="/search_by_text")
     assert hits.ok and {h["id"] for h in hits.value} == set(uploaded), hits
-    thumbnails = set()
+    thumbnail_urls = set()
     for hit in hits.value:
         ref = hit["image"]
         assert ref, f"a hit without its thumbnail: {hit}"
@@ -563,8 +566,8 @@ def test_dropped_collection_leaves_no_reachable_file(main, files):
         else:
             url = ref if str(ref).startswith("http") else file_url(main.url, ref)
         urls[hit["id"]].add(url)
-        thumbnails.add(url)
-    served = {u: _status(u) for u in thumbnails}
+        thumbnail_urls.add(url)
+    served = {u: _status(u) for u in thumbnail_urls}
     assert all(s == 200 for s in served.values()), f"thumbnails are not served before the drop: {served}"
     # any other server path an answer named counts as given out too
     named = {file_url(main.url, v) for v in _strings([added.value, hits.value]) if v.startswith("/")}

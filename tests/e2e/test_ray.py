@@ -25,6 +25,7 @@ from search.errors import ModelError, SearchError
 from search.pipeline.build import BuildOptions, build_index
 from search.pipeline.ray_engine import ERROR, ModelSpec, RayOptions, build_index_ray
 from search.sources.base import Item, folder_items
+from search.stores import thumbnails
 from search.stores.store import Store
 from tests.conftest import ROOT, free_port
 from tests.fixtures.chroma_server import ChromaServer
@@ -143,7 +144,7 @@ def _descends(pid: int) -> bool:
 
 
 def _thumbnails(store: Path) -> int:
-    return sum(1 for _ in (store / "thumbnails").glob("*/*.jpg"))
+    return len(thumbnails.ids(store))
 
 
 def test_kill_9_of_the_model_actor_and_of_a_task_worker_mid_build(tmp_path, random_clip):

@@ -54,8 +54,8 @@ def scans(monkeypatch) -> Counter[str]:
             counted[__name] += 1
             return __real(self, *args, **kwargs)
         monkeypatch.setattr(ChromaCollection, name, spy)
-    real_stored = thumbnails.stored
-    monkeypatch.setattr(thumbnails, "stored", lambda *a: counted.update(["thumbnails.stored"]) or real_stored(*a))
+    real_ids = thumbnails.ids
+    monkeypatch.setattr(thumbnails, "ids", lambda *a: counted.update(["thumbnails.ids"]) or real_ids(*a))
     return counted
 
 
@@ -145,5 +145,4 @@ def test_counts_labels_and_dates_agree_with_a_brute_force_count_through_a_sync_a
     assert store.catalogue.pending(), "the writer finished before it was killed; the test proves nothing"
     assert store.repair() > 0
     agrees()
-    on_disk = {p.stem for p in thumbnails.stored(grown)}
-    assert set(col.all_ids()) <= on_disk
+    assert set(col.all_ids()) <= thumbnails.ids(grown)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -42,9 +43,19 @@ def _held(store: Path) -> dict[str, set[str]]:
 
 
 def _orphans(store: Path) -> list[str]:
-    """Files of the thumbnails folder that no record accounts for, and half-written files."""
+    """Thumbnails no record accounts for, and bytes past a pack's committed end (a kill's half-written batch)."""
     held = set().union(*_held(store).values())
-    return [f.name for f in thumbnails.stored(store) if f.name.endswith(".tmp") or f.stem not in held]
+    return sorted(thumbnails.ids(store) - held) + _dead_tails(store)
+
+
+def _dead_tails(store: Path) -> list[str]:
+    index = sqlite3.connect(store / thumbnails.FOLDER / thumbnails.INDEX)
+    try:
+        ends = dict(index.execute("SELECT pack, end FROM packs").fetchall())
+    finally:
+        index.close()
+    return [pack.name for pack in (store / thumbnails.FOLDER).glob("pack-*.bin")
+            if pack.stat().st_size != ends.get(int(pack.stem.removeprefix("pack-")))]
 
 
 def _albums(held: dict[str, set[str]]) -> dict[str, set[str]]:
@@ -57,7 +68,7 @@ def _albums(held: dict[str, set[str]]) -> dict[str, set[str]]:
 def test_kill_9_mid_upload_leaves_no_thumbnail_without_its_record(shapes_store, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(shapes_store, store)
-    before = {f.name for f in thumbnails.stored(store)}
+    before = thumbnails.ids(store)
     archive = _zip(tmp_path / "photos.zip", 240, seed=50_000)
     kills = 0
     for threshold in (8, 72, 150):  # new thumbnails on disk when the app dies (batches of 32 go in one write)
@@ -65,7 +76,7 @@ def test_kill_9_mid_upload_leaves_no_thumbnail_without_its_record(shapes_store, 
             upload = threading.Thread(target=_quietly, args=(app, archive), daemon=True)
             upload.start()
             deadline = time.monotonic() + 120
-            while (len({f.name for f in thumbnails.stored(store)} - before) < threshold
+            while (len(thumbnails.ids(store) - before) < threshold
                    and upload.is_alive() and time.monotonic() < deadline):
                 time.sleep(0.002)
             if upload.is_alive():
@@ -83,10 +94,10 @@ def test_kill_9_mid_upload_leaves_no_thumbnail_without_its_record(shapes_store, 
             assert urls and all(http.get(u).status_code == 200 for u in urls)
             client.predict("photos", KEY, api_name="/collection_drop")
             assert all(http.get(u).status_code == 404 for u in urls)  # every URL it gave out is gone with it
-        for name in {f"{i:032x}.jpg" for i in range(3)} | {f.name for f in thumbnails.stored(store)} - before:
-            assert http.get(f"/api/thumbnails/{name}").status_code == 404
+        for image_id in {f"{i:032x}" for i in range(3)} | thumbnails.ids(store) - before:
+            assert http.get(f"/api/thumbnails/{image_id}.jpg").status_code == 404
     assert not _orphans(store), _orphans(store)[:5]
-    assert {f.name for f in thumbnails.stored(store)} == before  # the shipped index's thumbnails only
+    assert thumbnails.ids(store) == before  # the shipped index's thumbnails only
     assert not _albums(_held(store))
 
 
@@ -140,7 +151,7 @@ def test_a_disk_that_fills_mid_upload_is_named_and_leaves_no_empty_album_or_orph
     with _tmpfs(tmp_path / "disk", 64) as disk:
         store = disk / "store"
         shutil.copytree(shapes_store, store)
-        before = {f.name for f in thumbnails.stored(store)}
+        before = thumbnails.ids(store)
         archive = _zip(tmp_path / "many.zip", 600, seed=70_000)
         with RunningApp(store, IMAGE_SEARCH_PUBLIC="1", GRADIO_TEMP_DIR=str(tmp_path / "gradio")) as app:
             client = app.client()
@@ -161,7 +172,7 @@ def test_a_disk_that_fills_mid_upload_is_named_and_leaves_no_empty_album_or_orph
         for name in names:  # an album left by the full disk holds what it reported, never nothing
             assert any(full.endswith(f"-{name}") and ids for full, ids in held.items())
         assert not _orphans(store), _orphans(store)[:5]
-        assert before <= {f.name for f in thumbnails.stored(store)}
+        assert before <= thumbnails.ids(store)
 
 
 def test_a_read_only_store_still_serves_searches(shapes_store, tmp_path):

@@ -8,6 +8,7 @@ import urllib.request
 import pytest
 from gradio_client import handle_file
 
+from search.stores import thumbnails
 from tests.conftest import ROOT, RunningApp
 
 
@@ -30,10 +31,11 @@ def test_file_route_serves_examples_and_copies_never_the_store(app, shapes_store
     assert _status(f"{app.url}gradio_api/file={ROOT / 'examples' / 'cat.jpg'}")[0] == 200
     served = app.client(download_files=False).predict("a red circle", 1, api_name="/search_by_text")[0]["image"]
     assert _status(f"{app.url}gradio_api/file={served['path']}")[0] == 200  # the copy an answer names
-    thumb = next((shapes_store / "thumbnails").glob("*/*.jpg"))
+    thumb = thumbnails.path(shapes_store, next(iter(thumbnails.ids(shapes_store))))  # a hit's, no file of its own
     store, secret = shapes_store, shapes_store.parent / "secret.txt"
     refused = [
-        str(thumb), str(thumb).replace("/thumbnails/", "/THUMBNAILS/"),
+        str(thumb), str(thumb).replace("/thumbnails/", "/THUMBNAILS/"), str(store / "thumbnails" / "index.sqlite"),
+        *map(str, (store / "thumbnails").glob("pack-*.bin")),
         "/etc/passwd", "/ETC/PASSWD", str(store / "chroma.sqlite3"), str(store / "manifests" / "images.json"),
         str(ROOT / "app.py"), str(secret), f"{store}/thumbnails/../chroma.sqlite3",
         f"{store}/thumbnails/%2e%2e/chroma.sqlite3", f"{store}/THUMBNAILS/../chroma.sqlite3",

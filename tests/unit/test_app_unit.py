@@ -20,6 +20,7 @@ from search.core.hits import Hit
 from search.core.query import Part, Query
 from search.service.examples import Shipped
 from search.service.service import IndexChoice, Overview, SearchService
+from search.stores import thumbnails
 from search.web import layout, regions, views
 from search.web.albums_page import DROP, AlbumPage
 from search.web.api import Api
@@ -221,13 +222,33 @@ def test_a_result_opens_in_detail_and_searching_by_it_shows_it_as_the_query(serv
     hit, picture = opened["selected"], opened["detail_image"]
     assert opened["detail"]["visible"] and "Score (cosine)" in opened["detail_text"]
     assert "results" not in opened  # opening a result changes nothing else
-    assert Path(picture).read_bytes() == Path(hit.image).read_bytes() and picture != hit.image  # a copy, not the store's
+    assert Path(picture).read_bytes() == thumbnails.at(hit.image) and picture != hit.image  # a copy, not the store's
     out = searched(page.search_selected(hit, *controls(k=3)))
     assert out["shown"][0].id == hit.id and out["shown"][0].score == pytest.approx(1.0, abs=1e-5)
     assert max(Image.open(out["image"]).size) == regions.SHOWN_MIN and out["text"] == ""  # a 256 px thumbnail, shown larger
     assert out["query"].main.thumbnail == hit.image
     for stale in (4, -1, 10_000):  # a click on what the gallery no longer holds changes nothing
         assert page.click_result(_select(stale), OPEN, first["query"], first["shown"], *controls()) == {}
+
+
+def test_a_stored_image_s_thumbnail_searched_by_example_or_by_a_region_is_a_copy_purged_with_it(service):
+    page = pages(service)[0]
+    paths = [image for image, _ in page.examples().images]
+    last = paths[-1]  # after the shipped photos, the thumbnails of the index's most frequent labels
+    assert thumbnails.id_of(last) and not Path(last).exists()  # a hit's thumbnail: its bytes are in the store's pack
+    by_example = searched(page.search_example(_select(len(paths) - 1), paths, *controls(k=3)))
+    assert Path(by_example["query"].main.value).read_bytes() == thumbnails.at(last)  # searched by the copy Gradio serves
+    assert by_example["shown"][0].id == thumbnails.id_of(last)
+    hit = searched(page.search_text(caption("green square"), *controls(k=1)))["shown"][0]
+    query = searched(page.search_selected(hit, *controls(k=3)))["query"]
+    tap = gr.SelectData(None, {"index": [5, 5], "value": None})
+    marked = page.pick_corner(tap, query, None, *controls())
+    region = searched(page.pick_corner(gr.SelectData(None, {"index": [200, 150], "value": None}), marked["query"],
+                                       marked["corner"], *controls(k=3)))
+    part = region["query"].main.part
+    assert part.box and Path(part.value).read_bytes() == thumbnails.at(hit.image) and region["shown"]
+    assert page.files.purge([hit.id]) >= 3  # the copy searched and the copies drawn on it go with the image
+    assert not Path(part.value).exists()
 
 
 def test_errors_show_the_librarys_message_and_leave_nothing_stale(service, tmp_path):

@@ -6,6 +6,9 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
+from search.stores import thumbnails
 from search.web.files import KEEP_S, VisitorFiles
 
 
@@ -80,14 +83,22 @@ def test_an_upload_nobody_counted_is_left_alone(tmp_path):
 
 def test_store_files_are_shown_as_copies_under_names_nobody_can_guess(tmp_path):
     store = tmp_path / "store"
-    store.mkdir()
-    thumb = store / ("a" * 32 + ".jpg")
-    thumb.write_bytes(b"jpeg")
+    thumbnails.write(store, "a" * 32, b"jpeg")
+    thumb = thumbnails.path(store, "a" * 32)  # what a hit carries: no file, the bytes are in a pack
     one, other = VisitorFiles(10**9, folder=tmp_path / "cache"), VisitorFiles(10**9, folder=tmp_path / "cache2")
     shown = one.shown(thumb)
     assert Path(shown).read_bytes() == b"jpeg" and (tmp_path / "cache") in Path(shown).parents
+    assert Path(shown).name == thumb.name and not thumb.exists()
     assert one.shown(thumb) == shown and other.shown(thumb).split("/")[-2] != shown.split("/")[-2]
+    assert one.shown(shown) == shown  # a copy passes as it is
     assert one.purge(["a" * 32]) == 1 and not os.path.exists(shown)
+    thumbnails.delete(store, "a" * 32)
+    with pytest.raises(FileNotFoundError):  # the image went meanwhile
+        one.shown(thumb)
+    shipped = tmp_path / "photos" / "cat.jpg"  # an example photo the app ships: linked as before
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"a cat")
+    assert Path(one.shown(shipped)).read_bytes() == b"a cat"
 
 
 def test_copies_nobody_was_shown_for_half_an_hour_and_gradios_empty_leftovers_are_swept(tmp_path):

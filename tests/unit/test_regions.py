@@ -11,6 +11,7 @@ from PIL import Image
 
 from search.errors import QueryError
 from search.images.decode import read_image
+from search.stores import thumbnails
 from search.web import regions
 from search.web.files import VisitorFiles
 
@@ -74,18 +75,18 @@ def test_the_copies_the_app_keeps_are_held_to_the_budget(tmp_path):
 
 def test_what_is_shown_of_a_stored_image_goes_when_the_image_is_purged(tmp_path, files):
     image_id = "ab" * 16
-    store = tmp_path / "store" / "thumbnails"
-    store.mkdir(parents=True)
-    Image.new("RGB", (384, 256), (0, 128, 0)).save(store / f"{image_id}.jpg")
-    thumbnail = str(store / f"{image_id}.jpg")
+    out = io.BytesIO()
+    Image.new("RGB", (384, 256), (0, 128, 0)).save(out, "JPEG")
+    thumbnails.write(tmp_path / "store", image_id, out.getvalue())
+    thumbnail = str(thumbnails.path(tmp_path / "store", image_id))  # as a hit names it: the bytes are in a pack
     shown = regions.shown(thumbnail, files)
     corner = regions.mark_corner(thumbnail, (10, 10), files)
     _, boxed = regions.cut(thumbnail, (10, 10), (300, 200), files)
-    made = [shown.preview, corner.preview, boxed.preview]
-    assert len(set(made)) == 3
+    made = [files.shown(thumbnail), shown.preview, corner.preview, boxed.preview]  # the copy drawn on, and 3 drawings
+    assert len(set(made)) == 4
     upload = tmp_path / "cache" / "0123" / "mine.png"
     upload.parent.mkdir(parents=True)
     Image.new("RGB", (400, 400)).save(upload)
     theirs = regions.shown(str(upload), files).preview  # a visitor's own file: nothing of an id in its name
-    assert files.purge([image_id]) == 3
+    assert files.purge([image_id]) == 4
     assert not any(Path(p).exists() for p in made) and Path(theirs).exists()

@@ -97,8 +97,8 @@ def test_remove_keeps_thumbnails_another_collection_still_uses(store, vectors):
     stranger = "f" * 32
     gone = store.remove(first, [r.id for r in records] + [stranger])
     assert sorted(gone) == sorted(r.id for r in records)  # what went, never what was only asked for
-    assert thumbnails.path(store.folder, records[0].id).exists()  # still used by "second"
-    assert not any(thumbnails.path(store.folder, r.id).exists() for r in records[1:])
+    assert thumbnails.exists(store.folder, records[0].id)  # still used by "second"
+    assert not any(thumbnails.exists(store.folder, r.id) for r in records[1:])
     assert first.count() == 0 and second.count() == 1
     assert store.remove(first, [records[1].id]) == []
 
@@ -150,7 +150,6 @@ def test_no_store_says_how_to_build_one(tmp_path):
 def test_records_and_their_thumbnails_land_together_or_not_at_all(store, vectors):
     col = store.open_or_create("first", MODEL)
     records = _records(vectors[:3])
-    shared = thumbnails.path(store.folder, records[0].id)
     thumbnails.write(store.folder, records[0].id, b"kept: another write made it")
 
     class Full:  # Chroma's collection on a disk that just filled up
@@ -163,8 +162,8 @@ def test_records_and_their_thumbnails_land_together_or_not_at_all(store, vectors
     real, col._chroma = col._chroma, Full()
     with pytest.raises(StoreUnavailableError, match="disk is full"):
         store.add(col, records, {r.id: b"jpeg" for r in records})
-    assert shared.read_bytes() == b"kept: another write made it"  # not this call's to delete
-    assert [p.name for p in thumbnails.stored(store.folder)] == [shared.name]
+    assert thumbnails.read(store.folder, records[0].id) == b"kept: another write made it"  # not this call's to delete
+    assert thumbnails.ids(store.folder) == {records[0].id}
     assert col.held([r.id for r in records]) == [records[0].id]  # no record is left without its thumbnail
 
 
@@ -212,7 +211,7 @@ def test_repair_settles_exactly_what_killed_writers_left_in_flight(store, vector
     landed = [ids.content_id(f"x{i}".encode()) for i in (10, 11, 12)]
     held = sorted(r.id for r in kept) + sorted(landed)
     assert sorted(col.all_ids()) == sorted(held)  # x13's record went with its missing thumbnail
-    assert sorted(p.stem for p in thumbnails.stored(store.folder)) == sorted(held)
+    assert sorted(thumbnails.ids(store.folder)) == sorted(held)
     assert store.catalogue.state(col.key).count == 5 and store.catalogue.labels(col.key) == {"early": 2, "late": 3}
     assert sorted(store.catalogue.ids(col.key)) == sorted(held)
     assert {h.id for h in store.keywords.search("first", ["late"], 10)} == set(landed)  # words a kill kept from them
@@ -256,7 +255,7 @@ def test_the_catalogue_agrees_with_a_brute_force_count_through_adds_removes_a_sy
     agrees(first)
     store.drop("first")  # its thumbnails go, but those "second" still holds
     assert store.catalogue.state(first.key) is None
-    assert {p.stem for p in thumbnails.stored(store.folder)} == {r.id for r in records[:10]}
+    assert thumbnails.ids(store.folder) == {r.id for r in records[:10]}
     agrees(second)
 
 
@@ -274,7 +273,7 @@ def test_a_store_from_before_the_catalogue_is_catalogued_once_and_swept(store, v
     opened = Store.connect(store.folder)
     catalogue = opened.catalogue_for(opened.open("first"))  # takes the write lock: catalogues and sweeps once
     assert catalogue.state(col.key).count == 2 and catalogue.labels(col.key) == {"old": 2}
-    assert sorted(p.stem for p in thumbnails.stored(store.folder)) == sorted(r.id for r in records[:2])
+    assert sorted(thumbnails.ids(store.folder)) == sorted(r.id for r in records[:2])
     assert sorted(col.all_ids()) == sorted(r.id for r in records[:2])
 
 
@@ -286,3 +285,16 @@ def test_a_reader_that_cannot_take_the_lock_scans_for_itself_and_never_writes_th
         assert catalogue is not store.catalogue and catalogue.state(col.key).count == 4
         assert store.catalogue.state(col.key) is None
     assert store.catalogue_for(col) is store.catalogue and store.catalogue.state(col.key).count == 4
+
+
+def test_a_store_with_loose_thumbnails_keeps_them_through_its_first_repair_which_packs_them(store, vectors):
+    col = store.open_or_create("first", MODEL)
+    records = [Record(r.id, r.vector, {**r.metadata, "thumbnail": thumbnails.relative(r.id)}) for r in _records(vectors[:4])]
+    col.upsert(records)
+    for r in records:  # as a store written before packs (and before the catalogue) holds them
+        thumbnails.path(store.folder, r.id).parent.mkdir(parents=True, exist_ok=True)
+        thumbnails.path(store.folder, r.id).write_bytes(r.id.encode())
+    assert thumbnails.read(store.folder, records[0].id) == records[0].id.encode()
+    assert Store.connect(store.folder).repair() == 0  # nothing lost, nothing orphaned
+    assert not any(p.is_dir() for p in (store.folder / thumbnails.FOLDER).iterdir())  # packed, the loose files gone
+    assert all(thumbnails.read(store.folder, r.id) == r.id.encode() for r in records) and col.count() == 4
