@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ NOT_ANSWERING = "the store is not answering; try again in a moment"
 NEARLY_FULL_BYTES = 32 * 1024**2  # free space under which a failed write is put down to a full disk
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+SQLITE_BUSY_S = 10.0  # how long a write to a store's SQLite database waits for another process's
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,17 @@ def model_reference(name: str) -> str:
     """How a model is recorded: a local checkpoint by absolute path, a Hub model by name."""
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name
+
+
+def sqlite_database(path: Path | None) -> sqlite3.Connection:
+    """A SQLite database beside the vectors (``path``; in memory for None), shared by a process's threads (callers
+    lock around it), in autocommit (callers open their own transactions), WAL, waiting for other processes' writes."""
+    db = sqlite3.connect(":memory:" if path is None else str(path), timeout=SQLITE_BUSY_S, check_same_thread=False,
+                         isolation_level=None)
+    if path is not None:
+        db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_S * 1000)}")
+    return db
 
 
 def folder_bytes(folder: Path) -> int:

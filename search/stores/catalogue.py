@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,13 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from search.stores.base import Filter, Record
+from search.stores.base import Filter, Record, sqlite_database
 
 FILE = "catalogue.sqlite3"
 # A catalogue of another version is made again from the backend (it holds nothing else). 2: records is a rowid
 # table: a WITHOUT ROWID one keeps whole rows in its B-tree pages, 4.7 KB a record for a 1 KB vector.
 SCHEMA_VERSION = 2
-_BUSY_MS = 10_000
 _TOKEN = secrets.token_hex(8)  # tells this process from an earlier one that had the same process id
 _CHUNK = 500  # ids per IN (...): well under SQLite's limit on bound variables
 _SCHEMA = """
@@ -86,14 +84,10 @@ class Catalogue:
     """A store's catalogue (``FILE`` in its folder; in memory where the folder cannot be written)."""
 
     def __init__(self, folder: Path | None):
-        self._db = sqlite3.connect(":memory:" if folder is None else str(folder / FILE), timeout=_BUSY_MS / 1000,
-                                   check_same_thread=False, isolation_level=None)
+        self._db = sqlite_database(None if folder is None else folder / FILE)
         self._lock = threading.Lock()
         with self._lock:
-            if folder is not None:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")  # WAL keeps it consistent; the journal repairs the rest
-            self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL keeps it consistent; the journal repairs the rest
             self._db.execute("BEGIN IMMEDIATE")
             # Made now, or by another version: the store's records are not in it yet (``Store`` fills it)
             self.fresh = int(self._db.execute("PRAGMA user_version").fetchone()[0]) != SCHEMA_VERSION

@@ -25,12 +25,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from search.core.words import fold, tokens
+from search.stores.base import sqlite_database
 
 FILE = "keywords.sqlite3"
 FIELDS = ("caption", "label", "name", "photo", "ocr")  # where a word can be found, as answers name it
 EXACT_WEIGHT, FOLDED_WEIGHT = 2.0, 1.0  # BM25 column weights: diacritics typed and found count double
 _DATASET_ROW = re.compile(r"\[[^\]]*\]#\d+$")  # "name[split]#12": a dataset row has no file name
-_BUSY_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,8 @@ class Keywords:
     """A store's keyword tables (``FILE`` in its folder; in memory where the folder cannot be written)."""
 
     def __init__(self, folder: Path | None):
-        self._db = sqlite3.connect(":memory:" if folder is None else str(folder / FILE), timeout=_BUSY_MS / 1000,
-                                   check_same_thread=False, isolation_level=None)
+        self._db = sqlite_database(None if folder is None else folder / FILE)
         self._lock = threading.Lock()
-        with self._lock:
-            if folder is not None:
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
 
     def add(self, collection: str, records: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Index (or index again) each record's words: ``records`` are (id, metadata)."""
