@@ -82,7 +82,7 @@ FILTERS = {
 @pytest.mark.parametrize("name", FILTERS)
 def test_a_filtered_search_ranks_as_numpy_does(index, store, monkeypatch, path, metric, name):
     # narrow: everything the filter admits is ranked from the catalogue; broad: HNSW's nearest, then the filter
-    monkeypatch.setattr(index_module, "NARROW", IMAGES if path == "narrow" else 0)
+    monkeypatch.setattr(index_module, "BROAD_COST", 10**9 if path == "narrow" else 0)
     monkeypatch.setattr(index_module, "RERANK_DEPTH", IMAGES)  # the re-ranked candidates: all of them
     probe = store.open("images").all_ids()[17]
     query_vector = store.open("images").vectors([probe])[probe]
@@ -98,8 +98,8 @@ def test_a_filtered_search_ranks_as_numpy_does(index, store, monkeypatch, path, 
 
 
 def test_a_broad_filter_that_over_fetching_cannot_fill_falls_back_to_the_store_filtering(index, store, monkeypatch):
-    monkeypatch.setattr(index_module, "NARROW", 0)
-    monkeypatch.setattr(index_module, "MAX_BROAD_DEPTH", 40)  # too shallow to find 50 of a few labels
+    monkeypatch.setattr(index_module, "BROAD_COST", 0)
+    monkeypatch.setattr(index_module, "OVERFETCH", 0)  # 32 candidates: too few to find 50 of a few labels
     probe = store.open("images").all_ids()[3]
     hits = _search(index, probe, "cosine", include=("l5", "l7"))
     where = Filter(("l5", "l7"))
