@@ -344,29 +344,29 @@ class ImageIndex:
             # for, that it admits; a narrow one by ranking all it admits exactly, from the catalogue's vectors;
             # whichever reads less (the backend's own filtered search reads every record's metadata)
             depth = int(k * self._state().count / max(admitted, 1) * OVERFETCH) + 32
-            if admitted <= BROAD_COST * depth or not (metric == "cosine" or normalized):
-                ids, matrix = catalogue.vectors(key, where)
-                return self._exact(ids, metrics.ExactSearch(matrix), vector, metric, k)
-            found = self._approximate(vector, k, metric, depth=depth, admit=where)
-            if len(found) >= min(k, admitted):
-                return found
-            return self._approximate(vector, k, metric, where)
+            if admitted > BROAD_COST * depth and (metric == "cosine" or normalized):
+                found = self._approximate(vector, k, metric, depth=depth, admit=where)
+                if len(found) >= min(k, admitted):
+                    return found
+                # Too few near this query pass (the filter's images lie elsewhere): rank all it admits
+            ids, matrix = catalogue.vectors(key, where)
+            return self._exact(ids, metrics.ExactSearch(matrix), vector, metric, k)
         if metric == "cosine" or normalized:
             return self._approximate(vector, k, metric)
         ids, exact = self._all_vectors()
         return self._exact(ids, exact, vector, metric, k)
 
-    def _approximate(self, vector: np.ndarray, k: int, metric: str, where: Filter | None = None, *,
-                     depth: int = 0, admit: Filter | None = None) -> list[tuple[str, float, dict]]:
-        """HNSW's ``k`` nearest (among ``where``; of its ``depth`` nearest, those ``admit`` admits): cosine, and ip
-        and l2 on unit vectors, from its cosine; l1 and correlation by ranking its RERANK_DEPTH nearest exactly.
+    def _approximate(self, vector: np.ndarray, k: int, metric: str, *, depth: int = 0,
+                     admit: Filter | None = None) -> list[tuple[str, float, dict]]:
+        """HNSW's ``k`` nearest (of its ``depth`` nearest, those ``admit`` admits): cosine, and ip and l2 on unit
+        vectors, from its cosine; l1 and correlation by ranking its RERANK_DEPTH nearest exactly.
 
         Chroma is asked for ids and distances only (with metadata 5x longer for 1,000, with vectors 25x): the
         catalogue admits and holds the vectors, and the metadata of the ``k`` chosen is read by id."""
         cosine = metric == "cosine" or (metric in ("ip", "l2") and self.collection.normalized)
         depth = max(depth, k if cosine else RERANK_DEPTH)
         catalogue, key = self.store.catalogue_for(self.collection), self.collection.key
-        near: list[Neighbour] = self.collection.nearest(vector[None, :], depth, where, with_metadata=False)[0]
+        near: list[Neighbour] = self.collection.nearest(vector[None, :], depth, with_metadata=False)[0]
         if admit is not None:
             keep = catalogue.admitted(key, [n.id for n in near], admit)
             near = [n for n in near if n.id in keep]

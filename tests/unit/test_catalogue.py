@@ -97,7 +97,7 @@ def test_a_filtered_search_ranks_as_numpy_does(index, store, monkeypatch, path, 
     assert np.allclose([h.score for h in hits], expected, atol=0.02 if metric == "l1" else 2e-3)
 
 
-def test_a_broad_filter_that_over_fetching_cannot_fill_falls_back_to_the_store_filtering(index, store, monkeypatch):
+def test_a_broad_filter_that_over_fetching_cannot_fill_ranks_all_it_admits(index, store, monkeypatch):
     monkeypatch.setattr(index_module, "BROAD_COST", 0)
     monkeypatch.setattr(index_module, "OVERFETCH", 0)  # 32 candidates: too few to find 50 of a few labels
     probe = store.open("images").all_ids()[3]
@@ -105,7 +105,7 @@ def test_a_broad_filter_that_over_fetching_cannot_fill_falls_back_to_the_store_f
     where = Filter(("l5", "l7"))
     expected = _brute_force(store, store.open("images").vectors([probe])[probe], "cosine", where, 50)
     assert all(where.admits(h.metadata) for h in hits)
-    assert np.allclose([h.score for h in hits], expected, atol=1e-4)
+    assert np.allclose([h.score for h in hits], expected, atol=2e-3)
 
 
 def test_totals_and_labels_come_from_the_catalogue_and_agree_with_a_count(index, store):
