@@ -238,7 +238,7 @@ def query_kinds(data: Synthetic, count: int) -> dict[str, Callable[[int], dict[s
 
 def measure(folder: Path, model: str, collection: str, repeat: int, profile: Path | None) -> dict[str, Any]:
     """Every figure of one store; the builder's run is last, once the app has stopped. ``profile``: py-spy
-    samples the app from its page until the first query of each kind is answered, and the builder's run."""
+    samples the app's start-up, its first query of each kind and the page's loads, and the builder's run."""
     store = Store.connect(folder)
     col = store.open(collection)
     count = col.count()
@@ -262,7 +262,8 @@ def measure(folder: Path, model: str, collection: str, repeat: int, profile: Pat
         out["rss_ready_mb"] = round(app.rss_mb(), 1)
         out["queries"] = queries(app, query_kinds(data, ours), repeat, profile and profile.with_suffix(".first.txt"))
         out["gradio_client_search"] = gradio_search(app, data, repeat)
-        out["page_first_load"] = page_load(app, repeat=3)
+        with sampled(app.proc.pid, profile and profile.with_suffix(".page.txt")):
+            out["page_first_load"] = page_load(app, repeat=3)
         out["album_of_10"] = album(app, Path(tempfile.mkdtemp(prefix="scale-album-", dir=folder.parent)))
         out["rss_after_mb"] = round(app.rss_mb(), 1)
     out["builder_adds_50"] = builder(folder, model, collection, profile and profile.with_suffix(".builder.txt"))
@@ -605,7 +606,8 @@ def main() -> None:
     m.add_argument("--repeat", type=positive, default=20, help="warm runs of each kind of query")
     m.add_argument("--profile", type=Path, default=None,
                    help="write py-spy profiles (pip install py-spy): PROFILE.start.txt (page to ready), "
-                        "PROFILE.first.txt (the first query of each kind), PROFILE.builder.txt")
+                        "PROFILE.first.txt (the first query of each kind), PROFILE.page.txt (the page's loads), "
+                        "PROFILE.builder.txt")
     for sub in (g, m):
         sub.add_argument("--model", type=Path, default=CACHE / "vit-b-32-random",
                          help="a sentence-transformers CLIP (default: ViT-B/32 with random weights, made there if missing)")
