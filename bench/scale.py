@@ -468,9 +468,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
-def writes(folder: Path, images: int, queries: int) -> dict[str, Any]:
-    """Store.add beside bare Chroma of the same HNSW configuration, then each HNSW candidate: build rate,
-    query time and recall@10 against exact search; batch by batch and query by query in turn."""
+def writes(folder: Path, images: int, queries: int, candidates: list[str]) -> dict[str, Any]:
+    """Store.add beside bare Chroma of the same HNSW configuration, then the store's HNSW settings and each of
+    ``candidates`` (names in CANDIDATES): build rate, query time and recall@10 against exact search; batch by
+    batch and query by query in turn."""
     import chromadb
     from chromadb.config import Settings
 
@@ -485,7 +486,7 @@ def writes(folder: Path, images: int, queries: int) -> dict[str, Any]:
 
     hnsw = {k: v for k, v in client("store").get_collection(DEFAULT_COLLECTION).configuration["hnsw"].items()
             if v is not None}
-    settings = {"store": hnsw, **{name: {**hnsw, **change} for name, change in CANDIDATES.items()}}
+    settings = {"store": hnsw, **{name: {**hnsw, **CANDIDATES[name]} for name in candidates}}
     same, twin = (client(name).create_collection(DEFAULT_COLLECTION, configuration={"hnsw": hnsw}, embedding_function=None)
                   for name in ("bare-add", "bare-upsert"))
     out: dict[str, Any] = {"records": images, "batch": BATCH, "commit": commit(ROOT), "machine": machine("cpu"),
@@ -616,6 +617,8 @@ def main() -> None:
     w.add_argument("--store", type=Path, required=True, help="a new or empty folder for the stores it writes")
     w.add_argument("--images", type=positive, required=True)
     w.add_argument("--queries", type=positive, default=200)
+    w.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES),
+                   help="the HNSW settings to weigh against the store's (default: all)")
     args = parser.parse_args()
     try:
         run(parser, args)
@@ -627,7 +630,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.command == "writes":
         if args.store.exists() and any(args.store.iterdir()):
             parser.error(f"--store {args.store}: give a new or empty folder (writes makes its stores there)")
-        result = writes(args.store, args.images, args.queries)
+        result = writes(args.store, args.images, args.queries, args.candidates)
         print(table(result))
         save(result, WRITES, str(args.images))
         return
