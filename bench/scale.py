@@ -108,6 +108,7 @@ class Synthetic:
         return with_comment(self.thumbnails[j % THUMBNAILS], f"scale {self.seed} {j}")
 
     def image_id(self, j: int) -> str:
+        """Record j's content id."""
         return content_id(self.thumbnail(j))
 
     def records(self, start: int, stop: int) -> Iterator[tuple[Record, bytes]]:
@@ -248,7 +249,6 @@ def measure(folder: Path, model: str, collection: str, repeat: int, profile: Pat
                            "model": model, "collection": collection, "load_average_before": load(),
                            # the first start on a store measures the model's precisions; later ones read them
                            "precisions_known_before_start": Path(store.precision_file).exists()}
-    del store, col
     began = time.perf_counter()
     app = RunningApp(folder, loaded=False, IMAGE_SEARCH_MODEL=model, IMAGE_SEARCH_COLLECTION=collection)
     with app:
