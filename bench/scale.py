@@ -108,6 +108,7 @@ class Synthetic:
         return with_comment(self.thumbnails[j % THUMBNAILS], f"scale {self.seed} {j}")
 
     def image_id(self, j: int) -> str:
+        """Record j's content id."""
         return content_id(self.thumbnail(j))
 
     def records(self, start: int, stop: int) -> Iterator[tuple[Record, bytes]]:
@@ -239,7 +240,7 @@ def query_kinds(data: Synthetic, count: int) -> dict[str, Callable[[int], dict[s
 
 def measure(folder: Path, model: str, collection: str, repeat: int, profile: Path | None) -> dict[str, Any]:
     """Every figure of one store; the builder's run is last, once the app has stopped. ``profile``: py-spy
-    samples the app from its page until the first query of each kind is answered, and the builder's run."""
+    samples the app's start-up, its first query of each kind and the page's loads, and the builder's run."""
     store = Store.connect(folder)
     col = store.open(collection)
     count = col.count()
@@ -249,7 +250,6 @@ def measure(folder: Path, model: str, collection: str, repeat: int, profile: Pat
                            "model": model, "collection": collection, "load_average_before": load(),
                            # the first start on a store measures the model's precisions; later ones read them
                            "precisions_known_before_start": Path(store.precision_file).exists()}
-    del store, col
     began = time.perf_counter()
     app = RunningApp(folder, loaded=False, IMAGE_SEARCH_MODEL=model, IMAGE_SEARCH_COLLECTION=collection)
     with app:
@@ -263,7 +263,8 @@ def measure(folder: Path, model: str, collection: str, repeat: int, profile: Pat
         out["rss_ready_mb"] = round(app.rss_mb(), 1)
         out["queries"] = queries(app, query_kinds(data, ours), repeat, profile and profile.with_suffix(".first.txt"))
         out["gradio_client_search"] = gradio_search(app, data, repeat)
-        out["page_first_load"] = page_load(app, repeat=3)
+        with sampled(app.proc.pid, profile and profile.with_suffix(".page.txt")):
+            out["page_first_load"] = page_load(app, repeat=3)
         out["album_of_10"] = album(app, Path(tempfile.mkdtemp(prefix="scale-album-", dir=folder.parent)))
         out["rss_after_mb"] = round(app.rss_mb(), 1)
     out["builder_adds_50"] = builder(folder, model, collection, profile and profile.with_suffix(".builder.txt"))
@@ -468,9 +469,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
-def writes(folder: Path, images: int, queries: int) -> dict[str, Any]:
-    """Store.add beside bare Chroma of the same HNSW configuration, then each HNSW candidate: build rate,
-    query time and recall@10 against exact search; batch by batch and query by query in turn."""
+def writes(folder: Path, images: int, queries: int, candidates: list[str]) -> dict[str, Any]:
+    """Store.add beside bare Chroma of the same HNSW configuration, then the store's HNSW settings and each of
+    ``candidates`` (names in CANDIDATES): build rate, query time and recall@10 against exact search; batch by
+    batch and query by query in turn."""
     import chromadb
     from chromadb.config import Settings
 
@@ -485,7 +487,7 @@ def writes(folder: Path, images: int, queries: int) -> dict[str, Any]:
 
     hnsw = {k: v for k, v in client("store").get_collection(DEFAULT_COLLECTION).configuration["hnsw"].items()
             if v is not None}
-    settings = {"store": hnsw, **{name: {**hnsw, **change} for name, change in CANDIDATES.items()}}
+    settings = {"store": hnsw, **{name: {**hnsw, **CANDIDATES[name]} for name in candidates}}
     same, twin = (client(name).create_collection(DEFAULT_COLLECTION, configuration={"hnsw": hnsw}, embedding_function=None)
                   for name in ("bare-add", "bare-upsert"))
     out: dict[str, Any] = {"records": images, "batch": BATCH, "commit": commit(ROOT), "machine": machine("cpu"),
@@ -606,7 +608,8 @@ def main() -> None:
     m.add_argument("--repeat", type=positive, default=20, help="warm runs of each kind of query")
     m.add_argument("--profile", type=Path, default=None,
                    help="write py-spy profiles (pip install py-spy): PROFILE.start.txt (page to ready), "
-                        "PROFILE.first.txt (the first query of each kind), PROFILE.builder.txt")
+                        "PROFILE.first.txt (the first query of each kind), PROFILE.page.txt (the page's loads), "
+                        "PROFILE.builder.txt")
     for sub in (g, m):
         sub.add_argument("--model", type=Path, default=CACHE / "vit-b-32-random",
                          help="a sentence-transformers CLIP (default: ViT-B/32 with random weights, made there if missing)")
@@ -615,6 +618,8 @@ def main() -> None:
     w.add_argument("--store", type=Path, required=True, help="a new or empty folder for the stores it writes")
     w.add_argument("--images", type=positive, required=True)
     w.add_argument("--queries", type=positive, default=200)
+    w.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES),
+                   help="the HNSW settings to weigh against the store's (default: all)")
     args = parser.parse_args()
     try:
         run(parser, args)
@@ -626,7 +631,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.command == "writes":
         if args.store.exists() and any(args.store.iterdir()):
             parser.error(f"--store {args.store}: give a new or empty folder (writes makes its stores there)")
-        result = writes(args.store, args.images, args.queries)
+        result = writes(args.store, args.images, args.queries, args.candidates)
         print(table(result))
         save(result, WRITES, str(args.images))
         return
