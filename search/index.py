@@ -337,6 +337,9 @@ class ImageIndex:
                  where: Filter | None = None) -> list[tuple[str, float, dict]]:
         """The ``k`` records nearest ``vector`` under ``metric`` among those ``where`` admits: (id, score, metadata)."""
         normalized = self.collection.normalized
+        if not (metric == "cosine" or normalized):  # pixel vectors under l1, l2, ip, correlation: float32, exactly
+            catalogue, key = self.store.catalogue_for(self.collection), self.collection.key
+            return self._exact_all(vector, metric, k, None if where is None else set(catalogue.ids(key, where)))
         if where is not None:
             catalogue, key = self.store.catalogue_for(self.collection), self.collection.key
             admitted = catalogue.total(key, where)
@@ -344,17 +347,23 @@ class ImageIndex:
             # for, that it admits; a narrow one by ranking all it admits exactly, from the catalogue's vectors;
             # whichever reads less (the backend's own filtered search reads every record's metadata)
             depth = int(k * self._state().count / max(admitted, 1) * OVERFETCH) + 32
-            if admitted > BROAD_COST * depth and (metric == "cosine" or normalized):
+            if admitted > BROAD_COST * depth:
                 found = self._approximate(vector, k, metric, depth=depth, admit=where)
                 if len(found) >= min(k, admitted):
                     return found
                 # Too few near this query pass (the filter's images lie elsewhere): rank all it admits
             ids, matrix = catalogue.vectors(key, where)
             return self._exact(ids, metrics.ExactSearch(matrix), vector, metric, k)
-        if metric == "cosine" or normalized:
-            return self._approximate(vector, k, metric)
+        return self._approximate(vector, k, metric)
+
+    def _exact_all(self, vector: np.ndarray, metric: str, k: int, admitted: set[str] | None) -> list[tuple[str, float, dict]]:
+        """The ``k`` best of every stored vector (of those ``admitted``), as stored: pixel vectors are not unit
+        length, and their float16 copies would put an image at a distance from itself."""
         ids, exact = self._all_vectors()
-        return self._exact(ids, exact, vector, metric, k)
+        rows = None if admitted is None else np.flatnonzero([i in admitted for i in ids])
+        best = exact.top_k(vector, metric, k, rows)
+        metas = self.collection.metadatas([ids[i] for i, _ in best])
+        return [(ids[i], s, metas.get(ids[i], {})) for i, s in best]
 
     def _approximate(self, vector: np.ndarray, k: int, metric: str, *, depth: int = 0,
                      admit: Filter | None = None) -> list[tuple[str, float, dict]]:
@@ -398,7 +407,7 @@ class ImageIndex:
         version = self._state().version
         with self._cache_lock:
             if self._exact_cache is None or self._exact_cache[0] != version:
-                ids, matrix = self.store.catalogue_for(self.collection).vectors(self.collection.key)
+                ids, matrix = self.collection.scan_vectors()
                 self._exact_cache = (version, ids, metrics.ExactSearch(matrix))
             return self._exact_cache[1], self._exact_cache[2]
 

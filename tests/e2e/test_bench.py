@@ -1,6 +1,7 @@
 """The benchmark runs end to end (--quick: tiny model, small sizes); its speed is not judged here."""
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -36,6 +37,7 @@ def test_scale_grow_writes_records_with_thumbnails_and_words_and_resumes(tmp_pat
 
     from bench.scale import Synthetic, grow
     from search.core.words import query_words
+    from search.stores import thumbnails
     from search.stores.store import Store
 
     model, folder = str(ROOT / "tests" / "fixtures" / "tiny-clip-shapes"), tmp_path / "store"
@@ -48,7 +50,8 @@ def test_scale_grow_writes_records_with_thumbnails_and_words_and_resumes(tmp_pat
     assert set(records) == {data.image_id(j) for j in range(50)}
     last = records[data.image_id(49)]
     assert {"source", "thumbnail", "added_at", "label", "caption"} <= set(last)
-    assert (folder / last["thumbnail"]).read_bytes() == data.thumbnail(49)
-    Image.open(folder / last["thumbnail"]).verify()
+    stored = thumbnails.at(folder / last["thumbnail"])  # the record's logical path, read from the packs
+    assert stored == data.thumbnail(49)
+    Image.open(io.BytesIO(stored)).verify()
     found = store.keywords_of(col).search("images", query_words(last["caption"]), 100)
     assert data.image_id(49) in {hit.id for hit in found}

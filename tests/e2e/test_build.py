@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from search import ImageIndex, StoreError
+from search.stores import thumbnails
 from search.stores.thumbnails import path as thumbnail_path
 from tests.conftest import SKIP_REASONS, run_builder
 from tests.fixtures.shapes import CLASSES, caption, sample
@@ -37,9 +38,9 @@ def test_folder_build_reports_indexed_duplicates_and_skips(tmp_path, shapes_fold
     assert len(index) == VALID_IN_SHAPES_FOLDER
     hits = index.search_by_image(first(shapes_folder, "blue square"), k=3)
     assert hits[0].label == "blue square" and hits[0].score == pytest.approx(1.0, abs=1e-3)
-    thumb = Image.open(hits[0].image)
+    assert Path(hits[0].image) == thumbnail_path(store, hits[0].id).resolve()  # a logical path, read from the packs
+    thumb = Image.open(io.BytesIO(thumbnails.at(hits[0].image) or b""))
     assert max(thumb.size) <= 256
-    assert Path(hits[0].image) == thumbnail_path(store, hits[0].id).resolve()
 
 
 def test_rerun_adds_nothing_and_new_files_only_are_embedded(tmp_path, shapes_folder, random_clip):
