@@ -346,7 +346,9 @@ class ImageIndex:
             # A broad filter is served by the nearest over everything, as deep as its share of the collection calls
             # for, that it admits; a narrow one by ranking all it admits exactly, from the catalogue's vectors;
             # whichever reads less (the backend's own filtered search reads every record's metadata)
-            depth = int(k * self._state().count / max(admitted, 1) * OVERFETCH) + 32
+            # l1 and correlation re-rank as many admitted candidates as they would without a filter
+            wanted = k if metric in ("cosine", "ip", "l2") else max(k, RERANK_DEPTH)
+            depth = int(wanted * self._state().count / max(admitted, 1) * OVERFETCH) + 32
             if admitted > BROAD_COST * depth:
                 found = self._approximate(vector, k, metric, depth=depth, admit=where)
                 if len(found) >= min(k, admitted):
