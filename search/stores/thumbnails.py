@@ -74,7 +74,8 @@ def id_of(logical: str | Path) -> str | None:
 def at(logical: str | Path) -> bytes | None:
     """The bytes of the thumbnail a logical path (``path``) names, or None for any other path."""
     image_id = id_of(logical)
-    return read(Path(logical).parents[2], image_id) if image_id else None
+    # The store folder is the one holding thumbnails/<xx>/ (``id_of`` checked the two levels)
+    return read(Path(logical).parent.parent.parent, image_id) if image_id else None
 
 
 def read(store_folder: Path, image_id: str) -> bytes | None:
