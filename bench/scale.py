@@ -477,8 +477,11 @@ def writes(folder: Path, images: int, queries: int, candidates: list[str]) -> di
     from chromadb.config import Settings
 
     data = Synthetic(512)
-    made = list(data.records(0, images))
-    batches = [made[i: i + BATCH] for i in range(0, images, BATCH)]
+
+    def batches() -> Iterator[list[tuple[Record, bytes]]]:  # made again for each pass: 100k records' bytes fill memory
+        for start in range(0, images, BATCH):
+            yield list(data.records(start, min(images, start + BATCH)))
+
     store = Store.connect(folder / "store", create=True)
     col = store.open_or_create(DEFAULT_COLLECTION, ModelInfo(SOURCE, data.dimension, True), SOURCE)
 
@@ -494,7 +497,7 @@ def writes(folder: Path, images: int, queries: int, candidates: list[str]) -> di
                            "cpu_flags": cpu_flags(), "store_hnsw": hnsw, "load_average_before": load()}
     # Store.add against the same write on bare Chroma; which goes first alternates batch by batch.
     spent = {"store_add": 0.0, "bare_chroma_add": 0.0, "bare_chroma_upsert": 0.0}
-    for b, batch in enumerate(batches):
+    for b, batch in enumerate(batches()):
         records, thumbs = [r for r, _ in batch], {r.id: t for r, t in batch}
         writers = [("store_add", store.add, col, records, thumbs), ("bare_chroma_add", bare_add, same, batch),
                    ("bare_chroma_upsert", bare_add, twin, batch, True)]  # Store.add upserts
@@ -509,12 +512,16 @@ def writes(folder: Path, images: int, queries: int, candidates: list[str]) -> di
             for name, hnsw_settings in settings.items()}
     built = {name: 0.0 for name in cols}
     names = list(cols)
-    for b, batch in enumerate(batches):
+    ids: list[str] = []
+    rows: list[np.ndarray] = []
+    for b, batch in enumerate(batches()):
+        ids += [r.id for r, _ in batch]
+        rows += [r.vector for r, _ in batch]
         for name in names[b % len(names):] + names[: b % len(names)]:
             built[name] += seconds(bare_add, cols[name], batch)
-    vectors = np.stack([r.vector for r, _ in made])
+    vectors = np.stack(rows)
     probe = {"image_like": probes(vectors, queries // 2, 0.9, 1), "text_like": probes(vectors, queries - queries // 2, 0.4, 2)}
-    found = search_all(cols, probe, [r.id for r, _ in made], vectors)
+    found = search_all(cols, probe, ids, vectors)
     out["hnsw"] = {name: {"settings": settings[name], "build_records_per_s": round(images / built[name]), **found[name]}
                    for name in cols}
     out["load_average_after"] = load()
