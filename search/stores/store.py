@@ -196,9 +196,9 @@ class Store:
         """Write records with their thumbnails (``thumbs``: JPEG bytes by id) and their words, so that they
         appear together.
 
-        Thumbnails go first, so a record never lacks its own; where the records cannot be written, the
-        thumbnails this call made go again. What a kill -9 leaves between the two, ``sweep`` removes; words
-        a kill kept from their records ``keywords_of`` writes again.
+        The ids are named in the catalogue's journal first; thumbnails go before the records, so a record never
+        lacks its own; where the records cannot be written, the thumbnails this call made go again. What a kill -9
+        leaves between them, ``repair`` settles from the journal.
         """
         if records and nearly_full(self.folder):
             # Refused before any write: a database that runs out of room inside a transaction (Chroma's SQLite)

@@ -13,7 +13,7 @@ a time, of any process, append to or compact the packs.
 Crash safety: a writer takes that lock, then repairs (each pack is cut back to its committed end, packs the
 index does not know are deleted), appends at the committed end, fsyncs the pack, and only then commits the
 rows with the pack's new end. A kill before the commit leaves dead bytes past a pack's end, which the next
-writer cuts (or ``repair``, which the store's sweep runs); a committed row always lies within bytes that were
+writer cuts (or ``repair``, which the store runs once per process); a committed row always lies within bytes that were
 on disk before it. Compaction (when over half a pack is dead) copies the live thumbnails into another pack
 and repoints their rows in one transaction, then deletes the old pack; a kill in between leaves a pack nobody
 names, which the next writer deletes. Pack numbers are never reused, so a reader holding an old row finds its
