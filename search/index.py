@@ -362,10 +362,8 @@ class ImageIndex:
         """The ``k`` best of every stored vector (of those ``admitted``), as stored: pixel vectors are not unit
         length, and their float16 copies would put an image at a distance from itself."""
         ids, exact = self._all_vectors()
-        rows = None if admitted is None else np.flatnonzero([i in admitted for i in ids])
-        best = exact.top_k(vector, metric, k, rows)
-        metas = self.collection.metadatas([ids[i] for i, _ in best])
-        return [(ids[i], s, metas.get(ids[i], {})) for i, s in best]
+        return self._exact(ids, exact, vector, metric, k,
+                           None if admitted is None else np.flatnonzero([i in admitted for i in ids]))
 
     def _approximate(self, vector: np.ndarray, k: int, metric: str, *, depth: int = 0,
                      admit: Filter | None = None) -> list[tuple[str, float, dict]]:
@@ -388,12 +386,13 @@ class ImageIndex:
         metas = self.collection.metadatas([n.id for n in near])
         return [(n.id, metrics.score_from_cosine(n.similarity, metric), metas.get(n.id, {})) for n in near]
 
-    def _exact(self, ids: list[str], exact: metrics.ExactSearch, vector: np.ndarray, metric: str,
-               k: int) -> list[tuple[str, float, dict]]:
-        """The ``k`` best of ``ids`` (the rows of ``exact``) under ``metric``, with their metadata."""
+    def _exact(self, ids: list[str], exact: metrics.ExactSearch, vector: np.ndarray, metric: str, k: int,
+               rows: np.ndarray | None = None) -> list[tuple[str, float, dict]]:
+        """The ``k`` best of ``ids`` (the rows of ``exact``; of ``rows`` only, where given) under ``metric``, with
+        their metadata."""
         if not ids:
             return []
-        best = exact.top_k(vector, metric, k)
+        best = exact.top_k(vector, metric, k, rows)
         metas = self.collection.metadatas([ids[i] for i, _ in best])
         return [(ids[i], s, metas.get(ids[i], {})) for i, s in best]
 
