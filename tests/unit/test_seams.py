@@ -64,6 +64,8 @@ def test_the_service_follows_a_switch_and_a_rollback_of_its_main_collection_with
     service = SearchService.open(Settings(store=store, default_dataset=None))
     first = service.main_index()
     assert first is not None and service.follow_switch() == []  # nothing changed: the same index stays
+    for started in [t for t in threading.enumerate() if t.name == "repair"]:
+        started.join(30)  # the start's repair holds the write lock a moment; a builder then would be told to wait
     writer = Store.connect(store)
     with writer.write_lock():
         assert reembed(writer, "images", load_embedder(fake_embedder.NAME)).embedded == 12
