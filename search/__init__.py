@@ -1,4 +1,4 @@
-"""Image search by image and by text over a Chroma store; see README.md for the architecture."""
+"""Image search by image and by text over a Chroma store; see docs/architecture.md for the architecture."""
 from search.core.hits import Hit
 from search.core.metrics import METRICS
 from search.embedders.base import DEFAULT_MODEL

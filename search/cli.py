@@ -29,7 +29,7 @@ from search.stores.swaps import next_name, previous_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line; see README.md."""
+    """The command line; see docs/building.md."""
     p = argparse.ArgumentParser(description=__doc__)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--dataset", help="a Hub dataset name, a folder of images, or a saved/parquet dataset")
@@ -68,10 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "of the source, for several builders into one collection")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: this process; ray: Ray tasks and model actors, on a Ray started here or the cluster "
-                        "RAY_ADDRESS names (pip install ray; see README)")
+                        "RAY_ADDRESS names (pip install ray; see docs/configuration.md)")
     p.add_argument("--ocr", action="store_true",
                    help="also read the text inside each image (Tesseract, English and Vietnamese) so that keyword "
-                        "search finds it; about a second an image here (see README)")
+                        "search finds it; about a second an image here (see docs/search.md)")
     p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",

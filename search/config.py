@@ -1,6 +1,6 @@
 """The one settings object of the app and the builder, and the only reader of the environment.
 
-``Settings()`` reads the IMAGE_SEARCH_*, CHROMA_* and SPACE_ID variables (the README's tables list them;
+``Settings()`` reads the IMAGE_SEARCH_*, CHROMA_* and SPACE_ID variables (docs/configuration.md lists them;
 pydantic-settings checks each, and a malformed value is an error naming its variable); keyword arguments
 override them, as tests and library callers do. Nothing else in the package reads os.environ.
 """

@@ -1,4 +1,4 @@
-"""The settings: every variable of the README's tables read into one checked object, nothing else reading them."""
+"""The settings: every variable of docs/configuration.md's table read into one checked object, nothing else reading them."""
 from __future__ import annotations
 
 from pathlib import Path
