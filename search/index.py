@@ -43,7 +43,8 @@ RERANK_DEPTH = 1000
 # A broad filter's HNSW candidate costs this many of a narrow filter's rows read from the catalogue (300k records:
 # 11 us a candidate in HNSW and 9 to admit it, against 3.2 us a row read in file order): the crossing point
 BROAD_COST = 6
-OVERFETCH = 2  # how many times its share of the collection a broad filter's HNSW search reads, for k admitted
+OVERFETCH = 1.5  # how many times its share of the collection a broad filter's HNSW search reads first, for k admitted
+DEEPEN = 4  # how much deeper a broad filter's HNSW search reads when too few of its nearest pass
 FLOOR_LABELS = 32  # labels searched as text for the match floor, the most common first
 
 
@@ -178,25 +179,26 @@ class ImageIndex:
         # A fused ranking reads both channels as deep as the keyword one goes, whatever page is asked for
         depth = max(offset + k, CUTOFF_DEPTH if query.cutoff == "auto" or dated else 0, KEYWORD_DEPTH if words else 0)
         scored = self._nearest(vector, depth * 4 + 8 if fold else depth, query.metric, where)
-        top = np.array([s[1] for s in scored], dtype=np.float64)
-        found_ids: set[str] = set()
+        top = np.array([score for _, score in scored], dtype=np.float64)
+        metas: dict[str, dict[str, Any]] = {}
+        matched: dict[str, dict[str, list[str]]] = {}  # only what the keyword channel found holds any of the words
         if words:
-            by_words = self._keyword_hits(words, where, vector, query.metric, {s[0]: s for s in scored}, state.version)
-            found_ids = {s[0] for s in by_words}
+            by_words, metas = self._keyword_hits(words, where, vector, query.metric, dict(scored), state.version)
+            matched = {i: _matched(metas[i], words) for i, _ in by_words}
             scored = self._fused(scored, by_words, query.keywords)
         total = self.store.catalogue_for(self.collection).total(self.collection.key, where) if where else count
         cutoff = auto_cutoff(top, total) if query.cutoff == "auto" else query.cutoff
-        hits = [self.hit(*s) for s in scored]
-        if found_ids:  # only what the keyword channel found holds any of the words
-            hits = [replace(h, matched=_matched(h, words)) if h.id in found_ids else h for h in hits]
-        if cutoff is not None:
-            hits = [replace(h, relevant=h.score >= cutoff or _all_found(h, words)) for h in hits]
+        scores = dict(scored)
+        ranked = [i for i, _ in scored]
+        relevant = {} if cutoff is None else {
+            i: scores[i] >= cutoff or _all_found(matched.get(i, {}), words) for i in ranked}
         if dated:
-            hits = _by_date(hits, newest=query.sort == "newest")
-        if fold:
-            hits = self._folded(hits, fold)
-        no_match = self._nothing_stands_out(query, top, state) and not any(_all_found(h, words) for h in hits)
-        return Ranked(hits[offset: offset + k], total, cutoff, no_match)
+            ranked = self._by_date(ranked, relevant, newest=query.sort == "newest")
+        no_match = self._nothing_stands_out(query, top, state) and not any(_all_found(m, words) for m in matched.values())
+        page = self._folded(ranked, fold)[offset: offset + k]
+        hits = self._hits(page, scores, metas)
+        hits = [replace(h, relevant=relevant.get(h.id), matched=matched.get(h.id, {})) for h in hits]
+        return Ranked(hits, total, cutoff, no_match)
 
     def labels(self) -> list[str]:
         """The labels this index holds, sorted."""
@@ -237,15 +239,35 @@ class ImageIndex:
     def _rank(self, vector: np.ndarray, k: int, offset: int, metric: str, fold: float | None) -> list[Hit]:
         """Hits ``offset`` to ``offset + k`` of ``vector``'s ranking."""
         wanted = offset + k
-        hits = [self.hit(*s) for s in self._nearest(vector, wanted * 4 + 8 if fold else wanted, metric)]
-        return (self._folded(hits, fold) if fold else hits)[offset:wanted]
+        scored = self._nearest(vector, wanted * 4 + 8 if fold else wanted, metric)
+        ranked = [i for i, _ in scored]
+        return self._hits(self._folded(ranked, fold)[offset:wanted], dict(scored), {})
 
-    def _folded(self, hits: list[Hit], fold: float) -> list[Hit]:
-        """``hits`` with each near-duplicate of a better one folded into it (``Hit.similar``)."""
-        vectors = {i: v / (np.linalg.norm(v) or 1.0) for i, v in self.collection.vectors([h.id for h in hits]).items()}
-        by_id = {h.id: h for h in hits}
-        ranked = [h.id for h in hits if h.id in vectors]  # one deleted since it was ranked is gone from both
-        return [replace(by_id[head], similar=tuple(members)) for head, members in fold_near_duplicates(ranked, vectors, fold)]
+    def _hits(self, page: list[tuple[str, tuple[str, ...]]], scores: dict[str, float],
+              metas: dict[str, dict[str, Any]]) -> list[Hit]:
+        """The page's hits (each id with those folded into it), their metadata read now where ``metas`` lacks it:
+        only a page's is ever read (a ranking reads hundreds of candidates; at 300k records, 0.3-1 ms each)."""
+        metas = metas | self.collection.metadatas([i for i, _ in page if i not in metas])
+        # one deleted since it was ranked is gone
+        return [replace(self.hit(i, scores[i], metas[i]), similar=similar) for i, similar in page if i in metas]
+
+    def _folded(self, ranked: list[str], fold: float | None) -> list[tuple[str, tuple[str, ...]]]:
+        """``ranked`` with each near-duplicate of a better one folded into it (with ``fold``, a cosine similarity):
+        (id, the ids folded into it)."""
+        if not fold:
+            return [(i, ()) for i in ranked]
+        held, matrix = self.store.catalogue_for(self.collection).vectors_of(self.collection.key, ranked)
+        matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        vectors = dict(zip(held, matrix))
+        ranked = [i for i in ranked if i in vectors]  # one deleted since it was ranked is gone
+        return [(head, tuple(members)) for head, members in fold_near_duplicates(ranked, vectors, fold)]
+
+    def _by_date(self, ranked: list[str], relevant: dict[str, bool], *, newest: bool) -> list[str]:
+        """The relevant ids by capture date (those without one after them), then the rest as ranked."""
+        taken = self.store.catalogue_for(self.collection).taken(self.collection.key, ranked)
+        kept = [i for i in ranked if relevant.get(i) is not False]
+        dated = sorted((i for i in kept if taken.get(i) is not None), key=lambda i: taken[i] or 0, reverse=newest)
+        return dated + [i for i in kept if taken.get(i) is None] + [i for i in ranked if relevant.get(i) is False]
 
     def _nothing_stands_out(self, query: Query, top: np.ndarray, state: State) -> bool:
         """Whether a text query's best score is below the collection's match floor (``cutoff.match_floor``)."""
@@ -302,31 +324,28 @@ class ImageIndex:
         return query_words(" ".join(p.value for p in query.positive))
 
     def _keyword_hits(self, words: list[str], where: Filter | None, vector: np.ndarray, metric: str,
-                      ranked: dict[str, tuple[str, float, dict]], version: int) -> list[tuple[str, float, dict]]:
+                      ranked: dict[str, float], version: int) -> tuple[list[tuple[str, float]], dict[str, dict[str, Any]]]:
         """The records holding the query's words that ``where`` admits, best first, each with its score under
-        ``metric`` against ``vector`` (what the hit shows, whichever channel found it); ``ranked``: what the
-        vector search already gave, by id (read again from the store only where it did not); ``version``: the
+        ``metric`` against ``vector`` (what the hit shows, whichever channel found it), and their metadata;
+        ``ranked``: the vector search's scores, by id (computed here only where it has none); ``version``: the
         collection's now (the words are checked against the records again when it changes)."""
         if self._words_checked != version:
             self.store.keywords_of(self.collection)
             self._words_checked = version
         ids = [h.id for h in self.store.keywords.search(self.collection.name, words, KEYWORD_DEPTH)]
         missing = [i for i in ids if i not in ranked]
-        if missing:  # their vectors from the catalogue (Chroma's are 10x slower to read), their metadata by id
+        if missing:  # their vectors from the catalogue (Chroma's are 10x slower to read)
             catalogue, key = self.store.catalogue_for(self.collection), self.collection.key
             if where is not None:
                 admitted = catalogue.admitted(key, missing, where)
                 missing = [i for i in missing if i in admitted]
             held, matrix = catalogue.vectors_of(key, missing)
-            if held:
-                metas = self.collection.metadatas(held)
-                scores = metrics.scores(matrix, vector, metric)
-                ranked = {**ranked, **{i: (i, float(score), metas[i]) for i, score in zip(held, scores) if i in metas}}
-        return [ranked[i] for i in ids if i in ranked]
+            ranked = ranked | dict(zip(held, metrics.scores(matrix, vector, metric).tolist())) if held else ranked
+        metas = self.collection.metadatas([i for i in ids if i in ranked])  # which words each holds, and where
+        return [(i, ranked[i]) for i in ids if i in metas], metas
 
     @staticmethod
-    def _fused(scored: list[tuple[str, float, dict]], keyword: list[tuple[str, float, dict]],
-               weight: float) -> list[tuple[str, float, dict]]:
+    def _fused(scored: list[tuple[str, float]], keyword: list[tuple[str, float]], weight: float) -> list[tuple[str, float]]:
         """The vector ranking and the keyword channel's, fused (``core.fusion.fuse``)."""
         if not keyword:
             return scored
@@ -334,7 +353,7 @@ class ImageIndex:
         return [by_id[i] for i in fuse([s[0] for s in scored], [s[0] for s in keyword], weight)]
 
     def _nearest(self, vector: np.ndarray, k: int, metric: str,
-                 where: Filter | None = None) -> list[tuple[str, float, dict]]:
+                 where: Filter | None = None) -> list[tuple[str, float]]:
         """The ``k`` records nearest ``vector`` under ``metric`` among those ``where`` admits: (id, score, metadata)."""
         normalized = self.collection.normalized
         if not (metric == "cosine" or normalized):  # pixel vectors under l1, l2, ip, correlation: float32, exactly
@@ -348,17 +367,20 @@ class ImageIndex:
             # whichever reads less (the backend's own filtered search reads every record's metadata)
             # l1 and correlation re-rank as many admitted candidates as they would without a filter
             wanted = k if metric in ("cosine", "ip", "l2") else max(k, RERANK_DEPTH)
-            depth = int(wanted * self._state().count / max(admitted, 1) * OVERFETCH) + 32
-            if admitted > BROAD_COST * depth:
+            count = self._state().count
+            depth = int(wanted * count / max(admitted, 1) * OVERFETCH) + 32
+            while admitted > BROAD_COST * depth and depth < count:
                 found = self._approximate(vector, k, metric, depth=depth, admit=where)
                 if len(found) >= min(k, admitted):
                     return found
-                # Too few near this query pass (the filter's images lie elsewhere): rank all it admits
+                # Too few near this query pass (the filter's images lie elsewhere): deeper, as pgvector's iterative
+                # scans do, while that still reads less than ranking all it admits
+                depth *= DEEPEN
             ids, matrix = catalogue.vectors(key, where)
             return self._exact(ids, metrics.ExactSearch(matrix), vector, metric, k)
         return self._approximate(vector, k, metric)
 
-    def _exact_all(self, vector: np.ndarray, metric: str, k: int, admitted: set[str] | None) -> list[tuple[str, float, dict]]:
+    def _exact_all(self, vector: np.ndarray, metric: str, k: int, admitted: set[str] | None) -> list[tuple[str, float]]:
         """The ``k`` best of every stored vector (of those ``admitted``), as stored: pixel vectors are not unit
         length, and their float16 copies would put an image at a distance from itself."""
         ids, exact = self._all_vectors()
@@ -366,7 +388,7 @@ class ImageIndex:
                            None if admitted is None else np.flatnonzero([i in admitted for i in ids]))
 
     def _approximate(self, vector: np.ndarray, k: int, metric: str, *, depth: int = 0,
-                     admit: Filter | None = None) -> list[tuple[str, float, dict]]:
+                     admit: Filter | None = None) -> list[tuple[str, float]]:
         """HNSW's ``k`` nearest (of its ``depth`` nearest, those ``admit`` admits): cosine, and ip and l2 on unit
         vectors, from its cosine; l1 and correlation by ranking its RERANK_DEPTH nearest exactly.
 
@@ -382,19 +404,15 @@ class ImageIndex:
         if not cosine:
             ids, matrix = catalogue.vectors_of(key, [n.id for n in near])
             return self._exact(ids, metrics.ExactSearch(matrix), vector, metric, k)
-        near = near[:k]
-        metas = self.collection.metadatas([n.id for n in near])
-        return [(n.id, metrics.score_from_cosine(n.similarity, metric), metas.get(n.id, {})) for n in near]
+        return [(n.id, metrics.score_from_cosine(n.similarity, metric)) for n in near[:k]]
 
     def _exact(self, ids: list[str], exact: metrics.ExactSearch, vector: np.ndarray, metric: str, k: int,
-               rows: np.ndarray | None = None) -> list[tuple[str, float, dict]]:
+               rows: np.ndarray | None = None) -> list[tuple[str, float]]:
         """The ``k`` best of ``ids`` (the rows of ``exact``; of ``rows`` only, where given) under ``metric``, with
         their metadata."""
         if not ids:
             return []
-        best = exact.top_k(vector, metric, k, rows)
-        metas = self.collection.metadatas([ids[i] for i, _ in best])
-        return [(ids[i], s, metas.get(ids[i], {})) for i, s in best]
+        return [(ids[i], s) for i, s in exact.top_k(vector, metric, k, rows)]
 
     def remove(self, ids: list[str]) -> list[str]:
         """Delete images from this collection (their thumbnails too, once no collection holds them).
@@ -428,27 +446,18 @@ class ImageIndex:
         )
 
 
-def _matched(hit: Hit, words: list[str]) -> dict[str, list[str]]:
-    """The query's words in each of the hit's fields, as written there (only the fields holding some)."""
-    where = {name: found(text, words) for name, text in fields(hit.metadata).items()}
+def _matched(meta: dict[str, Any], words: list[str]) -> dict[str, list[str]]:
+    """The query's words in each of a record's fields, as written there (only the fields holding some)."""
+    where = {name: found(text, words) for name, text in fields(meta).items()}
     return {name: hits for name, hits in where.items() if hits}
 
 
-def _all_found(hit: Hit, words: list[str]) -> bool:
-    """Whether the hit holds every one of the query's words (in any field, with or without accents)."""
+def _all_found(matched: dict[str, list[str]], words: list[str]) -> bool:
+    """Whether the words ``matched`` found (by field) are every one of the query's (with or without accents)."""
     if not words:
         return False
-    have = {fold(w) for hits in hit.matched.values() for w in hits}
+    have = {fold(w) for hits in matched.values() for w in hits}
     return all(fold(w) in have for w in words)
-
-
-def _by_date(hits: list[Hit], *, newest: bool) -> list[Hit]:
-    """The relevant hits by capture date (those without one after them), then the rest as ranked."""
-    relevant = [h for h in hits if h.relevant is not False]
-    dated = sorted((h for h in relevant if isinstance(h.metadata.get("taken"), int)),
-                   key=lambda h: int(h.metadata["taken"]), reverse=newest)
-    return dated + [h for h in relevant if not isinstance(h.metadata.get("taken"), int)] + \
-        [h for h in hits if h.relevant is False]
 
 
 def _day(day: date | None) -> int | None:

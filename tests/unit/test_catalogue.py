@@ -108,6 +108,26 @@ def test_a_broad_filter_that_over_fetching_cannot_fill_ranks_all_it_admits(index
     assert np.allclose([h.score for h in hits], expected, atol=2e-3)
 
 
+def test_a_broad_filter_reads_deeper_before_it_ranks_all_it_admits(index, store, monkeypatch):
+    monkeypatch.setattr(index_module, "BROAD_COST", 0)
+    monkeypatch.setattr(index_module, "OVERFETCH", 0)  # 32 candidates first: fewer than the 50 asked for
+    depths: list[int] = []
+    approximate = ImageIndex._approximate
+
+    def spy(self, *args, depth: int = 0, **kwargs):
+        depths.append(depth)
+        return approximate(self, *args, depth=depth, **kwargs)
+
+    monkeypatch.setattr(ImageIndex, "_approximate", spy)
+    probe = store.open("images").all_ids()[3]
+    hits = _search(index, probe, "cosine", exclude=("l1",))
+    assert depths[:2] == [32, 32 * index_module.DEEPEN] and len(depths) < 6  # never deeper than the collection
+    where = Filter(exclude=("l1",))
+    expected = _brute_force(store, store.open("images").vectors([probe])[probe], "cosine", where, 50)
+    assert all(where.admits(h.metadata) for h in hits)
+    assert np.allclose([h.score for h in hits], expected, atol=2e-3)
+
+
 def test_totals_and_labels_come_from_the_catalogue_and_agree_with_a_count(index, store):
     rows = store.open("images").scan_metadata()
     assert len(index) == IMAGES
