@@ -30,6 +30,7 @@ from search.stores.base import sqlite_database
 FILE = "keywords.sqlite3"
 FIELDS = ("caption", "label", "name", "photo", "ocr")  # where a word can be found, as answers name it
 EXACT_WEIGHT, FOLDED_WEIGHT = 2.0, 1.0  # BM25 column weights: diacritics typed and found count double
+COMMON = 20_000  # records a query word may be in and still be scored (``Keywords.search``)
 _DATASET_ROW = re.compile(r"\[[^\]]*\]#\d+$")  # "name[split]#12": a dataset row has no file name
 
 
@@ -108,19 +109,22 @@ class Keywords:
         self.add(collection, records)
 
     def search(self, collection: str, words: Sequence[str], limit: int) -> list[KeywordHit]:
-        """The records holding any of ``words`` (query words, ``core.words.query_words``), best first by BM25."""
+        """The records holding any of ``words`` (query words, ``core.words.query_words``), best first by BM25.
+
+        A word more than ``COMMON`` records hold is left out (all of them: no hits), as Elasticsearch's common
+        terms query leaves out its high-frequency terms: BM25 scores every record a word is in before it can
+        rank any (a word in 200,000 of 300,000 records: seconds), and a word that common tells little."""
         if not words or limit < 1:
             return []
         docs, text = _tables(collection)
-        # Exact words against the exact column, folded ones against the folded column; each an FTS5 string
-        # (quotes doubled), so no word is read as FTS5's own syntax (NEAR, OR, *).
-        match = " OR ".join(f'{column}:"{t.replace(chr(34), chr(34) * 2)}"' for column, forms in
-                            (("exact", words), ("folded", [fold(w) for w in words])) for t in dict.fromkeys(forms))
         sql = (f"SELECT d.id, bm25({text}, {EXACT_WEIGHT}, {FOLDED_WEIGHT}) AS rank FROM {text} "
                f"JOIN {docs} AS d ON d.rowid = {text}.rowid WHERE {text} MATCH ? ORDER BY rank LIMIT ?")
+        # Counted up to COMMON + 1 only: the count costs what reading that many rowids does, never a word's all
+        held = f"SELECT count(*) FROM (SELECT 1 FROM {text} WHERE {text} MATCH ? LIMIT {COMMON + 1})"
         with self._lock:
             try:
-                found = self._db.execute(sql, (match, limit)).fetchall()
+                telling = [w for w in dict.fromkeys(words) if self._db.execute(held, (_match([w]),)).fetchone()[0] <= COMMON]
+                found = self._db.execute(sql, (_match(telling), limit)).fetchall() if telling else []
             except sqlite3.OperationalError as exc:
                 if "no such table" in str(exc):
                     return []
@@ -171,6 +175,14 @@ class _Transaction:
                 self.owner._db.execute("COMMIT" if commit else "ROLLBACK")
         finally:
             self.owner._lock.release()
+
+
+def _match(words: Sequence[str]) -> str:
+    """An FTS5 query for records holding any of ``words``: exact forms against the exact column, folded ones
+    against the folded column; each an FTS5 string (quotes doubled), so no word is read as FTS5's own syntax
+    (NEAR, OR, *)."""
+    return " OR ".join(f'{column}:"{t.replace(chr(34), chr(34) * 2)}"' for column, forms in
+                       (("exact", words), ("folded", [fold(w) for w in words])) for t in dict.fromkeys(forms))
 
 
 def _tables(collection: str) -> tuple[str, str]:

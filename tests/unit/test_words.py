@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from search.core.fusion import fuse
 from search.core.hits import Hit
 from search.core.words import STOP_WORDS, fold, found, query_words, tokens
+from search.stores import keywords
 from search.stores.keywords import Keywords, fields, file_name
 from search.web import views
 
@@ -73,6 +74,16 @@ def test_fts5_syntax_in_a_query_is_only_words(words):
     for hostile in (['"'], ["NEAR(a b)"], ["*"], ["OR"], ["a:b"], ["'"], ["-x"], ["^"]):
         words.search("c", hostile, 5)  # never a syntax error
     assert [h.id for h in words.search("c", ["near"], 5)] == ["q"]
+
+
+def test_a_word_more_records_hold_than_is_worth_scoring_is_left_out(words, monkeypatch):
+    monkeypatch.setattr(keywords, "COMMON", 2)
+    words.add("c", [("p", {"caption": "pho ga"})])  # "pho": in 3 records, with or without its marks
+    assert not words.search("c", ["pho"], 5)
+    assert [h.id for h in words.search("c", ["pho", "zoom"], 5)] == ["n"]  # the telling word still finds its own
+    assert [h.id for h in words.search("c", ["bò"], 5)] == ["a", "b"]  # two: as common as may be
+    monkeypatch.setattr(keywords, "COMMON", 3)
+    assert {h.id for h in words.search("c", ["pho"], 5)} == {"a", "b", "p"}
 
 
 def test_adding_again_replaces_and_delete_and_drop_forget(words):
