@@ -469,10 +469,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
-def writes(folder: Path, images: int, queries: int, candidates: list[str]) -> dict[str, Any]:
-    """Store.add beside bare Chroma of the same HNSW configuration, then the store's HNSW settings and each of
-    ``candidates`` (names in CANDIDATES): build rate, query time and recall@10 against exact search; batch by
-    batch and query by query in turn."""
+def writes(folder: Path, images: int, queries: int, candidates: list[str], hnsw_only: bool = False) -> dict[str, Any]:
+    """Store.add beside bare Chroma of the same HNSW configuration (unless ``hnsw_only``), then the store's HNSW
+    settings and each of ``candidates`` (names in CANDIDATES): build rate, query time and recall@10 against exact
+    search; batch by batch and query by query in turn."""
     import chromadb
     from chromadb.config import Settings
 
@@ -497,15 +497,16 @@ def writes(folder: Path, images: int, queries: int, candidates: list[str]) -> di
                            "cpu_flags": cpu_flags(), "store_hnsw": hnsw, "load_average_before": load()}
     # Store.add against the same write on bare Chroma; which goes first alternates batch by batch.
     spent = {"store_add": 0.0, "bare_chroma_add": 0.0, "bare_chroma_upsert": 0.0}
-    for b, batch in enumerate(batches()):
+    for b, batch in enumerate(() if hnsw_only else batches()):
         records, thumbs = [r for r, _ in batch], {r.id: t for r, t in batch}
         writers = [("store_add", store.add, col, records, thumbs), ("bare_chroma_add", bare_add, same, batch),
                    ("bare_chroma_upsert", bare_add, twin, batch, True)]  # Store.add upserts
         for name, write, *args in writers[b % 3:] + writers[: b % 3]:
             spent[name] += seconds(write, *args)
-    out["write_records_per_s"] = {name: round(images / s) for name, s in spent.items()}
-    out["store_add_over_bare"] = round(spent["store_add"] / spent["bare_chroma_add"], 2)
-    print(json.dumps(out["write_records_per_s"]), flush=True)
+    if not hnsw_only:
+        out["write_records_per_s"] = {name: round(images / s) for name, s in spent.items()}
+        out["store_add_over_bare"] = round(spent["store_add"] / spent["bare_chroma_add"], 2)
+        print(json.dumps(out["write_records_per_s"]), flush=True)
     # Each candidate (the store's settings among them) built batch by batch in turn, the first to go rotating.
     cols = {name: client(f"hnsw-{name}").create_collection(DEFAULT_COLLECTION, configuration={"hnsw": hnsw_settings},
                                                            embedding_function=None)
@@ -557,12 +558,13 @@ def search_all(cols: dict[str, Any], probe: dict[str, np.ndarray], ids: list[str
 
 def table(result: dict[str, Any]) -> str:
     """The writes figures as a text table."""
-    rates = result["write_records_per_s"]
     lines = [f"{result['records']} records, batches of {result['batch']}; {result['machine']}; load "
-             f"{result['load_average_before']} -> {result['load_average_after']}",
-             f"Store.add {rates['store_add']} records/s, bare Chroma add {rates['bare_chroma_add']} records/s "
-             f"(Store.add takes {result['store_add_over_bare']}x as long), upsert {rates['bare_chroma_upsert']} records/s",
-             f"{'candidate':<16} {'ef_c':>5} {'M':>3} {'ef_s':>5} {'batch':>6} {'sync':>6} {'build/s':>8} "
+             f"{result['load_average_before']} -> {result['load_average_after']}"]
+    if rates := result.get("write_records_per_s"):
+        lines.append(f"Store.add {rates['store_add']} records/s, bare Chroma add {rates['bare_chroma_add']} records/s "
+                     f"(Store.add takes {result['store_add_over_bare']}x as long), upsert {rates['bare_chroma_upsert']} "
+                     "records/s")
+    lines += [f"{'candidate':<16} {'ef_c':>5} {'M':>3} {'ef_s':>5} {'batch':>6} {'sync':>6} {'build/s':>8} "
              f"{'p50 ms':>7} {'p95 ms':>7} {'recall img':>10} {'recall txt':>10}"]
     for name, r in result["hnsw"].items():
         s = r["settings"]
@@ -631,6 +633,7 @@ def main() -> None:
     w.add_argument("--queries", type=positive, default=200)
     w.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES),
                    help="the HNSW settings to weigh against the store's (default: all)")
+    w.add_argument("--hnsw-only", action="store_true", help="the HNSW candidates only, not Store.add beside bare Chroma")
     args = parser.parse_args()
     try:
         run(parser, args)
@@ -666,7 +669,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.command == "writes":
         if args.store.exists() and any(args.store.iterdir()):
             parser.error(f"--store {args.store}: give a new or empty folder (writes makes its stores there)")
-        result = writes(args.store, args.images, args.queries, args.candidates)
+        result = writes(args.store, args.images, args.queries, args.candidates, args.hnsw_only)
         print(table(result))
         save(result, WRITES, str(args.images))
         return
