@@ -35,12 +35,16 @@ import numpy as np
 from search.stores.base import Filter, Record, sqlite_database
 
 FILE = "catalogue.sqlite3"
-# A catalogue of another version is made again from the backend (it holds nothing else). 2: records is a rowid
-# table: a WITHOUT ROWID one keeps whole rows in its B-tree pages, 4.7 KB a record for a 1 KB vector.
-SCHEMA_VERSION = 2
+# A catalogue of another version is made again from the backend (it holds nothing else), unless MIGRATIONS
+# brings it up to date. 2: records is a rowid table: a WITHOUT ROWID one keeps whole rows in its B-tree pages,
+# 4.7 KB a record for a 1 KB vector. 3: records_facts, so that admitting a query's candidates reads a compact
+# index instead of their 1 KB rows (2,000 candidates at 300k, pages not cached: 90-110 ms against 0.3-1.6 s).
+SCHEMA_VERSION = 3
+_FACTS = "CREATE INDEX IF NOT EXISTS records_facts ON records(cid, id, label, taken)"
+MIGRATIONS = {2: [_FACTS]}  # version: the statements that bring it to the next
 _TOKEN = secrets.token_hex(8)  # tells this process from an earlier one that had the same process id
 _CHUNK = 500  # ids per IN (...): well under SQLite's limit on bound variables
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS collections(cid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,
                                        version INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS records(cid INTEGER NOT NULL, id TEXT NOT NULL, label TEXT, taken INTEGER, vector BLOB);
@@ -48,6 +52,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS records_key ON records(cid, id);
 CREATE INDEX IF NOT EXISTS records_label ON records(cid, label, id);
 CREATE INDEX IF NOT EXISTS records_taken ON records(cid, taken);
 CREATE INDEX IF NOT EXISTS records_id ON records(id);
+{_FACTS};
 CREATE TABLE IF NOT EXISTS labels(cid INTEGER NOT NULL, label TEXT NOT NULL, n INTEGER NOT NULL,
                                   PRIMARY KEY (cid, label)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS journal(key TEXT NOT NULL, id TEXT NOT NULL, writer TEXT NOT NULL,
@@ -89,14 +94,20 @@ class Catalogue:
         with self._lock:
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL keeps it consistent; the journal repairs the rest
             self._db.execute("BEGIN IMMEDIATE")
-            # Made now, or by another version: the store's records are not in it yet (``Store`` fills it)
-            self.fresh = int(self._db.execute("PRAGMA user_version").fetchone()[0]) != SCHEMA_VERSION
+            # Made now, or by a version MIGRATIONS cannot bring up to date: the store's records are not in it yet
+            # (``Store`` fills it)
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            while version in MIGRATIONS:
+                for statement in MIGRATIONS[version]:
+                    self._db.execute(statement)
+                version += 1
+            self.fresh = version != SCHEMA_VERSION
             if self.fresh:
                 for (table,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
                     self._db.execute(f"DROP TABLE {table}")
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db.execute("COMMIT")
 
     # --- Reads ------------------------------------------------------------------------------------------
@@ -168,7 +179,7 @@ class Catalogue:
             cid = self._cid(key)
             for part in _chunks(ids) if cid is not None else ():
                 # By id, then the filter: left to itself SQLite walks the filter's index (0.8 s for 5,000 of 300k)
-                out += self._db.execute(f"SELECT id, label, taken FROM records INDEXED BY records_key WHERE cid = ? "
+                out += self._db.execute(f"SELECT id, label, taken FROM records INDEXED BY records_facts WHERE cid = ? "
                                         f"AND id IN ({','.join('?' * len(part))})", (cid, *part)).fetchall()
         return out
 

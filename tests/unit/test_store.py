@@ -14,8 +14,10 @@ from chromadb.errors import InternalError, NotFoundError
 
 from search.core import ids
 from search.errors import QueryError, StoreError, StoreUnavailableError
+from search.stores import catalogue as catalogue_module
 from search.stores import thumbnails
 from search.stores.base import Filter, ModelInfo, Record
+from search.stores.catalogue import Catalogue
 from search.stores.locking import write_lock
 from search.stores.store import Store
 
@@ -275,6 +277,20 @@ def test_a_store_from_before_the_catalogue_is_catalogued_once_and_swept(store, v
     assert catalogue.state(col.key).count == 2 and catalogue.labels(col.key) == {"old": 2}
     assert sorted(thumbnails.ids(store.folder)) == sorted(r.id for r in records[:2])
     assert sorted(col.all_ids()) == sorted(r.id for r in records[:2])
+
+
+def test_a_catalogue_of_the_previous_version_is_migrated_in_place_not_made_again(store, vectors):
+    col = store.open_or_create("first", MODEL)
+    store.add(col, _records(vectors[:5]), {})
+    db = store.catalogue._db
+    db.execute("DROP INDEX records_facts")  # as version 2 left it
+    db.execute("PRAGMA user_version = 2")
+    store.catalogue.close()
+    reopened = Catalogue(store.folder)
+    assert not reopened.fresh and reopened.state(col.key).count == 5  # kept: nothing to scan the backend for
+    assert reopened._db.execute("SELECT name FROM sqlite_master WHERE name = 'records_facts'").fetchone()
+    assert reopened._db.execute("PRAGMA user_version").fetchone()[0] == catalogue_module.SCHEMA_VERSION
+    assert reopened.admitted(col.key, col.all_ids()[:3], Filter(exclude=("other",))) == set(col.all_ids()[:3])
 
 
 def test_a_reader_that_cannot_take_the_lock_scans_for_itself_and_never_writes_the_catalogue(store, vectors):
