@@ -298,7 +298,7 @@ class ImageIndex:
         floor = None
         if len(labels) >= 2 and count > len(labels):
             texts = [" ".join(re.split(r"[/_\-]+", label)).strip() for label in labels]
-            found = self.collection.nearest(self.embedder.embed_texts(texts), min(CUTOFF_DEPTH, count))
+            found = self.collection.nearest(self.embedder.embed_texts(texts), min(CUTOFF_DEPTH, count), with_metadata=False)
             tops = [f[0].similarity for f in found if f]
             floor = match_floor(np.array(tops), np.array([f[-1].similarity for f in found if f])) if tops else None
         with self._cache_lock:
