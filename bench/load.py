@@ -392,13 +392,18 @@ def main() -> None:
         if not args.model:
             parser.error("--model is needed to make a store")
         make_store(args.store, args.model, args.images)
-    with RunningApp(args.store, IMAGE_SEARCH_PUBLIC="1", **env) as app:
-        status = app.status()
-        with sampled(app.proc.pid, args.profile):
-            result = run_mixed(app, args.users or 32, args.seconds, args.rounds)
+    # A Gradio cache of its own: a delete walks the whole cache (VisitorFiles.purge), and the machine's shared
+    # /tmp/gradio holds whatever other apps and test runs left there.
+    with tempfile.TemporaryDirectory(prefix="load-gradio-") as cache:
+        with RunningApp(args.store, IMAGE_SEARCH_PUBLIC="1", GRADIO_TEMP_DIR=cache, **env) as app:
+            status = app.status()
+            with sampled(app.proc.pid, args.profile):
+                result = run_mixed(app, args.users or 32, args.seconds, args.rounds)
+        cached = len(os.listdir(cache))
     result = {"commit": commit(ROOT), "machine": machine("cpu"), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
               "store": {"images": status["images"], "model": status["model"]}, "profiled": bool(args.profile),
-              **result}
+              "concurrency": int(os.environ.get("IMAGE_SEARCH_CONCURRENCY", 4)), **result,
+              "gradio_cache_entries_at_end": cached}
     save(result, RESULTS, "mixed")
     print(json.dumps(result, indent=2))
 
