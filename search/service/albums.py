@@ -73,13 +73,15 @@ class _Upload:
     collection: Collection | None = None  # once made: to count what each write added
 
     def held(self, store: Store) -> int:
-        """How many images the album holds now (0 before it is made)."""
+        """How many images the album holds now (0 before it is made), as the store's catalogue counts them: the
+        caller holds the write lock, and a count from the backend took 3.5 of 50 s at 32 visitors."""
         try:
             if self.collection is None:
                 self.collection = store.open(self.full)
-            return self.collection.count()
+            state = store.catalogue.state(self.collection.key)
         except StoreError:  # not made yet, or the store failed: the write's own error says which
             return 0
+        return state.count if state else 0
 
 
 @dataclass
@@ -108,7 +110,7 @@ class Albums:
         self.text_model = text_model  # the main index's pairing, for albums that keep an older model
         self.public = public
         self.limits = limits
-        self._lock = threading.Lock()  # in front of the store's write lock, which fails at once: threads queue here
+        self._lock = FairLock()  # in front of the store's write lock, which fails at once: threads queue here
         self._uploads: list[_Upload] = []  # under way; with ``_swapping`` and ``_ledger``, held under ``_lock``
         self._swapping: set[str] = set()
         self._ledger = _Ledger()
@@ -403,6 +405,49 @@ class Albums:
 
     def _full_name(self, key: str | None, name: str) -> str:
         return self.namespace(key) + collection_name(name)
+
+
+class FairLock:
+    """A lock taken in the order it was asked for: ``threading.Lock`` lets any waiter in, and with 32 visitors
+    uploading at once some waited 21 s while others went by."""
+
+    def __init__(self) -> None:
+        self._turns = threading.Condition()
+        self._next = 0  # the ticket the next caller draws
+        self._serving = 0  # the ticket whose turn it is
+        self._gone: set[int] = set()  # tickets whose callers stopped waiting (an exception): their turns are skipped
+
+    def __enter__(self) -> None:
+        with self._turns:
+            ticket = self._next
+            self._next += 1
+            try:
+                self._turns.wait_for(lambda: self._serving == ticket)
+            except BaseException:
+                if self._serving == ticket:
+                    self._pass(ticket)
+                else:
+                    self._gone.add(ticket)
+                raise
+
+    def __exit__(self, *_: object) -> None:
+        with self._turns:
+            self._pass(self._serving)
+
+    def locked(self) -> bool:
+        """Whether someone holds it (as ``threading.Lock.locked``)."""
+        with self._turns:
+            return self._serving < self._next  # the turn of a ticket drawn: its holder's (gone ones are skipped)
+
+    def _pass(self, ticket: int) -> None:
+        """The turn moves on from ``ticket`` where it is the one served, past any whose callers are gone."""
+        if self._serving != ticket:
+            return
+        self._serving += 1
+        while self._serving in self._gone:
+            self._gone.discard(self._serving)
+            self._serving += 1
+        self._turns.notify_all()
 
 
 def _secret(folder: Path) -> bytes:

@@ -227,7 +227,7 @@ class VisitorFiles:
         """Delete a read upload (the lock held) unless it was counted again or another file took its path."""
         path = Path(key)
         if key not in self._uploads and inode is not None and _inode(path) == inode:
-            _remove_inside(self.folder, path)
+            _remove_inside(self.folder.resolve(), path)
 
     # --- Store files shown through Gradio ----------------------------------------------------------------
 
@@ -269,14 +269,15 @@ class VisitorFiles:
         """Delete every copy of these images' thumbnails (named ``<id>.jpg``) in the cache, ours and Gradio's;
         return how many went. The ids must already be validated image ids: they make file names."""
         names = {f"{i}.jpg" for i in image_ids}
-        folder = self.folder
-        if not names or not folder.is_dir():
+        if not names or not self.folder.is_dir():
             return 0
+        folder = self.folder.resolve()  # once: a cache of thousands of folders made a delete take seconds
         removed = 0
         for entry in os.scandir(folder):
             if entry.is_dir(follow_symlinks=False):
                 for name in names:
-                    removed += _remove_inside(folder, Path(entry.path) / name)
+                    if os.path.lexists(candidate := Path(entry.path) / name):  # most folders hold none of them
+                        removed += _remove_inside(folder, candidate)
         made = tuple(f"-{name}" for name in names)  # previews and regions drawn on them (``keep(of=...)``)
         if (folder / KEPT).is_dir():
             for entry in os.scandir(folder / KEPT):
@@ -314,9 +315,10 @@ def _inode(path: Path) -> int | None:
 
 
 def _remove_inside(folder: Path, path: Path) -> int:
+    """Delete ``path`` where it is a file inside ``folder`` (resolved) once links are followed; 1 if it went."""
     try:
         resolved = path.resolve()
-        if folder.resolve() not in resolved.parents or not resolved.is_file():
+        if folder not in resolved.parents or not resolved.is_file():
             return 0
         # Its folder stays: Gradio makes it, then moves an upload in, and an upload of the same file may be
         # between the two right now (removing it made that upload fail with a 500).

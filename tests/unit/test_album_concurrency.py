@@ -15,7 +15,7 @@ from PIL import Image
 from search.config import AlbumLimits
 from search.errors import QueryError
 from search.service import store_size
-from search.service.albums import Albums
+from search.service.albums import Albums, FairLock
 from search.service.store_size import StoreSize
 from search.stores.store import Store
 from tests.fixtures import fake_embedder
@@ -225,3 +225,38 @@ def test_the_copies_an_albums_text_is_read_from_are_made_and_read_with_the_lock_
     hits, _ = albums.browse(_key(1), "trip")
     assert [h.metadata.get("ocr") for h in hits] == ["words"] * 3
     assert not list((albums.store.folder / text_queue.FOLDER).glob("*"))  # read: the copies and their folder went
+
+
+class _Leaving(threading.Condition):
+    """The lock's condition, where the thread named "leaves" stops waiting with an error."""
+
+    def wait_for(self, predicate, timeout=None):
+        if threading.current_thread().name == "leaves":
+            raise RuntimeError("stopped waiting")
+        return super().wait_for(predicate, timeout)
+
+
+def test_the_albums_lock_lets_writers_in_in_the_order_they_came_past_one_that_stopped_waiting():
+    lock, order, errors = FairLock(), [], []
+    lock._turns = _Leaving()
+    lock.__enter__()  # held: everyone below queues behind it
+
+    def writer(n: int) -> None:
+        try:
+            with lock:
+                order.append(n)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=writer, args=(n,), name="leaves" if n == 4 else f"w{n}") for n in range(1, 8)]
+    for n, thread in enumerate(threads, start=1):
+        thread.start()
+        while lock._next != n + 1:  # its ticket drawn before the next one starts
+            time.sleep(0.001)
+    lock.__exit__()
+    for thread in threads:
+        thread.join(10)
+    assert order == [1, 2, 3, 5, 6, 7] and errors == ["stopped waiting"]
+    assert not lock.locked()
+    with lock:  # and it is taken again at once
+        assert lock.locked()
