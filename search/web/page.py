@@ -16,7 +16,7 @@ import gradio as gr
 from search.core.hits import Hit
 from search.core.ids import KEY
 from search.core.query import MAX_K, MAX_PARTS, Part, Query, checked_date
-from search.errors import InvalidImageError, QueryError, SearchError
+from search.errors import InvalidImageError, QueryError, SearchError, ServiceUnavailable
 from search.service.examples import Examples, Shipped
 from search.service.service import SearchService
 from search.web import regions, views
@@ -128,10 +128,10 @@ class SearchPage:
 
     def index_choices(self, key: str | None) -> list[tuple[str, str]]:
         """The Index dropdown's (label, value) pairs: the shared indexes, then the caller's albums (none
-        before a new browser has its key)."""
+        before a new browser has its key, nor while the model loads)."""
         try:
             albums = self.service.album_indexes(key)
-        except QueryError:
+        except (QueryError, ServiceUnavailable):
             albums = []
         return views.index_choices(self.service.shared_indexes() + albums)
 
