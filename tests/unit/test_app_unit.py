@@ -7,6 +7,7 @@ same code through a real server.
 """
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image
 from search.config import Settings
 from search.core.hits import Hit
 from search.core.query import Part, Query
+from search.images.decode import CUT_SHORT
 from search.service.examples import Shipped
 from search.service.service import IndexChoice, Overview, SearchService
 from search.stores import thumbnails
@@ -344,7 +346,7 @@ def test_without_a_store_the_page_says_what_to_run_and_searches_refuse(tmp_path)
     assert not missing.exists()
 
 
-def test_albums_through_the_api_and_the_page(local_store, tmp_path):
+def test_albums_through_the_api_and_the_page(local_store, tmp_path, caplog):
     store = tmp_path / "store"
     shutil.copytree(local_store, store)
     service = SearchService.open(Settings(store=store, public=True))
@@ -360,13 +362,21 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("not an image")
     more = write_folder(tmp_path / "more", per_class=1, seed=92)[5]
-    added = albums.add(KEY, "trip", [str(junk), str(more)])
+    cut = tmp_path / "cut.png"  # a PNG whose last half never arrived: Pillow says "image file is truncated"
+    out = io.BytesIO()
+    Image.effect_noise((300, 300), 50).convert("RGB").save(out, "PNG")
+    cut.write_bytes(out.getvalue()[:len(out.getvalue()) // 2])
+    with caplog.at_level(logging.INFO, logger="search.pipeline.stages"):
+        added = albums.add(KEY, "trip", [str(junk), str(cut), str(more)])
     summary, table, cleared, album_update, index_update = (added[n] for n in ("summary", "notes", "uploads", "album", "index"))
     items, ids, selected, selected_id, where = (added[n] for n in ("gallery", "ids", "picked", "picked_id", "where"))
     assert summary.startswith("Added **1 image** to *trip*") and cleared is None and selected == "" and selected_id is None
     assert "holds 4 images" in summary and "/" not in summary and where == "Images 1–4 of 4, newest first."
-    rows = table["value"]
-    assert rows == [["notes.txt", "This kind of file cannot be used", rows[0][2]]] and "not an image" in rows[0][2]
+    rows = {row[0]: row[1:] for row in table["value"]}
+    assert rows["notes.txt"][0] == "This kind of file cannot be used" and "not an image" in rows["notes.txt"][1]
+    assert rows["cut.png"] == ["The file is damaged or is not an image", CUT_SHORT] and len(rows) == 2
+    assert "Error" not in str(rows) and "truncated" not in str(rows)  # the app's words; Pillow's go to the log
+    assert any("cut.png" in r.message and "OSError: image file is truncated" in r.message for r in caplog.records)
     assert table["visible"]
     assert album_update["value"] == "trip" and album_update["choices"] == ["trip"]
     assert "mine/trip" in {v for _, v in index_update["choices"]} and len(items) == len(ids) == 4
