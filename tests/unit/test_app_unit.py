@@ -28,7 +28,7 @@ from search.web.albums_page import DROP, AlbumPage
 from search.web.api import Api
 from search.web.files import VisitorFiles
 from search.web.page import OPEN, SEARCHED, SearchPage
-from search.web.page_query import PageQuery
+from search.web.page_query import PageQuery, Shown
 from tests.conftest import ROOT
 from tests.fixtures import fake_embedder
 from tests.fixtures.shapes import caption, write_folder
@@ -276,6 +276,34 @@ def test_label_filters_list_the_index_labels_and_filter_inside_the_search(servic
     assert len(out["shown"]) == 8 and all(h.label != "red circle" for h in out["shown"])
     out = searched(page.search_text(caption("red circle"), *controls(k=8, include=["blue square"])))
     assert {h.label for h in out["shown"]} == {"blue square"}
+
+
+def test_the_label_filters_take_a_value_the_browser_still_shows_without_gradio_refusing_it(demo):
+    """A filter chosen on one index reaches the next event's inputs while the server already lists another
+    index's labels (none for an album): Gradio's own check said "Value: ... is not in the list of choices: []"."""
+    filters = [b for b in demo.blocks.values() if getattr(b, "label", None) in ("Only these labels", "Not these labels")]
+    assert len(filters) == 2 and all(f.choices == [] for f in filters)  # as the page starts: no labels listed yet
+    assert all(f.preprocess(["nature/landscapes"]) == ["nature/landscapes"] for f in filters)
+
+
+def test_switching_the_index_keeps_the_filters_it_holds_and_clears_the_others_saying_so(local_store, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(local_store, store)
+    service = SearchService.open(Settings(store=store, public=True))
+    page, _, api = pages(service)
+    api.collection_add([str(p) for p in write_folder(tmp_path / "up", per_class=1, seed=93)[:3]], "trip", KEY)
+    query = PageQuery().adding(Shown(Part("text", caption("red circle"))))
+
+    out = searched(page.change_index(query, *controls("mine/trip", include=["red circle"], exclude=["blue square"], key=KEY)))
+    assert out["status"].startswith("The label filters “red circle”, “blue square” do not apply to this index and "
+                                    "were cleared.\n\nTop **3** of 3 images")  # searched without them
+    assert out["include"]["value"] == [] and out["include"]["choices"] == [] and not out["include"]["interactive"]
+    back = searched(page.change_index(query, *controls("images", include=["red circle"], key=KEY)))
+    assert back["include"]["value"] == ["red circle"] and "red circle" in back["include"]["choices"]  # it holds it
+    assert back["status"].startswith("Top") and {h.label for h in back["shown"]} == {"red circle"}
+    idle = page.change_index(PageQuery(), *controls("mine/trip", include=["red circle"], key=KEY))  # nothing searched yet
+    assert idle["status"] == "The label filter “red circle” does not apply to this index and was cleared."
+    assert idle["include"]["value"] == [] and "shown" not in idle
 
 
 def test_the_api_answers_hits_best_first_with_served_copies(service, local_store):
