@@ -1,4 +1,4 @@
-"""Sizes in the units people read them in: megabytes and megapixels, not raw byte and pixel counts.
+"""Sizes in the units people read them in: data_size and megapixels, not raw byte and pixel counts.
 
 A megabyte is 1,048,576 bytes, as the settings count them (``IMAGE_SEARCH_UPLOAD_BUDGET_MB``, Gradio's
 upload limit); a megapixel is a million pixels, as cameras count them.
@@ -8,10 +8,12 @@ from __future__ import annotations
 from search.config import MB
 
 
-def megabytes(size: int) -> str:
-    """``size`` bytes as a person reads it: "50 MB", "54.4 MB", "1 GB" (from 1,024 MB); under 0.1 MB in bytes."""
-    if size < MB // 10:
+def data_size(size: int) -> str:
+    """``size`` bytes as a person reads it: "64 KB", "50 MB", "54.4 MB", "1 GB" (from 1,024 MB)."""
+    if size < 1024:
         return f"{size:,} bytes"
+    if size < MB:
+        return f"{_one_place(size / 1024)} KB"
     if size >= 1024 * MB:
         return f"{_one_place(size / (1024 * MB))} GB"
     return f"{_one_place(size / MB)} MB"

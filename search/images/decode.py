@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from search.core.query import Box
-from search.core.units import megabytes, megapixels
+from search.core.units import data_size, megapixels
 from search.errors import InvalidImageError, QueryError
 
 # Everything else is refused before decoding; JPEG includes MPO, which many phone cameras write.
@@ -375,8 +375,8 @@ def _scaled_box(box: Box, size: tuple[int, int], full: tuple[int, int]) -> Box:
 
 def too_big(size: int, limit: int) -> InvalidImageError:
     """The refusal of a file of ``size`` bytes, over ``limit``, in MB (its size where it reads differently)."""
-    shown = f" {megabytes(size)}," if megabytes(size) != megabytes(limit) else ""
-    return InvalidImageError("too_large", f"the file is{shown} over the limit of {megabytes(limit)}; make it smaller "
+    shown = f" {data_size(size)}," if data_size(size) != data_size(limit) else ""
+    return InvalidImageError("too_large", f"the file is{shown} over the limit of {data_size(limit)}; make it smaller "
                              "and try again", internals=f"{size:,} bytes, over {limit:,}")
 
 

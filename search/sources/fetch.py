@@ -15,7 +15,7 @@ import ssl
 import time
 from urllib.parse import SplitResult, urljoin, urlsplit
 
-from search.core.units import megabytes
+from search.core.units import data_size
 from search.errors import InvalidImageError
 from search.images.decode import MAX_BYTES, too_big
 
@@ -170,5 +170,5 @@ def _read_capped(response: http.client.HTTPResponse, max_bytes: int, deadline: f
             return b"".join(chunks)
         total += len(chunk)
         if total > max_bytes:
-            raise InvalidImageError("too_large", f"{url} sent more than {megabytes(max_bytes)}, the limit for an image")
+            raise InvalidImageError("too_large", f"{url} sent more than {data_size(max_bytes)}, the limit for an image")
         chunks.append(chunk)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
-from search.core.units import megabytes, megapixels
+from search.core.units import data_size, megapixels
 from search.errors import InvalidImageError, SourceError
 from search.images.decode import MAX_BYTES, QUERY_MAX_PIXELS, image_header, pixel_limit_message, read_file, too_big
 from search.sources.base import Item
@@ -128,7 +128,7 @@ def zip_items(path: Path, admission: Admission) -> Iterator[Item]:
     if len(members) > MAX_MEMBERS:
         raise SourceError(f"{path.name} holds {len(members):,} files; the limit is {MAX_MEMBERS:,}: split it in parts")
     if sum(m.file_size for m in members) > MAX_TOTAL_BYTES:
-        raise SourceError(f"{path.name} would unpack to more than {megabytes(MAX_TOTAL_BYTES)}; split it in parts")
+        raise SourceError(f"{path.name} would unpack to more than {data_size(MAX_TOTAL_BYTES)}; split it in parts")
     for number, member in enumerate(members, 1):
         problem = unsafe_member_name(member.filename)
         if problem:

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from search.core.ids import is_image_id
+from search.core.units import data_size
 from search.errors import QueryError, SearchError, ServiceUnavailable
 from search.service.service import Answer, Overview, SearchService
 from search.stores.base import NOT_ANSWERING, NOT_ANSWERING_RETRY_S
@@ -149,12 +150,12 @@ async def _query(request: Request) -> dict[str, Any]:
         raise Refused(415, "Send a JSON object with Content-Type: application/json.")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise Refused(413, f"The body is over {MAX_BODY_BYTES} bytes.")
+        raise Refused(413, f"The body is over {data_size(MAX_BODY_BYTES)}.")
     body = bytearray()
     async for chunk in request.stream():  # counted as it arrives: a missing or false length cannot slip past
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise Refused(413, f"The body is over {MAX_BODY_BYTES} bytes.")
+            raise Refused(413, f"The body is over {data_size(MAX_BODY_BYTES)}.")
     try:
         data = json.loads(body, parse_constant=_no_constant)
     except RecursionError:

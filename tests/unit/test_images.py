@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from search.config import MB
-from search.core.units import megabytes, megapixels
+from search.core.units import data_size, megapixels
 from search.errors import InvalidImageError
 from search.images.decode import (
     ALLOWED_FORMATS,
@@ -242,5 +242,6 @@ def test_sizes_over_a_limit_are_said_in_mb_and_mp():
     assert too_big(MAX_BYTES + 1, MAX_BYTES).detail.startswith("the file is over the limit of 50 MB")  # never "50 MB, over 50 MB"
     assert pixel_limit_message("9000x6000", 24_000_000, 54_000_000) == (
         "9000x6000 (54 MP) is over the limit of 24 MP; scale it down and try again")
-    assert [megabytes(n) for n in (20 * MB, 52_428_800, 1024**3, 5000)] == ["20 MB", "50 MB", "1 GB", "5,000 bytes"]
+    assert [data_size(n) for n in (20 * MB, 52_428_800, 1024**3, 65_536, 900)] == ["20 MB", "50 MB", "1 GB", "64 KB",
+                                                                                  "900 bytes"]
     assert [megapixels(n) for n in (64_000_000, 128_000_000, 56_250_000)] == ["64 MP", "128 MP", "56.2 MP"]
