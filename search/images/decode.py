@@ -6,10 +6,10 @@ process-wide :class:`PixelBudget` while it runs, so concurrent large decodes tak
 """
 from __future__ import annotations
 
+import errno
 import io
 import math
 import threading
-import unicodedata
 import warnings
 from collections import deque
 from collections.abc import Iterator
@@ -21,11 +21,21 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from search.core.query import Box
+from search.core.units import data_size, megapixels
 from search.errors import InvalidImageError, QueryError
 
 # Everything else is refused before decoding; JPEG includes MPO, which many phone cameras write.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 NOT_AN_IMAGE = f"not an image, or not one of {', '.join(ALLOWED_FORMATS)}"
+# What a decoder's failure means, in words (its own, "OSError: image file is truncated (6 bytes not
+# processed)", go to the log): a file that ends early, or one whose data is wrong.
+CUT_SHORT = "the image is cut short (the file is incomplete); copy or download it again"
+DAMAGED = "the image data is damaged and cannot be decoded; save it again from the program that made it"
+# What an error reading a file means, by its errno; anything else is UNREADABLE.
+READ_ERRORS = {errno.ENOENT: "the file is gone (it was moved or deleted while it was read)",
+               errno.EACCES: "the app is not allowed to read the file", errno.EPERM: "the app is not allowed to read the file",
+               errno.EISDIR: "it is a folder, not a file"}
+UNREADABLE = "the file could not be read from the disk"
 # The first bytes of each allowed format (WebP: "RIFF", 4 bytes of size, "WEBP"; MPO files are JPEGs).
 SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"))
@@ -164,7 +174,7 @@ def decode_image(
         try:
             img.load()
         except Exception as exc:  # Pillow raises many types on malformed files; all mean "corrupt"
-            raise InvalidImageError("corrupt", _corrupt_detail(exc)) from None
+            raise _corrupt(exc) from None
         return to_rgb(_cut_and_fit(_detach(_apply_exif_orientation(img)), box, (header.width, header.height), fit))
 
 
@@ -194,7 +204,7 @@ def read_image(
     if isinstance(image, Image.Image):
         width, height = image.size
         if width * height > max_pixels:
-            raise InvalidImageError("too_large", pixel_limit_message(f"{width}x{height}", max_pixels))
+            raise InvalidImageError("too_large", pixel_limit_message(f"{width}x{height}", max_pixels, width * height))
         with DECODE_BUDGET.reserve(width * height, f"{width}x{height}"):
             try:
                 rotated = ImageOps.exif_transpose(image)  # a copy: the caller's image is left alone
@@ -221,7 +231,8 @@ def read_file(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
                 raise InvalidImageError("unsupported", NOT_AN_IMAGE)
             return head + f.read()
     except OSError as exc:
-        raise InvalidImageError("read_error", f"{type(exc).__name__}: {exc.strerror or exc}") from None
+        raise InvalidImageError("read_error", READ_ERRORS.get(exc.errno or 0, UNREADABLE),
+                                internals=f"{path}: {type(exc).__name__}: {exc}") from None
 
 
 def format_of(head: bytes) -> str | None:
@@ -253,7 +264,7 @@ def _open(data: bytes, min_edges: tuple[int, int] | None, max_pixels: int,
                 raise InvalidImageError("corrupt", f"the image has no pixels ({width}x{height})")
             size_text = f"{width}x{height}"
             if width * height > (Image.MAX_IMAGE_PIXELS or math.inf):  # Pillow's bomb limit, at any scale
-                raise InvalidImageError("too_large", pixel_limit_message(size_text, max_pixels))
+                raise InvalidImageError("too_large", pixel_limit_message(size_text, max_pixels, width * height))
             if min_edges and img.format in ("JPEG", "MPO"):
                 img.draft(None, _draft_size(img.size, min_edges, box, max_pixels))
             pixels = img.size[0] * img.size[1]
@@ -265,14 +276,15 @@ def _open(data: bytes, min_edges: tuple[int, int] | None, max_pixels: int,
     except UnidentifiedImageError:
         raise InvalidImageError("unsupported", NOT_AN_IMAGE) from None
     except Exception as exc:  # Pillow raises many types on malformed files; all mean "corrupt"
-        raise InvalidImageError("corrupt", _corrupt_detail(exc)) from None
+        raise _corrupt(exc) from None
     header = ImageHeader(img.format or "", width, height, pixels, cost)
     if pixels > max_pixels:
-        raise InvalidImageError("too_large", pixel_limit_message(size_text, max_pixels))
+        drafted = pixels != width * height  # a JPEG counted at its decoded scale: its size in MP would mislead
+        raise InvalidImageError("too_large", pixel_limit_message(size_text, max_pixels, None if drafted else pixels))
     if cost > max_pixels * COST_HEADROOM:  # fewer pixels, but a format that needs more memory per pixel
         raise InvalidImageError(
-            "too_large", f"{size_text} ({header.format}) needs as much memory to decode as {cost:,} pixels, over the "
-            f"limit of {max_pixels * COST_HEADROOM:,}; scale it down (or save it as PNG) and try again"
+            "too_large", f"{size_text} ({header.format}) needs as much memory to decode as {megapixels(cost)}, over the "
+            f"limit of {megapixels(max_pixels * COST_HEADROOM)}; scale it down (or save it as PNG) and try again"
         )
     return img, header
 
@@ -320,17 +332,18 @@ def _jpeg_buffers_whole_image(data: bytes, components: int) -> bool:
     return True
 
 
-def pixel_limit_message(what: str, max_pixels: int) -> str:
-    """The public words for an image over a pixel limit: what it is, the limit, what to do."""
-    return f"{what} is over the limit of {max_pixels:,} pixels; scale it down and try again"
+def pixel_limit_message(what: str, max_pixels: int, pixels: int | None = None) -> str:
+    """The public words for an image over a pixel limit: what it is (its ``pixels`` in MP where they read
+    differently from the limit), the limit, what to do."""
+    size = f" ({megapixels(pixels)})" if pixels and megapixels(pixels) != megapixels(max_pixels) else ""
+    return f"{what}{size} is over the limit of {megapixels(max_pixels)}; scale it down and try again"
 
 
-def _corrupt_detail(exc: Exception) -> str:
-    """The decoder's own words, cut short and without anything that looks like a path."""
-    text = "".join(c for c in " ".join(str(exc).split())[:160] if unicodedata.category(c)[0] != "C")
-    if "/" in text or "\\" in text:
-        text = ""
-    return f"the file is damaged or incomplete ({type(exc).__name__}{': ' + text if text else ''})"
+def _corrupt(exc: Exception) -> InvalidImageError:
+    """The refusal of a file the decoder failed on, in the app's words; the decoder's own go to the log."""
+    said = " ".join(str(exc).split())[:200]
+    cut_short = isinstance(exc, EOFError) or "truncated" in said.lower()
+    return InvalidImageError("corrupt", CUT_SHORT if cut_short else DAMAGED, internals=f"{type(exc).__name__}: {said}")
 
 
 def _draft_size(size: tuple[int, int], min_edges: tuple[int, int], box: Box | None,
@@ -361,9 +374,10 @@ def _scaled_box(box: Box, size: tuple[int, int], full: tuple[int, int]) -> Box:
 
 
 def too_big(size: int, limit: int) -> InvalidImageError:
-    """The refusal of a file of ``size`` bytes, over ``limit``."""
-    return InvalidImageError("too_large", f"the file is {size:,} bytes, over the limit of {limit:,}; make it smaller "
-                             "and try again")
+    """The refusal of a file of ``size`` bytes, over ``limit``, in MB (its size where it reads differently)."""
+    shown = f" {data_size(size)}," if data_size(size) != data_size(limit) else ""
+    return InvalidImageError("too_large", f"the file is{shown} over the limit of {data_size(limit)}; make it smaller "
+                             "and try again", internals=f"{size:,} bytes, over {limit:,}")
 
 
 def _cut_and_fit(img: Image.Image, box: Box | None, original: tuple[int, int], fit: int | None) -> Image.Image:

@@ -26,7 +26,7 @@ from search.core.hits import Hit
 from search.core.ids import collection_name, image_ids, visitor_key
 from search.embedders.base import Embedder
 from search.embedders.registry import load_embedder
-from search.errors import BuildInterrupted, QueryError, StoreError, StoreUnavailableError
+from search.errors import BuildInterrupted, QueryError, ServiceUnavailable, StoreError, StoreUnavailableError
 from search.images import ocr
 from search.images.decode import MAX_PIXELS
 from search.index import ImageIndex
@@ -45,6 +45,8 @@ PREFIX = "mine-"
 LOCAL_OWNER = "local"
 SECRET = ".albums-secret"  # in the store folder: what makes album tokens (so they outlive a restart)
 FULL = "The public demo is full ({}); try again later, or run the app on your own machine (see its README)."
+FULL_RETRY_S = 3600  # room comes back only as visitors delete their collections
+BUSY_RETRY_S = 30  # an album's upload or re-embedding under way: most take less than a minute
 # What an album image adds to the store until the next walk of its folder says (store_size.py): its thumbnail,
 # record and words, and the copy waiting for its text to be read; more than most take.
 IMAGE_BYTES = 256 * 1024
@@ -167,7 +169,7 @@ class Albums:
             if self.public:
                 self._check_room(key, full, stored, stored | made, incoming)
                 if too_big:
-                    raise QueryError(FULL.format("no room left on its disk"))
+                    raise ServiceUnavailable(FULL.format("no room left on its disk"), retry_after=FULL_RETRY_S)
             upload = _Upload(full, full not in stored or full in made, incoming)
             self._uploads.append(upload)
             return upload
@@ -362,13 +364,15 @@ class Albums:
 
     def _refuse_while_swapping(self, full: str, name: str) -> None:
         if full in self._swapping:
-            raise QueryError(f"“{name}” is being embedded again with the app's model; change it once that is done.")
+            raise ServiceUnavailable(f"“{name}” is being embedded again with the app's model; change it once that is "
+                                     "done.", retry_after=BUSY_RETRY_S)
 
     def _refuse_while_changing(self, full: str, name: str) -> None:
         """Refuse to replace or delete an album that uploads are still filling, or that is being swapped."""
         self._refuse_while_swapping(full, name)
         if any(u.full == full for u in self._uploads):
-            raise QueryError(f"Images are still being added to “{name}”; try again once they are in.")
+            raise ServiceUnavailable(f"Images are still being added to “{name}”; try again once they are in.",
+                                     retry_after=BUSY_RETRY_S)
 
     def _check_room(self, key: str | None, full: str, stored: set[str], albums: set[str], incoming: int) -> None:
         """Refuse an upload that would pass a visitor's caps or the deployment's; the caller holds the lock.
@@ -382,14 +386,14 @@ class Albums:
             if owned >= limits.albums:
                 raise QueryError(f"You have {owned} collections, the most allowed here; delete one first.")
             if len(albums) >= limits.albums_total:
-                raise QueryError(FULL.format("no room for more collections"))
+                raise ServiceUnavailable(FULL.format("no room for more collections"), retry_after=FULL_RETRY_S)
         held = (self.store.open(full).count() if full in stored else 0) + sum(
             u.images for u in self._uploads if u.full == full)
         if held + incoming > limits.images:
             raise QueryError(f"This upload holds {incoming} files and the collection {held} images; a "
                              f"collection may hold {limits.images}. Add fewer, or delete some first.")
         if self._images(stored) + sum(u.images for u in self._uploads) + incoming > limits.images_total:
-            raise QueryError(FULL.format("no room for more images"))
+            raise ServiceUnavailable(FULL.format("no room for more images"), retry_after=FULL_RETRY_S)
 
     def _images(self, stored: set[str]) -> int:
         """Album images in the store: counted again when stale (every album: another process may write them too),

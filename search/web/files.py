@@ -35,13 +35,14 @@ from typing import Any
 from PIL import Image
 
 from search.core.ids import is_image_id
-from search.errors import QueryError
+from search.errors import ServiceUnavailable
 from search.images.decode import HEAD_BYTES, format_of
 from search.stores import thumbnails
 from search.stores.base import folder_bytes
 
 log = logging.getLogger(__name__)
 FULL_MESSAGE = "The server's space for visitors' images is full; try again in a few minutes."
+FULL_RETRY_S = 300  # Gradio deletes what it cached this often (layout.DELETE_CACHE), and the sweep runs meanwhile
 KEPT = "kept"  # the cache's sub-folder for what the app writes: fetched images, query previews
 KEEP_S = 1800  # what the app keeps lives as long as what Gradio caches (layout.DELETE_CACHE)
 SWEEP_S = 60  # how often at most the kept files are swept for ones past KEEP_S
@@ -118,14 +119,15 @@ class VisitorFiles:
             path.touch()
             return str(path)
         if not self.admit(len(data)):
-            raise QueryError(FULL_MESSAGE)
+            raise ServiceUnavailable(FULL_MESSAGE, retry_after=FULL_RETRY_S)
         tmp = path.with_suffix(f".{threading.get_native_id()}.part")
         try:
             tmp.write_bytes(data)
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise QueryError(FULL_MESSAGE, internals=f"{type(exc).__name__}: {exc}") from None
+            raise ServiceUnavailable(FULL_MESSAGE, retry_after=FULL_RETRY_S,
+                                     internals=f"{type(exc).__name__}: {exc}") from None
         return str(path)
 
     def keep_image(self, img: Image.Image, source: str | Path) -> str:

@@ -171,6 +171,14 @@ def status(shown: int, total: int, seconds: float, relevant: int | None = None, 
     return f"Top **{shown:,}** of {total:,} image{'' if total == 1 else 's'}{cut} · {seconds * 1000:.0f} ms"
 
 
+def filters_cleared(labels: list[str]) -> str:
+    """The status line's note that label filters the index just chosen does not hold were cleared."""
+    quoted = ", ".join(f"“{_md(label)}”" for label in labels)
+    if len(labels) == 1:
+        return f"The label filter {quoted} does not apply to this index and was cleared."
+    return f"The label filters {quoted} do not apply to this index and were cleared."
+
+
 def problem(message: str) -> str:
     """The status line when a search could not run: the library's own message for the person."""
     return f"⚠️ {message}"

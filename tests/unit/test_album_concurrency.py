@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from search.config import AlbumLimits
-from search.errors import QueryError
+from search.errors import ServiceUnavailable
 from search.service import store_size
 from search.service.albums import Albums, FairLock
 from search.service.store_size import StoreSize
@@ -132,8 +132,9 @@ def test_two_visitors_racing_for_the_last_album_one_gets_it_and_the_other_is_tol
     albums = _albums(tmp_path, Recording(), AlbumLimits(albums_total=1))
     results = _run({f"visitor-{v:02d}": (lambda v=v: albums.add(_key(v), "trip", _photos(tmp_path / "up", v)))
                     for v in (1, 2)})
-    refused = [r for r in results.values() if isinstance(r, QueryError)]
+    refused = [r for r in results.values() if isinstance(r, ServiceUnavailable)]
     assert len(refused) == 1 and "no room for more collections" in str(refused[0])
+    assert refused[0].retry_after == 3600  # a full demo: room comes back as visitors delete, not in seconds
     assert sum(getattr(r, "indexed", 0) == 3 for r in results.values()) == 1
     held = [n for n in albums.store.names() if n.startswith("mine-")]
     assert len(held) == 1 and albums.store.open(held[0]).count() == 3
@@ -154,14 +155,15 @@ def test_an_upload_under_way_holds_its_room_and_keeps_no_one_waiting_and_a_faile
     first.start()
     try:
         assert embedder.holding.wait(JOIN_S)  # made its album, and embeds: nothing of it is written yet
-        with pytest.raises(QueryError, match="no room for more images"):  # its 3 count as if written: 3 + 3 > 5
+        with pytest.raises(ServiceUnavailable, match="no room for more images"):  # its 3 count as if written: 3 + 3 > 5
             albums.add(_key(2), "trip", _photos(tmp_path / "up", 2))
         # Another visitor's upload that fits is not kept waiting by the one embedding.
         assert albums.add(_key(3), "trip", _photos(tmp_path / "up", 3, count=2)).indexed == 2
-        with pytest.raises(QueryError, match="no room for more collections"):
+        with pytest.raises(ServiceUnavailable, match="no room for more collections"):
             albums.add(_key(4), "trip", _photos(tmp_path / "up", 4, count=1))
-        with pytest.raises(QueryError, match="still being added"):
+        with pytest.raises(ServiceUnavailable, match="still being added") as busy:
             albums.drop(_key(1), "trip")
+        assert busy.value.retry_after == 30
         embedder.fail = True
     finally:
         embedder.release.set()

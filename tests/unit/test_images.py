@@ -7,8 +7,22 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from search.config import MB
+from search.core.units import data_size, megapixels
 from search.errors import InvalidImageError
-from search.images.decode import ALLOWED_FORMATS, MAX_BYTES, decode_image, format_of, make_thumbnail, read_file, read_image
+from search.images.decode import (
+    ALLOWED_FORMATS,
+    CUT_SHORT,
+    DAMAGED,
+    MAX_BYTES,
+    decode_image,
+    format_of,
+    make_thumbnail,
+    pixel_limit_message,
+    read_file,
+    read_image,
+    too_big,
+)
 from tests.conftest import SKIP_REASONS, hostile_files, random_rgb
 
 
@@ -196,4 +210,38 @@ def test_refusals_say_what_to_do_and_show_no_internals():
         assert "try again" in err.value.detail and "/" not in err.value.detail
     with pytest.raises(InvalidImageError) as err:
         decode_image(png_header_only(9000, 9000))
-    assert err.value.detail == "9000x9000 is over the limit of 64,000,000 pixels; scale it down and try again"
+    assert err.value.detail == "9000x9000 (81 MP) is over the limit of 64 MP; scale it down and try again"
+
+
+LIBRARY_WORDS = ("Error", "truncated", "not processed", "decoder", "Errno", "errno")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"])
+def test_a_file_cut_short_or_damaged_is_said_in_the_apps_words_and_the_decoders_go_to_internals(fmt):
+    data = encode(Image.effect_noise((300, 300), 50).convert("RGB"), fmt)
+    with pytest.raises(InvalidImageError) as err:
+        decode_image(data[:len(data) // 2])
+    assert err.value.reason == "corrupt" and err.value.detail in (CUT_SHORT, DAMAGED)
+    assert not any(word in str(err.value) for word in LIBRARY_WORDS), str(err.value)
+    assert err.value.internals and "Error" in err.value.internals  # what Pillow said, for the log
+    if fmt != "WEBP":  # libwebp says only "could not create decoder object": damaged, not cut short
+        assert err.value.detail == CUT_SHORT
+
+
+def test_a_file_that_cannot_be_read_says_why_in_words(tmp_path):
+    for path, said in ((tmp_path / "gone.jpg", "the file is gone"), (tmp_path, "it is a folder")):
+        with pytest.raises(InvalidImageError) as err:
+            read_file(path)
+        assert err.value.reason == "read_error" and said in err.value.detail
+        assert not any(word in str(err.value) for word in LIBRARY_WORDS) and str(tmp_path) not in str(err.value)
+        assert str(path) in (err.value.internals or "")  # the path and the system's words: the log's
+
+
+def test_sizes_over_a_limit_are_said_in_mb_and_mp():
+    assert too_big(57_000_000, MAX_BYTES).detail == "the file is 54.4 MB, over the limit of 50 MB; make it smaller and try again"
+    assert too_big(MAX_BYTES + 1, MAX_BYTES).detail.startswith("the file is over the limit of 50 MB")  # never "50 MB, over 50 MB"
+    assert pixel_limit_message("9000x6000", 24_000_000, 54_000_000) == (
+        "9000x6000 (54 MP) is over the limit of 24 MP; scale it down and try again")
+    assert [data_size(n) for n in (20 * MB, 52_428_800, 1024**3, 65_536, 900)] == ["20 MB", "50 MB", "1 GB", "64 KB",
+                                                                                  "900 bytes"]
+    assert [megapixels(n) for n in (64_000_000, 128_000_000, 56_250_000)] == ["64 MP", "128 MP", "56.2 MP"]
