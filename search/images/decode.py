@@ -70,7 +70,7 @@ COST_HEADROOM = 2
 # conversion to RGB and EXIF rotation included: 4 bytes for RGB (Pillow keeps it as RGBX), 5 for L/P/1
 # (source + RGB), 7 for 16-bit, 8 for RGBA/LA/CMYK or a rotated image (source + result), 9 for 32-bit
 # I/F. One PixelBudget unit is this many bytes; WebP, HEIF and AVIF (EXTRA_BYTES) and progressive or multi-scan
-# JPEGs (full-size DCT coefficients) cost extra units (_cost). tests/test_memory.py holds RSS to these.
+# JPEGs (full-size DCT coefficients) cost extra units (_cost). tests/e2e/test_memory.py holds RSS to these.
 BYTES_PER_PIXEL = 10
 # Bytes per pixel that a format's decoder holds beside Pillow's image while it loads. WebP: libwebp's two canvases
 # and Pillow's copy of one (16 bytes measured against a PNG's 4); HEIF: libheif's planes and pillow-heif's RGB copy

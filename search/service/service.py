@@ -162,7 +162,7 @@ class SearchService:
             return Examples([], [])
         return examples_of(main, shipped)
 
-    # --- The default index, built in the background on a first start (search/first_run.py) -------------
+    # --- The default index, built in the background on a first start (search/service/first_run.py) -------------
 
     def start_default_build(self) -> bool:
         """Build (or resume) the default index in the background where this start calls for it."""

@@ -1,7 +1,7 @@
 """How the app shows the service's answers to a person: captions, dropdown choices, Markdown, status lines.
 
 Pure functions from the service's typed data to what Gradio components take; no Gradio import, no I/O.
-Only ``app.py`` uses this module.
+The web layer's page modules (layout, page, albums_page, messages, ...) use it.
 """
 from __future__ import annotations
 
