@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFile, IptcImagePlugin, TiffImagePlugin
 
+from search.core.dates import YEARS
 from search.images.decode import ALLOWED_FORMATS, HEAD_BYTES, camera_preview, format_of, is_camera_raw
 
 MAX_TEXT = 2_000  # characters kept of each text field (a caption, a title, a comment)
@@ -44,7 +45,6 @@ MAX_XMP_BYTES = 512 * 1024
 # IPTC in a JPEG stands in an APP13 segment, at most 64 KB; a TIFF's IPTC tag can be as large as the file, and Pillow
 # parses it one 5-byte record at a time (6 MB of them: 1.4 s). Larger ones are skipped rather than parsed.
 MAX_IPTC_BYTES = 64 * 1024
-YEARS = range(1900, 2101)
 # What cameras and phones write as ImageDescription when nobody described the photo: words of no one's choosing.
 CAMERA_DEFAULTS = frozenset({
     "olympus digital camera", "sony dsc", "samsung camera pictures", "exif_jpeg_picture", "digital camera",

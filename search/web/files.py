@@ -34,6 +34,7 @@ from typing import Any
 
 from PIL import Image
 
+from search.core.atomic import write_atomically
 from search.core.ids import is_image_id
 from search.errors import ServiceUnavailable
 from search.images.decode import HEAD_BYTES, format_of
@@ -121,12 +122,9 @@ class VisitorFiles:
             return str(path)
         if not self.admit(len(data)):
             raise ServiceUnavailable(FULL_MESSAGE, retry_after=FULL_RETRY_S)
-        tmp = path.with_suffix(f".{threading.get_native_id()}.part")
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            write_atomically(path, data)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise ServiceUnavailable(FULL_MESSAGE, retry_after=FULL_RETRY_S,
                                      internals=f"{type(exc).__name__}: {exc}") from None
         return str(path)
