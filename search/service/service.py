@@ -61,10 +61,11 @@ class Answer:
 
 @dataclass(frozen=True)
 class IndexChoice:
-    """Something a visitor can search: a shared index ("clip" or "pixels") or one of their albums."""
+    """Something a visitor can search: a shared index (searched by a model's vectors, CLIP or SigLIP: "model"; or by
+    raw pixels: "pixels") or one of their albums."""
 
     name: str  # the shared index's name, or the album's name as its owner gave it
-    kind: Literal["clip", "pixels", "album"]
+    kind: Literal["model", "pixels", "album"]
     model: str  # the model by its name only (never a server path)
 
     @property
@@ -228,7 +229,7 @@ class SearchService:
 
     def shared_indexes(self) -> list[IndexChoice]:
         """The indexes every visitor may search, the main one first."""
-        return [IndexChoice(name, "clip" if target.supports_text else "pixels", _model_name(target.embedder.name))
+        return [IndexChoice(name, "model" if target.supports_text else "pixels", _model_name(target.embedder.name))
                 for name, target in self._shared.items()]
 
     def album_indexes(self, key: str | None) -> list[IndexChoice]:

@@ -165,7 +165,7 @@ def test_the_detail_view_gives_the_raw_score_and_a_link_only_to_a_web_source():
 
 
 def test_index_choices_label_each_kind():
-    choices = [IndexChoice("images", "clip", "clip-ViT-B-32"), IndexChoice("pixels", "pixels", "pixels"),
+    choices = [IndexChoice("images", "model", "clip-ViT-B-32"), IndexChoice("pixels", "pixels", "pixels"),
                IndexChoice("trip", "album", "clip-ViT-B-32")]
     assert views.index_choices(choices) == [("images: CLIP clip-ViT-B-32", "images"),
                                             ("pixels: pixels (basic)", "pixels"),
