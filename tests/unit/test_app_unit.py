@@ -195,7 +195,8 @@ def test_the_page_searches_by_text_best_first(service):
     out = searched(pages(service)[0].search_text(caption("blue triangle"), *controls()))
     assert len(out["results"]) == len(out["shown"]) == 5 and out["status"].startswith("Top **5** of ")
     assert [c.split()[0] for _, c in out["results"]] == ["#1", "#2", "#3", "#4", "#5"]
-    ranked = service.search(Query((Part("text", caption("blue triangle")),), k=5)).hits  # vectors and words fused
+    query = Query(positive=(Part(kind="text", value=caption("blue triangle")),), k=5)
+    ranked = service.search(query).hits  # vectors and words fused
     assert [h.id for h in out["shown"]] == [h.id for h in ranked]
     assert sum(h.label == "blue triangle" for h in out["shown"]) >= 4
     assert all(Path(image).is_file() for image, _ in out["results"])
@@ -279,7 +280,8 @@ def test_label_filters_list_the_index_labels_and_filter_inside_the_search(servic
 def test_the_api_answers_hits_best_first_with_served_copies(service, local_store):
     hits = pages(service)[2].search_by_text(caption("red circle"), 5, "cosine", "", "")
     assert len(hits) == 5 and set(hits[0]) == {"id", "score", "label", "caption", "image", "similar", "taken", "matched"}
-    assert [h["id"] for h in hits] == [h.id for h in service.search(Query((Part("text", caption("red circle")),), k=5)).hits]
+    query = Query(positive=(Part(kind="text", value=caption("red circle")),), k=5)
+    assert [h["id"] for h in hits] == [h.id for h in service.search(query).hits]
     assert hits[0]["matched"] == {"label": ["red", "circle"]}
     assert sum(h["label"] == "red circle" for h in hits) >= 4
     for h in hits:  # a file of Gradio's cache, never a path into the store
