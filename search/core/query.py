@@ -40,8 +40,8 @@ Box = tuple[int, int, int, int]  # a region: left, top, right, bottom, in the up
 Cutoff = Literal["auto"] | float | None
 Sort = Literal["relevance", "newest", "oldest"]
 SORTS: tuple[Sort, ...] = ("relevance", "newest", "oldest")
-PART_KINDS: tuple[PartKind, ...] = ("text", "image", "id")
-PART_KEYS = (*PART_KINDS, "weight", "box")  # a part as JSON
+_PART_KINDS: tuple[PartKind, ...] = ("text", "image", "id")
+_PART_KEYS = (*_PART_KINDS, "weight", "box")  # a part as JSON
 CANNOT_READ_TEXT = "the pixel method cannot read text; search by an image here, or choose a CLIP index."
 
 
@@ -97,7 +97,7 @@ class Part(_Model):
     @field_validator("kind", mode="before")
     @classmethod
     def _kind(cls, kind: object, info: ValidationInfo) -> object:
-        if kind not in PART_KINDS:
+        if kind not in _PART_KINDS:
             raise QueryError(f"{_at(info)}a part has exactly one of text, image or id.")
         return kind
 
@@ -154,8 +154,9 @@ def _at(info: ValidationInfo) -> str:
 
 
 def _object(data: object, keys: Sequence[str], not_object: str, unknown: str) -> dict[str, Any]:
-    """``data`` as a JSON object of ``keys`` only; else a QueryError: ``not_object`` (with the type sent) or
-    ``unknown`` (with the first unknown key)."""
+    """``data`` as a JSON object of ``keys`` only; else a QueryError: ``not_object`` with "{type}" filled in
+    (the type sent), or ``unknown`` with "{key}" (the first unknown key). Filled in by replace, not format:
+    a message may show JSON's own braces."""
     if not isinstance(data, dict):
         raise QueryError(not_object.replace("{type}", _type(data)))
     for key in data:
@@ -354,10 +355,10 @@ class Query(_Model):
 def _sent_part(part: object, name: str, images: list[str | Path | None]) -> dict[str, Any]:
     """A part in its JSON form, ``{"text" | "image" | "id": ..., "weight", "box"}``, as ``Part``'s fields,
     named by its place; an image part's position resolved to the uploaded file. ``Part`` checks the rest."""
-    sent = _object(part, PART_KEYS, f"{name}: a part must be an object such as {{\"text\": \"a red dress\"}}, not "
+    sent = _object(part, _PART_KEYS, f"{name}: a part must be an object such as {{\"text\": \"a red dress\"}}, not "
                    "{type}.", f"{name}: unknown key {{key}}; a part has one of text, image, id, a weight, and for an "
                    "image a box.")
-    kinds = [kind for kind in PART_KINDS if kind in sent]
+    kinds = [kind for kind in _PART_KINDS if kind in sent]
     kind = kinds[0] if len(kinds) == 1 else None  # none or several: Part refuses the kind
     value = sent.get(kind) if kind else None
     if kind == "image":
