@@ -4,7 +4,15 @@ from search.core.metrics import METRICS
 from search.embedders.base import DEFAULT_MODEL
 from search.embedders.pixels import PIXELS
 from search.embedders.registry import load_embedder
-from search.errors import InvalidImageError, ModelError, QueryError, SearchError, SourceError, StoreError
+from search.errors import (
+    InvalidImageError,
+    ModelError,
+    QueryError,
+    SearchError,
+    ServiceUnavailable,
+    SourceError,
+    StoreError,
+)
 from search.index import ImageIndex
 
 __all__ = [
@@ -17,6 +25,7 @@ __all__ = [
     "ModelError",
     "QueryError",
     "SearchError",
+    "ServiceUnavailable",
     "SourceError",
     "StoreError",
     "load_embedder",

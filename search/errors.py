@@ -32,10 +32,11 @@ REASONS = {
 
 
 class InvalidImageError(SearchError, ValueError):
-    """An image could not be used; ``reason`` is a short code for reports, ``detail`` says why."""
+    """An image could not be used; ``reason`` is a short code for reports, ``detail`` says why in the app's own
+    words (never a decoder's or the system's: those go in ``internals``, for the log)."""
 
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{REASONS.get(reason, 'The image cannot be used')}: {detail}")
+    def __init__(self, reason: str, detail: str, *, internals: str | None = None):
+        super().__init__(f"{REASONS.get(reason, 'The image cannot be used')}: {detail}", internals=internals)
         self.reason = reason
         self.detail = detail
 
@@ -44,11 +45,24 @@ class QueryError(SearchError, ValueError):
     """A query that cannot be answered as asked (empty text, unknown metric, ...)."""
 
 
+class ServiceUnavailable(SearchError):
+    """The server cannot answer now, through no fault of the request: the model is still loading, the default
+    index is being built, the store does not answer, the public demo is full. HTTP callers get 503.
+
+    ``retry_after``: the seconds after which asking again may well succeed (HTTP's Retry-After); None where
+    the state lasts until the operator changes something (a build that failed, a full disk).
+    """
+
+    def __init__(self, message: str = "", *, retry_after: int | None = None, internals: str | None = None):
+        super().__init__(message, internals=internals)
+        self.retry_after = retry_after
+
+
 class StoreError(SearchError):
     """The store is missing, damaged, locked, or does not match the model."""
 
 
-class StoreUnavailableError(StoreError):
+class StoreUnavailableError(StoreError, ServiceUnavailable):
     """The store went away while in use: a Chroma server stopped answering, a disk filled up."""
 
 

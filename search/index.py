@@ -158,7 +158,7 @@ class ImageIndex:
         return self._rank(np.asarray(vector, dtype=np.float32), k, 0, metric, fold)
 
     def search(self, query: Query) -> Ranked:
-        """A page of ``query``'s ranking (see search/query.py), with each hit marked against its cut-off.
+        """A page of ``query``'s ranking (see search/core/query.py), with each hit marked against its cut-off.
 
         Text parts search two channels: the vectors and the records' words (caption, label, file name, photo
         text, text in the image), fused by rank (``core.fusion``); a query none of whose words is found ranks

@@ -1,6 +1,7 @@
 """Shared fixtures: offline models, generated folders with hostile files, and built stores."""
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -21,6 +22,7 @@ import pytest
 from PIL import Image
 
 from bench.app_process import RunningApp, free_port  # noqa: F401 - shared with bench/
+from bench.camera import claim_size, dng, encode
 from tests.fixtures.shapes import write_folder
 from tests.fixtures.tiny_clip import build_random_tiny_clip
 
@@ -91,7 +93,31 @@ def hostile_files() -> dict[str, bytes]:
         "readme.txt": b"hello",
         "bomb.png": png_header_only(60_000, 60_000),
         "icon.ico": _ico_bytes(),
+        **camera_hostile_files(),
     }
+
+
+@functools.cache
+def camera_hostile_files() -> dict[str, bytes]:
+    """Phone and camera formats cut short, claiming a size their pixels are not, or without the preview a RAW is
+    read by (encoded once: HEVC is slow)."""
+    square = Image.new("RGB", (64, 64), "red")  # HEVC pads nothing at 64x64, so a claimed size stands
+    heic, avif = encode(square, "HEIF"), encode(square, "AVIF", speed=10)
+    return {
+        "truncated.heic": heic[: len(heic) // 2],
+        "truncated.avif": avif[: len(avif) // 2],
+        "bomb.heic": claim_size(heic, 9_000, 9_000),  # over the build's 64 MP, under Pillow's own bomb limit
+        "bomb.avif": claim_size(avif, 9_000, 9_000),
+        "huge.heic": claim_size(heic, 60_000, 60_000),  # over Pillow's bomb limit
+        "bomb.dng": dng(square, preview_jpeg=jpeg_claiming(encode(square, "JPEG"), 60_000, 60_000)),
+        "no-preview.dng": dng(square, preview_jpeg=b""),
+    }
+
+
+def jpeg_claiming(data: bytes, width: int, height: int) -> bytes:
+    """A JPEG whose frame header (SOF0) claims ``width`` x ``height``."""
+    at = data.index(b"\xff\xc0") + 5  # marker, length, precision
+    return data[:at] + struct.pack(">HH", height, width) + data[at + 4:]
 
 
 SKIP_REASONS = {
@@ -101,6 +127,13 @@ SKIP_REASONS = {
     "readme.txt": "unsupported",
     "bomb.png": "too_large",
     "icon.ico": "unsupported",
+    "truncated.heic": "corrupt",
+    "truncated.avif": "corrupt",
+    "bomb.heic": "too_large",
+    "bomb.avif": "too_large",
+    "huge.heic": "too_large",
+    "bomb.dng": "too_large",
+    "no-preview.dng": "unsupported",
 }
 
 

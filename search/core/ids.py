@@ -21,6 +21,12 @@ def content_id(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=ID_BYTES).hexdigest()
 
 
+def name_key(name: str) -> str:
+    """A short key for a collection's name that SQL table names and file names can hold (names may hold any
+    character); the same name gives the same key in every process."""
+    return hashlib.sha1(name.encode("utf-8")).hexdigest()[:20]
+
+
 def is_image_id(value: object) -> bool:
     """Whether ``value`` is an id that ``content_id`` could have made."""
     return isinstance(value, str) and IMAGE_ID.fullmatch(value) is not None

@@ -8,7 +8,7 @@ other within twice the deadline) does not wait at all; one alone in a busy spell
 Calls with several inputs (an album upload) go straight to the model.
 
 Batches are formed per kind of call: texts, and images at each precision. Texts of a batch may go to
-different towers (search/text_routing.py): the wrapped embedder splits a batch by tower itself.
+different towers (search/embedders/text_routing.py): the wrapped embedder splits a batch by tower itself.
 """
 from __future__ import annotations
 

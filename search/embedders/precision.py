@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from search.core.atomic import write_atomically
 
 FP32, BF16, INT8, AUTO = "fp32", "bf16", "int8", "auto"
 PRECISIONS = (FP32, BF16, INT8)
@@ -167,9 +168,7 @@ def remember(path: str | None, key: str, decision: Decision) -> None:
     known[key] = {"precision": decision.precision, "batch_size": decision.batch_size, "reason": decision.reason,
                   "trials": [asdict(t) for t in decision.trials], "at": time.strftime("%Y-%m-%d")}
     try:
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_native_id()}.tmp")
-        temporary.write_text(json.dumps(known, indent=1))
-        os.replace(temporary, target)
+        write_atomically(target, json.dumps(known, indent=1))
     except OSError:
         pass
 

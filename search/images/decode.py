@@ -6,10 +6,11 @@ process-wide :class:`PixelBudget` while it runs, so concurrent large decodes tak
 """
 from __future__ import annotations
 
+import errno
 import io
 import math
+import struct
 import threading
-import unicodedata
 import warnings
 from collections import deque
 from collections.abc import Iterator
@@ -18,17 +19,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
+import rawpy
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from search.core.query import Box
+from search.core.units import data_size, megapixels
 from search.errors import InvalidImageError, QueryError
 
-# Everything else is refused before decoding; JPEG includes MPO, which many phone cameras write.
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
-NOT_AN_IMAGE = f"not an image, or not one of {', '.join(ALLOWED_FORMATS)}"
-# The first bytes of each allowed format (WebP: "RIFF", 4 bytes of size, "WEBP"; MPO files are JPEGs).
+# HEIC/HEIF through pillow-heif; AVIF is Pillow's own.
+pillow_heif.register_heif_opener()
+# Everything else is refused before decoding; JPEG includes MPO, which many phone cameras write. AVIF is tried before
+# HEIF: both claim the generic "mif1" brand, and only pillow-heif would open an AVIF it then cannot decode.
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "HEIF")
+# Camera RAW files are read through their embedded preview (a JPEG or a bitmap), by LibRaw; never developed.
+CAMERA_RAW = "RAW"
+NOT_AN_IMAGE = f"not an image, or not one of {', '.join(ALLOWED_FORMATS)} or a camera RAW with a preview"
+# What a decoder's failure means, in words (its own, "OSError: image file is truncated (6 bytes not
+# processed)", go to the log): a file that ends early, or one whose data is wrong.
+CUT_SHORT = "the image is cut short (the file is incomplete); copy or download it again"
+DAMAGED = "the image data is damaged and cannot be decoded; save it again from the program that made it"
+# What an error reading a file means, by its errno; anything else is UNREADABLE.
+READ_ERRORS = {errno.ENOENT: "the file is gone (it was moved or deleted while it was read)",
+               errno.EACCES: "the app is not allowed to read the file", errno.EPERM: "the app is not allowed to read the file",
+               errno.EISDIR: "it is a folder, not a file"}
+UNREADABLE = "the file could not be read from the disk"
+# The first bytes of each allowed format (WebP: "RIFF", 4 bytes of size, "WEBP"; MPO files are JPEGs). DNG, CR2, NEF,
+# ARW, PEF and SRW are TIFFs; ORF, RW2 and RAF have their own; HEIF, AVIF and CR3 are ISO boxes (below).
 SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-              (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"))
+              (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),
+              (b"IIRO", CAMERA_RAW), (b"IIRS", CAMERA_RAW), (b"MMOR", CAMERA_RAW), (b"IIU\x00", CAMERA_RAW),
+              (b"FUJIFILM", CAMERA_RAW))
+# An ISO base media file starts with its 'ftyp' box, whose major brand (bytes 8 to 12) names what it holds.
+BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"crx ": CAMERA_RAW,
+          **dict.fromkeys((b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"),
+                          "HEIF")}
 HEAD_BYTES = 12
 MAX_BYTES = 50 * 1024 * 1024
 # Builds from the command line: a 12 MP photo passes five times over; a decompression bomb does not.
@@ -38,14 +63,26 @@ MAX_PIXELS = 64_000_000
 # of any size pass. At <= 10 bytes per pixel (below) one such decode peaks at about 240 MB.
 QUERY_MAX_PIXELS = 24_000_000
 # A decode may need more memory than its pixels (WebP: 1.7x a PNG's; see _cost) up to this many times the
-# pixel limit: a 16 MP WebP wallpaper is a query, and the process-wide budget still bounds the total.
+# pixel limit: a 16 MP WebP wallpaper or a 12 MP phone HEIC is a query, and the process-wide budget still bounds
+# the total.
 COST_HEADROOM = 2
 # Peak RSS per decoded pixel, measured with Pillow 12 for 64 MP images of every format and mode accepted,
 # conversion to RGB and EXIF rotation included: 4 bytes for RGB (Pillow keeps it as RGBX), 5 for L/P/1
 # (source + RGB), 7 for 16-bit, 8 for RGBA/LA/CMYK or a rotated image (source + result), 9 for 32-bit
-# I/F. One PixelBudget unit is this many bytes; WebP (16 bytes) and progressive or multi-scan JPEGs
-# (full-size DCT coefficients) cost extra units (_cost). tests/test_memory.py holds RSS to these.
+# I/F. One PixelBudget unit is this many bytes; WebP, HEIF and AVIF (EXTRA_BYTES) and progressive or multi-scan
+# JPEGs (full-size DCT coefficients) cost extra units (_cost). tests/e2e/test_memory.py holds RSS to these.
 BYTES_PER_PIXEL = 10
+# Bytes per pixel that a format's decoder holds beside Pillow's image while it loads. WebP: libwebp's two canvases
+# and Pillow's copy of one (16 bytes measured against a PNG's 4); HEIF: libheif's planes and pillow-heif's RGB copy
+# (7.8 against 3.9 for a 12 MP phone photo, pillow-heif 1.8); AVIF: libavif's planes and its RGB buffer (9.6 against
+# 3.9, Pillow 12.3). Measured with 8-bit files; bench/formats.py prints them again.
+EXTRA_BYTES = {"WEBP": 7, "HEIF": 4, "AVIF": 6}
+# EXIF orientation (2 to 8) -> the transposition that turns the image upright.
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+# LibRaw's flip (how the camera was held) as the EXIF orientation it was read from.
+_LIBRAW_FLIP = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
 # The process-wide budget: about 1 GB of decoding in flight at once (100M units at 10 bytes), which
 # holds one build-size image (64 MP) with room to spare, or four of the largest queries at once; the
 # rest wait their turn. Eight 64 MP PNGs decoded at once took a bare process to 3.8 GB before it.
@@ -115,7 +152,7 @@ class ImageHeader:
     format: str
     width: int
     height: int
-    pixels: int  # what will be decoded: smaller than width*height for a drafted JPEG
+    pixels: int  # what will be decoded: smaller than width*height for a drafted JPEG or a HEIF's thumbnail
     cost: int  # PixelBudget units (BYTES_PER_PIXEL bytes of peak memory each)
 
     @property
@@ -128,9 +165,10 @@ def image_header(
 ) -> ImageHeader:
     """Read the format and size from the header, without decoding, and check them against ``max_pixels``.
 
-    Raises InvalidImageError as decode_image would (``unsupported``, ``corrupt``, ``too_large``).
+    A camera RAW's header is its preview's. Raises InvalidImageError as decode_image would (``unsupported``,
+    ``corrupt``, ``too_large``).
     """
-    return _open(data, min_edges, max_pixels)[1]
+    return _open(camera_preview(data)[0], min_edges, max_pixels)[1]
 
 
 def decode_image(
@@ -146,9 +184,10 @@ def decode_image(
     """Decode encoded image bytes into an RGB image, or raise InvalidImageError with a reason.
 
     EXIF orientation is applied (a broken EXIF block is ignored), the first frame of an animation
-    is used, alpha is composited on white and 16-bit or float data is scaled to 8 bits.
-    ``min_edges=(shortest, longest)`` lets large JPEGs decode at 1/2, 1/4 or 1/8 scale as long as
-    the result keeps at least that shortest and that longest edge.
+    is used, alpha is composited on white and 16-bit or float data is scaled to 8 bits. A camera RAW gives
+    its embedded preview, turned as the camera was held.
+    ``min_edges=(shortest, longest)`` lets large JPEGs decode at 1/2, 1/4 or 1/8 scale, and a HEIF decode
+    its embedded thumbnail instead, as long as the result keeps at least that shortest and that longest edge.
     The size is read from the header first: more than ``max_pixels`` is refused before anything is
     allocated, and the decode waits its turn in ``budget`` (the process-wide DECODE_BUDGET by default).
     ``box`` keeps only that region (``min_edges`` then applies to the region, so a JPEG drafts only as far
@@ -159,13 +198,16 @@ def decode_image(
         raise InvalidImageError("empty", "the file is empty")
     if len(data) > max_bytes:
         raise too_big(len(data), max_bytes)
-    img, header = _open(data, min_edges, max_pixels, box)
-    with (budget or DECODE_BUDGET).reserve(header.cost, header.size_text):
+    budget = budget or DECODE_BUDGET
+    data, held = camera_preview(data, budget)
+    img, header = _open(data, min_edges, max_pixels, box, budget)
+    with budget.reserve(header.cost, header.size_text):
         try:
             img.load()
         except Exception as exc:  # Pillow raises many types on malformed files; all mean "corrupt"
-            raise InvalidImageError("corrupt", _corrupt_detail(exc)) from None
-        return to_rgb(_cut_and_fit(_detach(_apply_exif_orientation(img)), box, (header.width, header.height), fit))
+            raise _corrupt(exc) from None
+        upright = _apply_exif_orientation(img, held)
+        return to_rgb(_cut_and_fit(_detach(upright), box, (header.width, header.height), fit))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -194,7 +236,7 @@ def read_image(
     if isinstance(image, Image.Image):
         width, height = image.size
         if width * height > max_pixels:
-            raise InvalidImageError("too_large", pixel_limit_message(f"{width}x{height}", max_pixels))
+            raise InvalidImageError("too_large", pixel_limit_message(f"{width}x{height}", max_pixels, width * height))
         with DECODE_BUDGET.reserve(width * height, f"{width}x{height}"):
             try:
                 rotated = ImageOps.exif_transpose(image)  # a copy: the caller's image is left alone
@@ -221,14 +263,85 @@ def read_file(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
                 raise InvalidImageError("unsupported", NOT_AN_IMAGE)
             return head + f.read()
     except OSError as exc:
-        raise InvalidImageError("read_error", f"{type(exc).__name__}: {exc.strerror or exc}") from None
+        raise InvalidImageError("read_error", READ_ERRORS.get(exc.errno or 0, UNREADABLE),
+                                internals=f"{path}: {type(exc).__name__}: {exc}") from None
 
 
 def format_of(head: bytes) -> str | None:
-    """The allowed format a file's first bytes announce (``HEAD_BYTES`` of them), or None."""
+    """The allowed format a file's first bytes announce (``HEAD_BYTES`` of them), or None. A camera RAW built as a
+    TIFF (DNG, CR2, NEF...) is "TIFF" here; :func:`camera_preview` tells it apart."""
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
+    if head[4:8] == b"ftyp":
+        return BRANDS.get(head[8:12])
     return next((name for magic, name in SIGNATURES if head.startswith(magic)), None)
+
+
+def is_camera_raw(data: bytes) -> bool:
+    """Whether ``data`` is a camera RAW, by its content: its own signature or brand (ORF, RW2, RAF, CR3), or a TIFF
+    that says so (CR2's marker; DNG's version tag, or a first image marked as a reduced copy, as NEF and ARW have)."""
+    return _raw_evidence(data) > 0
+
+
+def _raw_evidence(data: bytes) -> int:
+    """2: ``data`` says it is a camera RAW; 1: a TIFF whose first image is a reduced copy (NEF, ARW, and rare plain
+    TIFFs); 0: not a RAW."""
+    head = format_of(data[:HEAD_BYTES])
+    if head == CAMERA_RAW or (head == "TIFF" and data[8:10] == b"CR"):  # CR2: Canon's marker after the header
+        return 2
+    if head != "TIFF" or data[2:4] in (b"+\x00", b"\x00+"):  # BigTIFF: no camera writes it
+        return 0
+    tags = _first_ifd_tags(data, "<" if data[:2] == b"II" else ">")
+    return 2 if 50706 in tags else int(bool(tags.get(254, 0) & 1))  # DNGVersion; NewSubFileType's reduced bit
+
+
+def camera_preview(data: bytes, budget: PixelBudget | None = None) -> tuple[bytes, int]:
+    """A camera RAW's embedded preview, as a JPEG (or a bitmap one as an uncompressed TIFF), and the EXIF orientation
+    the camera recorded; any other ``data`` as it is, with 1 (upright).
+
+    The RAW is never developed: LibRaw reads its header and copies the preview out, at most the file's own bytes,
+    which the extraction holds in ``budget`` meanwhile. A RAW without a preview is ``unsupported``.
+    """
+    evidence = _raw_evidence(data)
+    if not evidence:
+        return data, 1
+    cost = math.ceil(2 * len(data) / BYTES_PER_PIXEL)  # LibRaw's copy of the preview and Python's
+    try:
+        with (budget or DECODE_BUDGET).reserve(cost, "this camera RAW file"), rawpy.imread(io.BytesIO(data)) as raw:
+            flip = raw.sizes.flip
+            thumb = raw.extract_thumb()
+    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+        raise InvalidImageError("unsupported", "this camera RAW file holds no preview image; export it as JPEG "
+                                "from the camera's software and try again") from None
+    except rawpy.LibRawFileUnsupportedError:
+        if evidence == 1:  # not a camera's after all: a TIFF like any other
+            return data, 1
+        raise InvalidImageError("corrupt", "the camera RAW file is damaged or incomplete, or from a camera that "
+                                "LibRaw does not know") from None
+    except InvalidImageError:
+        raise
+    except Exception as exc:  # LibRaw's many errors on damaged files all mean "corrupt"
+        raise _corrupt(exc) from None
+    preview = thumb.data
+    if thumb.format == rawpy.ThumbFormat.BITMAP:  # an RGB array: into the one decode path, limits and all
+        out = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(preview)).save(out, "TIFF")
+        preview = out.getvalue()
+    return bytes(preview), _LIBRAW_FLIP.get(flip, 1)
+
+
+def _first_ifd_tags(data: bytes, order: str) -> dict[int, int]:
+    """The tags of a TIFF's first IFD with their first value (SHORT or LONG; 0 for other types), read from ``data``."""
+    at = struct.unpack_from(f"{order}I", data, 4)[0] if len(data) >= 8 else len(data)
+    if at + 2 > len(data):
+        return {}
+    count = min(struct.unpack_from(f"{order}H", data, at)[0], (len(data) - at - 2) // 12)
+    tags: dict[int, int] = {}
+    for entry in range(count):
+        tag, kind, _, value = struct.unpack_from(f"{order}HHI4s", data, at + 2 + 12 * entry)
+        first = {3: "H", 4: "I"}.get(kind)
+        tags[tag] = struct.unpack_from(f"{order}{first}", value)[0] if first else 0
+    return tags
 
 
 def make_thumbnail(img: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
@@ -240,9 +353,11 @@ def make_thumbnail(img: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
 
 
 def _open(data: bytes, min_edges: tuple[int, int] | None, max_pixels: int,
-          box: Box | None = None) -> tuple[Image.Image, ImageHeader]:
+          box: Box | None = None, budget: PixelBudget | None = None) -> tuple[Image.Image, ImageHeader]:
     """The lazily opened image (drafted where allowed: as far as ``box`` keeps ``min_edges``, and never
-    to more pixels than ``max_pixels``) and its header, refused if over the limits."""
+    to more pixels than ``max_pixels``) and its header, refused if over the limits. A HEIF's draft decodes its
+    chosen thumbnail there and then, holding the whole image's cost in ``budget`` meanwhile (the thumbnail is
+    smaller; which one is chosen is pillow-heif's to say)."""
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb warning is replaced by the explicit checks below.
@@ -253,9 +368,12 @@ def _open(data: bytes, min_edges: tuple[int, int] | None, max_pixels: int,
                 raise InvalidImageError("corrupt", f"the image has no pixels ({width}x{height})")
             size_text = f"{width}x{height}"
             if width * height > (Image.MAX_IMAGE_PIXELS or math.inf):  # Pillow's bomb limit, at any scale
-                raise InvalidImageError("too_large", pixel_limit_message(size_text, max_pixels))
+                raise InvalidImageError("too_large", pixel_limit_message(size_text, max_pixels, width * height))
             if min_edges and img.format in ("JPEG", "MPO"):
                 img.draft(None, _draft_size(img.size, min_edges, box, max_pixels))
+            elif min_edges and img.format == "HEIF" and img.info.get("thumbnails"):
+                with (budget or DECODE_BUDGET).reserve(_cost(img, data, width, height), size_text):
+                    img.draft(None, _draft_size(img.size, min_edges, box, max_pixels))
             pixels = img.size[0] * img.size[1]
             cost = _cost(img, data, width, height)
     except InvalidImageError:
@@ -263,16 +381,20 @@ def _open(data: bytes, min_edges: tuple[int, int] | None, max_pixels: int,
     except Image.DecompressionBombError:
         raise InvalidImageError("too_large", pixel_limit_message("the image", max_pixels)) from None
     except UnidentifiedImageError:
+        if format_of(data[:HEAD_BYTES]) in ("AVIF", "HEIF"):  # these decoders read the whole header at open
+            raise InvalidImageError("corrupt", "the file is damaged or incomplete (its header could not be read, or "
+                                    "it claims a size its decoder refuses)") from None
         raise InvalidImageError("unsupported", NOT_AN_IMAGE) from None
     except Exception as exc:  # Pillow raises many types on malformed files; all mean "corrupt"
-        raise InvalidImageError("corrupt", _corrupt_detail(exc)) from None
+        raise _corrupt(exc) from None
     header = ImageHeader(img.format or "", width, height, pixels, cost)
     if pixels > max_pixels:
-        raise InvalidImageError("too_large", pixel_limit_message(size_text, max_pixels))
+        drafted = pixels != width * height  # a JPEG counted at its decoded scale: its size in MP would mislead
+        raise InvalidImageError("too_large", pixel_limit_message(size_text, max_pixels, None if drafted else pixels))
     if cost > max_pixels * COST_HEADROOM:  # fewer pixels, but a format that needs more memory per pixel
         raise InvalidImageError(
-            "too_large", f"{size_text} ({header.format}) needs as much memory to decode as {cost:,} pixels, over the "
-            f"limit of {max_pixels * COST_HEADROOM:,}; scale it down (or save it as PNG) and try again"
+            "too_large", f"{size_text} ({header.format}) needs as much memory to decode as {megapixels(cost)}, over the "
+            f"limit of {megapixels(max_pixels * COST_HEADROOM)}; scale it down (or save it as PNG) and try again"
         )
     return img, header
 
@@ -280,10 +402,8 @@ def _open(data: bytes, min_edges: tuple[int, int] | None, max_pixels: int,
 def _cost(img: Image.Image, data: bytes, width: int, height: int) -> int:
     """Peak memory of decoding ``img`` (as opened, after any draft) in units of BYTES_PER_PIXEL bytes."""
     pixels = img.size[0] * img.size[1]
-    if img.format == "WEBP":
-        # libwebp's two canvases and Pillow's copy of one live beside the image while it loads:
-        # 16 bytes per pixel measured, against 4 for a PNG.
-        return math.ceil(pixels * (BYTES_PER_PIXEL + 7) / BYTES_PER_PIXEL)
+    if img.format in EXTRA_BYTES:
+        return math.ceil(pixels * (BYTES_PER_PIXEL + EXTRA_BYTES[img.format]) / BYTES_PER_PIXEL)
     if img.format in ("JPEG", "MPO") and _jpeg_buffers_whole_image(data, getattr(img, "layers", 3)):
         # A progressive or multi-scan JPEG keeps every DCT coefficient of the full-size image (2 bytes
         # per sample) whatever scale it is decoded at.
@@ -320,17 +440,18 @@ def _jpeg_buffers_whole_image(data: bytes, components: int) -> bool:
     return True
 
 
-def pixel_limit_message(what: str, max_pixels: int) -> str:
-    """The public words for an image over a pixel limit: what it is, the limit, what to do."""
-    return f"{what} is over the limit of {max_pixels:,} pixels; scale it down and try again"
+def pixel_limit_message(what: str, max_pixels: int, pixels: int | None = None) -> str:
+    """The public words for an image over a pixel limit: what it is (its ``pixels`` in MP where they read
+    differently from the limit), the limit, what to do."""
+    size = f" ({megapixels(pixels)})" if pixels and megapixels(pixels) != megapixels(max_pixels) else ""
+    return f"{what}{size} is over the limit of {megapixels(max_pixels)}; scale it down and try again"
 
 
-def _corrupt_detail(exc: Exception) -> str:
-    """The decoder's own words, cut short and without anything that looks like a path."""
-    text = "".join(c for c in " ".join(str(exc).split())[:160] if unicodedata.category(c)[0] != "C")
-    if "/" in text or "\\" in text:
-        text = ""
-    return f"the file is damaged or incomplete ({type(exc).__name__}{': ' + text if text else ''})"
+def _corrupt(exc: Exception) -> InvalidImageError:
+    """The refusal of a file the decoder failed on, in the app's words; the decoder's own go to the log."""
+    said = " ".join(str(exc).split())[:200]
+    cut_short = isinstance(exc, EOFError) or "truncated" in said.lower()
+    return InvalidImageError("corrupt", CUT_SHORT if cut_short else DAMAGED, internals=f"{type(exc).__name__}: {said}")
 
 
 def _draft_size(size: tuple[int, int], min_edges: tuple[int, int], box: Box | None,
@@ -361,9 +482,10 @@ def _scaled_box(box: Box, size: tuple[int, int], full: tuple[int, int]) -> Box:
 
 
 def too_big(size: int, limit: int) -> InvalidImageError:
-    """The refusal of a file of ``size`` bytes, over ``limit``."""
-    return InvalidImageError("too_large", f"the file is {size:,} bytes, over the limit of {limit:,}; make it smaller "
-                             "and try again")
+    """The refusal of a file of ``size`` bytes, over ``limit``, in MB (its size where it reads differently)."""
+    shown = f" {data_size(size)}," if data_size(size) != data_size(limit) else ""
+    return InvalidImageError("too_large", f"the file is{shown} over the limit of {data_size(limit)}; make it smaller "
+                             "and try again", internals=f"{size:,} bytes, over {limit:,}")
 
 
 def _cut_and_fit(img: Image.Image, box: Box | None, original: tuple[int, int], fit: int | None) -> Image.Image:
@@ -380,14 +502,15 @@ def _fitted(size: tuple[int, int], fit: int) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def _apply_exif_orientation(img: Image.Image) -> Image.Image:
-    """The image turned as its EXIF says; the same object (no copy) when it needs no turning."""
+def _apply_exif_orientation(img: Image.Image, held: int = 1) -> Image.Image:
+    """The image turned as its EXIF says, or else as ``held`` (an EXIF orientation: a camera RAW's, for its
+    preview); the same object (no copy) when it needs no turning. HEIF comes upright from libheif."""
     try:
-        if img.getexif().get(0x0112, 1) not in range(2, 9):
-            return img
-        return ImageOps.exif_transpose(img)
+        orientation = img.getexif().get(0x0112, 1)
     except Exception:  # a malformed EXIF block must not cost the image itself
-        return img
+        orientation = 1
+    orientation = orientation if orientation in _UPRIGHT else held
+    return img.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else img
 
 
 def _detach(img: Image.Image) -> Image.Image:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFile, IptcImagePlugin, TiffImagePlugin
 
-from search.images.decode import ALLOWED_FORMATS
+from search.core.dates import YEARS
+from search.images.decode import ALLOWED_FORMATS, HEAD_BYTES, camera_preview, format_of, is_camera_raw
 
 MAX_TEXT = 2_000  # characters kept of each text field (a caption, a title, a comment)
 # Characters kept of a photo's words in all, its texts first and then its keywords: a full-length caption, a title
@@ -44,7 +45,6 @@ MAX_XMP_BYTES = 512 * 1024
 # IPTC in a JPEG stands in an APP13 segment, at most 64 KB; a TIFF's IPTC tag can be as large as the file, and Pillow
 # parses it one 5-byte record at a time (6 MB of them: 1.4 s). Larger ones are skipped rather than parsed.
 MAX_IPTC_BYTES = 64 * 1024
-YEARS = range(1900, 2101)
 # What cameras and phones write as ImageDescription when nobody described the photo: words of no one's choosing.
 CAMERA_DEFAULTS = frozenset({
     "olympus digital camera", "sony dsc", "samsung camera pictures", "exif_jpeg_picture", "digital camera",
@@ -97,7 +97,10 @@ EMPTY = PhotoFacts()
 
 def read_facts(data: bytes) -> PhotoFacts:
     """The description, keywords and capture date that ``data``'s EXIF, IPTC and XMP hold; empty facts where
-    there are none or the bytes are not an image."""
+    there are none or the bytes are not an image. A camera RAW's are its own TIFF tags' (DNG, CR2, NEF...) or else
+    its preview's."""
+    if is_camera_raw(data):
+        return _raw_facts(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns about odd headers; they are read as far as they go
@@ -115,6 +118,11 @@ def read_facts(data: bytes) -> PhotoFacts:
                     dates += found_dates
     except Exception:  # not an image, or one Pillow cannot open: nothing to say
         return EMPTY
+    return _photo_facts(texts, keywords, dates)
+
+
+def _photo_facts(texts: list[str], keywords: list[str], dates: list[datetime.datetime | None]) -> PhotoFacts:
+    """What was found, cleaned and bounded: the first real date, the texts and then the keywords as room allows."""
     description = _description(texts)
     taken = next((d for d in dates if d is not None), None)
     return PhotoFacts(description, tuple(_keywords(keywords, MAX_PHOTO_TEXT - len(description or ""))), taken)
@@ -122,6 +130,23 @@ def read_facts(data: bytes) -> PhotoFacts:
 
 # Texts (as written: they are cleaned only while there is room for them), keywords, dates (best first)
 Facts = tuple[list[str], list[str], list[datetime.datetime | None]]
+
+
+def _raw_facts(data: bytes) -> PhotoFacts:
+    """A camera RAW's facts: the EXIF that its TIFF structure is, where it is one (the date; RAW files carry no
+    captions), else its preview's, which cameras give a copy of their EXIF."""
+    if format_of(data[:HEAD_BYTES]) == "TIFF":
+        try:
+            exif = Image.Exif()
+            exif.load(data)
+            return _photo_facts(*_tags_facts(exif))
+        except Exception:  # a damaged block: nothing to say
+            return EMPTY
+    try:
+        preview = camera_preview(data)[0]
+    except Exception:  # no preview, or a damaged file
+        return EMPTY
+    return EMPTY if is_camera_raw(preview) else read_facts(preview)
 
 
 def _exif_facts(im: ImageFile.ImageFile) -> Facts:
@@ -134,6 +159,11 @@ def _exif_facts(im: ImageFile.ImageFile) -> Facts:
         exif = im.getexif()
     else:
         return [], [], []
+    return _tags_facts(exif)
+
+
+def _tags_facts(exif: Image.Exif) -> Facts:
+    """The texts, keywords and dates of EXIF tags (IFD0 and the EXIF IFD)."""
     ifd = exif.get_ifd(EXIF_IFD)
     description = _clean(_decode(_raw(exif.get(IMAGE_DESCRIPTION))))
     if description and " ".join(description.casefold().split()) in CAMERA_DEFAULTS:

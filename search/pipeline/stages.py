@@ -8,6 +8,7 @@ what the store holds) is the runner's to say between them.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from search.stores.base import Collection, Record
 from search.stores.keywords import file_name
 from search.stores.store import Store
 
+log = logging.getLogger(__name__)
 KEEP_BYTES = 4 * 1024 * 1024  # per image, between hashing and decoding (32 images: 128 MB at most)
 Map = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]  # builtin map, or an executor's
 
@@ -173,6 +175,10 @@ def sync(store: Store, collection: Collection, root: str, current: set[str]) -> 
 
 
 def _skip(item: Item, error: InvalidImageError) -> dict[str, str]:
+    """The report's note on a skipped file: the error's own words; what the decoder or the system said goes to
+    the log."""
+    if error.internals:
+        log.info("skipped %s: %s", item.source, error.for_operator())
     return {"source": item.source, "reason": error.reason, "detail": error.detail}
 
 

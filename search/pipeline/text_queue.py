@@ -10,7 +10,6 @@ or an album dropped before its turn is skipped and its copy removed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -19,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
-from search.core.ids import is_image_id
+from search.core.ids import is_image_id, name_key
 from search.errors import InvalidImageError, StoreError
 from search.images import ocr
 from search.images.decode import MAX_PIXELS, read_image
@@ -35,7 +34,7 @@ TEMPORARY = ".part"
 
 def folder_of(store: Store, collection: str) -> Path:
     """Where a collection's waiting copies are."""
-    return store.folder / FOLDER / hashlib.sha1(collection.encode("utf-8")).hexdigest()[:20]
+    return store.folder / FOLDER / name_key(collection)
 
 
 def copies(ready: list[Ready], map: Map = map) -> list[Ready]:

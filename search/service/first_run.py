@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from search.config import Settings
+from search.core.atomic import write_atomically
 from search.embedders.base import DEFAULT_MODEL, Embedder
+from search.embedders.pixels import PIXELS
 from search.embedders.registry import load_embedder
 from search.errors import ModelError, SearchError, SourceError
 from search.index import ImageIndex
@@ -39,7 +40,6 @@ from search.stores.store import Store
 
 log = logging.getLogger(__name__)
 MARKER = "default-build.json"
-PIXELS = "pixels"
 DATASET_HINT = ("Where the Hugging Face Hub cannot be reached, set IMAGE_SEARCH_DEFAULT_DATASET to a local copy of "
                 "the dataset (a folder with data/train-*.parquet) or to a folder of images, or build an index with "
                 "`python index_builder.py --dataset SOURCE --store STORE`; then restart the app.")
@@ -107,10 +107,7 @@ def write_marker(store: Path, **fields: Any) -> None:
     """Write the marker atomically (a kill leaves the old one or the new one, never half of one)."""
     path = marker_path(store)
     path.parent.mkdir(parents=True, exist_ok=True)  # a Chroma server's store folder holds thumbnails only
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**fields, "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}, indent=2),
-                   encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps({**fields, "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}, indent=2))
 
 
 def wanted(settings: Settings) -> bool:

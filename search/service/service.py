@@ -22,7 +22,7 @@ from search.core.hits import Hit
 from search.core.ids import shown
 from search.core.query import Query
 from search.embedders.batching import QueryBatcher
-from search.errors import InvalidImageError, QueryError, SearchError, StoreUnavailableError
+from search.errors import InvalidImageError, QueryError, SearchError, ServiceUnavailable
 from search.index import ImageIndex
 from search.pipeline.build import Progress
 from search.pipeline.report import BuildReport
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 MINE = "mine/"  # an index value naming one of the caller's albums
 FOLLOW_S = 5.0  # how often the shared indexes are checked for a switch or rollback made by the builder
 LOAD_WAIT_S = 120.0  # how long a query that came while the model loads waits for it before it is refused
+# What callers are told to wait before asking again (HTTP's Retry-After), by what they wait for:
+LOADING_RETRY_S = 30  # the model, after a query already waited LOAD_WAIT_S for it
+FIRST_IMAGES_RETRY_S = 10  # the default build's first images (searches answer on what is in as soon as some are)
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ class SearchService:
             return Examples([], [])
         return examples_of(main, shipped)
 
-    # --- The default index, built in the background on a first start (search/first_run.py) -------------
+    # --- The default index, built in the background on a first start (search/service/first_run.py) -------------
 
     def start_default_build(self) -> bool:
         """Build (or resume) the default index in the background where this start calls for it."""
@@ -332,7 +335,7 @@ class SearchService:
         target = shared[index] if index else next(iter(shared.values()))
         state = self.build_state()
         if state and not state.finished and not len(target):  # counted only while the default build runs
-            raise QueryError(state.message())
+            raise ServiceUnavailable(state.message(), retry_after=FIRST_IMAGES_RETRY_S)
         return target
 
     def _albums_or_refuse(self) -> Albums:
@@ -347,25 +350,26 @@ class SearchService:
         albums = self._albums_or_refuse()
         state = self.build_state()
         if state and not state.finished:
-            raise QueryError("The default index is being built; change your collections once it is done "
-                             "(the page shows its progress).")
+            raise ServiceUnavailable("The default index is being built; change your collections once it is done "
+                                     "(the page shows its progress).", retry_after=_until_built(state))
         return albums
 
     def _wait_loaded(self) -> None:
         if not self._loaded.wait(LOAD_WAIT_S):
-            raise QueryError("The app is still loading its model; try again in a minute.")
+            raise ServiceUnavailable("The app is still loading its model; try again in a minute.",
+                                     retry_after=LOADING_RETRY_S)
 
-    def _unavailable(self) -> SearchError:
-        """Why there is nothing to search: the default build is under way, it failed, or there is no index
-        (a store that went away, such as a full disk, stays a store's error: not the caller's to fix)."""
+    def _unavailable(self) -> ServiceUnavailable:
+        """Why there is nothing to search: the default build is under way (ask again soon), it failed, or there
+        is no index (until the operator acts). Never the caller's to fix."""
         state = self.build_state()
         if state and not state.finished:
-            return QueryError(state.message())
+            return ServiceUnavailable(state.message(), retry_after=FIRST_IMAGES_RETRY_S)
         if state and state.problem:
-            return QueryError(f"No index to search yet: the default index could not be built: {state.problem}. "
-                              f"{state.hint}")
-        kind = StoreUnavailableError if isinstance(self._problem, StoreUnavailableError) else QueryError
-        return kind(f"No index to search yet: {self._problem}")
+            return ServiceUnavailable(f"No index to search yet: the default index could not be built: {state.problem}. "
+                                      f"{state.hint}")
+        retry = self._problem.retry_after if isinstance(self._problem, ServiceUnavailable) else None
+        return ServiceUnavailable(f"No index to search yet: {self._problem}", retry_after=retry)
 
     def _open_pixel_baseline(self, main: ImageIndex) -> None:
         name = self.settings.pixel_collection
@@ -376,6 +380,11 @@ class SearchService:
                 self._shared[name] = ImageIndex.open(self.settings.store, name, server=self.settings.chroma)
         except SearchError as exc:
             log.warning("pixel baseline %r not opened: %s", name, exc)
+
+
+def _until_built(state: BuildState) -> int:
+    """Seconds to tell a caller to wait for the default build: its time left where known, within 10 s to 10 min."""
+    return round(min(max(state.seconds_left or 60.0, 10.0), 600.0))
 
 
 def _warm_up(target: ImageIndex) -> None:

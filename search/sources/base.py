@@ -16,10 +16,13 @@ IMAGE_COLUMNS = ("image", "img", "picture", "photo", "images")
 LABEL_COLUMNS = ("label", "labels", "class", "category", "articleType", "subCategory", "masterCategory")
 CAPTION_COLUMNS = ("caption", "captions", "text", "title", "description", "productDisplayName", "sentences", "name")
 DATA_FILE_SUFFIXES = (".parquet", ".arrow")
-# What a folder build reads: files named as images of the decoder's formats. Anything else is listed in the
-# report as not an image, without being read or hashed (a photo folder often holds far more other files).
+# What a folder build reads: files named as images of the decoder's formats, phones' HEIC and AVIF and cameras' RAW
+# (read through their preview) included; the content, not the name, then decides how each is decoded. Anything else
+# is listed in the report as not an image, without being read or hashed (a photo folder often holds far more).
 IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".gif", ".webp", ".bmp", ".dib",
-                            ".tif", ".tiff"))
+                            ".tif", ".tiff", ".heic", ".heif", ".hif", ".avif", ".dng", ".cr2", ".cr3", ".nef",
+                            ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef", ".srw", ".rwl", ".3fr",
+                            ".iiq", ".erf", ".kdc", ".dcr", ".mrw", ".x3f"))
 
 
 @dataclass(frozen=True)

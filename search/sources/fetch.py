@@ -15,8 +15,9 @@ import ssl
 import time
 from urllib.parse import SplitResult, urljoin, urlsplit
 
+from search.core.units import data_size
 from search.errors import InvalidImageError
-from search.images.decode import MAX_BYTES
+from search.images.decode import MAX_BYTES, too_big
 
 MAX_REDIRECTS = 5
 TIMEOUT_S = 10.0
@@ -54,12 +55,13 @@ def fetch(
                 raise InvalidImageError("download_error", f"HTTP {response.status} from {url}")
             declared = response.getheader("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise InvalidImageError("too_large", f"{declared} bytes is over the limit of {max_bytes}")
+                raise too_big(int(declared), max_bytes)
             return _read_capped(response, max_bytes, deadline, url)
         except InvalidImageError:
             raise
-        except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-            raise InvalidImageError("download_error", f"{type(exc).__name__}: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:  # ssl.SSLError is an OSError
+            raise InvalidImageError("download_error", _download_failure(exc),
+                                    internals=f"{url}: {type(exc).__name__}: {exc}") from None
         finally:
             conn.close()
     raise InvalidImageError("download_error", f"more than {MAX_REDIRECTS} redirects")
@@ -114,6 +116,17 @@ def _refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_priva
     return None
 
 
+def _download_failure(exc: Exception) -> str:
+    """What a failed connection or download means, in words (the exception's own go to the log)."""
+    if isinstance(exc, TimeoutError):
+        return "the site took too long to answer; try again, or save the image and upload it"
+    if isinstance(exc, ssl.SSLError):
+        return "the site's secure connection could not be checked (its certificate may be wrong)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "the site refused the connection"
+    return "the site could not be reached, or broke off while sending the image"
+
+
 def _port(parts: SplitResult) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
@@ -157,5 +170,5 @@ def _read_capped(response: http.client.HTTPResponse, max_bytes: int, deadline: f
             return b"".join(chunks)
         total += len(chunk)
         if total > max_bytes:
-            raise InvalidImageError("too_large", f"more than {max_bytes} bytes from {url}")
+            raise InvalidImageError("too_large", f"{url} sent more than {data_size(max_bytes)}, the limit for an image")
         chunks.append(chunk)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
+from search.core.units import data_size, megapixels
 from search.errors import InvalidImageError, SourceError
 from search.images.decode import MAX_BYTES, QUERY_MAX_PIXELS, image_header, pixel_limit_message, read_file, too_big
 from search.sources.base import Item
@@ -48,19 +49,17 @@ class PixelAllowance:
 
     def charge(self, key: str, pixels: int) -> None:
         """Spend ``pixels`` on the file ``key`` (once, however often it is read), or raise ``too_large``."""
-        if self.total is None:
+        total = self.total
+        if total is None:
             return
         with self._lock:
             if key in self._charged:
                 return
-            if self.used + pixels > self.total:
-                raise InvalidImageError("too_large", self._detail())
+            if self.used + pixels > total:
+                raise InvalidImageError("too_large", f"the images of this upload add up to more than {megapixels(total)}, "
+                                        "the most one upload may decode; this file was skipped: add it in another upload")
             self.used += pixels
             self._charged.add(key)
-
-    def _detail(self) -> str:
-        return (f"the images of this upload add up to more than {self.total:,} pixels, the most one upload may "
-                "decode; this file was skipped: add it in another upload")
 
 
 def upload_items(
@@ -101,7 +100,9 @@ class Admission:
                 raise
             return
         if header.pixels > self.max_pixels:
-            raise InvalidImageError("too_large", pixel_limit_message(header.size_text, self.max_pixels))
+            whole = header.pixels == header.width * header.height  # not a JPEG counted at its decoded scale
+            raise InvalidImageError("too_large", pixel_limit_message(header.size_text, self.max_pixels,
+                                                                     header.pixels if whole else None))
         self.allowance.charge(key, header.pixels)
 
     def admit(self, data: bytes, key: str) -> bytes:
@@ -127,7 +128,7 @@ def zip_items(path: Path, admission: Admission) -> Iterator[Item]:
     if len(members) > MAX_MEMBERS:
         raise SourceError(f"{path.name} holds {len(members):,} files; the limit is {MAX_MEMBERS:,}: split it in parts")
     if sum(m.file_size for m in members) > MAX_TOTAL_BYTES:
-        raise SourceError(f"{path.name} would unpack to more than {MAX_TOTAL_BYTES:,} bytes; split it in parts")
+        raise SourceError(f"{path.name} would unpack to more than {data_size(MAX_TOTAL_BYTES)}; split it in parts")
     for number, member in enumerate(members, 1):
         problem = unsafe_member_name(member.filename)
         if problem:
@@ -166,12 +167,14 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, key: str, ad
             head = f.read(PEEK_BYTES)
             admission.check_head(head, key)  # the rest is not read for a refused image
             data = head + f.read(MAX_BYTES + 1 - len(head))  # the header may lie about the size; the read may not
-    except NotImplementedError:  # a compression method zipfile cannot read
-        raise InvalidImageError("unsupported", "the file is compressed in a way that cannot be read; zip it again") from None
-    except (zipfile.BadZipFile, zlib.error, OSError, RuntimeError, EOFError):  # RuntimeError: encrypted member
-        raise InvalidImageError("corrupt", "the file is damaged or encrypted inside the zip archive") from None
+    except NotImplementedError as exc:  # a compression method zipfile cannot read
+        raise InvalidImageError("unsupported", "the file is compressed in a way that cannot be read; zip it again",
+                                internals=f"{key}: {exc}") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, RuntimeError, EOFError) as exc:  # RuntimeError: encrypted member
+        raise InvalidImageError("corrupt", "the file is damaged or encrypted inside the zip archive",
+                                internals=f"{key}: {type(exc).__name__}: {exc}") from None
     if len(data) > MAX_BYTES:
-        raise InvalidImageError("too_large", f"the file is more than {MAX_BYTES:,} bytes; make it smaller and try again")
+        raise too_big(len(data), MAX_BYTES)
     return admission.admit(data, key)
 
 

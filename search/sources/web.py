@@ -25,7 +25,7 @@ def read_url_list(path: Path) -> list[str]:
 
 
 def url_items(urls: Sequence[tuple[str, str | None]], *, allow_private: bool = False) -> Iterator[Item]:
-    """Items that download their URL when read (safely: see search.urls); the caption is the alt text if any."""
+    """Items that download their URL when read (safely: see search.sources.fetch); the caption is the alt text if any."""
     for url, alt in urls:
         yield Item(url, partial(fetch, url, allow_private=allow_private), caption=alt, rereadable=False)
 

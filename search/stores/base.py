@@ -19,6 +19,7 @@ MAX_COLLECTION_NAME = 63  # the longest collection name a store holds (Chroma's 
 DISK_FULL = "the server's disk is full; free some space, then try again (nothing stored was lost)"
 READ_ONLY = "the store is read-only here: searching works, adding or removing images does not"
 NOT_ANSWERING = "the store is not answering; try again in a moment"
+NOT_ANSWERING_RETRY_S = 10  # what callers are told to wait (Retry-After): a few breaker periods of the Chroma store
 NEARLY_FULL_BYTES = 32 * 1024**2  # free space under which a failed write is put down to a full disk
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})

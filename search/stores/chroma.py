@@ -31,6 +31,7 @@ from search.stores.base import (
     DISK_FULL,
     MAX_COLLECTION_NAME,
     NOT_ANSWERING,
+    NOT_ANSWERING_RETRY_S,
     READ_ONLY,
     Filter,
     ModelInfo,
@@ -343,7 +344,8 @@ class ChromaBackend:
         costs each visitor one answer within the deadline, not a queue of waits.
         """
         if not self.answering:
-            raise StoreUnavailableError(NOT_ANSWERING, internals=f"Chroma server at {self.server}: timed out lately")
+            raise StoreUnavailableError(NOT_ANSWERING, retry_after=NOT_ANSWERING_RETRY_S,
+                                        internals=f"Chroma server at {self.server}: timed out lately")
         try:
             yield
         except StoreError:
@@ -365,7 +367,8 @@ class ChromaBackend:
         detail = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}"
         if isinstance(cause, (httpx.TimeoutException, TimeoutError)) and self.server:
             self._down_until = time.monotonic() + BREAKER_S
-            return StoreUnavailableError(NOT_ANSWERING, internals=f"Chroma server at {self.server}: {detail}")
+            return StoreUnavailableError(NOT_ANSWERING, retry_after=NOT_ANSWERING_RETRY_S,
+                                         internals=f"Chroma server at {self.server}: {detail}")
         lost_server = isinstance(cause, (httpx.TransportError, ConnectionError, TimeoutError)) or (
             isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code >= 500
         )

@@ -14,7 +14,6 @@ diacritics above those that say "pho".
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import sqlite3
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from search.core.ids import name_key
 from search.core.words import fold, tokens
 from search.stores.base import sqlite_database
 
@@ -186,8 +186,8 @@ def _match(words: Sequence[str]) -> str:
 
 
 def _tables(collection: str) -> tuple[str, str]:
-    """The collection's two tables, by a hash of its name (names may hold characters SQL names cannot)."""
-    key = hashlib.sha1(collection.encode("utf-8")).hexdigest()[:20]
+    """The collection's two tables, by a key of its name (names may hold characters SQL names cannot)."""
+    key = name_key(collection)
     return f"docs_{key}", f"words_{key}"
 
 

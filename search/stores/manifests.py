@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from search.core.atomic import write_atomically
 
 FOLDER = "manifests"
 Manifest = dict[str, list]  # source -> [size, mtime_ns, image id]
@@ -21,9 +22,7 @@ def save(store_folder: Path, name: str, manifest: Manifest) -> None:
     """Write the manifest atomically."""
     target = _path(store_folder, name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest))
-    os.replace(tmp, target)
+    write_atomically(target, json.dumps(manifest))
 
 
 def _path(store_folder: Path, name: str) -> Path:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
+from search.core.atomic import write_atomically
 from search.errors import StoreError
 from search.stores.base import MAX_COLLECTION_NAME, Backend
 
@@ -99,12 +99,8 @@ def finish(backend: Backend, folder: Path) -> list[str]:
 def _change(backend: Backend, folder: Path, name: str, change: Change) -> None:
     entry = Path(folder) / FOLDER / f"{name}.json"
     entry.parent.mkdir(parents=True, exist_ok=True)
-    temporary = entry.with_suffix(".tmp")
-    with open(temporary, "w") as f:  # on disk before the first rename: a power cut must not lose the intent
-        f.write(json.dumps({"name": name, "change": change}))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, entry)
+    # on disk before the first rename: a power cut must not lose the intent
+    write_atomically(entry, json.dumps({"name": name, "change": change}), durable=True)
     _steps(backend, name, change)
     entry.unlink(missing_ok=True)
 

@@ -34,19 +34,22 @@ from typing import Any
 
 from PIL import Image
 
+from search.core.atomic import write_atomically
 from search.core.ids import is_image_id
-from search.errors import QueryError
+from search.errors import ServiceUnavailable
 from search.images.decode import HEAD_BYTES, format_of
 from search.stores import thumbnails
 from search.stores.base import folder_bytes
 
 log = logging.getLogger(__name__)
 FULL_MESSAGE = "The server's space for visitors' images is full; try again in a few minutes."
+FULL_RETRY_S = 300  # Gradio deletes what it cached this often (layout.DELETE_CACHE), and the sweep runs meanwhile
 KEPT = "kept"  # the cache's sub-folder for what the app writes: fetched images, query previews
 KEEP_S = 1800  # what the app keeps lives as long as what Gradio caches (layout.DELETE_CACHE)
 SWEEP_S = 60  # how often at most the kept files are swept for ones past KEEP_S
 RECHECK_S = 1.0  # how often at most the folder is measured for the budget
-_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
+_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
+             "HEIF": ".heic", "AVIF": ".avif", "RAW": ".raw"}
 MAX_UPLOAD_ANSWER = 1 << 20  # Gradio's answer to an upload lists paths; more than this is not one
 
 
@@ -118,14 +121,12 @@ class VisitorFiles:
             path.touch()
             return str(path)
         if not self.admit(len(data)):
-            raise QueryError(FULL_MESSAGE)
-        tmp = path.with_suffix(f".{threading.get_native_id()}.part")
+            raise ServiceUnavailable(FULL_MESSAGE, retry_after=FULL_RETRY_S)
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            write_atomically(path, data)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise QueryError(FULL_MESSAGE, internals=f"{type(exc).__name__}: {exc}") from None
+            raise ServiceUnavailable(FULL_MESSAGE, retry_after=FULL_RETRY_S,
+                                     internals=f"{type(exc).__name__}: {exc}") from None
         return str(path)
 
     def keep_image(self, img: Image.Image, source: str | Path) -> str:
@@ -227,7 +228,7 @@ class VisitorFiles:
         """Delete a read upload (the lock held) unless it was counted again or another file took its path."""
         path = Path(key)
         if key not in self._uploads and inode is not None and _inode(path) == inode:
-            _remove_inside(self.folder, path)
+            _remove_inside(self.folder.resolve(), path)
 
     # --- Store files shown through Gradio ----------------------------------------------------------------
 
@@ -269,14 +270,15 @@ class VisitorFiles:
         """Delete every copy of these images' thumbnails (named ``<id>.jpg``) in the cache, ours and Gradio's;
         return how many went. The ids must already be validated image ids: they make file names."""
         names = {f"{i}.jpg" for i in image_ids}
-        folder = self.folder
-        if not names or not folder.is_dir():
+        if not names or not self.folder.is_dir():
             return 0
+        folder = self.folder.resolve()  # once: a cache of thousands of folders made a delete take seconds
         removed = 0
         for entry in os.scandir(folder):
             if entry.is_dir(follow_symlinks=False):
                 for name in names:
-                    removed += _remove_inside(folder, Path(entry.path) / name)
+                    if os.path.lexists(candidate := Path(entry.path) / name):  # most folders hold none of them
+                        removed += _remove_inside(folder, candidate)
         made = tuple(f"-{name}" for name in names)  # previews and regions drawn on them (``keep(of=...)``)
         if (folder / KEPT).is_dir():
             for entry in os.scandir(folder / KEPT):
@@ -314,9 +316,10 @@ def _inode(path: Path) -> int | None:
 
 
 def _remove_inside(folder: Path, path: Path) -> int:
+    """Delete ``path`` where it is a file inside ``folder`` (resolved) once links are followed; 1 if it went."""
     try:
         resolved = path.resolve()
-        if folder.resolve() not in resolved.parents or not resolved.is_file():
+        if folder not in resolved.parents or not resolved.is_file():
             return 0
         # Its folder stays: Gradio makes it, then moves an upload in, and an upload of the same file may be
         # between the two right now (removing it made that upload fail with a 500).

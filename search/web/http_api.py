@@ -10,8 +10,10 @@
     GET /api/albums/{token}/{id}.jpg -> an album's thumbnail; the token comes in that album's answers
 
 Every input is checked here, at the boundary: a bounded JSON object of known fields of exact types
-(400 malformed, 413 too large, 415 not JSON, 422 a field or the query is wrong). Library errors show
-their message and log their internals; nothing else of the server (paths, tracebacks) is shown.
+(400 malformed, 413 too large, 415 not JSON, 422 a field or the query is wrong). A state of the server
+that the caller cannot change (the model still loading, the default index being built, the store not
+answering, every search slot taken) is 503, with a Retry-After in seconds where waiting helps. Library
+errors show their message and log their internals; nothing else of the server (paths, tracebacks) is shown.
 Searches share ``settings.concurrency`` slots; a request that gets none within ``QUEUE_WAIT_S`` gets 503.
 """
 from __future__ import annotations
@@ -28,14 +30,16 @@ from starlette.concurrency import run_in_threadpool
 
 from search.core.ids import is_image_id
 from search.core.query import Part, Query
-from search.errors import QueryError, SearchError
+from search.core.units import data_size
+from search.errors import QueryError, SearchError, ServiceUnavailable
 from search.service.service import Answer, Overview, SearchService
-from search.stores.base import NOT_ANSWERING
+from search.stores.base import NOT_ANSWERING, NOT_ANSWERING_RETRY_S
 from search.web.messages import BUG
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024  # a query holds at most 20 parts of at most 1,000 characters each
 QUEUE_WAIT_S = 2.0  # how long a search may wait for a free slot before the server says it is busy
+BUSY_RETRY_S = 5  # "try again in a few seconds": searches take well under a second each
 FIELDS: dict[str, tuple[type, ...]] = {"query": (dict,), "text": (str,), "k": (int,), "metric": (str,),
                                        "index": (str,), "key": (str, type(None))}
 SIMPLE = ("text", "k", "metric", "index")  # the short form's fields, which a composed "query" replaces
@@ -65,8 +69,11 @@ def json_api(service: SearchService) -> APIRouter:
             try:
                 await asyncio.wait_for(slots.acquire(), QUEUE_WAIT_S)
             except TimeoutError:  # the slots are taken: by a crowd, or by searches a hung store holds
-                raise Refused(503, NOT_ANSWERING[:1].upper() + NOT_ANSWERING[1:] + "." if not service.store_answering()
-                              else "The server is busy; try again in a few seconds.") from None
+                if not service.store_answering():
+                    raise ServiceUnavailable(NOT_ANSWERING[:1].upper() + NOT_ANSWERING[1:] + ".",
+                                             retry_after=NOT_ANSWERING_RETRY_S) from None
+                raise ServiceUnavailable("The server is busy; try again in a few seconds.",
+                                         retry_after=BUSY_RETRY_S) from None
             try:
                 answer = await run_in_threadpool(run_query, service, query)
             finally:
@@ -76,6 +83,9 @@ def json_api(service: SearchService) -> APIRouter:
         except QueryError as exc:  # the query itself (an unknown index, an empty text): the caller's to fix
             log.info("JSON API refused: %s", exc.for_operator())
             return _error(422, str(exc))
+        except ServiceUnavailable as exc:  # loading, building, a store not answering, busy: asking again may do
+            log.info("JSON API not answered now: %s", exc.for_operator())
+            return _error(503, str(exc), retry_after=exc.retry_after)
         except SearchError as exc:  # the store or the model: nothing the caller can change
             log.warning("JSON API failed: %s", exc.for_operator())
             return _error(503, str(exc))
@@ -141,12 +151,12 @@ async def _query(request: Request) -> dict[str, Any]:
         raise Refused(415, "Send a JSON object with Content-Type: application/json.")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise Refused(413, f"The body is over {MAX_BODY_BYTES} bytes.")
+        raise Refused(413, f"The body is over {data_size(MAX_BODY_BYTES)}.")
     body = bytearray()
     async for chunk in request.stream():  # counted as it arrives: a missing or false length cannot slip past
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise Refused(413, f"The body is over {MAX_BODY_BYTES} bytes.")
+            raise Refused(413, f"The body is over {data_size(MAX_BODY_BYTES)}.")
     try:
         data = json.loads(body, parse_constant=_no_constant)
     except RecursionError:
@@ -206,5 +216,8 @@ def hits_with_urls(answer: Answer, base: str) -> list[dict[str, Any]]:
     return hits
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, *, retry_after: int | None = None) -> JSONResponse:
+    """The JSON error answer; ``retry_after``: seconds for the Retry-After header (HTTP's own, for clients
+    that retry 503s), none where waiting would not help."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)

@@ -109,10 +109,13 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
                                                          max_length=40, elem_id="taken-from")
                             c["taken_to"] = gr.Textbox(label="Taken until", placeholder="2024-12-31, then Enter", min_width=120,
                                                        max_length=40, elem_id="taken-to")
+                        # allow_custom_value: Gradio would refuse, with its own red error, a filter the browser still
+                        # shows while the server already lists another index's labels (a switch, a dropped
+                        # collection); the handlers clear the filters the index does not hold and say so instead.
                         c["include"] = gr.Dropdown([], value=[], multiselect=True, label="Only these labels",
-                                                   interactive=False)
+                                                   interactive=False, allow_custom_value=True)
                         c["exclude"] = gr.Dropdown([], value=[], multiselect=True, label="Not these labels",
-                                                   interactive=False)
+                                                   interactive=False, allow_custom_value=True)
                     c["example_gallery"] = gr.Gallery(page.gallery(examples.images), columns=8, rows=1, height=110,
                                                       label="Example images (click one to search by it)",
                                                       allow_preview=False, visible=bool(examples.images),

@@ -16,7 +16,7 @@ import gradio as gr
 from search.core.hits import Hit
 from search.core.ids import KEY
 from search.core.query import MAX_K, MAX_PARTS, Part, Query, checked_date
-from search.errors import InvalidImageError, QueryError, SearchError
+from search.errors import InvalidImageError, QueryError, SearchError, ServiceUnavailable
 from search.service.examples import Examples, Shipped
 from search.service.service import SearchService
 from search.web import regions, views
@@ -128,10 +128,10 @@ class SearchPage:
 
     def index_choices(self, key: str | None) -> list[tuple[str, str]]:
         """The Index dropdown's (label, value) pairs: the shared indexes, then the caller's albums (none
-        before a new browser has its key)."""
+        before a new browser has its key, nor while the model loads)."""
         try:
             albums = self.service.album_indexes(key)
-        except QueryError:
+        except (QueryError, ServiceUnavailable):
             albums = []
         return views.index_choices(self.service.shared_indexes() + albums)
 
@@ -143,12 +143,16 @@ class SearchPage:
 
     def label_filters(self, index: str | None, key: str | None) -> Outputs:
         """The include and exclude filters' choices: the labels ``index`` holds (emptied selections)."""
-        try:
-            labels = self.service.labels(index or None, key) if index is not None else []
-        except SearchError:
-            labels = []
+        labels = self._labels(index, key)
         update = gr.update(choices=labels, value=[], interactive=bool(labels))
         return {"include": update, "exclude": update}
+
+    def _labels(self, index: str | None, key: str | None) -> list[str]:
+        """The labels ``index`` holds; none where it cannot be read (the search then says why)."""
+        try:
+            return self.service.labels(index or None, key) if index is not None else []
+        except SearchError:
+            return []
 
     @user_errors
     def first_visit(self, key: str | None) -> Outputs:
@@ -203,10 +207,22 @@ class SearchPage:
         return self._search(query, Controls(*controls)) if query.parts else {}
 
     def change_index(self, query: PageQuery, *controls: Any) -> Outputs:
-        """Another index: its labels under the filters (none chosen), and the query run on it."""
-        c = replace(Controls(*controls), include=[], exclude=[])
-        searched = self._search(query, c) if query.parts else {}
-        return {**self.label_filters(c.index, c.key), **searched}
+        """Another index: its labels under the filters, the chosen ones it holds kept and the others cleared (the
+        status line says which), and the query run on it."""
+        c = Controls(*controls)
+        labels = self._labels(c.index, c.key)
+        chosen = [*(c.include or []), *(c.exclude or [])]
+        c = replace(c, include=[x for x in c.include or [] if x in labels], exclude=[x for x in c.exclude or [] if x in labels])
+        filters = {name: gr.update(choices=labels, value=getattr(c, name), interactive=bool(labels))
+                   for name in ("include", "exclude")}
+        cleared = [x for x in chosen if x not in labels]
+        note = views.filters_cleared(cleared) if cleared else ""
+        if not query.parts:
+            return {**filters, "status": note} if note else filters
+        searched = self._search(query, c)
+        if note:
+            searched["status"] = f"{note}\n\n{searched['status']}"
+        return {**filters, **searched}
 
     def more(self, query: PageQuery, shown: list[Hit], offset: int, *controls: Any) -> Outputs:
         """The next page of results, after the ones shown."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from starlette.middleware import Middleware
 
-from search.config import configure_logging, load_settings
+from search.config import MB, configure_logging, load_settings
 from search.service.examples import Shipped
 from search.service.service import SearchService
 from search.web.files import UploadBudget, VisitorFiles
@@ -15,7 +15,7 @@ from search.web.layout import build_app
 from search.web.styles import CSS
 
 log = logging.getLogger(__name__)
-MAX_FILE_SIZE = "20mb"
+MAX_FILE_SIZE = 20 * MB  # Gradio refuses a larger upload before the app sees it
 
 
 def main(examples: Path | None = None) -> None:

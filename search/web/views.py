@@ -1,7 +1,7 @@
 """How the app shows the service's answers to a person: captions, dropdown choices, Markdown, status lines.
 
 Pure functions from the service's typed data to what Gradio components take; no Gradio import, no I/O.
-Only ``app.py`` uses this module.
+The web layer's page modules (layout, page, albums_page, messages, ...) use it.
 """
 from __future__ import annotations
 
@@ -169,6 +169,14 @@ def status(shown: int, total: int, seconds: float, relevant: int | None = None, 
                 f"{shown:,} of {total:,} image{'' if total == 1 else 's'} · {seconds * 1000:.0f} ms")
     cut = f" · {relevant} strong match{'' if relevant == 1 else 'es'}" if relevant is not None else ""
     return f"Top **{shown:,}** of {total:,} image{'' if total == 1 else 's'}{cut} · {seconds * 1000:.0f} ms"
+
+
+def filters_cleared(labels: list[str]) -> str:
+    """The status line's note that label filters the index just chosen does not hold were cleared."""
+    quoted = ", ".join(f"“{_md(label)}”" for label in labels)
+    if len(labels) == 1:
+        return f"The label filter {quoted} does not apply to this index and was cleared."
+    return f"The label filters {quoted} do not apply to this index and were cleared."
 
 
 def problem(message: str) -> str:

@@ -9,6 +9,7 @@ import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
+from bench.load import run_mixed
 from search import ImageIndex
 from search.stores import thumbnails
 from tests.conftest import RunningApp, hostile_files
@@ -97,3 +98,17 @@ def test_bad_uploads_are_reported_not_fatal(public_app, tmp_path):
     assert {s["reason"] for s in report["skipped"]} == {"unsupported"}
     with pytest.raises(AppError, match="Choose some images"):
         client.predict([], "junk", ALICE, api_name="/collection_add")
+
+
+def test_visitors_uploading_searching_and_deleting_at_once_each_see_only_their_own_images(public_app):
+    """A few seconds of bench/load.py's mixed mode (which runs 32 visitors for 60 s and reports the waits); no
+    timing is asserted. Each visitor's album goes at the end, so the module's other tests find the app as it was."""
+    app, _ = public_app
+    report = run_mixed(app, users=4, seconds=4, rounds=1, baseline=False)
+    print(report)
+    assert report["errors"] == {} and report["http_5xx"] == 0, report["error_samples"]
+    assert report["visitors_still_waiting_at_join"] == 0
+    assert report["requests"].get("upload", 0) >= 4 and report["album_hits_checked"] > 0  # the checks saw hits
+    assert report["isolation_violations"] == 0, report["violation_samples"]
+    assert report["stale_hits"] == 0 and report["count_mismatches"] == 0
+    assert report["album_tokens_per_visitor_max"] == 1

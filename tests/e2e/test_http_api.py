@@ -13,7 +13,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from search.config import Settings
-from search.service.service import Answer
+from search.errors import ServiceUnavailable
+from search.service import service as service_module
+from search.service.first_run import BuildState
+from search.service.service import Answer, SearchService
 from search.web import http_api
 from tests.fixtures.shapes import caption
 
@@ -125,6 +128,71 @@ def test_searches_beyond_the_slots_wait_briefly_then_get_503(monkeypatch):
         assert service.started.wait(10)
         busy = client.post("/api/search", json={"text": "b"})
         assert busy.status_code == 503 and "busy" in busy.json()["error"]
+        assert busy.headers["retry-after"] == str(http_api.BUSY_RETRY_S)
         service.release.set()
         assert first.result(10).status_code == 200
         assert client.post("/api/search", json={"text": "c"}).status_code == 200  # the slot came back
+
+
+class _Building:
+    """The default build, seen by the service, where it stands."""
+
+    def __init__(self, state: BuildState):
+        self._state = state
+
+    def state(self) -> BuildState:
+        return self._state
+
+
+def _api(service) -> TestClient:
+    return TestClient(FastAPI(routes=http_api.json_api(service).routes))
+
+
+def test_a_server_still_loading_answers_503_with_retry_after_not_a_client_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(service_module, "LOAD_WAIT_S", 0.1)
+    loading = SearchService(Settings(store=tmp_path / "store", default_dataset=None))  # never loaded
+    with _api(loading) as client:
+        answer = client.post("/api/search", json={"text": "a red dress"})
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == str(service_module.LOADING_RETRY_S)
+    assert "still loading its model" in answer.json()["error"]
+
+
+def test_while_the_default_index_is_built_searches_get_503_with_retry_after(tmp_path):
+    service = SearchService.open(Settings(store=tmp_path / "store", default_dataset=None))
+    service._build = _Building(BuildState("images", 0, 2000, seconds=3.0))  # type: ignore[assignment]
+    with _api(service) as client:
+        answer = client.post("/api/search", json={"text": "a red dress"})
+        assert answer.status_code == 503 and "Building the index" in answer.json()["error"]
+        assert answer.headers["retry-after"] == str(service_module.FIRST_IMAGES_RETRY_S)
+        assert client.post("/api/search", json={"text": "a", "k": 0}).status_code == 422  # the caller's: still 4xx
+        service._build = _Building(BuildState("failed", problem="no such dataset"))  # type: ignore[assignment]
+        failed = client.post("/api/search", json={"text": "a red dress"})
+    assert failed.status_code == 503 and "could not be built" in failed.json()["error"]
+    assert "retry-after" not in failed.headers  # only the operator can change that: waiting does not help
+
+
+class _Refusing:
+    """A stand-in service whose searches meet ``error``."""
+
+    def __init__(self, error: Exception):
+        self.settings = Settings()
+        self.error = error
+
+    def store_answering(self):
+        return True
+
+    def search(self, query, images, key=None):
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "retry"), [
+    (ServiceUnavailable("The store is not answering.", retry_after=10), "10"),
+    (ServiceUnavailable("The public demo is full.", retry_after=3600), "3600"),
+    (ServiceUnavailable("No index to search yet."), None),
+])
+def test_every_temporary_state_is_503_with_its_own_retry_after(error, retry):
+    with _api(_Refusing(error)) as client:
+        answer = client.post("/api/search", json={"text": "a"})
+    assert answer.status_code == 503 and answer.json() == {"error": str(error)}
+    assert answer.headers.get("retry-after") == retry

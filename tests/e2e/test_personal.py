@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from search import ImageIndex, QueryError
+from search import ImageIndex, QueryError, ServiceUnavailable
 from search.config import AlbumLimits
 from search.embedders.registry import load_embedder
 from search.pipeline.build import BuildOptions, build_index
@@ -196,13 +196,13 @@ def test_global_caps_hold_however_many_keys_are_invented(tmp_path, random_clip):
     few = Albums(Store.connect(store, create=True), embedder, public=True, limits=AlbumLimits(albums_total=3, images_total=9))
     for key, chunk in zip(keys, (files[:3], files[3:6], files[6:8])):
         assert few.add(key, "album", chunk).indexed == len(chunk)
-    with pytest.raises(QueryError, match="public demo is full .no room for more collections"):
+    with pytest.raises(ServiceUnavailable, match="public demo is full .no room for more collections"):
         few.add(keys[3], "album", files[8:9])
-    with pytest.raises(QueryError, match="public demo is full .no room for more images"):
+    with pytest.raises(ServiceUnavailable, match="public demo is full .no room for more images"):
         few.add(keys[0], "album", files[8:10])  # 8 held + 2 > 9, in a collection that exists
     assert few.add(keys[0], "album", files[8:9]).indexed == 1  # exactly at the cap is fine
     tiny_disk = Albums(Store.connect(store, create=True), embedder, public=True, limits=AlbumLimits(store_bytes=1024))
-    with pytest.raises(QueryError, match="public demo is full .no room left on its disk"):
+    with pytest.raises(ServiceUnavailable, match="public demo is full .no room left on its disk"):
         tiny_disk.add(keys[4], "album", files[9:])
     assert sorted(len(few.names(k)) for k in keys) == [0, 0, 1, 1, 1]  # nothing refused was created
 

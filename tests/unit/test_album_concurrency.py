@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from search.config import AlbumLimits
-from search.errors import QueryError
+from search.errors import ServiceUnavailable
 from search.service import store_size
-from search.service.albums import Albums
+from search.service.albums import Albums, FairLock
 from search.service.store_size import StoreSize
 from search.stores.store import Store
 from tests.fixtures import fake_embedder
@@ -132,8 +132,9 @@ def test_two_visitors_racing_for_the_last_album_one_gets_it_and_the_other_is_tol
     albums = _albums(tmp_path, Recording(), AlbumLimits(albums_total=1))
     results = _run({f"visitor-{v:02d}": (lambda v=v: albums.add(_key(v), "trip", _photos(tmp_path / "up", v)))
                     for v in (1, 2)})
-    refused = [r for r in results.values() if isinstance(r, QueryError)]
+    refused = [r for r in results.values() if isinstance(r, ServiceUnavailable)]
     assert len(refused) == 1 and "no room for more collections" in str(refused[0])
+    assert refused[0].retry_after == 3600  # a full demo: room comes back as visitors delete, not in seconds
     assert sum(getattr(r, "indexed", 0) == 3 for r in results.values()) == 1
     held = [n for n in albums.store.names() if n.startswith("mine-")]
     assert len(held) == 1 and albums.store.open(held[0]).count() == 3
@@ -154,14 +155,15 @@ def test_an_upload_under_way_holds_its_room_and_keeps_no_one_waiting_and_a_faile
     first.start()
     try:
         assert embedder.holding.wait(JOIN_S)  # made its album, and embeds: nothing of it is written yet
-        with pytest.raises(QueryError, match="no room for more images"):  # its 3 count as if written: 3 + 3 > 5
+        with pytest.raises(ServiceUnavailable, match="no room for more images"):  # its 3 count as if written: 3 + 3 > 5
             albums.add(_key(2), "trip", _photos(tmp_path / "up", 2))
         # Another visitor's upload that fits is not kept waiting by the one embedding.
         assert albums.add(_key(3), "trip", _photos(tmp_path / "up", 3, count=2)).indexed == 2
-        with pytest.raises(QueryError, match="no room for more collections"):
+        with pytest.raises(ServiceUnavailable, match="no room for more collections"):
             albums.add(_key(4), "trip", _photos(tmp_path / "up", 4, count=1))
-        with pytest.raises(QueryError, match="still being added"):
+        with pytest.raises(ServiceUnavailable, match="still being added") as busy:
             albums.drop(_key(1), "trip")
+        assert busy.value.retry_after == 30
         embedder.fail = True
     finally:
         embedder.release.set()
@@ -225,3 +227,38 @@ def test_the_copies_an_albums_text_is_read_from_are_made_and_read_with_the_lock_
     hits, _ = albums.browse(_key(1), "trip")
     assert [h.metadata.get("ocr") for h in hits] == ["words"] * 3
     assert not list((albums.store.folder / text_queue.FOLDER).glob("*"))  # read: the copies and their folder went
+
+
+class _Leaving(threading.Condition):
+    """The lock's condition, where the thread named "leaves" stops waiting with an error."""
+
+    def wait_for(self, predicate, timeout=None):
+        if threading.current_thread().name == "leaves":
+            raise RuntimeError("stopped waiting")
+        return super().wait_for(predicate, timeout)
+
+
+def test_the_albums_lock_lets_writers_in_in_the_order_they_came_past_one_that_stopped_waiting():
+    lock, order, errors = FairLock(), [], []
+    lock._turns = _Leaving()
+    lock.__enter__()  # held: everyone below queues behind it
+
+    def writer(n: int) -> None:
+        try:
+            with lock:
+                order.append(n)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=writer, args=(n,), name="leaves" if n == 4 else f"w{n}") for n in range(1, 8)]
+    for n, thread in enumerate(threads, start=1):
+        thread.start()
+        while lock._next != n + 1:  # its ticket drawn before the next one starts
+            time.sleep(0.001)
+    lock.__exit__()
+    for thread in threads:
+        thread.join(10)
+    assert order == [1, 2, 3, 5, 6, 7] and errors == ["stopped waiting"]
+    assert not lock.locked()
+    with lock:  # and it is taken again at once
+        assert lock.locked()

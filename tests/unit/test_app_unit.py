@@ -7,6 +7,7 @@ same code through a real server.
 """
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image
 from search.config import Settings
 from search.core.hits import Hit
 from search.core.query import Part, Query
+from search.images.decode import CUT_SHORT
 from search.service.examples import Shipped
 from search.service.service import IndexChoice, Overview, SearchService
 from search.stores import thumbnails
@@ -26,7 +28,7 @@ from search.web.albums_page import DROP, AlbumPage
 from search.web.api import Api
 from search.web.files import VisitorFiles
 from search.web.page import OPEN, SEARCHED, SearchPage
-from search.web.page_query import PageQuery
+from search.web.page_query import PageQuery, Shown
 from tests.conftest import ROOT
 from tests.fixtures import fake_embedder
 from tests.fixtures.shapes import caption, write_folder
@@ -277,6 +279,34 @@ def test_label_filters_list_the_index_labels_and_filter_inside_the_search(servic
     assert {h.label for h in out["shown"]} == {"blue square"}
 
 
+def test_the_label_filters_take_a_value_the_browser_still_shows_without_gradio_refusing_it(demo):
+    """A filter chosen on one index reaches the next event's inputs while the server already lists another
+    index's labels (none for an album): Gradio's own check said "Value: ... is not in the list of choices: []"."""
+    filters = [b for b in demo.blocks.values() if getattr(b, "label", None) in ("Only these labels", "Not these labels")]
+    assert len(filters) == 2 and all(f.choices == [] for f in filters)  # as the page starts: no labels listed yet
+    assert all(f.preprocess(["nature/landscapes"]) == ["nature/landscapes"] for f in filters)
+
+
+def test_switching_the_index_keeps_the_filters_it_holds_and_clears_the_others_saying_so(local_store, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(local_store, store)
+    service = SearchService.open(Settings(store=store, public=True))
+    page, _, api = pages(service)
+    api.collection_add([str(p) for p in write_folder(tmp_path / "up", per_class=1, seed=93)[:3]], "trip", KEY)
+    query = PageQuery().adding(Shown(Part(kind="text", value=caption("red circle"))))
+
+    out = searched(page.change_index(query, *controls("mine/trip", include=["red circle"], exclude=["blue square"], key=KEY)))
+    assert out["status"].startswith("The label filters “red circle”, “blue square” do not apply to this index and "
+                                    "were cleared.\n\nTop **3** of 3 images")  # searched without them
+    assert out["include"]["value"] == [] and out["include"]["choices"] == [] and not out["include"]["interactive"]
+    back = searched(page.change_index(query, *controls("images", include=["red circle"], key=KEY)))
+    assert back["include"]["value"] == ["red circle"] and "red circle" in back["include"]["choices"]  # it holds it
+    assert back["status"].startswith("Top") and {h.label for h in back["shown"]} == {"red circle"}
+    idle = page.change_index(PageQuery(), *controls("mine/trip", include=["red circle"], key=KEY))  # nothing searched yet
+    assert idle["status"] == "The label filter “red circle” does not apply to this index and was cleared."
+    assert idle["include"]["value"] == [] and "shown" not in idle
+
+
 def test_the_api_answers_hits_best_first_with_served_copies(service, local_store):
     hits = pages(service)[2].search_by_text(caption("red circle"), 5, "cosine", "", "")
     assert len(hits) == 5 and set(hits[0]) == {"id", "score", "label", "caption", "image", "similar", "taken", "matched"}
@@ -346,7 +376,7 @@ def test_without_a_store_the_page_says_what_to_run_and_searches_refuse(tmp_path)
     assert not missing.exists()
 
 
-def test_albums_through_the_api_and_the_page(local_store, tmp_path):
+def test_albums_through_the_api_and_the_page(local_store, tmp_path, caplog):
     store = tmp_path / "store"
     shutil.copytree(local_store, store)
     service = SearchService.open(Settings(store=store, public=True))
@@ -362,13 +392,21 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("not an image")
     more = write_folder(tmp_path / "more", per_class=1, seed=92)[5]
-    added = albums.add(KEY, "trip", [str(junk), str(more)])
+    cut = tmp_path / "cut.png"  # a PNG whose last half never arrived: Pillow says "image file is truncated"
+    out = io.BytesIO()
+    Image.effect_noise((300, 300), 50).convert("RGB").save(out, "PNG")
+    cut.write_bytes(out.getvalue()[:len(out.getvalue()) // 2])
+    with caplog.at_level(logging.INFO, logger="search.pipeline.stages"):
+        added = albums.add(KEY, "trip", [str(junk), str(cut), str(more)])
     summary, table, cleared, album_update, index_update = (added[n] for n in ("summary", "notes", "uploads", "album", "index"))
     items, ids, selected, selected_id, where = (added[n] for n in ("gallery", "ids", "picked", "picked_id", "where"))
     assert summary.startswith("Added **1 image** to *trip*") and cleared is None and selected == "" and selected_id is None
     assert "holds 4 images" in summary and "/" not in summary and where == "Images 1–4 of 4, newest first."
-    rows = table["value"]
-    assert rows == [["notes.txt", "This kind of file cannot be used", rows[0][2]]] and "not an image" in rows[0][2]
+    rows = {row[0]: row[1:] for row in table["value"]}
+    assert rows["notes.txt"][0] == "This kind of file cannot be used" and "not an image" in rows["notes.txt"][1]
+    assert rows["cut.png"] == ["The file is damaged or is not an image", CUT_SHORT] and len(rows) == 2
+    assert "Error" not in str(rows) and "truncated" not in str(rows)  # the app's words; Pillow's go to the log
+    assert any("cut.png" in r.message and "OSError: image file is truncated" in r.message for r in caplog.records)
     assert table["visible"]
     assert album_update["value"] == "trip" and album_update["choices"] == ["trip"]
     assert "mine/trip" in {v for _, v in index_update["choices"]} and len(items) == len(ids) == 4

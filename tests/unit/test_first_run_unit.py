@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from search.config import DEFAULT_DATASET, DEFAULT_LIMIT, Settings
-from search.errors import ModelError, QueryError, SourceError
+from search.errors import ModelError, ServiceUnavailable, SourceError
 from search.service.examples import Shipped, photo_of
 from search.service.first_run import DATASET_HINT, MODEL_HINT, BuildState, failed, read_marker, wanted, write_marker
 from search.service.service import SearchService
@@ -57,9 +57,10 @@ class _Running:
 def test_before_the_first_images_land_callers_are_told_the_build_is_under_way(tmp_path):
     service = SearchService.open(Settings(store=tmp_path / "store"))
     service._build = _Running(BuildState("images", 0, 2000, seconds=12.0))  # type: ignore[assignment]
-    with pytest.raises(QueryError, match="Building the index: 0 of 2,000 images"):
+    with pytest.raises(ServiceUnavailable, match="Building the index: 0 of 2,000 images") as refused:
         service.search({"positive": [{"text": "a red dress"}], "k": 5})
-    with pytest.raises(QueryError, match="Building the index"):
+    assert refused.value.retry_after == 10  # the first images are searched as soon as they are in
+    with pytest.raises(ServiceUnavailable, match="Building the index"):
         service.album_names("some-key-0123456789")
     shown = views.overview(service.overview())
     assert shown.startswith("**Building the index:** 0 of 2,000 images") and "No index" not in shown
@@ -69,16 +70,18 @@ def test_while_it_builds_searches_answer_on_what_is_in_and_collections_wait(loca
     service = SearchService.open(Settings(store=local_store, default_dataset=None))
     service._build = _Running(BuildState("pixels", 10, 48, seconds=1.0))  # type: ignore[assignment]
     assert len(service.search({"positive": [{"text": "a red circle"}], "k": 3}).hits) == 3
-    with pytest.raises(QueryError, match="being built"):
+    with pytest.raises(ServiceUnavailable, match="being built") as refused:
         service.add_images("some-key-0123456789", "trip", [str(ROOT / "examples" / "cat.jpg")])
+    assert refused.value.retry_after == 10  # the build's time left (38 images at 10 a second), 10 s at least
     assert "Searching the **" in views.overview(service.overview())
 
 
 def test_a_failed_build_says_what_to_do_without_internals(tmp_path):
     service = SearchService.open(Settings(store=tmp_path / "store"))
     service._build = _Running(failed(SourceError("no such dataset", internals=str(tmp_path))))  # type: ignore[assignment]
-    with pytest.raises(QueryError, match="could not be built") as refused:
+    with pytest.raises(ServiceUnavailable, match="could not be built") as refused:
         service.search({"positive": [{"text": "a red dress"}], "k": 5})
+    assert refused.value.retry_after is None  # the operator's to fix: asking again does not help
     assert DATASET_HINT in str(refused.value) and str(tmp_path) not in str(refused.value)
     shown = views.overview(service.overview())
     assert "could not be built" in shown and "IMAGE_SEARCH_DEFAULT_DATASET" in shown and "index_builder.py" in shown
@@ -90,7 +93,7 @@ def test_a_failed_build_says_what_to_do_without_internals(tmp_path):
 def test_before_the_dataset_and_model_are_loaded_callers_are_told_so_not_a_count(tmp_path):
     service = SearchService.open(Settings(store=tmp_path / "store"))
     service._build = _Running(BuildState("starting", 0, 2000, seconds=20.0))  # type: ignore[assignment]
-    with pytest.raises(QueryError, match="loading the dataset and the model") as refused:
+    with pytest.raises(ServiceUnavailable, match="loading the dataset and the model") as refused:
         service.search({"positive": [{"text": "a red dress"}], "k": 5})
     assert "0 of" not in str(refused.value)
 

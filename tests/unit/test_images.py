@@ -1,15 +1,42 @@
 """Defensive decoding: every mode to RGB, EXIF applied, bad files refused with a reason."""
 from __future__ import annotations
 
+import datetime
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from bench import camera
+from bench.camera import claim_size, dng, exif_block
+from search.config import MB
+from search.core.units import data_size, megapixels
 from search.errors import InvalidImageError
-from search.images.decode import ALLOWED_FORMATS, MAX_BYTES, decode_image, format_of, make_thumbnail, read_file, read_image
+from search.images.decode import (
+    ALLOWED_FORMATS,
+    CUT_SHORT,
+    DAMAGED,
+    DECODE_BUDGET_PIXELS,
+    MAX_BYTES,
+    QUERY_MAX_PIXELS,
+    PixelBudget,
+    decode_image,
+    format_of,
+    image_header,
+    is_camera_raw,
+    make_thumbnail,
+    pixel_limit_message,
+    read_file,
+    read_image,
+    too_big,
+)
+from search.images.metadata import read_facts
+from search.sources.base import IMAGE_SUFFIXES
 from tests.conftest import SKIP_REASONS, hostile_files, random_rgb
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -196,4 +223,110 @@ def test_refusals_say_what_to_do_and_show_no_internals():
         assert "try again" in err.value.detail and "/" not in err.value.detail
     with pytest.raises(InvalidImageError) as err:
         decode_image(png_header_only(9000, 9000))
-    assert err.value.detail == "9000x9000 is over the limit of 64,000,000 pixels; scale it down and try again"
+    assert err.value.detail == "9000x9000 (81 MP) is over the limit of 64 MP; scale it down and try again"
+
+
+LIBRARY_WORDS = ("Error", "truncated", "not processed", "decoder", "Errno", "errno")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"])
+def test_a_file_cut_short_or_damaged_is_said_in_the_apps_words_and_the_decoders_go_to_internals(fmt):
+    data = encode(Image.effect_noise((300, 300), 50).convert("RGB"), fmt)
+    with pytest.raises(InvalidImageError) as err:
+        decode_image(data[:len(data) // 2])
+    assert err.value.reason == "corrupt" and err.value.detail in (CUT_SHORT, DAMAGED)
+    assert not any(word in str(err.value) for word in LIBRARY_WORDS), str(err.value)
+    assert err.value.internals and "Error" in err.value.internals  # what Pillow said, for the log
+    if fmt != "WEBP":  # libwebp says only "could not create decoder object": damaged, not cut short
+        assert err.value.detail == CUT_SHORT
+
+
+def test_a_file_that_cannot_be_read_says_why_in_words(tmp_path):
+    for path, said in ((tmp_path / "gone.jpg", "the file is gone"), (tmp_path, "it is a folder")):
+        with pytest.raises(InvalidImageError) as err:
+            read_file(path)
+        assert err.value.reason == "read_error" and said in err.value.detail
+        assert not any(word in str(err.value) for word in LIBRARY_WORDS) and str(tmp_path) not in str(err.value)
+        assert str(path) in (err.value.internals or "")  # the path and the system's words: the log's
+
+
+def test_sizes_over_a_limit_are_said_in_mb_and_mp():
+    assert too_big(57_000_000, MAX_BYTES).detail == "the file is 54.4 MB, over the limit of 50 MB; make it smaller and try again"
+    assert too_big(MAX_BYTES + 1, MAX_BYTES).detail.startswith("the file is over the limit of 50 MB")  # never "50 MB, over 50 MB"
+    assert pixel_limit_message("9000x6000", 24_000_000, 54_000_000) == (
+        "9000x6000 (54 MP) is over the limit of 24 MP; scale it down and try again")
+    assert [data_size(n) for n in (20 * MB, 52_428_800, 1024**3, 65_536, 900)] == ["20 MB", "50 MB", "1 GB", "64 KB",
+                                                                                  "900 bytes"]
+    assert [megapixels(n) for n in (64_000_000, 128_000_000, 56_250_000)] == ["64 MP", "128 MP", "56.2 MP"]
+
+
+# --- Phone and camera formats: HEIC/HEIF, AVIF, camera RAW (through its preview) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def phone_files() -> dict[str, bytes]:
+    """A real photo (the example cat, 400x300) as each phone and camera format, taken on 2021-05-06 and held turned
+    (EXIF orientation 6: it must come out 300x400)."""
+    cat = Image.open(EXAMPLES / "cat.jpg").convert("RGB").resize((400, 300))
+    exif = exif_block("2021:05:06 07:08:09", 6)
+    return {
+        "heic": camera.encode(cat, "HEIF", quality=60, exif=exif, thumbnails=[320]),
+        "avif": camera.encode(cat, "AVIF", quality=60, speed=10, exif=exif),
+        "dng": dng(cat, taken="2021:05:06 07:08:09", orientation=6),
+    }
+
+
+@pytest.mark.parametrize("kind,fmt", [("heic", "HEIF"), ("avif", "AVIF"), ("dng", "TIFF")])
+def test_phone_and_camera_formats_decode_upright_with_their_date(phone_files, kind, fmt):
+    data = phone_files[kind]
+    assert format_of(data[:12]) == fmt and is_camera_raw(data) == (kind == "dng")
+    out = decode_image(data)
+    assert out.mode == "RGB" and out.size == (300, 400)
+    cat = Image.open(EXAMPLES / "cat.jpg").convert("RGB").resize((400, 300))
+    upright = np.asarray(cat.transpose(Image.Transpose.ROTATE_270), dtype=np.float32)
+    assert np.abs(np.asarray(out, dtype=np.float32) - upright).mean() < 12  # the photo, turned, not a thumbnail's blur
+    assert read_facts(data).taken == datetime.datetime(2021, 5, 6, 7, 8, 9)
+
+
+def test_the_content_decides_not_the_name(tmp_path, phone_files):
+    (tmp_path / "phone.jpg").write_bytes(phone_files["heic"])
+    (tmp_path / "photo.heic").write_bytes(encode(random_rgb(3, (40, 30)), "JPEG"))
+    (tmp_path / "camera.png").write_bytes(phone_files["dng"])
+    assert read_image(tmp_path / "phone.jpg").size == (300, 400)
+    assert read_image(tmp_path / "photo.heic").size == (40, 30)
+    assert read_image(tmp_path / "camera.png").size == (300, 400)
+    assert {".heic", ".heif", ".avif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf"} <= IMAGE_SUFFIXES
+
+
+def test_a_48mp_heic_decodes_its_thumbnail_for_the_model_or_is_refused_from_its_header(phone_files):
+    claimed = claim_size(phone_files["heic"], 8000, 6000)  # 48 MP said, 400x300 there, and a 320x240 thumbnail
+    head = image_header(claimed, min_edges=(224, 256), max_pixels=QUERY_MAX_PIXELS)
+    assert (head.width, head.height, head.pixels) == (6000, 8000, 320 * 240)  # upright: libheif turns it
+    assert decode_image(claimed, min_edges=(224, 256), max_pixels=QUERY_MAX_PIXELS).size == (240, 320)
+    with pytest.raises(InvalidImageError) as err:  # the model needs more than the thumbnail: whole, over the limit
+        decode_image(claimed, min_edges=(448, 512), max_pixels=QUERY_MAX_PIXELS)
+    assert err.value.reason == "too_large" and "6000x8000" in err.value.detail
+    # A build allows 48 MP: the whole image is decoded within the budget, and this one's pixels are not what it said
+    with pytest.raises(InvalidImageError) as err:
+        decode_image(claimed)
+    assert err.value.reason == "corrupt"
+
+
+@pytest.mark.parametrize("kind,claim,reason", [
+    ("heic", (14_000, 13_000), "too_large"), ("avif", (14_000, 13_000), "too_large"),  # over Pillow's bomb limit
+    ("heic", (20_000, 15_000), "too_large"), ("avif", (20_000, 15_000), "corrupt"),  # libavif refuses it at parse
+])
+def test_a_bomb_by_header_is_refused_holding_nothing(kind, claim, reason, phone_files):
+    budget = PixelBudget(DECODE_BUDGET_PIXELS)
+    with pytest.raises(InvalidImageError) as err:
+        decode_image(claim_size(phone_files[kind], *claim), min_edges=(224, 256), budget=budget)
+    assert err.value.reason == reason and budget.used == 0
+
+
+def test_a_raw_preview_is_held_to_the_same_limits(phone_files):
+    assert image_header(phone_files["dng"]).format == "JPEG"  # the preview's header
+    with pytest.raises(InvalidImageError) as err:
+        decode_image(phone_files["dng"], max_pixels=100_000)
+    assert err.value.reason == "too_large"
+    big = dng(random_rgb(2, (1600, 1200)))
+    assert decode_image(big, min_edges=(224, 256)).size == (400, 300)  # the JPEG preview drafted, as any JPEG

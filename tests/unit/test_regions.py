@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.errors import QueryError
+from search.errors import QueryError, ServiceUnavailable
 from search.images.decode import read_image
 from search.stores import thumbnails
 from search.web import regions
@@ -69,7 +69,7 @@ def test_the_copies_the_app_keeps_are_held_to_the_budget(tmp_path):
     Image.effect_noise((200, 200), 60).convert("RGB").save(out, "PNG")
     path = small.keep(out.getvalue())
     assert small.keep(out.getvalue()) == path  # the same bytes are kept once
-    with pytest.raises(QueryError, match="space for visitors' images is full"):
+    with pytest.raises(ServiceUnavailable, match="space for visitors' images is full"):
         small.keep(b"\x89PNG" + bytes(300_000))
 
 

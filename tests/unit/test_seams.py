@@ -12,7 +12,7 @@ from PIL import Image
 from search.config import Settings
 from search.core.query import Part, Query
 from search.embedders.registry import family_of, load_embedder
-from search.errors import QueryError
+from search.errors import QueryError, ServiceUnavailable
 from search.pipeline.build import build_index
 from search.pipeline.swap import reembed
 from search.service import service as service_module
@@ -101,8 +101,9 @@ def test_a_query_made_while_the_service_loads_waits_for_it_and_is_answered(colou
 def test_a_query_waits_for_the_load_only_so_long(colours, monkeypatch):
     monkeypatch.setattr(service_module, "LOAD_WAIT_S", 0.2)
     service = SearchService(Settings(store=colours, default_dataset=None))
-    with pytest.raises(QueryError, match="still loading its model"):
+    with pytest.raises(ServiceUnavailable, match="still loading its model") as refused:
         service.search(Query(positive=(Part(kind="text", value="blue"),), k=4))
+    assert refused.value.retry_after == 30
 
 
 def test_a_load_that_fails_releases_the_queries_waiting_for_it(colours, monkeypatch):
@@ -114,7 +115,7 @@ def test_a_load_that_fails_releases_the_queries_waiting_for_it(colours, monkeypa
     with pytest.raises(RuntimeError):
         service.load()
     assert not service.loading
-    with pytest.raises(QueryError, match="No index to search"):
+    with pytest.raises(ServiceUnavailable, match="No index to search"):
         service.search(Query(positive=(Part(kind="text", value="blue"),), k=4))
 
 

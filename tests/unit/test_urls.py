@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import time
 
 import pytest
@@ -81,6 +82,16 @@ def test_bad_responses_fail_with_a_reason(server, path, reason):
     with pytest.raises(InvalidImageError) as err:
         fetch(server + path, allow_private=True)
     assert err.value.reason == reason
+
+
+def test_a_failed_download_is_said_in_words_and_the_system_s_go_to_internals():
+    with socket.socket() as closed:  # a port nothing listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(InvalidImageError) as err:
+        fetch(f"http://127.0.0.1:{port}/x.jpg", allow_private=True)
+    assert err.value.reason == "download_error" and err.value.detail == "the site refused the connection"
+    assert "ConnectionRefusedError" in (err.value.internals or "")
 
 
 def test_bytes_and_time_are_capped(server):
