@@ -65,7 +65,7 @@ def measure(folder: Path, model: str, repeat: int) -> dict:
         text = QUERIES[i % len(QUERIES)]
         for way, weight in (("fused", 1.0), ("vectors_alone", 0.0)):
             began = time.perf_counter()
-            index.search(Query((Part("text", text),), k=12, keywords=weight))
+            index.search(Query(positive=(Part(kind="text", value=text),), k=12, keywords=weight))
             if i >= 3:
                 times[way].append(time.perf_counter() - began)
         began = time.perf_counter()

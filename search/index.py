@@ -140,12 +140,12 @@ class ImageIndex:
     def search_by_text(self, text: str, k: int = 10, metric: str = "cosine", fold: bool = False) -> list[Hit]:
         """The ``k`` stored images that best match a description: by its vector and its words, as ``search``
         ranks a query of this one text part (without a cut-off)."""
-        query = Query((Part("text", text),), metric=metric, cutoff=None, fold=fold)
+        query = Query(positive=(Part(kind="text", value=text),), metric=metric, cutoff=None, fold=fold)
         return self._search(query, 0, whole("k", k, 1, MAX_K)).hits
 
     def search_by_id(self, image_id: str, k: int = 10, metric: str = "cosine", fold: float | None = None) -> list[Hit]:
         """Images like a stored one, using its stored vector."""
-        return self.search_by_vector(self._embed((Part("id", image_id),))[0], k, metric, fold)
+        return self.search_by_vector(self._embed((Part(kind="id", value=image_id),))[0], k, metric, fold)
 
     def search_by_vector(self, vector: np.ndarray, k: int = 10, metric: str = "cosine",
                          fold: float | None = None) -> list[Hit]:

@@ -1,23 +1,24 @@
 """The one query model: weighted text, image and stored-image parts, filters, a page, a cut-off.
 
-``Query`` and ``Part`` hold every rule a query obeys (ranges, limits, formats); making one that breaks a
-rule is a ``QueryError`` that names the part at fault ("positive[1]: weight must be ..."), whoever makes
-it: the page, the service, or ``parse_query``, which reads what an API caller sent (plain JSON) through a
-pydantic model of its shape and turns pydantic's error locations into the same messages. What can only
-be checked against an index (unknown ids and labels, text on a pixel index) is checked by
-``ImageIndex.search``. ``compose`` is the maths that turns the parts' vectors into one query vector.
+``Query`` and ``Part`` (pydantic models, frozen) hold every rule a query obeys (shapes, ranges, limits,
+formats), each with its message, once: the page, both APIs and the library all make queries through them
+(``Query.model_validate(json, context={"images": uploads})`` or ``Query(positive=..., k=...)``), and a
+broken rule is a ``QueryError`` that names the part at fault ("positive[1]: weight must be ..."), never a
+pydantic ValidationError. What can only be checked against an index (unknown ids and labels, text on a
+pixel index) is checked by ``ImageIndex.search``. ``compose`` is the maths that turns the parts' vectors
+into one query vector.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal, Self, TypeGuard
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from search.core.dates import parse_date
 from search.core.ids import is_image_id, shown
@@ -39,97 +40,335 @@ Box = tuple[int, int, int, int]  # a region: left, top, right, bottom, in the up
 Cutoff = Literal["auto"] | float | None
 Sort = Literal["relevance", "newest", "oldest"]
 SORTS: tuple[Sort, ...] = ("relevance", "newest", "oldest")
-_QUERY_KEYS = ("positive", "negative", "k", "offset", "metric", "index", "labels", "cutoff", "fold", "keywords",
-               "taken", "sort")
 _PART_KINDS: tuple[PartKind, ...] = ("text", "image", "id")
+_PART_KEYS = (*_PART_KINDS, "weight", "box")  # a part as JSON
 CANNOT_READ_TEXT = "the pixel method cannot read text; search by an image here, or choose a CLIP index."
 
 
-@dataclass(frozen=True)
-class Part:
-    """One term of a query: a description, an image (its file's path) or a stored image's id; checked when made."""
+class _Model(BaseModel):
+    """A frozen model whose every broken rule is a QueryError, however it is made: ``Model(field=...)``,
+    ``Model.model_validate(...)``, or inside another model."""
 
+    model_config = ConfigDict(frozen=True, strict=True)  # strict: no value is coerced past a rule
+
+    def __init__(self, **data: Any) -> None:
+        with _refusing():
+            super().__init__(**data)
+
+    # Only wraps pydantic's own __init__: so pydantic validates without calling it (as RootModel's does),
+    # and a nested model keeps the validation's context (the uploaded images).
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def model_validate(cls, obj: Any, **options: Any) -> Self:
+        """``obj`` (a JSON object, or the model itself) checked; ``context={"images": [...]}`` names the
+        uploaded files that image parts give by position."""
+        with _refusing():
+            return super().model_validate(obj, **options)
+
+
+@contextmanager
+def _refusing() -> Iterator[None]:
+    """Pydantic's report as the QueryError the first broken rule raised (or, for a value of the wrong type
+    that no rule reads, pydantic's words under the field's place), never a ValidationError."""
+    try:
+        yield
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, QueryError):
+            raise cause from None
+        raise QueryError(f"{'.'.join(map(str, error['loc']))}: {error['msg']}.") from None
+
+
+class Part(_Model):
+    """One term of a query: a description, an image (its file's path) or a stored image's id.
+
+    Made as ``Part(kind="text", value="a red dress")``; in a query sent as JSON a part is
+    ``{"text" | "image" | "id": ..., "weight": ..., "box": ...}`` (see ``Query``).
+    """
+
+    name: str = ""  # where the caller put it, e.g. "positive[1]": first, so every rule's message starts with it
     kind: PartKind
     value: str  # the text, the image file's path, or the id
     weight: float = 1.0
-    name: str = ""  # where the caller put it, e.g. "positive[1]", for messages
     box: Box | None = None  # an image part's region (left, top, right, bottom, in its pixels); None: all of it
 
-    def __post_init__(self) -> None:
-        at = f"{self.name}: " if self.name else ""
-        if self.kind not in _PART_KINDS:
-            raise QueryError(f"{at}a part has exactly one of text, image or id.")
-        if self.kind == "text":
-            object.__setattr__(self, "value", checked_text(self.value, self.name))
-        elif self.kind == "id" and not is_image_id(self.value):
-            raise QueryError(f"{at}{shown(self.value)} is not an image id.")
-        if not finite(self.weight):
-            raise QueryError(f"{at}weight must be a finite number, not {shown(self.weight)}.")
-        if not 0 < self.weight <= MAX_WEIGHT:
-            raise QueryError(f"{at}weight must be above 0 and at most {MAX_WEIGHT:g}, not {self.weight:g}.")
-        if self.box is not None:
-            if self.kind != "image":
-                raise QueryError(f"{at}only an image part takes a box.")
-            object.__setattr__(self, "box", _box(self.box, at))
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind(cls, kind: object, info: ValidationInfo) -> object:
+        if kind not in _PART_KINDS:
+            raise QueryError(f"{_at(info)}a part has exactly one of text, image or id.")
+        return kind
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value(cls, value: object, info: ValidationInfo) -> object:
+        at, kind = _at(info), info.data.get("kind")
+        if kind == "text":
+            if not isinstance(value, str) or not value.strip():
+                raise QueryError(f"{at}Type a description to search for (a non-empty string).")
+            if len(value) > MAX_TEXT_CHARS:
+                raise QueryError(f"{at}The description is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}.")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: no tokenizer can read it
+                raise QueryError(f"{at}The description holds characters that are not valid Unicode.") from None
+            return value.strip()
+        if kind == "id" and not is_image_id(value):
+            raise QueryError(f"{at}{shown(value)} is not an image id.")
+        return value
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _weight(cls, weight: object, info: ValidationInfo) -> float:
+        if not finite(weight):
+            raise QueryError(f"{_at(info)}weight must be a finite number, not {shown(weight)}.")
+        if not 0 < weight <= MAX_WEIGHT:
+            raise QueryError(f"{_at(info)}weight must be above 0 and at most {MAX_WEIGHT:g}, not {weight:g}.")
+        return float(weight)
+
+    @field_validator("box", mode="before")
+    @classmethod
+    def _box(cls, box: object, info: ValidationInfo) -> Box | None:
+        at = _at(info)
+        if box is None:
+            return None
+        if info.data.get("kind") != "image":
+            raise QueryError(f"{at}only an image part takes a box.")
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_BOX_COORDINATE for v in box)):
+            raise QueryError(f"{at}box must be [left, top, right, bottom], whole numbers of pixels from 0 to "
+                             f"{MAX_BOX_COORDINATE:,}.")
+        left, top, right, bottom = box
+        if right - left < MIN_REGION_EDGE or bottom - top < MIN_REGION_EDGE:
+            raise QueryError(f"{at}the box is too small to search by; make it at least {MIN_REGION_EDGE} pixels "
+                             "wide and high (right > left, bottom > top).")
+        return left, top, right, bottom
 
 
-@dataclass(frozen=True)
-class Query:
-    """A checked query: what to look for and avoid, which page, under which metric, in which index."""
+def _at(info: ValidationInfo) -> str:
+    """The start of a part's messages: its name, where it has one."""
+    name = info.data.get("name")
+    return f"{name}: " if name else ""
 
-    positive: tuple[Part, ...]
+
+def _object(data: object, keys: Sequence[str], not_object: str, unknown: str) -> dict[str, Any]:
+    """``data`` as a JSON object of ``keys`` only; else a QueryError: ``not_object`` with "{type}" filled in
+    (the type sent), or ``unknown`` with "{key}" (the first unknown key). Filled in by replace, not format:
+    a message may show JSON's own braces."""
+    if not isinstance(data, dict):
+        raise QueryError(not_object.replace("{type}", _type(data)))
+    for key in data:
+        if key not in keys:
+            raise QueryError(unknown.replace("{key}", shown(key)))
+    return data
+
+
+class Labels(_Model):
+    """A label filter: labels to keep (none: every label) and labels to drop; each list without repeats."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: object) -> dict[str, Any]:
+        return _object(data, ("include", "exclude"), "labels must be an object with include and exclude lists, "
+                       "not {type}.", "labels: unknown key {key}; use include and exclude.")
+
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _names(cls, names: object, info: ValidationInfo) -> tuple[str, ...]:
+        if not (isinstance(names, (list, tuple)) and len(names) <= MAX_LABELS
+                and all(isinstance(n, str) and n for n in names)):
+            raise QueryError(f"labels.{info.field_name} must be a list of at most {MAX_LABELS} label names.")
+        return tuple(dict.fromkeys(names))
+
+    @model_validator(mode="after")
+    def _apart(self) -> Self:
+        both = set(self.include) & set(self.exclude)
+        if both:
+            raise QueryError(f"labels: {shown(sorted(both)[0])} is both included and excluded.")
+        return self
+
+
+class Taken(_Model):
+    """A capture-date filter, both ends inclusive and optional: ``{"from": "2024-01-01", "to": "2024-12-31"}``."""
+
+    start: date | None = Field(None, alias="from")
+    to: date | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: object) -> dict[str, Any]:
+        return _object(data, ("from", "to"), "taken must be an object with from and to dates, not {type}.",
+                       "taken: unknown key {key}; use from and to (dates such as \"2024-01-31\").")
+
+    @field_validator("start", "to", mode="before")
+    @classmethod
+    def _date(cls, value: object, info: ValidationInfo) -> date | None:
+        side = "from" if info.field_name == "start" else "to"
+        if isinstance(value, date):
+            return value
+        if value is None or isinstance(value, str):
+            return checked_date(value, f"taken.{side}")
+        raise QueryError(f"taken.{side} must be a date such as \"2024-01-31\", not {shown(value)}.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.start and self.to and self.start > self.to:
+            raise QueryError(f"taken: from ({self.start}) is after to ({self.to}).")
+        return self
+
+
+class Query(_Model):
+    """A checked query: what to look for and avoid, which page, under which metric, in which index.
+
+    Its fields are the JSON an API caller sends (docs/api.md), so ``Query.model_validate(payload,
+    context={"images": uploads})`` reads that and ``Query(positive=(Part(...),), k=24)`` makes one in
+    Python; a part given as a dict is in the JSON form, ``{"text" | "image" | "id": ..., "weight", "box"}``,
+    where ``image`` is the position of an uploaded file in ``images``.
+    """
+
+    positive: tuple[Part, ...] = Field((), validate_default=True)
     negative: tuple[Part, ...] = ()
     k: int = DEFAULT_K
     offset: int = 0
     metric: str = "cosine"
     index: str = ""
-    include: tuple[str, ...] = ()  # labels to keep (none: every label)
-    exclude: tuple[str, ...] = ()  # labels to drop
+    labels: Labels = Labels()
     cutoff: Cutoff = "auto"
     fold: bool = False
     keywords: float = 1.0  # the keyword channel's weight in the fusion with the vector search; 0: vectors alone
-    taken_from: date | None = None  # capture dates to keep, both inclusive (None: no bound)
-    taken_to: date | None = None
+    taken: Taken = Taken()
     sort: Sort = "relevance"  # newest / oldest: the relevant hits by capture date, then the rest
 
-    def __post_init__(self) -> None:
-        if not self.positive:
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: object) -> dict[str, Any]:
+        return _object(data, tuple(cls.model_fields), "The query must be a JSON object, not {type}.",
+                       f"Unknown query key {{key}}; the keys are {', '.join(cls.model_fields)}.")
+
+    @field_validator("positive", "negative", mode="before")
+    @classmethod
+    def _parts(cls, parts: object, info: ValidationInfo) -> tuple[Part | dict[str, Any], ...]:
+        side = info.field_name
+        if not isinstance(parts, (list, tuple)):
+            raise QueryError(f"{side} must be a list of parts, not {_type(parts)}.")
+        images = list((info.context or {}).get("images") or [])
+        return tuple(p if isinstance(p, Part) else _sent_part(p, f"{side}[{i}]", images) for i, p in enumerate(parts))
+
+    @field_validator("positive")
+    @classmethod
+    def _something(cls, positive: tuple[Part, ...]) -> tuple[Part, ...]:
+        if not positive:
             raise QueryError("The query is empty: give at least one positive part (a text, an image or an id).")
+        return positive
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k(cls, k: object) -> int:
+        return whole("k", k, 1, MAX_PAGE)
+
+    @field_validator("offset", mode="before")
+    @classmethod
+    def _offset(cls, offset: object) -> int:
+        return whole("offset", offset, 0, MAX_K - 1)
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _metric(cls, metric: object) -> str:
+        return checked_metric(metric)
+
+    @field_validator("index", mode="before")
+    @classmethod
+    def _index(cls, index: object) -> str:
+        if not isinstance(index, str):
+            raise QueryError(f"index must be a string, not {_type(index)}.")
+        return index
+
+    @field_validator("cutoff", mode="before")
+    @classmethod
+    def _cutoff(cls, cutoff: object) -> Cutoff:
+        if cutoff is None or cutoff == "auto":
+            return cutoff
+        if not finite(cutoff):
+            raise QueryError(f"cutoff must be \"auto\", null or a score, not {shown(cutoff)}.")
+        return float(cutoff)
+
+    @field_validator("fold", mode="before")
+    @classmethod
+    def _fold(cls, fold: object) -> bool:
+        if not isinstance(fold, bool):
+            raise QueryError(f"fold must be true or false, not {_type(fold)}.")
+        return fold
+
+    @field_validator("keywords", mode="before")
+    @classmethod
+    def _keywords(cls, keywords: object) -> float:
+        if not finite(keywords) or not 0 <= keywords <= MAX_WEIGHT:
+            raise QueryError(f"keywords must be a weight from 0 to {MAX_WEIGHT:g}, not {shown(keywords)}.")
+        return float(keywords)
+
+    @field_validator("sort", mode="before")
+    @classmethod
+    def _sort(cls, sort: object) -> object:
+        if sort not in SORTS:
+            raise QueryError(f"sort: {shown(sort)} is not one of {', '.join(SORTS)}.")
+        return sort
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
         if len(self.parts) > MAX_PARTS:
             raise QueryError(f"The query has {len(self.parts)} parts; the limit is {MAX_PARTS}.")
-        whole("k", self.k, 1, MAX_PAGE)
-        whole("offset", self.offset, 0, MAX_K - 1)
         if self.offset + self.k > MAX_K:
             raise QueryError(f"offset + k is {self.offset + self.k}; results go no deeper than {MAX_K}.")
-        checked_metric(self.metric)
-        if not isinstance(self.index, str):
-            raise QueryError(f"index must be a string, not {_type(self.index)}.")
-        for side in ("include", "exclude"):
-            names = getattr(self, side)
-            if len(names) > MAX_LABELS or not all(isinstance(n, str) and n for n in names):
-                raise QueryError(f"labels.{side} must be a list of at most {MAX_LABELS} label names.")
-            object.__setattr__(self, side, tuple(dict.fromkeys(names)))
-        both = set(self.include) & set(self.exclude)
-        if both:
-            raise QueryError(f"labels: {shown(sorted(both)[0])} is both included and excluded.")
-        if self.cutoff not in (None, "auto") and not finite(self.cutoff):
-            raise QueryError(f"cutoff must be \"auto\", null or a score, not {shown(self.cutoff)}.")
-        if not isinstance(self.fold, bool):
-            raise QueryError(f"fold must be true or false, not {_type(self.fold)}.")
-        if not finite(self.keywords) or not 0 <= self.keywords <= MAX_WEIGHT:
-            raise QueryError(f"keywords must be a weight from 0 to {MAX_WEIGHT:g}, not {shown(self.keywords)}.")
-        for side in ("taken_from", "taken_to"):
-            if getattr(self, side) is not None and not isinstance(getattr(self, side), date):
-                raise QueryError(f"{side} must be a date, not {_type(getattr(self, side))}.")
-        if self.taken_from and self.taken_to and self.taken_from > self.taken_to:
-            raise QueryError(f"taken: from ({self.taken_from}) is after to ({self.taken_to}).")
-        if self.sort not in SORTS:
-            raise QueryError(f"sort: {shown(self.sort)} is not one of {', '.join(SORTS)}.")
+        return self
 
     @property
     def parts(self) -> tuple[Part, ...]:
         """Every part, positives first."""
         return self.positive + self.negative
+
+    @property
+    def include(self) -> tuple[str, ...]:
+        """Labels to keep (none: every label)."""
+        return self.labels.include
+
+    @property
+    def exclude(self) -> tuple[str, ...]:
+        """Labels to drop."""
+        return self.labels.exclude
+
+    @property
+    def taken_from(self) -> date | None:
+        """The first capture date to keep (None: no bound)."""
+        return self.taken.start
+
+    @property
+    def taken_to(self) -> date | None:
+        """The last capture date to keep (None: no bound)."""
+        return self.taken.to
+
+
+def _sent_part(part: object, name: str, images: list[str | Path | None]) -> dict[str, Any]:
+    """A part in its JSON form, ``{"text" | "image" | "id": ..., "weight", "box"}``, as ``Part``'s fields,
+    named by its place; an image part's position resolved to the uploaded file. ``Part`` checks the rest."""
+    sent = _object(part, _PART_KEYS, f"{name}: a part must be an object such as {{\"text\": \"a red dress\"}}, not "
+                   "{type}.", f"{name}: unknown key {{key}}; a part has one of text, image, id, a weight, and for an "
+                   "image a box.")
+    kinds = [kind for kind in _PART_KINDS if kind in sent]
+    kind = kinds[0] if len(kinds) == 1 else None  # none or several: Part refuses the kind
+    value = sent.get(kind) if kind else None
+    if kind == "image":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise QueryError(f"{name}: image must be the position of an uploaded image (0, 1, ...), not {shown(value)}.")
+        if value >= len(images) or not images[value]:
+            raise QueryError(f"{name}: image {value} was not given ({len(images)} image{'' if len(images) == 1 else 's'} "
+                             "uploaded).")
+        value = str(images[value])
+    return {"name": name, "kind": kind, "value": value, **{key: sent[key] for key in ("weight", "box") if key in sent}}
 
 
 def whole(name: str, value: object, low: int, high: int) -> int:
@@ -159,93 +398,6 @@ def checked_metric(value: object) -> str:
     return str(value)
 
 
-def checked_text(value: object, name: str = "") -> str:
-    """A description as the text towers take it: a non-empty string of valid Unicode, at most MAX_TEXT_CHARS
-    characters; stripped. ``name`` (the part's place, e.g. "positive[1]") starts the message."""
-    at = f"{name}: " if name else ""
-    if not isinstance(value, str) or not value.strip():
-        raise QueryError(f"{at}Type a description to search for (a non-empty string).")
-    if len(value) > MAX_TEXT_CHARS:
-        raise QueryError(f"{at}The description is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}.")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: no tokenizer can read it
-        raise QueryError(f"{at}The description holds characters that are not valid Unicode.") from None
-    return value.strip()
-
-
-def _box(value: object, at: str) -> Box:
-    if not (isinstance(value, (list, tuple)) and len(value) == 4 and all(
-            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_BOX_COORDINATE for v in value)):
-        raise QueryError(f"{at}{BOX_SHAPE}")
-    left, top, right, bottom = value
-    if right - left < MIN_REGION_EDGE or bottom - top < MIN_REGION_EDGE:
-        raise QueryError(f"{at}the box is too small to search by; make it at least {MIN_REGION_EDGE} pixels "
-                         "wide and high (right > left, bottom > top).")
-    return left, top, right, bottom
-
-
-BOX_SHAPE = f"box must be [left, top, right, bottom], whole numbers of pixels from 0 to {MAX_BOX_COORDINATE:,}."
-
-
-# --- What an API caller sends: the query's JSON shape -------------------------------------------------------
-
-
-class _Shape(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class _PartIn(_Shape):
-    text: Any = None  # the values' own rules are Part's; the shape checks only what JSON can get wrong
-    image: int | None = None
-    id: Any = None
-    weight: float = 1.0
-    box: list[int] | None = None
-
-
-class _LabelsIn(_Shape):
-    include: list[str] = []
-    exclude: list[str] = []
-
-
-class _TakenIn(_Shape):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
-    start: str | None = Field(None, alias="from")
-    to: str | None = None
-
-
-class _QueryIn(_Shape):
-    positive: list[_PartIn] = []
-    negative: list[_PartIn] = []
-    k: int = DEFAULT_K
-    offset: int = 0
-    metric: str = "cosine"
-    index: str = ""
-    labels: _LabelsIn = _LabelsIn()
-    cutoff: Literal["auto"] | float | None = "auto"
-    fold: bool = False
-    keywords: float = 1.0
-    taken: _TakenIn = _TakenIn()
-    sort: str = "relevance"
-
-
-def parse_query(payload: object, images: Sequence[str | Path | None] | None = None) -> Query:
-    """Check an API caller's query; ``images`` are the uploaded files that image parts name by position."""
-    if not isinstance(payload, dict):
-        raise QueryError(f"The query must be a JSON object, not {_type(payload)}.")
-    try:
-        shape = _QueryIn.model_validate(payload)
-    except ValidationError as exc:
-        raise QueryError(_said(exc.errors()[0])) from None
-    files = list(images or [])
-    positive = tuple(_part(p, f"positive[{i}]", files, payload["positive"][i]) for i, p in enumerate(shape.positive))
-    negative = tuple(_part(p, f"negative[{i}]", files, payload["negative"][i]) for i, p in enumerate(shape.negative))
-    taken = [checked_date(value, f"taken.{side}") for side, value in (("from", shape.taken.start), ("to", shape.taken.to))]
-    return Query(positive, negative, shape.k, shape.offset, shape.metric, shape.index, tuple(shape.labels.include),
-                 tuple(shape.labels.exclude), shape.cutoff, shape.fold, shape.keywords, taken[0], taken[1],
-                 shape.sort)  # type: ignore[arg-type]
-
-
 def checked_date(value: str | None, name: str) -> date | None:
     """A date a person or caller typed ("2024-01-31"); None where there is none (or only spaces); else a
     QueryError headed by ``name``."""
@@ -255,60 +407,6 @@ def checked_date(value: str | None, name: str) -> date | None:
         return parse_date(value.strip())
     except QueryError as exc:
         raise QueryError(f"{name}: {exc}") from None
-
-
-def _part(shape: _PartIn, name: str, files: list[str | Path | None], sent: dict[str, Any]) -> Part:
-    kinds = [kind for kind in _PART_KINDS if kind in sent]
-    if len(kinds) != 1:
-        raise QueryError(f"{name}: a part has exactly one of text, image or id.")
-    box = tuple(shape.box) if shape.box is not None else None
-    if kinds[0] != "image":
-        return Part(kinds[0], getattr(shape, kinds[0]), shape.weight, name, box)  # type: ignore[arg-type]
-    position = shape.image
-    if position is None or position < 0:
-        raise QueryError(f"{name}: image must be the position of an uploaded image (0, 1, ...), not {shown(position)}.")
-    if position >= len(files) or not files[position]:
-        raise QueryError(f"{name}: image {position} was not given ({len(files)} image{'' if len(files) == 1 else 's'} "
-                         "uploaded).")
-    return Part("image", str(files[position]), shape.weight, name, box)  # type: ignore[arg-type]
-
-
-def _said(error: Any) -> str:
-    """A pydantic error on the query's shape, in the words the rules use, with the part it is in."""
-    loc, value, kind = tuple(error["loc"]), error.get("input"), error["type"]
-    if kind == "extra_forbidden":
-        if len(loc) == 1:
-            return f"Unknown query key {shown(loc[0])}; the keys are {', '.join(_QUERY_KEYS)}."
-        if loc[0] == "labels":
-            return f"labels: unknown key {shown(loc[-1])}; use include and exclude."
-        if loc[0] == "taken":
-            return f"taken: unknown key {shown(loc[-1])}; use from and to (dates such as \"2024-01-31\")."
-        return (f"{loc[0]}[{loc[1]}]: unknown key {shown(loc[-1])}; a part has one of text, image, id, a weight, and "
-                "for an image a box.")
-    top = loc[0]
-    if top in ("positive", "negative"):
-        if len(loc) == 1:
-            return f"{top} must be a list of parts, not {_type(value)}."
-        at = f"{top}[{loc[1]}]: "
-        if len(loc) == 2:
-            return f"{at}a part must be an object such as {{\"text\": \"a red dress\"}}, not {_type(value)}."
-        return at + {"image": f"image must be the position of an uploaded image (0, 1, ...), not {shown(value)}.",
-                     "weight": f"weight must be a finite number, not {shown(value)}.", "box": BOX_SHAPE}[loc[2]]
-    if top in ("k", "offset"):
-        return f"{top} must be a whole number from {1 if top == 'k' else 0} to {MAX_PAGE if top == 'k' else MAX_K - 1}, " \
-               f"not {shown(value)}."
-    if top == "labels":
-        return (f"labels.{loc[1]} must be a list of at most {MAX_LABELS} label names." if len(loc) > 1 else
-                f"labels must be an object with include and exclude lists, not {_type(value)}.")
-    if top == "taken":
-        return (f"taken.{loc[1]} must be a date such as \"2024-01-31\", not {shown(value)}." if len(loc) > 1 else
-                f"taken must be an object with from and to dates, not {_type(value)}.")
-    return {"metric": f"metric: {shown(value)} is not one of {', '.join(METRICS)}.",
-            "index": f"index must be a string, not {_type(value)}.",
-            "cutoff": f"cutoff must be \"auto\", null or a score, not {shown(value)}.",
-            "fold": f"fold must be true or false, not {_type(value)}.",
-            "keywords": f"keywords must be a weight from 0 to {MAX_WEIGHT:g}, not {shown(value)}.",
-            "sort": f"sort: {shown(value)} is not one of {', '.join(SORTS)}."}[top]
 
 
 def compose(positive: Sequence[tuple[np.ndarray, float]], negative: Sequence[tuple[np.ndarray, float]],

@@ -20,7 +20,7 @@ from PIL import Image
 from search.config import Settings
 from search.core.hits import Hit
 from search.core.ids import shown
-from search.core.query import Query, parse_query
+from search.core.query import Query
 from search.embedders.batching import QueryBatcher
 from search.errors import InvalidImageError, QueryError, SearchError, ServiceUnavailable
 from search.index import ImageIndex
@@ -293,9 +293,9 @@ class SearchService:
     # --- Queries ----------------------------------------------------------------------------------------
 
     def search(self, query: Query | object, images: list[str] | None = None, key: str | None = None) -> Answer:
-        """Run a query: a checked ``Query``, or a composed query as API callers send it (``parse_query``), whose
-        image parts name ``images`` by position."""
-        parsed = query if isinstance(query, Query) else parse_query(query, images)
+        """Run a query: a checked ``Query``, or a composed query as API callers send it (JSON), whose image
+        parts name ``images`` by position."""
+        parsed = Query.model_validate(query, context={"images": images})
         target = self._target(parsed.index, key)
         start = time.perf_counter()
         ranked = target.search(parsed)

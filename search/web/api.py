@@ -34,12 +34,12 @@ class Api:
         if not image:
             raise QueryError("Upload, paste or photograph an image first (or give an image URL).")
         with self.files.consumed([image]):
-            return self._files(self._one(Part("image", image), k, metric, index, key))
+            return self._files(self._one(Part(kind="image", value=image), k, metric, index, key))
 
     @user_errors
     def search_by_text(self, text: str, k: float, metric: str, index: str, key: str) -> list[dict[str, Any]]:
         """The k stored images that best match ``text``, best first."""
-        return self._files(self._one(Part("text", text), k, metric, index, key))
+        return self._files(self._one(Part(kind="text", value=text), k, metric, index, key))
 
     @user_errors
     def search(self, query: object, request: gr.Request, images: list[str] | None = None,
@@ -88,8 +88,8 @@ class Api:
         """A query of one part, with no cut-off (these endpoints predate it). ``k`` arrives as a JSON number
         (12.0 is twelve; NaN or 2.5 is refused as the query's rule says)."""
         whole = int(k) if isinstance(k, float) and k.is_integer() else k
-        return self.service.search(Query((part,), k=whole, metric=metric, index=index or "", cutoff=None),  # type: ignore[arg-type]
-                                   key=key or None)
+        return self.service.search(Query(positive=(part,), k=whole, metric=metric, index=index or "",  # type: ignore[arg-type]
+                                         cutoff=None), key=key or None)
 
     def _files(self, answer: Answer) -> list[dict[str, Any]]:
         """Hits for API callers; a FileData dict makes Gradio serve a copy of the thumbnail (never the store's

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from search.core.ids import is_image_id
+from search.core.query import Part, Query
 from search.core.units import data_size
 from search.errors import QueryError, SearchError, ServiceUnavailable
 from search.service.service import Answer, Overview, SearchService
@@ -139,8 +140,8 @@ def status_of(o: Overview) -> dict[str, Any]:
 def run_query(service: SearchService, body: dict[str, Any]) -> Answer:
     """Answer a checked body: its composed query, or the short form's text as one; no image parts here
     (they name uploads, which the Gradio endpoint /search takes)."""
-    query = body["query"] if "query" in body else {"positive": [{"text": body["text"]}], "k": body["k"],
-                                                   "metric": body["metric"], "index": body["index"]}
+    query = body["query"] if "query" in body else Query(positive=(Part(kind="text", value=body["text"]),), k=body["k"],
+                                                        metric=body["metric"], index=body["index"])
     return service.search(query, [], body["key"])
 
 

@@ -167,7 +167,7 @@ class SearchPage:
 
     def search_text(self, text: str, *controls: Any) -> Outputs:
         """Search by a description."""
-        return self._new(lambda: Shown(Part("text", text or "")), Controls(*controls), keep_text=True)
+        return self._new(lambda: Shown(Part(kind="text", value=text or "")), Controls(*controls), keep_text=True)
 
     def search_prompt(self, sample: Any, *controls: Any) -> Outputs:
         """Search by the example description that was clicked."""
@@ -198,7 +198,7 @@ class SearchPage:
             if selected is None or not selected.image:
                 raise QueryError("Click a result first.")
             copy = regions.shown(selected.image, self.files)
-            return Shown(Part("id", selected.id), preview=copy.preview, label=views.name(selected), scale=copy.scale,
+            return Shown(Part(kind="id", value=selected.id), preview=copy.preview, label=views.name(selected), scale=copy.scale,
                          thumbnail=selected.image)
         return self._new(part, Controls(*controls))
 
@@ -249,9 +249,9 @@ class SearchPage:
         before = before or []
         try:
             asked = query.query(k=c.k, offset=offset, metric=c.metric, index=c.index or "", fold=bool(c.fold),
-                                include=tuple(c.include or ()), exclude=tuple(c.exclude or ()), cutoff="auto",
-                                sort=c.sort or "relevance", taken_from=checked_date(c.taken_from, "Taken from"),
-                                taken_to=checked_date(c.taken_to, "Taken until"))
+                                labels={"include": c.include or [], "exclude": c.exclude or []}, cutoff="auto",
+                                sort=c.sort or "relevance", taken={"from": checked_date(c.taken_from, "Taken from"),
+                                                                  "to": checked_date(c.taken_to, "Taken until")})
             answer = self.service.search(asked, key=c.key)
         except Exception as exc:
             return self._failed(query, exc)
@@ -290,7 +290,7 @@ class SearchPage:
         if query.size >= MAX_PARTS:
             return self._failed(query, QueryError(f"A query holds at most {MAX_PARTS} parts; remove one first."))
         try:
-            part = (Shown(Part("text", text, weight), negative=negative) if text and text.strip()
+            part = (Shown(Part(kind="text", value=text, weight=weight), negative=negative) if text and text.strip()
                     else image_part(str(image), str(image), 1.0, negative=negative, weight=weight))  # a chip: never shown
         except SearchError as exc:
             return self._failed(query, exc)
@@ -350,7 +350,8 @@ class SearchPage:
                         "query": query.with_main(replace(main, preview=marked.preview, scale=marked.scale)),
                         "image": marked.preview}
             box, marked = regions.cut(picture, corner, point, self.files)
-            region = Shown(Part("image", self.files.shown(picture), main.part.weight, box=box), negative=main.negative,
+            region = Shown(Part(kind="image", value=self.files.shown(picture), weight=main.part.weight, box=box),
+                           negative=main.negative,
                            preview=marked.preview, label=f"region of {main.label.removeprefix('region of ')}",
                            scale=marked.scale)
         except SearchError as exc:

@@ -86,7 +86,7 @@ class PageQuery:
     def marking(self, image_id: str, good: bool, label: str) -> PageQuery:
         """Feedback on a result: more like it (good) or less like it (bad); a second mark replaces the first."""
         kept = tuple(p for p in self.feedback if p.value != image_id)
-        return replace(self, feedback=(*kept, Shown(Part("id", image_id), negative=not good, label=label)))
+        return replace(self, feedback=(*kept, Shown(Part(kind="id", value=image_id), negative=not good, label=label)))
 
     def undoing(self) -> PageQuery:
         """The query before its latest feedback."""
@@ -97,12 +97,12 @@ class PageQuery:
         return [f"{i}. {p.describe()}" for i, p in enumerate(self.parts[1:] + self.feedback, 1)]
 
     def query(self, **options: Any) -> Query:
-        """The library's query of these parts (``options``: k, offset, metric, index, labels, cutoff, fold).
+        """The library's query of these parts (``options``: the rest of ``Query``'s fields: k, offset, metric, ...).
 
         Parts are named for messages as the page numbers them: the main one needs no name, the others
         are "part N" as their chips number them."""
-        named = [replace(p.part, name=f"part {i + 1}" if i else "") for i, p in enumerate(self.parts + self.feedback)]
         shown = self.parts + self.feedback
+        named = [p.part.model_copy(update={"name": f"part {i + 1}" if i else ""}) for i, p in enumerate(shown)]
         return Query(positive=tuple(part for part, p in zip(named, shown) if not p.negative),
                      negative=tuple(part for part, p in zip(named, shown) if p.negative), **options)
 
@@ -111,5 +111,5 @@ def image_part(path: str, shown: str, scale: float, name: str | None = None, neg
                weight: float = 1.0) -> Shown:
     """An image file as a part, shown as the copy ``shown`` (``scale`` of the image's pixels to the copy's),
     named by ``name`` (a URL's last segment) or the file's own name."""
-    return Shown(Part("image", path, weight), negative=negative, preview=shown, label=name or Path(path).name,
+    return Shown(Part(kind="image", value=path, weight=weight), negative=negative, preview=shown, label=name or Path(path).name,
                  scale=scale)

@@ -72,10 +72,11 @@ def test_start_first_queries_and_the_page_read_no_collection_whole(grown, scans)
     assert len(examples.images) == 8 and examples.prompts and len(labels) > 100
     main = service.main_index()
     assert main is not None and len(main) == IMAGES
-    text = Query((Part("text", labels[0]),))
-    for query in (text, Query((Part("text", labels[3]),), include=(labels[3],)),
-                  Query((Part("text", "a photo"),), taken_from=date(2019, 1, 1), taken_to=date(2019, 12, 31), sort="newest"),
-                  Query((Part("text", "a photo"),), metric="l1"), Query((Part("text", "a photo"),), offset=12)):
+    text = Query(positive=(Part(kind="text", value=labels[0]),))
+    photo = (Part(kind="text", value="a photo"),)
+    for query in (text, Query(positive=(Part(kind="text", value=labels[3]),), labels={"include": (labels[3],)}),
+                  Query(positive=photo, taken={"from": date(2019, 1, 1), "to": date(2019, 12, 31)}, sort="newest"),
+                  Query(positive=photo, metric="l1"), Query(positive=photo, offset=12)):
         assert service.search(query).hits
     assert scans == Counter(), f"a whole collection was read: {dict(scans)}"
 
@@ -88,14 +89,14 @@ def test_filters_and_exact_metrics_rank_as_numpy_does(grown):
     common = Counter(r.metadata.get("label") for r in records).most_common(40)
     probe = records[123]
     cases = [
-        {"include": (common[30][0],)},  # a few hundred images: ranked from the catalogue
-        {"taken_from": date(2020, 5, 1), "taken_to": date(2020, 5, 31)},
-        {"exclude": (common[0][0],)},  # most of them: HNSW, then the filter
-        {"include": (common[0][0], common[1][0]), "taken_from": date(2016, 1, 1), "taken_to": date(2021, 12, 31)},
+        {"labels": {"include": (common[30][0],)}},  # a few hundred images: ranked from the catalogue
+        {"taken": {"from": date(2020, 5, 1), "to": date(2020, 5, 31)}},
+        {"labels": {"exclude": (common[0][0],)}},  # most of them: HNSW, then the filter
+        {"labels": {"include": (common[0][0], common[1][0])}, "taken": {"from": date(2016, 1, 1), "to": date(2021, 12, 31)}},
     ]
     for filters in cases:
         for metric in ("cosine", "l2", "l1", "correlation"):
-            query = Query((Part("id", probe.id),), k=30, metric=metric, cutoff=None, keywords=0, **filters)
+            query = Query(positive=(Part(kind="id", value=probe.id),), k=30, metric=metric, cutoff=None, keywords=0, **filters)
             answer = index.search(query)
             where = _where(query)
             admitted = [i for i, r in enumerate(records) if where.admits(r.metadata)]

@@ -88,7 +88,7 @@ def named(tmp_path_factory, shapes_model) -> tuple[ImageIndex, dict[str, dict]]:
 
 
 def _search(index: ImageIndex, text: str, k: int, **options) -> list:
-    return index.search(Query((Part("text", text),), k=k, **options)).hits
+    return index.search(Query(positive=(Part(kind="text", value=text),), k=k, **options)).hits
 
 
 def precision(hits: list, truth: dict[str, dict], relevant) -> float:
@@ -175,22 +175,23 @@ def test_capture_dates_come_from_exif_else_the_file_name(named):
 def test_a_date_range_keeps_only_photos_taken_in_it(named):
     index, truth = named
     start, end = _day(10).date(), _day(20).date()
-    answer = index.search(Query((Part("text", "a red circle"),), k=50, taken_from=start, taken_to=end, cutoff=None))
+    answer = index.search(Query(positive=(Part(kind="text", value="a red circle"),), k=50, taken={"from": start, "to": end},
+                                cutoff=None))
     held = {s for s, t in truth.items() if start <= t["taken"].date() <= end}
     assert {h.source for h in answer.hits} == held and answer.total == len(held) == 11
 
 
 def test_sorting_by_date_orders_the_relevant_set_and_leaves_the_rest_below(named):
     index, _ = named
-    plain = index.search(Query((Part("text", "bánh mì"),), k=30))
-    newest = index.search(Query((Part("text", "bánh mì"),), k=30, sort="newest"))
+    plain = index.search(Query(positive=(Part(kind="text", value="bánh mì"),), k=30))
+    newest = index.search(Query(positive=(Part(kind="text", value="bánh mì"),), k=30, sort="newest"))
     relevant = [h for h in plain.hits if h.relevant]
     assert 0 < len(relevant) < 30
     head = newest.hits[: len(relevant)]
     assert {h.id for h in head} == {h.id for h in relevant}
     assert [h.taken for h in head] == sorted((h.taken for h in head), reverse=True)
     assert [h.id for h in newest.hits[len(relevant):]] == [h.id for h in plain.hits if not h.relevant]
-    oldest = index.search(Query((Part("text", "bánh mì"),), k=30, sort="oldest"))
+    oldest = index.search(Query(positive=(Part(kind="text", value="bánh mì"),), k=30, sort="oldest"))
     assert [h.id for h in oldest.hits[: len(relevant)]] == [h.id for h in reversed(head)]
 
 
@@ -342,7 +343,7 @@ def test_no_good_match_is_said_for_absent_classes_and_never_for_held_ones(tmp_pa
         index = build(folder, tmp_path / f"s{draw}", shapes_model)
         for cls in CLASSES:
             for template in TEMPLATES[1:]:  # phrasings unlike the labels the floor is read from
-                answer = index.search(Query((Part("text", template.format(cls)),), k=5))
+                answer = index.search(Query(positive=(Part(kind="text", value=template.format(cls)),), k=5))
                 said[cls in held].append(answer.no_match)
     with capsys.disabled():
         print(f"\nno good match said: held {sum(said[True])}/{len(said[True])}, "

@@ -197,7 +197,8 @@ def test_the_page_searches_by_text_best_first(service):
     out = searched(pages(service)[0].search_text(caption("blue triangle"), *controls()))
     assert len(out["results"]) == len(out["shown"]) == 5 and out["status"].startswith("Top **5** of ")
     assert [c.split()[0] for _, c in out["results"]] == ["#1", "#2", "#3", "#4", "#5"]
-    ranked = service.search(Query((Part("text", caption("blue triangle")),), k=5)).hits  # vectors and words fused
+    query = Query(positive=(Part(kind="text", value=caption("blue triangle")),), k=5)
+    ranked = service.search(query).hits  # vectors and words fused
     assert [h.id for h in out["shown"]] == [h.id for h in ranked]
     assert sum(h.label == "blue triangle" for h in out["shown"]) >= 4
     assert all(Path(image).is_file() for image, _ in out["results"])
@@ -292,7 +293,7 @@ def test_switching_the_index_keeps_the_filters_it_holds_and_clears_the_others_sa
     service = SearchService.open(Settings(store=store, public=True))
     page, _, api = pages(service)
     api.collection_add([str(p) for p in write_folder(tmp_path / "up", per_class=1, seed=93)[:3]], "trip", KEY)
-    query = PageQuery().adding(Shown(Part("text", caption("red circle"))))
+    query = PageQuery().adding(Shown(Part(kind="text", value=caption("red circle"))))
 
     out = searched(page.change_index(query, *controls("mine/trip", include=["red circle"], exclude=["blue square"], key=KEY)))
     assert out["status"].startswith("The label filters “red circle”, “blue square” do not apply to this index and "
@@ -309,7 +310,8 @@ def test_switching_the_index_keeps_the_filters_it_holds_and_clears_the_others_sa
 def test_the_api_answers_hits_best_first_with_served_copies(service, local_store):
     hits = pages(service)[2].search_by_text(caption("red circle"), 5, "cosine", "", "")
     assert len(hits) == 5 and set(hits[0]) == {"id", "score", "label", "caption", "image", "similar", "taken", "matched"}
-    assert [h["id"] for h in hits] == [h.id for h in service.search(Query((Part("text", caption("red circle")),), k=5)).hits]
+    query = Query(positive=(Part(kind="text", value=caption("red circle")),), k=5)
+    assert [h["id"] for h in hits] == [h.id for h in service.search(query).hits]
     assert hits[0]["matched"] == {"label": ["red", "circle"]}
     assert sum(h["label"] == "red circle" for h in hits) >= 4
     for h in hits:  # a file of Gradio's cache, never a path into the store

@@ -65,15 +65,15 @@ def _brute_force(store: Store, query: np.ndarray, metric: str, where: Filter | N
 
 
 def _search(index: ImageIndex, image_id: str, metric: str, **filters) -> list:
-    query = Query((Part("id", image_id),), k=50, metric=metric, cutoff=None, keywords=0, **filters)
+    query = Query(positive=(Part(kind="id", value=image_id),), k=50, metric=metric, cutoff=None, keywords=0, **filters)
     return index.search(query).hits
 
 
 FILTERS = {
-    "few labels": {"include": ("l5", "l7")},
-    "one month": {"taken_from": date(2021, 3, 1), "taken_to": date(2021, 3, 31)},
-    "all but the commonest": {"exclude": ("l1",)},
-    "a year, two labels": {"include": ("l1", "l2"), "taken_from": date(2022, 1, 1), "taken_to": date(2022, 12, 31)},
+    "few labels": {"labels": {"include": ("l5", "l7")}},
+    "one month": {"taken": {"from": date(2021, 3, 1), "to": date(2021, 3, 31)}},
+    "all but the commonest": {"labels": {"exclude": ("l1",)}},
+    "a year, two labels": {"labels": {"include": ("l1", "l2")}, "taken": {"from": date(2022, 1, 1), "to": date(2022, 12, 31)}},
 }
 
 
@@ -87,7 +87,7 @@ def test_a_filtered_search_ranks_as_numpy_does(index, store, monkeypatch, path, 
     probe = store.open("images").all_ids()[17]
     query_vector = store.open("images").vectors([probe])[probe]
     hits = _search(index, probe, metric, **FILTERS[name])
-    query = Query((Part("id", probe),), **FILTERS[name])
+    query = Query(positive=(Part(kind="id", value=probe),), **FILTERS[name])
     until = seconds_of(query.taken_to) + DAY if query.taken_to else None
     where = Filter(query.include, query.exclude, seconds_of(query.taken_from) if query.taken_from else None, until)
     expected = _brute_force(store, query_vector, metric, where, 50)
@@ -101,7 +101,7 @@ def test_a_broad_filter_that_over_fetching_cannot_fill_ranks_all_it_admits(index
     monkeypatch.setattr(index_module, "BROAD_COST", 0)
     monkeypatch.setattr(index_module, "OVERFETCH", 0)  # 32 candidates: too few to find 50 of a few labels
     probe = store.open("images").all_ids()[3]
-    hits = _search(index, probe, "cosine", include=("l5", "l7"))
+    hits = _search(index, probe, "cosine", labels={"include": ("l5", "l7")})
     where = Filter(("l5", "l7"))
     expected = _brute_force(store, store.open("images").vectors([probe])[probe], "cosine", where, 50)
     assert all(where.admits(h.metadata) for h in hits)
@@ -120,7 +120,7 @@ def test_a_broad_filter_reads_deeper_before_it_ranks_all_it_admits(index, store,
 
     monkeypatch.setattr(ImageIndex, "_approximate", spy)
     probe = store.open("images").all_ids()[3]
-    hits = _search(index, probe, "cosine", exclude=("l1",))
+    hits = _search(index, probe, "cosine", labels={"exclude": ("l1",)})
     assert depths[:2] == [32, 32 * index_module.DEEPEN] and len(depths) < 6  # never deeper than the collection
     where = Filter(exclude=("l1",))
     expected = _brute_force(store, store.open("images").vectors([probe])[probe], "cosine", where, 50)
@@ -134,7 +134,7 @@ def test_totals_and_labels_come_from_the_catalogue_and_agree_with_a_count(index,
     assert index.labels() == sorted({m["label"] for _, m in rows if "label" in m})
     probe = rows[0][0]
     for filters in FILTERS.values():
-        query = Query((Part("id", probe),), k=10, cutoff=None, keywords=0, **filters)
+        query = Query(positive=(Part(kind="id", value=probe),), k=10, cutoff=None, keywords=0, **filters)
         until = seconds_of(query.taken_to) + DAY if query.taken_to else None
         where = Filter(query.include, query.exclude, seconds_of(query.taken_from) if query.taken_from else None, until)
         assert index.search(query).total == sum(where.admits(m) for _, m in rows)

@@ -10,29 +10,36 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from search.core.cutoff import DEPTH, auto_cutoff
-from search.core.query import MAX_PARTS, Part, Query, compose, parse_query
+from search.core.query import MAX_PARTS, Part, Query, compose
 from search.errors import QueryError
 
 ID = "0" * 32
 TEXT = {"text": "a red dress"}
 
 
+def parse(payload, images=None) -> Query:
+    """A query as the APIs read one: JSON, with the uploaded images its image parts name by position."""
+    return Query.model_validate(payload, context={"images": images})
+
+
 def test_a_full_query_parses_into_typed_parts_with_images_resolved():
-    query = parse_query(
+    query = parse(
         {"positive": [{"text": " a red dress "}, {"image": 0, "weight": 0.5}, {"id": ID}],
          "negative": [{"text": "long sleeves"}], "k": 12, "offset": 24, "metric": "l1", "index": "pixels",
          "labels": {"include": ["dress"], "exclude": []}, "cutoff": 0.3, "fold": True},
         ["/tmp/q.jpg"])
-    assert query.positive == (Part("text", "a red dress", 1.0, "positive[0]"), Part("image", "/tmp/q.jpg", 0.5, "positive[1]"),
-                              Part("id", ID, 1.0, "positive[2]"))
-    assert query.negative == (Part("text", "long sleeves", 1.0, "negative[0]"),)
+    assert query.positive == (Part(kind="text", value="a red dress", weight=1.0, name="positive[0]"),
+                              Part(kind="image", value="/tmp/q.jpg", weight=0.5, name="positive[1]"),
+                              Part(kind="id", value=ID, weight=1.0, name="positive[2]"))
+    assert query.negative == (Part(kind="text", value="long sleeves", weight=1.0, name="negative[0]"),)
     assert (query.k, query.offset, query.metric, query.index, query.include, query.exclude, query.cutoff, query.fold) == (
         12, 24, "l1", "pixels", ("dress",), (), 0.3, True)
 
 
 def test_defaults_a_page_of_twelve_by_cosine_in_the_main_index_with_the_auto_cut_off():
-    assert parse_query({"positive": [TEXT]}) == Query((Part("text", "a red dress", 1.0, "positive[0]"),))
-    assert parse_query({"positive": [TEXT], "cutoff": None}).cutoff is None
+    alone = Part(kind="text", value="a red dress", weight=1.0, name="positive[0]")
+    assert parse({"positive": [TEXT]}) == Query(positive=(alone,))
+    assert parse({"positive": [TEXT], "cutoff": None}).cutoff is None
 
 
 @pytest.mark.parametrize(("payload", "images", "message"), [
@@ -91,7 +98,7 @@ def test_defaults_a_page_of_twelve_by_cosine_in_the_main_index_with_the_auto_cut
 ])
 def test_every_bad_query_gets_a_message_that_names_the_part(payload, images, message):
     with pytest.raises(QueryError, match=re.escape(message)):
-        parse_query(payload, images)
+        parse(payload, images)
 
 
 _JSON = st.recursive(
@@ -106,9 +113,75 @@ _JSON = st.recursive(
 @given(_JSON, st.lists(st.none() | st.just("q.jpg"), max_size=3))
 def test_any_json_is_a_query_or_a_query_error_never_a_traceback(payload, images):
     try:
-        assert isinstance(parse_query(payload, images), Query)
+        assert isinstance(parse(payload, images), Query)
     except QueryError as exc:
         assert str(exc)
+
+
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+    | st.sampled_from(["auto", "newest", "cosine", "2024-01-31", "2024-13-01", " ", ID, "mine/x", "pixels"]),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(
+        st.sampled_from([*Query.model_fields, "from", "to", "include", "exclude", "text", "image", "id", "weight", "box",
+                         "kind", "value", "name", "start"]) | st.text(max_size=6), inner, max_size=6),
+    max_leaves=30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ANY_JSON, st.lists(st.none() | st.just("q.jpg"), max_size=3))
+def test_any_json_payload_is_a_query_or_a_query_error_by_either_entry_point(payload, images):
+    """The JSON path (model_validate) and keyword construction: a Query, or a QueryError with a message;
+    never a pydantic ValidationError, a TypeError or any other exception."""
+    entries = [lambda: Query.model_validate(payload, context={"images": images})]
+    if isinstance(payload, dict):
+        entries.append(lambda: Query(**payload))
+    for entry in entries:
+        try:
+            assert isinstance(entry(), Query)
+        except QueryError as exc:
+            assert str(exc) and "pydantic" not in str(exc)
+
+
+LIBRARY_PART = {"kind": "text", "value": "a red dress"}
+
+
+@pytest.mark.parametrize(("field", "bad"), [
+    ("k", 0), ("k", "12"), ("k", 12.0), ("offset", -1), ("offset", True), ("metric", "euclid"), ("index", 3),
+    ("labels", ["red"]), ("labels", {"include": "red"}), ("labels", {"include": ["a"], "exclude": ["a"]}),
+    ("labels", {"only": []}), ("cutoff", "high"), ("cutoff", math.nan), ("fold", "yes"), ("keywords", -1),
+    ("keywords", math.inf), ("taken", {"from": "2024-02-30"}), ("taken", {"from": 3}), ("taken", "2024"),
+    ("taken", {"from": "2024-02-01", "to": "2024-01-01"}), ("sort", "date"), ("negative", TEXT), ("positive", []),
+])
+def test_a_query_rule_lives_once_json_and_library_give_the_same_message(field, bad):
+    with pytest.raises(QueryError) as sent:
+        Query.model_validate({"positive": [TEXT], field: bad})
+    with pytest.raises(QueryError) as made:
+        Query(**{"positive": (Part(**LIBRARY_PART),), field: bad})
+    assert str(sent.value) == str(made.value)
+
+
+@pytest.mark.parametrize(("field", "bad"), [
+    ("value", "  "), ("value", 3), ("value", "x" * 1001), ("weight", 0), ("weight", 10.5), ("weight", math.nan),
+    ("weight", "2"), ("weight", True), ("box", [0, 0, 40, 40]),
+])
+def test_a_part_rule_lives_once_json_and_library_give_the_same_message(field, bad):
+    sent = {"text": bad} if field == "value" else {**TEXT, field: bad}
+    with pytest.raises(QueryError) as parsed:
+        Query.model_validate({"positive": [TEXT], "negative": [sent]})
+    with pytest.raises(QueryError) as made:
+        Part(**{**LIBRARY_PART, "name": "negative[0]", field: bad})
+    assert str(parsed.value) == str(made.value) and str(made.value).startswith("negative[0]: ")
+
+
+def test_a_json_part_names_no_server_file_and_a_query_is_built_by_keyword_only():
+    with pytest.raises(QueryError, match=re.escape("positive[0]: unknown key 'kind'")):
+        Query.model_validate({"positive": [{"kind": "image", "value": "/etc/passwd"}]})
+    with pytest.raises(TypeError):
+        Query((Part(**LIBRARY_PART),))  # type: ignore[misc]
+    query = Query(positive=(Part(**LIBRARY_PART),))
+    assert Query.model_validate(query) is query and hash(query) == hash(Query(positive=(Part(**LIBRARY_PART),)))
+    with pytest.raises(Exception):  # frozen
+        query.k = 24  # type: ignore[misc]
 
 
 def _unit(*values: float) -> np.ndarray:

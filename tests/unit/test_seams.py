@@ -51,7 +51,7 @@ def test_a_family_is_found_by_the_models_name():
 
 def test_the_service_searches_an_index_of_the_fake_family_by_text_and_by_image(colours):
     service = SearchService.open(Settings(store=colours, default_dataset=None))
-    by_text = service.search(Query((Part("text", "something blue"),), k=4))
+    by_text = service.search(Query(positive=(Part(kind="text", value="something blue"),), k=4))
     assert [h.label for h in by_text.hits] == ["blue"] * 4 and by_text.total == 12
     red = next(iter(sorted((colours.parent / "photos" / "red").glob("*.png"))))
     by_image = service.search({"positive": [{"image": 0}], "negative": [{"text": "green"}], "k": 4}, [str(red)])
@@ -73,7 +73,7 @@ def test_the_service_follows_a_switch_and_a_rollback_of_its_main_collection_with
     assert service.follow_switch() == ["images"]
     switched = service.main_index()
     assert switched is not first and switched.collection.key == writer.open("images").key != first.collection.key
-    assert [h.label for h in service.search(Query((Part("text", "red"),), k=4)).hits] == ["red"] * 4
+    assert [h.label for h in service.search(Query(positive=(Part(kind="text", value="red"),), k=4)).hits] == ["red"] * 4
     assert service.follow_switch() == [] and service.main_index() is switched
     writer.rollback("images")
     assert service.follow_switch() == ["images"] and service.main_index().collection.key == first.collection.key
@@ -83,7 +83,8 @@ def test_a_query_made_while_the_service_loads_waits_for_it_and_is_answered(colou
     service = SearchService(Settings(store=colours, default_dataset=None))
     assert service.loading and status_of(service.overview())["state"] == "loading"
     answers, listed = [], []
-    waiting = threading.Thread(target=lambda: answers.append(service.search(Query((Part("text", "blue"),), k=4))))
+    blue = Query(positive=(Part(kind="text", value="blue"),), k=4)
+    waiting = threading.Thread(target=lambda: answers.append(service.search(blue)))
     listing = threading.Thread(target=lambda: listed.append(service.album_indexes(None)))  # a page's first visit
     waiting.start()
     listing.start()
@@ -101,7 +102,7 @@ def test_a_query_waits_for_the_load_only_so_long(colours, monkeypatch):
     monkeypatch.setattr(service_module, "LOAD_WAIT_S", 0.2)
     service = SearchService(Settings(store=colours, default_dataset=None))
     with pytest.raises(ServiceUnavailable, match="still loading its model") as refused:
-        service.search(Query((Part("text", "blue"),), k=4))
+        service.search(Query(positive=(Part(kind="text", value="blue"),), k=4))
     assert refused.value.retry_after == 30
 
 
@@ -115,7 +116,7 @@ def test_a_load_that_fails_releases_the_queries_waiting_for_it(colours, monkeypa
         service.load()
     assert not service.loading
     with pytest.raises(ServiceUnavailable, match="No index to search"):
-        service.search(Query((Part("text", "blue"),), k=4))
+        service.search(Query(positive=(Part(kind="text", value="blue"),), k=4))
 
 
 def test_an_album_made_before_a_switch_is_brought_to_the_new_model_by_its_owner(tmp_path):
@@ -131,7 +132,7 @@ def test_an_album_made_before_a_switch_is_brought_to_the_new_model_by_its_owner(
     assert service.follow_switch() == ["images"]
 
     def reds() -> set[str]:
-        answer = service.search(Query((Part("text", "red"),), k=4, index="mine/holiday"))
+        answer = service.search(Query(positive=(Part(kind="text", value="red"),), k=4, index="mine/holiday"))
         return {h.id for h in answer.hits}
 
     album = next(c for c in service.album_indexes(None) if c.name == "holiday")
@@ -144,7 +145,7 @@ def test_an_album_made_before_a_switch_is_brought_to_the_new_model_by_its_owner(
     assert not service.album_behind(None, "holiday") and service.album_names(None) == ["holiday"]
     assert next(c for c in service.album_indexes(None) if c.name == "holiday").model == fake_embedder.V2
     assert reds() == before  # the same red swatches, found with the new model's text tower
-    token = service.search(Query((Part("text", "red"),), k=1, index="mine/holiday")).album
+    token = service.search(Query(positive=(Part(kind="text", value="red"),), k=1, index="mine/holiday")).album
     assert all(service.thumbnail(i, token) is not None for i in before)  # the thumbnails stayed with the album
     assert not [n for n in Store.connect(store).names() if n.endswith((".next", ".previous")) and "holiday" in n]
     with pytest.raises(QueryError, match="already searched"):
