@@ -52,6 +52,21 @@ JOIN_S = 120  # a request under way at the deadline may take this long to finish
 TLS = ssl.create_default_context()
 
 
+def drive(app: RunningApp, threads: list[threading.Thread], deadline: float, seconds: float, rounds: int, *,
+          join_s: float) -> list[float]:
+    """Start ``threads`` (each runs until ``deadline``, ``seconds`` from now), sample the app's resident memory at
+    the end of each of ``rounds`` equal rounds, then wait up to ``join_s`` for each thread; the samples (MB)."""
+    for t in threads:
+        t.start()
+    rss = []
+    for r in range(1, rounds + 1):
+        time.sleep(max(0.0, deadline - seconds + seconds * r / rounds - time.monotonic()))
+        rss.append(round(app.rss_mb(), 1))
+    for t in threads:
+        t.join(timeout=join_s)
+    return rss
+
+
 def run_load(app: RunningApp, users: int = 16, seconds: float = 60, rounds: int = 6) -> dict:
     """Drive ``app`` with ``users`` concurrent clients for ``seconds``; memory sampled after each round."""
     from gradio_client import handle_file
@@ -80,14 +95,7 @@ def run_load(app: RunningApp, users: int = 16, seconds: float = 60, rounds: int 
             i += 1
 
     threads = [threading.Thread(target=user, args=(n,), daemon=True) for n in range(users)]
-    for t in threads:
-        t.start()
-    rss = []
-    for r in range(1, rounds + 1):
-        time.sleep(max(0.0, deadline - seconds + seconds * r / rounds - time.monotonic()))
-        rss.append(round(app.rss_mb(), 1))
-    for t in threads:
-        t.join(timeout=60)
+    rss = drive(app, threads, deadline, seconds, rounds, join_s=60)
     return {
         "users": users, "seconds": seconds, "requests": len(latencies), "errors": len(errors),
         "error_samples": errors[:5], "throughput_rps": round(len(latencies) / seconds, 1),
@@ -310,14 +318,7 @@ def run_mixed(app: RunningApp, users: int = 32, seconds: float = 60, rounds: int
         load_before = load()
         deadline = time.monotonic() + seconds
         threads = [threading.Thread(target=v.loop, args=(deadline,), daemon=True) for v in visitors]
-        for t in threads:
-            t.start()
-        rss = []
-        for r in range(1, rounds + 1):
-            time.sleep(max(0.0, deadline - seconds + seconds * r / rounds - time.monotonic()))
-            rss.append(round(app.rss_mb(), 1))
-        for t in threads:
-            t.join(timeout=JOIN_S)
+        rss = drive(app, threads, deadline, seconds, rounds, join_s=JOIN_S)
         load_after = load()
         stuck = sum(t.is_alive() for t in threads)
         ends = [v.finish() for v in visitors] if not stuck else []
