@@ -18,7 +18,7 @@ from search.embedders.registry import load_embedder
 from search.errors import SearchError, SourceError
 from search.evaluate import Options, evaluate, markdown, read_prompts
 from search.images import ocr
-from search.pipeline.build import BuildOptions, build_index
+from search.pipeline.build import BuildOptions, build_index, deferred_model
 from search.pipeline.report import BuildReport
 from search.pipeline.swap import reembed
 from search.sources.base import IMAGE_SUFFIXES, Item, Source, open_source
@@ -211,18 +211,23 @@ def _build(args: argparse.Namespace, store: Store, source: Source, items: Iterab
         manifest=manifest,
         ocr=_ocr(args.ocr),
     )
-    if args.engine == "ray":  # the model loads in the cluster's processes, not in this one
-        from search.pipeline.ray_engine import ModelSpec, RayOptions, build_index_ray
-
-        model = ModelSpec(args.model, args.device, store.precision_file)
-        where = RayOptions(address=load_settings().ray_address or None)
-        build = partial(build_index_ray, items, store, args.collection, model, options, ray_options=where)
-    else:
-        embedder = load_embedder(args.model, args.device, precision=args.precision, batch_size=args.batch_size,
-                                 decisions=store.precision_file)
-        build = partial(build_index, items, store, args.collection, embedder, options)
     with tqdm(total=source.total, unit="img", desc="indexing", disable=args.quiet, smoothing=0.1) as bar:
-        return build(on_progress=lambda done, _: bar.update(done - bar.n))
+        def progress(done: int, _: int | None) -> None:
+            bar.update(done - bar.n)
+
+        if args.engine == "ray":  # the model loads in the cluster's processes, not in this one
+            from search.pipeline.ray_engine import ModelSpec, RayOptions, build_index_ray
+
+            model = ModelSpec(args.model, args.device, store.precision_file)
+            where = RayOptions(address=load_settings().ray_address or None)
+            return build_index_ray(items, store, args.collection, model, options, ray_options=where,
+                                   on_progress=progress)
+        load = partial(load_embedder, args.model, args.device, precision=args.precision, batch_size=args.batch_size,
+                       decisions=store.precision_file)
+        bar.set_description(f"loading {Path(args.model).name}")  # the bar shows at once, the model's wait on it
+        embedder = deferred_model(store, args.collection, args.model, load)
+        bar.set_description("indexing")
+        return build_index(items, store, args.collection, embedder, options, on_progress=progress)
 
 
 def _ocr(wanted: bool) -> Literal["now"] | None:
