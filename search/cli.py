@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 from collections.abc import Iterable
 from functools import partial
@@ -18,6 +19,7 @@ from search.embedders.registry import load_embedder
 from search.errors import SearchError, SourceError
 from search.evaluate import Options, evaluate, markdown, read_prompts
 from search.images import ocr
+from search.pipeline import hub
 from search.pipeline.build import BuildOptions, build_index, deferred_model
 from search.pipeline.report import BuildReport
 from search.pipeline.swap import reembed
@@ -92,10 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def open_input(args: argparse.Namespace) -> tuple[Source, list[dict[str, str]]]:
-    """The source the arguments name, and any pages a crawl could not read."""
-    if args.dataset:
-        source = open_source(args.dataset, split=args.split, image_column=args.image_column,
+def open_input(args: argparse.Namespace, plan: hub.Plan) -> tuple[Source, list[dict[str, str]]]:
+    """The source the arguments name (a dataset from where ``plan`` says), and any pages a crawl could not read."""
+    if plan.dataset:
+        source = open_source(plan.dataset, split=args.split, image_column=args.image_column, name=plan.name,
                              label_column=args.label_column, caption_column=args.caption_column, limit=args.limit)
         return source, []
     if args.urls:
@@ -113,8 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(quiet=args.quiet)
     if args.reembed or args.switch or args.rollback or args.drop_previous:
         return _swap(args)
+    made = not args.store.exists()  # a store this run makes goes again if it indexes nothing
+    store: Store | None = None
+    report: BuildReport | None = None
     try:
-        source, failed_pages = open_input(args)
+        # Before anything is downloaded or made: what the Hub cannot give now is said at once, all of it.
+        plan = hub.check(args.dataset, [args.model])
+        source, failed_pages = open_input(args, plan)
         if source.total == 0:  # a folder without a single image: nothing to build, no empty collection
             raise SourceError(f"there are no images in {args.dataset or 'the source'}"
                               + (f" ({len(source.skipped)} other files, e.g. {_examples(source.skipped)})"
@@ -133,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     except SearchError as exc:
         print(f"error: {exc.for_operator()}", file=sys.stderr)
         return 2
+    finally:
+        if made and not (report and report.total_in_collection) and _remove_empty(args.store, store) and report:
+            print(f"note: nothing was indexed, so no store is left at {args.store}.", file=sys.stderr)
     report.skipped = failed_pages + source.skipped + report.skipped
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +201,16 @@ def _swap(args: argparse.Namespace) -> int:
         print(f"error: {exc.for_operator()}", file=sys.stderr)
         return 2
     return 0
+
+
+def _remove_empty(folder: Path, store: Store | None) -> bool:
+    """Remove the store folder this run made, where it holds no image, so that a failed first build leaves nothing
+    that looks like an index (an existing store is never touched; nor a Chroma server's collections). Whether
+    it went."""
+    if store is not None and (store.server or any(store.open(name).count() for name in store.names())):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def _examples(skipped: list[dict[str, str]], count: int = 3) -> str:
