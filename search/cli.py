@@ -17,17 +17,13 @@ from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
 from search.embedders.base import DEFAULT_MODEL
 from search.embedders.registry import load_embedder
 from search.errors import SearchError, SourceError
-from search.evaluate import Options, evaluate, markdown, read_prompts
 from search.images import ocr
 from search.pipeline import hub
 from search.pipeline.build import BuildOptions, build_index, deferred_model
 from search.pipeline.report import BuildReport
-from search.pipeline.swap import reembed
 from search.sources.base import IMAGE_SUFFIXES, Item, Source, open_source
-from search.sources.web import crawl, read_url_list, url_items
 from search.stores.base import DEFAULT_COLLECTION
 from search.stores.store import Store
-from search.stores.swaps import next_name, previous_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,6 +96,8 @@ def open_input(args: argparse.Namespace, plan: hub.Plan) -> tuple[Source, list[d
         source = open_source(plan.dataset, split=args.split, image_column=args.image_column, name=plan.name,
                              label_column=args.label_column, caption_column=args.caption_column, limit=args.limit)
         return source, []
+    from search.sources.web import crawl, read_url_list, url_items  # HTML parsing: for these two sources only
+
     if args.urls:
         urls = [(u, None) for u in read_url_list(args.urls)][: args.limit]
         items = url_items(urls, allow_private=args.allow_private_network)
@@ -154,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
 def _swap(args: argparse.Namespace) -> int:
     """--reembed, --switch, --rollback, --drop-previous: a model swap of --collection (see pipeline/swap.py)."""
     from tqdm import tqdm
+
+    from search.evaluate import Options, evaluate, markdown, read_prompts
+    from search.pipeline.swap import reembed
+    from search.stores.swaps import next_name, previous_name
 
     name = args.collection
     try:
