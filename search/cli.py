@@ -175,6 +175,7 @@ def _swap(args: argparse.Namespace) -> int:
                 store.drop(previous_name(name))
             print(f"deleted {previous_name(name)!r}.")
         else:
+            hub.check(None, [args.reembed])  # a model the Hub cannot give now: said at once, with the choices
             embedder = load_embedder(args.reembed, args.device, precision=args.precision, batch_size=args.batch_size,
                                      decisions=store.precision_file)
             with store.write_lock(), tqdm(unit="img", desc="re-embedding", disable=args.quiet) as bar:
