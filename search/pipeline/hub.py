@@ -22,6 +22,9 @@ from search.sources.base import DATA_FILE_SUFFIXES
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 3.0  # a reachable Hub answers in well under a second; a dead route fails or hangs
 ST_ORGANIZATION = "sentence-transformers"  # where sentence-transformers looks for a bare model name
+# Why a probe found the Hub out of reach, once this process went offline on its word: later checks say the same
+# (the library's flag alone would read as HF_HUB_OFFLINE) and do not ask again.
+_found: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ def check(dataset: str | None, models: Sequence[str], *, app: bool = False) -> P
     why = unreachable()
     if why is None:
         return Plan(dataset)
-    go_offline()
+    go_offline(why)
     missing_models = [m for m in hub_models if not model_cached(m)]
     cached = dataset_cached(hub_dataset) if hub_dataset else None
     if missing_models or (hub_dataset and cached is None):
@@ -58,12 +61,28 @@ def check(dataset: str | None, models: Sequence[str], *, app: bool = False) -> P
     return Plan(dataset)
 
 
+def reach() -> None:
+    """Find out once whether the Hub answers (a few seconds at most) and, where it does not, go offline, so that
+    every later load reads the local cache at once instead of retrying (an app's start: its models, the
+    multilingual text model, by Hub name)."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():  # HF_HUB_OFFLINE, or an earlier probe: nothing to ask
+        return
+    why = unreachable()
+    if why is not None:
+        go_offline(why)
+        log.warning("the Hugging Face Hub cannot be reached (%s): models come from the local cache only", why)
+
+
 def unreachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """Why the Hub cannot be reached (``HF_HUB_OFFLINE``, or no answer from its endpoint within ``timeout``
     seconds), in the operator's words, or None where it answers."""
     from huggingface_hub import constants
     from huggingface_hub.utils import get_session
 
+    if _found:
+        return _found[0]
     if constants.is_offline_mode():
         return "HF_HUB_OFFLINE is set"
     try:  # the library's own session: its proxies, certificates and headers, as the downloads would use them
@@ -73,12 +92,14 @@ def unreachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
     return None  # any HTTP answer, an error status included: the Hub is there, and the libraries say the rest
 
 
-def go_offline() -> None:
+def go_offline(why: str) -> None:
     """Put this process in huggingface_hub's offline mode: models then load from the local cache at once,
     instead of each request retrying the Hub (transformers and sentence-transformers ask the library)."""
     from huggingface_hub import constants
 
-    constants.HF_HUB_OFFLINE = True  # the flag is_offline_mode() reads, as HF_HUB_OFFLINE=1 sets it
+    if not constants.HF_HUB_OFFLINE:
+        _found.append(why)
+        constants.HF_HUB_OFFLINE = True  # the flag is_offline_mode() reads, as HF_HUB_OFFLINE=1 sets it
 
 
 def model_cached(name: str) -> bool:

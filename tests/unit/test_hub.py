@@ -31,6 +31,7 @@ def hub_cache(tmp_path, monkeypatch) -> Path:
 def online(monkeypatch):
     """HF_HUB_OFFLINE unset (the tests set it), and the Hub's endpoint at ``online(url)``."""
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "_found", [])
     return lambda url: monkeypatch.setattr(constants, "ENDPOINT", url)
 
 
@@ -94,11 +95,15 @@ def test_what_is_in_the_local_cache_is_used_and_only_the_rest_is_missing(hub_cac
     assert source.description == "org/shapes [train]" and next(source.items).source == "org/shapes[train]#0"
 
 
-def test_the_probe_is_one_short_request_and_any_answer_means_reachable(online):
+def test_the_probe_is_one_short_request_and_any_answer_means_reachable(online, monkeypatch):
     online(f"http://127.0.0.1:{free_port()}")  # nothing listens there
     started = time.monotonic()
     why = hub.unreachable()
     assert why and "nothing answered at http://127.0.0.1:" in why and time.monotonic() - started < 2
+    hub.reach()  # an app's start: out of reach, this process reads the cache from now on, and says why
+    assert constants.HF_HUB_OFFLINE and hub.unreachable() == why and hub._found == [why]
+    monkeypatch.setattr(hub, "_found", [])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
     class NotFound(BaseHTTPRequestHandler):
         def do_HEAD(self) -> None:
