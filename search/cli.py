@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reembed or args.switch or args.rollback or args.drop_previous:
         return _swap(args)
     made = not args.store.exists()  # a store this run makes goes again if it indexes nothing
-    store: Store | None = None
     report: BuildReport | None = None
+    removed = False
     try:
         # Before anything is downloaded or made: what the Hub cannot give now is said at once, all of it.
         plan = hub.check(args.dataset, [args.model])
@@ -134,13 +134,15 @@ def main(argv: list[str] | None = None) -> int:
             manifest = f"{args.collection}.shard-{index}-of-{count}"
         store = Store.connect(args.store, server=load_settings().chroma, create=True)
         with store.write_lock():
-            report = _build(args, store, source, items, manifest)
+            try:
+                report = _build(args, store, source, items, manifest)
+            finally:  # under the lock: no other builder can have begun on the store this run made
+                removed = made and not (report and report.total_in_collection) and _remove_empty(args.store, store)
     except SearchError as exc:
         print(f"error: {exc.for_operator()}", file=sys.stderr)
         return 2
-    finally:
-        if made and not (report and report.total_in_collection) and _remove_empty(args.store, store) and report:
-            print(f"note: nothing was indexed, so no store is left at {args.store}.", file=sys.stderr)
+    if removed:
+        print(f"note: nothing was indexed, so no store is left at {args.store}.", file=sys.stderr)
     report.skipped = failed_pages + source.skipped + report.skipped
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -206,11 +208,11 @@ def _swap(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remove_empty(folder: Path, store: Store | None) -> bool:
+def _remove_empty(folder: Path, store: Store) -> bool:
     """Remove the store folder this run made, where it holds no image, so that a failed first build leaves nothing
     that looks like an index (an existing store is never touched; nor a Chroma server's collections). Whether
     it went."""
-    if store is not None and (store.server or any(store.open(name).count() for name in store.names())):
+    if store.server or any(store.open(name).count() for name in store.names()):
         return False
     shutil.rmtree(folder, ignore_errors=True)
     return True
