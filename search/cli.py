@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 from collections.abc import Iterable
 from functools import partial
@@ -16,16 +17,13 @@ from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
 from search.embedders.base import DEFAULT_MODEL
 from search.embedders.registry import load_embedder
 from search.errors import SearchError, SourceError
-from search.evaluate import Options, evaluate, markdown, read_prompts
 from search.images import ocr
-from search.pipeline.build import BuildOptions, build_index
+from search.pipeline import hub
+from search.pipeline.build import BuildOptions, build_index, deferred_model
 from search.pipeline.report import BuildReport
-from search.pipeline.swap import reembed
 from search.sources.base import IMAGE_SUFFIXES, Item, Source, open_source
-from search.sources.web import crawl, read_url_list, url_items
 from search.stores.base import DEFAULT_COLLECTION
 from search.stores.store import Store
-from search.stores.swaps import next_name, previous_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,12 +90,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def open_input(args: argparse.Namespace) -> tuple[Source, list[dict[str, str]]]:
-    """The source the arguments name, and any pages a crawl could not read."""
-    if args.dataset:
-        source = open_source(args.dataset, split=args.split, image_column=args.image_column,
+def open_input(args: argparse.Namespace, plan: hub.Plan) -> tuple[Source, list[dict[str, str]]]:
+    """The source the arguments name (a dataset from where ``plan`` says), and any pages a crawl could not read."""
+    if plan.dataset:
+        source = open_source(plan.dataset, split=args.split, image_column=args.image_column, name=plan.name,
                              label_column=args.label_column, caption_column=args.caption_column, limit=args.limit)
         return source, []
+    from search.sources.web import crawl, read_url_list, url_items  # HTML parsing: for these two sources only
+
     if args.urls:
         urls = [(u, None) for u in read_url_list(args.urls)][: args.limit]
         items = url_items(urls, allow_private=args.allow_private_network)
@@ -113,8 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(quiet=args.quiet)
     if args.reembed or args.switch or args.rollback or args.drop_previous:
         return _swap(args)
+    made = not args.store.exists()  # a store this run makes goes again if it indexes nothing
+    report: BuildReport | None = None
+    removed = False
     try:
-        source, failed_pages = open_input(args)
+        # Before anything is downloaded or made: what the Hub cannot give now is said at once, all of it.
+        plan = hub.check(args.dataset, [args.model])
+        source, failed_pages = open_input(args, plan)
         if source.total == 0:  # a folder without a single image: nothing to build, no empty collection
             raise SourceError(f"there are no images in {args.dataset or 'the source'}"
                               + (f" ({len(source.skipped)} other files, e.g. {_examples(source.skipped)})"
@@ -129,10 +134,15 @@ def main(argv: list[str] | None = None) -> int:
             manifest = f"{args.collection}.shard-{index}-of-{count}"
         store = Store.connect(args.store, server=load_settings().chroma, create=True)
         with store.write_lock():
-            report = _build(args, store, source, items, manifest)
+            try:
+                report = _build(args, store, source, items, manifest)
+            finally:  # under the lock: no other builder can have begun on the store this run made
+                removed = made and not (report and report.total_in_collection) and _remove_empty(args.store, store)
     except SearchError as exc:
         print(f"error: {exc.for_operator()}", file=sys.stderr)
         return 2
+    if removed:
+        print(f"note: nothing was indexed, so no store is left at {args.store}.", file=sys.stderr)
     report.skipped = failed_pages + source.skipped + report.skipped
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
 def _swap(args: argparse.Namespace) -> int:
     """--reembed, --switch, --rollback, --drop-previous: a model swap of --collection (see pipeline/swap.py)."""
     from tqdm import tqdm
+
+    from search.evaluate import Options, evaluate, markdown, read_prompts
+    from search.pipeline.swap import reembed
+    from search.stores.swaps import next_name, previous_name
 
     name = args.collection
     try:
@@ -163,6 +177,7 @@ def _swap(args: argparse.Namespace) -> int:
                 store.drop(previous_name(name))
             print(f"deleted {previous_name(name)!r}.")
         else:
+            hub.check(None, [args.reembed])  # a model the Hub cannot give now: said at once, with the choices
             embedder = load_embedder(args.reembed, args.device, precision=args.precision, batch_size=args.batch_size,
                                      decisions=store.precision_file)
             with store.write_lock(), tqdm(unit="img", desc="re-embedding", disable=args.quiet) as bar:
@@ -193,6 +208,16 @@ def _swap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remove_empty(folder: Path, store: Store) -> bool:
+    """Remove the store folder this run made, where it holds no image, so that a failed first build leaves nothing
+    that looks like an index (an existing store is never touched; nor a Chroma server's collections). Whether
+    it went."""
+    if store.server or any(store.open(name).count() for name in store.names()):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
 def _examples(skipped: list[dict[str, str]], count: int = 3) -> str:
     return ", ".join(Path(s["source"]).name for s in skipped[:count])
 
@@ -211,18 +236,23 @@ def _build(args: argparse.Namespace, store: Store, source: Source, items: Iterab
         manifest=manifest,
         ocr=_ocr(args.ocr),
     )
-    if args.engine == "ray":  # the model loads in the cluster's processes, not in this one
-        from search.pipeline.ray_engine import ModelSpec, RayOptions, build_index_ray
-
-        model = ModelSpec(args.model, args.device, store.precision_file)
-        where = RayOptions(address=load_settings().ray_address or None)
-        build = partial(build_index_ray, items, store, args.collection, model, options, ray_options=where)
-    else:
-        embedder = load_embedder(args.model, args.device, precision=args.precision, batch_size=args.batch_size,
-                                 decisions=store.precision_file)
-        build = partial(build_index, items, store, args.collection, embedder, options)
     with tqdm(total=source.total, unit="img", desc="indexing", disable=args.quiet, smoothing=0.1) as bar:
-        return build(on_progress=lambda done, _: bar.update(done - bar.n))
+        def progress(done: int, _: int | None) -> None:
+            bar.update(done - bar.n)
+
+        if args.engine == "ray":  # the model loads in the cluster's processes, not in this one
+            from search.pipeline.ray_engine import ModelSpec, RayOptions, build_index_ray
+
+            model = ModelSpec(args.model, args.device, store.precision_file)
+            where = RayOptions(address=load_settings().ray_address or None)
+            return build_index_ray(items, store, args.collection, model, options, ray_options=where,
+                                   on_progress=progress)
+        load = partial(load_embedder, args.model, args.device, precision=args.precision, batch_size=args.batch_size,
+                       decisions=store.precision_file)
+        bar.set_description(f"loading {Path(args.model).name}")  # the bar shows at once, the model's wait on it
+        embedder = deferred_model(store, args.collection, args.model, load)
+        bar.set_description("indexing")
+        return build_index(items, store, args.collection, embedder, options, on_progress=progress)
 
 
 def _ocr(wanted: bool) -> Literal["now"] | None:

@@ -83,3 +83,25 @@ class ModelError(SearchError):
 
 class SourceError(SearchError):
     """A source of images (folder, dataset, URL list) cannot be read at all."""
+
+
+class OfflineError(SearchError):
+    """The Hugging Face Hub cannot be reached and what a build needs from it is not in the local cache.
+
+    ``problem`` says what is missing, every one at once; ``steps``, what to do about each (no paths: the app
+    shows them to visitors); ``str()`` says both.
+    """
+
+    def __init__(self, problem: str, steps: list[str], *, internals: str | None = None):
+        super().__init__(f"{problem}.{_bullets(steps)}", internals=internals)
+        self.problem = problem
+        self.steps = steps
+
+    def for_operator(self) -> str:
+        """The problem with why the Hub is out of reach, then the steps."""
+        why = f" ({self.internals})" if self.internals else ""
+        return f"{self.problem}{why}.{_bullets(self.steps)}"
+
+
+def _bullets(lines: list[str]) -> str:
+    return "".join(f"\n  - {line}" for line in lines)

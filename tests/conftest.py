@@ -74,12 +74,19 @@ def shapes_model() -> Path:
     return SHAPES_MODEL
 
 
-def run_builder(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run index_builder.py as a user would, returning its output."""
+def run_builder(*args: str | Path, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run index_builder.py as a user would, returning its output (``env``: variables to set for it)."""
     return subprocess.run(
         [sys.executable, str(ROOT / "index_builder.py"), "--quiet", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
     )
+
+
+def without_the_hub(tmp_path: Path, how: str) -> dict[str, str]:
+    """The variables of a machine with no route to the Hub (``how``: "unreachable", its endpoint a loopback port
+    nothing listens on) or that says so (``how``: "HF_HUB_OFFLINE=1"), with an empty local Hub cache."""
+    return {"HF_HOME": str(tmp_path / "empty-hf-home"), "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+            "HF_HUB_OFFLINE": "1" if how == "HF_HUB_OFFLINE=1" else "", "HF_DATASETS_OFFLINE": ""}
 
 
 def hostile_files() -> dict[str, bytes]:

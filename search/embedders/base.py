@@ -20,8 +20,12 @@ class Embedder(Protocol):
     name: str
     dimension: int
     normalized: bool  # rows have unit length, so cosine, ip and l2 rank alike
-    supports_text: bool
-    min_edges: tuple[int, int]  # the smallest (shortest, longest) edges decoding may draft down to
+
+    # Read-only, so that an embedder may say them only once its model is loaded (embedders/deferred.py).
+    @property
+    def supports_text(self) -> bool: ...
+    @property
+    def min_edges(self) -> tuple[int, int]: ...  # the smallest (shortest, longest) edges decoding may draft down to
 
     def prepare(self, img: Image.Image) -> Image.Image: ...
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,

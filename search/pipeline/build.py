@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 
 from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
 from search.embedders.base import Embedder
+from search.embedders.deferred import Deferred, loaded
 from search.embedders.precision import AUTO, BF16, FP32
 from search.errors import BuildInterrupted, StoreUnavailableError
 from search.pipeline import stages, text_queue
@@ -27,7 +28,7 @@ from search.pipeline.prefetch import prefetch
 from search.pipeline.report import BuildReport
 from search.sources.base import Item
 from search.stores import manifests
-from search.stores.base import Collection, ModelInfo
+from search.stores.base import Collection, ModelInfo, model_reference
 from search.stores.store import Store
 
 Progress = Callable[[int, "int | None"], Any]  # (items done, items in all where known)
@@ -76,6 +77,16 @@ def build_index(
         raise BuildInterrupted(exc, run.report.indexed if run else 0) from exc
 
 
+def deferred_model(store: Store, collection: str, name: str, load: Callable[[], Embedder]) -> Embedder:
+    """The model ``name``: loaded by ``load`` once an image needs embedding where ``collection`` already holds its
+    vectors (a re-run over what did not change then never loads it), else loaded now."""
+    if collection in store.names():
+        held = store.open(collection)
+        if held.model == model_reference(name) and held.dimension:
+            return Deferred(name, held.dimension, held.normalized, load)
+    return load()
+
+
 class Model(Protocol):
     """What a run records of its model (an ``Embedder`` is one; precision and decision are read where it has them)."""
 
@@ -105,10 +116,17 @@ class RunState:
         self.known = manifests.load(store.folder, self.manifest_name)
         self.manifest: manifests.Manifest = {}
         self.seen: dict[str, str] = {}  # every image id the source holds now, with its first source: duplicates, sync
-        self.precision = getattr(model, "precision", FP32) if options.precision == AUTO else options.precision
+        self._precision = None if options.precision == AUTO else options.precision
         self.near = options.near_duplicate_similarity if model.normalized else None
         self.done = 0
         self._lock = threading.Lock()  # an engine's threads merge into one report
+
+    @property
+    def precision(self) -> str:
+        """What images embed at: the one asked for, else the model's own (a deferred model loads to say it)."""
+        if self._precision is None:
+            self._precision = str(getattr(loaded(self.model), "precision", FP32))
+        return self._precision
 
     def still_needed(self, found: list[stages.Identified]) -> list[stages.Identified]:
         """What the run must still embed: not an exact duplicate of an image it has seen, nor held by the store.
@@ -161,8 +179,10 @@ class RunState:
                     self.report.removed = stages.sync(self.store, self.collection, self.options.sync_root,
                                                       set(self.seen))
         report = self.report
-        report.precision = self.precision
-        decision = getattr(self.model, "decision", None)  # a CLIP embedder's, where auto measured bf16
+        if self._precision is not None:  # else nothing was embedded, and a deferred model never loaded
+            report.precision = self._precision
+        # a CLIP embedder's, where auto measured bf16 (a model that embedded nothing measured nothing)
+        decision = getattr(loaded(self.model), "decision", None) if report.indexed else None
         bf16 = decision.trial(BF16) if decision else None
         if bf16:
             report.bf16_agreement, report.bf16_speedup = bf16.cosine, bf16.speedup
@@ -203,6 +223,8 @@ class _Run(RunState):
                     found, outcome = stages.identify(chunk, self.known, pool.map)
                     self.merge(outcome)
                     todo = self.still_needed(found)
+                if todo:  # the model's input size: a deferred model loads here, not on a decoding thread
+                    self.embedder = loaded(self.embedder)
                 with self.stage("decode"):
                     ready, outcome = stages.prepare(todo, self.embedder, pool.map, keep_data=bool(self.options.ocr))
                     self.merge(outcome)

@@ -8,6 +8,10 @@ How a start knows the default build is complete: the marker file ``default-build
 folder. It says ``"state": "building"`` from before the first image is written and ``"complete"`` once
 both collections are built. No marker and a store with collections: an operator's store, never touched.
 
+First, before the store is made, ``pipeline.hub.check`` asks the Hub once (a few seconds at most) where the
+dataset or the model is named by Hub name: out of reach, what the local cache lacks is said at once, the
+dataset and the model together, each with its offline choice (the page and ``/api/status`` show it).
+
 What it builds, through the builder's own code (``open_source`` + ``build_index``, under the store's
 write lock): the first ``IMAGE_SEARCH_DEFAULT_LIMIT`` images of the dataset with ``IMAGE_SEARCH_MODEL``
 (default ``clip-ViT-B-32``) into the main collection, then the pixel baseline from the same images.
@@ -30,8 +34,9 @@ from search.core.atomic import write_atomically
 from search.embedders.base import DEFAULT_MODEL, Embedder
 from search.embedders.pixels import PIXELS
 from search.embedders.registry import load_embedder
-from search.errors import ModelError, SearchError, SourceError
+from search.errors import ModelError, OfflineError, SearchError, SourceError
 from search.index import ImageIndex
+from search.pipeline import hub
 from search.pipeline.build import BuildOptions, build_index
 from search.pipeline.report import BuildReport
 from search.sources.base import Source, open_source
@@ -132,6 +137,8 @@ def _empty_store(settings: Settings) -> bool:
 def failed(exc: SearchError | None) -> BuildState:
     """The state of a build that failed with ``exc`` (None: a bug): why, in words for anyone (a dataset or
     model error's text may name server paths), and what to do about it."""
+    if isinstance(exc, OfflineError):  # the dataset and the model together, each with its choices
+        return BuildState("failed", problem=exc.problem, hint=" ".join(exc.steps))
     if isinstance(exc, SourceError):
         problem = "the default dataset could not be loaded (the Hub may be out of reach, or the dataset gone)"
         return BuildState("failed", problem=problem, hint=DATASET_HINT)
@@ -175,17 +182,21 @@ class DefaultBuild:
         dataset = s.default_dataset or ""
         log.info("building the default index: the first %d images of %s, in the background", s.default_limit, dataset)
         try:
+            # Before the store is made or anything downloaded: what the Hub cannot give now, said at once, all of it.
+            resumed = self._opened()
+            plan = hub.check(dataset, [] if resumed else [s.model or DEFAULT_MODEL], app=True)
             store = Store.connect(s.store, server=s.chroma, create=True)
             with store.write_lock():
-                source = open_source(dataset, limit=s.default_limit)  # before the model: the quicker to fail
-                model = self._main_embedder(store)
+                source = open_source(plan.dataset or dataset, limit=s.default_limit, name=plan.name)
+                model = resumed.embedder if resumed else self._main_embedder(store)
                 name = s.collection or DEFAULT_COLLECTION
                 info = dict(state="building", dataset=dataset, limit=s.default_limit, model=model.name,
                             collection=name, pixel_collection=s.pixel_collection)
                 write_marker(store.folder, **info)
                 images = self._build(store, name, model, "images", source)
-                pixels = self._build(store, s.pixel_collection, load_embedder(PIXELS), "pixels",
-                                     open_source(dataset, limit=s.default_limit)) if s.pixel_collection != name else None
+                pixels = (self._build(store, s.pixel_collection, load_embedder(PIXELS), "pixels",
+                                     open_source(plan.dataset or dataset, limit=s.default_limit, name=plan.name))
+                      if s.pixel_collection != name else None)
                 write_marker(store.folder, **{**info, "state": "complete", "images": images.total_in_collection,
                                               "pixels": pixels.total_in_collection if pixels else None})
         except SearchError as exc:
@@ -200,10 +211,7 @@ class DefaultBuild:
         self._set(BuildState("done", done=images.total_in_collection, total=images.total_in_collection))
 
     def _main_embedder(self, store: Store) -> Embedder:
-        """The model of the index the service already opened (a resumed build), else the configured one."""
-        opened = self._opened()
-        if opened is not None:
-            return opened.embedder
+        """The configured model (a resumed build embeds with the model of the index the service opened)."""
         return load_embedder(self.settings.model or DEFAULT_MODEL, None, self.settings.text_model,
                              decisions=store.precision_file)
 

@@ -24,6 +24,7 @@ from search.core.query import Query
 from search.embedders.batching import QueryBatcher
 from search.errors import InvalidImageError, QueryError, SearchError, ServiceUnavailable
 from search.index import ImageIndex
+from search.pipeline import hub
 from search.pipeline.build import Progress
 from search.pipeline.report import BuildReport
 from search.pipeline.swap import ReembedReport
@@ -113,6 +114,7 @@ class SearchService:
 
         Queries that came meanwhile go on once this returns, or raises."""
         try:
+            hub.reach()  # out of reach, models by Hub name load from the cache at once, not after minutes of retries
             try:
                 main = ImageIndex.open(self.settings.store, self.settings.collection, model=self.settings.model,
                                        text_model=self.settings.text_model, server=self.settings.chroma)

@@ -55,8 +55,11 @@ def open_source(
     label_column: str | None = None,
     caption_column: str | None = None,
     limit: int | None = None,
+    name: str | None = None,
 ) -> Source:
-    """Open a folder of images, a saved or parquet dataset, or a dataset on the Hub by name."""
+    """Open a folder of images, a saved or parquet dataset, or a dataset on the Hub by name. ``name``: what to
+    call a dataset opened from elsewhere (a Hub dataset from its copy in the local cache), so that its
+    description and its items' sources are the same as where it is read from the Hub."""
     path = Path(source).expanduser()
     columns = dict(image_column=image_column, label_column=label_column, caption_column=caption_column)
     if path.is_dir() and not _is_dataset_folder(path):
@@ -68,8 +71,8 @@ def open_source(
                     "not read"} for f in files if not is_image_file(f)]
         return Source(str(path), islice(folder_items(path, images), limit), total, skipped)
     dataset = _load_dataset(source, path, split)
-    items = dataset_items(dataset, source, split, **columns)
-    return Source(f"{source} [{split}]", islice(items, limit), limit)
+    items = dataset_items(dataset, name or source, split, **columns)
+    return Source(f"{name or source} [{split}]", islice(items, limit), limit)
 
 
 def folder_files(root: Path) -> list[Path]:

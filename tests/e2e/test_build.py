@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from search import ImageIndex, StoreError
 from search.stores import thumbnails
 from search.stores.thumbnails import path as thumbnail_path
-from tests.conftest import SKIP_REASONS, run_builder
+from tests.conftest import SKIP_REASONS, hostile_files, run_builder, without_the_hub
 from tests.fixtures.shapes import CLASSES, caption, sample
 from tests.fixtures.tiny_clip import build_random_tiny_clip
 
@@ -118,6 +119,39 @@ def test_fatal_errors_exit_non_zero_with_a_message(tmp_path, random_clip, shapes
     short = run_builder("--dataset", shapes_folder, "--store", tmp_path / "s", "--model", random_clip, "--collection", "ab")
     assert short.returncode != 0 and "3 to 63 characters" in short.stderr
     assert run_builder("--dataset", shapes_folder, "--store", tmp_path / "s", "--limit", "0").returncode == 2
+
+
+@pytest.mark.parametrize("how", ["unreachable", "HF_HUB_OFFLINE=1"])
+def test_without_the_hub_the_builder_says_at_once_all_that_is_missing_and_leaves_no_store(tmp_path, how):
+    """Issue 33: 15 retries over 103 s, then the model alone, with no next step, and an empty store left behind."""
+    started = time.monotonic()
+    done = run_builder("--dataset", "ashraq/fashion-product-images-small", "--store", tmp_path / "store",
+                       env=without_the_hub(tmp_path, how), timeout=60)
+    seconds = time.monotonic() - started
+    assert done.returncode == 2 and seconds < 10, (seconds, done.stderr)
+    said = done.stderr
+    assert said.count("error:") == 1 and "the Hugging Face Hub cannot be reached" in said
+    assert "neither the model 'clip-ViT-B-32' nor the dataset 'ashraq/fashion-product-images-small'" in said
+    for choice in ("--model /path/to/folder", "--model pixels", "keywords", "--dataset FOLDER"):
+        assert choice in said, choice
+    assert ("unset HF_HUB_OFFLINE" if how == "HF_HUB_OFFLINE=1" else "nothing answered at http://127.0.0.1:") in said
+    assert "Retrying" not in said and not (tmp_path / "store").exists()
+
+
+def test_a_build_that_indexes_nothing_leaves_no_store_and_an_existing_store_is_kept(tmp_path, shapes_folder):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "truncated.jpg").write_bytes(hostile_files()["truncated.jpg"])
+    done = run_builder("--dataset", bad, "--store", tmp_path / "store", "--model", "pixels")
+    assert done.returncode == 0 and "Skipped 1 file" in done.stdout and not (tmp_path / "store").exists()
+    kept = tmp_path / "kept"
+    assert run_builder("--dataset", shapes_folder, "--store", kept, "--model", "pixels", "--limit", 2).returncode == 0
+    offline = run_builder("--dataset", shapes_folder, "--store", kept, "--collection", "clip",
+                          env=without_the_hub(tmp_path, "unreachable"))
+    assert offline.returncode == 2 and "the model 'clip-ViT-B-32' is not in the local" in offline.stderr
+    assert "dataset" not in offline.stderr.split("error:")[1].split(".")[0]  # the folder is here: only the model
+    assert run_builder("--dataset", bad, "--store", kept, "--model", "pixels").returncode == 0
+    assert len(ImageIndex.open(kept)) == 2  # neither run touched what it held
 
 
 def test_a_collection_refuses_another_model(tmp_path, shapes_folder, random_clip):

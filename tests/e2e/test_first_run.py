@@ -14,7 +14,7 @@ import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from tests.conftest import SHAPES_MODEL, RunningApp
+from tests.conftest import SHAPES_MODEL, RunningApp, without_the_hub
 from tests.fixtures.browser import CHROMIUM, FLAGS, needs_chromium
 from tests.fixtures.shapes import caption, sample
 
@@ -133,6 +133,28 @@ def test_a_default_dataset_that_cannot_be_loaded_is_explained_on_the_page_and_to
         with pytest.raises(AppError, match="could not be built.*IMAGE_SEARCH_DEFAULT_DATASET") as refused:
             app.client().predict("a red dress", 5, api_name="/search_by_text")
         assert str(missing) not in str(refused.value)  # no internals for visitors
+
+
+@pytest.mark.parametrize("how", ["unreachable", "HF_HUB_OFFLINE=1"])
+def test_without_the_hub_a_first_start_says_at_once_what_is_missing_and_what_to_do(tmp_path, how):
+    """Issue 33: the dataset alone after 25 s of retries, then, after a restart, the model alone 132 s later."""
+    store = tmp_path / "store"
+    with RunningApp(store, IMAGE_SEARCH_DEFAULT_DATASET="", **without_the_hub(tmp_path, how)) as app:  # the defaults
+        up = time.monotonic()
+        while (status := app.status())["state"] != "unavailable" and time.monotonic() - up < 60:
+            time.sleep(0.1)
+        seconds = time.monotonic() - up
+        problem = status["problem"] or ""
+        assert status["state"] == "unavailable" and seconds < 5, (seconds, status)
+        assert "neither the model 'clip-ViT-B-32' nor the dataset 'ashraq/fashion-product-images-small'" in problem
+        for choice in ("IMAGE_SEARCH_MODEL to a local checkpoint folder", "set it to pixels", "keywords",
+                       "IMAGE_SEARCH_DEFAULT_DATASET to a folder", "restart the app"):
+            assert choice in problem, choice
+        with pytest.raises(AppError, match="neither the model"):
+            app.client().predict("a red dress", 5, api_name="/search_by_text")
+        log = app.log.read_text()
+        assert log.count("the default index was not built") == 1 and "Retrying" not in log
+    assert not store.exists()  # nothing was built, so nothing was made
 
 
 @needs_chromium
