@@ -40,7 +40,7 @@ def check(dataset: str | None, models: Sequence[str], *, app: bool = False) -> P
     """Whether ``dataset`` and ``models`` can be had: from disk, from the Hub, or from the local Hub cache.
 
     Raises OfflineError naming every one that cannot, with the choices that work without the Hub (in the
-    builder's words, or with ``app`` in the app's: its environment variables).
+    builder's words, or with ``app`` in the app's: the IMAGE_SEARCH_* variables it reads).
     """
     hub_dataset = dataset if dataset is not None and _hub_name(dataset) else None
     hub_models = [m for m in dict.fromkeys(models) if m != PIXELS and _hub_name(m)]
