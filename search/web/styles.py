@@ -14,7 +14,9 @@ CSS = """
   overflow-y: visible !important; max-height: none !important; height: auto !important; }
 #evaluate-table { overflow-x: auto; }
 #evaluate-table table { white-space: nowrap; }
-#results .caption-label { white-space: normal; overflow-wrap: anywhere; }
+/* One line over the thumbnail, as wide as it (Gradio's keeps 80%): a wrapped caption hid half the picture.
+   The whole of it is in the detail view a click opens. */
+#results .caption-label { max-width: 100%; box-sizing: border-box; }
 #detail-image img { width: 100%; height: 100%; object-fit: contain; }
 /* Gradio's gallery keeps its clicked slot framed after the server gives it new items (it drops a null
    selected_index from updates): after a mark re-ranks the results, or a delete, the frame sat on another

@@ -185,7 +185,8 @@ def problem(message: str) -> str:
 
 
 def detail(rank: int, hit: Hit, metric: str) -> str:
-    """The selected result, in full: label, caption, score (raw too), where it came from, its id."""
+    """The selected result, in full: what its one-line caption shortens (label, caption, score, raw too, the
+    words found, the date, near-duplicates, "weak"), where it came from, its id."""
     lines = [f"**#{rank} {_md(name(hit))}**"]
     if hit.caption and hit.caption != hit.label:
         lines.append(_md(hit.caption))
@@ -200,6 +201,8 @@ def detail(rank: int, hit: Hit, metric: str) -> str:
         lines.append(f"Source: [{_md(Path(source).name or source)}]({source})" if link else f"Source: {_md(Path(source).name)}")
     if hit.similar:
         lines.append(f"{len(hit.similar)} near-duplicate{'' if len(hit.similar) == 1 else 's'} folded into it")
+    if hit.relevant is False:
+        lines.append("A weak match: below this search's cut-off for strong matches")
     lines.append(f"<small>id {hit.id}</small>")
     return "\n\n".join(lines)
 

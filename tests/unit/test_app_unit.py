@@ -164,6 +164,16 @@ def test_the_detail_view_gives_the_raw_score_and_a_link_only_to_a_web_source():
     assert "/srv" not in local and "dog\\.jpg" in local and "](javascript" not in local
 
 
+def test_the_detail_view_holds_what_a_one_line_caption_cuts_short():
+    hit = _hit(3, 0.21, label="a long label that no thumbnail is wide enough to show", caption="on a beach at dusk",
+               similar=("a",), relevant=False)
+    caption, shown = views.caption(3, hit, "cosine"), views.detail(3, hit, "cosine")
+    assert caption.endswith("+1 similar · weak")
+    assert all(part in shown for part in ("no thumbnail is wide enough", "on a beach at dusk", "0.210",
+                                          "1 near-duplicate", "weak match"))
+    assert "weak" not in views.detail(3, _hit(3, 0.9, label="x", relevant=True), "cosine")
+
+
 def test_index_choices_label_each_kind():
     choices = [IndexChoice("images", "clip", "clip-ViT-B-32"), IndexChoice("pixels", "pixels", "pixels"),
                IndexChoice("trip", "album", "clip-ViT-B-32")]
