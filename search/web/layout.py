@@ -154,8 +154,9 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
                                            min_width=200, elem_id="album-files")
                 c["album_add"] = gr.Button("Add to collection", variant="primary")
                 c["summary"] = gr.Markdown()
-                c["notes"] = gr.Dataframe(headers=views.INGEST_HEADERS, label="Notes on your files", interactive=False,
-                                          wrap=True, visible=False, elem_id="ingest-notes")
+                # Lines that wrap, not Gradio's table: its columns took the width of their longest cell, and a
+                # long file name pushed the reasons out of sight, cut mid-phrase.
+                c["notes"] = gr.Markdown(visible=False, elem_id="ingest-notes")
                 c["where"] = gr.Markdown()
                 c["swap"] = gr.Button(SWAP, visible=False, elem_id="album-swap")  # an album older than the app's model
                 c["gallery"] = gr.Gallery(label="In this collection (click one to select it)", columns=8, height="auto",

@@ -17,7 +17,6 @@ from search.service.service import IndexChoice, Overview
 BUILD_HINT = (
     "python index_builder.py --dataset ashraq/fashion-product-images-small --store data/store --limit 5000"
 )
-INGEST_HEADERS = ["source", "outcome", "detail"]
 
 
 def overview(o: Overview) -> str:
@@ -269,9 +268,20 @@ def ingest_summary(report: BuildReport) -> str:
     return "; ".join(parts) + f". It now holds {total:,} image{'' if total == 1 else 's'}."
 
 
+def ingest_notes(report: BuildReport) -> str:
+    """The notes on an upload's files, in Markdown: a heading, then a line per file that wraps ("**name** —
+    outcome: detail"); "" when there are none."""
+    rows = ingest_rows(report)
+    if not rows:
+        return ""
+    lines = [f"- **{_md(source)}** — {_md(outcome)}" + (f": {_md(detail)}" if detail else "")
+             for source, outcome, detail in rows]
+    return f"**Notes on your files** ({len(rows):,})\n\n" + "\n".join(lines)
+
+
 def ingest_rows(report: BuildReport) -> list[list[str]]:
-    """The ingestion report's rows (INGEST_HEADERS): each skipped file with its reason, each exact duplicate
-    skipped (and which file it copies), each near-duplicate."""
+    """The ingestion report's notes as (source, outcome, detail) rows: each skipped file with its reason, each
+    exact duplicate skipped (and which file it copies), each near-duplicate."""
     return ([[Path(s["source"]).name or s["source"], REASONS.get(s["reason"], s["reason"]), s["detail"]]
              for s in report.skipped]
             + [[Path(d["source"]).name, "exact duplicate, skipped", f"the same image as {Path(d['same_as']).name}"]
