@@ -57,7 +57,8 @@ def evaluation_tab(settings: Settings, files: VisitorFiles) -> None:
         # (standing, their slanted labels piled up at 400 px); no height, so each row gets its own 20 px (a fixed
         # one squeezes the rows and cuts off the legend). A dot per k on each row: few colours, a whole legend.
         # The rows name themselves: no axis title beside them (" ": Gradio puts the column's name for "").
-        precision = gr.ScatterPlot(x="precision", y="series", color=TOP, x_lim=[0, 1],
+        # x up to 1.02: a dot at precision 1 is drawn whole, not cut in half by the chart's edge.
+        precision = gr.ScatterPlot(x="precision", y="series", color=TOP, x_lim=[0, 1.02],
                                    x_title="share with the query's label", y_title=" ", color_title="Results looked at",
                                    label="Precision at k", elem_id="evaluate-precision", min_width=340)
         latency = gr.BarPlot(x="ms per query", y="series", title="ms per image query", x_lim=[0, None], y_title=" ",
