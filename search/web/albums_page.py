@@ -23,7 +23,7 @@ ALBUM_PAGE = 60
 DROP = "Delete this collection"
 SWAP = "Search it with the app's current model"
 FIRST_ALBUM = "photos"  # the name the Collection box suggests
-CLEARED_REPORT: Outputs = {"summary": "", "notes": gr.update(value=[], visible=False)}  # the last upload's, once stale
+CLEARED_REPORT: Outputs = {"summary": "", "notes": gr.update(value="", visible=False)}  # the last upload's, once stale
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,9 @@ class AlbumPage:
             added = self.service.add_images(key, name, files, on_progress=report)
         names = self.service.album_names(key)
         chosen = added.collection if added.collection in names else None
-        rows = views.ingest_rows(added)
+        notes = views.ingest_notes(added)
         return {**self.show(key, chosen or ""), "summary": views.ingest_summary(added),
-                "notes": gr.update(value=rows, visible=bool(rows)), "uploads": None,
+                "notes": gr.update(value=notes, visible=bool(notes)), "uploads": None,
                 "album": gr.update(choices=names, value=chosen), "index": gr.update(choices=self.search.index_choices(key))}
 
     @refusals_in("where")

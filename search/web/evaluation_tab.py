@@ -31,6 +31,7 @@ from search.web.side_by_side import SideBySide, side_by_side
 log = logging.getLogger(__name__)
 DEFAULT_SAMPLE = 200
 MAX_SAMPLE = 2000  # a public page must not let one click occupy the CPUs for long
+TOP = "top k"  # the precision chart's colours: "top 1", "top 5"... (in the report's order, as the legend lists them)
 INTRO = ("How often the nearest images share the query image's label (leave one out), and how often a label's "
          "name finds its images, for each metric: exact search over every stored vector. Collections without labels "
          "cannot be evaluated.")
@@ -52,12 +53,16 @@ def evaluation_tab(settings: Settings, files: VisitorFiles) -> None:
     run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-run")
     table = gr.Markdown(elem_id="evaluate-table")
     with gr.Row(equal_height=False):  # min_width below: the charts stack on a phone rather than shrink
-        # A dot per cut-off above each collection and metric: few colours, so the legend stays whole.
-        precision = gr.ScatterPlot(x="series", y="precision", color="cut-off", title="precision@k", y_lim=[0, 1],
-                                   x_label_angle=-45, label="Precision at k", elem_id="evaluate-precision",
-                                   min_width=340)
-        latency = gr.BarPlot(x="series", y="ms per query", title="milliseconds per query (image to image)",
-                             label="Latency", x_label_angle=-45, elem_id="evaluate-latency", min_width=340)
+        # Lying down, a row per collection and metric: the names read across, one under another, at any width
+        # (standing, their slanted labels piled up at 400 px); no height, so each row gets its own 20 px (a fixed
+        # one squeezes the rows and cuts off the legend). A dot per k on each row: few colours, a whole legend.
+        # The rows name themselves: no axis title beside them (" ": Gradio puts the column's name for "").
+        # x up to 1.02: a dot at precision 1 is drawn whole, not cut in half by the chart's edge.
+        precision = gr.ScatterPlot(x="precision", y="series", color=TOP, x_lim=[0, 1.02],
+                                   x_title="share with the query's label", y_title=" ", color_title="Results looked at",
+                                   label="Precision at k", elem_id="evaluate-precision", min_width=340)
+        latency = gr.BarPlot(x="ms per query", y="series", title="ms per image query", x_lim=[0, None], y_title=" ",
+                             label="Latency", elem_id="evaluate-latency", min_width=340)
     download = gr.File(label="evaluation.json", elem_id="evaluate-json")
     lists: list[Any] = [collections]
     if not settings.public:
@@ -129,15 +134,17 @@ def _sample(value: object) -> int:
 
 def precision_frame(report: dict[str, Any]) -> pd.DataFrame:
     """One row per collection, task, metric and k: the precision chart's data."""
-    rows = [{"series": _series(name, task, metric), "cut-off": f"p@{k}", "precision": values[f"p@{k}"]}
+    several = len(report["collections"]) > 1
+    rows = [{"series": _series(name, task, metric, several), TOP: f"top {k}", "precision": values[f"p@{k}"]}
             for name, entry in report["collections"].items() for task in TASKS
             for metric, values in entry.get(task, {}).items() for k in report["k"]]
-    return pd.DataFrame(rows, columns=["series", "cut-off", "precision"])
+    return pd.DataFrame(rows, columns=["series", TOP, "precision"])
 
 
 def latency_frame(report: dict[str, Any]) -> pd.DataFrame:
     """Milliseconds per image query, one row per collection and metric: the bar chart's data."""
-    rows = [{"series": f"{name} · {metric}", "ms per query": values["ms_per_query"]}
+    several = len(report["collections"]) > 1
+    rows = [{"series": _series(name, "image_to_image", metric, several), "ms per query": values["ms_per_query"]}
             for name, entry in report["collections"].items() for metric, values in entry["image_to_image"].items()]
     return pd.DataFrame(rows, columns=["series", "ms per query"])
 
@@ -153,5 +160,6 @@ def save(report: dict[str, Any]) -> Path:
     return path
 
 
-def _series(name: str, task: str, metric: str) -> str:
-    return f"{name} · {metric}" + (" (text)" if task == "text_to_image" else "")
+def _series(name: str, task: str, metric: str, several: bool) -> str:
+    """A chart's row: the metric, "(text)" for text queries, after the collection's name where there are several."""
+    return (f"{name} · " if several else "") + metric + (" (text)" if task == "text_to_image" else "")

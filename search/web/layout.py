@@ -71,11 +71,22 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
                         c["text"] = gr.Textbox(label="Description", placeholder="a red dress", scale=4, min_width=160,
                                                max_length=MAX_TEXT_CHARS, elem_id="text-query")
                         c["text_button"] = gr.Button("Search", variant="primary", scale=1, min_width=90)
+                    # Each kind of example under the box it fills, above the options: a newcomer's first try,
+                    # in sight on a 1000 px high screen (below the open Options, they were not).
+                    c["prompt_examples"] = gr.Dataset(components=[c["text"]], samples=[[p] for p in examples.prompts],
+                                                      label="Example descriptions (click one to search)",
+                                                      samples_per_page=20, visible=bool(examples.prompts),
+                                                      elem_id="example-prompts")
                     # No height=: with one, Gradio stops reporting taps on an image the server sent back (regions).
                     c["image"] = query_image(sources=["upload", "clipboard", "webcam"], show_label=False,
                                              elem_id="query-image")
                     gr.Markdown("Drop, paste or take a photo; tap two opposite corners on it to search a region.",
                                 elem_id="query-image-help")
+                    c["example_gallery"] = gr.Gallery(page.gallery(examples.images), columns=8, rows=1, height=110,
+                                                      label="Example images (click one to search by it)",
+                                                      allow_preview=False, visible=bool(examples.images),
+                                                      elem_id="example-images")
+                    c["example_paths"] = gr.State([image for image, _ in examples.images])
                     with gr.Row(equal_height=True):
                         c["url"] = gr.Textbox(label="…or an image URL", placeholder="https://…", scale=4, min_width=160)
                         c["url_button"] = gr.Button("Search URL", scale=1, min_width=90)
@@ -116,15 +127,6 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
                                                    interactive=False, allow_custom_value=True)
                         c["exclude"] = gr.Dropdown([], value=[], multiselect=True, label="Not these labels",
                                                    interactive=False, allow_custom_value=True)
-                    c["example_gallery"] = gr.Gallery(page.gallery(examples.images), columns=8, rows=1, height=110,
-                                                      label="Example images (click one to search by it)",
-                                                      allow_preview=False, visible=bool(examples.images),
-                                                      elem_id="example-images")
-                    c["example_paths"] = gr.State([image for image, _ in examples.images])
-                    c["prompt_examples"] = gr.Dataset(components=[c["text"]], samples=[[p] for p in examples.prompts],
-                                                      label="Example descriptions (click one to search)",
-                                                      samples_per_page=20, visible=bool(examples.prompts),
-                                                      elem_id="example-prompts")
                 with gr.Column(scale=3, min_width=320, elem_id="results-panel"):
                     c["status"] = gr.Markdown(elem_id="status")
                     with gr.Row(equal_height=True):
@@ -154,8 +156,9 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
                                            min_width=200, elem_id="album-files")
                 c["album_add"] = gr.Button("Add to collection", variant="primary")
                 c["summary"] = gr.Markdown()
-                c["notes"] = gr.Dataframe(headers=views.INGEST_HEADERS, label="Notes on your files", interactive=False,
-                                          wrap=True, visible=False, elem_id="ingest-notes")
+                # Lines that wrap, not Gradio's table: its columns took the width of their longest cell, and a
+                # long file name pushed the reasons out of sight, cut mid-phrase.
+                c["notes"] = gr.Markdown(visible=False, elem_id="ingest-notes")
                 c["where"] = gr.Markdown()
                 c["swap"] = gr.Button(SWAP, visible=False, elem_id="album-swap")  # an album older than the app's model
                 c["gallery"] = gr.Gallery(label="In this collection (click one to select it)", columns=8, height="auto",

@@ -17,7 +17,6 @@ from search.service.service import IndexChoice, Overview
 BUILD_HINT = (
     "python index_builder.py --dataset ashraq/fashion-product-images-small --store data/store --limit 5000"
 )
-INGEST_HEADERS = ["source", "outcome", "detail"]
 
 
 def overview(o: Overview) -> str:
@@ -185,7 +184,8 @@ def problem(message: str) -> str:
 
 
 def detail(rank: int, hit: Hit, metric: str) -> str:
-    """The selected result, in full: label, caption, score (raw too), where it came from, its id."""
+    """The selected result, in full: what its one-line caption shortens (label, caption, score, raw too, the
+    words found, the date, near-duplicates, "weak"), where it came from, its id."""
     lines = [f"**#{rank} {_md(name(hit))}**"]
     if hit.caption and hit.caption != hit.label:
         lines.append(_md(hit.caption))
@@ -200,6 +200,8 @@ def detail(rank: int, hit: Hit, metric: str) -> str:
         lines.append(f"Source: [{_md(Path(source).name or source)}]({source})" if link else f"Source: {_md(Path(source).name)}")
     if hit.similar:
         lines.append(f"{len(hit.similar)} near-duplicate{'' if len(hit.similar) == 1 else 's'} folded into it")
+    if hit.relevant is False:
+        lines.append("A weak match: below this search's cut-off for strong matches")
     lines.append(f"<small>id {hit.id}</small>")
     return "\n\n".join(lines)
 
@@ -266,9 +268,20 @@ def ingest_summary(report: BuildReport) -> str:
     return "; ".join(parts) + f". It now holds {total:,} image{'' if total == 1 else 's'}."
 
 
+def ingest_notes(report: BuildReport) -> str:
+    """The notes on an upload's files, in Markdown: a heading, then a line per file that wraps ("**name** —
+    outcome: detail"); "" when there are none."""
+    rows = ingest_rows(report)
+    if not rows:
+        return ""
+    lines = [f"- **{_md(source)}** — {_md(outcome)}" + (f": {_md(detail)}" if detail else "")
+             for source, outcome, detail in rows]
+    return f"**Notes on your files** ({len(rows):,})\n\n" + "\n".join(lines)
+
+
 def ingest_rows(report: BuildReport) -> list[list[str]]:
-    """The ingestion report's rows (INGEST_HEADERS): each skipped file with its reason, each exact duplicate
-    skipped (and which file it copies), each near-duplicate."""
+    """The ingestion report's notes as (source, outcome, detail) rows: each skipped file with its reason, each
+    exact duplicate skipped (and which file it copies), each near-duplicate."""
     return ([[Path(s["source"]).name or s["source"], REASONS.get(s["reason"], s["reason"]), s["detail"]]
              for s in report.skipped]
             + [[Path(d["source"]).name, "exact duplicate, skipped", f"the same image as {Path(d['same_as']).name}"]

@@ -347,3 +347,126 @@ def test_the_page_serves_while_the_model_loads_then_an_older_collection_is_broug
             shot(page, "page-collection-swapped")
         finally:
             page.close()
+
+
+# --- Readable at 1400x1000 and 400x800 (issue 33): captions, upload notes, examples, the Evaluate charts ---------
+
+SMALL_PHONE = {"width": 400, "height": 800}
+WIDTHS = pytest.mark.parametrize("viewport", [DESKTOP, SMALL_PHONE], ids=["1400", "400"])
+
+
+def named(viewport) -> str:
+    return str(viewport["width"])
+
+
+@WIDTHS
+def test_a_caption_takes_one_line_over_its_thumbnail_and_the_detail_view_says_it_all(browser, viewport):
+    page = open_page(browser, viewport)
+    search_text(page, "a shape")
+    after(page, lambda: choose(page, "Order", "Newest first (strong matches)"))  # "· no date": longer than a line
+    shot(page, f"page-search-{named(viewport)}")
+    boxes = page.evaluate("""() => [...document.querySelectorAll('#results .thumbnail-item')].map(item => {
+        const c = item.querySelector('.caption-label'), s = getComputedStyle(c), box = c.getBoundingClientRect();
+        return {text: c.innerText, lines: (box.height - parseFloat(s.paddingTop) - parseFloat(s.paddingBottom)
+                                           - parseFloat(s.borderTopWidth)) / parseFloat(s.lineHeight),
+                cut: c.scrollWidth > c.clientWidth, left: box.left, itemLeft: item.getBoundingClientRect().left,
+                share: box.height / item.getBoundingClientRect().height}; })""")
+    assert len(boxes) == 12 and any(b["cut"] for b in boxes), boxes  # some are longer than a line
+    for b in boxes:
+        assert b["lines"] < 1.5 and b["share"] < 0.25, b  # one line, over a quarter of the picture at most
+        assert b["left"] >= b["itemLeft"], b  # cut at its end, not at its start (the rank)
+    page.locator("#results img").first.click()
+    page.locator("#detail").get_by_text("Score (cosine)").wait_for(timeout=WAIT)
+    detail, first = page.locator("#detail").inner_text(), boxes[0]["text"]
+    label = first.split(" · ")[0].split(" ", 1)[1]  # "#1 red circle · 0.3 · weak": red circle
+    assert label in detail and ("weak match" in detail) == first.endswith("weak"), (first, detail)
+
+
+def upload(page, files: list, said: str) -> None:
+    page.locator("#album-files input[type=file]").set_input_files([str(f) for f in files])
+    page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Add to collection").click()
+    page.get_by_text(said).wait_for(timeout=WAIT)
+    page.wait_for_timeout(500)
+
+
+def notes_box(page) -> dict:
+    return page.evaluate("""() => { const n = document.querySelector('#ingest-notes'), s = getComputedStyle(n),
+        items = [...n.querySelectorAll('li')].map(li => li.getBoundingClientRect()), box = n.getBoundingClientRect();
+        return {scroll: n.scrollHeight, client: n.clientHeight, wide: n.scrollWidth, width: n.clientWidth,
+                overflow: s.overflowY, text: n.innerText, notes: items.length,
+                inside: items.every(r => r.left >= box.left - 1 && r.right <= box.right + 1)}; }""")
+
+
+@WIDTHS
+def test_upload_notes_wrap_and_scroll_where_long(browser, tmp_path, viewport):
+    photos = write_folder(tmp_path / "mine", per_class=1, seed=17)
+    name = "holiday-in-the-mountains-with-the-whole-family-and-our-friends-from-Da-Lat-2024-07-15-evening-{}.jpg"
+    junk = [tmp_path / name.format(i) for i in range(14)]
+    for path in junk:
+        path.write_text("a note, not a picture")
+    page = open_page(browser, viewport)
+    page.get_by_role("tab", name="My collection").click()
+    album = f"notes-{named(viewport)}"  # its own, deleted at the end: other tests count what "photos" holds
+    page.get_by_label("Collection", exact=True).fill(album)
+    page.get_by_label("Collection", exact=True).press("Enter")
+    upload(page, [photos[0], junk[0]], "1 file could not be used")
+    short = notes_box(page)
+    assert short["notes"] == 1 and short["scroll"] <= short["client"] + 1, short  # all of it in sight
+    assert "not an image, or not one of JPEG" in short["text"] and "camera RAW with a preview" in short["text"]
+    assert short["wide"] <= short["width"] and short["inside"], short  # wrapped, nothing cut at the right
+    upload(page, [photos[1], *junk[1:]], "13 files could not be used")
+    shot(page, f"page-notes-{named(viewport)}")
+    long = notes_box(page)
+    assert long["notes"] == 13 and long["wide"] <= long["width"] and long["inside"], long
+    assert long["scroll"] > long["client"] and long["overflow"] in ("auto", "scroll"), long  # it scrolls, not clips
+    assert long["client"] <= 0.4 * viewport["height"]  # and leaves the collection in sight
+    page.locator("#ingest-notes li").last.scroll_into_view_if_needed()
+    last = page.locator("#ingest-notes li").last.bounding_box()
+    box = page.locator("#ingest-notes").bounding_box()
+    assert box["y"] - 1 <= last["y"] and last["y"] + last["height"] <= box["y"] + box["height"] + 1
+    page.get_by_role("button", name="Delete this collection").click()
+    page.get_by_role("button", name=f"Click again to delete “{album}” and its 2 images").click()
+    page.get_by_text(f"Deleted collection {album}").wait_for(timeout=WAIT)
+
+
+def test_the_examples_are_in_sight_on_arrival(browser):
+    page = open_page(browser)
+    examples = [page.locator(f"#example-{kind}") for kind in ("prompts", "images")]
+    for example in examples:
+        example.wait_for(timeout=WAIT)  # they come with the page's first refresh
+    page.wait_for_timeout(500)
+    shot(page, "page-arrival-1400")
+    assert page.evaluate("() => window.scrollY") == 0
+    for example in examples:
+        box = example.bounding_box()
+        assert box and box["y"] >= 0 and box["y"] + box["height"] <= DESKTOP["height"], box
+    assert page.locator("#example-prompts").get_by_text("a photo of a blue circle").is_visible()
+
+
+@WIDTHS
+def test_the_evaluate_charts_read_at_each_width(browser, viewport):
+    page = open_page(browser, viewport)
+    page.get_by_role("tab", name="Evaluate").click()
+    page.locator("#evaluate-collections input:checked").first.wait_for(timeout=WAIT)  # listed on arrival
+    page.locator("#evaluate-run").click()
+    for chart in ("precision", "latency"):
+        page.locator(f"#evaluate-{chart} svg.marks").wait_for(timeout=WAIT)
+    page.wait_for_timeout(1000)  # the charts' drawing settles
+    shot(page, f"page-evaluate-{named(viewport)}")
+    assert page.locator("#evaluate-precision .role-legend-title text").text_content() == "Results looked at"
+    assert page.locator("#evaluate-precision .role-legend-label text").all_text_contents()[:2] == ["top 1", "top 5"]
+    for chart in ("precision", "latency"):
+        axes = page.evaluate(f"""() => {{ const svg = document.querySelector('#evaluate-{chart} svg.marks');
+            return [svg.getBoundingClientRect().toJSON(), [...svg.querySelectorAll('.role-axis')].map(axis =>
+                [...axis.querySelectorAll('.role-axis-label text')].map(t => t.getBoundingClientRect().toJSON()))]; }}""")
+        frame, labels = axes
+        assert sum(map(len, labels)) > 5, labels
+        for boxes in labels:
+            for a in boxes:  # each label in the chart, and apart from the others on its axis
+                assert frame["left"] - 1 <= a["left"] and a["right"] <= frame["right"] + 1, (chart, a, frame)
+            for i, a in enumerate(boxes):
+                for b in boxes[i + 1:]:
+                    overlap = (min(a["right"], b["right"]) - max(a["left"], b["left"]),
+                               min(a["bottom"], b["bottom"]) - max(a["top"], b["top"]))
+                    assert min(overlap) <= 0.5, (chart, a, b)

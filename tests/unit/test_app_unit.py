@@ -164,6 +164,16 @@ def test_the_detail_view_gives_the_raw_score_and_a_link_only_to_a_web_source():
     assert "/srv" not in local and "dog\\.jpg" in local and "](javascript" not in local
 
 
+def test_the_detail_view_holds_what_a_one_line_caption_cuts_short():
+    hit = _hit(3, 0.21, label="a long label that no thumbnail is wide enough to show", caption="on a beach at dusk",
+               similar=("a",), relevant=False)
+    caption, shown = views.caption(3, hit, "cosine"), views.detail(3, hit, "cosine")
+    assert caption.endswith("+1 similar · weak")
+    assert all(part in shown for part in ("no thumbnail is wide enough", "on a beach at dusk", "0.210",
+                                          "1 near-duplicate", "weak match"))
+    assert "weak" not in views.detail(3, _hit(3, 0.9, label="x", relevant=True), "cosine")
+
+
 def test_index_choices_label_each_kind():
     choices = [IndexChoice("images", "model", "clip-ViT-B-32"), IndexChoice("pixels", "pixels", "pixels"),
                IndexChoice("trip", "album", "clip-ViT-B-32")]
@@ -398,16 +408,17 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path, caplog):
     cut.write_bytes(out.getvalue()[:len(out.getvalue()) // 2])
     with caplog.at_level(logging.INFO, logger="search.pipeline.stages"):
         added = albums.add(KEY, "trip", [str(junk), str(cut), str(more)])
-    summary, table, cleared, album_update, index_update = (added[n] for n in ("summary", "notes", "uploads", "album", "index"))
+    summary, notes, cleared, album_update, index_update = (added[n] for n in ("summary", "notes", "uploads", "album", "index"))
     items, ids, selected, selected_id, where = (added[n] for n in ("gallery", "ids", "picked", "picked_id", "where"))
     assert summary.startswith("Added **1 image** to *trip*") and cleared is None and selected == "" and selected_id is None
     assert "holds 4 images" in summary and "/" not in summary and where == "Images 1–4 of 4, newest first."
-    rows = {row[0]: row[1:] for row in table["value"]}
-    assert rows["notes.txt"][0] == "This kind of file cannot be used" and "not an image" in rows["notes.txt"][1]
-    assert rows["cut.png"] == ["The file is damaged or is not an image", CUT_SHORT] and len(rows) == 2
-    assert "Error" not in str(rows) and "truncated" not in str(rows)  # the app's words; Pillow's go to the log
+    lines = notes["value"].splitlines()
+    assert lines[0] == "**Notes on your files** (2)" and len(lines) == 4
+    assert "- **notes\\.txt** — This kind of file cannot be used: not an image" in notes["value"]
+    assert f"- **cut\\.png** — The file is damaged or is not an image: {views._md(CUT_SHORT)}" in lines
+    assert "Error" not in notes["value"] and "truncated" not in notes["value"]  # the app's words; Pillow's go to the log
     assert any("cut.png" in r.message and "OSError: image file is truncated" in r.message for r in caplog.records)
-    assert table["visible"]
+    assert notes["visible"]
     assert album_update["value"] == "trip" and album_update["choices"] == ["trip"]
     assert "mine/trip" in {v for _, v in index_update["choices"]} and len(items) == len(ids) == 4
 
@@ -494,3 +505,6 @@ def test_the_notes_name_each_exact_duplicate_and_the_file_it_copies():
                          exact_duplicates=[{"source": "up.zip/copy of photo0.jpg", "same_as": "up.zip/photo0.jpg"}])
     assert views.ingest_rows(report) == [["copy of photo0.jpg", "exact duplicate, skipped",
                                           "the same image as photo0.jpg"]]
+    assert views.ingest_notes(report).endswith("\n- **copy of photo0\\.jpg** — exact duplicate, skipped: "
+                                               "the same image as photo0\\.jpg")
+    assert views.ingest_notes(BuildReport("", "trip", "m")) == ""

@@ -156,8 +156,24 @@ def test_the_default_dataset_gets_the_shipped_descriptions_and_its_product_types
     ("cat", "a photo of a cat"), ("apple", "a photo of an apple"), ("Owl", "a photo of an owl"),
     ("birds", "a photo of birds"), ("vegetables", "a photo of vegetables"), ("glass", "a photo of a glass"),
     ("cactus", "a photo of a cactus"), ("animals/cats", "a photo of cats"), ("wild/red fox", "a photo of a red fox"),
+    # folder names: separators read as words, lists of plurals get "and", styles "art", mass nouns no article
+    ("red_circle", "a photo of a red circle"), ("flowers-plants", "a photo of flowers and plants"),
+    ("pets/cats-dogs_birds", "a photo of cats, dogs and birds"), ("coffee_and_tea", "a photo of coffee and tea"),
+    ("abstract", "a photo of abstract art"), ("Street-Art", "a photo of street art"), ("space_photos", "a photo of space"),
+    ("images-of-horses", "a photo of horses"), ("nature", "a photo of nature"), ("sea", "a photo of the sea"),
+    ("people", "a photo of people"), ("unicorn", "a photo of a unicorn"), ("hour glass", "a photo of an hour glass"),
+    ("2019", "a photo from 2019"), ("café", "a photo of a café"), ("crème brûlée", "a photo of a crème brûlée"),
 ])
 def test_example_prompts_read_as_english(label, prompt):
+    assert photo_of(label) == prompt
+
+
+@pytest.mark.parametrize(("label", "prompt"), [
+    ("Phở Bò", "ảnh phở bò"), ("tet/hoa_đào", "ảnh hoa đào"), ("bánh-mì", "ảnh bánh mì"), ("cà phê", "ảnh cà phê"),
+    ("du lịch\\Hạ-Long", "ảnh hạ long"), ("pho\u031b\u0309 bo\u0300", "ảnh phở bò"),  # decomposed (NFD) too
+])
+def test_example_prompts_for_vietnamese_labels_read_as_vietnamese(label, prompt):
+    """Vietnamese has no articles nor plural endings: "ảnh" (a photo of) and the words, separators as spaces."""
     assert photo_of(label) == prompt
 
 
