@@ -4,11 +4,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from search.embedders import batching
 from search.embedders.batching import QueryBatcher
 from search.embedders.registry import load_embedder
 from search.errors import QueryError
@@ -100,22 +102,58 @@ def test_a_failing_query_fails_alone():
     assert [float(r[0][0]) for r in rows[1:]] == [float(len(t)) for t in texts[1:]]  # type: ignore[index]
 
 
-def test_a_query_after_a_quiet_spell_runs_at_once_and_one_close_behind_waits_out_the_deadline():
-    batcher = QueryBatcher(Recording(seconds=0), max_wait_ms=200)
-    start = time.perf_counter()
+class Clock:
+    """The batcher's time, moved by the test: a leader's wait for companions (the only wait with one caller)
+    is recorded and passes at once, moving the clock by the time it asked for."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def condition(self) -> threading.Condition:
+        clock = self
+
+        class Waited(threading.Condition):
+            def wait(self, timeout: float | None = None) -> bool:
+                assert timeout is not None, "a leader waits only so long"
+                clock.waits.append(round(timeout, 6))
+                clock.now += timeout
+                return False
+
+        return Waited()
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    """The batching module's clock and its lanes' condition, faked (one caller at a time only)."""
+    fake = Clock()
+    monkeypatch.setattr(batching, "time", SimpleNamespace(monotonic=fake.monotonic))
+    monkeypatch.setattr(batching, "threading", SimpleNamespace(Condition=fake.condition, Lock=threading.Lock))
+    return fake
+
+
+def test_a_query_after_a_quiet_spell_runs_at_once_and_one_close_behind_waits_out_the_deadline(clock):
+    fake = Recording(seconds=0)
+    batcher = QueryBatcher(fake, max_wait_ms=200)
     batcher.embed_texts(["alone"])
-    assert time.perf_counter() - start < 0.1  # nobody came close before it: no one to wait for
-    start = time.perf_counter()
+    assert clock.waits == []  # nobody came close before it: no one to wait for
+    clock.now += 0.3
     batcher.embed_texts(["close behind"])  # within twice the deadline of the last: companions may come
-    assert 0.19 <= time.perf_counter() - start < 1.0
+    assert clock.waits == [0.2]  # the whole deadline, and no more
+    clock.now += 0.41
+    batcher.embed_texts(["after a quiet spell"])
+    assert clock.waits == [0.2] and fake.calls == [["alone"], ["close behind"], ["after a quiet spell"]]
 
 
-def test_several_inputs_in_one_call_go_straight_to_the_model():
+def test_several_inputs_in_one_call_go_straight_to_the_model(clock):
     fake = Recording(seconds=0)
     batcher = QueryBatcher(fake, max_wait_ms=1000)
-    start = time.perf_counter()
-    assert batcher.embed_texts(["a", "bb"]).shape == (2, 2)
-    assert time.perf_counter() - start < 0.5 and fake.calls == [["a", "bb"]]
+    batcher.embed_texts(["first"])
+    assert batcher.embed_texts(["a", "bb"]).shape == (2, 2)  # close behind a query, yet no wait: not a batch
+    assert clock.waits == [] and fake.calls == [["first"], ["a", "bb"]] and batcher.batches == 1
 
 
 def test_the_wrapper_looks_like_its_embedder():
