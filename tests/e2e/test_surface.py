@@ -12,11 +12,10 @@ from search.stores import thumbnails
 from tests.conftest import ROOT, RunningApp
 
 
-@pytest.fixture(scope="module")
-def app(shapes_store):
+@pytest.fixture(scope="module", autouse=True)
+def secret(shapes_store) -> None:
+    """A file beside the store (the session's app serves the store) that must never be served."""
     (shapes_store.parent / "secret.txt").write_text("do not serve")
-    with RunningApp(shapes_store) as running:
-        yield running
 
 
 def _status(url: str) -> tuple[int, bytes]:
