@@ -13,12 +13,13 @@ from search.embedders.registry import load_embedder
 from tests.fixtures.shapes import sample
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def clip(shapes_model) -> ClipEmbedder:
+    """One fp32 embedder for the module: the tests read it (towers are built per precision and cached, fp32 untouched)."""
     return ClipEmbedder(str(shapes_model), device="cpu")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def images(clip):
     return [clip.prepare(img) for img, _ in sample(12, seed=3)]
 
