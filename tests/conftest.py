@@ -31,7 +31,8 @@ SHAPES_MODEL = ROOT / "tests" / "fixtures" / "tiny-clip-shapes"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under tests/e2e are end to end (real processes, browser, servers): `-m "not e2e"` runs the rest."""
+    """Tests under tests/e2e are end to end (they start processes, a browser, servers): `-m "not e2e"` runs the rest,
+    which stays in-process."""
     for item in items:
         if "e2e" in item.path.parts:
             item.add_marker(pytest.mark.e2e)

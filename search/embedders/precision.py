@@ -36,6 +36,7 @@ ROUNDS = 5  # interleaved rounds per candidate; the median decides
 PROBE = Path(__file__).resolve().parent / "probe"  # real photos, shipped with the package (package data)
 
 Encode = Callable[[Sequence[Any], str], np.ndarray]  # (batch of images or texts, precision) -> unit rows
+Clock = Callable[[], float]  # seconds from an arbitrary start; tests pass a fake one instead of sleeping
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,10 @@ def candidates(device: str) -> list[str]:
     return [p for p, able in ((BF16, native_bf16(device)), (INT8, int8_capable(device))) if able]
 
 
-def decide(encode: Encode, images: Sequence[Any], batch_size: int, tried: Sequence[str]) -> Decision:
-    """Choose among fp32 and ``tried``, measured on ``images`` (or texts: ``probe_texts``) at ``batch_size``."""
+def decide(encode: Encode, images: Sequence[Any], batch_size: int, tried: Sequence[str],
+           clock: Clock = time.perf_counter) -> Decision:
+    """Choose among fp32 and ``tried``, measured on ``images`` (or texts: ``probe_texts``) at ``batch_size``;
+    ``clock`` times the rounds."""
     if not tried:
         return Decision(FP32, batch_size, reason="no faster arithmetic on this device")
     if len(images) < 2:
@@ -109,7 +112,7 @@ def decide(encode: Encode, images: Sequence[Any], batch_size: int, tried: Sequen
         cosine = float(np.mean(np.sum(rows * reference, axis=1)))
         trial = Trial(precision, round(cosine, 6), round(top10_overlap(reference, rows), 4), 0.0)
         if trial.agrees():
-            trial = Trial(precision, trial.cosine, trial.overlap, round(_speedup(encode, batch, precision), 3))
+            trial = Trial(precision, trial.cosine, trial.overlap, round(_speedup(encode, batch, precision, clock), 3))
         trials.append(trial)
     return _choose(trials, batch_size)
 
@@ -178,13 +181,13 @@ def _batch(images: Sequence[Any], batch_size: int) -> list[Any]:
     return [images[i % len(images)] for i in range(batch_size)]
 
 
-def _seconds(encode: Encode, batch: list[Any], precision: str) -> float:
-    start = time.perf_counter()
+def _seconds(encode: Encode, batch: list[Any], precision: str, clock: Clock) -> float:
+    start = clock()
     encode(batch, precision)
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def _speedup(encode: Encode, batch: list[Any], precision: str) -> float:
+def _speedup(encode: Encode, batch: list[Any], precision: str, clock: Clock) -> float:
     """Median fp32 time over median ``precision`` time, both warmed, rounds interleaved.
 
     A candidate slower than fp32 in a first round cannot clear the margin: it stops there.
@@ -193,8 +196,8 @@ def _speedup(encode: Encode, batch: list[Any], precision: str) -> float:
     full: list[float] = []
     other: list[float] = []
     for _ in range(ROUNDS):
-        full.append(_seconds(encode, batch, FP32))
-        other.append(_seconds(encode, batch, precision))
+        full.append(_seconds(encode, batch, FP32, clock))
+        other.append(_seconds(encode, batch, precision, clock))
         if other[-1] > full[-1]:
             break
     return statistics.median(full) / max(statistics.median(other), 1e-9)

@@ -1,7 +1,6 @@
 """Personal collections in the app, as a public deployment runs them: upload, search, delete, isolation."""
 from __future__ import annotations
 
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -12,18 +11,10 @@ from gradio_client.exceptions import AppError
 from bench.load import run_mixed
 from search import ImageIndex
 from search.stores import thumbnails
-from tests.conftest import RunningApp, hostile_files
+from tests.conftest import hostile_files
 from tests.fixtures.shapes import write_folder
 
 ALICE, BOB = "alice-secret-key-0123456789", "bob-secret-key-9876543210"
-
-
-@pytest.fixture(scope="module")
-def public_app(shapes_store, tmp_path_factory):
-    store = tmp_path_factory.mktemp("public") / "store"
-    shutil.copytree(shapes_store, store)
-    with RunningApp(store, IMAGE_SEARCH_PUBLIC="1") as app:
-        yield app, store
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +32,7 @@ def uploads(tmp_path_factory) -> tuple[list[Path], Path]:
 
 
 def test_upload_search_delete_and_isolation(public_app, uploads):
-    app, store = public_app
+    app, store = public_app, Path(public_app.env["IMAGE_SEARCH_STORE"])
     files, archive = uploads
     alice, bob = app.client(), app.client()
     main_before = len(ImageIndex.open(store, "images"))
@@ -87,7 +78,7 @@ def test_upload_search_delete_and_isolation(public_app, uploads):
 
 
 def test_bad_uploads_are_reported_not_fatal(public_app, tmp_path):
-    app, _ = public_app
+    app = public_app
     client = app.client()
     not_zip = tmp_path / "fake.zip"
     not_zip.write_bytes(b"PK\x03\x04 but not really a zip")
@@ -102,8 +93,9 @@ def test_bad_uploads_are_reported_not_fatal(public_app, tmp_path):
 
 def test_visitors_uploading_searching_and_deleting_at_once_each_see_only_their_own_images(public_app):
     """A few seconds of bench/load.py's mixed mode (which runs 32 visitors for 60 s and reports the waits); no
-    timing is asserted. Each visitor's album goes at the end, so the module's other tests find the app as it was."""
-    app, _ = public_app
+    timing is asserted. Each visitor's album goes at the end, so the other tests on the session's public app find it
+    as it was."""
+    app = public_app
     report = run_mixed(app, users=4, seconds=4, rounds=1, baseline=False)
     print(report)
     assert report["errors"] == {} and report["http_5xx"] == 0, report["error_samples"]

@@ -97,10 +97,8 @@ def test_a_first_start_serves_at_once_builds_in_the_background_and_a_restart_ope
     assert sorted(map(len, stored.values())) == [IMAGES, IMAGES]
     assert '"state": "complete"' in (store / "default-build.json").read_text()
 
-    started = time.monotonic()
-    with _app(store, dataset) as again:  # complete: opened, not rebuilt
+    with _app(store, dataset) as again:  # complete: opened, not rebuilt (its log says so, however long it took)
         assert len(again.client().predict(caption("green triangle"), 4, api_name="/search_by_text")) == 4
-        assert time.monotonic() - started < 60
         log = again.log.read_text()
         assert f"opened the index: {IMAGES} images" in log and "default index" not in log
     assert {name: len(sources) for name, sources in _stored(store).items()} == {"images": IMAGES, "pixels": IMAGES}

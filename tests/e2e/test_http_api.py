@@ -27,7 +27,7 @@ def http(app):
         yield client
 
 
-def test_a_text_search_answers_hits_with_thumbnails_to_fetch(http, shapes_store):
+def test_a_text_search_answers_hits_with_thumbnails_to_fetch(http, app_store):
     answer = http.post("/api/search", json={"text": caption("red circle"), "k": 5})
     assert answer.status_code == 200, answer.text
     hits = answer.json()["hits"]
@@ -36,7 +36,7 @@ def test_a_text_search_answers_hits_with_thumbnails_to_fetch(http, shapes_store)
     assert answer.json()["total"] == 54 and answer.json()["offset"] == 0 and answer.json()["no_match"] is False
     assert all(h["matched"] == {"label": ["red", "circle"]} and h["relevant"] for h in hits[:4])  # words and vectors
     assert sum(h["label"] == "red circle" for h in hits) >= 4
-    assert str(shapes_store.parent) not in answer.text and "/tmp" not in answer.text  # no server paths
+    assert str(app_store.parent) not in answer.text and "/tmp" not in answer.text  # no server paths
     for hit in hits:
         thumbnail = http.get(hit["thumbnail"])
         assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 from bench.load import run_load
-from tests.conftest import RunningApp
 
 
-def test_sixteen_concurrent_users_get_answers_and_memory_stays_flat(shapes_store):
-    with RunningApp(shapes_store) as app:
-        report = run_load(app, users=16, seconds=16, rounds=4)
+def test_sixteen_concurrent_users_get_answers_and_memory_stays_flat(app):
+    report = run_load(app, users=16, seconds=16, rounds=4)  # on the session's app: growth is measured from round 2
     print(report)
     assert report["errors"] == 0, report["error_samples"]
     assert report["requests"] > 0  # how many is throughput: bench/load.py measures it, no test floors it

@@ -107,7 +107,6 @@ except InvalidImageError as exc:
 
 
 def test_eight_64mp_pngs_at_once_take_turns(png_64mp):
-    started = time.monotonic()
     eight = measure("""
 data = open(args[0], "rb").read()
 sizes = []
@@ -121,8 +120,7 @@ for t in threads: t.join()
 result = len(sizes)
 """, str(png_64mp))
     assert eight["added"] < 400 * MB, f"{eight['added'] / MB:.0f} MB"
-    assert eight["result"] == 8  # all decoded, one after another: none refused, none left waiting
-    assert time.monotonic() - started < 45
+    assert eight["result"] == 8  # all decoded, one after another: none refused, none left waiting (measure's timeout)
 
 
 def test_a_zip_of_twenty_large_bmps_is_bounded(tmp_path):

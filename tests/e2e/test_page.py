@@ -21,10 +21,11 @@ WAIT = 60_000
 
 
 @pytest.fixture(scope="module")
-def browser(shapes_store):
+def browser(app):
+    """Chromium on the session's app (tests/e2e/conftest.py)."""
     from playwright.sync_api import sync_playwright
 
-    with RunningApp(shapes_store) as app, sync_playwright() as p:
+    with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         chromium.app_url = app.url
         try:

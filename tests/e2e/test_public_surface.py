@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,6 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from tests.conftest import RunningApp
 from tests.fixtures.hostile import jpeg
 
 KEY, OTHER = "visitor-one-0123456789", "visitor-two-0123456789"
@@ -30,12 +28,9 @@ ALBUM_URL = re.compile(r"^/api/albums/([0-9a-f]{32})/([0-9a-f]{32})\.jpg$")
 
 
 @pytest.fixture(scope="module")
-def public(shapes_store, tmp_path_factory):
-    root = tmp_path_factory.mktemp("public")
-    store = root / "store"
-    shutil.copytree(shapes_store, store)
-    with RunningApp(store, IMAGE_SEARCH_PUBLIC="1", GRADIO_TEMP_DIR=str(root / "gradio")) as app:
-        yield app
+def public(public_app):
+    """The session's public app (tests/e2e/conftest.py)."""
+    return public_app
 
 
 @pytest.fixture(scope="module")

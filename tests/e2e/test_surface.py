@@ -12,11 +12,10 @@ from search.stores import thumbnails
 from tests.conftest import ROOT, RunningApp
 
 
-@pytest.fixture(scope="module")
-def app(shapes_store):
-    (shapes_store.parent / "secret.txt").write_text("do not serve")
-    with RunningApp(shapes_store) as running:
-        yield running
+@pytest.fixture(scope="module", autouse=True)
+def secret(app_store) -> None:
+    """A file beside the store the session's app serves, that must never be served."""
+    (app_store.parent / "secret.txt").write_text("do not serve")
 
 
 def _status(url: str) -> tuple[int, bytes]:
@@ -27,12 +26,12 @@ def _status(url: str) -> tuple[int, bytes]:
         return err.code, b""
 
 
-def test_file_route_serves_examples_and_copies_never_the_store(app, shapes_store):
+def test_file_route_serves_examples_and_copies_never_the_store(app, app_store):
     assert _status(f"{app.url}gradio_api/file={ROOT / 'examples' / 'cat.jpg'}")[0] == 200
     served = app.client(download_files=False).predict("a red circle", 1, api_name="/search_by_text")[0]["image"]
     assert _status(f"{app.url}gradio_api/file={served['path']}")[0] == 200  # the copy an answer names
-    thumb = thumbnails.path(shapes_store, next(iter(thumbnails.ids(shapes_store))))  # a hit's, no file of its own
-    store, secret = shapes_store, shapes_store.parent / "secret.txt"
+    thumb = thumbnails.path(app_store, next(iter(thumbnails.ids(app_store))))  # a hit's, no file of its own
+    store, secret = app_store, app_store.parent / "secret.txt"
     refused = [
         str(thumb), str(thumb).replace("/thumbnails/", "/THUMBNAILS/"), str(store / "thumbnails" / "index.sqlite"),
         *map(str, (store / "thumbnails").glob("pack-*.bin")),

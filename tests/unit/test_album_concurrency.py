@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -24,29 +23,42 @@ JOIN_S = 30  # no thread outlives this: a lock held too long fails the test inst
 
 
 class Recording(fake_embedder.ColourEmbedder):
-    """The fake model, noting which thread embedded when (each call takes long enough for calls to meet); calls
-    from the thread named ``hold`` wait for ``release`` (``holding`` says one is waiting)."""
+    """The fake model, noting which threads embedded and how many were embedding at once; with ``meet``, a call
+    waits (JOIN_S at most) until another is embedding too, so side-by-side embedding is seen however the threads
+    are scheduled. Calls from the thread named ``hold`` wait for ``release`` (``holding`` says one is waiting)."""
 
-    def __init__(self, hold: str | None = None):
+    def __init__(self, hold: str | None = None, meet: bool = False):
         super().__init__()
-        self.calls: list[tuple[str, float, float]] = []
+        self.threads: set[str] = set()
+        self.inside = self.most = 0  # calls embedding now, and the most at once
+        self.met = threading.Event()
+        self.meet = meet
         self.hold = hold
         self.holding = threading.Event()
         self.release = threading.Event()
         self.fail = False  # the held call raises once released
+        self._lock = threading.Lock()
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,
                      precision: str | None = None) -> np.ndarray:
-        start = time.monotonic()
-        if threading.current_thread().name == self.hold:
-            self.holding.set()
-            assert self.release.wait(JOIN_S)
-            if self.fail:
-                raise RuntimeError("the model failed")
-        time.sleep(0.05)
-        rows = super().embed_images(images, batch_size, precision=precision)
-        self.calls.append((threading.current_thread().name, start, time.monotonic()))
-        return rows
+        with self._lock:
+            self.threads.add(threading.current_thread().name)
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+            if self.inside > 1:
+                self.met.set()
+        try:
+            if self.meet and not self.met.wait(JOIN_S):
+                self.met.set()  # no one came: the others need not wait too, and ``most`` stays 1
+            if threading.current_thread().name == self.hold:
+                self.holding.set()
+                assert self.release.wait(JOIN_S)
+                if self.fail:
+                    raise RuntimeError("the model failed")
+            return super().embed_images(images, batch_size, precision=precision)
+        finally:
+            with self._lock:
+                self.inside -= 1
 
 
 def _photos(folder: Path, visitor: int, count: int = 3) -> list[str]:
@@ -91,22 +103,29 @@ def _run(jobs: dict[str, Callable[[], object]]) -> dict[str, object]:
     return results
 
 
-def _record_writes(monkeypatch: pytest.MonkeyPatch, store: Store) -> list[tuple[float, float]]:
-    """When each ``Store.add`` of ``store`` ran."""
-    writes: list[tuple[float, float]] = []
+def _record_writes(monkeypatch: pytest.MonkeyPatch, store: Store) -> list[int]:
+    """For each ``Store.add`` of ``store``, how many were writing when it started (itself included)."""
+    writes: list[int] = []
+    writing = [0]
+    lock = threading.Lock()
     add = store.add
 
-    def timed(*args: object, **kwargs: object) -> None:
-        start = time.monotonic()
-        add(*args, **kwargs)  # type: ignore[arg-type]
-        writes.append((start, time.monotonic()))
+    def counted(*args: object, **kwargs: object) -> None:
+        with lock:
+            writing[0] += 1
+            writes.append(writing[0])
+        try:
+            add(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                writing[0] -= 1
 
-    monkeypatch.setattr(store, "add", timed)
+    monkeypatch.setattr(store, "add", counted)
     return writes
 
 
 def test_sixteen_visitors_upload_at_once_embedding_side_by_side_and_writing_in_turn(tmp_path, monkeypatch):
-    embedder = Recording()
+    embedder = Recording(meet=True)
     albums = _albums(tmp_path, embedder)
     writes = _record_writes(monkeypatch, albums.store)
     visitors = range(16)
@@ -114,11 +133,9 @@ def test_sixteen_visitors_upload_at_once_embedding_side_by_side_and_writing_in_t
     results = _run({f"visitor-{v:02d}": (lambda v=v: albums.add(_key(v), "trip", files[v])) for v in visitors})
 
     assert all(getattr(r, "indexed", None) == 3 for r in results.values()), results
-    calls = sorted(embedder.calls, key=lambda c: c[1])
-    assert {c[0] for c in calls} == set(results)
-    assert any(a[0] != b[0] and b[1] < a[2] for a, b in pairwise(calls)), "no two visitors embedded at once"
-    writes.sort()
-    assert len(writes) == 16 and all(b[0] >= a[1] for a, b in pairwise(writes)), "two writes overlapped"
+    assert embedder.threads == set(results)
+    assert embedder.most > 1, "no two visitors embedded at once"
+    assert writes == [1] * 16, "two writes overlapped"
     for v in visitors:  # each sees their own three images, and only those
         key, own = _key(v), {Path(f).name for f in files[v]}
         assert albums.names(key) == ["trip"]

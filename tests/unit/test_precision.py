@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -14,47 +13,73 @@ from search.embedders.registry import load_embedder
 from tests.fixtures.shapes import sample
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def clip(shapes_model) -> ClipEmbedder:
+    """One fp32 embedder for the module: the tests read it (towers are built per precision and cached, fp32 untouched)."""
     return ClipEmbedder(str(shapes_model), device="cpu")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def images(clip):
     return [clip.prepare(img) for img, _ in sample(12, seed=3)]
 
 
-def fake(seconds: dict[str, float], noise: dict[str, float], dim: int = 16):
-    """An encoder that takes ``seconds[p]`` per call and adds ``noise[p]`` to fixed unit rows."""
-    rng = np.random.default_rng(0)
-    base = rng.normal(size=(64, dim))
+class Fake:
+    """An encoder whose call at precision p takes ``seconds[p]`` on its own clock (never the wall's: the race is
+    decided by these times alone, however loaded the machine) and adds ``noise[p]`` to fixed unit rows."""
 
-    def encode(batch, p):
-        time.sleep(seconds[p])
-        rows = base[: len(batch)] + noise[p] * np.random.default_rng(1).normal(size=(len(batch), dim))
+    def __init__(self, seconds: dict[str, float], noise: dict[str, float], dim: int = 16):
+        self.seconds, self.noise = seconds, noise
+        self.base = np.random.default_rng(0).normal(size=(64, dim))
+        self.now = 0.0
+        self.timed: list[str] = []  # the precision of each call at the batch size, in order
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self, batch, p):
+        self.now += self.seconds[p]
+        self.timed += [p] if len(batch) == 4 else []
+        rows = self.base[: len(batch)] + self.noise[p] * np.random.default_rng(1).normal(size=(len(batch), len(self.base[0])))
         return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
-    return encode
+
+def race(fake: Fake, images, tried) -> Decision:
+    """``decide`` at batch 4, timed by the fake's clock."""
+    return decide(fake, images, 4, tried, clock=fake.clock)
 
 
 def test_a_candidate_is_chosen_only_when_it_agrees_and_clears_the_margin(images):
-    fast_bf16 = fake({FP32: 0.02, BF16: 0.005, INT8: 0.02}, {FP32: 0, BF16: 0.001, INT8: 0.001})
-    assert decide(fast_bf16, images, 4, [BF16, INT8]).precision == BF16
-    barely = fake({FP32: 0.02, BF16: 0.018, INT8: 0.02}, {FP32: 0, BF16: 0.001, INT8: 0.001})
-    assert decide(barely, images, 4, [BF16]).precision == FP32  # 1.1x is inside the noise: not worth it
-    disagreeing = fake({FP32: 0.02, BF16: 0.002, INT8: 0.002}, {FP32: 0, BF16: 0.5, INT8: 0.5})
-    decision = decide(disagreeing, images, 4, [BF16, INT8])
+    fast_bf16 = Fake({FP32: 0.02, BF16: 0.005, INT8: 0.02}, {FP32: 0, BF16: 0.001, INT8: 0.001})
+    assert race(fast_bf16, images, [BF16, INT8]).precision == BF16
+    barely = Fake({FP32: 0.02, BF16: 0.018, INT8: 0.02}, {FP32: 0, BF16: 0.001, INT8: 0.001})
+    decision = race(barely, images, [BF16])
+    assert decision.precision == FP32 and decision.trial(BF16).speedup == 1.111  # inside the noise: not worth it
+    disagreeing = Fake({FP32: 0.02, BF16: 0.002, INT8: 0.002}, {FP32: 0, BF16: 0.5, INT8: 0.5})
+    decision = race(disagreeing, images, [BF16, INT8])
     assert decision.precision == FP32 and not any(t.agrees() for t in decision.trials)
+    assert all(t.speedup == 0.0 for t in decision.trials)  # one that disagrees is not even timed
 
 
 def test_the_candidates_race_and_the_fastest_that_agrees_wins(images):
-    int8_faster = fake({FP32: 0.04, BF16: 0.012, INT8: 0.004}, {FP32: 0, BF16: 0.001, INT8: 0.001})
-    assert decide(int8_faster, images, 4, [BF16, INT8]).precision == INT8
-    bf16_faster = fake({FP32: 0.04, BF16: 0.004, INT8: 0.012}, {FP32: 0, BF16: 0.001, INT8: 0.001})
-    assert decide(bf16_faster, images, 4, [BF16, INT8]).precision == BF16
-    int8_wrong = fake({FP32: 0.04, BF16: 0.012, INT8: 0.004}, {FP32: 0, BF16: 0.001, INT8: 0.5})
-    decision = decide(int8_wrong, images, 4, [BF16, INT8])
+    int8_faster = Fake({FP32: 0.04, BF16: 0.012, INT8: 0.004}, {FP32: 0, BF16: 0.001, INT8: 0.001})
+    decision = race(int8_faster, images, [BF16, INT8])
+    assert decision.precision == INT8 and (decision.trial(BF16).speedup, decision.trial(INT8).speedup) == (3.333, 10.0)
+    bf16_faster = Fake({FP32: 0.04, BF16: 0.004, INT8: 0.012}, {FP32: 0, BF16: 0.001, INT8: 0.001})
+    assert race(bf16_faster, images, [BF16, INT8]).precision == BF16
+    int8_wrong = Fake({FP32: 0.04, BF16: 0.012, INT8: 0.004}, {FP32: 0, BF16: 0.001, INT8: 0.5})
+    decision = race(int8_wrong, images, [BF16, INT8])
     assert decision.precision == BF16 and not decision.trial(INT8).agrees()
+
+
+def test_a_candidate_slower_than_fp32_in_its_first_round_is_timed_no_further(images):
+    slower = Fake({FP32: 0.02, BF16: 0.03}, {FP32: 0, BF16: 0.001})
+    decision = race(slower, images, [BF16])
+    assert decision.precision == FP32 and decision.trial(BF16).speedup == 0.667
+    assert slower.timed == [FP32, BF16, FP32, BF16]  # warmed both, then one round of each
+    faster = Fake({FP32: 0.02, BF16: 0.01}, {FP32: 0, BF16: 0.001})
+    race(faster, images, [BF16])
+    assert faster.timed == [FP32, BF16] + [FP32, BF16] * precision.ROUNDS
 
 
 def test_a_decision_is_remembered_per_machine_model_and_batch_and_not_measured_again(shapes_model, tmp_path, monkeypatch):
@@ -93,7 +118,7 @@ def test_timing_runs_at_the_batch_that_will_run_warmed_first(images):
 
 def test_nothing_is_measured_without_fast_arithmetic_or_for_a_tiny_model(shapes_model, monkeypatch):
     monkeypatch.setattr(precision, "candidates", lambda device: [])
-    assert decide(fake({FP32: 0}, {FP32: 0}), [], 8, []).precision == FP32
+    assert decide(Fake({FP32: 0}, {FP32: 0}), [], 8, []).precision == FP32
     tiny = ClipEmbedder(str(shapes_model), device="cpu", precision="auto")
     assert tiny.precision == FP32 and tiny.decision.trials == ()
 

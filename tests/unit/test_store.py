@@ -1,11 +1,7 @@
 """The store layer against a real embedded Chroma in a temp folder: typed records in, typed results out."""
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -167,59 +163,6 @@ def test_records_and_their_thumbnails_land_together_or_not_at_all(store, vectors
     assert thumbnails.read(store.folder, records[0].id) == b"kept: another write made it"  # not this call's to delete
     assert thumbnails.ids(store.folder) == {records[0].id}
     assert col.held([r.id for r in records]) == [records[0].id]  # no record is left without its thumbnail
-
-
-_KILLED_WRITER = """
-import os, signal, sys
-import numpy as np
-from search.core import ids
-from search.stores.base import Filter, ModelInfo, Record
-from search.stores.keywords import Keywords
-from search.stores.store import Store
-from search.stores import thumbnails
-
-store = Store.connect(sys.argv[1])
-col = store.open_or_create("first", ModelInfo("tiny-test-model", 8, True))
-start, stop, moment = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-rng = np.random.default_rng(start)
-records = [Record(ids.content_id(f"x{i}".encode()), (v / np.linalg.norm(v)).astype(np.float32),
-                  {"source": f"x/{i}", "label": "late", "thumbnail": thumbnails.relative(ids.content_id(f"x{i}".encode()))})
-           for i, v in zip(range(start, stop), rng.normal(size=(stop - start, 8)))]
-die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
-if moment == "before-vectors":
-    col.upsert = die
-else:
-    Keywords.add = die
-# The last record's thumbnail never lands (a write the store kept though it failed)
-store.add(col, records, {r.id: b"jpeg" for r in records[:-1]})
-"""
-
-
-def _killed_writer(folder, start: int, stop: int, moment: str) -> None:
-    done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(folder), str(start), str(stop), moment],
-                          cwd=Path(__file__).parents[2], timeout=120, capture_output=True)
-    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
-
-
-def test_repair_settles_exactly_what_killed_writers_left_in_flight(store, vectors):
-    col = store.open_or_create("first", MODEL)
-    kept = [Record(r.id, r.vector, {**r.metadata, "label": "early", "thumbnail": thumbnails.relative(r.id)})
-            for r in _records(vectors[:2])]
-    store.add(col, kept, {r.id: b"jpeg" for r in kept})
-    _killed_writer(store.folder, 10, 14, "after-vectors")  # x10-x12 land whole but for their words; x13 has no thumbnail
-    _killed_writer(store.folder, 20, 23, "before-vectors")  # thumbnails of x20, x21 land; no record
-    assert len(store.catalogue.pending()[0].ids) == 7 and store.catalogue.state(col.key).count == 2
-    assert store.repair() == 7
-    landed = [ids.content_id(f"x{i}".encode()) for i in (10, 11, 12)]
-    held = sorted(r.id for r in kept) + sorted(landed)
-    assert sorted(col.all_ids()) == sorted(held)  # x13's record went with its missing thumbnail
-    assert sorted(thumbnails.ids(store.folder)) == sorted(held)
-    assert store.catalogue.state(col.key).count == 5 and store.catalogue.labels(col.key) == {"early": 2, "late": 3}
-    assert sorted(store.catalogue.ids(col.key)) == sorted(held)
-    assert {h.id for h in store.keywords.search("first", ["late"], 10)} == set(landed)  # words a kill kept from them
-    assert store.catalogue.pending() == [] and store.repair() == 0
-    with write_lock(store.folder), pytest.raises(StoreError, match="another process is writing"):
-        store.repair()  # a writer holds the store: nothing is settled from under it
 
 
 def test_the_catalogue_agrees_with_a_brute_force_count_through_adds_removes_a_sync_and_a_drop(store):

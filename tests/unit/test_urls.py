@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import io
 import socket
-import time
 
 import pytest
 from PIL import Image
 
 from search.errors import InvalidImageError
 from search.sources.fetch import check_url, fetch
-from tests.fixtures.site import body, lying_length, redirect, serve, slow
+from tests.fixtures.site import body, endless, lying_length, redirect, serve
 
 REFUSED_ALWAYS = [
     "ftp://example.com/a.jpg", "file:///etc/passwd", "gopher://example.com/", "javascript:alert(1)", "no-scheme.jpg",
@@ -53,7 +52,7 @@ def server():
         "/text.jpg": body(b"<html>not an image</html>", "image/jpeg"),
         "/big": body(b"\0" * 5000, length=False),
         "/declared-big": lying_length,
-        "/slow": slow,
+        "/endless": endless,
         "/to-good": redirect("/good.jpg"),
         "/to-metadata": redirect("http://169.254.169.254/latest/meta-data/"),
         "/to-file": redirect("file:///etc/passwd"),
@@ -98,10 +97,10 @@ def test_bytes_and_time_are_capped(server):
     with pytest.raises(InvalidImageError) as err:
         fetch(f"{server}/big", allow_private=True, max_bytes=1000)
     assert err.value.reason == "too_large"
-    start = time.monotonic()
-    with pytest.raises(InvalidImageError) as err:
-        fetch(f"{server}/slow", allow_private=True, timeout=1.0)
-    assert err.value.reason == "download_error" and time.monotonic() - start < 3.0
+    with pytest.raises(InvalidImageError) as err:  # a body that never ends: only the cap on time can end this
+        fetch(f"{server}/endless", allow_private=True, timeout=0.5)
+    # the read deadline ("timed out reading") or, on a loaded machine, the socket's (the site "took too long")
+    assert err.value.reason == "download_error" and err.value.detail.startswith(("timed out", "the site took too long"))
 
 
 def test_content_is_judged_by_decoding_not_by_content_type(server, local_store):
