@@ -26,6 +26,8 @@ from bench.camera import claim_size, dng, encode
 from tests.fixtures.shapes import write_folder
 from tests.fixtures.tiny_clip import build_random_tiny_clip
 
+pytest_plugins = ["tests.fixtures.stores"]  # store, vectors: the store tests' own, in both tiers
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES_MODEL = ROOT / "tests" / "fixtures" / "tiny-clip-shapes"
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from search.core import ids
@@ -18,21 +17,9 @@ from search.errors import StoreError
 from search.stores import thumbnails
 from search.stores.base import Record
 from search.stores.locking import write_lock
-from search.stores.store import Store
 from tests.conftest import ROOT
-from tests.unit.test_store import MODEL, _records, _unit  # the fast tier's records, written by a process killed here
+from tests.unit.test_store import MODEL, _records  # the fast tier's records, written by a process killed here
 from tests.unit.test_thumbnails import _check, _ends, _packs
-
-
-@pytest.fixture
-def store(tmp_path) -> Store:
-    return Store.connect(tmp_path / "store", create=True)
-
-
-@pytest.fixture
-def vectors() -> np.ndarray:
-    return _unit(np.random.default_rng(0).normal(size=(30, 8)))
-
 
 WRITER = """
 import random, sys

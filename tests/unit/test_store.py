@@ -16,22 +16,9 @@ from search.stores.base import Filter, ModelInfo, Record
 from search.stores.catalogue import Catalogue
 from search.stores.locking import write_lock
 from search.stores.store import Store
+from tests.fixtures.stores import unit
 
 MODEL = ModelInfo("tiny-test-model", 8, True)
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-
-
-@pytest.fixture
-def store(tmp_path) -> Store:
-    return Store.connect(tmp_path / "store", create=True)
-
-
-@pytest.fixture
-def vectors() -> np.ndarray:
-    return _unit(np.random.default_rng(0).normal(size=(30, 8)))
 
 
 def _records(vectors: np.ndarray, label: str = "x") -> list[Record]:
@@ -76,7 +63,7 @@ def test_nearest_gives_cosine_similarities_best_first(store, vectors):
     col = store.open_or_create("images", MODEL)
     records = _records(vectors)
     col.upsert(records)
-    queries = _unit(vectors[:3] + 0.05)
+    queries = unit(vectors[:3] + 0.05)
     found = col.nearest(queries, 5)
     assert len(found) == 3 and all(len(row) == 5 for row in found)
     for query, row in zip(queries, found):
@@ -170,7 +157,7 @@ def test_the_catalogue_agrees_with_a_brute_force_count_through_adds_removes_a_sy
     first, second = store.open_or_create("first", MODEL), store.open_or_create("second", MODEL)
 
     def batch(start: int, count: int) -> list[Record]:
-        return [Record(ids.content_id(f"r{i}".encode()), _unit(rng.normal(size=(1, 8)))[0],
+        return [Record(ids.content_id(f"r{i}".encode()), unit(rng.normal(size=(1, 8)))[0],
                        {"source": f"r/{i}", "taken": 1_000_000 + i * 1000} | ({"label": f"l{i % 5}"} if i % 7 else {}))
                 for i in range(start, start + count)]
 
