@@ -61,8 +61,9 @@ def evaluation_tab(settings: Settings, files: VisitorFiles) -> None:
         precision = gr.ScatterPlot(x="precision", y="series", color=TOP, x_lim=[0, 1.02],
                                    x_title="share with the query's label", y_title=" ", color_title="Results looked at",
                                    label="Precision at k", elem_id="evaluate-precision", min_width=340)
+        # Its numbers stand upright: level, three-digit ticks 17 px apart at 400 px ran into each other
         latency = gr.BarPlot(x="ms per query", y="series", title="ms per image query", x_lim=[0, None], y_title=" ",
-                             label="Latency", elem_id="evaluate-latency", min_width=340)
+                             x_label_angle=-90, label="Latency", elem_id="evaluate-latency", min_width=340)
     download = gr.File(label="evaluation.json", elem_id="evaluate-json")
     lists: list[Any] = [collections]
     if not settings.public:
