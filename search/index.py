@@ -354,7 +354,8 @@ class ImageIndex:
 
     def _nearest(self, vector: np.ndarray, k: int, metric: str,
                  where: Filter | None = None) -> list[tuple[str, float]]:
-        """The ``k`` records nearest ``vector`` under ``metric`` among those ``where`` admits: (id, score, metadata)."""
+        """The ``k`` records nearest ``vector`` under ``metric`` among those ``where`` admits: (id, score), best first
+        (their metadata is read for the page they make, ``_hits``)."""
         normalized = self.collection.normalized
         if not (metric == "cosine" or normalized):  # pixel vectors under l1, l2, ip, correlation: float32, exactly
             catalogue, key = self.store.catalogue_for(self.collection), self.collection.key
@@ -408,8 +409,8 @@ class ImageIndex:
 
     def _exact(self, ids: list[str], exact: metrics.ExactSearch, vector: np.ndarray, metric: str, k: int,
                rows: np.ndarray | None = None) -> list[tuple[str, float]]:
-        """The ``k`` best of ``ids`` (the rows of ``exact``; of ``rows`` only, where given) under ``metric``, with
-        their metadata."""
+        """The ``k`` best of ``ids`` (the rows of ``exact``; of ``rows`` only, where given) under ``metric``: (id,
+        score)."""
         if not ids:
             return []
         return [(ids[i], s) for i, s in exact.top_k(vector, metric, k, rows)]
