@@ -49,20 +49,32 @@ class Pixels:
         return img.resize((self.side, self.side), Image.Resampling.BICUBIC, box=(left, top, left + span, top + span),
                           reducing_gap=3.0)
 
+    def array(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The prepared images as one uint8 array (N, 3, side, side): a quarter of fp32's bytes to move."""
+        return np.stack([np.asarray(_rgb(self.prepare(img))) for img in images]).transpose(0, 3, 1, 2)
+
     def batch(self, images: Sequence[Image.Image]) -> Any:
-        """The prepared images as one uint8 tensor (N, 3, side, side): a quarter of fp32's bytes to move."""
+        """``array`` as a torch tensor."""
         import torch
 
-        rows = np.stack([np.asarray(_rgb(self.prepare(img))) for img in images])
-        return torch.from_numpy(rows).permute(0, 3, 1, 2)
+        return torch.from_numpy(self.array(images))
+
+    def scale_shift(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel, shaped (1, 3, 1, 1): the model's input is uint8 pixels times the scale plus the shift."""
+        std, mean = np.array(self.std, np.float32), np.array(self.mean, np.float32)
+        return (1 / (255 * std)).reshape(1, -1, 1, 1), (-mean / std).reshape(1, -1, 1, 1)
+
+    def normalized(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels (``array``) to the model's input, as numpy."""
+        scale, shift = self.scale_shift()
+        return np.ascontiguousarray(pixels * scale + shift, dtype=np.float32)
 
     def normalize(self, pixels: Any) -> Any:
-        """uint8 pixels to the model's input, on whatever device they are: one multiply-add per value."""
+        """uint8 pixels (``batch``) to the model's input, on whatever device they are: one multiply-add per value."""
         import torch
 
-        std = torch.tensor(self.std, device=pixels.device).view(1, -1, 1, 1)
-        mean = torch.tensor(self.mean, device=pixels.device).view(1, -1, 1, 1)
-        return torch.addcmul(-mean / std, pixels.float(), 1 / (255 * std)).contiguous()
+        scale, shift = (torch.from_numpy(a).to(pixels.device) for a in self.scale_shift())
+        return torch.addcmul(shift, pixels.float(), scale).contiguous()
 
 
 def image_tower(clip: Any) -> Any:
