@@ -73,8 +73,7 @@ class ClipEmbedder(TowerEmbedder):
                 log.warning("the default text model is not used, CLIP's own text tower reads every query: %s",
                             exc.for_operator())
         self._pixels = Pixels.of(self.model[0].processor.image_processor)
-        side = self._pixels.side
-        self.min_edges = (side, max(side, 256))
+        self.min_edges = self._pixels.min_edges
         self._start(image_tower(self.model[0].model), precision, batch_size, decisions)
         self._start_text(text_tower(self.model[0].model), self._text_inputs, precision, decisions)
 

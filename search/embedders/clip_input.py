@@ -5,13 +5,18 @@ scale to [0, 1]; subtract the mean, divide by the deviation), without running it
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from search.errors import ModelError
+
+ST_ORGANIZATION = "sentence-transformers"  # where sentence-transformers looks for a bare model name
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -34,6 +39,12 @@ class Pixels:
         return cls(shortest, int(crop.get("height", shortest)),
                    tuple(getattr(processor, "image_mean", None) or CLIP_MEAN),
                    tuple(getattr(processor, "image_std", None) or CLIP_STD))
+
+    @property
+    def min_edges(self) -> tuple[int, int]:
+        """The smallest edges decoding may draft to: the crop's side, and 256 for the longest (a wide image's
+        centre must still fill the crop)."""
+        return self.side, max(self.side, 256)
 
     def prepare(self, img: Image.Image) -> Image.Image:
         """The centre ``side`` x ``side`` of the image scaled so its shortest edge is ``shortest``, in one
@@ -75,6 +86,36 @@ class Pixels:
 
         scale, shift = (torch.from_numpy(a).to(pixels.device) for a in self.scale_shift())
         return torch.addcmul(shift, pixels.float(), scale).contiguous()
+
+
+def clip_inputs(name: str) -> Pixels:
+    """The image processor's settings of the sentence-transformers CLIP checkpoint ``name`` (a folder, or a Hub name
+    read from the Hub or its local cache), from its configuration files alone: no weights are read."""
+    from transformers import AutoImageProcessor
+
+    try:
+        folder = Path(name).expanduser()
+        repo = str(folder) if folder.is_dir() else hub_repo(name)
+        # modules.json names the module whose folder holds the processor: "" in the current layout, 0_CLIPModel
+        # in the Hub's older one
+        module = json.loads(Path(_config_file(repo, "modules.json")).read_text())[0]["path"]
+        return Pixels.of(AutoImageProcessor.from_pretrained(repo, subfolder=module))
+    except Exception as exc:  # offline, a typo, or not a sentence-transformers checkpoint
+        raise ModelError(f"cannot read the image settings of the model {Path(name).name!r}",
+                         internals=f"{name}: {type(exc).__name__}: {exc}") from exc
+
+
+def hub_repo(name: str) -> str:
+    """The Hub repository sentence-transformers loads the model ``name`` from: a bare name is its organisation's."""
+    return name if "/" in name else f"{ST_ORGANIZATION}/{name}"
+
+
+def _config_file(repo: str, file: str) -> str:
+    if Path(repo).is_dir():
+        return str(Path(repo) / file)
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo, file)
 
 
 def image_tower(clip: Any) -> Any:

@@ -8,7 +8,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from search.embedders.base import DEFAULT_MODEL, Embedder
+from search.embedders.base import DEFAULT_MODEL, Embedder, Inputs
 from search.embedders.precision import AUTO
 from search.errors import ModelError
 
@@ -18,11 +18,13 @@ Load = Callable[[str, "str | None", "str | None", str, int, "str | None"], Embed
 
 @dataclass(frozen=True)
 class Family:
-    """A kind of model: ``accepts`` tells whether it loads a model of that name; ``load`` makes its embedder."""
+    """A kind of model: ``accepts`` tells whether it loads a model of that name; ``load`` makes its embedder;
+    ``inputs`` reads how images become its input from its configuration, without loading it."""
 
     name: str
     accepts: Callable[[str], bool]
     load: Load
+    inputs: Callable[[str], Inputs]
 
 
 _FAMILIES: list[Family] = []
@@ -54,6 +56,11 @@ def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, text_mod
     store) remembering earlier decisions by machine and model, so that only the first start measures.
     """
     return family_of(name).load(name, device, text_model, precision, batch_size, decisions)
+
+
+def model_inputs(name: str) -> Inputs:
+    """How images become the model ``name``'s input (``prepare``, ``min_edges``), without its weights."""
+    return family_of(name).inputs(name)
 
 
 def _pixels(name: str, device: str | None, text_model: str | None, precision: str, batch_size: int,
@@ -90,6 +97,25 @@ def _is_siglip(name: str) -> bool:
     return is_siglip(name)
 
 
-register(Family("clip", lambda name: True, _clip))  # any other name: a sentence-transformers CLIP checkpoint
-register(Family("siglip", _is_siglip, _siglip))
-register(Family("pixels", lambda name: name == "pixels", _pixels))
+def _clip_inputs(name: str) -> Inputs:
+    from search.embedders.clip_input import clip_inputs
+
+    return clip_inputs(name)
+
+
+def _siglip_inputs(name: str) -> Inputs:
+    from search.embedders.siglip import siglip_inputs
+
+    return siglip_inputs(name)
+
+
+def _pixel_inputs(name: str) -> Inputs:
+    from search.embedders.pixels import PixelEmbedder
+
+    return PixelEmbedder()  # no weights: the embedder is its own input steps
+
+
+# any other name: a sentence-transformers CLIP checkpoint
+register(Family("clip", lambda name: True, _clip, _clip_inputs))
+register(Family("siglip", _is_siglip, _siglip, _siglip_inputs))
+register(Family("pixels", lambda name: name == "pixels", _pixels, _pixel_inputs))
