@@ -145,7 +145,7 @@ class SearchService:
         main = self.main_index()
         if main is None:
             return Overview(problem=None if building or self._problem is None else str(self._problem), building=building)
-        return Overview(len(main), main.collection.name, _model_name(main.metadata.get("model", main.embedder.name)),
+        return Overview(len(main), main.collection.name, _model_name(main.collection.model or main.embedder.name),
                         building=building)
 
     def store_answering(self) -> bool:
