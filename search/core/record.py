@@ -14,6 +14,7 @@ field is optional for that reason, and a collection that records no ``format`` i
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Final, TypedDict, cast, get_type_hints
 
 STORE_FORMAT: Final = 1  # the schema's version, recorded per collection; a store of a higher one is refused on open
@@ -74,6 +75,11 @@ def read(meta: Mapping[str, Any] | None) -> RecordMeta:
 def read_collection(meta: Mapping[str, Any] | None) -> CollectionMeta:
     """A collection's metadata as a store gave it back, checked as ``read`` checks a record's."""
     return cast(CollectionMeta, _checked(meta, _COLLECTION_TYPES))
+
+
+def model_name(model: str) -> str:
+    """A recorded model's short name, as people are shown it: a checkpoint's folder name, a Hub name's last part."""
+    return Path(model).name
 
 
 def _checked(meta: Mapping[str, Any] | None, types: dict[str, type]) -> dict[str, Any]:

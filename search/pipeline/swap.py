@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from search.core.ids import content_id
-from search.core.record import SOURCE, THUMBNAIL, RecordMeta
+from search.core.record import SOURCE, THUMBNAIL, RecordMeta, model_name
 from search.embedders.base import Embedder
 from search.errors import InvalidImageError
 from search.images.decode import decode_image, read_file
@@ -57,7 +57,7 @@ class ReembedReport:
     def for_visitor(self) -> dict[str, Any]:
         """What an album's owner is told: counts and the model by its name only (no collection names)."""
         return {"images": self.images, "reembedded": self.embedded, "from_thumbnail": self.from_thumbnail,
-                "model": Path(self.model).name, "seconds": round(self.seconds, 1)}
+                "model": model_name(self.model), "seconds": round(self.seconds, 1)}
 
     def summary(self) -> str:
         """A few lines for the person who ran it."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from search.core import ids, record
-from search.core.record import STORE_FORMAT, CollectionMeta, RecordMeta, read, read_collection
+from search.core.record import STORE_FORMAT, CollectionMeta, RecordMeta, model_name, read, read_collection
 from search.errors import StoreError
 from search.stores import thumbnails
 from search.stores.base import Filter, ModelInfo, Record
@@ -97,3 +97,10 @@ def test_the_filter_keys_are_the_records_fields():
     keys = set(RecordMeta.__annotations__) | set(CollectionMeta.__annotations__)
     constants = {value for name, value in vars(record).items() if name.isupper() and isinstance(value, str)}
     assert constants <= keys
+
+
+@pytest.mark.parametrize(("model", "short"), [("clip-ViT-B-32", "clip-ViT-B-32"),
+                                              ("google/siglip2-base-patch16-224", "siglip2-base-patch16-224"),
+                                              ("/srv/models/tiny-clip", "tiny-clip")])
+def test_a_model_is_shown_by_its_short_name(model, short):
+    assert model_name(model) == short
