@@ -13,7 +13,7 @@ from search.config import Settings
 from search.core.query import Part, Query
 from search.embedders.registry import family_of, load_embedder
 from search.errors import QueryError, ServiceUnavailable
-from search.pipeline.build import build_index
+from search.pipeline.build import BuildOptions, build_index
 from search.pipeline.swap import reembed
 from search.service import service as service_module
 from search.service.service import SearchService
@@ -192,3 +192,20 @@ def test_a_first_start_serves_at_once_at_fp32_and_switches_when_the_race_in_the_
     again.load()
     assert again.tuning is None and model.precision == INT8 and model.raced == []
 
+
+def test_the_builder_reports_the_precision_it_used_and_the_rate_the_race_predicted(tmp_path):
+    from search.embedders.precision import INT8, Chooser, settle
+
+    model = fake_embedder.racing()
+    settle(model, "auto", 4, Chooser(None, clock=model.clock))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        Image.new("RGB", (32, 32), (40 * i, 20, 200 - 30 * i)).save(folder / f"{i}.png")
+    report = build_index(open_source(str(folder)).items, Store.connect(tmp_path / "store", create=True), "images", model,
+                         BuildOptions(batch_size=4))
+    assert report.precision == INT8 and report.predicted_rate == 400.0  # 4 images in the script's 10 ms
+    assert "int8; the precision race timed the bare model at 400.0" in report.summary()
+    forced = build_index(open_source(str(folder)).items, Store.connect(tmp_path / "other", create=True), "images", model,
+                         BuildOptions(batch_size=4, precision="fp32"))
+    assert forced.precision == "fp32" and forced.predicted_rate is None  # the race timed another precision
