@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.run import cpu_flags, machine
 from bench.workload import vit_b32, write_jpegs
 from search.embedders.registry import load_embedder
-from search.pipeline.build import BuildOptions, build_index
-from search.pipeline.ray_engine import ModelSpec, build_index_ray
+from search.pipeline.build import BuildOptions, ModelSpec, build_index
+from search.pipeline.ray_engine import RayEngine
 from search.sources.base import folder_items
 from search.stores.store import Store
 
@@ -57,7 +57,7 @@ def main() -> None:
                             model, options)
         local_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        ours = build_index_ray(folder_items(args.work / "photos"), Store.connect(stores["ray"], create=True), "images",
+        ours = RayEngine().run(folder_items(args.work / "photos"), Store.connect(stores["ray"], create=True), "images",
                                ModelSpec(model_path, decisions=decisions), options)
         ray_seconds = time.perf_counter() - start
         assert local.indexed == ours.indexed == len(photos), (local.to_dict(), ours.to_dict())

@@ -363,11 +363,12 @@ def album(app: RunningApp, folder: Path) -> dict[str, Any]:
 
     paths = fresh_jpegs(folder, 10)
     key = secrets.token_urlsafe(24)
+    name = f"scale-{secrets.token_hex(4)}"  # a new album each run: a local app's albums outlive it
     client = app.client()
     start = time.perf_counter()
-    report = client.predict([handle_file(str(p)) for p in paths], "scale", key, api_name="/collection_add")
+    report = client.predict([handle_file(str(p)) for p in paths], name, key, api_name="/collection_add")
     added = time.perf_counter() - start
-    seconds, answer = Api(app).search({"positive": [{"text": "a photo"}], "index": "mine/scale"}, key=key)
+    seconds, answer = Api(app).search({"positive": [{"text": "a photo"}], "index": f"mine/{name}"}, key=key)
     return {"upload_and_index_s": round(added, 2), "indexed": report.get("indexed"),
             "first_query_ms": round(seconds * 1000, 1), "hits": len(answer["hits"])}
 
@@ -394,7 +395,9 @@ def builder(folder: Path, model: str, collection: str, profile: Path | None) -> 
                "--collection", collection, "--model", model, "--report", str(report), "--quiet"]
     raw = profile and profile.with_suffix(".raw")
     start = time.perf_counter()
-    subprocess.run([*spy_command(raw), "--", *command] if raw else command, check=True, cwd=ROOT, capture_output=True)
+    done = subprocess.run([*spy_command(raw), "--", *command] if raw else command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"index_builder.py failed ({done.returncode}): {done.stderr[-2000:]}")
     wall = time.perf_counter() - start
     r = json.loads(report.read_text())
     if raw and profile:
@@ -603,7 +606,7 @@ def existing(text: str) -> Path:
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} does not exist")
-    return path.resolve()
+    return path.absolute()  # as given: a store records the path it was built with, links and all
 
 
 def main() -> None:
@@ -685,7 +688,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def existing_model(parser: argparse.ArgumentParser, path: Path) -> Path:
     if not (path / "modules.json").exists():
         parser.error(f"--model {path}: not a sentence-transformers checkpoint (no modules.json)")
-    return path.resolve()
+    return path.absolute()  # as given: a store records the path it was built with, links and all
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import json
 import shutil
 import sys
 from collections.abc import Iterable
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +18,8 @@ from search.embedders.registry import load_embedder
 from search.errors import SearchError, SourceError
 from search.images import ocr
 from search.pipeline import hub
-from search.pipeline.build import BuildOptions, build_index, deferred_model
+from search.pipeline.build import BuildOptions, ModelSpec
+from search.pipeline.engines import ENGINES, engine
 from search.pipeline.report import BuildReport
 from search.sources.base import IMAGE_SUFFIXES, Item, Source, open_source
 from search.stores.base import DEFAULT_COLLECTION
@@ -64,9 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shard", type=_shard, metavar="I/N",
                    help="deprecated (--engine ray spreads one build over a cluster): index only shard I of N (0-based) "
                         "of the source, for several builders into one collection")
-    p.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="local: this process; ray: Ray tasks and model actors, on a Ray started here or the cluster "
-                        "RAY_ADDRESS names (pip install ray; see docs/configuration.md)")
+    p.add_argument("--engine", choices=sorted(ENGINES), default="local",
+                   help="; ".join(f"{name}: {choice.about}" for name, choice in ENGINES.items()))
     p.add_argument("--ocr", action="store_true",
                    help="also read the text inside each image (Tesseract, English and Vietnamese) so that keyword "
                         "search finds it; about a second an image here (see docs/search.md)")
@@ -85,8 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--sync needs --dataset FOLDER and no --limit (it removes what the folder no longer holds)")
     if args.sync and args.shard:
         p.error("--sync and --shard do not go together: one shard cannot tell what another removed")
-    if args.shard and args.engine == "ray":
-        p.error("--shard and --engine ray do not go together: the Ray engine spreads the whole build itself")
+    if args.shard and ENGINES[args.engine].spreads:
+        p.error(f"--shard and --engine {args.engine} do not go together: that engine spreads the whole build itself")
     return args
 
 
@@ -236,23 +235,15 @@ def _build(args: argparse.Namespace, store: Store, source: Source, items: Iterab
         manifest=manifest,
         ocr=_ocr(args.ocr),
     )
-    with tqdm(total=source.total, unit="img", desc="indexing", disable=args.quiet, smoothing=0.1) as bar:
+    model = ModelSpec(args.model, args.device, store.precision_file)
+    # The bar shows at once, the model's wait on it until the first batch is written.
+    with tqdm(total=source.total, unit="img", desc=f"loading {Path(args.model).name}", disable=args.quiet,
+              smoothing=0.1) as bar:
         def progress(done: int, _: int | None) -> None:
+            bar.set_description("indexing", refresh=False)
             bar.update(done - bar.n)
 
-        if args.engine == "ray":  # the model loads in the cluster's processes, not in this one
-            from search.pipeline.ray_engine import ModelSpec, RayOptions, build_index_ray
-
-            model = ModelSpec(args.model, args.device, store.precision_file)
-            where = RayOptions(address=load_settings().ray_address or None)
-            return build_index_ray(items, store, args.collection, model, options, ray_options=where,
-                                   on_progress=progress)
-        load = partial(load_embedder, args.model, args.device, precision=args.precision, batch_size=args.batch_size,
-                       decisions=store.precision_file)
-        bar.set_description(f"loading {Path(args.model).name}")  # the bar shows at once, the model's wait on it
-        embedder = deferred_model(store, args.collection, args.model, load)
-        bar.set_description("indexing")
-        return build_index(items, store, args.collection, embedder, options, on_progress=progress)
+        return engine(args.engine, load_settings()).run(items, store, args.collection, model, options, progress)
 
 
 def _ocr(wanted: bool) -> Literal["now"] | None:

@@ -15,6 +15,16 @@ from PIL import Image
 DEFAULT_MODEL = "clip-ViT-B-32"
 
 
+class Inputs(Protocol):
+    """How an image becomes a model's input, known from its configuration alone (no weights): what decoding and
+    ``prepare`` need, wherever they run (a Ray engine's CPU workers never load the model)."""
+
+    @property
+    def min_edges(self) -> tuple[int, int]: ...  # the smallest (shortest, longest) edges decoding may draft down to
+
+    def prepare(self, img: Image.Image) -> Image.Image: ...
+
+
 class Embedder(Protocol):
     """What the builder and the index need from a model: its capabilities, its lifecycle, then its three methods.
 

@@ -75,8 +75,7 @@ class ClipEmbedder(TowerEmbedder):
                 log.warning("the default text model is not used, CLIP's own text tower reads every query: %s",
                             exc.for_operator())
         self._pixels = Pixels.of(model[0].processor.image_processor)
-        side = self._pixels.side
-        self.min_edges = (side, max(side, 256))
+        self.min_edges = self._pixels.min_edges
         return image_tower(model[0].model), text_tower(model[0].model), self._text_inputs
 
     def _unload(self) -> None:

@@ -9,7 +9,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from search.embedders.base import DEFAULT_MODEL, Embedder
+from search.embedders.base import DEFAULT_MODEL, Embedder, Inputs
 from search.embedders.precision import AUTO, Chooser, settle
 from search.errors import ModelError
 
@@ -19,11 +19,13 @@ Make = Callable[[str, "str | None", "str | None"], Embedder]  # name, device, te
 @dataclass(frozen=True)
 class Family:
     """A kind of model: ``accepts`` tells whether it loads a model of that name; ``make`` makes its embedder
-    (cheaply: nothing is loaded until its ``load()``)."""
+    (cheaply: nothing is loaded until its ``load()``); ``inputs`` reads how images become its input from its
+    configuration, without loading it."""
 
     name: str
     accepts: Callable[[str], bool]
     make: Make
+    inputs: Callable[[str], Inputs]
 
 
 _FAMILIES: list[Family] = []
@@ -66,6 +68,11 @@ def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, text_mod
     return embedder
 
 
+def model_inputs(name: str) -> Inputs:
+    """How images become the model ``name``'s input (``prepare``, ``min_edges``), without its weights."""
+    return family_of(name).inputs(name)
+
+
 def _pixels(name: str, device: str | None, text_model: str | None) -> Embedder:
     from search.embedders.clip import paired_text_model
     from search.embedders.pixels import PixelEmbedder
@@ -96,6 +103,25 @@ def _is_siglip(name: str) -> bool:
     return is_siglip(name)
 
 
-register(Family("clip", lambda name: True, _clip))  # any other name: a sentence-transformers CLIP checkpoint
-register(Family("siglip", _is_siglip, _siglip))
-register(Family("pixels", lambda name: name == "pixels", _pixels))
+def _clip_inputs(name: str) -> Inputs:
+    from search.embedders.clip_input import clip_inputs
+
+    return clip_inputs(name)
+
+
+def _siglip_inputs(name: str) -> Inputs:
+    from search.embedders.siglip import siglip_inputs
+
+    return siglip_inputs(name)
+
+
+def _pixel_inputs(name: str) -> Inputs:
+    from search.embedders.pixels import PixelEmbedder
+
+    return PixelEmbedder()  # no weights: the embedder is its own input steps
+
+
+# any other name: a sentence-transformers CLIP checkpoint
+register(Family("clip", lambda name: True, _clip, _clip_inputs))
+register(Family("siglip", _is_siglip, _siglip, _siglip_inputs))
+register(Family("pixels", lambda name: name == "pixels", _pixels, _pixel_inputs))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,7 @@ class SiglipEmbedder(TowerEmbedder):
             raise ModelError(f"the model {Path(self.name).name!r} has towers of different widths", internals=self.name)
         self.model, self.dimension = model, dimension
         self.max_tokens = int(config.text_config.max_position_embeddings)  # 64 for every published checkpoint
-        side = _side(self.processor.image_processor, config.vision_config)
-        self.min_edges = (side, side)
+        self.min_edges = SiglipInputs(_side(self.processor.image_processor, config.vision_config)).min_edges
         return _Pooled.around(model.vision_model), _Pooled.around(model.text_model), self._text_inputs
 
     def _unload(self) -> None:
@@ -98,6 +98,35 @@ class _Pooled:
                 return self.tower(**inputs).pooler_output
 
         return Pooled()
+
+
+@dataclass(frozen=True)
+class SiglipInputs:
+    """SigLIP's input steps before its processor: decoding drafts to the processor's edge, and the image goes to the
+    processor as it is (the processor, in ``image_inputs``, scales it)."""
+
+    side: int
+
+    @property
+    def min_edges(self) -> tuple[int, int]:
+        """The edge the processor scales to, for both edges."""
+        return self.side, self.side
+
+    def prepare(self, img: Image.Image) -> Image.Image:
+        """The image as it is."""
+        return img
+
+
+def siglip_inputs(name: str) -> SiglipInputs:
+    """The input steps of the SigLIP checkpoint ``name``, from its processor's and model's configuration alone (no
+    weights are read)."""
+    from transformers import AutoConfig, AutoImageProcessor
+
+    try:
+        return SiglipInputs(_side(AutoImageProcessor.from_pretrained(name), AutoConfig.from_pretrained(name).vision_config))
+    except Exception as exc:  # offline, a typo, or not a SigLIP checkpoint
+        raise ModelError(f"cannot read the image settings of the model {Path(name).name!r}",
+                         internals=f"{name}: {type(exc).__name__}: {exc}") from exc
 
 
 def _side(image_processor: Any, vision_config: Any) -> int:

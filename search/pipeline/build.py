@@ -3,8 +3,8 @@
 identify and prepare run on a prefetch thread one batch ahead of the model, fanning out to a pool of
 decoding threads at a lower OS priority; embed and write run on the caller's thread. The run's state
 (which images it has seen, the manifest, the report) is ``RunState``'s alone: stages return their outcome
-and the runner merges it, with each stage's seconds. Another engine (ray_engine.py) keeps its run in a
-``RunState`` too, so both say the same of the same source.
+and the runner merges it, with each stage's seconds. The Ray engine (ray_engine.py) keeps its run in a
+``RunState`` too, so both say the same of the same source; engines.py chooses between them by name.
 """
 from __future__ import annotations
 
@@ -33,6 +33,16 @@ from search.stores.store import Store
 
 Progress = Callable[[int, "int | None"], Any]  # (items done, items in all where known)
 Writing = Callable[[], AbstractContextManager[object]]  # entered around each write to the store
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model as whatever runs a build loads it (``load_embedder``'s arguments besides the options'): it
+    travels to a cluster's processes, the weights do not."""
+
+    name: str
+    device: str | None = None  # None: CUDA where there are GPUs, else the CPU
+    decisions: str | None = None  # the store's file of precision decisions (``Store.precision_file``)
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from search.embedders.clip_input import hub_repo
 from search.embedders.pixels import PIXELS
 from search.errors import OfflineError
 from search.sources.base import DATA_FILE_SUFFIXES
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 3.0  # a reachable Hub answers in well under a second; a dead route fails or hangs
-ST_ORGANIZATION = "sentence-transformers"  # where sentence-transformers looks for a bare model name
 # Why a probe found the Hub out of reach, once this process went offline on its word: later checks say the same
 # (the library's flag alone would read as HF_HUB_OFFLINE) and do not ask again.
 _found: list[str] = []
@@ -107,8 +107,7 @@ def model_cached(name: str) -> bool:
     (modules.json; a bare name is the sentence-transformers organisation's) or a transformers one (config.json)."""
     from huggingface_hub import try_to_load_from_cache
 
-    repo = name if "/" in name else f"{ST_ORGANIZATION}/{name}"
-    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("modules.json", "config.json"))
+    return any(isinstance(try_to_load_from_cache(hub_repo(name), f), str) for f in ("modules.json", "config.json"))
 
 
 def dataset_cached(name: str) -> Path | None:

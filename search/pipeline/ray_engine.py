@@ -1,14 +1,19 @@
-"""The Ray engine: ``build_index_ray`` runs the local runner's stages (stages.py) over a Ray cluster, a local
-Ray started here unless ``RAY_ADDRESS`` (or ``RayOptions.address``) names one.
+"""The Ray engine: the local runner's stages (stages.py) over a Ray cluster, a local Ray started here unless
+``RAY_ADDRESS`` (``RayOptions.address``) names one.
 
 - identify (reading and hashing) and prepare (decoding, the model's input, the thumbnail) run as CPU tasks,
-  one of each per batch; the images' bytes stay in Ray's object store between the two.
+  one of each per batch; the images' bytes stay in Ray's object store between the two. The model's input steps
+  are read from its configuration (``registry.model_inputs``) and travel with the tasks: no CPU task loads it.
 - The model runs in a pool of actors: one per GPU (``num_gpus`` each) where the cluster has GPUs, else the
-  cores of each node in actors of up to ``threads_per_actor`` threads.
+  cores of each node in actors of up to ``threads_per_actor`` threads. A batch goes to the least busy.
 - This process, the driver, is the one writer: batches are written in the source's order with
   ``stages.write`` (upserts with their thumbnails, to the embedded store or a Chroma server), and the run's
   state (exact duplicates, what the store holds, manifest, report) is a ``build.RunState`` as the local
   runner's. So both give the same ids, labels, vectors and report for the same source.
+- Back-pressure is the source's order itself: identify tasks run a CPU's worth of batches ahead of the driver's
+  choice of what it still needs (which must go in order: of two copies, the first is kept), prepare tasks and
+  model calls far enough ahead to keep every CPU and actor busy (``_ahead``); Ray passes each result on by
+  reference. ray.data does not serve here: that choice sits between two stages, on the driver, in order.
 
 A killed worker is Ray's to replace: tasks are retried and the model's actors restarted. A batch whose task
 still fails is tried again image by image; an image that fails alone is skipped and reported (reason
@@ -21,22 +26,23 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 import search
-from search.embedders.base import Embedder
+from search.config import Settings
+from search.embedders.base import Embedder, Inputs
 from search.embedders.precision import FP32, Decision
-from search.embedders.registry import load_embedder
+from search.embedders.registry import load_embedder, model_inputs
 from search.errors import BuildInterrupted, ModelError, SearchError, StoreUnavailableError
 from search.pipeline import stages
-from search.pipeline.build import BuildOptions, Progress, RunState, yield_to_the_model
+from search.pipeline.build import BuildOptions, ModelSpec, Progress, RunState, yield_to_the_model
 from search.pipeline.report import BuildReport
 from search.sources.base import Item
 from search.stores import manifests
@@ -44,16 +50,7 @@ from search.stores.store import Store
 
 ERROR = "error"  # the skip reason of an image a worker failed on (raised, or died) when given it alone
 RETRIES = 3  # of a task or actor call whose worker died, before the batch is tried image by image
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The model as every process of the cluster loads it (``load_embedder``'s arguments): it travels, the
-    weights do not."""
-
-    name: str
-    device: str | None = None  # None: CUDA where the cluster has GPUs, else the CPU
-    decisions: str | None = None  # the store's file of precision decisions (``Store.precision_file``)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,42 +96,45 @@ def plan_actors(nodes: list[dict[str, Any]], device: str | None, options: RayOpt
     return plans
 
 
-def build_index_ray(
-    items: Iterable[Item],
-    store: Store,
-    collection: str,
-    model: ModelSpec,
-    options: BuildOptions = BuildOptions(),
-    on_progress: Progress | None = None,
-    ray_options: RayOptions = RayOptions(),
-) -> BuildReport:
-    """Index ``items`` into ``collection`` on Ray, with the same results and report as ``build.build_index``.
+class RayEngine:
+    """Runs a build on Ray (see the module's description); ``options``: where and how wide."""
 
-    ``options.workers`` does not apply: Ray runs as many tasks as the cluster has CPUs. A Ray already
-    started in this process is used as it is, and left running.
-    """
-    try:
-        import ray
-    except ImportError:
-        raise SearchError("the Ray engine needs Ray, which the app does not: pip install ray==2.60.0") from None
+    def __init__(self, options: RayOptions = RayOptions()):
+        self.options = options
 
-    started = not ray.is_initialized()
-    if started:
-        _start_ray(ray_options)
-    actors: list[Any] = []
-    run = None
-    try:
-        actors = _actors(plan_actors(ray.nodes(), model.device, ray_options), model, options)
-        described = _describe(actors)
-        run = _RayRun(store, collection, described, options, on_progress, model, actors)
-        return run.run(items)
-    except StoreUnavailableError as exc:
-        raise BuildInterrupted(exc, run.report.indexed if run else 0) from exc
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+    @classmethod
+    def configured(cls, settings: Settings) -> RayEngine:
+        """The engine on the cluster the settings' ``RAY_ADDRESS`` names, else on a Ray of its own."""
+        return cls(RayOptions(address=settings.ray_address or None))
+
+    def run(self, items: Iterable[Item], store: Store, collection: str, model: ModelSpec,
+            options: BuildOptions = BuildOptions(), on_progress: Progress | None = None) -> BuildReport:
+        """Index ``items`` into ``collection`` on Ray, with the same results and report as the local engine.
+
+        ``options.workers`` does not apply: Ray runs as many tasks as the cluster has CPUs. A Ray already
+        started in this process is used as it is, and left running.
+        """
+        try:
+            import ray
+        except ImportError:
+            raise SearchError("the Ray engine needs Ray, which the app does not: pip install ray==2.60.0") from None
+
+        started = not ray.is_initialized()
         if started:
-            ray.shutdown()
+            _start_ray(self.options)
+        actors: list[Any] = []
+        run = None
+        try:
+            actors = _actors(plan_actors(ray.nodes(), model.device, self.options), model, options)
+            run = _RayRun(store, collection, _describe(actors), options, on_progress, actors)
+            return run.run(items)
+        except StoreUnavailableError as exc:
+            raise BuildInterrupted(exc, run.report.indexed if run else 0) from exc
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+            if started:
+                ray.shutdown()
 
 
 def _start_ray(options: RayOptions) -> None:
@@ -165,28 +165,23 @@ def _actors(plans: list[ActorPlan], model: ModelSpec, options: BuildOptions) -> 
 
 def _describe(actors: list[Any]) -> _Described:
     """What the actors say of the model once each has loaded it; a model none can load is a ModelError."""
-    import ray
-    from ray.exceptions import RayError, RayTaskError
-
     try:
-        return ray.get([actor.describe.remote() for actor in actors])[0]
-    except RayTaskError as exc:
-        if isinstance(exc.cause, SearchError):
-            raise exc.cause from None
-        raise ModelError("the model could not be loaded on the Ray cluster", internals=_first_line(exc)) from exc
-    except RayError as exc:  # an actor's __init__ raised: its message ends with what
-        raise ModelError("the model could not be loaded on the Ray cluster", internals=_last_line(exc)) from exc
+        return _get([actor.describe.remote() for actor in actors])[0]
+    except _Failure as failure:
+        raise ModelError("the model could not be loaded on the Ray cluster", internals=failure.detail) from failure
 
 
 @dataclass(frozen=True)
 class _Described:
-    """What the run records of the model (``build.Model``), as an actor loaded it."""
+    """What the run records of the model (``build.Model``), as an actor loaded it, and its input steps for the
+    prepare tasks."""
 
     name: str
     dimension: int
     normalized: bool
     precision: str
     decision: Decision | None
+    inputs: Inputs
 
 
 class _ModelActor:
@@ -201,8 +196,10 @@ class _ModelActor:
                                                 decisions=model.decisions)
 
     def describe(self) -> _Described:
+        # The input steps are read here, where the model's files are (the driver may not have them).
         e = self.embedder
-        return _Described(e.name, e.dimension, e.normalized, getattr(e, "precision", FP32), getattr(e, "decision", None))
+        return _Described(e.name, e.dimension, e.normalized, getattr(e, "precision", FP32), getattr(e, "decision", None),
+                          model_inputs(e.name))
 
     def embed(self, prepared: tuple[list[stages.Ready], stages.Outcome, float], batch_size: int,
               precision: str) -> tuple[np.ndarray, float]:
@@ -220,22 +217,16 @@ def _identify_task(items: list[Item], known: manifests.Manifest) -> tuple[Any, l
     return (summary, outcome, time.perf_counter() - start), found
 
 
-def _prepare_task(found: list[stages.Identified], indices: list[int], model: ModelSpec,
+def _prepare_task(found: list[stages.Identified], ids: list[str], inputs: Inputs,
                   ocr: bool) -> tuple[list[stages.Ready], stages.Outcome, float]:
-    """The batch decoded and prepared (and with ``ocr`` the text in its images read, in the same task: the
-    bytes are here), with the seconds taken."""
-    embedder = _preparer(model)  # loaded before the clock starts: decoding's seconds are decoding's
+    """The images ``ids`` of an identify task's batch decoded and prepared (and with ``ocr`` the text in them read,
+    in the same task: the bytes are here), with the seconds taken."""
     start = time.perf_counter()
-    ready, outcome = stages.prepare([found[i] for i in indices], embedder, _decoding().map, keep_data=ocr)
+    first = {one.image_id: one for one in reversed(found)}  # of two copies in the batch, the one the driver kept
+    ready, outcome = stages.prepare([first[i] for i in ids], inputs, _decoding().map, keep_data=ocr)
     if ocr:
         ready = stages.read_texts(ready, _decoding().map)
     return ready, outcome, time.perf_counter() - start
-
-
-def _preparer(model: ModelSpec) -> Embedder:
-    """The model's own ``prepare`` (and ``min_edges``), loaded once per worker process: on the CPU, at fp32,
-    so that nothing is measured and no GPU is touched."""
-    return load_embedder(model.name, "cpu", precision=FP32)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -251,12 +242,11 @@ def _decoding() -> ThreadPoolExecutor:
 
 
 @dataclass
-class _Chain:
-    """Some of a batch's images on their way: a prepare task and the actor call that embeds what it made."""
+class _Part:
+    """Images of a batch on their way to the model: a prepare task and the actor call that embeds what it made."""
 
     found: Any  # the identify task's ObjectRef of what it identified (bytes kept)
-    indices: list[int]  # which of those
-    summary: list[stages.Identified]  # the same, as the driver knows them
+    todo: list[stages.Identified]  # which of those, as the driver knows them
     prepared: Any  # ObjectRef: (ready, outcome, seconds)
     embedded: Any  # ObjectRef: (vectors, seconds)
     actor: int
@@ -269,52 +259,32 @@ class _Batch:
     items: list[Item]
     summary: Any  # ObjectRef: (identified without bytes, outcome, seconds)
     found: Any  # ObjectRef: identified, bytes kept
-    chains: list[_Chain] | None = None  # None until the run has chosen what it still needs
     outcomes: list[tuple[stages.Outcome, float]] = field(default_factory=list)  # identify's, merged when written
+    parts: list[_Part] = field(default_factory=list)
 
 
 class _RayRun(RunState):
-    """One run over a source on Ray: batches in flight through tasks and actors, chosen and written in order."""
+    """One run over a source on Ray: batches through tasks and actors, chosen and written in the source's order."""
 
     def __init__(self, store: Store, collection: str, model: _Described, options: BuildOptions,
-                 on_progress: Progress | None, spec: ModelSpec, actors: list[Any]):
+                 on_progress: Progress | None, actors: list[Any]):
         import ray
 
         super().__init__(store, collection, model, options, on_progress)
-        self.spec = spec
         self.actors = actors
         self.busy = [0] * len(actors)  # calls given to each actor and not yet written
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.depth = max(4, cpus + 2 * len(actors))  # batches in flight: every CPU and actor busy, one more queued
+        self.inputs = ray.put(model.inputs)
+        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._identify: Any = ray.remote(num_cpus=1, num_returns=2, max_retries=RETRIES)(_identify_task)  # two refs
         self._prepare = ray.remote(num_cpus=1, max_retries=RETRIES)(_prepare_task)
 
     def run(self, items: Iterable[Item]) -> BuildReport:
-        import ray
-
         start = time.perf_counter()
-        source, exhausted = iter(items), False
-        window: deque[_Batch] = deque()
-        while True:
-            while not exhausted and len(window) < self.depth:
-                if chunk := list(islice(source, self.options.batch_size)):
-                    window.append(self._identify_batch(chunk))
-                else:
-                    exhausted = True
-            if not window:
-                break
-            for batch in window:  # in the source's order: of two copies, the first is kept
-                if batch.chains is None:
-                    if not _done(batch.summary):
-                        break
-                    self._choose(batch)
-            head = window[0]
-            if head.chains is not None and all(_done(c.embedded) for c in head.chains):
-                self._write(window.popleft())
-                continue
-            waiting = [c.embedded for c in head.chains or [] if not _done(c.embedded)]
-            waiting += next(([b.summary] for b in window if b.chains is None), [])
-            ray.wait(waiting, num_returns=1)
+        source = iter(items)
+        batches = iter(lambda: list(islice(source, self.options.batch_size)), [])
+        identified = _ahead(map(self._identify_batch, batches), self.cpus)
+        for batch in _ahead(map(self._choose, identified), self.cpus + 2 * len(self.actors)):
+            self._write(batch)
         return self.complete(start)
 
     def _identify_batch(self, items: list[Item]) -> _Batch:
@@ -322,83 +292,84 @@ class _RayRun(RunState):
         summary, found = self._identify.remote(items, known)
         return _Batch(items, summary, found)
 
-    def _choose(self, batch: _Batch) -> None:
-        """Take the batch's identify results (item by item where the task failed), keep what the run still
-        needs, and send it on to be prepared and embedded."""
-        entries: list[tuple[stages.Identified, Any, int]] = []  # (as the driver knows it, found's ObjectRef, index)
-        for found_ref, items, result in self._identified(batch.summary, batch.found, batch.items):
-            if isinstance(result, _ImageFailure):
-                batch.outcomes.append((_failed(items[0].source, result.detail), 0.0))
-                continue
-            summary, outcome, seconds = result
+    def _choose(self, batch: _Batch) -> _Batch:
+        """Take the batch's identify results, keep what the run still needs, and send it on to be prepared and
+        embedded."""
+        found: list[tuple[Any, stages.Identified]] = []  # (the ObjectRef of its bytes, as the driver knows it)
+        for ref, summary, outcome, seconds in self._identified(batch):
             batch.outcomes.append((outcome, seconds))
-            entries += [(one, found_ref, i) for i, one in enumerate(summary)]
-        # still_needed hands back some of the very objects it was given: identity says which entries they are
-        needed = {id(one) for one in self.still_needed([one for one, _, _ in entries])}
-        groups: dict[int, tuple[Any, list[int], list[stages.Identified]]] = {}
-        for one, found_ref, i in entries:
-            if id(one) in needed:
-                group = groups.setdefault(id(found_ref), (found_ref, [], []))
-                group[1].append(i)
-                group[2].append(one)
-        batch.chains = [self._chain(found_ref, indices, summary) for found_ref, indices, summary in groups.values()]
+            found += [(ref, one) for one in summary]
+        needed = {one.image_id for one in self.still_needed([one for _, one in found])}
+        parts: dict[Any, list[stages.Identified]] = {}
+        for ref, one in found:
+            if one.image_id in needed:  # the first with its id: a later copy in the batch is not needed
+                needed.discard(one.image_id)
+                parts.setdefault(ref, []).append(one)
+        batch.parts = [self._part(ref, todo) for ref, todo in parts.items()]
+        return batch
 
-    def _identified(self, summary: Any, found: Any, items: list[Item]) -> list[tuple[Any, list[Item], Any]]:
-        """(found's ObjectRef, its items, the summary's result or the _ImageFailure) of the identify task, or
-        where it failed on several items, of one task per item."""
+    def _identified(self, batch: _Batch) -> list[tuple[Any, list[stages.Identified], stages.Outcome, float]]:
+        """(the ObjectRef of the bytes, what was identified, its outcome, seconds) of the batch's identify task, or
+        where it failed on several items, of one task per item (one that fails alone is skipped)."""
         try:
-            return [(found, items, _get(summary))]
-        except _ImageFailure as failure:
-            if len(items) == 1:
-                return [(found, items, failure)]
-            singles = [self._identify_batch([item]) for item in items]
-            results = [result for single in singles for result in self._identified(single.summary, single.found, single.items)]
-            _not_all_failed([result for _, _, result in results], failure)
+            summary, outcome, seconds = _get(batch.summary)
+            return [(batch.found, summary, outcome, seconds)]
+        except _Failure as failure:
+            if len(batch.items) == 1:
+                return [(None, [], _failed(batch.items[0].source, failure.detail), 0.0)]
+            results = [result for item in batch.items for result in self._identified(self._identify_batch([item]))]
+            if all(ref is None for ref, *_ in results):
+                raise _workers_at_fault(failure) from None
             return results
 
-    def _chain(self, found: Any, indices: list[int], summary: list[stages.Identified]) -> _Chain:
+    def _part(self, found: Any, todo: list[stages.Identified]) -> _Part:
         actor = min(range(len(self.actors)), key=self.busy.__getitem__)
         self.busy[actor] += 1
-        prepared = self._prepare.remote(found, indices, self.spec, self.options.ocr == "now")
+        prepared = self._prepare.remote(found, [one.image_id for one in todo], self.inputs, self.options.ocr == "now")
         embedded = self.actors[actor].embed.remote(prepared, self.options.batch_size, self.precision)
-        return _Chain(found, indices, summary, prepared, embedded, actor)
+        return _Part(found, todo, prepared, embedded, actor)
 
     def _write(self, batch: _Batch) -> None:
         """Merge the batch's outcomes and write what it embedded, in the order the local runner does."""
         for outcome, seconds in batch.outcomes:
             self.report.timed("identify", seconds)
             self.merge(outcome)
-        for chain in batch.chains or []:
-            for done in self._results(chain):
-                if isinstance(done, stages.Outcome):
-                    self.merge(done)
-                    continue
-                (ready, outcome, prepare_seconds), (vectors, embed_seconds) = done
-                self.report.timed("decode", prepare_seconds)
-                self.report.timed("embed", embed_seconds)
+        for part in batch.parts:
+            for outcome, ready, vectors in self._embedded(part):
                 self.merge(outcome)
                 if ready:
                     with self.stage("write"):
                         self.merge(stages.write(self.store, self.collection, ready, vectors, self.near))
         self.advance(len(batch.items))
 
-    def _results(self, chain: _Chain) -> list[Any]:
-        """The chain's (prepared, embedded), or where it failed, each image's alone: its results, or the
-        Outcome that skips it."""
-        self.busy[chain.actor] -= 1
+    def _embedded(self, part: _Part) -> list[tuple[stages.Outcome, list[stages.Ready], Any]]:
+        """(outcome, ready, vectors) of the part, or where it failed on several images, of each image alone (one
+        that fails alone is skipped: no vectors)."""
+        self.busy[part.actor] -= 1
         try:
-            return [_get([chain.prepared, chain.embedded])]
-        except _ImageFailure as failure:
-            if len(chain.indices) == 1:
-                one = chain.summary[0]
-                return [_failed(one.item.source, failure.detail, one.image_id)]
-            singles = [self._chain(chain.found, [i], [one]) for i, one in zip(chain.indices, chain.summary)]
-            results = [result for single in singles for result in self._results(single)]
-            _not_all_failed(results, failure)
+            (ready, outcome, prepare_seconds), (vectors, embed_seconds) = _get([part.prepared, part.embedded])
+        except _Failure as failure:
+            if len(part.todo) == 1:
+                one = part.todo[0]
+                return [(_failed(one.item.source, failure.detail, one.image_id), [], None)]
+            results = [result for one in part.todo for result in self._embedded(self._part(part.found, [one]))]
+            if all(vectors is None for *_, vectors in results):
+                raise _workers_at_fault(failure) from None
             return results
+        self.report.timed("decode", prepare_seconds)
+        self.report.timed("embed", embed_seconds)
+        return [(outcome, ready, vectors)]
 
 
-class _ImageFailure(Exception):
+def _ahead(steps: Iterator[T], depth: int) -> Iterator[T]:
+    """``steps`` in order, each started ``depth`` steps before it is yielded (Ray runs what a step submitted)."""
+    window = deque(islice(steps, depth))
+    while window:
+        yield window.popleft()
+        window.extend(islice(steps, 1))
+
+
+class _Failure(Exception):
     """A task or actor call failed in a way one image may have caused (it raised, or its worker died)."""
 
     def __init__(self, detail: str):
@@ -407,7 +378,7 @@ class _ImageFailure(Exception):
 
 
 def _get(refs: Any) -> Any:
-    """``ray.get``, with the failures one image may cause as ``_ImageFailure``; a SearchError a task raised
+    """``ray.get``, with the failures one image may cause as ``_Failure``; a SearchError a task raised
     (a model that cannot load there) is raised as it is, and the cluster's own failures pass."""
     import ray
     from ray.exceptions import ObjectLostError, OutOfMemoryError, RayActorError, RayTaskError, WorkerCrashedError
@@ -417,27 +388,20 @@ def _get(refs: Any) -> Any:
     except RayTaskError as exc:
         if isinstance(exc.cause, SearchError):
             raise exc.cause from None
-        raise _ImageFailure(f"{type(exc.cause).__name__}: {_first_line(exc.cause)}") from exc
+        raise _Failure(f"{type(exc.cause).__name__}: {_first_line(exc.cause)}") from exc
     except RayActorError as exc:
         if exc.actor_init_failed:
             raise ModelError("the model could not be loaded on the Ray cluster", internals=_last_line(exc)) from exc
-        raise _ImageFailure(f"the model's worker died: {_first_line(exc)}") from exc
+        raise _Failure(f"the model's worker died: {_first_line(exc)}") from exc
     except (WorkerCrashedError, OutOfMemoryError, ObjectLostError) as exc:
-        raise _ImageFailure(f"the worker died: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise _Failure(f"the worker died: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 
-def _not_all_failed(results: list[Any], failure: _ImageFailure) -> None:
-    """Where every image of a failed batch fails alone too, the workers are at fault (a package missing on
-    the cluster, an actor that cannot start again), not the images: a SearchError, not a report of skips."""
-    if all(isinstance(r, (_ImageFailure, stages.Outcome)) for r in results):
-        raise SearchError("the Ray workers fail on every image of a batch, so the build stops; what was written is "
-                          "kept, and the same command again resumes", internals=failure.detail)
-
-
-def _done(ref: Any) -> bool:
-    import ray
-
-    return bool(ray.wait([ref], timeout=0)[0])
+def _workers_at_fault(failure: _Failure) -> SearchError:
+    """Where every image of a failed batch fails alone too, the workers are at fault (a package missing on the
+    cluster, an actor that cannot start again), not the images: a SearchError, not a report of skips."""
+    return SearchError("the Ray workers fail on every image of a batch, so the build stops; what was written is "
+                       "kept, and the same command again resumes", internals=failure.detail)
 
 
 def _failed(source: str, detail: str, image_id: str | None = None) -> stages.Outcome:

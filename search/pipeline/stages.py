@@ -20,7 +20,7 @@ from PIL import Image
 from search.core.dates import date_in_name, seconds_of
 from search.core.duplicates import Nearest, find_near_duplicates
 from search.core.ids import content_id
-from search.embedders.base import Embedder
+from search.embedders.base import Embedder, Inputs
 from search.errors import InvalidImageError
 from search.images import ocr
 from search.images.decode import decode_image, make_thumbnail
@@ -98,14 +98,15 @@ def _identify(item: Item, known: manifests.Manifest) -> Identified | InvalidImag
     return Identified(item, content_id(data), data if keep else None)
 
 
-def prepare(todo: list[Identified], embedder: Embedder, map: Map = map, *,
+def prepare(todo: list[Identified], inputs: Inputs, map: Map = map, *,
             keep_data: bool = False) -> tuple[list[Ready], Outcome]:
-    """Decode (drafted to the model's input), scale for the model, make the thumbnail and read the file's own
-    description, keywords and capture date (else a date in its name); bad images are skipped with their
-    reason (and listed in ``failed``). ``keep_data``: keep each file's bytes for ``read_texts``."""
+    """Decode (drafted to the model's input), scale for the model (``inputs``: the embedder, or its input steps
+    alone), make the thumbnail and read the file's own description, keywords and capture date (else a date in its
+    name); bad images are skipped with their reason (and listed in ``failed``). ``keep_data``: keep each file's
+    bytes for ``read_texts``."""
     outcome = Outcome()
     ready: list[Ready] = []
-    for one, result in zip(todo, map(lambda one: _prepare(one, embedder, keep_data), todo)):
+    for one, result in zip(todo, map(lambda one: _prepare(one, inputs, keep_data), todo)):
         if isinstance(result, InvalidImageError):
             outcome.skipped.append(_skip(one.item, result))
             outcome.failed.append(one.image_id)
@@ -114,11 +115,11 @@ def prepare(todo: list[Identified], embedder: Embedder, map: Map = map, *,
     return ready, outcome
 
 
-def _prepare(one: Identified, embedder: Embedder, keep_data: bool) -> Ready | InvalidImageError:
+def _prepare(one: Identified, inputs: Inputs, keep_data: bool) -> Ready | InvalidImageError:
     try:
         data = one.data if one.data is not None else one.item.read()
-        img = decode_image(data, min_edges=embedder.min_edges)
-        return Ready(one.item, one.image_id, embedder.prepare(img), make_thumbnail(img), _facts(data, one.item.source),
+        img = decode_image(data, min_edges=inputs.min_edges)
+        return Ready(one.item, one.image_id, inputs.prepare(img), make_thumbnail(img), _facts(data, one.item.source),
                      data if keep_data else None)
     except InvalidImageError as exc:
         return exc

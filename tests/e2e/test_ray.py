@@ -1,4 +1,4 @@
-"""The Ray engine (search/pipeline/ray_engine.py) against the local runner: the same ids, labels, vectors and
+"""The Ray engine (search/pipeline/ray_engine.py) against the local one: the same ids, labels, vectors and
 report; kill -9 of the driver and of workers; a Chroma server as the sink; a worker that fails on one image.
 
 One Ray (2 CPUs) serves this module's in-process tests; the driver-kill test runs the command line, killed on a
@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from search.config import ChromaServer as ServerSettings
-from search.embedders.registry import load_embedder
 from search.errors import ModelError, SearchError
-from search.pipeline.build import BuildOptions, build_index
-from search.pipeline.ray_engine import ERROR, ModelSpec, RayOptions, build_index_ray
+from search.pipeline.build import BuildOptions, ModelSpec
+from search.pipeline.engines import LocalEngine
+from search.pipeline.ray_engine import ERROR, RayEngine, RayOptions
 from search.sources.base import IMAGE_SUFFIXES, Item, folder_items
 from search.stores import thumbnails
 from search.stores.store import Store
@@ -44,18 +44,18 @@ def local_ray():
 
 def _local(folder: Path, store: Path, model: Path, **options):
     progress: list[tuple[int, int | None]] = []
-    report = build_index(folder_items(folder), Store.connect(store, create=True), "images", load_embedder(str(model)),
-                         BuildOptions(source=str(folder), **options), lambda done, total: progress.append((done, total)))
+    report = LocalEngine().run(folder_items(folder), Store.connect(store, create=True), "images", ModelSpec(str(model)),
+                               BuildOptions(source=str(folder), **options), lambda done, total: progress.append((done, total)))
     return report, progress
 
 
 def _ray(folder: Path, store: Path, model: Path, items=None, server: ServerSettings | None = None,
          ray_options: RayOptions = RayOptions(), **options):
     progress: list[tuple[int, int | None]] = []
-    report = build_index_ray(folder_items(folder) if items is None else items,
-                             Store.connect(store, server=server, create=True), "images", ModelSpec(str(model)),
-                             BuildOptions(source=str(folder), **options),
-                             lambda done, total: progress.append((done, total)), ray_options)
+    report = RayEngine(ray_options).run(folder_items(folder) if items is None else items,
+                                        Store.connect(store, server=server, create=True), "images",
+                                        ModelSpec(str(model)), BuildOptions(source=str(folder), **options),
+                                        lambda done, total: progress.append((done, total)))
     return report, progress
 
 

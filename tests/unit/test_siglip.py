@@ -3,13 +3,14 @@ own reference does (the documented get_image_features / get_text_features with t
 text padded to 64 tokens), for real photos at several sizes and for English and Vietnamese text."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from search.embedders.registry import family_of, load_embedder
+from search.embedders.registry import family_of, load_embedder, model_inputs
 from search.embedders.siglip import SiglipEmbedder, is_siglip
 from search.errors import ModelError
 from tests.fixtures.tiny_siglip import MAX_TOKENS, save_fixres, save_naflex
@@ -80,6 +81,14 @@ def test_a_batch_gives_each_image_the_vector_it_has_alone(checkpoint):
     together = embedder.embed_images(photos, batch_size=len(photos))
     alone = np.concatenate([embedder.embed_images([p]) for p in photos])
     assert np.min(np.sum(together * alone, axis=1)) > 0.9999
+
+
+def test_the_input_steps_are_read_from_the_configuration_alone(checkpoint, tmp_path):
+    """What a Ray worker that only decodes needs: the processor's edge, with no weights to read."""
+    copy = shutil.copytree(checkpoint, tmp_path / "no-weights", ignore=shutil.ignore_patterns("*.safetensors"))
+    inputs, embedder = model_inputs(str(copy)), load_embedder(str(checkpoint))
+    photo = _photos()[0]
+    assert inputs.min_edges == embedder.min_edges and inputs.prepare(photo) is embedder.prepare(photo) is photo
 
 
 def test_every_text_goes_to_siglips_own_tower_and_no_text_model_can_be_paired(checkpoint):

@@ -1,0 +1,113 @@
+"""CLIP's towers exported to ONNX and run by ONNX Runtime (search/embedders/onnx_runtime.py) give the vectors
+sentence-transformers gives, from the same tokens and the same pixels."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search.embedders import precision
+from search.embedders.clip_input import Pixels
+from search.embedders.onnx_runtime import OnnxTowers, export, exported
+from search.embedders.precision import top10_overlap
+from search.errors import ModelError
+from tests.fixtures.shapes import sample
+
+TEXTS = ["a red circle", "a blue square on the left", "hoa sen ở Huế năm 2022", "", "ảnh chụp " * 200,
+         "tam giác xanh lá", "😀 emoji and   spaces\tand\nlines"]
+
+
+@pytest.fixture(scope="module")
+def model(shapes_model):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(shapes_model), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def folder(model, tmp_path_factory) -> Path:
+    module = model[0]
+    out = tmp_path_factory.mktemp("onnx") / "towers"
+    export(module.model, module.processor.tokenizer, Pixels.of(module.processor.image_processor),
+           module.max_seq_length, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return [img for img, _ in sample(24, seed=5)]
+
+
+def test_the_export_is_complete_and_marked(folder):
+    assert exported(folder)
+    assert {p.name for p in folder.iterdir()} == {"image.fp32.onnx", "image.int8.onnx", "text.fp32.onnx",
+                                                  "text.int8.onnx", "tokenizer.json", "towers.json"}
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no half-written folder left
+
+
+def test_tokens_are_the_checkpoints_own(model, folder):
+    towers = OnnxTowers(folder)
+    ours = towers._tokenize(TEXTS)
+    theirs = model[0].preprocess(TEXTS)
+    assert np.array_equal(np.array([e.ids for e in ours]), theirs["input_ids"].numpy())
+    assert np.array_equal(np.array([e.attention_mask for e in ours]), theirs["attention_mask"].numpy())
+
+
+def test_fp32_gives_sentence_transformers_vectors(model, folder, photos):
+    import torch
+
+    from search.embedders.clip_input import image_tower
+
+    towers = OnnxTowers(folder, "fp32")
+    images = towers.embed_images(photos)
+    with torch.no_grad():  # the same pixels through torch's tower
+        reference = image_tower(model[0].model)(torch.from_numpy(towers.pixels.normalized(towers.pixels.array(photos))))
+    reference = torch.nn.functional.normalize(reference, dim=1).numpy()
+    assert float(np.min(np.sum(images * reference, axis=1))) >= 0.9999
+    real = precision.probe_images(12)  # and sentence-transformers' own processing, where photos are photos
+    reference = model.encode(real, convert_to_numpy=True, normalize_embeddings=True)
+    assert float(np.min(np.sum(towers.embed_images(real) * reference, axis=1))) >= 0.999
+    texts = towers.embed_texts(TEXTS)
+    reference = model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=True)
+    assert float(np.min(np.sum(texts * reference, axis=1))) >= 0.9999
+    assert np.allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-5)
+
+
+def test_int8_agrees_with_fp32(folder, photos):
+    fp32, int8 = OnnxTowers(folder, "fp32"), OnnxTowers(folder, "int8")
+    a, b = fp32.embed_images(photos), int8.embed_images(photos)
+    assert float(np.mean(np.sum(a * b, axis=1))) >= 0.99 and top10_overlap(a, b) >= 0.9
+    assert float(np.mean(np.sum(fp32.embed_texts(TEXTS) * int8.embed_texts(TEXTS), axis=1))) >= 0.99
+
+
+def test_empty_batches(folder):
+    towers = OnnxTowers(folder)
+    assert towers.embed_images([]).shape == (0, towers.dimension) and towers.embed_texts([]).shape == (0, towers.dimension)
+
+
+def test_a_damaged_export_is_a_model_error(folder, tmp_path):
+    with pytest.raises(ModelError, match="missing or damaged"):
+        OnnxTowers(tmp_path / "nothing")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "towers.json").write_text((folder / "towers.json").read_text())
+    (broken / "text.fp32.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ModelError, match="missing or damaged"):
+        OnnxTowers(broken).embed_texts(["a"])
+    (broken / "towers.json").write_text(json.dumps({"format": 1}))
+    assert exported(broken)
+    with pytest.raises(ModelError):
+        OnnxTowers(broken)
+    with pytest.raises(ValueError, match="precision"):
+        OnnxTowers(folder, "bf16")
+
+
+def test_a_second_export_leaves_the_first(model, folder):
+    module = model[0]
+    before = (folder / "image.fp32.onnx").stat().st_mtime_ns
+    export(module.model, module.processor.tokenizer, Pixels.of(module.processor.image_processor),
+           module.max_seq_length, folder)
+    assert (folder / "image.fp32.onnx").stat().st_mtime_ns == before
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
