@@ -46,6 +46,7 @@ from bench.workload import (  # noqa: E402
     write_jpegs,
 )
 from search.core.ids import content_id  # noqa: E402
+from search.core.record import RecordMeta  # noqa: E402
 from search.embedders.clip import ClipEmbedder  # noqa: E402
 from search.embedders.precision import MIN_COSINE, MIN_OVERLAP  # noqa: E402
 from search.index import ImageIndex  # noqa: E402
@@ -92,7 +93,7 @@ def naive(embedder: ClipEmbedder, paths: list[Path], store: Path) -> dict:
     start = time.perf_counter()
     for i, path in enumerate(paths):
         vector = embedder.model.encode([Image.open(path).convert("RGB")], normalize_embeddings=True)
-        col.upsert([Record(str(i), vector[0], {"source": str(path)})])
+        col.upsert([Record(str(i), vector[0], RecordMeta(source=str(path)))])
     return {"images": len(paths), "images_per_second": round(len(paths) / (time.perf_counter() - start), 2)}
 
 
@@ -109,7 +110,7 @@ def synthetic_store(store: Path, embedder: ClipEmbedder, n: int) -> tuple[np.nda
     placeholder = content_id(out.getvalue())
     thumbnails.write(store, placeholder, out.getvalue())
     start = time.perf_counter()
-    col.upsert([Record(f"v{j}", vectors[j], {"source": f"synthetic/{j}", "thumbnail": thumbnails.relative(placeholder)})
+    col.upsert([Record(f"v{j}", vectors[j], RecordMeta(source=f"synthetic/{j}", thumbnail=thumbnails.relative(placeholder)))
                 for j in range(n)])
     return vectors, time.perf_counter() - start
 

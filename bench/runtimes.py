@@ -48,14 +48,14 @@ def measure(model_path: Path, rounds: int, batch: int) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
     from search.embedders.clip_input import Pixels, image_tower, text_tower
-    from search.embedders.onnx_runtime import OnnxTowers, export
+    from search.embedders.onnx_runtime import OnnxTowers, clip_towers, export
     from search.embedders.precision import probe_images, top10_overlap
 
     model = SentenceTransformer(str(model_path), device="cpu")
     module = model[0]
     pixels = Pixels.of(module.processor.image_processor)
     folder = Path(tempfile.mkdtemp(prefix="runtimes-")) / "towers"
-    export(module.model, module.processor.tokenizer, pixels, module.max_seq_length, folder)
+    export(folder, **clip_towers(model))
     photos = probe_images(batch)
     inputs = torch.from_numpy(pixels.normalized(pixels.array(photos)))
     tokens = module.preprocess([QUERY])

@@ -54,6 +54,7 @@ from bench.workload import photo, with_comment
 from search.core.dates import seconds_of
 from search.core.ids import content_id
 from search.core.metrics import METRICS
+from search.core.record import TAKEN, RecordMeta
 from search.errors import SearchError
 from search.stores.base import DEFAULT_COLLECTION, ModelInfo, Record, model_reference
 from search.stores.store import Store
@@ -135,11 +136,11 @@ class Synthetic:
             thumb = self.thumbnail(j)
             image_id = content_id(thumb)
             # As stages._metadata makes it: source, thumbnail, added_at, label, caption, then the file's facts.
-            meta: dict[str, Any] = {"source": f"/photos/{j // 1000:04d}/IMG_{j:07d}.jpg", "thumbnail": relative(image_id),
-                                    "added_at": added, "label": self.labels[self.cluster_label[clusters[i]]],
-                                    "caption": " ".join(self.words[w] for w in words[i, : lengths[i]])}
+            meta = RecordMeta(source=f"/photos/{j // 1000:04d}/IMG_{j:07d}.jpg", thumbnail=relative(image_id),
+                              added_at=added, label=self.labels[self.cluster_label[clusters[i]]],
+                              caption=" ".join(self.words[w] for w in words[i, : lengths[i]]))
             if dated[i]:
-                meta["taken"] = seconds_of(FIRST_DAY + datetime.timedelta(days=int(days[i]))) + int(seconds[i])
+                meta[TAKEN] = seconds_of(FIRST_DAY + datetime.timedelta(days=int(days[i]))) + int(seconds[i])
             out.append((Record(image_id, vectors[i], meta), thumb))
         return out
 

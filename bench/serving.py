@@ -30,6 +30,7 @@ from bench.app_process import RunningApp
 from bench.load import PROMPTS, QUERY_IMAGE, TLS, run_load
 from bench.run import CACHE, machine, photo, vit_b32
 from bench.stats import emit, percentiles
+from search.core.record import RecordMeta
 from search.stores.base import ModelInfo, Record
 from search.stores.store import Store
 from search.stores.thumbnails import relative
@@ -56,8 +57,8 @@ def make_store(store: Path, model: str, n: int) -> None:
     records = []
     for j in range(n):
         image_id = f"{j:032x}"
-        meta = {"source": f"synthetic/{j}", "label": f"cluster {j % 10}", "caption": f"picture {j}",
-                "thumbnail": relative(image_id)}
+        meta = RecordMeta(source=f"synthetic/{j}", label=f"cluster {j % 10}", caption=f"picture {j}",
+                          thumbnail=relative(image_id))
         records.append(Record(image_id, vectors[j], meta))
     opened.add(col, records, {r.id: thumbnails[j % 64] for j, r in enumerate(records)})
 

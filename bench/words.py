@@ -28,6 +28,7 @@ from bench.run import CACHE, cpu_flags, machine
 from bench.stats import percentiles
 from bench.workload import vit_b32
 from search.core.query import Part, Query
+from search.core.record import RecordMeta
 from search.core.words import query_words
 from search.index import ImageIndex
 from search.stores.base import ModelInfo, Record
@@ -52,8 +53,8 @@ def make_store(folder: Path, model: str, n: int) -> None:
     store = Store.connect(folder, create=True)
     col = store.open_or_create("images", ModelInfo.of(embedder))
     for start in range(0, n, 1000):
-        records = [Record(f"{j:032x}", vectors[j], {"source": f"synthetic/{j}", "caption": " ".join(
-            pick.sample(WORDS, pick.randint(3, 6)))}) for j in range(start, min(n, start + 1000))]
+        records = [Record(f"{j:032x}", vectors[j], RecordMeta(source=f"synthetic/{j}", caption=" ".join(
+            pick.sample(WORDS, pick.randint(3, 6))))) for j in range(start, min(n, start + 1000))]
         store.add(col, records, {})
 
 
@@ -78,7 +79,7 @@ def measure(folder: Path, model: str, repeat: int) -> dict:
 def write_cost(n: int) -> dict:
     """Seconds to write ``n`` records' words into a fresh keyword table, and its size on disk."""
     pick = random.Random(1)
-    records = [(f"{j:032x}", {"caption": " ".join(pick.sample(WORDS, 5)), "source": f"/photos/IMG_{j:05d}.jpg"})
+    records = [(f"{j:032x}", RecordMeta(caption=" ".join(pick.sample(WORDS, 5)), source=f"/photos/IMG_{j:05d}.jpg"))
                for j in range(n)]
     with tempfile.TemporaryDirectory() as tmp:
         words = Keywords(Path(tmp))

@@ -30,6 +30,7 @@ import numpy as np
 
 from search.config import AUTO, Settings
 from search.core.metrics import METRICS, ExactSearch, best_of
+from search.core.record import LABEL
 from search.embedders.base import Embedder
 from search.embedders.pixels import PIXELS
 from search.embedders.registry import load_embedder
@@ -99,7 +100,7 @@ def read_collection(store: Store, name: str) -> Labelled:
     """All of a collection's vectors and labels, read once; refuse one without two labels to tell apart."""
     collection = store.open(name)
     ids, matrix = collection.scan_vectors()
-    label_of = {i: m.get("label") for i, m in collection.scan_metadata()}
+    label_of = {i: m.get(LABEL) for i, m in collection.scan_metadata()}
     order = sorted(range(len(ids)), key=ids.__getitem__)
     labels = [str(label_of[ids[i]]) if label_of.get(ids[i]) not in (None, "") else None for i in order]
     names = sorted({label for label in labels if label is not None})

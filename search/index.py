@@ -8,7 +8,6 @@ from collections import Counter
 from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from search.core.hits import Hit, Ranked
 from search.core.ids import image_id as checked_image_id
 from search.core.ids import shown
 from search.core.query import CANNOT_READ_TEXT, MAX_K, Part, Query, checked_metric, compose, whole
+from search.core.record import CAPTION, LABEL, SOURCE, THUMBNAIL, CollectionMeta, RecordMeta
 from search.core.words import fold, found, query_words
 from search.embedders.base import Embedder
 from search.embedders.precision import AUTO
@@ -63,7 +63,7 @@ class ImageIndex:
         self.store_dir = store.folder.resolve()
         self.collection = collection
         self.embedder = embedder
-        self.metadata = dict(collection.metadata)
+        self.metadata: CollectionMeta = collection.metadata.copy()
         # Caches are keyed by the collection's version in the store's catalogue, which every write changes
         self._exact_cache: tuple[int, list[str], metrics.ExactSearch] | None = None
         self._labels_cache: tuple[int, Counter[str | None]] | None = None
@@ -123,7 +123,7 @@ class ImageIndex:
                 self._labels_cache = (version, self.store.catalogue_for(self.collection).labels(self.collection.key))
             return self._labels_cache[1]
 
-    def first_images(self, labels: list[str], n: int) -> list[tuple[str, dict[str, Any]]]:
+    def first_images(self, labels: list[str], n: int) -> list[tuple[str, RecordMeta]]:
         """Up to ``n`` images (id, metadata): the first, by sorted id, of each of ``labels`` in turn; where
         ``labels`` is empty, the first ``n`` by id."""
         catalogue, key = self.store.catalogue_for(self.collection), self.collection.key
@@ -180,14 +180,14 @@ class ImageIndex:
         vector = self._compose(query)
         state = self._state()
         count = state.count
-        fold = NEAR_DUPLICATE_SIMILARITY if query.fold and self.metadata.get("normalized") else None
+        fold = NEAR_DUPLICATE_SIMILARITY if query.fold and self.collection.normalized else None
         dated = query.sort != "relevance"
         words = self._words(query)
         # A fused ranking reads both channels as deep as the keyword one goes, whatever page is asked for
         depth = max(offset + k, CUTOFF_DEPTH if query.cutoff == "auto" or dated else 0, KEYWORD_DEPTH if words else 0)
         scored = self._nearest(vector, depth * 4 + 8 if fold else depth, query.metric, where)
         top = np.array([score for _, score in scored], dtype=np.float64)
-        metas: dict[str, dict[str, Any]] = {}
+        metas: dict[str, RecordMeta] = {}
         matched: dict[str, dict[str, list[str]]] = {}  # only what the keyword channel found holds any of the words
         if words:
             by_words, metas = self._keyword_hits(words, where, vector, query.metric, dict(scored), state.version)
@@ -215,7 +215,7 @@ class ImageIndex:
         """Embed every part in this index's space, then combine them (``query.compose``)."""
         vectors = self._embed(query.parts)
         weighted = [(vectors[i], part.weight) for i, part in enumerate(query.parts)]
-        return compose(weighted[: len(query.positive)], weighted[len(query.positive):], bool(self.metadata.get("normalized")))
+        return compose(weighted[: len(query.positive)], weighted[len(query.positive):], self.collection.normalized)
 
     def _embed(self, parts: tuple[Part, ...]) -> list[np.ndarray]:
         """Each part's vector: texts and images in one batch each, ids from the store."""
@@ -251,7 +251,7 @@ class ImageIndex:
         return self._hits(self._folded(ranked, fold)[offset:wanted], dict(scored), {})
 
     def _hits(self, page: list[tuple[str, tuple[str, ...]]], scores: dict[str, float],
-              metas: dict[str, dict[str, Any]]) -> list[Hit]:
+              metas: dict[str, RecordMeta]) -> list[Hit]:
         """The page's hits (each id with those folded into it), their metadata read now where ``metas`` lacks it:
         only a page's is ever read (a ranking reads hundreds of candidates; at 300k records, 0.3-1 ms each)."""
         metas = metas | self.collection.metadatas([i for i, _ in page if i not in metas])
@@ -278,7 +278,7 @@ class ImageIndex:
 
     def _nothing_stands_out(self, query: Query, top: np.ndarray, state: State) -> bool:
         """Whether a text query's best score is below the collection's match floor (``cutoff.match_floor``)."""
-        if not len(top) or query.metric not in ("cosine", "ip") or not self.metadata.get("normalized") or any(
+        if not len(top) or query.metric not in ("cosine", "ip") or not self.collection.normalized or any(
                 p.kind != "text" for p in query.positive):
             return False
         floor = self._match_floor(state)
@@ -331,7 +331,7 @@ class ImageIndex:
         return query_words(" ".join(p.value for p in query.positive))
 
     def _keyword_hits(self, words: list[str], where: Filter | None, vector: np.ndarray, metric: str,
-                      ranked: dict[str, float], version: int) -> tuple[list[tuple[str, float]], dict[str, dict[str, Any]]]:
+                      ranked: dict[str, float], version: int) -> tuple[list[tuple[str, float]], dict[str, RecordMeta]]:
         """The records holding the query's words that ``where`` admits, best first, each with its score under
         ``metric`` against ``vector`` (what the hit shows, whichever channel found it), and their metadata;
         ``ranked``: the vector search's scores, by id (computed here only where it has none); ``version``: the
@@ -438,23 +438,23 @@ class ImageIndex:
                 self._exact_cache = (version, ids, metrics.ExactSearch(matrix))
             return self._exact_cache[1], self._exact_cache[2]
 
-    def hit(self, image_id: str, score: float, meta: dict | None) -> Hit:
+    def hit(self, image_id: str, score: float, meta: RecordMeta | None) -> Hit:
         """A Hit from a record's id, score and metadata."""
-        meta = meta or {}
-        thumb = meta.get("thumbnail")
+        meta = meta or RecordMeta()
+        thumb = meta.get(THUMBNAIL)
         return Hit(
             id=image_id,
             score=float(score),
-            label=meta.get("label"),
-            caption=meta.get("caption"),
+            label=meta.get(LABEL),
+            caption=meta.get(CAPTION),
             # normpath, not resolve(): no file system calls on the query path
             image=os.path.normpath(self.store_dir / thumb) if thumb else None,
-            source=meta.get("source"),
+            source=meta.get(SOURCE),
             metadata=meta,
         )
 
 
-def _matched(meta: dict[str, Any], words: list[str]) -> dict[str, list[str]]:
+def _matched(meta: RecordMeta, words: list[str]) -> dict[str, list[str]]:
     """The query's words in each of a record's fields, as written there (only the fields holding some)."""
     where = {name: found(text, words) for name, text in fields(meta).items()}
     return {name: hits for name, hits in where.items() if hits}

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from search.core.dates import taken_text
+from search.core.record import TAKEN, RecordMeta
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class Hit:
     caption: str | None
     image: str | None  # absolute path of the thumbnail
     source: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    metadata: RecordMeta = field(default_factory=RecordMeta, compare=False, repr=False)
     similar: tuple[str, ...] = ()  # near-duplicates folded into this hit
     relevant: bool | None = None  # above the query's cut-off; None where no cut-off was asked for
     matched: dict[str, list[str]] = field(default_factory=dict, compare=False)  # words found, by field (caption, ...)
@@ -25,7 +26,7 @@ class Hit:
     @property
     def taken(self) -> str | None:
         """When the photo was taken (ISO 8601, as the camera or the file name tells it), where known."""
-        seconds = self.metadata.get("taken")
+        seconds = self.metadata.get(TAKEN)
         return taken_text(seconds) if isinstance(seconds, int) else None
 
     def record(self, *, relevance: bool = True) -> dict[str, Any]:

@@ -3,13 +3,16 @@ it), 1.7-1.8x torch's speed on this project's CPUs at fp32 and at int8 (docs/ben
 
 ``export`` writes a checkpoint's towers once (it needs torch and the loaded model): fp32, and int8 by ONNX
 Runtime's dynamic quantisation of the weights; with them the tokenizer, as one ``tokenizer.json`` carrying the
-checkpoint's truncation and padding, and the image processor's settings. ``OnnxTowers`` runs what was written
+checkpoint's truncation and padding, and the image processor's settings. A CLIP checkpoint has two towers
+(``clip_towers``), a sentence-transformers text model such as the multilingual one paired with CLIP has one
+(``sentence_tower``). ``OnnxTowers`` runs what was written
 with nothing but onnxruntime, tokenizers, numpy and Pillow: no torch, no transformers, no sentence-transformers.
 The folder is complete or absent: it is written beside and renamed into place.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -33,36 +36,42 @@ _SETTINGS = "towers.json"
 _TOKENIZER = "tokenizer.json"
 
 
-def export(clip: Any, tokenizer: Any, pixels: Pixels, max_length: int, folder: Path) -> None:
-    """Write ``clip``'s (a transformers CLIPModel) image and text towers to ``folder`` at fp32 and int8, with
-    ``tokenizer`` (a fast Hugging Face tokenizer), truncating at ``max_length``, and ``pixels``."""
+def export(folder: Path, dimension: int, *, image: tuple[Any, Pixels] | None = None,
+           text: tuple[Any, Any, int] | None = None) -> None:
+    """Write towers to ``folder`` at fp32 and int8: ``image`` (a torch module from pixel values to embeddings, and
+    the pixel settings its input is made with), ``text`` (a module from input ids and attention mask to
+    embeddings, its fast Hugging Face tokenizer and the length it truncates at). See ``clip_towers`` and
+    ``sentence_tower``."""
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from search.embedders.clip_input import image_tower, text_tower
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        side = pixels.side
+        settings: dict[str, Any] = {"format": FORMAT, "dimension": dimension, "pixels": None, "max_length": None}
         with torch.no_grad():
-            torch.onnx.export(image_tower(clip), (torch.zeros(2, 3, side, side),), str(work / f"{IMAGE}.fp32.onnx"),
-                              input_names=["pixel_values"], output_names=["embeds"],
-                              dynamic_axes={"pixel_values": {0: "batch"}}, opset_version=OPSET, dynamo=False)
-            ids = torch.ones(2, 4, dtype=torch.long)
-            torch.onnx.export(text_tower(clip), (ids, torch.ones_like(ids)), str(work / f"{TEXT}.fp32.onnx"),
-                              input_names=["input_ids", "attention_mask"], output_names=["embeds"],
-                              dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
-                                            "attention_mask": {0: "batch", 1: "tokens"}},
-                              opset_version=OPSET, dynamo=False)
-        for tower in (IMAGE, TEXT):
-            quantize_dynamic(work / f"{tower}.fp32.onnx", work / f"{tower}.int8.onnx", weight_type=QuantType.QInt8)
-        backend = tokenizer.backend_tokenizer
-        backend.enable_truncation(max_length=max_length)
-        backend.enable_padding(pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token)
-        backend.save(str(work / _TOKENIZER))
-        settings = {"format": FORMAT, "pixels": dataclasses.asdict(pixels), "max_length": max_length,
-                    "dimension": int(clip.config.projection_dim)}
+            if image:
+                tower, pixels = image
+                side = pixels.side
+                torch.onnx.export(tower, (torch.zeros(2, 3, side, side),), str(work / f"{IMAGE}.fp32.onnx"),
+                                  input_names=["pixel_values"], output_names=["embeds"],
+                                  dynamic_axes={"pixel_values": {0: "batch"}}, opset_version=OPSET, dynamo=False)
+                settings["pixels"] = dataclasses.asdict(pixels)
+            if text:
+                tower, tokenizer, max_length = text
+                ids = torch.ones(2, 4, dtype=torch.long)
+                torch.onnx.export(tower, (ids, torch.ones_like(ids)), str(work / f"{TEXT}.fp32.onnx"),
+                                  input_names=["input_ids", "attention_mask"], output_names=["embeds"],
+                                  dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
+                                                "attention_mask": {0: "batch", 1: "tokens"}},
+                                  opset_version=OPSET, dynamo=False)
+                backend = copy.deepcopy(tokenizer.backend_tokenizer)
+                backend.enable_truncation(max_length=max_length)
+                backend.enable_padding(pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token)
+                backend.save(str(work / _TOKENIZER))
+                settings["max_length"] = max_length
+        for graph in work.glob("*.fp32.onnx"):
+            quantize_dynamic(graph, graph.with_name(graph.name.replace(".fp32.", ".int8.")), weight_type=QuantType.QInt8)
         (work / _SETTINGS).write_text(json.dumps(settings))
         if folder.exists():  # another process wrote it meanwhile: theirs is as good
             shutil.rmtree(work)
@@ -71,6 +80,33 @@ def export(clip: Any, tokenizer: Any, pixels: Pixels, max_length: int, folder: P
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def clip_towers(model: Any) -> dict[str, Any]:
+    """``export``'s arguments for a sentence-transformers CLIP checkpoint: both towers."""
+    from search.embedders.clip_input import image_tower, text_tower
+
+    module = model[0]
+    return {"dimension": int(module.model.config.projection_dim),
+            "image": (image_tower(module.model), Pixels.of(module.processor.image_processor)),
+            "text": (text_tower(module.model), module.processor.tokenizer, module.max_seq_length)}
+
+
+def sentence_tower(model: Any) -> dict[str, Any]:
+    """``export``'s arguments for a sentence-transformers text model (a transformer, its pooling, any dense layers):
+    the whole of it, as one text tower."""
+    import torch
+
+    class Sentence(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.model({"input_ids": input_ids, "attention_mask": attention_mask})["sentence_embedding"]
+
+    return {"dimension": int(model.get_embedding_dimension()),
+            "text": (Sentence().eval(), model[0].tokenizer, model.max_seq_length)}
 
 
 def exported(folder: Path) -> bool:
@@ -92,8 +128,9 @@ class OnnxTowers:
         try:
             settings = json.loads((folder / _SETTINGS).read_text())
             p = settings["pixels"]
-            self.pixels = Pixels(int(p["shortest"]), int(p["side"]), tuple(p["mean"]), tuple(p["std"]))
+            self.pixels = p and Pixels(int(p["shortest"]), int(p["side"]), tuple(p["mean"]), tuple(p["std"]))
             self.dimension = int(settings["dimension"])
+            self.supports_text = bool(settings["max_length"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError("the model's ONNX export is missing or damaged; it is made again from the checkpoint",
                              internals=f"{folder}: {type(exc).__name__}: {exc}") from exc
@@ -122,6 +159,8 @@ class OnnxTowers:
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """One unit-length row per image (each prepared as the checkpoint's processor would)."""
+        if not self.pixels:
+            raise ModelError("this model reads texts only")
         if not images:
             return np.zeros((0, self.dimension), np.float32)
         batch = self.pixels.normalized(self.pixels.array(images))

@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search.core.record import model_name
+
 STAGES = ("identify", "decode", "ocr", "embed", "write", "sync")
 
 
@@ -44,7 +46,7 @@ class BuildReport:
         """The report without the server's internals: no store folder, the model by its name only."""
         report = self.to_dict()
         del report["store"]
-        report["model"] = Path(self.model).name
+        report["model"] = model_name(self.model)
         return report
 
     def summary(self, report_file: Path | None = None) -> str:
@@ -53,7 +55,7 @@ class BuildReport:
             rate = f"{self.images_per_second:.1f} images/s, " if self.seconds >= 0.1 else ""
             raced = f"; the precision race timed the bare model at {self.predicted_rate:.1f}" if self.predicted_rate else ""
             done = (f"Indexed {_count(self.indexed, 'new image')} into collection {self.collection!r} in "
-                    f"{self.seconds:.1f} s ({rate}{self.precision}{raced}, model {Path(self.model).name}).")
+                    f"{self.seconds:.1f} s ({rate}{self.precision}{raced}, model {model_name(self.model)}).")
         else:
             done = f"Nothing new to index in collection {self.collection!r}."
         notes = [f"{self.already_indexed} already indexed" if self.already_indexed else "",

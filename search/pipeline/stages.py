@@ -20,6 +20,7 @@ from PIL import Image
 from search.core.dates import date_in_name, seconds_of
 from search.core.duplicates import Nearest, find_near_duplicates
 from search.core.ids import content_id
+from search.core.record import CAPTION, LABEL, PHOTO_TEXT, SOURCE, TAKEN, RecordMeta
 from search.embedders.base import Embedder, Inputs
 from search.errors import InvalidImageError
 from search.images import ocr
@@ -53,7 +54,7 @@ class Ready:
     image_id: str
     image: Image.Image
     thumbnail: bytes
-    facts: dict[str, Any] = field(default_factory=dict)  # metadata from the file: photo_text, taken, ocr
+    facts: RecordMeta = field(default_factory=RecordMeta)  # what the file says: photo_text, taken, ocr
     data: bytes | None = None  # the file's bytes, kept only for a stage that reads them again (OCR)
 
 
@@ -127,21 +128,21 @@ def _prepare(one: Identified, inputs: Inputs, keep_data: bool) -> Ready | Invali
 
 def read_texts(ready: list[Ready], map: Map = map) -> list[Ready]:
     """The text inside each image (Tesseract, bounded in time per image: ``images.ocr``), in its ``facts``
-    as "ocr"; the bytes ``prepare`` kept for it are let go."""
+    (``ocr``); the bytes ``prepare`` kept for it are let go."""
     texts = list(map(lambda r: ocr.read_text(r.data) if r.data is not None else "", ready))
-    return [replace(r, facts={**r.facts, "ocr": text} if text else r.facts, data=None) for r, text in zip(ready, texts)]
+    return [replace(r, facts=r.facts | RecordMeta(ocr=text) if text else r.facts, data=None) for r, text in zip(ready, texts)]
 
 
-def _facts(data: bytes, source: str) -> dict[str, Any]:
-    """What an image's file says of it, as record metadata: its description and keywords ("photo_text") and
-    when it was taken ("taken", seconds: the camera's date, else one in the file's name, else none)."""
+def _facts(data: bytes, source: str) -> RecordMeta:
+    """What an image's file says of it, as record metadata: its description and keywords (``photo_text``) and
+    when it was taken (``taken``, seconds: the camera's date, else one in the file's name, else none)."""
     facts = read_facts(data)
-    out: dict[str, Any] = {}
+    out = RecordMeta()
     if facts.text:
-        out["photo_text"] = facts.text
+        out[PHOTO_TEXT] = facts.text
     taken = facts.taken or date_in_name(file_name(source))
     if taken is not None:
-        out["taken"] = seconds_of(taken)
+        out[TAKEN] = seconds_of(taken)
     return out
 
 
@@ -160,7 +161,7 @@ def write(store: Store, collection: Collection, ready: list[Ready], vectors: np.
         if collection.count():
             for i, found in enumerate(collection.nearest(vectors, 1)):
                 if found and found[0].id != ready[i].image_id:
-                    stored[i] = (found[0].id, found[0].metadata.get("source", ""), found[0].similarity)
+                    stored[i] = (found[0].id, found[0].metadata.get(SOURCE, ""), found[0].similarity)
         outcome.near_duplicates = find_near_duplicates([r.image_id for r in ready], [r.item.source for r in ready],
                                                        vectors, stored, near_duplicates)
     records = [Record(r.image_id, vector, _metadata(r)) for r, vector in zip(ready, vectors)]
@@ -171,7 +172,7 @@ def write(store: Store, collection: Collection, ready: list[Ready], vectors: np.
 def sync(store: Store, collection: Collection, root: str, current: set[str]) -> int:
     """Remove the records from under ``root`` whose image the source no longer holds; how many went."""
     prefix = root.rstrip("/") + "/"
-    stale = [i for i, m in collection.scan_metadata() if str(m.get("source", "")).startswith(prefix) and i not in current]
+    stale = [i for i, m in collection.scan_metadata() if m.get(SOURCE, "").startswith(prefix) and i not in current]
     return len(store.remove(collection, stale))
 
 
@@ -183,11 +184,10 @@ def _skip(item: Item, error: InvalidImageError) -> dict[str, str]:
     return {"source": item.source, "reason": error.reason, "detail": error.detail}
 
 
-def _metadata(r: Ready) -> dict[str, Any]:
-    meta: dict[str, Any] = {"source": r.item.source, "thumbnail": thumbnails.relative(r.image_id),
-                            "added_at": int(time.time())}
+def _metadata(r: Ready) -> RecordMeta:
+    meta = RecordMeta(source=r.item.source, thumbnail=thumbnails.relative(r.image_id), added_at=int(time.time()))
     if r.item.label:
-        meta["label"] = r.item.label
+        meta[LABEL] = r.item.label
     if r.item.caption:
-        meta["caption"] = r.item.caption
-    return {**meta, **r.facts}
+        meta[CAPTION] = r.item.caption
+    return meta | r.facts

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from search.core.ids import content_id
+from search.core.record import SOURCE, THUMBNAIL, RecordMeta, model_name
 from search.embedders.base import Embedder
 from search.errors import InvalidImageError
 from search.images.decode import decode_image, read_file
@@ -56,7 +57,7 @@ class ReembedReport:
     def for_visitor(self) -> dict[str, Any]:
         """What an album's owner is told: counts and the model by its name only (no collection names)."""
         return {"images": self.images, "reembedded": self.embedded, "from_thumbnail": self.from_thumbnail,
-                "model": Path(self.model).name, "seconds": round(self.seconds, 1)}
+                "model": model_name(self.model), "seconds": round(self.seconds, 1)}
 
     def summary(self) -> str:
         """A few lines for the person who ran it."""
@@ -81,7 +82,7 @@ def reembed(store: Store, name: str, embedder: Embedder, batch_size: int = 32,
     live = store.open(name)
     with writing():
         shadow = store.open_or_create(next_name(name), ModelInfo.of(embedder),
-                                      source=str(live.metadata.get("source", "")))
+                                      source=live.metadata.get(SOURCE, ""))
     records = live.scan_metadata()
     report = ReembedReport(name, shadow.name, embedder.name, images=len(records))
     held = {i for i, _ in records}
@@ -93,14 +94,14 @@ def reembed(store: Store, name: str, embedder: Embedder, batch_size: int = 32,
     agreement: list[float] = []
     for begin in range(0, len(todo), batch_size):
         batch = todo[begin:begin + batch_size]
-        ready: list[tuple[str, dict[str, Any], Image.Image]] = []
+        ready: list[tuple[str, RecordMeta, Image.Image]] = []
         for image_id, metadata in batch:
             original = _original(metadata, image_id, embedder.min_edges)
             sampled = original is not None and len(agreement) < AGREEMENT_SAMPLE
             thumbnail = _thumbnail(store.folder, image_id, metadata, embedder.min_edges) if original is None or sampled else None
             picture = original or thumbnail
             if picture is None:
-                report.failed.append({"id": image_id, "source": str(metadata.get("source", ""))})
+                report.failed.append({"id": image_id, "source": metadata.get(SOURCE, "")})
                 continue
             if original is None:
                 report.from_thumbnail += 1
@@ -123,17 +124,17 @@ def reembed(store: Store, name: str, embedder: Embedder, batch_size: int = 32,
     return report
 
 
-def _original(metadata: dict[str, Any], image_id: str, min_edges: tuple[int, int]) -> Image.Image | None:
+def _original(metadata: RecordMeta, image_id: str, min_edges: tuple[int, int]) -> Image.Image | None:
     """The image from its original file, if that file still holds the bytes it was stored from."""
-    source = str(metadata.get("source", ""))
+    source = metadata.get(SOURCE, "")
     if not Path(source).is_absolute():  # a dataset row or a URL: not read again
         return None
     return _decoded(Path(source), min_edges, image_id)
 
 
-def _thumbnail(folder: Path, image_id: str, metadata: dict[str, Any], min_edges: tuple[int, int]) -> Image.Image | None:
+def _thumbnail(folder: Path, image_id: str, metadata: RecordMeta, min_edges: tuple[int, int]) -> Image.Image | None:
     """The image's stored thumbnail, where its record names one and the store still holds it."""
-    data = thumbnails.read(folder, image_id) if metadata.get("thumbnail") else None
+    data = thumbnails.read(folder, image_id) if metadata.get(THUMBNAIL) else None
     return _decoded(data, min_edges) if data is not None else None
 
 

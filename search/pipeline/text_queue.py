@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from search.core.ids import is_image_id, name_key
+from search.core.record import RecordMeta
 from search.errors import InvalidImageError, StoreError
 from search.images import ocr
 from search.images.decode import MAX_PIXELS, read_image
@@ -126,7 +127,7 @@ def _read_one(store: Store, name: str, copy: Path, writing: Callable[[], Abstrac
                     meta = collection.metadatas([image_id]).get(image_id)
                     vector = collection.vectors([image_id]).get(image_id)
                     if meta is not None and vector is not None:
-                        store.add(collection, [Record(image_id, vector, {**meta, "ocr": text})], {})
+                        store.add(collection, [Record(image_id, vector, meta | RecordMeta(ocr=text))], {})
                         wrote = 1
         except StoreError as exc:  # the store went away or is busy: the copy stays for the next try
             log.info("text in an image not stored now: %s", exc.for_operator())

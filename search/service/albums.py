@@ -24,6 +24,7 @@ from typing import Any
 from search.config import AlbumLimits
 from search.core.hits import Hit
 from search.core.ids import collection_name, image_ids, visitor_key
+from search.core.record import ADDED_AT
 from search.embedders.base import Embedder
 from search.embedders.precision import SAFE
 from search.embedders.registry import load_embedder
@@ -338,7 +339,7 @@ class Albums:
     def browse(self, key: str | None, name: str, offset: int = 0, limit: int = 200) -> tuple[list[Hit], int]:
         """A page of the collection's images, newest first, with no score; and how many it holds."""
         col = self._stored(key, name)
-        rows = sorted(col.collection.scan_metadata(), key=lambda r: -r[1].get("added_at", 0))
+        rows = sorted(col.collection.scan_metadata(), key=lambda r: -r[1].get(ADDED_AT, 0))
         return [col.hit(i, 0.0, m) for i, m in rows[offset:offset + limit]], len(rows)
 
     def remove(self, key: str | None, name: str, ids: object) -> Removal:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from search.core.ids import content_id
+from search.core.record import SOURCE
 from search.core.words import normal
 from search.index import ImageIndex
 
@@ -53,7 +54,7 @@ def examples_of(index: ImageIndex, shipped: Shipped) -> Examples:
         hit = index.hit(image_id, 0.0, meta)
         if hit.image:
             chosen.append((hit.image, hit.label or hit.caption or ""))
-    source = str(index.metadata.get("source", ""))
+    source = index.metadata.get(SOURCE, "")
     if shipped.prompts_for and source.startswith(shipped.prompts_for):  # its labels read as they are (product types)
         described = [*shipped.prompts, *(label.lower() for label in frequent[:EXAMPLE_LABELS])]
     else:

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
@@ -21,6 +20,7 @@ from search.config import Settings
 from search.core.hits import Hit
 from search.core.ids import shown
 from search.core.query import Query
+from search.core.record import model_name
 from search.embedders.base import Embedder
 from search.embedders.batching import QueryBatcher
 from search.embedders.precision import SAFE, Chooser, Tunable
@@ -153,7 +153,7 @@ class SearchService:
         main = self.main_index()
         if main is None:
             return Overview(problem=None if building or self._problem is None else str(self._problem), building=building)
-        return Overview(len(main), main.collection.name, _model_name(main.metadata.get("model", main.embedder.name)),
+        return Overview(len(main), main.collection.name, model_name(main.collection.model or main.embedder.name),
                         building=building)
 
     def store_answering(self) -> bool:
@@ -272,7 +272,7 @@ class SearchService:
 
     def shared_indexes(self) -> list[IndexChoice]:
         """The indexes every visitor may search, the main one first."""
-        return [IndexChoice(name, "model" if target.supports_text else "pixels", _model_name(target.embedder.name))
+        return [IndexChoice(name, "model" if target.supports_text else "pixels", model_name(target.embedder.name))
                 for name, target in self._shared.items()]
 
     def album_indexes(self, key: str | None) -> list[IndexChoice]:
@@ -282,7 +282,7 @@ class SearchService:
         if self._albums is None:
             return []
         albums = self._albums
-        return [IndexChoice(name, "album", _model_name(albums.model(key, name))) for name in self.album_names(key)]
+        return [IndexChoice(name, "album", model_name(albums.model(key, name))) for name in self.album_names(key)]
 
     # --- Albums: a visitor's own images -----------------------------------------------------------------
 
@@ -437,8 +437,3 @@ def _warm_up(target: ImageIndex) -> None:
     if target.supports_text:  # both text towers where a multilingual one is paired, and the router
         target.embedder.embed_texts(["warm up", "khởi động"])
     target.warm()
-
-
-def _model_name(reference: str) -> str:
-    """A model as visitors see it: a Hub name as is, a local checkpoint by its folder's name only."""
-    return Path(reference).name

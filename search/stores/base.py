@@ -6,13 +6,15 @@ import errno
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from search.core.record import LABEL, TAKEN, CollectionMeta, RecordMeta
 
 DEFAULT_COLLECTION = "images"
 MAX_COLLECTION_NAME = 63  # the longest collection name a store holds (Chroma's limit, the tightest backend's)
@@ -32,7 +34,7 @@ class Record:
 
     id: str
     vector: np.ndarray
-    metadata: dict[str, Any]
+    metadata: RecordMeta
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Neighbour:
 
     id: str
     similarity: float
-    metadata: dict[str, Any]
+    metadata: RecordMeta
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class Filter:
     """Which records a search ranks: labels to keep (none: all) and to drop, and a capture-time range.
 
     A record without a label passes unless ``include`` is set; with a range set, a record without a capture
-    time ("taken", seconds) does not pass. Backends translate it into their own filter language (``admits``
+    time (``taken``, seconds) does not pass. Backends translate it into their own filter language (``admits``
     is the meaning they must keep)."""
 
     include: tuple[str, ...] = ()
@@ -71,15 +73,18 @@ class Filter:
     taken_from: int | None = None  # seconds, inclusive
     taken_until: int | None = None  # seconds, exclusive
 
-    def admits(self, meta: dict[str, Any]) -> bool:
+    def admits(self, meta: Mapping[str, object]) -> bool:
         """Whether a record with metadata ``meta`` passes."""
-        label = meta.get("label")
+        label, taken = meta.get(LABEL), meta.get(TAKEN)
+        return self.passes(label if isinstance(label, str) else None, taken if isinstance(taken, int) else None)
+
+    def passes(self, label: str | None, taken: int | None) -> bool:
+        """Whether a record with ``label`` (None: none) and capture time ``taken`` (None: unknown) passes."""
         if (self.include and label not in self.include) or label in self.exclude:
             return False
         if self.taken_from is None and self.taken_until is None:
             return True
-        taken = meta.get("taken")
-        return isinstance(taken, int) and (self.taken_from is None or taken >= self.taken_from) and (
+        return taken is not None and (self.taken_from is None or taken >= self.taken_from) and (
             self.taken_until is None or taken < self.taken_until)
 
 
@@ -87,7 +92,7 @@ class Collection(Protocol):
     """One collection's vectors and metadata, as every backend serves them."""
 
     name: str
-    metadata: dict[str, Any]
+    metadata: CollectionMeta
 
     @property
     def key(self) -> str: ...
@@ -104,9 +109,9 @@ class Collection(Protocol):
     def nearest(self, vectors: np.ndarray, k: int, where: Filter | None = None, *,
                 with_metadata: bool = True) -> list[list[Neighbour]]: ...
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
-    def metadatas(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+    def metadatas(self, ids: Sequence[str]) -> dict[str, RecordMeta]: ...
     def records(self, ids: Sequence[str]) -> dict[str, Record]: ...
-    def scan_metadata(self) -> list[tuple[str, dict[str, Any]]]: ...
+    def scan_metadata(self) -> list[tuple[str, RecordMeta]]: ...
     def scan(self) -> Iterator[Record]: ...
     def scan_vectors(self) -> tuple[list[str], np.ndarray]: ...
     def delete(self, ids: Sequence[str]) -> list[str]: ...

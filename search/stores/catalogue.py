@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from search.core.record import LABEL, TAKEN
 from search.stores.base import Filter, Record, sqlite_database
 
 FILE = "catalogue.sqlite3"
@@ -79,7 +80,7 @@ class Pending:
 def row(record: Record) -> tuple[str, str | None, int | None, bytes]:
     """What the catalogue keeps of a record: its id, label and capture time (seconds) where it has them, and its
     vector as float16 bytes."""
-    label, taken = record.metadata.get("label"), record.metadata.get("taken")
+    label, taken = record.metadata.get(LABEL), record.metadata.get(TAKEN)
     return (record.id, label if isinstance(label, str) else None,
             taken if isinstance(taken, int) and not isinstance(taken, bool) else None,
             np.asarray(record.vector, np.float16).tobytes())
@@ -134,7 +135,7 @@ class Catalogue:
     def total(self, key: str, where: Filter) -> int:
         """How many records ``where`` admits."""
         if where.taken_from is None and where.taken_until is None:
-            return sum(n for label, n in self.labels(key).items() if where.admits({"label": label}))
+            return sum(n for label, n in self.labels(key).items() if where.passes(label, None))
         sql, args = _filtered("count(*)", where)
         with self._lock:
             cid = self._cid(key)
@@ -166,7 +167,7 @@ class Catalogue:
 
     def admitted(self, key: str, ids: Sequence[str], where: Filter) -> set[str]:
         """Those of ``ids`` that the collection holds and ``where`` admits."""
-        return {i for i, label, taken in self._facts(key, ids) if where.admits({"label": label, "taken": taken})}
+        return {i for i, label, taken in self._facts(key, ids) if where.passes(label, taken)}
 
     def taken(self, key: str, ids: Sequence[str]) -> dict[str, int | None]:
         """The capture time (seconds; None where unknown) of those of ``ids`` that the collection holds."""

@@ -4,7 +4,8 @@
 deadline) and ``ChromaCollection`` one model's vectors with their metadata. Every Chroma failure that
 means the store went away (a dead or hung server, a full or read-only disk, a collection dropped
 meanwhile) comes out of ``guard`` as a StoreError for a person; nothing else in the project imports
-chromadb, reads its dicts or builds its ``where`` filters. The schema version lives here too.
+chromadb, reads its dicts or builds its ``where`` filters. What the metadata holds, and its schema version, is
+``core.record``'s: every record and collection read back passes through its ``read``.
 """
 from __future__ import annotations
 
@@ -25,6 +26,20 @@ from typing import Any
 import numpy as np
 
 from search.config import ChromaServer
+from search.core.record import (
+    CHROMADB_VERSION,
+    DIMENSION,
+    FORMAT,
+    LABEL,
+    MODEL,
+    NORMALIZED,
+    STORE_FORMAT,
+    TAKEN,
+    CollectionMeta,
+    RecordMeta,
+    read,
+    read_collection,
+)
 from search.errors import StoreError, StoreUnavailableError
 from search.stores import thumbnails
 from search.stores.base import (
@@ -46,7 +61,6 @@ from search.stores.locking import LOCK_FILE
 log = logging.getLogger(__name__)
 DATABASE = "chroma.sqlite3"
 PAGE = 5000  # records per read when a whole collection is scanned
-STORE_FORMAT = 1
 # ef_search is read when a process first loads the index, so it is fixed at creation. On 100k
 # clustered vectors (bench/run.py) 128 gave recall@10 0.87-0.95, 384 gives >= 0.99 at ~3.6 ms.
 # M 16 and ef_construction 100 (bench/scale.py writes, 100k records in 2,000 clusters, both built batch by batch
@@ -64,7 +78,7 @@ class ChromaCollection:
     """One Chroma collection's vectors and metadata (``stores.base.Collection``)."""
 
     name: str
-    metadata: dict[str, Any]
+    metadata: CollectionMeta
     _chroma: Any = field(repr=False)
     _store: ChromaBackend = field(repr=False)
 
@@ -76,18 +90,17 @@ class ChromaCollection:
     @property
     def model(self) -> str | None:
         """The model recorded when the collection was made."""
-        return self.metadata.get("model")
+        return self.metadata.get(MODEL)
 
     @property
     def dimension(self) -> int | None:
         """The vectors' dimension, as recorded."""
-        dimension = self.metadata.get("dimension")
-        return int(dimension) if dimension is not None else None
+        return self.metadata.get(DIMENSION)
 
     @property
     def normalized(self) -> bool:
         """Whether the vectors have unit length."""
-        return bool(self.metadata.get("normalized"))
+        return self.metadata.get(NORMALIZED, False)
 
     def count(self) -> int:
         """How many records the collection holds."""
@@ -126,7 +139,7 @@ class ChromaCollection:
             found = self._chroma.query(query_embeddings=np.asarray(vectors, np.float32), n_results=k,
                                        where=_where(where), include=include)
         metas = found["metadatas"] if with_metadata else [[{}] * len(ids) for ids in found["ids"]]
-        return [[Neighbour(i, 1.0 - float(d), m or {}) for i, d, m in zip(ids, distances, row)]
+        return [[Neighbour(i, 1.0 - float(d), read(m)) for i, d, m in zip(ids, distances, row)]
                 for ids, distances, row in zip(found["ids"], found["distances"], metas)]
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -143,28 +156,28 @@ class ChromaCollection:
             return {}
         with self._store.guard():
             got = self._chroma.get(ids=list(ids), include=["embeddings", "metadatas"])
-        return {i: Record(i, np.asarray(v, np.float32), m or {})
+        return {i: Record(i, np.asarray(v, np.float32), read(m))
                 for i, v, m in zip(got["ids"], got["embeddings"], got["metadatas"])}
 
-    def metadatas(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def metadatas(self, ids: Sequence[str]) -> dict[str, RecordMeta]:
         """The stored metadata of ``ids`` (those held)."""
         if not ids:
             return {}
         with self._store.guard():
             got = self._chroma.get(ids=list(ids), include=["metadatas"])
-        return {i: m or {} for i, m in zip(got["ids"], got["metadatas"])}
+        return {i: read(m) for i, m in zip(got["ids"], got["metadatas"])}
 
-    def scan_metadata(self) -> list[tuple[str, dict[str, Any]]]:
+    def scan_metadata(self) -> list[tuple[str, RecordMeta]]:
         """Every record's id and metadata, read in pages the store can serve."""
         ids, values = self._scan("metadatas")
-        return [(i, m or {}) for i, m in zip(ids, values)]
+        return [(i, read(m)) for i, m in zip(ids, values)]
 
     def scan(self) -> Iterator[Record]:
         """Every record, vectors and metadata, read a page at a time as they are used."""
         for offset in range(0, self.count(), PAGE):
             with self._store.guard():
                 got = self._chroma.get(include=["embeddings", "metadatas"], limit=PAGE, offset=offset)
-            yield from (Record(i, np.asarray(v, np.float32), m or {})
+            yield from (Record(i, np.asarray(v, np.float32), read(m))
                         for i, v, m in zip(got["ids"], got["embeddings"], got["metadatas"]))
 
     def scan_vectors(self) -> tuple[list[str], np.ndarray]:
@@ -185,11 +198,11 @@ class ChromaCollection:
         """Touch the vector index so damage shows now, as a StoreError, not mid-query."""
         import chromadb
 
-        built_with = str(self.metadata.get("chromadb_version", ""))
-        if int(self.metadata.get("format", STORE_FORMAT)) > STORE_FORMAT or _major(built_with) > _major(chromadb.__version__):
+        built_with = self.metadata.get(CHROMADB_VERSION, "")
+        if self.metadata.get(FORMAT, STORE_FORMAT) > STORE_FORMAT or _major(built_with) > _major(chromadb.__version__):
             raise StoreError(
                 f"the store was written by a newer version (chromadb {built_with}, store format "
-                f"{self.metadata.get('format')}) than this one (chromadb {chromadb.__version__}, format {STORE_FORMAT}); "
+                f"{self.metadata.get(FORMAT)}) than this one (chromadb {chromadb.__version__}, format {STORE_FORMAT}); "
                 "upgrade, or rebuild the store",
                 internals=str(self._store.folder),
             )
@@ -308,16 +321,16 @@ class ChromaBackend:
             except NotFoundError:
                 raise StoreError(f"no collection {name!r} in the store",
                                  internals=f"collections: {', '.join(self.names()) or 'none'}") from None
-        return ChromaCollection(name, dict(chroma.metadata or {}), chroma, self)
+        return ChromaCollection(name, read_collection(chroma.metadata), chroma, self)
 
     def create(self, name: str, model: ModelInfo, source: str) -> None:
         """Make the collection ``name`` for vectors of ``model``, unless it is there already."""
         import chromadb
 
         _check_name(name)
-        metadata = {"model": model.model, "dimension": model.dimension, "normalized": model.normalized,
-                    "source": source or "unknown", "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "chromadb_version": chromadb.__version__, "format": STORE_FORMAT}
+        metadata = CollectionMeta(model=model.model, dimension=model.dimension, normalized=model.normalized,
+                                  source=source or "unknown", built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                                  chromadb_version=chromadb.__version__, format=STORE_FORMAT)
         with self.guard():
             try:
                 self._client.create_collection(name, configuration={"hnsw": HNSW}, metadata=metadata,
@@ -395,15 +408,15 @@ class ChromaBackend:
 
 
 def _where(where: Filter | None) -> dict[str, Any] | None:
-    """A filter as Chroma's ``where`` on the metadata keys "label" and "taken"."""
+    """A filter as Chroma's ``where`` on the records' label and capture time."""
     if where is None:
         return None
-    clauses: list[dict[str, Any]] = ([{"label": {"$in": list(where.include)}}] if where.include else []) + (
-        [{"label": {"$nin": list(where.exclude)}}] if where.exclude else [])
+    clauses: list[dict[str, Any]] = ([{LABEL: {"$in": list(where.include)}}] if where.include else []) + (
+        [{LABEL: {"$nin": list(where.exclude)}}] if where.exclude else [])
     if where.taken_from is not None:
-        clauses.append({"taken": {"$gte": where.taken_from}})
+        clauses.append({TAKEN: {"$gte": where.taken_from}})
     if where.taken_until is not None:
-        clauses.append({"taken": {"$lt": where.taken_until}})
+        clauses.append({TAKEN: {"$lt": where.taken_until}})
     return None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 

@@ -20,10 +20,10 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from search.core.ids import name_key
+from search.core.record import CAPTION, LABEL, OCR, PHOTO_TEXT, SOURCE, RecordMeta
 from search.core.words import fold, tokens
 from search.stores.base import sqlite_database
 
@@ -42,10 +42,10 @@ class KeywordHit:
     score: float
 
 
-def fields(meta: dict[str, Any]) -> dict[str, str]:
+def fields(meta: RecordMeta) -> dict[str, str]:
     """The searchable text of a record's metadata, by field (``FIELDS``); empty fields left out."""
-    out = {"caption": meta.get("caption"), "label": meta.get("label"), "name": file_name(str(meta.get("source") or "")),
-           "photo": meta.get("photo_text"), "ocr": meta.get("ocr")}
+    out = {"caption": meta.get(CAPTION), "label": meta.get(LABEL), "name": file_name(meta.get(SOURCE) or ""),
+           "photo": meta.get(PHOTO_TEXT), "ocr": meta.get(OCR)}
     return {k: v for k, v in out.items() if isinstance(v, str) and v.strip()}
 
 
@@ -67,7 +67,7 @@ class Keywords:
         self._db = sqlite_database(None if folder is None else folder / FILE)
         self._lock = threading.Lock()
 
-    def add(self, collection: str, records: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    def add(self, collection: str, records: Iterable[tuple[str, RecordMeta]]) -> None:
         """Index (or index again) each record's words: ``records`` are (id, metadata)."""
         rows = [(image_id, *_columns(meta)) for image_id, meta in records]
         if not rows:
@@ -100,7 +100,7 @@ class Keywords:
             except sqlite3.OperationalError:  # no table yet
                 return 0
 
-    def reconcile(self, collection: str, records: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    def reconcile(self, collection: str, records: Sequence[tuple[str, RecordMeta]]) -> None:
         """Make the collection's table hold exactly ``records``' words (id, metadata): after a kill between a
         record and its words, or a switch that put another collection under this name."""
         self.drop(collection)
@@ -191,7 +191,7 @@ def _tables(collection: str) -> tuple[str, str]:
     return f"docs_{key}", f"words_{key}"
 
 
-def _columns(meta: dict[str, Any]) -> tuple[str, str]:
+def _columns(meta: RecordMeta) -> tuple[str, str]:
     """A record's words in their exact and their folded form, each as one space-separated string."""
     words = [w for text in fields(meta).values() for w in tokens(text)]
     return " ".join(words), " ".join(fold(w) for w in words)

@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from search.config import ChromaServer
+from search.core.record import THUMBNAIL, RecordMeta
 from search.errors import StoreError, StoreUnavailableError
 from search.stores import swaps, thumbnails
 from search.stores.base import DISK_FULL, NEARLY_FULL_BYTES, READ_ONLY, Backend, Collection, ModelInfo, Record, nearly_full
@@ -271,11 +272,12 @@ class Store:
             if collection is None:
                 self.catalogue.drop(key)
 
-    def _lacks_thumbnail(self, meta: dict) -> bool:
+    def _lacks_thumbnail(self, meta: RecordMeta) -> bool:
         """Whether a record names a thumbnail the store does not hold."""
-        if not meta.get("thumbnail"):
+        thumbnail = meta.get(THUMBNAIL)
+        if not thumbnail:
             return False
-        named = thumbnails.id_of(str(meta["thumbnail"]))
+        named = thumbnails.id_of(thumbnail)
         return named is None or not thumbnails.exists(self.folder, named)
 
     def _forget_thumbnails(self, key: str, ids: list[str]) -> None:
@@ -315,7 +317,7 @@ class Store:
         named: set[str | None] = set()  # the images whose thumbnails records name
         broken = 0
         for collection in collections:
-            thumbs = {i: thumbnails.id_of(str(m["thumbnail"])) for i, m in collection.scan_metadata() if m.get("thumbnail")}
+            thumbs = {i: thumbnails.id_of(m[THUMBNAIL]) for i, m in collection.scan_metadata() if m.get(THUMBNAIL)}
             lost = {i for i, thumb in thumbs.items() if thumb not in held}
             broken += len(self.remove(collection, sorted(lost))) if lost else 0
             named.update(thumb for i, thumb in thumbs.items() if i not in lost)

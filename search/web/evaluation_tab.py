@@ -18,6 +18,7 @@ import pandas as pd
 from search.config import Settings
 from search.core.metrics import METRICS
 from search.core.query import finite
+from search.core.record import model_name
 from search.errors import QueryError, SearchError
 from search.evaluate import TASKS, Options, evaluate, markdown
 from search.service.albums import PREFIX as ALBUM_PREFIX
@@ -119,7 +120,7 @@ def run_evaluation(settings: Settings, collections: list[str] | None, metrics: l
 def for_visitor(report: dict[str, Any]) -> dict[str, Any]:
     """The report as a visitor may download it: no store folder, each model by its name only."""
     public = {key: value for key, value in report.items() if key != "store"}
-    public["collections"] = {name: {**entry, "model": Path(str(entry.get("model", ""))).name}
+    public["collections"] = {name: {**entry, "model": model_name(str(entry.get("model", "")))}
                              for name, entry in report["collections"].items()}
     return public
 

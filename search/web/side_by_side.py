@@ -6,12 +6,12 @@ visitor make it do.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from search.config import Settings
+from search.core.record import model_name
 from search.errors import QueryError
 from search.index import ImageIndex
 from search.stores.swaps import next_name, previous_name
@@ -51,7 +51,7 @@ class SideBySide:
             return gr.update(value=[]), gr.update(value=[]), views.problem(public_message("the comparison", exc))
         galleries = [gr.update(value=[(self.files.shown(picture), caption)
                                       for picture, caption in views.result_gallery(hits, "cosine")[0]],
-                               label=f"{index.collection.name} · {Path(index.collection.model or '').name}")
+                               label=f"{index.collection.name} · {model_name(index.collection.model or '')}")
                      for index, hits in zip(sides, results, strict=True)]
         return galleries[0], galleries[1], f"Top {K} of each for “{text}”."
 

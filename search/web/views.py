@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from search.core.hits import Hit
+from search.core.record import model_name
 from search.errors import REASONS
 from search.pipeline.report import BuildReport
 from search.pipeline.swap import ReembedReport
@@ -238,7 +239,7 @@ def album_behind() -> str:
 def swapped(name: str, report: ReembedReport) -> str:
     """What bringing a collection to the app's model did."""
     n = report.embedded
-    return (f"*{_md(name)}*: embedded {n:,} image{'' if n == 1 else 's'} again with `{Path(report.model).name}` in "
+    return (f"*{_md(name)}*: embedded {n:,} image{'' if n == 1 else 's'} again with `{model_name(report.model)}` in "
             f"{report.seconds:.1f} s; it is searched with that model now.")
 
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from search.embedders import precision
-from search.embedders.clip_input import Pixels
-from search.embedders.onnx_runtime import OnnxTowers, export, exported
+from search.embedders.onnx_runtime import OnnxTowers, clip_towers, export, exported, sentence_tower
 from search.embedders.precision import top10_overlap
 from search.errors import ModelError
 from tests.fixtures.shapes import sample
@@ -28,10 +27,8 @@ def model(shapes_model):
 
 @pytest.fixture(scope="module")
 def folder(model, tmp_path_factory) -> Path:
-    module = model[0]
     out = tmp_path_factory.mktemp("onnx") / "towers"
-    export(module.model, module.processor.tokenizer, Pixels.of(module.processor.image_processor),
-           module.max_seq_length, out)
+    export(out, **clip_towers(model))
     return out
 
 
@@ -105,9 +102,25 @@ def test_a_damaged_export_is_a_model_error(folder, tmp_path):
 
 
 def test_a_second_export_leaves_the_first(model, folder):
-    module = model[0]
     before = (folder / "image.fp32.onnx").stat().st_mtime_ns
-    export(module.model, module.processor.tokenizer, Pixels.of(module.processor.image_processor),
-           module.max_seq_length, folder)
+    export(folder, **clip_towers(model))
     assert (folder / "image.fp32.onnx").stat().st_mtime_ns == before
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_a_sentence_transformers_text_model_is_one_text_tower(tmp_path):
+    """The multilingual model paired with CLIP (DistilBERT, mean pooling, a dense layer) exports whole."""
+    from sentence_transformers import SentenceTransformer
+
+    from tests.fixtures.tiny_multilingual import build_tiny_multilingual
+
+    model = SentenceTransformer(str(build_tiny_multilingual(tmp_path / "multilingual")), device="cpu")
+    export(tmp_path / "towers", **sentence_tower(model))
+    towers = OnnxTowers(tmp_path / "towers")
+    assert towers.supports_text and not (tmp_path / "towers" / "image.fp32.onnx").exists()
+    texts = ["hình tròn màu đỏ", "áo váy xanh dương", "a red circle " * 40, ""]
+    rows = towers.embed_texts(texts)
+    reference = model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+    assert float(np.min(np.sum(rows * reference, axis=1))) >= 0.9999
+    with pytest.raises(ModelError, match="texts only"):
+        towers.embed_images([sample(1, seed=0)[0][0]])
