@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.workload import NullStore, agreement, bare_model, pipeline, vit_b32, write_jpegs  # noqa: E402
+from bench.workload import NullStore, agreement, bare_model, clip, pipeline, vit_b32, write_jpegs  # noqa: E402
 from search.core.ids import content_id  # noqa: E402
 from search.embedders.clip import ClipEmbedder  # noqa: E402
 from search.embedders.clip_input import Pixels  # noqa: E402
@@ -92,9 +92,10 @@ def main() -> None:
 
     start = time.perf_counter()
     model = args.model or vit_b32(work / "vit-b-32")
-    embedder = ClipEmbedder(str(model), device=args.device, precision="auto", batch_size=args.batch)
+    embedder = clip(str(model), args.device, "auto", args.batch)
+    assert embedder.decision is not None
     save("auto_decision", {"precision": embedder.precision, "reason": embedder.decision.reason,
-                           "trials": [t.__dict__ for t in embedder.decision.trials],
+                           "trials": [t.__dict__ for t in embedder.decision.trials], "rate": embedder.decision.rate,
                            "seconds_to_load_and_decide": round(time.perf_counter() - start, 1)})
     save("agreement_with_fp32", agreement(embedder))
     save("bare_model_images_per_second", bare_model(embedder, args.batch, 5))

@@ -37,6 +37,7 @@ from bench.workload import (  # noqa: E402
     CPU_FLAGS,
     agreement,
     bare_model,
+    clip,
     forward,
     photo,
     pipeline,
@@ -116,7 +117,7 @@ def synthetic_store(store: Path, embedder: ClipEmbedder, n: int) -> tuple[np.nda
 
 def write_synthetic_store(store: Path, model: str, device: str, n: int) -> float:
     """synthetic_store in a process of its own; returns the load time."""
-    return synthetic_store(store, ClipEmbedder(model, device=device), n)[1]
+    return synthetic_store(store, clip(model, device), n)[1]
 
 
 def probes(vectors: np.ndarray, n: int, cosine: float, seed: int) -> np.ndarray:
@@ -193,7 +194,7 @@ def builder_memory(folder: Path, store: Path, model: str) -> float:
 def model_load_seconds(model: str, device: str) -> float:
     """Loading the model alone, the part of start-up that is not the store."""
     start = time.perf_counter()
-    ClipEmbedder(model, device=device)
+    clip(model, device)
     return round(time.perf_counter() - start, 2)
 
 
@@ -210,7 +211,8 @@ def main() -> None:
     sizes = dict(n_640=48, n_12mp=4, n_naive=8, stores=(2000,), repeat=10) if quick else \
         dict(n_640=384, n_12mp=48, n_naive=48, stores=(10_000, 100_000), repeat=100)
     # As index_builder.py makes it: precision auto, decided once at the batch the build runs.
-    embedder = ClipEmbedder(model, device=args.device, precision="auto", batch_size=32)
+    embedder = clip(model, args.device, "auto", 32)
+    assert embedder.decision is not None
     print(f"model {model} on {args.device}: {embedder.precision} ({embedder.decision.reason})", flush=True)
     results: dict = {"machine": machine(args.device), "cpu_flags": cpu_flags(),
                      "model": "tiny-clip-shapes" if quick else "ViT-B/32 (random weights)", "quick": quick,

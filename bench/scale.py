@@ -181,9 +181,9 @@ def model_info(store: Store, collection: str, model: str) -> ModelInfo:
     if collection in store.names():
         col = store.open(collection)
         return ModelInfo(model_reference(model), col.dimension or 0, col.normalized)
-    from search.embedders.clip import ClipEmbedder
+    from bench.workload import clip
 
-    return ModelInfo.of(ClipEmbedder(model, device="cpu"))
+    return ModelInfo.of(clip(model))
 
 
 def resume_point(col: Any, data: Synthetic) -> int:

@@ -40,9 +40,9 @@ K = 12
 
 def make_store(store: Path, model: str, n: int) -> None:
     """``n`` clustered unit vectors with valid ids, each with a thumbnail of its own (256x192 JPEG)."""
-    from search.embedders.clip import ClipEmbedder
+    from bench.workload import clip
 
-    embedder = ClipEmbedder(model, device="cpu")
+    embedder = clip(model)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(max(10, n // 100), embedder.dimension)).astype(np.float32)
     vectors = centres[rng.integers(0, len(centres), n)] + 0.35 * rng.normal(size=(n, embedder.dimension)).astype(np.float32)

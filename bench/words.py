@@ -42,9 +42,9 @@ QUERIES = ("red dress", "Nike running shoes", "áo dài trắng", "giay the thao
 
 def make_store(folder: Path, model: str, n: int) -> None:
     """``n`` clustered unit vectors, each with a caption of 3-6 words from WORDS."""
-    from search.embedders.clip import ClipEmbedder
+    from bench.workload import clip
 
-    embedder = ClipEmbedder(model, device="cpu")
+    embedder = clip(model)
     rng = np.random.default_rng(0)
     pick = random.Random(0)
     centres = rng.normal(size=(max(10, n // 100), embedder.dimension)).astype(np.float32)

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from search.embedders.clip import ClipEmbedder
-from search.embedders.precision import PRECISIONS, probe_images, top10_overlap
+from search.embedders.precision import FP32, PRECISIONS, Chooser, probe_images, settle, top10_overlap
 from search.pipeline.build import BuildOptions, build_index
 from search.sources.base import folder_items
 
@@ -35,6 +35,14 @@ def vit_b32(path: Path) -> Path:
         tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
     processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
     return save_sentence_transformer(CLIPModel(CLIPConfig()), processor, path)
+
+
+def clip(model: str, device: str = "cpu", precision: str = FP32, batch: int = 32) -> ClipEmbedder:
+    """The CLIP checkpoint ``model`` loaded, at ``precision`` (``auto``: raced now at ``batch``, remembered nowhere)."""
+    embedder = ClipEmbedder(model, device=device)
+    embedder.load()
+    settle(embedder, precision, batch, Chooser(None))
+    return embedder
 
 
 def photo(width: int, height: int, seed: int) -> Image.Image:

@@ -25,6 +25,7 @@ from search.core.query import CANNOT_READ_TEXT, MAX_K, Part, Query, checked_metr
 from search.core.record import CAPTION, LABEL, SOURCE, THUMBNAIL, CollectionMeta, RecordMeta
 from search.core.words import fold, found, query_words
 from search.embedders.base import Embedder
+from search.embedders.precision import AUTO
 from search.embedders.registry import load_embedder
 from search.errors import InvalidImageError, QueryError, StoreError
 from search.images.decode import ImageInput, read_image
@@ -80,23 +81,29 @@ class ImageIndex:
         text_model: str | None = None,
         device: str | None = None,
         server: ChromaServer | None = None,
+        precision: str = AUTO,
     ) -> ImageIndex:
         """Open a store; the model comes from the collection's metadata unless ``model`` overrides it.
 
         ``server``: a Chroma server holding the vectors (default: the one CHROMA_HOST names, if any).
+        ``precision``: as ``of``'s.
         """
         opened = Store.connect(store, server=server or Settings().chroma)
         return cls.of(opened, opened.open(collection or _default_collection(opened)), model=model,
-                      text_model=text_model, device=device)
+                      text_model=text_model, device=device, precision=precision)
 
     @classmethod
     def of(cls, store: Store, collection: Collection, *, model: str | None = None, text_model: str | None = None,
-           device: str | None = None) -> ImageIndex:
-        """An opened collection of an opened store, searched with its model (or ``model``), loaded here."""
+           device: str | None = None, precision: str = AUTO) -> ImageIndex:
+        """An opened collection of an opened store, searched with its model (or ``model``), loaded here.
+
+        ``precision``: ``auto`` decides the model's precisions for queries now, where the store remembers no
+        decision by racing them (``load_embedder``); the app passes SAFE and decides in the background."""
         collection.check_health()
         if not (model or collection.model):
             raise StoreError(f"collection {collection.name!r} does not record its model; pass model=")
-        embedder = load_embedder(model or collection.model or "", device, text_model, decisions=store.precision_file)
+        embedder = load_embedder(model or collection.model or "", device, text_model, precision,
+                                 decisions=store.precision_file)
         collection.check_model(ModelInfo.of(embedder), strict=False)
         return cls(store, collection, embedder)
 

@@ -7,7 +7,7 @@ queries that arrive while that call runs form the next batch. A query that comes
 other within twice the deadline) does not wait at all; one alone in a busy spell waits at most the deadline.
 Calls with several inputs (an album upload) go straight to the model.
 
-Batches are formed per kind of call: texts, and images at each precision. Texts of a batch may go to
+Batches are formed per kind of call: texts, and images at each precision asked for. Texts of a batch may go to
 different towers (search/embedders/text_routing.py): the wrapped embedder splits a batch by tower itself.
 """
 from __future__ import annotations
@@ -112,7 +112,9 @@ class _Lane:
 
 
 class QueryBatcher:
-    """An ``Embedder`` that merges concurrent single-input calls into one call of ``inner`` per kind.
+    """An ``Embedder`` around ``inner`` (a loaded one) that merges concurrent single-input calls into one call
+    of ``inner`` per kind; everything else is ``inner``'s, said explicitly (the ``Embedder`` protocol is all it
+    offers: what else a family has, ``inner`` has).
 
     ``max_batch`` bounds a batch; ``max_wait_ms`` bounds how long the first query of a batch waits for
     others. ``batches`` counts the batches run, ``batched`` the queries in them.
@@ -122,11 +124,6 @@ class QueryBatcher:
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError("max_batch must be at least 1 and max_wait_ms not negative")
         self.inner = inner
-        self.name = inner.name
-        self.dimension = inner.dimension
-        self.normalized = inner.normalized
-        self.supports_text = inner.supports_text
-        self.min_edges = inner.min_edges
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.batches = 0
@@ -134,11 +131,37 @@ class QueryBatcher:
         self._lanes: dict[Hashable, _Lane] = {}
         self._lock = threading.Lock()
 
-    def __getattr__(self, name: str) -> Any:
-        """Anything else the wrapped embedder offers (``text_tower``, ``model``, ...)."""
-        if name == "inner":  # not set yet: during unpickling or a failed __init__
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    @property
+    def normalized(self) -> bool:
+        return self.inner.normalized
+
+    @property
+    def supports_text(self) -> bool:
+        return self.inner.supports_text
+
+    @property
+    def min_edges(self) -> tuple[int, int]:
+        return self.inner.min_edges
+
+    @property
+    def precision(self) -> str:
+        return self.inner.precision
+
+    def load(self) -> None:
+        """Load the wrapped embedder."""
+        self.inner.load()
+
+    def unload(self) -> None:
+        """Let the wrapped embedder's model go."""
+        self.inner.unload()
 
     def prepare(self, img: Image.Image) -> Image.Image:
         """As the wrapped embedder prepares images (per query: decoding and scaling stay in parallel)."""
@@ -151,13 +174,14 @@ class QueryBatcher:
             return self.inner.embed_texts(texts)
         return self._lane(("texts",), self.inner.embed_texts).submit(texts[0])[None, :]
 
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, **options: Any) -> np.ndarray:
-        """One row per image; a single image joins the images being embedded with it (same ``options``)."""
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,
+                     precision: str | None = None) -> np.ndarray:
+        """One row per image; a single image joins the images being embedded with it (at the same ``precision``)."""
         images = list(images)
         if len(images) != 1:
-            return self.inner.embed_images(images, batch_size, **options)
-        kind = ("images", *sorted(options.items()))
-        lane = self._lane(kind, lambda batch: self.inner.embed_images(batch, self.max_batch, **options))
+            return self.inner.embed_images(images, batch_size, precision=precision)
+        lane = self._lane(("images", precision),
+                          lambda batch: self.inner.embed_images(batch, self.max_batch, precision=precision))
         return lane.submit(images[0])[None, :]
 
     def _lane(self, kind: Hashable, run: Run) -> _Lane:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from search.embedders.base import DEFAULT_MODEL
 from search.embedders.clip_input import Pixels, image_tower, text_tower
-from search.embedders.precision import FP32
 from search.embedders.text_routing import CLIP, MULTILINGUAL, Tower, route
-from search.embedders.towers import TowerEmbedder, default_device
+from search.embedders.towers import Tokens, TowerEmbedder
 from search.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -47,21 +47,23 @@ class ClipEmbedder(TowerEmbedder):
 
     A paired text model (``text_model``, see ``paired_text_model``) reads the queries CLIP's own
     text tower cannot (non-English: ``text_routing.route``); CLIP's tower keeps English.
-    ``precision`` (fp32, bf16, int8, or auto: decided once, at ``batch_size``; see ``towers``) is fixed
-    for the embedder's life. CLIP's text tower has its own (the one asked for, or auto: decided at one text,
-    ``text_decision``); the paired model's texts run at bf16 where the images do.
+    Each of CLIP's towers runs at its own precision (``towers``); the paired model's texts run at bf16 where
+    the images do. Making one loads nothing: ``load()`` does.
     """
 
-    def __init__(self, name: str, device: str | None = None, text_model: str | None = None,
-                 precision: str = FP32, batch_size: int = 32, decisions: str | None = None):
-        self.name = name
-        self.device = default_device(device)
-        self.model = _load_sentence_transformer(name, self.device)
-        self.model.eval()
-        self.dimension = int(self.model.get_embedding_dimension())
-        self.text_model = self.model  # the paired text model, or CLIP itself where none is
+    def __init__(self, name: str, device: str | None = None, text_model: str | None = None):
+        super().__init__(name, device)
+        self._paired_text_model = paired_text_model(name, text_model)
+        self.model: Any = None
+        self.text_model: Any = None  # the paired text model, or CLIP itself where none is
         self.text_model_name: str | None = None
-        paired, required = paired_text_model(name, text_model)
+
+    def _load(self) -> tuple[Any, Any, Tokens]:
+        model = _load_sentence_transformer(self.name, self.device)
+        model.eval()
+        self.model = self.text_model = model
+        self.dimension = int(model.get_embedding_dimension())
+        paired, required = self._paired_text_model
         if paired:
             try:
                 self.text_model = self._load_text_model(paired)
@@ -72,10 +74,12 @@ class ClipEmbedder(TowerEmbedder):
                     raise
                 log.warning("the default text model is not used, CLIP's own text tower reads every query: %s",
                             exc.for_operator())
-        self._pixels = Pixels.of(self.model[0].processor.image_processor)
+        self._pixels = Pixels.of(model[0].processor.image_processor)
         self.min_edges = self._pixels.min_edges
-        self._start(image_tower(self.model[0].model), precision, batch_size, decisions)
-        self._start_text(text_tower(self.model[0].model), self._text_inputs, precision, decisions)
+        return image_tower(model[0].model), text_tower(model[0].model), self._text_inputs
+
+    def _unload(self) -> None:
+        self.model = self.text_model = self.text_model_name = None
 
     def _load_text_model(self, name: str):
         model = _load_sentence_transformer(name, self.device, what="text model")
@@ -88,7 +92,7 @@ class ClipEmbedder(TowerEmbedder):
 
     @property
     def paired(self) -> bool:
-        """Whether a second text model reads the queries CLIP's own tower cannot."""
+        """Whether a second text model reads the queries CLIP's own tower cannot (known once loaded)."""
         return self.text_model is not self.model
 
     def text_tower(self, text: str) -> Tower:

@@ -20,7 +20,7 @@ E = TypeVar("E")
 class Deferred:
     """Answers ``name``, ``dimension`` and ``normalized`` as given (what a collection records of the model);
     the rest of an ``Embedder`` loads the model (once, on whichever thread asks first) and is the loaded one's.
-    Anything else of the model (its precision, its decision): ``loaded(deferred)`` first."""
+    Anything else of the model (its decision): ``loaded(deferred)`` first."""
 
     def __init__(self, name: str, dimension: int, normalized: bool, load: Callable[[], Embedder]):
         self.name = name
@@ -47,6 +47,15 @@ class Deferred:
                 self._embedder = embedder
             return self._embedder
 
+    def load(self) -> None:
+        """Load the model now, where it is not yet."""
+        self.embedder()
+
+    def unload(self) -> None:
+        """Let this one's loaded model go (the next use loads it again)."""
+        with self._lock:
+            self._embedder = None
+
     @property
     def supports_text(self) -> bool:
         return self.embedder().supports_text
@@ -54,6 +63,10 @@ class Deferred:
     @property
     def min_edges(self) -> tuple[int, int]:
         return self.embedder().min_edges
+
+    @property
+    def precision(self) -> str:
+        return self.embedder().precision
 
     def prepare(self, img: Image.Image) -> Image.Image:
         return self.embedder().prepare(img)

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from search.core.query import CANNOT_READ_TEXT
+from search.embedders.precision import FP32
 from search.errors import ModelError
 
 PIXELS = "pixels"
@@ -21,6 +22,13 @@ class PixelEmbedder:
     normalized = False
     supports_text = False
     min_edges = (PIXEL_SIDE, 256)
+    precision = FP32  # exact arithmetic: no other applies
+
+    def load(self) -> None:
+        """Nothing to load: the method is arithmetic."""
+
+    def unload(self) -> None:
+        """Nothing to let go."""
 
     def prepare(self, img: Image.Image) -> Image.Image:
         """Scale to the fixed side (aspect ratio ignored, as the basic method does)."""

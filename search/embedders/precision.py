@@ -1,42 +1,54 @@
-"""Choosing an embedder's precision once: by what the device can do, agreement with fp32, and wide speed margins.
+"""Choosing a tower's precision: by what the device can do, agreement with fp32, and wide speed margins.
 
-The decision runs at the batch size that will run, every path warmed at that shape and timed in
-interleaved rounds (medians of ROUNDS), so a first-call cost or a noisy neighbour does not decide it. The
-candidates (bf16 where it is native, int8 where it has fast kernels) race: each must agree with fp32 on real
-photos and beat it by MIN_SPEEDUP, and the fastest of those wins. Where two run close to each other (this
-2-core EPYC: int8 about 1.4x bf16) two measurements could pick differently, so the decision is remembered
-per machine, model and batch size (``decision_key``) in a file in the store: later starts read it instead of
-measuring (seconds saved) and cannot flip.
+The decision runs at the batch size that will run, every path warmed at that shape and timed in interleaved
+rounds (fp32 and each candidate in turn, the order rotated every round), and it rests on the median of each
+round's ratio: a neighbour that takes a core for a moment slows one round's pair alike, so the ratio of that
+round holds where a median of each candidate's own times would not. The candidates (bf16 where it is native,
+int8 where it has fast kernels) race: each must agree with fp32 on real photos and beat it by MIN_SPEEDUP, and
+the fastest of those wins.
+
+An embedder never decides: a ``Chooser`` does, asked by whoever loads the embedder (``settle``: the builder
+waits for it; the app asks it in the background and serves at SAFE meanwhile). The chooser remembers each
+decision per model, weights, batch size and tower in a file in the store, with the machine it was made on
+(CPU model and flags, cores, torch, onnxruntime): later starts read it instead of measuring, and a change of
+machine (an upgrade of torch, a CPU with other flags) opens the decision again.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
+import logging
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from search.core.atomic import write_atomically
 
+log = logging.getLogger(__name__)
 FP32, BF16, INT8, AUTO = "fp32", "bf16", "int8", "auto"
 PRECISIONS = (FP32, BF16, INT8)
+SAFE = FP32  # what a tower runs at until its race has decided: exact, and nothing to measure first
+TOWERS = ("image", "text")
 MIN_COSINE = {BF16: 0.999, INT8: 0.995}  # mean cosine to fp32 each needs on real images
 MIN_OVERLAP = {BF16: 0.0, INT8: 0.95}  # top-10 overlap of exact search with fp32's
 MIN_SPEEDUP = 1.3  # the wide margin over fp32: noise on a shared machine is about 15%
 MIN_PARAMETERS = 5_000_000  # an image tower smaller than this runs in milliseconds: fp32, nothing measured
-ROUNDS = 5  # interleaved rounds per candidate; the median decides
+ROUNDS = 7  # interleaved rounds; the median of their ratios decides (bench/precision_race.py: beside a CPU hog)
 PROBE = Path(__file__).resolve().parent / "probe"  # real photos, shipped with the package (package data)
 
 Encode = Callable[[Sequence[Any], str], np.ndarray]  # (batch of images or texts, precision) -> unit rows
 Clock = Callable[[], float]  # seconds from an arbitrary start; tests pass a fake one instead of sleeping
+Machine = Callable[[str], dict[str, Any]]  # device -> what a decision made on it depends on (``machine``)
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,7 @@ class Trial:
     precision: str
     cosine: float  # mean cosine between its rows and fp32's
     overlap: float  # mean overlap of top-10 exact search against fp32's
-    speedup: float  # median fp32 seconds / median candidate seconds
+    speedup: float  # the median of the rounds' fp32 seconds / candidate seconds
 
     def agrees(self) -> bool:
         return self.cosine >= MIN_COSINE[self.precision] and self.overlap >= MIN_OVERLAP[self.precision]
@@ -54,15 +66,46 @@ class Trial:
 
 @dataclass(frozen=True)
 class Decision:
-    """The precision chosen, the batch it was measured at, and what was measured."""
+    """The precision chosen, the batch it was measured at, what was measured, and the rate it predicts."""
 
     precision: str
     batch_size: int
     trials: tuple[Trial, ...] = field(default=())
     reason: str = ""
+    rate: float | None = None  # inputs a second at ``precision`` and ``batch_size`` in the race; None: not timed
 
     def trial(self, precision: str) -> Trial | None:
         return next((t for t in self.trials if t.precision == precision), None)
+
+
+@dataclass(frozen=True)
+class Race:
+    """A tower offered to a ``Chooser``: what its decision depends on, and how to run it."""
+
+    tower: str  # "image" or "text" (TOWERS)
+    model: str  # the model's name or path
+    device: str
+    batch_size: int  # the batch it will run at
+    parameters: int  # the tower's weights: a tiny one is not measured
+    tried: tuple[str, ...]  # the candidates worth trying on this device (``candidates``)
+    encode: Encode
+    probes: Callable[[], list[Any]]  # real inputs to check agreement on (``probe_images``, ``probe_texts``)
+
+
+@runtime_checkable
+class Tunable(Protocol):
+    """An embedder whose towers run at a precision set from outside (the two-tower families): it offers a race
+    per tower and uses what was decided."""
+
+    def races(self, batch_size: int) -> list[Race]: ...
+    def use(self, tower: str, decision: Decision) -> None: ...
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of PRECISIONS, else ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision
 
 
 def native_bf16(device: str) -> bool:
@@ -102,74 +145,197 @@ def decide(encode: Encode, images: Sequence[Any], batch_size: int, tried: Sequen
         return Decision(FP32, batch_size, reason="no faster arithmetic on this device")
     if len(images) < 2:
         return Decision(FP32, batch_size, reason="no real inputs to check agreement on")
-    batch = _batch(images, batch_size)
-    encode(batch, FP32)  # warm: the first call at a shape pays its setup
     # Agreement in one pass over every image (it does not depend on the batch), speed at the real batch.
     reference = encode(images, FP32)
     trials = []
     for precision in tried:
         rows = encode(images, precision)
         cosine = float(np.mean(np.sum(rows * reference, axis=1)))
-        trial = Trial(precision, round(cosine, 6), round(top10_overlap(reference, rows), 4), 0.0)
-        if trial.agrees():
-            trial = Trial(precision, trial.cosine, trial.overlap, round(_speedup(encode, batch, precision, clock), 3))
-        trials.append(trial)
-    return _choose(trials, batch_size)
+        trials.append(Trial(precision, round(cosine, 6), round(top10_overlap(reference, rows), 4), 0.0))
+    agreeing = [t.precision for t in trials if t.agrees()]  # one that disagrees is not even timed
+    seconds = _race(encode, _batch(images, batch_size), [FP32, *agreeing], clock) if agreeing else {}
+    trials = [Trial(t.precision, t.cosine, t.overlap, _speedup(seconds, t.precision)) if t.precision in seconds
+              else t for t in trials]
+    return _choose(trials, batch_size, seconds)
 
 
-def _choose(trials: list[Trial], batch_size: int) -> Decision:
-    """The fastest candidate that agrees and beats fp32 by MIN_SPEEDUP (the race's winner, by median speed)."""
+def _choose(trials: list[Trial], batch_size: int, seconds: dict[str, list[float]]) -> Decision:
+    """The fastest candidate that agrees and beats fp32 by MIN_SPEEDUP (the race's winner, by median ratio)."""
     agreeing = [t for t in trials if t.agrees() and t.speedup >= MIN_SPEEDUP]
     if not agreeing:
-        return Decision(FP32, batch_size, tuple(trials), f"nothing agreed and beat fp32 by {MIN_SPEEDUP}x")
+        return Decision(FP32, batch_size, tuple(trials), f"nothing agreed and beat fp32 by {MIN_SPEEDUP}x",
+                        _rate(seconds, FP32, batch_size))
     best = max(agreeing, key=lambda t: t.speedup)
-    return Decision(best.precision, batch_size, tuple(trials), f"agrees and is {best.speedup}x fp32's speed")
+    return Decision(best.precision, batch_size, tuple(trials), f"agrees and is {best.speedup}x fp32's speed",
+                    _rate(seconds, best.precision, batch_size))
+
+
+def _race(encode: Encode, batch: list[Any], racers: list[str], clock: Clock) -> dict[str, list[float]]:
+    """Each racer's seconds per round at ``batch`` (``racers[0]`` is fp32, the reference), every one warmed at
+    that shape first and the rounds interleaved, each in another order, so that none always follows the same one.
+
+    A candidate leaves the race once more than half its rounds fall short of MIN_SPEEDUP: the median cannot
+    reach it then.
+    """
+    for precision in racers:
+        encode(batch, precision)  # warm: the first call at a shape pays its setup
+    seconds: dict[str, list[float]] = {p: [] for p in racers}
+    running = list(racers)
+    for turn in range(ROUNDS):
+        if len(running) < 2:
+            break
+        for precision in running[turn % len(running):] + running[:turn % len(running)]:
+            start = clock()
+            encode(batch, precision)
+            seconds[precision].append(clock() - start)
+        short = [p for p in running[1:] if sum(r < MIN_SPEEDUP for r in _ratios(seconds, p)) > ROUNDS // 2]
+        running = [p for p in running if p not in short]
+    return seconds
+
+
+def _ratios(seconds: dict[str, list[float]], precision: str) -> list[float]:
+    """fp32's seconds over ``precision``'s, round by round."""
+    return [full / max(other, 1e-9) for full, other in zip(seconds[FP32], seconds[precision])]
+
+
+def _speedup(seconds: dict[str, list[float]], precision: str) -> float:
+    return round(statistics.median(_ratios(seconds, precision)), 3)
+
+
+def _rate(seconds: dict[str, list[float]], precision: str, batch_size: int) -> float | None:
+    """Inputs a second at ``precision`` by the median of its rounds; None where it ran none."""
+    timed = seconds.get(precision)
+    return round(batch_size / max(statistics.median(timed), 1e-9), 2) if timed else None
+
+
+def machine(device: str) -> dict[str, Any]:
+    """What a decision made on ``device`` depends on besides the model: the CPU's model, cores and vector flags
+    (or the GPU's name), the architecture, and the versions of torch and of onnxruntime (None where it is not
+    installed)."""
+    import torch
+
+    said: dict[str, Any] = {"device": device, "arch": platform.machine(), "torch": torch.__version__,
+                            "onnxruntime": _version("onnxruntime")}
+    if device == "cuda":
+        return {**said, "gpu": torch.cuda.get_device_name(0)}
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return {**said, "cpu": name, "cores": os.cpu_count(),
+            "flags": sorted(f for f in set(flags) if f.startswith(("avx", "amx")))}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def decision_key(model: str, device: str, batch_size: int, tower: str = "image") -> str:
-    """What a decision depends on: the machine (CPU model and flags, cores, torch), the model (its name, and a
-    local checkpoint's weights by size and time), the batch size and the tower ("image" or "text")."""
-    import torch
-
-    cpu = ""
-    if device == "cpu" and Path("/proc/cpuinfo").exists():
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-        cpu = f"{name} {os.cpu_count()} {' '.join(sorted(f for f in flags if f.startswith(('avx', 'amx'))))}"
-    elif device == "cuda":
-        cpu = torch.cuda.get_device_name(0)
+    """Which decision: the model (its name, and a local checkpoint's weights by size and time), the device, the
+    batch size and the tower. The machine is not part of it: a decision remembers its own (``machine``)."""
     folder = Path(model)
     weights = sorted(f"{w.relative_to(folder)}:{w.stat().st_size}:{w.stat().st_mtime_ns}"
                      for pattern in ("*.safetensors", "*.bin") for w in folder.rglob(pattern)) if folder.is_dir() else []
-    parts = [device, cpu, torch.__version__, platform.machine(), model, weights, batch_size]
-    text = json.dumps(parts if tower == "image" else [*parts, tower])  # image keys as they were before texts had theirs
+    text = json.dumps([device, model, weights, batch_size, tower])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def recall(path: str | None, key: str) -> Decision | None:
-    """The decision ``path`` remembers for ``key``, if any."""
-    if not path:
-        return None
+class Chooser:
+    """Decides towers' precisions, once each: recalled from ``path`` (a store's precision.json) where it holds a
+    decision made on this machine as it is now, else raced and remembered there. Known decisions are kept in
+    memory too, so a process asks the file once.
+
+    ``clock`` times the race's rounds and ``machine`` says what the machine is (tests pass their own).
+    """
+
+    def __init__(self, path: str | None, *, clock: Clock = time.perf_counter, machine: Machine = machine):
+        self.path = path
+        self.clock = clock
+        self.machine = machine
+        self._known: dict[str, Decision] = {}
+        self._lock = threading.Lock()  # the memory and the file
+        self._racing = threading.Lock()  # one race at a time: two at once would time each other
+
+    def recalled(self, race: Race) -> Decision | None:
+        """The decision known for ``race`` without measuring: none to make (a tiny tower, nothing faster to try),
+        in memory, or in the file and made on this machine as it is now; else None."""
+        if race.parameters < MIN_PARAMETERS:
+            return Decision(FP32, race.batch_size, reason="a model this small gains nothing from lower precision")
+        if not race.tried:
+            return Decision(FP32, race.batch_size, reason="no faster arithmetic on this device")
+        key = decision_key(race.model, race.device, race.batch_size, race.tower)
+        with self._lock:
+            if key not in self._known:
+                found = _read(self.path, key, self.machine(race.device)) if self.path else None
+                if found is None:
+                    return None
+                self._known[key] = found
+            return self._known[key]
+
+    def choose(self, race: Race) -> Decision:
+        """The decision for ``race``: recalled, else raced now (at ``race.batch_size``) and remembered."""
+        with self._racing:
+            decided = self.recalled(race)
+            if decided is not None:
+                return decided
+            log.info("racing the %s tower's precisions at batch %d: %s against fp32", race.tower, race.batch_size,
+                     ", ".join(race.tried))
+            decided = decide(race.encode, race.probes(), race.batch_size, race.tried, self.clock)
+            key = decision_key(race.model, race.device, race.batch_size, race.tower)
+            with self._lock:
+                self._known[key] = decided
+                if self.path:
+                    _write(self.path, key, decided, self.machine(race.device))
+            return decided
+
+
+def settle(embedder: object, asked: str, batch_size: int, chooser: Chooser) -> None:
+    """Set each of ``embedder``'s towers to ``asked`` or, where it is ``auto``, to what ``chooser`` decides now
+    (the image tower at ``batch_size``, the text tower at one text: ``Tunable.races``). An embedder that is not
+    ``Tunable`` (pixels) has no precision to set."""
+    if asked != AUTO:
+        check_precision(asked)
+    if not isinstance(embedder, Tunable):
+        return
+    for race in embedder.races(batch_size):
+        embedder.use(race.tower, chooser.choose(race) if asked == AUTO else
+                     Decision(asked, race.batch_size, reason="asked for"))
+
+
+def _read(path: str, key: str, here: dict[str, Any]) -> Decision | None:
+    """The decision ``path`` remembers for ``key``, where it was made on the machine ``here`` describes; a
+    damaged or foreign entry is no decision."""
     try:
         entry = json.loads(Path(path).read_text())[key]
         trials = tuple(Trial(**t) for t in entry["trials"])
-        return Decision(entry["precision"], entry["batch_size"], trials, f"{entry['reason']} (measured {entry['at']})")
+        if any(t.precision not in MIN_COSINE for t in trials):
+            return None
+        rate = None if entry.get("rate") is None else float(entry["rate"])
+        decision = Decision(check_precision(entry["precision"]), int(entry["batch_size"]), trials,
+                            f"{entry['reason']} (measured {entry['at']})", rate)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if entry.get("machine") != here:
+        log.info("the remembered precision decision was made on another machine or software (%s, now %s): "
+                 "racing again", entry.get("machine"), here)
+        return None
+    return decision
 
 
-def remember(path: str | None, key: str, decision: Decision) -> None:
+def _write(path: str, key: str, decision: Decision, here: dict[str, Any]) -> None:
     """Add ``decision`` to the file at ``path`` (atomically; a store that cannot be written just re-measures)."""
-    if not path:
-        return
     target = Path(path)
     try:
         known = json.loads(target.read_text()) if target.exists() else {}
     except (OSError, ValueError):
         known = {}
+    # Entries that say no machine were keyed by it before (an older release): no key reaches them any longer.
+    known = {k: v for k, v in known.items() if isinstance(v, dict) and "machine" in v} if isinstance(known, dict) else {}
     known[key] = {"precision": decision.precision, "batch_size": decision.batch_size, "reason": decision.reason,
-                  "trials": [asdict(t) for t in decision.trials], "at": time.strftime("%Y-%m-%d")}
+                  "rate": decision.rate, "trials": [asdict(t) for t in decision.trials], "machine": here,
+                  "at": time.strftime("%Y-%m-%d")}
     try:
         write_atomically(target, json.dumps(known, indent=1))
     except OSError:
@@ -179,28 +345,6 @@ def remember(path: str | None, key: str, decision: Decision) -> None:
 def _batch(images: Sequence[Any], batch_size: int) -> list[Any]:
     """``batch_size`` inputs, the given ones repeated where there are fewer."""
     return [images[i % len(images)] for i in range(batch_size)]
-
-
-def _seconds(encode: Encode, batch: list[Any], precision: str, clock: Clock) -> float:
-    start = clock()
-    encode(batch, precision)
-    return clock() - start
-
-
-def _speedup(encode: Encode, batch: list[Any], precision: str, clock: Clock) -> float:
-    """Median fp32 time over median ``precision`` time, both warmed, rounds interleaved.
-
-    A candidate slower than fp32 in a first round cannot clear the margin: it stops there.
-    """
-    encode(batch, precision)  # warm at this shape
-    full: list[float] = []
-    other: list[float] = []
-    for _ in range(ROUNDS):
-        full.append(_seconds(encode, batch, FP32, clock))
-        other.append(_seconds(encode, batch, precision, clock))
-        if other[-1] > full[-1]:
-            break
-    return statistics.median(full) / max(statistics.median(other), 1e-9)
 
 
 def top10_overlap(reference: np.ndarray, rows: np.ndarray) -> float:

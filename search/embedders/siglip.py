@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from search.embedders.precision import FP32
 from search.embedders.text_routing import CLIP, Tower
-from search.embedders.towers import TowerEmbedder, default_device
+from search.embedders.towers import Tokens, TowerEmbedder
 from search.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -41,22 +40,25 @@ def is_siglip(name: str) -> bool:
 class SiglipEmbedder(TowerEmbedder):
     """A SigLIP or SigLIP 2 checkpoint by Hub name or path: images and texts in one space, unit-length rows.
 
-    ``precision`` as for CLIP (``towers``): the image tower's decided at ``batch_size``, the text tower's its own.
+    Each tower runs at its own precision, as CLIP's (``towers``). Making one loads nothing: ``load()`` does.
     """
 
-    def __init__(self, name: str, device: str | None = None, precision: str = FP32, batch_size: int = 32,
-                 decisions: str | None = None):
-        self.name = name
-        self.device = default_device(device)
-        self.model, self.processor = _load(name, self.device)
-        config = self.model.config
-        self.dimension = int(config.vision_config.hidden_size)
+    model: Any = None
+    processor: Any = None
+
+    def _load(self) -> tuple[Any, Any, Tokens]:
+        model, self.processor = _load(self.name, self.device)
+        config = model.config
+        dimension = int(config.vision_config.hidden_size)
+        if getattr(config.text_config, "projection_size", dimension) != dimension:
+            raise ModelError(f"the model {Path(self.name).name!r} has towers of different widths", internals=self.name)
+        self.model, self.dimension = model, dimension
         self.max_tokens = int(config.text_config.max_position_embeddings)  # 64 for every published checkpoint
-        if getattr(config.text_config, "projection_size", self.dimension) != self.dimension:
-            raise ModelError(f"the model {Path(name).name!r} has towers of different widths", internals=name)
         self.min_edges = SiglipInputs(_side(self.processor.image_processor, config.vision_config)).min_edges
-        self._start(_Pooled.around(self.model.vision_model), precision, batch_size, decisions)
-        self._start_text(_Pooled.around(self.model.text_model), self._text_inputs, precision, decisions)
+        return _Pooled.around(model.vision_model), _Pooled.around(model.text_model), self._text_inputs
+
+    def _unload(self) -> None:
+        self.model = self.processor = None
 
     def text_tower(self, text: str) -> Tower:
         """Every text goes to SigLIP's own text tower."""
@@ -69,7 +71,7 @@ class SiglipEmbedder(TowerEmbedder):
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Unit-length embeddings for texts, in the images' space, one row per text in order (at the text tower's
-        own precision, ``text_decision``)."""
+        own precision, ``text_precision``)."""
         return self._own_texts(texts, batch_size)
 
     def _text_inputs(self, texts: list[str]) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""What the two-tower families (CLIP, SigLIP) share: an image tower run at one precision chosen once (fp32,
-bf16 or int8; see ``precision``), in batches, one call at a time, with unit-length rows.
+"""What the two-tower families (CLIP, SigLIP) share: a lifecycle (cheap to make, ``load`` loads), and an image
+tower and a text tower, each run at a precision set from outside (fp32 until then; see ``precision``), in
+batches, one call at a time, with unit-length rows.
 
-A family says how a batch of images becomes the tower's inputs (``image_inputs``) and which module maps
-them to embeddings; this module runs it, decides its precision and quantises it for int8.
+A family says how it loads its towers (``_load``), how a batch of images becomes the image tower's inputs
+(``image_inputs``) and how its texts are read; this module runs the towers, offers them to the precision race
+(``races``), uses what was decided (``use``) and quantises them for int8.
 """
 from __future__ import annotations
 
@@ -17,33 +19,94 @@ import numpy as np
 from PIL import Image
 
 from search.embedders import precision as chosen
-from search.embedders.precision import AUTO, BF16, FP32, INT8, PRECISIONS, Decision
+from search.embedders.precision import BF16, FP32, INT8, SAFE, Decision, Race, check_precision
 
 log = logging.getLogger(__name__)
+Tokens = Callable[[list[str]], dict[str, Any]]  # texts -> the text tower's inputs on the device
 
 
 class TowerEmbedder:
-    """The image side of a two-tower model at a fixed precision; a family subclasses it with its own loading,
-    ``image_inputs`` and texts. Call ``_start`` once the model is loaded."""
+    """The two towers of a model; a family subclasses it with its own ``_load``, ``image_inputs`` and texts.
+
+    Making one loads nothing; ``load()`` loads the model (``dimension`` and ``min_edges`` are known from then
+    on) with both towers at SAFE; ``use`` sets a tower's precision (``precision.settle`` or the app's
+    background race); ``unload()`` lets the model go.
+    """
 
     normalized = True
     supports_text = True
-    name: str
     dimension: int
-    device: str
     min_edges: tuple[int, int]
-    precision: str
-    decision: Decision
 
-    def _start(self, image_tower: Any, precision: str, batch_size: int, decisions: str | None = None) -> None:
-        """Keep the fp32 image tower, then decide the precision (``auto``: measured here at ``batch_size``, or
-        read from ``decisions``, where an earlier start on this machine wrote what it measured)."""
-        self._towers: dict[str, Any] = {FP32: image_tower}
+    def __init__(self, name: str, device: str | None = None):
+        self.name = name
+        self.device = device or ""  # "": CUDA where there is one, else the CPU, once loaded
+        self.precision = SAFE  # the image tower's
+        self.decision: Decision | None = None  # the image tower's, once one is made
+        self.text_decision: Decision | None = None
+        self._towers: dict[str, Any] = {}  # the image tower by precision (fp32's, int8's once made)
+        self._text_towers: dict[str, Any] = {}
+        self._tokens: Tokens | None = None
         # Tokenizers and torch modules are not safe for concurrent calls; the cores are shared anyway.
         self._lock = threading.Lock()
-        self.decision = self._decide(precision, batch_size, decisions)
-        self.precision = self.decision.precision
-        log.info("images embed at %s (%s)", self.precision, self.decision.reason)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory."""
+        return bool(self._towers)
+
+    def load(self) -> None:
+        """Load the model, its towers at SAFE (again after ``unload``; nothing where it is loaded)."""
+        with self._lock:
+            if self.loaded:
+                return
+            self.device = default_device(self.device or None)
+            image, text, self._tokens = self._load()
+            self._towers, self._text_towers = {FP32: image}, {FP32: text}
+            self.precision, self.decision, self.text_decision = SAFE, None, None
+
+    def unload(self) -> None:
+        """Let the model go (``load`` brings it back, at SAFE)."""
+        with self._lock:
+            self._towers, self._text_towers, self._tokens = {}, {}, None
+            self._unload()
+
+    def _load(self) -> tuple[Any, Any, Tokens]:
+        """The family's model loaded: its fp32 image tower, its fp32 text tower and its tokenizer."""
+        raise NotImplementedError
+
+    def _unload(self) -> None:
+        """The family's own references to its model dropped."""
+        raise NotImplementedError
+
+    def races(self, batch_size: int) -> list[Race]:
+        """Each tower as the precision race runs it: the image tower at ``batch_size`` on the probe photos, the
+        text tower at one text on the probe texts (a query is one text, and at one text the tower's time is
+        reading its weights, of which bf16 has half the bytes and int8 a quarter: ViT-B/32 here 23, 16, 6 ms)."""
+        tried = tuple(chosen.candidates(self.device))
+        return [Race("image", self.name, self.device, batch_size, _parameters(self._towers[FP32]), tried,
+                     self._encode_images, lambda: [self.prepare(img) for img in chosen.probe_images()]),
+                Race("text", self.name, self.device, 1, _parameters(self._text_towers[FP32]), tried,
+                     self._encode_text_batch, chosen.probe_texts)]
+
+    def use(self, tower: str, decision: Decision) -> None:
+        """Run ``tower`` ("image" or "text") at ``decision``'s precision from the next call on; an int8 copy
+        made for the race and not chosen is let go."""
+        check_precision(decision.precision)
+        with self._lock:
+            towers = self._towers if tower == "image" else self._text_towers
+            if decision.precision != INT8:
+                towers.pop(INT8, None)
+            if tower == "image":
+                self.precision, self.decision = decision.precision, decision
+            else:
+                self.text_decision = decision
+        log.info("%s: the %s tower runs at %s (%s)", self.name, tower, decision.precision, decision.reason)
+
+    @property
+    def text_precision(self) -> str:
+        """The text tower's precision (SAFE until one is decided)."""
+        return self.text_decision.precision if self.text_decision else SAFE
 
     def prepare(self, img: Image.Image) -> Image.Image:
         """The model's input image (the family's own steps; here: the image as it is)."""
@@ -53,58 +116,13 @@ class TowerEmbedder:
         """The image tower's keyword inputs for a batch, on the device."""
         raise NotImplementedError
 
-    def _decide(self, precision: str, batch_size: int, decisions: str | None) -> Decision:
-        if precision != AUTO:
-            return Decision(check_precision(precision), batch_size, reason="asked for")
-        return self._measured(self._towers[FP32], "image", batch_size, decisions, self._encode_images,
-                              lambda: [self.prepare(img) for img in chosen.probe_images()])
-
-    def _measured(self, tower: Any, kind: str, batch_size: int, decisions: str | None, encode: chosen.Encode,
-                  probes: Callable[[], list[Any]]) -> Decision:
-        """``auto``'s decision for ``tower`` (the ``kind`` of tower: "image" or "text"): remembered in ``decisions``
-        by machine, model, batch and kind, else measured on ``probes()`` and remembered."""
-        if sum(p.numel() for p in tower.parameters()) < chosen.MIN_PARAMETERS:
-            return Decision(FP32, batch_size, reason="a model this small gains nothing from lower precision")
-        key = chosen.decision_key(self.name, self.device, batch_size, kind)
-        earlier = chosen.recall(decisions, key)
-        if earlier is not None:
-            return earlier
-        tried = chosen.candidates(self.device)
-        decision = chosen.decide(encode, probes() if tried else [], batch_size, tried)
-        chosen.remember(decisions, key, decision)
-        return decision
-
-    def _start_text(self, tower: Any, tokens: Callable[[list[str]], dict[str, Any]], precision: str,
-                    decisions: str | None) -> None:
-        """Keep the fp32 text tower and its tokenizer (``tokens``: texts -> the tower's inputs on the device); its
-        precision is decided on first use (``text_decision``)."""
-        self._text_towers: dict[str, Any] = {FP32: tower}
-        self._tokens = tokens
-        self._text_asked = (precision, decisions)
-        self._text_decision: Decision | None = None
-        self._text_deciding = threading.Lock()
-
-    @property
-    def text_decision(self) -> Decision:
-        """The text tower's precision, decided as the image tower's is, on ``probe_texts`` one text at a time, when
-        a text is first embedded (a build embeds none). A query is one text, and at one text the tower's time is
-        reading its weights, of which bf16 has half the bytes and int8 a quarter (ViT-B/32 here: 23, 16, 6 ms)."""
-        with self._text_deciding:
-            if self._text_decision is None:
-                precision, decisions = self._text_asked
-                self._text_decision = (
-                    Decision(check_precision(precision), 1, reason="asked for") if precision != AUTO else
-                    self._measured(self._text_towers[FP32], "text", 1, decisions,
-                                   self._encode_text_batch, chosen.probe_texts))
-                log.info("texts embed at %s (%s)", self._text_decision.precision, self._text_decision.reason)
-            return self._text_decision
-
     def _own_texts(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Unit-length embeddings for texts from the text tower kept by ``_start_text``, at its precision."""
-        return self._in_batches(self._encode_text_batch, list(texts), batch_size, self.text_decision.precision)
+        """Unit-length embeddings for texts from the family's own text tower, at its precision."""
+        return self._in_batches(self._encode_text_batch, list(texts), batch_size, self.text_precision)
 
     def _encode_text_batch(self, texts: Sequence[str], precision: str) -> np.ndarray:
-        """One forward pass of the text tower kept by ``_start_text`` at ``precision``."""
+        """One forward pass of the text tower at ``precision``."""
+        assert self._tokens is not None, "load() first"
         return self._forward(self._text_towers, self._tokens(list(texts)), precision)
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,
@@ -140,6 +158,10 @@ class TowerEmbedder:
 
         with self._lock, torch.inference_mode(), autocast(self.device, self.precision == BF16):
             return unit(np.asarray(run(), dtype=np.float32))
+
+
+def _parameters(tower: Any) -> int:
+    return sum(p.numel() for p in tower.parameters())
 
 
 def _at(towers: dict[str, Any], precision: str) -> Any:
@@ -191,10 +213,3 @@ def unit(rows: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length in fp32 (under bf16 the model's own normalisation is only bf16-exact)."""
     rows = rows.astype(np.float32, copy=False)
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-
-def check_precision(precision: str) -> str:
-    """``precision`` if it is one of PRECISIONS, else ValueError."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    return precision

@@ -196,6 +196,8 @@ class RunState:
         bf16 = decision.trial(BF16) if decision else None
         if bf16:
             report.bf16_agreement, report.bf16_speedup = bf16.cosine, bf16.speedup
+        if decision and decision.precision == report.precision:  # what the race timed the bare model at
+            report.predicted_rate = decision.rate
         report.seconds = round(time.perf_counter() - started, 3)
         report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
         report.total_in_collection = self.collection.count()

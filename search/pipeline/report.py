@@ -30,6 +30,7 @@ class BuildReport:
     precision: str = "fp32"
     bf16_agreement: float | None = None
     bf16_speedup: float | None = None
+    predicted_rate: float | None = None  # images/s the precision race timed the bare model at, at this precision
     texts_queued: int = 0  # images whose text is read in the background after the build (albums)
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
@@ -52,8 +53,9 @@ class BuildReport:
         """One paragraph for a person; ``report_file``: where the full report was written, if it was."""
         if self.indexed:
             rate = f"{self.images_per_second:.1f} images/s, " if self.seconds >= 0.1 else ""
+            raced = f"; the precision race timed the bare model at {self.predicted_rate:.1f}" if self.predicted_rate else ""
             done = (f"Indexed {_count(self.indexed, 'new image')} into collection {self.collection!r} in "
-                    f"{self.seconds:.1f} s ({rate}{self.precision}, model {model_name(self.model)}).")
+                    f"{self.seconds:.1f} s ({rate}{self.precision}{raced}, model {model_name(self.model)}).")
         else:
             done = f"Nothing new to index in collection {self.collection!r}."
         notes = [f"{self.already_indexed} already indexed" if self.already_indexed else "",

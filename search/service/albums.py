@@ -26,6 +26,7 @@ from search.core.hits import Hit
 from search.core.ids import collection_name, image_ids, visitor_key
 from search.core.record import ADDED_AT
 from search.embedders.base import Embedder
+from search.embedders.precision import SAFE
 from search.embedders.registry import load_embedder
 from search.errors import BuildInterrupted, QueryError, ServiceUnavailable, StoreError, StoreUnavailableError
 from search.images import ocr
@@ -289,7 +290,7 @@ class Albums:
         another model) the one the album records."""
         if not self._older(col):
             return self.embedder
-        return load_embedder(col.model or "", text_model=self.text_model, decisions=self.store.precision_file)
+        return load_embedder(col.model or "", text_model=self.text_model, precision=SAFE)  # a visitor never waits for a race
 
     def _older(self, col: Collection) -> bool:
         """Whether ``col`` records another model than the main index's (an album with none recorded is the main's)."""

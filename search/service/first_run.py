@@ -33,6 +33,7 @@ from search.config import Settings
 from search.core.atomic import write_atomically
 from search.embedders.base import DEFAULT_MODEL, Embedder
 from search.embedders.pixels import PIXELS
+from search.embedders.precision import SAFE
 from search.embedders.registry import load_embedder
 from search.errors import ModelError, OfflineError, SearchError, SourceError
 from search.index import ImageIndex
@@ -211,8 +212,9 @@ class DefaultBuild:
         self._set(BuildState("done", done=images.total_in_collection, total=images.total_in_collection))
 
     def _main_embedder(self, store: Store) -> Embedder:
-        """The configured model (a resumed build embeds with the model of the index the service opened)."""
-        return load_embedder(self.settings.model or DEFAULT_MODEL, None, self.settings.text_model,
+        """The configured model at SAFE precision: the service decides its precisions once it serves it, in the
+        background (a resumed build embeds with the model of the index the service opened)."""
+        return load_embedder(self.settings.model or DEFAULT_MODEL, None, self.settings.text_model, SAFE,
                              decisions=store.precision_file)
 
     def _build(self, store: Store, collection: str, embedder: Embedder, stage: str, source: Source) -> BuildReport:

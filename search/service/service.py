@@ -21,7 +21,9 @@ from search.core.hits import Hit
 from search.core.ids import shown
 from search.core.query import Query
 from search.core.record import model_name
+from search.embedders.base import Embedder
 from search.embedders.batching import QueryBatcher
+from search.embedders.precision import SAFE, Chooser, Tunable
 from search.errors import InvalidImageError, QueryError, SearchError, ServiceUnavailable
 from search.index import ImageIndex
 from search.pipeline import hub
@@ -37,6 +39,7 @@ from search.stores import thumbnails
 log = logging.getLogger(__name__)
 MINE = "mine/"  # an index value naming one of the caller's albums
 FOLLOW_S = 5.0  # how often the shared indexes are checked for a switch or rollback made by the builder
+QUERY_BATCH = 1  # a query embeds one input: the batch the precision race runs at for the app
 LOAD_WAIT_S = 120.0  # how long a query that came while the model loads waits for it before it is refused
 # What callers are told to wait before asking again (HTTP's Retry-After), by what they wait for:
 LOADING_RETRY_S = 30  # the model, after a query already waited LOAD_WAIT_S for it
@@ -90,10 +93,14 @@ class Overview:
 class SearchService:
     """The indexes an app searches: the main one, the pixel baseline where the store has it, and albums."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, chooser: Chooser | None = None):
         """An app's service with nothing open yet: ``load`` opens the store and loads the model, and until
-        it has, queries wait for it (so a server can take visitors before the model is in memory)."""
+        it has, queries wait for it (so a server can take visitors before the model is in memory).
+
+        ``chooser`` decides the main model's precisions (default: one remembering in the store's precision.json)."""
         self.settings = settings
+        self._chooser = chooser
+        self.tuning: threading.Thread | None = None  # the precision race running in the background, if one is
         self._shared: dict[str, ImageIndex] = {}  # by name, the main index first
         self._problem: SearchError | None = SearchError("nothing has been opened")
         self._albums: Albums | None = None
@@ -117,7 +124,8 @@ class SearchService:
             hub.reach()  # out of reach, models by Hub name load from the cache at once, not after minutes of retries
             try:
                 main = ImageIndex.open(self.settings.store, self.settings.collection, model=self.settings.model,
-                                       text_model=self.settings.text_model, server=self.settings.chroma)
+                                       text_model=self.settings.text_model, server=self.settings.chroma,
+                                       precision=SAFE)
                 self.attach(main)
                 self._open_pixel_baseline(main)
                 _warm_up(main)
@@ -181,8 +189,8 @@ class SearchService:
 
     def attach(self, target: ImageIndex) -> None:
         """Serve a shared index from now on (the first becomes the main one); the default build calls this."""
-        if not self._shared:  # the main index: concurrent queries share its model calls (its albums' too)
-            target.embedder = QueryBatcher(target.embedder)
+        if not self._shared:  # the main index, its model shared by its albums
+            target = self._serving(target)
             self._albums = Albums(target.store, target.embedder, public=self.settings.public,
                                   limits=self.settings.limits, text_model=self.settings.text_model,
                                   read_texts=self.settings.ocr)
@@ -207,19 +215,52 @@ class SearchService:
                 now = target.store.open(name)
                 if now.key == target.collection.key:
                     continue
-                fresh = ImageIndex.of(target.store, now, text_model=self.settings.text_model)
+                fresh = ImageIndex.of(target.store, now, text_model=self.settings.text_model, precision=SAFE)
                 _warm_up(fresh)
             except SearchError as exc:  # mid-switch (the name is missing between two renames), or the store is down
                 log.info("index %r not checked for a switch: %s", name, exc.for_operator())
                 continue
             if name == next(iter(self._shared)):
-                fresh.embedder = QueryBatcher(fresh.embedder)
+                fresh = self._serving(fresh)
                 if self._albums:  # new albums are made with the main index's model
                     self._albums.embedder = fresh.embedder
             self._shared = {n: fresh if n == name else t for n, t in self._shared.items()}
             log.info("serving %r with %s: the collection under that name was switched", name, now.model)
             changed.append(name)
         return changed
+
+    def _serving(self, target: ImageIndex) -> ImageIndex:
+        """``target`` as the main index is served: its model's precisions settled without waiting (``_tune``), and
+        concurrent queries sharing its model calls (a QueryBatcher)."""
+        self._tune(target.embedder, target.store.precision_file)
+        return ImageIndex(target.store, target.collection, QueryBatcher(target.embedder))
+
+    def _tune(self, embedder: Embedder, decisions: str) -> None:
+        """Run each of ``embedder``'s towers at the precision the chooser recalls for queries, at once; where it
+        recalls none (a first start), race on a background thread and switch once it has decided. Until then the
+        tower serves at SAFE: nobody waits for a race. ``decisions``: the store's file of remembered decisions."""
+        if not isinstance(embedder, Tunable):
+            return
+        if self._chooser is None:
+            self._chooser = Chooser(decisions)
+        chooser = self._chooser
+        undecided = []
+        for race in embedder.races(QUERY_BATCH):
+            known = chooser.recalled(race)
+            if known is None:
+                undecided.append(race)
+            else:
+                embedder.use(race.tower, known)
+        if undecided:
+            def decide() -> None:
+                try:
+                    for race in undecided:
+                        embedder.use(race.tower, chooser.choose(race))
+                except Exception:  # the towers serve on at SAFE
+                    log.exception("the precision race failed")
+
+            self.tuning = threading.Thread(target=decide, name="precision-race", daemon=True)
+            self.tuning.start()
 
     def _follow(self) -> None:
         while True:

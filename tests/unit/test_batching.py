@@ -23,17 +23,24 @@ class Recording:
     returns only once that event is set (JOIN_S at most), so the queries that come meanwhile meet in the next batch
     however the threads are scheduled."""
 
-    name, dimension, normalized, supports_text, min_edges = "fake", 2, False, True, (1, 1)
-    seconds = 0.0  # anything else the wrapper passes through
+    name, dimension, normalized, supports_text, min_edges, precision = "fake", 2, False, True, (1, 1), "int8"
 
     def __init__(self, first_waits_for: threading.Event | None = None):
         self.calls: list[list[str]] = []
         self.first_waits_for = first_waits_for
+        self.loaded = False
+
+    def load(self) -> None:
+        self.loaded = True
+
+    def unload(self) -> None:
+        self.loaded = False
 
     def prepare(self, img: Image.Image) -> Image.Image:
         return img
 
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32, *,
+                     precision: str | None = None) -> np.ndarray:
         return np.array([[img.width, img.height] for img in images], np.float32)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -193,10 +200,15 @@ def test_several_inputs_in_one_call_go_straight_to_the_model(clock):
     assert clock.waits == [] and fake.calls == [["first"], ["a", "bb"]] and batcher.batches == 1
 
 
-def test_the_wrapper_looks_like_its_embedder():
+def test_the_wrapper_is_an_embedder_and_offers_nothing_else():
     fake = Recording()
     batcher = QueryBatcher(fake)
-    assert (batcher.name, batcher.dimension, batcher.supports_text, batcher.min_edges) == ("fake", 2, True, (1, 1))
-    assert batcher.seconds == fake.seconds  # anything else passes through
+    assert (batcher.name, batcher.dimension, batcher.normalized, batcher.supports_text, batcher.min_edges,
+            batcher.precision) == ("fake", 2, False, True, (1, 1), "int8")
+    batcher.load()
+    assert fake.loaded
+    batcher.unload()
+    assert not fake.loaded
+    assert not hasattr(batcher, "calls") and batcher.inner is fake  # no passing through: what else there is, inner has
     with pytest.raises(ValueError):
         QueryBatcher(fake, max_batch=0)

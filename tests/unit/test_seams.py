@@ -13,7 +13,7 @@ from search.config import Settings
 from search.core.query import Part, Query
 from search.embedders.registry import family_of, load_embedder
 from search.errors import QueryError, ServiceUnavailable
-from search.pipeline.build import build_index
+from search.pipeline.build import BuildOptions, build_index
 from search.pipeline.swap import reembed
 from search.service import service as service_module
 from search.service.service import SearchService
@@ -152,3 +152,60 @@ def test_an_album_made_before_a_switch_is_brought_to_the_new_model_by_its_owner(
         service.swap_album(None, "holiday")
     with pytest.raises(QueryError, match="no collection named"):
         service.swap_album(None, "elsewhere")
+
+
+def _racing_store(root: Path, model: fake_embedder.Racing) -> Path:
+    """A store of colour swatches built with the racing model (the race not run: it embeds at fp32)."""
+    for colour, rgb in (("red", (230, 20, 20)), ("blue", (20, 30, 220))):
+        (root / "photos" / colour).mkdir(parents=True)
+        for shade in range(3):
+            Image.new("RGB", (40, 30), tuple(min(255, v + 9 * shade) for v in rgb)).save(
+                root / "photos" / colour / f"{shade}.png")
+    source = open_source(str(root / "photos"))
+    build_index(source.items, Store.connect(root / "store", create=True), "images", model)
+    return root / "store"
+
+
+def test_a_first_start_serves_at_once_at_fp32_and_switches_when_the_race_in_the_background_decides(tmp_path):
+    from search.embedders.precision import FP32, INT8, Chooser
+
+    hold = threading.Event()
+    model = fake_embedder.racing(hold=hold)  # int8 the fastest, by its script
+    store = _racing_store(tmp_path, model)
+    here = {"cpu": "test", "flags": ["avx2"]}
+    service = SearchService(Settings(store=store, default_dataset=None),
+                            Chooser(str(store / "precision.json"), clock=model.clock, machine=lambda device: here))
+    service.load()  # returns while the race is held: nothing waits for it
+    assert not service.loading and service.tuning is not None and service.tuning.is_alive()
+    answer = service.search(Query(positive=(Part(kind="text", value="blue"),), k=3))
+    assert [h.label for h in answer.hits] == ["blue"] * 3 and model.precision == FP32 and not model.raced
+    hold.set()
+    service.tuning.join(30)
+    assert model.precision == INT8 and model.decisions["text"].precision == INT8
+    assert set(model.raced) == {FP32, "bf16", INT8}
+    # The next start recalls both decisions at once: no race, int8 from its first query.
+    model.raced.clear()
+    hold.clear()
+    again = SearchService(Settings(store=store, default_dataset=None),
+                          Chooser(str(store / "precision.json"), clock=model.clock, machine=lambda device: here))
+    model.precision = FP32
+    again.load()
+    assert again.tuning is None and model.precision == INT8 and model.raced == []
+
+
+def test_the_builder_reports_the_precision_it_used_and_the_rate_the_race_predicted(tmp_path):
+    from search.embedders.precision import INT8, Chooser, settle
+
+    model = fake_embedder.racing()
+    settle(model, "auto", 4, Chooser(None, clock=model.clock))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        Image.new("RGB", (32, 32), (40 * i, 20, 200 - 30 * i)).save(folder / f"{i}.png")
+    report = build_index(open_source(str(folder)).items, Store.connect(tmp_path / "store", create=True), "images", model,
+                         BuildOptions(batch_size=4))
+    assert report.precision == INT8 and report.predicted_rate == 400.0  # 4 images in the script's 10 ms
+    assert "int8; the precision race timed the bare model at 400.0" in report.summary()
+    forced = build_index(open_source(str(folder)).items, Store.connect(tmp_path / "other", create=True), "images", model,
+                         BuildOptions(batch_size=4, precision="fp32"))
+    assert forced.precision == "fp32" and forced.predicted_rate is None  # the race timed another precision

@@ -107,30 +107,34 @@ def test_which_names_are_siglip(tmp_path, checkpoint):
         load_embedder("google/siglip2-not-downloaded-here")  # offline: a clear refusal, no download
 
 
-def test_siglips_towers_each_decide_their_precision_the_text_at_one_text_once(checkpoint, tmp_path, monkeypatch):
+def test_siglips_towers_each_decide_their_precision_the_text_at_one_text(checkpoint, tmp_path, monkeypatch):
     import json
 
     from search.embedders import precision
+    from search.embedders.precision import Chooser, settle
 
     reference = _reference(checkpoint, _photos()[:1], TEXTS)[1]
     monkeypatch.setattr(precision, "MIN_PARAMETERS", 0)  # measure even the tiny model
     monkeypatch.setattr(precision, "candidates", lambda device: ["int8"])
     monkeypatch.setattr(precision, "MIN_SPEEDUP", 0.0)  # the tiny tower is not faster at int8; its agreement counts
     remembered = tmp_path / "precision.json"
-    first = SiglipEmbedder(str(checkpoint), device="cpu", precision="auto", batch_size=1, decisions=str(remembered))
-    assert len(json.loads(remembered.read_text())) == 1  # the image tower's; the text's waits for a text
+    first = SiglipEmbedder(str(checkpoint), device="cpu")
+    assert not remembered.exists() and first.model is None  # made, nothing loaded, nothing decided
+    first.load()
+    settle(first, "auto", 1, Chooser(str(remembered)))
+    assert len(json.loads(remembered.read_text())) == 2  # the image tower's and the text tower's
+    assert first.decision is not None and first.text_decision is not None
     assert [t.precision for t in first.decision.trials] == ["int8"]  # NaFlex's too: its Linear patch embedding kept
-    rows = first.embed_texts(TEXTS)
     text = first.text_decision
     assert [t.precision for t in text.trials] == ["int8"] and text.batch_size == 1
-    assert len(json.loads(remembered.read_text())) == 2
-    assert text.precision == ("int8" if text.trials[0].agrees() else "fp32")
+    assert text.precision == ("int8" if text.trials[0].agrees() else "fp32") == first.text_precision
+    rows = first.embed_texts(TEXTS)
     assert np.min(np.sum(rows * reference, axis=1)) > (0.99 if text.precision == "int8" else 0.9999)
 
-    def no_measuring(*args, **kwargs):
-        raise AssertionError("measured again")
-
-    monkeypatch.setattr(precision, "decide", no_measuring)
-    again = SiglipEmbedder(str(checkpoint), device="cpu", precision="auto", batch_size=1, decisions=str(remembered))
-    assert again.text_decision.precision == text.precision
-    assert SiglipEmbedder(str(checkpoint), device="cpu", precision="bf16").text_decision.precision == "bf16"  # as asked
+    monkeypatch.setattr(precision, "decide", lambda *a, **k: pytest.fail("measured again"))
+    again = SiglipEmbedder(str(checkpoint), device="cpu")
+    again.load()
+    settle(again, "auto", 1, Chooser(str(remembered)))
+    assert again.text_precision == text.precision
+    settle(again, "bf16", 1, Chooser(None))
+    assert again.text_precision == "bf16"  # as asked

@@ -21,7 +21,9 @@ ENGLISH = "a red circle"
 
 @pytest.fixture(scope="module")
 def paired(shapes_model, multilingual) -> ClipEmbedder:
-    return ClipEmbedder(str(shapes_model), device="cpu", text_model=str(multilingual))
+    embedder = ClipEmbedder(str(shapes_model), device="cpu", text_model=str(multilingual))
+    embedder.load()
+    return embedder
 
 
 @pytest.fixture
@@ -93,11 +95,14 @@ def test_the_default_pairing_loads_softly(default_pairing, shapes_model, multili
 
 
 def test_an_explicit_text_model_must_load(shapes_model, tmp_path):
+    missing = ClipEmbedder(str(shapes_model), device="cpu", text_model=str(tmp_path / "missing-model"))
     with pytest.raises(ModelError, match="cannot load the text model 'missing-model'"):
-        ClipEmbedder(str(shapes_model), device="cpu", text_model=str(tmp_path / "missing-model"))
+        missing.load()
+    assert not missing.loaded
+    wrong = ClipEmbedder(str(shapes_model), device="cpu",
+                         text_model=str(build_tiny_multilingual(tmp_path / "wrong-dimension", dimension=48)))
     with pytest.raises(ModelError, match="dimension 48"):
-        ClipEmbedder(str(shapes_model), device="cpu",
-                     text_model=str(build_tiny_multilingual(tmp_path / "wrong-dimension", dimension=48)))
+        wrong.load()
 
 
 def test_the_pairing_rule():
