@@ -51,6 +51,8 @@ class ClipEmbedder(TowerEmbedder):
     the images do. Making one loads nothing: ``load()`` does.
     """
 
+    exports_onnx = True
+
     def __init__(self, name: str, device: str | None = None, text_model: str | None = None):
         super().__init__(name, device)
         self._paired_text_model = paired_text_model(name, text_model)
@@ -80,6 +82,12 @@ class ClipEmbedder(TowerEmbedder):
 
     def _unload(self) -> None:
         self.model = self.text_model = self.text_model_name = None
+
+    def _exported(self) -> dict[str, Any]:
+        from search.embedders.onnx_runtime import clip_towers
+
+        assert self.model is not None, "load() first"
+        return clip_towers(self.model)
 
     def _load_text_model(self, name: str):
         model = _load_sentence_transformer(name, self.device, what="text model")

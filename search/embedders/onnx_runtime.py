@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from search.embedders import precision
 from search.embedders.clip_input import Pixels
 from search.errors import ModelError
 
@@ -107,6 +109,16 @@ def sentence_tower(model: Any) -> dict[str, Any]:
 
     return {"dimension": int(model.get_embedding_dimension()),
             "text": (Sentence().eval(), model[0].tokenizer, model.max_seq_length)}
+
+
+def cache_folder(model: str) -> Path:
+    """Where the export of ``model`` is kept: beside the Hugging Face cache, under a key of the model (its name and a
+    local checkpoint's weights) and of what wrote it (torch, onnx and onnxruntime, the opset, this layout)."""
+    from huggingface_hub import constants
+
+    versions = [precision.version_of(p) for p in ("torch", "onnx", "onnxruntime")]
+    key = json.dumps([model, precision.weights(model), versions, OPSET, FORMAT])
+    return Path(constants.HF_HOME) / "image-search-onnx" / hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def exported(folder: Path) -> bool:

@@ -36,11 +36,14 @@ from search.core.atomic import write_atomically
 
 log = logging.getLogger(__name__)
 FP32, BF16, INT8, AUTO = "fp32", "bf16", "int8", "auto"
-PRECISIONS = (FP32, BF16, INT8)
+ONNX_FP32, ONNX_INT8 = "onnx-fp32", "onnx-int8"  # ONNX Runtime's (embedders/onnx_runtime.py), where a family offers it
+ONNX = (ONNX_FP32, ONNX_INT8)
+PRECISIONS = (FP32, BF16, INT8, *ONNX)
 SAFE = FP32  # what a tower runs at until its race has decided: exact, and nothing to measure first
 TOWERS = ("image", "text")
-MIN_COSINE = {BF16: 0.999, INT8: 0.995}  # mean cosine to fp32 each needs on real images
-MIN_OVERLAP = {BF16: 0.0, INT8: 0.95}  # top-10 overlap of exact search with fp32's
+# mean cosine to fp32 each needs on real images; ONNX Runtime's fp32 is the same arithmetic in another order
+MIN_COSINE = {BF16: 0.999, INT8: 0.995, ONNX_FP32: 0.9999, ONNX_INT8: 0.995}
+MIN_OVERLAP = {BF16: 0.0, INT8: 0.95, ONNX_FP32: 0.95, ONNX_INT8: 0.95}  # top-10 overlap of exact search with fp32's
 MIN_SPEEDUP = 1.3  # the wide margin over fp32: noise on a shared machine is about 15%
 MIN_PARAMETERS = 5_000_000  # an image tower smaller than this runs in milliseconds: fp32, nothing measured
 ROUNDS = 7  # interleaved rounds; the median of their ratios decides (bench/precision_race.py: beside a CPU hog)
@@ -131,10 +134,12 @@ def int8_capable(device: str) -> bool:
     return device == "cpu" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
-def candidates(device: str) -> list[str]:
+def candidates(device: str, onnx: bool = False) -> list[str]:
     """The precisions worth trying here: bf16 where it is native, int8 where it has fast kernels (both on an
-    x86 CPU with AVX512-BF16 or AMX: they race)."""
-    return [p for p, able in ((BF16, native_bf16(device)), (INT8, int8_capable(device))) if able]
+    x86 CPU with AVX512-BF16 or AMX: they race); with ``onnx`` (a family that can export its towers), ONNX
+    Runtime's fp32 and int8 on a CPU where onnxruntime is installed."""
+    torch_ones = [p for p, able in ((BF16, native_bf16(device)), (INT8, int8_capable(device))) if able]
+    return torch_ones + list(ONNX) if onnx and device == "cpu" and version_of("onnxruntime") else torch_ones
 
 
 def decide(encode: Encode, images: Sequence[Any], batch_size: int, tried: Sequence[str],
@@ -215,7 +220,7 @@ def machine(device: str) -> dict[str, Any]:
     import torch
 
     said: dict[str, Any] = {"device": device, "arch": platform.machine(), "torch": torch.__version__,
-                            "onnxruntime": _version("onnxruntime")}
+                            "onnxruntime": version_of("onnxruntime")}
     if device == "cuda":
         return {**said, "gpu": torch.cuda.get_device_name(0)}
     lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
@@ -225,7 +230,8 @@ def machine(device: str) -> dict[str, Any]:
             "flags": sorted(f for f in set(flags) if f.startswith(("avx", "amx")))}
 
 
-def _version(package: str) -> str | None:
+def version_of(package: str) -> str | None:
+    """The installed version of ``package``; None where it is not installed."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -235,11 +241,16 @@ def _version(package: str) -> str | None:
 def decision_key(model: str, device: str, batch_size: int, tower: str = "image") -> str:
     """Which decision: the model (its name, and a local checkpoint's weights by size and time), the device, the
     batch size and the tower. The machine is not part of it: a decision remembers its own (``machine``)."""
-    folder = Path(model)
-    weights = sorted(f"{w.relative_to(folder)}:{w.stat().st_size}:{w.stat().st_mtime_ns}"
-                     for pattern in ("*.safetensors", "*.bin") for w in folder.rglob(pattern)) if folder.is_dir() else []
-    text = json.dumps([device, model, weights, batch_size, tower])
+    text = json.dumps([device, model, weights(model), batch_size, tower])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def weights(model: str) -> list[str]:
+    """A local checkpoint's weight files by name, size and time (what changes when it is trained again); none for
+    a Hub name, whose files do not change under it."""
+    folder = Path(model)
+    return sorted(f"{w.relative_to(folder)}:{w.stat().st_size}:{w.stat().st_mtime_ns}"
+                  for pattern in ("*.safetensors", "*.bin") for w in folder.rglob(pattern)) if folder.is_dir() else []
 
 
 class Chooser:

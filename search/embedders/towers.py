@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from search.embedders import precision as chosen
-from search.embedders.precision import BF16, FP32, INT8, SAFE, Decision, Race, check_precision
+from search.embedders.precision import BF16, FP32, INT8, ONNX, SAFE, Decision, Race, check_precision
 
 log = logging.getLogger(__name__)
 Tokens = Callable[[list[str]], dict[str, Any]]  # texts -> the text tower's inputs on the device
@@ -35,6 +35,7 @@ class TowerEmbedder:
 
     normalized = True
     supports_text = True
+    exports_onnx = False  # its towers can run on ONNX Runtime (``_exported``): the race tries it on a CPU
     dimension: int
     min_edges: tuple[int, int]
 
@@ -47,8 +48,10 @@ class TowerEmbedder:
         self._towers: dict[str, Any] = {}  # the image tower by precision (fp32's, int8's once made)
         self._text_towers: dict[str, Any] = {}
         self._tokens: Tokens | None = None
+        self._onnx: dict[str, Any] = {}  # ONNX Runtime's towers by precision (onnx_runtime.OnnxTowers), once used
         # Tokenizers and torch modules are not safe for concurrent calls; the cores are shared anyway.
         self._lock = threading.Lock()
+        self._exporting = threading.Lock()  # one ONNX export at a time
 
     @property
     def loaded(self) -> bool:
@@ -68,7 +71,7 @@ class TowerEmbedder:
     def unload(self) -> None:
         """Let the model go (``load`` brings it back, at SAFE)."""
         with self._lock:
-            self._towers, self._text_towers, self._tokens = {}, {}, None
+            self._towers, self._text_towers, self._tokens, self._onnx = {}, {}, None, {}
             self._unload()
 
     def _load(self) -> tuple[Any, Any, Tokens]:
@@ -79,11 +82,15 @@ class TowerEmbedder:
         """The family's own references to its model dropped."""
         raise NotImplementedError
 
+    def _exported(self) -> dict[str, Any]:
+        """``onnx_runtime.export``'s arguments for the loaded model's towers (a family that ``exports_onnx``)."""
+        raise NotImplementedError
+
     def races(self, batch_size: int) -> list[Race]:
         """Each tower as the precision race runs it: the image tower at ``batch_size`` on the probe photos, the
         text tower at one text on the probe texts (a query is one text, and at one text the tower's time is
         reading its weights, of which bf16 has half the bytes and int8 a quarter: ViT-B/32 here 23, 16, 6 ms)."""
-        tried = tuple(chosen.candidates(self.device))
+        tried = tuple(chosen.candidates(self.device, onnx=self.exports_onnx))
         return [Race("image", self.name, self.device, batch_size, _parameters(self._towers[FP32]), tried,
                      self._encode_images, lambda: [self.prepare(img) for img in chosen.probe_images()]),
                 Race("text", self.name, self.device, 1, _parameters(self._text_towers[FP32]), tried,
@@ -101,6 +108,8 @@ class TowerEmbedder:
                 self.precision, self.decision = decision.precision, decision
             else:
                 self.text_decision = decision
+            for unused in set(self._onnx) - {self.precision, self.text_precision}:  # its sessions hold the weights
+                del self._onnx[unused]
         log.info("%s: the %s tower runs at %s (%s)", self.name, tower, decision.precision, decision.reason)
 
     @property
@@ -122,6 +131,10 @@ class TowerEmbedder:
 
     def _encode_text_batch(self, texts: Sequence[str], precision: str) -> np.ndarray:
         """One forward pass of the text tower at ``precision``."""
+        if precision in ONNX:
+            runtime = self._runtime(precision)
+            with self._lock:
+                return runtime.embed_texts(list(texts))
         assert self._tokens is not None, "load() first"
         return self._forward(self._text_towers, self._tokens(list(texts)), precision)
 
@@ -138,7 +151,29 @@ class TowerEmbedder:
 
     def _encode_images(self, images: Sequence[Image.Image], precision: str) -> np.ndarray:
         """One forward pass of the image tower over ``images`` (prepared where they are not yet)."""
+        if precision in ONNX:
+            runtime = self._runtime(precision)
+            with self._lock:
+                return runtime.embed_images(images)
         return self._forward(self._towers, self.image_inputs(images), precision)
+
+    def _runtime(self, precision: str) -> Any:
+        """ONNX Runtime's towers at ``precision`` ("onnx-fp32" or "onnx-int8"), exported from the loaded model the
+        first time this model is asked for them on this machine (``onnx_runtime.cache_folder``)."""
+        from search.embedders import onnx_runtime
+
+        runtime = self._onnx.get(precision)
+        if runtime is None:
+            if not self.exports_onnx:
+                raise ValueError(f"{self.name} does not run on ONNX Runtime")
+            folder = onnx_runtime.cache_folder(self.name)
+            # Not under the lock: the export traces the fp32 towers for a minute, queries go on meanwhile
+            with self._exporting:
+                if not onnx_runtime.exported(folder):
+                    log.info("%s: exporting its towers to ONNX in %s", self.name, folder)
+                    onnx_runtime.export(folder, **self._exported())
+            runtime = self._onnx[precision] = onnx_runtime.OnnxTowers(folder, precision.removeprefix("onnx-"))
+        return runtime
 
     def _forward(self, towers: dict[str, Any], inputs: dict[str, Any], precision: str) -> np.ndarray:
         """One forward pass of the tower ``towers`` holds for ``precision``, under the lock, as unit rows."""

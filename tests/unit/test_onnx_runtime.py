@@ -124,3 +124,62 @@ def test_a_sentence_transformers_text_model_is_one_text_tower(tmp_path):
     assert float(np.min(np.sum(rows * reference, axis=1))) >= 0.9999
     with pytest.raises(ModelError, match="texts only"):
         towers.embed_images([sample(1, seed=0)[0][0]])
+
+
+@pytest.fixture
+def clip(shapes_model, tmp_path, monkeypatch):
+    """A loaded CLIP embedder whose ONNX exports go to a folder of the test's own."""
+    from huggingface_hub import constants
+
+    from search.embedders.clip import ClipEmbedder
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+    embedder = ClipEmbedder(str(shapes_model), device="cpu")
+    embedder.load()
+    return embedder
+
+
+def test_clip_offers_onnx_runtime_to_the_race_on_a_cpu(clip, monkeypatch):
+    assert all(set(race.tried) >= set(precision.ONNX) for race in clip.races(32))
+    assert precision.ONNX_INT8 not in precision.candidates("cuda", onnx=True)
+    monkeypatch.setattr(precision, "version_of", lambda package: None)  # onnxruntime not installed
+    assert not set(precision.candidates("cpu", onnx=True)) & set(precision.ONNX)
+
+
+def test_clip_embeds_on_onnx_runtime_as_on_torch(clip, photos, tmp_path):
+    reference = clip.embed_images(photos)
+    for chosen in precision.ONNX:
+        rows = clip.embed_images(photos, precision=chosen)
+        assert float(np.mean(np.sum(rows * reference, axis=1))) >= precision.MIN_COSINE[chosen]
+        assert top10_overlap(reference, rows) >= precision.MIN_OVERLAP[chosen]
+    assert [p.name for p in (tmp_path / "hf" / "image-search-onnx").iterdir()] == [clip_folder(clip).name]
+
+
+def clip_folder(embedder) -> Path:
+    from search.embedders.onnx_runtime import cache_folder
+
+    return cache_folder(embedder.name)
+
+
+def test_a_decided_runtime_serves_both_towers_and_the_other_is_let_go(clip):
+    texts = ["a red circle", "a blue square"]
+    torch_rows = clip.embed_texts(texts)
+    clip.embed_images([], precision=precision.ONNX_FP32)
+    clip.use("text", precision.Decision(precision.ONNX_INT8, 1, reason="test"))
+    clip.use("image", precision.Decision(precision.ONNX_INT8, 32, reason="test"))
+    assert set(clip._onnx) <= {precision.ONNX_INT8}  # fp32's sessions, used once, are gone
+    rows = clip.embed_texts(texts)
+    assert float(np.mean(np.sum(rows * torch_rows, axis=1))) >= precision.MIN_COSINE[precision.ONNX_INT8]
+    assert set(clip._onnx) == {precision.ONNX_INT8}
+    clip.unload()
+    assert clip._onnx == {}
+
+
+def test_a_family_without_an_export_refuses_onnx(shapes_model):
+    from search.embedders.towers import TowerEmbedder
+
+    class NoExport(TowerEmbedder):
+        pass
+
+    with pytest.raises(ValueError, match="ONNX Runtime"):
+        NoExport("x")._runtime(precision.ONNX_FP32)

@@ -180,7 +180,7 @@ def test_nothing_is_measured_without_fast_arithmetic_or_for_a_tiny_model(clip, m
     tiny = clip.races(4)[0]  # the shapes model: far below MIN_PARAMETERS
     assert Chooser(None).choose(tiny) == Decision(FP32, 4, reason="a model this small gains nothing from lower precision")
     monkeypatch.setattr(precision, "MIN_PARAMETERS", 0)
-    monkeypatch.setattr(precision, "candidates", lambda device: [])
+    monkeypatch.setattr(precision, "candidates", lambda device, onnx=False: [])
     assert Chooser(None).choose(clip.races(4)[0]).reason == "no faster arithmetic on this device"
 
 
@@ -205,9 +205,9 @@ def test_capability(monkeypatch):
 def test_a_cpu_without_native_bf16_never_races_it(clip, monkeypatch):
     monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     monkeypatch.setattr(precision, "int8_capable", lambda device: True)
-    assert {race.tried for race in clip.races(4)} == {(INT8,)}
+    assert {race.tried for race in clip.races(4)} == {(INT8, *precision.ONNX)}  # ONNX Runtime: CLIP on a CPU
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
-    assert {race.tried for race in clip.races(4)} == {(BF16, INT8)}
+    assert {race.tried for race in clip.races(4)} == {(BF16, INT8, *precision.ONNX)}
 
 
 def test_making_an_embedder_loads_nothing_and_load_loads(shapes_model, tmp_path):
@@ -294,7 +294,7 @@ def test_clips_text_tower_is_the_checkpoints_own_and_decides_its_precision_at_on
     assert plain.text_precision == FP32
     assert np.min(np.sum(plain.embed_texts(texts) * reference, axis=1)) > 0.99999
     monkeypatch.setattr(precision, "MIN_PARAMETERS", 0)  # measure even the tiny model
-    monkeypatch.setattr(precision, "candidates", lambda device: [INT8])
+    monkeypatch.setattr(precision, "candidates", lambda device, onnx=False: [INT8])
     monkeypatch.setattr(precision, "MIN_SPEEDUP", 0.0)  # the tiny tower is not faster at int8; its agreement counts
     remembered = tmp_path / "precision.json"
     first = loaded(ClipEmbedder(str(shapes_model), device="cpu"))

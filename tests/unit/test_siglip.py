@@ -115,7 +115,7 @@ def test_siglips_towers_each_decide_their_precision_the_text_at_one_text(checkpo
 
     reference = _reference(checkpoint, _photos()[:1], TEXTS)[1]
     monkeypatch.setattr(precision, "MIN_PARAMETERS", 0)  # measure even the tiny model
-    monkeypatch.setattr(precision, "candidates", lambda device: ["int8"])
+    monkeypatch.setattr(precision, "candidates", lambda device, onnx=False: ["int8"])
     monkeypatch.setattr(precision, "MIN_SPEEDUP", 0.0)  # the tiny tower is not faster at int8; its agreement counts
     remembered = tmp_path / "precision.json"
     first = SiglipEmbedder(str(checkpoint), device="cpu")
