@@ -46,6 +46,7 @@ MIN_COSINE = {BF16: 0.999, INT8: 0.995, ONNX_FP32: 0.9999, ONNX_INT8: 0.995}
 MIN_OVERLAP = {BF16: 0.0, INT8: 0.95, ONNX_FP32: 0.95, ONNX_INT8: 0.95}  # top-10 overlap of exact search with fp32's
 MIN_SPEEDUP = 1.3  # the wide margin over fp32: noise on a shared machine is about 15%
 MIN_PARAMETERS = 5_000_000  # an image tower smaller than this runs in milliseconds: fp32, nothing measured
+RATE_DRIFT = 1.5  # a build's model this much slower or faster than its decision's rate reopens the decision
 ROUNDS = 7  # interleaved rounds; the median of their ratios decides (bench/precision_race.py: beside a CPU hog)
 PROBE = Path(__file__).resolve().parent / "probe"  # real photos, shipped with the package (package data)
 
@@ -351,6 +352,24 @@ def _write(path: str, key: str, decision: Decision, here: dict[str, Any]) -> Non
         write_atomically(target, json.dumps(known, indent=1))
     except OSError:
         pass
+
+
+def drifted(predicted: float | None, measured: float) -> bool:
+    """Whether a build's model ran at ``measured`` inputs a second so far from the ``predicted`` rate its decision
+    was made at (RATE_DRIFT either way) that the decision was made in another moment than this machine's usual."""
+    return predicted is not None and predicted > 0 and not predicted / RATE_DRIFT <= measured <= predicted * RATE_DRIFT
+
+
+def reopen(path: str | None, model: str, device: str, batch_size: int, tower: str = "image") -> None:
+    """Forget the decision ``path`` remembers for this tower: the next load races again."""
+    if not path or not Path(path).exists():
+        return
+    try:
+        known = json.loads(Path(path).read_text())
+        if isinstance(known, dict) and known.pop(decision_key(model, device, batch_size, tower), None) is not None:
+            write_atomically(Path(path), json.dumps(known, indent=1))
+    except (OSError, ValueError):
+        pass  # a store that cannot be read or written races again anyway
 
 
 def _batch(images: Sequence[Any], batch_size: int) -> list[Any]:

@@ -19,6 +19,7 @@ from itertools import islice
 from typing import Any, Literal, Protocol
 
 from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
+from search.embedders import precision
 from search.embedders.base import Embedder
 from search.embedders.deferred import Deferred, loaded
 from search.embedders.precision import AUTO, BF16, FP32
@@ -198,6 +199,13 @@ class RunState:
             report.bf16_agreement, report.bf16_speedup = bf16.cosine, bf16.speedup
         if decision and decision.precision == report.precision:  # what the race timed the bare model at
             report.predicted_rate = decision.rate
+            embedded = report.stage_seconds["embed"]
+            # Three batches at least: a first batch pays the model's warm-up, one batch is one moment
+            if report.indexed >= 3 * self.options.batch_size and embedded and \
+                    precision.drifted(decision.rate, report.indexed / embedded):
+                precision.reopen(self.store.precision_file, self.model.name, getattr(loaded(self.model), "device", ""),
+                                 self.options.batch_size)
+                report.precision_reopened = True
         report.seconds = round(time.perf_counter() - started, 3)
         report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds else 0.0
         report.total_in_collection = self.collection.count()

@@ -31,6 +31,7 @@ class BuildReport:
     bf16_agreement: float | None = None
     bf16_speedup: float | None = None
     predicted_rate: float | None = None  # images/s the precision race timed the bare model at, at this precision
+    precision_reopened: bool = False  # the model ran 1.5x off that rate: the next build or start races again
     texts_queued: int = 0  # images whose text is read in the background after the build (albums)
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
@@ -54,6 +55,8 @@ class BuildReport:
         if self.indexed:
             rate = f"{self.images_per_second:.1f} images/s, " if self.seconds >= 0.1 else ""
             raced = f"; the precision race timed the bare model at {self.predicted_rate:.1f}" if self.predicted_rate else ""
+            if self.precision_reopened:
+                raced += " but it ran at another speed in this build: the choice is measured again next time"
             done = (f"Indexed {_count(self.indexed, 'new image')} into collection {self.collection!r} in "
                     f"{self.seconds:.1f} s ({rate}{self.precision}{raced}, model {model_name(self.model)}).")
         else:

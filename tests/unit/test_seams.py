@@ -2,8 +2,10 @@
 torch, carries a build, the index and the service end to end (in a second)."""
 from __future__ import annotations
 
+import json
 import threading
 import time
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -209,3 +211,28 @@ def test_the_builder_reports_the_precision_it_used_and_the_rate_the_race_predict
     forced = build_index(open_source(str(folder)).items, Store.connect(tmp_path / "other", create=True), "images", model,
                          BuildOptions(batch_size=4, precision="fp32"))
     assert forced.precision == "fp32" and forced.predicted_rate is None  # the race timed another precision
+
+
+def test_a_build_whose_model_ran_far_from_the_predicted_rate_reopens_the_decision(tmp_path):
+    """A decision made in a busy moment (or a quiet one) says a rate; a build three batches long that embeds at a
+    rate 1.5x away from it forgets the decision, so the next load races again."""
+    from dataclasses import replace
+
+    from search.embedders.precision import Chooser, decision_key, settle
+
+    store = Store.connect(tmp_path / "store", create=True)
+    model = fake_embedder.racing()
+    settle(model, "auto", 4, Chooser(store.precision_file, clock=model.clock))
+    key = decision_key(model.name, "cpu", 4, "image")
+    assert key in json.loads(Path(store.precision_file).read_text())
+    model.decision = replace(model.decision, rate=1e12)  # no machine embeds that fast: the build is far from it
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("RGB", (32, 32), (20 * i, 20, 240 - 20 * i)).save(folder / f"{i}.png")
+    short = build_index(islice(open_source(str(folder)).items, 8), store, "short", model, BuildOptions(batch_size=4))
+    assert short.indexed == 8 and not short.precision_reopened  # two batches: one moment, nothing concluded
+    assert key in json.loads(Path(store.precision_file).read_text())
+    report = build_index(open_source(str(folder)).items, store, "images", model, BuildOptions(batch_size=4))
+    assert report.precision_reopened and "measured again next time" in report.summary()
+    assert key not in json.loads(Path(store.precision_file).read_text())
