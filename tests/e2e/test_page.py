@@ -121,11 +121,22 @@ def test_a_file_that_is_not_an_image_gets_the_librarys_message(browser, tmp_path
     assert "Top" in search_text(page, "a red square")  # the error clears on the next action
 
 
+def loaded(page, where: str) -> list[str]:
+    """The pictures shown in ``where`` (a CSS selector) that the browser could not load, by their address."""
+    return page.evaluate(f"() => [...document.querySelectorAll('{where} img')]"
+                         ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+
+
 def test_a_result_opens_in_full_and_searching_by_it_fills_the_query_panel(browser):
     page = open_page(browser)
     search_text(page, "a yellow circle")
+    sources = page.evaluate("() => [...document.querySelectorAll('#results img')].map(i => i.src)")
+    assert sources and all("/api/pictures/" in s for s in sources), sources  # the app's route, never Gradio's cache
+    assert not loaded(page, "#results")
     page.locator("#results img").nth(1).click()
     page.locator("#detail").get_by_text("Score (cosine)").wait_for(timeout=WAIT)
+    page.locator("#detail-image img").first.wait_for(timeout=WAIT)
+    assert not loaded(page, "#detail-image")
     shot(page, "page-detail")
     after(page, lambda: page.get_by_role("button", name="Search by this image").click())
     shot(page, "page-searched-by-result")
