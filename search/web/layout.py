@@ -43,8 +43,8 @@ def named(handler: Callable[..., dict[str, Any]], c: Components) -> Callable[...
         with pictures.answering(request):
             return {c[name]: value for name, value in handler(*args, **kwargs).items()}
 
-    call.__signature__ = inspect.signature(handler).replace(  # type: ignore[attr-defined]
-        parameters=[_REQUEST, *inspect.signature(handler).parameters.values()])
+    signature = inspect.signature(handler)
+    call.__signature__ = signature.replace(parameters=[_REQUEST, *signature.parameters.values()])  # type: ignore[attr-defined]
     call.__annotations__ = {**handler.__annotations__, "request": gr.Request}
     return call
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -231,9 +232,9 @@ class SearchPage:
 
     def _image(self, path: str, name: str | None) -> Shown:
         """An image file as the main part: the query panel shows a copy fitted to it (taps map back)."""
-        path = self.files.readable(path)  # an example's thumbnail is searched by a copy, as it is shown
-        copy = regions.shown(path, self.files)
-        return image_part(path, copy.preview, copy.scale, name)
+        readable = self.files.readable(path)  # an example's thumbnail: a copy the app writes (the library reads files)
+        copy = regions.shown(readable, self.files)
+        return image_part(readable, copy.preview, copy.scale, name or Path(path).name)
 
     def _new(self, make: Any, c: Controls, *, from_url: bool = False, keep_text: bool = False) -> Outputs:
         """A new search by the part ``make()`` makes (a refusal on the way is the search's message, and a

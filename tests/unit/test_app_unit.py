@@ -260,6 +260,7 @@ def test_a_stored_image_s_thumbnail_searched_by_example_or_by_a_region_is_a_copy
     assert thumbnails.id_of(last) and not Path(last).exists()  # a hit's thumbnail: its bytes are in the store's pack
     by_example = searched(page.search_example(_select(len(paths) - 1), paths, *controls(k=3)))
     assert Path(by_example["query"].main.value).read_bytes() == thumbnails.at(last)  # searched by a copy of it
+    assert by_example["query"].main.label == Path(last).name  # named as the image, not as the copy
     assert by_example["shown"][0].id == thumbnails.id_of(last)
     hit = searched(page.search_text(caption("green square"), *controls(k=1)))["shown"][0]
     query = searched(page.search_selected(hit, *controls(k=3)))["query"]
