@@ -16,6 +16,7 @@ Stored thumbnails never come here: the page shows them at the app's own route (`
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import itertools
@@ -30,6 +31,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
+from gradio.data_classes import FileData, ListFiles
 from PIL import Image
 
 from search.core.atomic import write_atomically
@@ -159,21 +162,16 @@ class VisitorFiles:
         return made if dash and is_image_id(made) else None
 
     def _sweep(self) -> None:
-        """Delete what is older than KEEP_S and nobody else expires: kept files, and the empty file Gradio's File
-        component leaves for every file an API call sends. At most every SWEEP_S seconds."""
+        """Delete kept files older than KEEP_S (nobody else expires them), at most every SWEEP_S seconds."""
         with self._lock:
             if time.monotonic() - self._swept < SWEEP_S:
                 return
             self._swept = time.monotonic()
         cutoff = time.time() - KEEP_S
-        for entry in _entries(self.folder):
+        for kept in _entries(self.folder / KEPT):
             with contextlib.suppress(OSError):  # another request swept it first
-                if entry.name == KEPT:
-                    for kept in _entries(Path(entry.path)):
-                        if kept.is_file(follow_symlinks=False) and kept.stat().st_mtime < cutoff:
-                            os.unlink(kept.path)
-                elif _gradios_empty_file(entry, cutoff):
-                    os.unlink(entry.path)
+                if kept.is_file(follow_symlinks=False) and kept.stat().st_mtime < cutoff:
+                    os.unlink(kept.path)
 
     # --- Uploads --------------------------------------------------------------------------------------
 
@@ -240,6 +238,27 @@ class VisitorFiles:
             _remove_inside(self.folder.resolve(), path)
 
 
+def upload_box(**kwargs: Any) -> gr.File:
+    """A file box whose handler gets the uploads' paths as Gradio stored them (a path, or a list for
+    ``file_count="multiple"``): what ``VisitorFiles.consumed`` deletes.
+
+    Gradio's own preprocessing makes an empty temporary file in its cache for every file and never deletes it
+    (gradio/components/file.py, ``_process_single_file``); the paths are what the handlers read, and Gradio has
+    checked that they lie in its upload folder before this runs. (Set on the instance, as ``page.query_image``.)
+    """
+    box = gr.File(type="filepath", **kwargs)
+    single = box.file_count == "single"
+    box.preprocess = functools.partial(_upload_paths, single=single)  # type: ignore[method-assign]
+    return box
+
+
+def _upload_paths(payload: FileData | ListFiles | None, single: bool) -> str | list[str] | None:
+    if payload is None:
+        return None
+    paths = [str(f.path) for f in payload] if isinstance(payload, ListFiles) else [str(payload.path)]
+    return paths[0] if single else paths
+
+
 def picture_bytes(picture: str | Path) -> bytes:
     """The bytes of ``picture``: a stored thumbnail (its logical path) from the store's pack, else a file."""
     if thumbnails.id_of(picture):
@@ -248,15 +267,6 @@ def picture_bytes(picture: str | Path) -> bytes:
             raise QueryError(GONE)
         return data
     return read_file(Path(picture))
-
-
-def _gradios_empty_file(entry: os.DirEntry, cutoff: float) -> bool:
-    """One of the empty temporary files ``gr.File(type="filepath")`` makes per file and never deletes (an upload
-    in progress writes to one like it, so only those empty since ``cutoff`` qualify)."""
-    if not (entry.name.startswith("tmp") and entry.is_file(follow_symlinks=False)):
-        return False
-    stat = entry.stat(follow_symlinks=False)
-    return stat.st_size == 0 and stat.st_mtime < cutoff
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:

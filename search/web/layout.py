@@ -19,7 +19,7 @@ from search.web import pictures, views
 from search.web.albums_page import ALBUM_VIEW, DROP, FIRST_ALBUM, SWAP, AlbumPage
 from search.web.api import ENDPOINTS, Api
 from search.web.evaluation_tab import evaluation_tab
-from search.web.files import KEEP_S, VisitorFiles
+from search.web.files import KEEP_S, VisitorFiles, upload_box
 from search.web.page import CONTROLS, LESS_LIKE, MORE_LIKE, OPEN, SEARCHED, PageQuery, SearchPage, query_image
 from search.web.styles import REVEAL_RESULTS
 
@@ -163,8 +163,8 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
                 with gr.Row():
                     c["album"] = gr.Dropdown([], label="Collection", allow_custom_value=True, value=FIRST_ALBUM,
                                              scale=2, min_width=160)
-                    c["uploads"] = gr.File(file_count="multiple", type="filepath", label="Images or a .zip", scale=3,
-                                           min_width=200, elem_id="album-files")
+                    c["uploads"] = upload_box(file_count="multiple", label="Images or a .zip", scale=3, min_width=200,
+                                              elem_id="album-files")
                 c["album_add"] = gr.Button("Add to collection", variant="primary")
                 c["summary"] = gr.Markdown()
                 # Lines that wrap, not Gradio's table: its columns took the width of their longest cell, and a
@@ -258,11 +258,10 @@ def _endpoints(api: Api) -> None:
         key = search_options[-1]
         collection = gr.Textbox(value="", label="collection")
         inputs: dict[str, list[Any]] = {
-            "search_by_image": [gr.File(type="filepath", label="image"), *search_options],  # bytes reach our decoder
+            "search_by_image": [upload_box(label="image"), *search_options],  # bytes reach our decoder
             "search_by_text": [gr.Textbox(label="text"), *search_options],
-            "search": [gr.JSON(value={}, label="query"), gr.File(type="filepath", file_count="multiple", label="images"),
-                       key],
-            "collection_add": [gr.File(type="filepath", file_count="multiple", label="files"), collection, key],
+            "search": [gr.JSON(value={}, label="query"), upload_box(file_count="multiple", label="images"), key],
+            "collection_add": [upload_box(file_count="multiple", label="files"), collection, key],
             "collection_list": [key],
             "collection_delete": [gr.JSON(value=[], label="ids"), collection, key],
             "collection_drop": [collection, key],

@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+from gradio.data_classes import FileData, ListFiles
 
 from search.errors import QueryError
 from search.stores import thumbnails
-from search.web.files import KEEP_S, KEPT, VisitorFiles
+from search.web.files import KEEP_S, KEPT, VisitorFiles, upload_box
 
 
 def _upload(folder, name: str, data: bytes):
@@ -100,19 +101,27 @@ def test_a_thumbnail_is_read_from_the_pack_into_a_file_that_goes_with_the_image(
         files.readable(thumb)
 
 
-def test_kept_files_and_gradios_empty_leftovers_are_swept_after_half_an_hour(tmp_path):
+def test_kept_files_are_swept_after_half_an_hour_and_uploads_left_to_gradio(tmp_path):
     cache = tmp_path / "cache"
     files = VisitorFiles(10**9, folder=cache)
     old, new = Path(files.keep(b"\xff\xd8old")), Path(files.keep(b"\xff\xd8new"))
     upload = _upload(cache, "photo.jpg", b"mine")
-    left, arriving = cache / "tmpab12cd34", cache / "tmpef56gh78"  # Gradio's empty leftover; an upload's start
-    left.touch()
-    arriving.touch()
     long_ago = time.time() - KEEP_S - 60
-    for path in (old, upload.parent, upload, left):
+    for path in (old, upload.parent, upload):
         os.utime(path, (long_ago, long_ago))
     files._swept = -float("inf")  # the next minute's sweep
     files.keep(b"\xff\xd8newer")
     assert not old.exists() and new.exists() and old.parent.name == KEPT
     assert upload.exists()  # an upload is Gradio's to expire
-    assert not left.exists() and arriving.exists()
+
+
+def test_a_file_box_hands_over_the_uploads_paths_and_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    uploads = [str(_upload(tmp_path / "cache", f"{n}.jpg", n.encode())) for n in ("one", "two")]
+    before = sorted((tmp_path / "cache").rglob("*"))
+    many, one = upload_box(file_count="multiple"), upload_box()
+    sent = ListFiles([FileData(path=p) for p in uploads])
+    assert many.preprocess(sent) == uploads and one.preprocess(FileData(path=uploads[1])) == uploads[1]
+    assert one.preprocess(sent) == uploads[0] and many.preprocess(None) is None and one.preprocess(None) is None
+    assert sorted((tmp_path / "cache").rglob("*")) == before  # Gradio's own made an empty file per file
