@@ -304,7 +304,12 @@ class UploadBudget:
     """ASGI middleware over Gradio's upload route: refuse uploads past the budget, count those accepted.
 
     An upload must declare its length (browsers and gradio_client do), so it is refused before a byte
-    is written. Gradio's answer (the paths it stored) tells ``files`` which uploads wait to be read.
+    is written. Gradio's answer (the paths it stored) tells ``files`` which uploads wait to be read: Gradio
+    (6.31) stores equal files at one path (a folder named by their hash, route_utils.upload_fn) and offers no
+    other sign that an upload arrived before a handler is given its path, minutes later perhaps, so an upload
+    read by one visitor could not otherwise be deleted without losing another's. If a Gradio upgrade changes
+    that answer, uploads stop being deleted once read: tests/e2e/test_hostile_api.py's dropped-collection
+    test finds an upload still served.
     """
 
     def __init__(self, app: ASGIApp, files: VisitorFiles):
