@@ -154,7 +154,8 @@ class AlbumPage:
 
 
 def forget(service: SearchService, files: VisitorFiles, removal: Removal) -> Removal:
-    """After a delete: purge the web server's copies of the images whose thumbnails went from the store."""
-    files.purge(service.without_thumbnail(removal.removed))
+    """After a delete: delete what the app made from the images whose thumbnails went from the store (their
+    pictures' URLs answer 404 from then on by themselves)."""
+    files.forget(service.without_thumbnail(removal.removed))
     return removal
 

@@ -14,8 +14,9 @@ from search.errors import QueryError
 from search.service.service import Answer, SearchService
 from search.web.albums_page import forget
 from search.web.files import VisitorFiles
-from search.web.http_api import hits_with_urls
+from search.web.http_api import hits_with_urls, thumbnail_url
 from search.web.messages import user_errors
+from search.web.pictures import root_url
 
 ENDPOINTS = ("search_by_image", "search_by_text", "search", "collection_add", "collection_list", "collection_delete",
              "collection_drop", "collection_swap")
@@ -29,17 +30,19 @@ class Api:
         self.files = files
 
     @user_errors
-    def search_by_image(self, image: str | None, k: float, metric: str, index: str, key: str) -> list[dict[str, Any]]:
+    def search_by_image(self, image: str | None, k: float, metric: str, index: str, key: str,
+                        request: gr.Request) -> list[dict[str, Any]]:
         """The k stored images most like ``image``, best first."""
         if not image:
             raise QueryError("Upload, paste or photograph an image first (or give an image URL).")
         with self.files.consumed([image]):
-            return self._files(self._one(Part(kind="image", value=image), k, metric, index, key))
+            return _with_urls(self._one(Part(kind="image", value=image), k, metric, index, key), request)
 
     @user_errors
-    def search_by_text(self, text: str, k: float, metric: str, index: str, key: str) -> list[dict[str, Any]]:
+    def search_by_text(self, text: str, k: float, metric: str, index: str, key: str,
+                       request: gr.Request) -> list[dict[str, Any]]:
         """The k stored images that best match ``text``, best first."""
-        return self._files(self._one(Part(kind="text", value=text), k, metric, index, key))
+        return _with_urls(self._one(Part(kind="text", value=text), k, metric, index, key), request)
 
     @user_errors
     def search(self, query: object, request: gr.Request, images: list[str] | None = None,
@@ -53,7 +56,7 @@ class Api:
         """
         with self.files.consumed(images or []):
             answer = self.service.search(query, list(images or []), key or None)
-        hits = hits_with_urls(answer, str(request.base_url) if request else "")
+        hits = hits_with_urls(answer, root_url(request))
         return {"hits": hits, "total": answer.total, "offset": answer.offset, "cutoff": answer.cutoff,
                 "no_match": answer.no_match}
 
@@ -91,8 +94,10 @@ class Api:
         return self.service.search(Query(positive=(part,), k=whole, metric=metric, index=index or "",  # type: ignore[arg-type]
                                          cutoff=None), key=key or None)
 
-    def _files(self, answer: Answer) -> list[dict[str, Any]]:
-        """Hits for API callers; a FileData dict makes Gradio serve a copy of the thumbnail (never the store's
-        file) and the client download it."""
-        return [{**r, "image": {"path": self.files.shown(r["image"]), "meta": {"_type": "gradio.FileData"}}
-                 if r["image"] else None} for r in answer.records(relevance=False)]
+
+def _with_urls(answer: Answer, request: gr.Request) -> list[dict[str, Any]]:
+    """Hits for the two simple endpoints: ``image`` is the thumbnail's URL (``/search``'s ``thumbnail``), which the
+    caller fetches if it wants the picture; never a file or a path of the server."""
+    root = root_url(request)
+    return [{**r, "image": root + thumbnail_url(r["id"], answer.album) if r["image"] else None}
+            for r in answer.records(relevance=False)]

@@ -25,7 +25,6 @@ from search.service.albums import PREFIX as ALBUM_PREFIX
 from search.stores.store import Store
 from search.stores.swaps import is_shadow
 from search.web import views
-from search.web.files import VisitorFiles
 from search.web.messages import public_message
 from search.web.side_by_side import SideBySide, side_by_side
 
@@ -38,7 +37,7 @@ INTRO = ("How often the nearest images share the query image's label (leave one 
          "cannot be evaluated.")
 
 
-def evaluation_tab(settings: Settings, files: VisitorFiles) -> None:
+def evaluation_tab(settings: Settings) -> None:
     """Lay out the tab's components inside the caller's ``gr.Tab`` and wire their (private) events; a local
     app's operator also gets the side-by-side view of a model swap.
 
@@ -68,7 +67,7 @@ def evaluation_tab(settings: Settings, files: VisitorFiles) -> None:
     download = gr.File(label="evaluation.json", elem_id="evaluate-json")
     lists: list[Any] = [collections]
     if not settings.public:
-        lists.append(side_by_side(settings, files, lambda: shared_collections(settings)))
+        lists.append(side_by_side(settings, lambda: shared_collections(settings)))
 
     def listed(chosen: bool) -> list[Any]:
         names = shared_collections(settings)

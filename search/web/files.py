@@ -1,22 +1,22 @@
-"""The files the app's web server holds for visitors, under one byte budget, and how they reach Gradio.
+"""The files the app's web server holds for visitors, under one byte budget, in Gradio's cache folder.
 
 Gradio keeps every upload and every file it serves in its cache folder, reachable by URL while it is
 there. ``VisitorFiles`` is the app's one account of that folder:
 
-- one budget for everything in it (uploads, fetched images, query previews, Gradio's copies of what it
-  served), checked before anything is written: uploads past it get HTTP 507, and a fetch or preview
-  past it gets a message;
+- one budget for everything in it (uploads, fetched images, query previews), checked before anything is
+  written: uploads past it get HTTP 507, and a fetch or preview past it gets a message;
 - uploads are counted as Gradio accepts them (equal files share one path there), and an upload a
   request has read is deleted once no other upload of the same file is still waiting to be read, nor
   may be: uploads Gradio was storing at that moment are waited for (one of them may be this file);
 - what the app writes itself is named by a keyed hash, so no URL can be guessed from a file's content;
-- store files (thumbnails, written from their pack) reach Gradio as copies in its cache under names made
-  with a secret, never by serving the store;
-- the copies of a deleted image are purged everywhere.
+  what it makes from a stored image carries the image's id in its name and goes when the image does.
+
+Stored thumbnails never come here: the page shows them at the app's own route (``pictures``).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import itertools
@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import threading
 import time
 from collections import Counter
@@ -32,12 +31,14 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
+from gradio.data_classes import FileData, ListFiles
 from PIL import Image
 
 from search.core.atomic import write_atomically
 from search.core.ids import is_image_id
-from search.errors import ServiceUnavailable
-from search.images.decode import HEAD_BYTES, format_of
+from search.errors import QueryError, ServiceUnavailable
+from search.images.decode import HEAD_BYTES, format_of, read_file
 from search.stores import thumbnails
 from search.stores.base import folder_bytes
 
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 FULL_MESSAGE = "The server's space for visitors' images is full; try again in a few minutes."
 FULL_RETRY_S = 300  # Gradio deletes what it cached this often (layout.DELETE_CACHE), and the sweep runs meanwhile
 KEPT = "kept"  # the cache's sub-folder for what the app writes: fetched images, query previews
+GONE = "That image is no longer stored; search again."
 KEEP_S = 1800  # what the app keeps lives as long as what Gradio caches (layout.DELETE_CACHE)
 SWEEP_S = 60  # how often at most the kept files are swept for ones past KEEP_S
 RECHECK_S = 1.0  # how often at most the folder is measured for the budget
@@ -75,7 +77,6 @@ class VisitorFiles:
         self._doomed: list[tuple[str, int | None, set[int]]] = []  # read uploads, waiting on those arrivals
         self._secret = secrets.token_bytes(32)  # names what the app writes: unguessable, equal for equal bytes
         self._lock = threading.Lock()
-        self._copying = threading.Lock()  # ``shown`` and the sweep of its copies, one folder at a time
 
     @property
     def folder(self) -> Path:
@@ -108,7 +109,7 @@ class VisitorFiles:
         """Keep bytes (a fetched image, a preview) as a file the page can show and search again; its path.
 
         What is made from a stored image (``of``, its validated id) carries the id in its name, so it is
-        purged with the image. Refused with a message when the budget is spent; files older than KEEP_S
+        deleted with the image (``forget``). Refused with a message when the budget is spent; files older than KEEP_S
         are swept on the way.
         """
         folder = self.folder / KEPT
@@ -132,39 +133,45 @@ class VisitorFiles:
     def keep_image(self, img: Image.Image, source: str | Path) -> str:
         """Keep a picture the page shows (a preview, a region drawn on one) made from ``source``, as a JPEG.
 
-        A thumbnail as the source (its logical path, or the copy ``shown`` made of it) makes a copy purged with it.
+        Made from a stored image (its thumbnail's logical path, or the file ``readable`` made of it), it goes
+        with that image (``forget``).
         """
         out = io.BytesIO()
         img.convert("RGB").save(out, "JPEG", quality=88)
-        source = Path(source)
-        stored = is_image_id(source.stem) and (self.folder not in source.resolve().parents
-                                               or source == self._copy_of(source.name))
-        return self.keep(out.getvalue(), ".jpg", of=source.stem if stored else None)
+        return self.keep(out.getvalue(), ".jpg", of=self._stored(Path(source)))
+
+    def readable(self, picture: str) -> str:
+        """A file the library can read for ``picture``: a stored thumbnail (its logical path) written from its
+        pack as a kept file that goes with the image; any other file as it is."""
+        image_id = thumbnails.id_of(picture)
+        return self.keep(picture_bytes(picture), ".jpg", of=image_id) if image_id else picture
+
+    def forget(self, image_ids: Iterable[str]) -> int:
+        """Delete what the app made from these images (``keep(of=...)``); how many files went. The ids must
+        already be validated image ids: they make file names."""
+        made = tuple(f"-{i}.jpg" for i in image_ids)
+        return sum(_remove_inside(self.folder.resolve(), Path(entry.path))
+                   for entry in _entries(self.folder / KEPT) if entry.name.endswith(made))
+
+    def _stored(self, source: Path) -> str | None:
+        """The id of the stored image ``source`` is (a thumbnail's logical path) or was made from (a kept file)."""
+        image_id = thumbnails.id_of(source)
+        if image_id or source.parent != self.folder / KEPT:
+            return image_id
+        _, dash, made = source.stem.rpartition("-")
+        return made if dash and is_image_id(made) else None
 
     def _sweep(self) -> None:
-        """Delete what is older than KEEP_S and nobody else expires: kept files; copies of store files in
-        folders nobody asked for since (a copy shown again renews its folder), this process's or an earlier
-        one's; and the empty file Gradio's File component leaves for every file an API call sends. At most
-        every SWEEP_S seconds."""
+        """Delete kept files older than KEEP_S (nobody else expires them), at most every SWEEP_S seconds."""
         with self._lock:
             if time.monotonic() - self._swept < SWEEP_S:
                 return
             self._swept = time.monotonic()
         cutoff = time.time() - KEEP_S
-        for entry in _entries(self.folder):
+        for kept in _entries(self.folder / KEPT):
             with contextlib.suppress(OSError):  # another request swept it first
-                if entry.name == KEPT:
-                    for kept in _entries(Path(entry.path)):
-                        if kept.is_file(follow_symlinks=False) and kept.stat().st_mtime < cutoff:
-                            os.unlink(kept.path)
-                elif _gradios_empty_file(entry, cutoff):
-                    os.unlink(entry.path)
-                elif entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                    with self._copying:  # not while ``shown`` renews this folder
-                        if os.stat(entry.path).st_mtime < cutoff:
-                            for copy in _entries(Path(entry.path)):
-                                if _is_store_file(copy.name):
-                                    os.unlink(copy.path)
+                if kept.is_file(follow_symlinks=False) and kept.stat().st_mtime < cutoff:
+                    os.unlink(kept.path)
 
     # --- Uploads --------------------------------------------------------------------------------------
 
@@ -230,75 +237,36 @@ class VisitorFiles:
         if key not in self._uploads and inode is not None and _inode(path) == inode:
             _remove_inside(self.folder.resolve(), path)
 
-    # --- Store files shown through Gradio ----------------------------------------------------------------
 
-    def shown(self, path: str | Path) -> str:
-        """A copy of a store file that Gradio may serve, for a component, an API answer or a search: a
-        thumbnail (by the logical path a hit carries, written from the store's pack) or a shipped picture
-        (a hard link where it can be).
+def upload_box(**kwargs: Any) -> gr.File:
+    """A file box whose handler gets the uploads' paths as Gradio stored them (a path, or a list for
+    ``file_count="multiple"``): what ``VisitorFiles.consumed`` deletes.
 
-        It lies in a folder of the cache named by a keyed hash of the file's name: the URL cannot be guessed
-        from an image id, and the store itself is never served. Files already in the cache pass as they are.
-        """
-        source = Path(path)
-        if self.folder in source.parents:
-            return str(source)
-        self._sweep()
-        copy = self._copy_of(source.name)
-        with self._copying:
-            if copy.exists():
-                os.utime(copy.parent)  # shown again: the sweep leaves it another KEEP_S
-                return str(copy)
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            temporary = copy.with_name(f".{copy.name}.{threading.get_native_id()}.tmp")
-            data = thumbnails.at(source)
-            if data is not None:
-                temporary.write_bytes(data)
-            else:
-                try:
-                    os.link(source, temporary)
-                except OSError:  # another file system, or no links there
-                    shutil.copyfile(source, temporary)
-            os.replace(temporary, copy)
-        return str(copy)
-
-    def _copy_of(self, name: str) -> Path:
-        """Where ``shown`` puts its copy of a file so named."""
-        return self.folder / hashlib.blake2b(name.encode(), key=self._secret, digest_size=16).hexdigest() / name
-
-    def purge(self, image_ids: Iterable[str]) -> int:
-        """Delete every copy of these images' thumbnails (named ``<id>.jpg``) in the cache, ours and Gradio's;
-        return how many went. The ids must already be validated image ids: they make file names."""
-        names = {f"{i}.jpg" for i in image_ids}
-        if not names or not self.folder.is_dir():
-            return 0
-        folder = self.folder.resolve()  # once: a cache of thousands of folders made a delete take seconds
-        removed = 0
-        for entry in os.scandir(folder):
-            if entry.is_dir(follow_symlinks=False):
-                for name in names:
-                    if os.path.lexists(candidate := Path(entry.path) / name):  # most folders hold none of them
-                        removed += _remove_inside(folder, candidate)
-        made = tuple(f"-{name}" for name in names)  # previews and regions drawn on them (``keep(of=...)``)
-        if (folder / KEPT).is_dir():
-            for entry in os.scandir(folder / KEPT):
-                if entry.name.endswith(made):
-                    removed += _remove_inside(folder, Path(entry.path))
-        return removed
+    Gradio's own preprocessing makes an empty temporary file in its cache for every file and never deletes it
+    (gradio/components/file.py, ``_process_single_file``); the paths are what the handlers read, and Gradio has
+    checked that they lie in its upload folder before this runs. (Set on the instance, as ``page.query_image``.)
+    """
+    box = gr.File(type="filepath", **kwargs)
+    single = box.file_count == "single"
+    box.preprocess = functools.partial(_upload_paths, single=single)  # type: ignore[method-assign]
+    return box
 
 
-def _is_store_file(name: str) -> bool:
-    """Whether ``name`` is a thumbnail's (``<image id>.jpg``), as ``shown`` copies them."""
-    return name.endswith(".jpg") and is_image_id(name.removesuffix(".jpg"))
+def _upload_paths(payload: FileData | ListFiles | None, single: bool) -> str | list[str] | None:
+    if payload is None:
+        return None
+    paths = [str(f.path) for f in payload] if isinstance(payload, ListFiles) else [str(payload.path)]
+    return paths[0] if single else paths
 
 
-def _gradios_empty_file(entry: os.DirEntry, cutoff: float) -> bool:
-    """One of the empty temporary files ``gr.File(type="filepath")`` makes per file and never deletes (an upload
-    in progress writes to one like it, so only those empty since ``cutoff`` qualify)."""
-    if not (entry.name.startswith("tmp") and entry.is_file(follow_symlinks=False)):
-        return False
-    stat = entry.stat(follow_symlinks=False)
-    return stat.st_size == 0 and stat.st_mtime < cutoff
+def picture_bytes(picture: str | Path) -> bytes:
+    """The bytes of ``picture``: a stored thumbnail (its logical path) from the store's pack, else a file."""
+    if thumbnails.id_of(picture):
+        data = thumbnails.at(picture)
+        if data is None:  # deleted since the page was given it
+            raise QueryError(GONE)
+        return data
+    return read_file(Path(picture))
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:
@@ -336,7 +304,12 @@ class UploadBudget:
     """ASGI middleware over Gradio's upload route: refuse uploads past the budget, count those accepted.
 
     An upload must declare its length (browsers and gradio_client do), so it is refused before a byte
-    is written. Gradio's answer (the paths it stored) tells ``files`` which uploads wait to be read.
+    is written. Gradio's answer (the paths it stored) tells ``files`` which uploads wait to be read: Gradio
+    (6.31) stores equal files at one path (a folder named by their hash, route_utils.upload_fn) and offers no
+    other sign that an upload arrived before a handler is given its path, minutes later perhaps, so an upload
+    read by one visitor could not otherwise be deleted without losing another's. If a Gradio upgrade changes
+    that answer, uploads stop being deleted once read: tests/e2e/test_hostile_api.py's dropped-collection
+    test finds an upload still served.
     """
 
     def __init__(self, app: ASGIApp, files: VisitorFiles):

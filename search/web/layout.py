@@ -6,6 +6,7 @@ that into Gradio's own form of named outputs, a dict keyed by component.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -14,11 +15,11 @@ import gradio as gr
 from search.core.query import DEFAULT_K, MAX_PAGE, MAX_TEXT_CHARS
 from search.service.examples import Shipped
 from search.service.service import SearchService
-from search.web import views
+from search.web import pictures, views
 from search.web.albums_page import ALBUM_VIEW, DROP, FIRST_ALBUM, SWAP, AlbumPage
 from search.web.api import ENDPOINTS, Api
 from search.web.evaluation_tab import evaluation_tab
-from search.web.files import KEEP_S, VisitorFiles
+from search.web.files import KEEP_S, VisitorFiles, upload_box
 from search.web.page import CONTROLS, LESS_LIKE, MORE_LIKE, OPEN, SEARCHED, PageQuery, SearchPage, query_image
 from search.web.styles import REVEAL_RESULTS
 
@@ -30,16 +31,25 @@ Components = dict[str, Any]
 
 
 def named(handler: Callable[..., dict[str, Any]], c: Components) -> Callable[..., dict[Any, Any]]:
-    """``handler``, whose outputs are by name, as Gradio takes named outputs: a dict keyed by component.
+    """``handler``, whose outputs are by name, as Gradio takes named outputs: a dict keyed by component; its
+    pictures' URLs are made under the root of the request it answers (``pictures.answering``).
 
-    (functools.wraps keeps the signature, which Gradio reads for its event data and progress arguments.)
+    Gradio reads the signature for what it passes besides the inputs (event data, progress, the request): the
+    wrapper's is the handler's, after the request Gradio passes first.
     """
 
     @functools.wraps(handler)
-    def call(*args: Any, **kwargs: Any) -> dict[Any, Any]:
-        return {c[name]: value for name, value in handler(*args, **kwargs).items()}
+    def call(request: gr.Request, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        with pictures.answering(request):
+            return {c[name]: value for name, value in handler(*args, **kwargs).items()}
 
+    signature = inspect.signature(handler)
+    call.__signature__ = signature.replace(parameters=[_REQUEST, *signature.parameters.values()])  # type: ignore[attr-defined]
+    call.__annotations__ = {**handler.__annotations__, "request": gr.Request}
     return call
+
+
+_REQUEST = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)
 
 
 def build_app(service: SearchService, files: VisitorFiles | None = None, shipped: Shipped | None = None) -> gr.Blocks:
@@ -134,9 +144,10 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
                                                    elem_id="click-mode", scale=4, min_width=240)
                         c["undo"] = gr.Button("Undo the last mark", visible=False, size="sm", scale=1, min_width=120)
                     with gr.Column(visible=False, elem_id="detail") as c["detail"], gr.Row(equal_height=False):
-                        c["detail_image"] = gr.Image(type="filepath", label="Selected result", height=320,
-                                                     interactive=False, min_width=200, elem_id="detail-image",
-                                                     buttons=["download", "fullscreen"])
+                        # A gallery of one: it shows a URL as it is, where an image box would copy it into Gradio's cache.
+                        c["detail_image"] = gr.Gallery(label="Selected result", height=320, columns=1, preview=True,
+                                                       interactive=False, object_fit="contain", min_width=200,
+                                                       elem_id="detail-image", buttons=["download", "fullscreen"])
                         with gr.Column(min_width=200):
                             c["detail_text"] = gr.Markdown()
                             c["search_this"] = gr.Button("Search by this image", variant="primary")
@@ -152,8 +163,8 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
                 with gr.Row():
                     c["album"] = gr.Dropdown([], label="Collection", allow_custom_value=True, value=FIRST_ALBUM,
                                              scale=2, min_width=160)
-                    c["uploads"] = gr.File(file_count="multiple", type="filepath", label="Images or a .zip", scale=3,
-                                           min_width=200, elem_id="album-files")
+                    c["uploads"] = upload_box(file_count="multiple", label="Images or a .zip", scale=3, min_width=200,
+                                              elem_id="album-files")
                 c["album_add"] = gr.Button("Add to collection", variant="primary")
                 c["summary"] = gr.Markdown()
                 # Lines that wrap, not Gradio's table: its columns took the width of their longest cell, and a
@@ -175,7 +186,7 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
                 c["offset"] = gr.State(0)
                 c["armed"] = gr.State(None)  # the album a first click on DROP asked about
             with gr.Tab("Evaluate"):
-                evaluation_tab(service.settings, files)
+                evaluation_tab(service.settings)
         _wire(demo, c, page, albums)
         _endpoints(Api(service, files))
     return demo
@@ -247,11 +258,10 @@ def _endpoints(api: Api) -> None:
         key = search_options[-1]
         collection = gr.Textbox(value="", label="collection")
         inputs: dict[str, list[Any]] = {
-            "search_by_image": [gr.File(type="filepath", label="image"), *search_options],  # bytes reach our decoder
+            "search_by_image": [upload_box(label="image"), *search_options],  # bytes reach our decoder
             "search_by_text": [gr.Textbox(label="text"), *search_options],
-            "search": [gr.JSON(value={}, label="query"), gr.File(type="filepath", file_count="multiple", label="images"),
-                       key],
-            "collection_add": [gr.File(type="filepath", file_count="multiple", label="files"), collection, key],
+            "search": [gr.JSON(value={}, label="query"), upload_box(file_count="multiple", label="images"), key],
+            "collection_add": [upload_box(file_count="multiple", label="files"), collection, key],
             "collection_list": [key],
             "collection_delete": [gr.JSON(value=[], label="ids"), collection, key],
             "collection_drop": [collection, key],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -19,7 +20,7 @@ from search.core.query import MAX_K, MAX_PARTS, Part, Query, checked_date
 from search.errors import InvalidImageError, QueryError, SearchError, ServiceUnavailable
 from search.service.examples import Examples, Shipped
 from search.service.service import SearchService
-from search.web import regions, views
+from search.web import pictures, regions, views
 from search.web.files import VisitorFiles
 from search.web.messages import public_message, user_errors
 from search.web.page_query import PageQuery, Shown, image_part
@@ -122,9 +123,10 @@ class SearchPage:
                 "example_paths": [image for image, _ in examples.images],
                 "prompt_examples": gr.Dataset(samples=[[p] for p in examples.prompts], visible=bool(examples.prompts))}
 
-    def gallery(self, items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        """Gallery items whose pictures Gradio may serve (store files go through ``VisitorFiles.shown``)."""
-        return [(self.files.shown(picture), caption) for picture, caption in items]
+    @staticmethod
+    def gallery(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """Gallery items whose pictures the browser can fetch (stored thumbnails at the app's route: ``pictures``)."""
+        return [(pictures.url(picture), caption) for picture, caption in items]
 
     def index_choices(self, key: str | None) -> list[tuple[str, str]]:
         """The Index dropdown's (label, value) pairs: the shared indexes, then the caller's albums (none
@@ -230,9 +232,9 @@ class SearchPage:
 
     def _image(self, path: str, name: str | None) -> Shown:
         """An image file as the main part: the query panel shows a copy fitted to it (taps map back)."""
-        path = self.files.shown(path)  # an example's thumbnail is searched by a copy, as it is shown
-        copy = regions.shown(path, self.files)
-        return image_part(path, copy.preview, copy.scale, name)
+        readable = self.files.readable(path)  # an example's thumbnail: a copy the app writes (the library reads files)
+        copy = regions.shown(readable, self.files)
+        return image_part(readable, copy.preview, copy.scale, name or Path(path).name)
 
     def _new(self, make: Any, c: Controls, *, from_url: bool = False, keep_text: bool = False) -> Outputs:
         """A new search by the part ``make()`` makes (a refusal on the way is the search's message, and a
@@ -311,7 +313,7 @@ class SearchPage:
         c = Controls(*controls)
         if mode not in (MORE_LIKE, LESS_LIKE):
             return {"detail": gr.update(visible=True), "selected": hit,
-                    "detail_image": self.files.shown(hit.image) if hit.image else None,
+                    "detail_image": self.gallery([(hit.image, None)] if hit.image else []),
                     "detail_text": views.detail(evt.index + 1, hit, c.metric)}
         return self._mark(query, hit, mode == MORE_LIKE, c)
 
@@ -350,7 +352,7 @@ class SearchPage:
                         "query": query.with_main(replace(main, preview=marked.preview, scale=marked.scale)),
                         "image": marked.preview}
             box, marked = regions.cut(picture, corner, point, self.files)
-            region = Shown(Part(kind="image", value=self.files.shown(picture), weight=main.part.weight, box=box),
+            region = Shown(Part(kind="image", value=self.files.readable(picture), weight=main.part.weight, box=box),
                            negative=main.negative,
                            preview=marked.preview, label=f"region of {main.label.removeprefix('region of ')}",
                            scale=marked.scale)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from search.core.query import MIN_REGION_EDGE
 from search.errors import QueryError
-from search.images.decode import Box, image_header, read_file, read_image
-from search.web.files import VisitorFiles
+from search.images.decode import Box, image_header, read_image
+from search.web.files import VisitorFiles, picture_bytes
 
 SHOWN_MAX = 640  # the longest edge of the copy the page shows
 SHOWN_MIN = 320  # smaller images are scaled up to this, so they can be seen and tapped
@@ -43,13 +42,13 @@ def to_original(point: object, scale: float) -> tuple[float, float]:
 
 def shown(original: str, files: VisitorFiles) -> Marked:
     """The copy of ``original`` the query panel shows."""
-    img, scale = _copy(original, files)
+    img, scale = _copy(original)
     return Marked(files.keep_image(img, original), scale)
 
 
 def mark_corner(original: str, corner: tuple[float, float], files: VisitorFiles) -> Marked:
     """The shown copy with the first corner of a region marked on it."""
-    img, scale = _copy(original, files)
+    img, scale = _copy(original)
     x, y = corner[0] / scale, corner[1] / scale
     draw = ImageDraw.Draw(img)
     r = max(4, round(max(img.size) / 60))
@@ -61,7 +60,7 @@ def mark_corner(original: str, corner: tuple[float, float], files: VisitorFiles)
 
 def cut(original: str, a: tuple[float, float], b: tuple[float, float], files: VisitorFiles) -> tuple[Box, Marked]:
     """The region between corners ``a`` and ``b`` (the original's pixels, within it), and the copy with the box drawn."""
-    img, scale = _copy(original, files)
+    img, scale = _copy(original)
     width, height = round(img.width * scale), round(img.height * scale)
     left, right = sorted((a[0], b[0]))
     top, bottom = sorted((a[1], b[1]))
@@ -73,9 +72,9 @@ def cut(original: str, a: tuple[float, float], b: tuple[float, float], files: Vi
     return box, Marked(files.keep_image(img, original), scale)
 
 
-def _copy(original: str, files: VisitorFiles) -> tuple[Image.Image, float]:
+def _copy(original: str) -> tuple[Image.Image, float]:
     """The copy to show (decoded reduced, inside the decode budget) and the original's pixels per its pixel."""
-    data = read_file(Path(files.shown(original)))  # a thumbnail is no file of its own
+    data = picture_bytes(original)  # a thumbnail is no file of its own
     img = read_image(data, min_edges=(1, SHOWN_MAX), fit=SHOWN_MAX)  # the query's limits and messages
     header = image_header(data)
     if max(img.size) < SHOWN_MIN:

@@ -12,6 +12,7 @@ from search.service.service import SearchService
 from search.web.files import UploadBudget, VisitorFiles
 from search.web.http_api import json_api
 from search.web.layout import build_app
+from search.web.pictures import router
 from search.web.styles import CSS
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,15 @@ def main(examples: Path | None = None) -> None:
     files = VisitorFiles(service.settings.upload_budget_bytes)
     demo = build_app(service, files, Shipped.read(examples) if examples else None)
     demo.queue(max_size=service.settings.queue_size, default_concurrency_limit=service.settings.concurrency)
-    # The shipped example photos only: store files reach Gradio as copies (VisitorFiles.shown), so that no
-    # path into the store (an album's thumbnails, its database) is ever served.
+    # The shipped example photos only: stored thumbnails are served at the app's own routes (search.web.pictures,
+    # http_api), so that no path into the store (an album's thumbnails, its database) is ever served by Gradio.
     allowed = [str(examples.resolve())] if examples else []
     # show_error: Gradio's own refusals (a file reference to a path that was not uploaded, too few inputs) keep
     # their words, or callers get an error with no message at all; the app's own refusals carry no internals.
     demo.launch(css=CSS, max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, show_error=True, prevent_thread_lock=True,
                 app_kwargs={"middleware": [Middleware(UploadBudget, files=files)],
-                            "routes": json_api(service).routes})  # /api/search, /api/status, thumbnails
+                            # /api/search, /api/status, thumbnails; the page's pictures
+                            "routes": [*json_api(service).routes, *router(service.settings.store).routes]})
     service.load(build_default=True)
     if service.build_state() is not None:
         log.info("serving at once; the default index is built in the background")

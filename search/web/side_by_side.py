@@ -15,8 +15,7 @@ from search.core.record import model_name
 from search.errors import QueryError
 from search.index import ImageIndex
 from search.stores.swaps import next_name, previous_name
-from search.web import views
-from search.web.files import VisitorFiles
+from search.web import pictures, views
 from search.web.messages import public_message
 
 K = 8
@@ -27,9 +26,8 @@ INTRO = ("The same description searched in a collection and in the one `index_bu
 class SideBySide:
     """Swapped collections, each searched with its own model, together."""
 
-    def __init__(self, settings: Settings, files: VisitorFiles):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.files = files
 
     @staticmethod
     def pairs(names: list[str]) -> list[str]:
@@ -49,17 +47,17 @@ class SideBySide:
             results = [index.search_by_text(text, k=K) for index in sides]
         except Exception as exc:
             return gr.update(value=[]), gr.update(value=[]), views.problem(public_message("the comparison", exc))
-        galleries = [gr.update(value=[(self.files.shown(picture), caption)
+        galleries = [gr.update(value=[(pictures.url(picture), caption)
                                       for picture, caption in views.result_gallery(hits, "cosine")[0]],
                                label=f"{index.collection.name} · {model_name(index.collection.model or '')}")
                      for index, hits in zip(sides, results, strict=True)]
         return galleries[0], galleries[1], f"Top {K} of each for “{text}”."
 
 
-def side_by_side(settings: Settings, files: VisitorFiles, names: Any) -> gr.Dropdown:
+def side_by_side(settings: Settings, names: Any) -> gr.Dropdown:
     """Lay out the comparison inside the caller's block (``names()`` lists the shared collections); its
     collection chooser, for the caller to fill and refresh."""
-    compare = SideBySide(settings, files)
+    compare = SideBySide(settings)
     with gr.Accordion("Side by side: a re-embedded collection against the one it would replace", open=False):
         gr.Markdown(INTRO)
         with gr.Row():
@@ -70,7 +68,12 @@ def side_by_side(settings: Settings, files: VisitorFiles, names: Any) -> gr.Drop
         with gr.Row(equal_height=False):
             left = gr.Gallery(label="now", columns=4, height="auto", min_width=320, elem_id="compare-left")
             right = gr.Gallery(label="re-embedded", columns=4, height="auto", min_width=320, elem_id="compare-right")
+
+    def compare_sides(name: str | None, text: str, request: gr.Request) -> tuple[Any, Any, str]:
+        # Named apart from the public endpoints: Gradio names even a private event after its function.
+        with pictures.answering(request):
+            return compare.search(name, text, names())
+
     for event in (go.click, text.submit):
-        event(lambda n, t: compare.search(n, t, names()), [pair, text], [left, right, status],
-              api_visibility="private", concurrency_limit=1)
+        event(compare_sides, [pair, text], [left, right, status], api_visibility="private", concurrency_limit=1)
     return pair

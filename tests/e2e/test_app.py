@@ -34,7 +34,7 @@ def test_only_the_intended_endpoints_are_public(client):
         client.predict("a red circle", fn_index=3)
 
 
-def test_text_search_returns_hits_best_first_with_files(client):
+def test_text_search_returns_hits_best_first_with_their_thumbnails_urls(client):
     for cls in ("red circle", "blue triangle"):
         hits = client.predict(caption(cls), 5, api_name="/search_by_text")
         assert len(hits) == 5
@@ -42,7 +42,8 @@ def test_text_search_returns_hits_best_first_with_files(client):
         # Best first by the vectors and the words fused: the first hold the query's words in their label
         assert all(h["matched"] == {"label": cls.split()} for h in hits[:4]), [h["matched"] for h in hits]
         assert sum(h["label"] == cls for h in hits) >= 4
-        assert all(Image.open(h["image"]).size for h in hits)  # the client received real image files
+        # the thumbnail's URL, which the caller fetches if it wants the picture
+        assert all(Image.open(io.BytesIO(httpx.get(h["image"], timeout=30).content)).size for h in hits)
 
 
 def test_a_composed_query_through_the_client(client, app, shapes_store):

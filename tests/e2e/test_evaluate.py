@@ -46,10 +46,9 @@ def tab_app(shapes_store):
     import gradio as gr
 
     from search.web.evaluation_tab import evaluation_tab
-    from search.web.files import VisitorFiles
 
     with gr.Blocks(analytics_enabled=False) as demo, gr.Tab("Evaluate"):
-        evaluation_tab(Settings(store=shapes_store, default_dataset=None), VisitorFiles(10**9))
+        evaluation_tab(Settings(store=shapes_store, default_dataset=None))
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:

@@ -10,6 +10,7 @@ import re
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
@@ -90,7 +91,9 @@ def test_a_first_start_serves_at_once_builds_in_the_background_and_a_restart_ope
         _wait_for_log(app, rf"default index, images: {IMAGES} of {IMAGES} images", 1)  # progress, as it went
         hits = client.predict(caption("blue square"), 8, api_name="/search_by_text")
         assert sum(h["label"] == "blue square" for h in hits) >= 6
-        shape = handle_file(str(hits[0]["image"]))
+        shown = tmp_path / "shown.jpg"  # the thumbnail the answer points to, as a caller fetches it
+        shown.write_bytes(httpx.get(hits[0]["image"], timeout=30).content)
+        shape = handle_file(str(shown))
         pixel_hits = client.predict(shape, 3, "l1", "pixels", api_name="/search_by_image")
         assert len(pixel_hits) == 3 and pixel_hits[0]["label"] == "blue square"
     stored = _stored(store)

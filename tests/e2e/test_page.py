@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import urllib.error
 import urllib.request
 
 import pytest
@@ -121,11 +122,22 @@ def test_a_file_that_is_not_an_image_gets_the_librarys_message(browser, tmp_path
     assert "Top" in search_text(page, "a red square")  # the error clears on the next action
 
 
+def loaded(page, where: str) -> list[str]:
+    """The pictures shown in ``where`` (a CSS selector) that the browser could not load, by their address."""
+    return page.evaluate(f"() => [...document.querySelectorAll('{where} img')]"
+                         ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+
+
 def test_a_result_opens_in_full_and_searching_by_it_fills_the_query_panel(browser):
     page = open_page(browser)
     search_text(page, "a yellow circle")
+    sources = page.evaluate("() => [...document.querySelectorAll('#results img')].map(i => i.src)")
+    assert sources and all("/api/pictures/" in s for s in sources), sources  # the app's route, never Gradio's cache
+    assert not loaded(page, "#results")
     page.locator("#results img").nth(1).click()
     page.locator("#detail").get_by_text("Score (cosine)").wait_for(timeout=WAIT)
+    page.locator("#detail-image img").first.wait_for(timeout=WAIT)
+    assert not loaded(page, "#detail-image")
     shot(page, "page-detail")
     after(page, lambda: page.get_by_role("button", name="Search by this image").click())
     shot(page, "page-searched-by-result")
@@ -285,13 +297,26 @@ def test_a_collection_shows_on_arrival_and_its_deletion_says_so(browser, tmp_pat
     page.reload(wait_until="domcontentloaded")
     page.get_by_role("tab", name="My collection").click()
     page.get_by_text("Images 1–3 of 3").wait_for(timeout=WAIT)  # shown on arrival, nothing chosen first
+    page.locator("#mine img").nth(2).wait_for(timeout=WAIT)
+    pictures = page.evaluate("() => [...document.querySelectorAll('#mine img')].map(i => i.src)")
+    assert len(pictures) == 3 and all("/api/pictures/" in p for p in pictures) and not loaded(page, "#mine")
+    assert [_get(p) for p in pictures] == [200] * 3  # at the app's own route, signed: nothing in Gradio's cache
     page.get_by_role("button", name="Delete this collection").click()
     page.get_by_role("button", name="Click again to delete “photos” and its 3 images").click()
     page.get_by_text("Deleted collection photos and its 3 images.").wait_for(timeout=WAIT)
     page.wait_for_timeout(1500)  # nothing overwrites the confirmation, and the box offers a name to add to again
     assert page.get_by_text("Deleted collection photos and its 3 images.").is_visible()
     assert page.get_by_label("Collection", exact=True).input_value() == "photos"
+    assert [_get(p) for p in pictures] == [404] * 3  # the album's pictures went with it
     shot(page, "page-dropped")
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 def test_the_page_serves_while_the_model_loads_then_an_older_collection_is_brought_to_the_apps_model(

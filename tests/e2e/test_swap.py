@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from bench.app_process import RunningApp
+from search.stores import thumbnails
 from search.stores.chroma import ChromaBackend
 from search.stores.store import Store
 from tests.conftest import ROOT, run_builder
@@ -229,20 +230,22 @@ def test_an_album_made_before_a_switch_is_searched_and_added_to_with_its_own_mod
     assert store.open(next(n for n in store.names() if n.endswith("trip"))).model == str(shapes_model)
 
 
-def test_the_operators_side_by_side_searches_both_collections_with_their_own_models(built, tmp_path):
+def test_the_operators_side_by_side_searches_both_collections_with_their_own_models(built):
     from search.config import Settings
-    from search.web.files import VisitorFiles
+    from search.web import pictures
     from search.web.side_by_side import SideBySide
 
     store, _, siglip = built
     assert run_builder("--store", store, "--reembed", siglip).returncode == 0
     names = Store.connect(store).names()
     assert SideBySide.pairs(names) == ["images"]
-    compare = SideBySide(Settings(IMAGE_SEARCH_STORE=str(store)), VisitorFiles(10**9, folder=tmp_path / "cache"))
+    compare = SideBySide(Settings(IMAGE_SEARCH_STORE=str(store)))
     left, right, status = compare.search("images", caption("red circle"), names)
     assert len(left["value"]) == len(right["value"]) == 8 and "Top 8 of each" in status
     assert left["label"].startswith("images · ") and right["label"] == f"images.next · {siglip.name}"
-    assert all((tmp_path / "cache") in Path(picture).parents for picture, _ in left["value"])  # copies, not the store
+    for picture, _ in left["value"]:  # at the app's picture route, never a file of the store
+        mac, name = picture.removeprefix(pictures.ROUTE + "/").split("/")
+        assert pictures.read(store, mac, name) == thumbnails.read(store, name.removesuffix(".jpg"))
     _, _, refused = compare.search("images.next", "x", names)
     assert refused.startswith("⚠️") and "re-embedded twin" in refused
 

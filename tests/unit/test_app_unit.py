@@ -23,7 +23,7 @@ from search.images.decode import CUT_SHORT
 from search.service.examples import Shipped
 from search.service.service import IndexChoice, Overview, SearchService
 from search.stores import thumbnails
-from search.web import layout, regions, views
+from search.web import layout, pictures, regions, views
 from search.web.albums_page import DROP, AlbumPage
 from search.web.api import Api
 from search.web.files import VisitorFiles
@@ -31,17 +31,19 @@ from search.web.page import OPEN, SEARCHED, SearchPage
 from search.web.page_query import PageQuery, Shown
 from tests.conftest import ROOT
 from tests.fixtures import fake_embedder
+from tests.fixtures.gradio_requests import JOIN, gradio_request
 from tests.fixtures.shapes import caption, write_folder
 
 PUBLIC = {"search", "search_by_image", "search_by_text", "collection_add", "collection_list", "collection_delete",
           "collection_drop", "collection_swap"}
 KEY = "unit-test-key-0123456789"
 LOGGER = "search.web.messages"
+REQUEST = gradio_request()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def gradio_cache(tmp_path_factory):
-    """Gradio's cache (where API answers' thumbnail copies go) in a folder of this module's own."""
+    """Gradio's cache (where the app keeps query previews) in a folder of this module's own."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
         yield
@@ -71,6 +73,13 @@ def _hit(i: int, score: float, **fields) -> Hit:
 
 def _select(index: int) -> gr.SelectData:
     return gr.SelectData(None, {"index": index, "value": None})
+
+
+def _picture(url: str, service: SearchService) -> bytes | None:
+    """What the app's picture route serves at ``url`` (a gallery item's) from the service's store."""
+    assert url.startswith(pictures.ROUTE + "/"), url  # the route's, never a file Gradio would serve
+    mac, name = url.split("/")[-2:]
+    return pictures.read(service.settings.store, mac, name)
 
 
 def controls(index: str = "", metric: str = "cosine", k: int = 5, *, include=(), exclude=(), strong=False,
@@ -211,7 +220,7 @@ def test_the_page_searches_by_text_best_first(service):
     ranked = service.search(query).hits  # vectors and words fused
     assert [h.id for h in out["shown"]] == [h.id for h in ranked]
     assert sum(h.label == "blue triangle" for h in out["shown"]) >= 4
-    assert all(Path(image).is_file() for image, _ in out["results"])
+    assert [_picture(image, service) for image, _ in out["results"]] == [thumbnails.at(h.image) for h in out["shown"]]
     assert out["text"] == caption("blue triangle") and out["image"] is None  # the query panel shows the query
     assert out["query"].main.value == caption("blue triangle") and out["next_offset"] == 5
 
@@ -235,7 +244,7 @@ def test_a_result_opens_in_detail_and_searching_by_it_shows_it_as_the_query(serv
     hit, picture = opened["selected"], opened["detail_image"]
     assert opened["detail"]["visible"] and "Score (cosine)" in opened["detail_text"]
     assert "results" not in opened  # opening a result changes nothing else
-    assert Path(picture).read_bytes() == thumbnails.at(hit.image) and picture != hit.image  # a copy, not the store's
+    assert [_picture(url, service) for url, _ in picture] == [thumbnails.at(hit.image)]  # at the app's route, never a file
     out = searched(page.search_selected(hit, *controls(k=3)))
     assert out["shown"][0].id == hit.id and out["shown"][0].score == pytest.approx(1.0, abs=1e-5)
     assert max(Image.open(out["image"]).size) == regions.SHOWN_MIN and out["text"] == ""  # a 256 px thumbnail, shown larger
@@ -244,13 +253,14 @@ def test_a_result_opens_in_detail_and_searching_by_it_shows_it_as_the_query(serv
         assert page.click_result(_select(stale), OPEN, first["query"], first["shown"], *controls()) == {}
 
 
-def test_a_stored_image_s_thumbnail_searched_by_example_or_by_a_region_is_a_copy_purged_with_it(service):
+def test_a_stored_image_s_thumbnail_searched_by_example_or_by_a_region_is_a_copy_that_goes_with_it(service):
     page = pages(service)[0]
     paths = [image for image, _ in page.examples().images]
     last = paths[-1]  # after the shipped photos, the thumbnails of the index's most frequent labels
     assert thumbnails.id_of(last) and not Path(last).exists()  # a hit's thumbnail: its bytes are in the store's pack
     by_example = searched(page.search_example(_select(len(paths) - 1), paths, *controls(k=3)))
-    assert Path(by_example["query"].main.value).read_bytes() == thumbnails.at(last)  # searched by the copy Gradio serves
+    assert Path(by_example["query"].main.value).read_bytes() == thumbnails.at(last)  # searched by a copy of it
+    assert by_example["query"].main.label == Path(last).name  # named as the image, not as the copy
     assert by_example["shown"][0].id == thumbnails.id_of(last)
     hit = searched(page.search_text(caption("green square"), *controls(k=1)))["shown"][0]
     query = searched(page.search_selected(hit, *controls(k=3)))["query"]
@@ -260,7 +270,7 @@ def test_a_stored_image_s_thumbnail_searched_by_example_or_by_a_region_is_a_copy
                                        marked["corner"], *controls(k=3)))
     part = region["query"].main.part
     assert part.box and Path(part.value).read_bytes() == thumbnails.at(hit.image) and region["shown"]
-    assert page.files.purge([hit.id]) >= 3  # the copy searched and the copies drawn on it go with the image
+    assert page.files.forget([hit.id]) >= 3  # the copy searched and the copies drawn on it go with the image
     assert not Path(part.value).exists()
 
 
@@ -317,18 +327,17 @@ def test_switching_the_index_keeps_the_filters_it_holds_and_clears_the_others_sa
     assert idle["include"]["value"] == [] and "shown" not in idle
 
 
-def test_the_api_answers_hits_best_first_with_served_copies(service, local_store):
-    hits = pages(service)[2].search_by_text(caption("red circle"), 5, "cosine", "", "")
+def test_the_api_answers_hits_best_first_with_their_thumbnails_urls(service, local_store):
+    hits = pages(service)[2].search_by_text(caption("red circle"), 5, "cosine", "", "", REQUEST)
     assert len(hits) == 5 and set(hits[0]) == {"id", "score", "label", "caption", "image", "similar", "taken", "matched"}
     query = Query(positive=(Part(kind="text", value=caption("red circle")),), k=5)
     assert [h["id"] for h in hits] == [h.id for h in service.search(query).hits]
     assert hits[0]["matched"] == {"label": ["red", "circle"]}
     assert sum(h["label"] == "red circle" for h in hits) >= 4
-    for h in hits:  # a file of Gradio's cache, never a path into the store
-        assert h["image"]["meta"] == {"_type": "gradio.FileData"}
-        assert Path(h["image"]["path"]).is_file() and local_store not in Path(h["image"]["path"]).parents
+    root = JOIN.removesuffix("/gradio_api/queue/join")
+    assert [h["image"] for h in hits] == [f"{root}/api/thumbnails/{h['id']}.jpg" for h in hits]  # a URL, never a file
     example = ROOT / "examples" / "cat.jpg"
-    by_image = pages(service)[2].search_by_image(str(example), 3.0, "cosine", "", "")  # a JSON number, as Gradio gives it
+    by_image = pages(service)[2].search_by_image(str(example), 3.0, "cosine", "", "", REQUEST)  # k as Gradio gives it
     assert len(by_image) == 3 and by_image[0]["score"] == pytest.approx(1.0, abs=1e-3)  # it finds itself
 
 
@@ -342,14 +351,14 @@ def test_the_index_dropdown_offers_the_shared_indexes(service):
 def test_refusals_become_public_messages_and_one_log_line(service, caplog):
     api = pages(service)[2]
     refusals = [
-        (lambda: api.search_by_text("", 5, "cosine", "", ""), "Type a description"),
-        (lambda: api.search_by_text("a red circle", 0, "cosine", "", ""), "from 1 to 50"),
-        (lambda: api.search_by_text("a red circle", float("nan"), "cosine", "", ""), "k must be a whole number"),
-        (lambda: api.search_by_text("a red circle", 10**4000, "cosine", "", ""), "from 1 to 50, not '1000"),
-        (lambda: api.search_by_text("a red circle", 5, "nope", "", ""), "metric: .nope. is not one of cosine"),
-        (lambda: api.search_by_text("a red circle", 5, "cosine", "no-such-index", ""), "Unknown index"),
-        (lambda: api.search_by_text("a red circle", 5, "cosine", "pixels", ""), "pixel method cannot read text"),
-        (lambda: api.search_by_image(None, 5, "cosine", "", ""), "Upload, paste or photograph"),
+        (lambda: api.search_by_text("", 5, "cosine", "", "", REQUEST), "Type a description"),
+        (lambda: api.search_by_text("a red circle", 0, "cosine", "", "", REQUEST), "from 1 to 50"),
+        (lambda: api.search_by_text("a red circle", float("nan"), "cosine", "", "", REQUEST), "k must be a whole number"),
+        (lambda: api.search_by_text("a red circle", 10**4000, "cosine", "", "", REQUEST), "from 1 to 50, not '1000"),
+        (lambda: api.search_by_text("a red circle", 5, "nope", "", "", REQUEST), "metric: .nope. is not one of cosine"),
+        (lambda: api.search_by_text("a red circle", 5, "cosine", "no-such-index", "", REQUEST), "Unknown index"),
+        (lambda: api.search_by_text("a red circle", 5, "cosine", "pixels", "", REQUEST), "pixel method cannot read text"),
+        (lambda: api.search_by_image(None, 5, "cosine", "", "", REQUEST), "Upload, paste or photograph"),
     ]
     for call, message in refusals:
         caplog.clear()
@@ -366,7 +375,7 @@ def test_a_bug_is_logged_with_its_traceback_and_hidden_from_the_caller(service, 
 
     monkeypatch.setattr(service, "search", broken)
     with caplog.at_level(logging.INFO, logger=LOGGER), pytest.raises(gr.Error) as raised:
-        pages(service)[2].search_by_text("a red circle", 5, "cosine", "", "")
+        pages(service)[2].search_by_text("a red circle", 5, "cosine", "", "", REQUEST)
     assert "secret" not in str(raised.value) and "server log" in str(raised.value)
     assert [r.exc_info is not None for r in caplog.records if r.name == LOGGER] == [True]
 
@@ -379,7 +388,7 @@ def test_without_a_store_the_page_says_what_to_run_and_searches_refuse(tmp_path)
     assert "No index to search yet" in views.overview(service.overview())
     search, _, api = pages(service)
     with pytest.raises(gr.Error, match="index_builder.py"):
-        api.search_by_text("a red circle", 5, "cosine", "", "")
+        api.search_by_text("a red circle", 5, "cosine", "", "", REQUEST)
     visit = search.first_visit(None)
     key, index_update, album_update = visit["key"], visit["index"], visit["album"]
     assert len(key) >= 16 and index_update["choices"] == [] and album_update["choices"] == []
@@ -422,7 +431,7 @@ def test_albums_through_the_api_and_the_page(local_store, tmp_path, caplog):
     assert album_update["value"] == "trip" and album_update["choices"] == ["trip"]
     assert "mine/trip" in {v for _, v in index_update["choices"]} and len(items) == len(ids) == 4
 
-    hits = api.search_by_text("a red circle", 5, "cosine", "mine/trip", KEY)
+    hits = api.search_by_text("a red circle", 5, "cosine", "mine/trip", KEY, REQUEST)
     assert len(hits) == 4  # only the album's images
     assert sorted(ids) == sorted(h["id"] for h in hits)
     assert albums.pick(_select(1), ids) == {"picked": ids[1], "picked_id": ids[1]}  # no caption: named by its id
@@ -468,7 +477,7 @@ def test_an_album_made_with_an_earlier_model_is_offered_the_apps_model_and_swapp
     assert swapped["summary"].startswith("*old*: embedded 3 images again with `tiny-clip-shapes` in ")
     assert swapped["swap"]["visible"] is False and sorted(swapped["ids"]) == sorted(view["ids"])
     assert "before" not in swapped["where"] and "mine/old" in {v for _, v in swapped["index"]["choices"]}
-    hits = api.search_by_text(caption("red circle"), 5, "cosine", "mine/old", KEY)
+    hits = api.search_by_text(caption("red circle"), 5, "cosine", "mine/old", KEY, REQUEST)
     assert sorted(h["id"] for h in hits) == sorted(view["ids"])  # the album's own images, by the app's text tower
     with pytest.raises(gr.Error, match="already searched with the app's model"):
         api.collection_swap("old", KEY)

@@ -1,5 +1,5 @@
 """What the web server keeps for visitors: uploads deleted once the last upload of them is read, and never a
-file another upload put in their place; copies of store files under names nobody can guess."""
+file another upload put in their place; what the app makes from a stored image goes with the image."""
 from __future__ import annotations
 
 import os
@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+from gradio.data_classes import FileData, ListFiles
 
+from search.errors import QueryError
 from search.stores import thumbnails
-from search.web.files import KEEP_S, VisitorFiles
+from search.web.files import KEEP_S, KEPT, VisitorFiles, upload_box
 
 
 def _upload(folder, name: str, data: bytes):
@@ -81,46 +83,45 @@ def test_an_upload_nobody_counted_is_left_alone(tmp_path):
     assert path.exists()  # perhaps someone else's: Gradio's expiry takes it
 
 
-def test_store_files_are_shown_as_copies_under_names_nobody_can_guess(tmp_path):
+def test_a_thumbnail_is_read_from_the_pack_into_a_file_that_goes_with_the_image(tmp_path):
     store = tmp_path / "store"
-    thumbnails.write(store, "a" * 32, b"jpeg")
-    thumb = thumbnails.path(store, "a" * 32)  # what a hit carries: no file, the bytes are in a pack
-    one, other = VisitorFiles(10**9, folder=tmp_path / "cache"), VisitorFiles(10**9, folder=tmp_path / "cache2")
-    shown = one.shown(thumb)
-    assert Path(shown).read_bytes() == b"jpeg" and (tmp_path / "cache") in Path(shown).parents
-    assert Path(shown).name == thumb.name and not thumb.exists()
-    assert one.shown(thumb) == shown and other.shown(thumb).split("/")[-2] != shown.split("/")[-2]
-    assert one.shown(shown) == shown  # a copy passes as it is
-    assert one.purge(["a" * 32]) == 1 and not os.path.exists(shown)
+    thumbnails.write(store, "a" * 32, b"\xff\xd8jpeg")
+    thumb = str(thumbnails.path(store, "a" * 32))  # what a hit carries: no file, the bytes are in a pack
+    files = VisitorFiles(10**9, folder=tmp_path / "cache")
+    readable = files.readable(thumb)
+    assert Path(readable).read_bytes() == b"\xff\xd8jpeg" and "a" * 32 in Path(readable).name
+    assert Path(readable).name != "a" * 32 + ".jpg" and files.readable(thumb) == readable  # keyed: nobody guesses it
+    theirs = files.keep(b"\xff\xd8a visitor's own")
+    shipped = tmp_path / "cat.jpg"  # any other file is read as it is
+    assert files.readable(str(shipped)) == str(shipped)
+    assert files.forget(["b" * 32]) == 0 and files.forget(["a" * 32]) == 1
+    assert not Path(readable).exists() and Path(theirs).exists()
     thumbnails.delete(store, "a" * 32)
-    with pytest.raises(FileNotFoundError):  # the image went meanwhile
-        one.shown(thumb)
-    shipped = tmp_path / "photos" / "cat.jpg"  # an example photo the app ships: linked as before
-    shipped.parent.mkdir()
-    shipped.write_bytes(b"a cat")
-    assert Path(one.shown(shipped)).read_bytes() == b"a cat"
+    with pytest.raises(QueryError, match="no longer stored"):  # the image went meanwhile
+        files.readable(thumb)
 
 
-def test_copies_nobody_was_shown_for_half_an_hour_and_gradios_empty_leftovers_are_swept(tmp_path):
-    store = tmp_path / "store"
-    store.mkdir()
-    old, renewed, new = (store / (c * 32 + ".jpg") for c in "abc")
-    for thumb in (old, renewed, new):
-        thumb.write_bytes(b"jpeg")
+def test_kept_files_are_swept_after_half_an_hour_and_uploads_left_to_gradio(tmp_path):
     cache = tmp_path / "cache"
-    earlier = VisitorFiles(10**9, folder=cache)  # a process before a restart: another secret
-    stale = Path(earlier.shown(old))
+    files = VisitorFiles(10**9, folder=cache)
+    old, new = Path(files.keep(b"\xff\xd8old")), Path(files.keep(b"\xff\xd8new"))
     upload = _upload(cache, "photo.jpg", b"mine")
-    left, arriving = cache / "tmpab12cd34", cache / "tmpef56gh78"  # Gradio's empty leftover; an upload's start
-    left.touch()
-    arriving.touch()
-    now = VisitorFiles(10**9, folder=cache)
-    kept = Path(now.shown(renewed))
     long_ago = time.time() - KEEP_S - 60
-    for path in (stale.parent, kept.parent, upload.parent, left):
+    for path in (old, upload.parent, upload):
         os.utime(path, (long_ago, long_ago))
-    assert Path(now.shown(renewed)) == kept  # shown again: renewed before any sweep
-    now._swept = -float("inf")  # the next minute's sweep
-    now.shown(new)
-    assert not stale.exists() and kept.exists() and upload.exists()  # an upload is Gradio's to expire
-    assert not left.exists() and arriving.exists()
+    files._swept = -float("inf")  # the next minute's sweep
+    files.keep(b"\xff\xd8newer")
+    assert not old.exists() and new.exists() and old.parent.name == KEPT
+    assert upload.exists()  # an upload is Gradio's to expire
+
+
+def test_a_file_box_hands_over_the_uploads_paths_and_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    uploads = [str(_upload(tmp_path / "cache", f"{n}.jpg", n.encode())) for n in ("one", "two")]
+    before = sorted((tmp_path / "cache").rglob("*"))
+    many, one = upload_box(file_count="multiple"), upload_box()
+    sent = ListFiles([FileData(path=p) for p in uploads])
+    assert many.preprocess(sent) == uploads and one.preprocess(FileData(path=uploads[1])) == uploads[1]
+    assert one.preprocess(sent) == uploads[0] and many.preprocess(None) is None and one.preprocess(None) is None
+    assert sorted((tmp_path / "cache").rglob("*")) == before  # Gradio's own made an empty file per file

@@ -43,8 +43,8 @@ def expected() -> dict[str, list[str]]:
         "a zip archive uploaded to a collection":
             [f"{MAX_MEMBERS:,} files", f"{data_size(MAX_TOTAL_BYTES)} unpacked", f"at most {MAX_NAME_CHARS} characters"],
         "decoding in flight, the whole process": [f"{DECODE_BUDGET_PIXELS // 1_000_000} M pixel units"],
-        "what the app keeps for visitors (Gradio's cache folder: uploads, fetched images, query previews, copies of "
-        "thumbnails)": [f"{_default('upload_budget_mb')} MB", f"after {KEEP_S // 60} minutes"],
+        "what the app keeps for visitors (Gradio's cache folder: uploads, fetched images, query previews)":
+            [f"{_default('upload_budget_mb')} MB", f"after {KEEP_S // 60} minutes"],
         "a visitor (public)": [f"{limits.albums} collections", f"{limits.images:,} images each"],
         "all visitors (public)": [f"{_default('max_collections_total'):,} collections",
                                   f"{_default('max_images_total'):,} images",

@@ -73,7 +73,7 @@ def test_the_copies_the_app_keeps_are_held_to_the_budget(tmp_path):
         small.keep(b"\x89PNG" + bytes(300_000))
 
 
-def test_what_is_shown_of_a_stored_image_goes_when_the_image_is_purged(tmp_path, files):
+def test_what_is_shown_of_a_stored_image_goes_when_the_image_is_forgotten(tmp_path, files):
     image_id = "ab" * 16
     out = io.BytesIO()
     Image.new("RGB", (384, 256), (0, 128, 0)).save(out, "JPEG")
@@ -81,12 +81,14 @@ def test_what_is_shown_of_a_stored_image_goes_when_the_image_is_purged(tmp_path,
     thumbnail = str(thumbnails.path(tmp_path / "store", image_id))  # as a hit names it: the bytes are in a pack
     shown = regions.shown(thumbnail, files)
     corner = regions.mark_corner(thumbnail, (10, 10), files)
-    _, boxed = regions.cut(thumbnail, (10, 10), (300, 200), files)
-    made = [files.shown(thumbnail), shown.preview, corner.preview, boxed.preview]  # the copy drawn on, and 3 drawings
+    readable = files.readable(thumbnail)  # what a region of it is searched by
+    _, boxed = regions.cut(readable, (10, 10), (300, 200), files)
+    made = [readable, shown.preview, corner.preview, boxed.preview]  # the copy drawn on, and 3 drawings
     assert len(set(made)) == 4
     upload = tmp_path / "cache" / "0123" / "mine.png"
     upload.parent.mkdir(parents=True)
     Image.new("RGB", (400, 400)).save(upload)
     theirs = regions.shown(str(upload), files).preview  # a visitor's own file: nothing of an id in its name
-    assert files.purge([image_id]) == 4
-    assert not any(Path(p).exists() for p in made) and Path(theirs).exists()
+    fetched = regions.shown(files.keep(out.getvalue() + b"fetched"), files).preview  # a fetched one's: nor here
+    assert files.forget([image_id]) == 4
+    assert not any(Path(p).exists() for p in made) and Path(theirs).exists() and Path(fetched).exists()
