@@ -14,7 +14,7 @@ from typing import Literal
 from search.config import configure_logging, load_settings
 from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY
 from search.embedders.base import DEFAULT_MODEL
-from search.embedders.precision import PRECISIONS
+from search.embedders.precision import AUTO, PRECISIONS
 from search.embedders.registry import load_embedder
 from search.errors import SearchError, SourceError
 from search.images import ocr
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "search finds it; about a second an image here (see docs/search.md)")
     p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+    p.add_argument("--precision", choices=(AUTO, *PRECISIONS), default=AUTO,
                    help="auto: bf16 (native bf16 only), int8 (x86 CPUs) or, for CLIP on a CPU, ONNX Runtime at fp32 "
                         "or int8, where it agrees with fp32 on real photos and is measured clearly faster at "
                         "--batch-size, else fp32")

@@ -20,7 +20,7 @@ from search.core.duplicates import NEAR_DUPLICATE_SIMILARITY, fold_near_duplicat
 from search.core.fusion import fuse
 from search.core.hits import Hit, Ranked
 from search.core.ids import image_id as checked_image_id
-from search.core.ids import shown
+from search.core.ids import quoted
 from search.core.query import CANNOT_READ_TEXT, MAX_K, Part, Query, checked_metric, compose, whole
 from search.core.record import CAPTION, LABEL, SOURCE, THUMBNAIL, CollectionMeta, RecordMeta
 from search.core.words import fold, found, query_words
@@ -319,7 +319,7 @@ class ImageIndex:
         held = self.label_counts()
         for name in (*query.include, *query.exclude):
             if name not in held:
-                raise QueryError(f"labels: this index holds no label {shown(name)}.")
+                raise QueryError(f"labels: this index holds no label {quoted(name)}.")
         until = query.taken_to + timedelta(days=1) if query.taken_to else None
         return Filter(query.include, query.exclude, _day(query.taken_from), _day(until))
 

@@ -35,7 +35,7 @@ def is_image_id(value: object) -> bool:
 def image_id(value: object) -> str:
     """``value`` as an image id, or a QueryError."""
     if not is_image_id(value):
-        raise QueryError(f"{shown(value)} is not an image id (ids are {ID_BYTES * 2} lower-case hex characters).")
+        raise QueryError(f"{quoted(value)} is not an image id (ids are {ID_BYTES * 2} lower-case hex characters).")
     return value  # type: ignore[return-value]
 
 
@@ -51,7 +51,7 @@ def image_ids(values: object, limit: int) -> list[str]:
 def collection_name(value: object) -> str:
     """A personal collection's name, exactly as given, or a QueryError."""
     if not isinstance(value, str) or NAME.fullmatch(value) is None:
-        raise QueryError(f"{shown(value)} is not a valid collection name: use 1-30 characters, "
+        raise QueryError(f"{quoted(value)} is not a valid collection name: use 1-30 characters, "
                          "lower-case letters, digits, '-' or '_', starting with a letter or digit.")
     return value
 
@@ -64,7 +64,7 @@ def visitor_key(value: object) -> str:
     return value
 
 
-def shown(value: object, limit: int = 40) -> str:
+def quoted(value: object, limit: int = 40) -> str:
     """A short, printable rendering of an outside value for a message."""
     text = value if isinstance(value, str) else type(value).__name__
     text = "".join(c if c.isprintable() else "?" for c in text[:limit])

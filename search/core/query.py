@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from search.core.dates import parse_date
-from search.core.ids import is_image_id, shown
+from search.core.ids import is_image_id, quoted
 from search.core.metrics import METRICS
 from search.errors import QueryError
 
@@ -116,14 +116,14 @@ class Part(_Model):
                 raise QueryError(f"{at}The description holds characters that are not valid Unicode.") from None
             return value.strip()
         if kind == "id" and not is_image_id(value):
-            raise QueryError(f"{at}{shown(value)} is not an image id.")
+            raise QueryError(f"{at}{quoted(value)} is not an image id.")
         return value
 
     @field_validator("weight", mode="before")
     @classmethod
     def _weight(cls, weight: object, info: ValidationInfo) -> float:
         if not finite(weight):
-            raise QueryError(f"{_at(info)}weight must be a finite number, not {shown(weight)}.")
+            raise QueryError(f"{_at(info)}weight must be a finite number, not {quoted(weight)}.")
         if not 0 < weight <= MAX_WEIGHT:
             raise QueryError(f"{_at(info)}weight must be above 0 and at most {MAX_WEIGHT:g}, not {weight:g}.")
         return float(weight)
@@ -161,7 +161,7 @@ def _object(data: object, keys: Sequence[str], not_object: str, unknown: str) ->
         raise QueryError(not_object.replace("{type}", _type(data)))
     for key in data:
         if key not in keys:
-            raise QueryError(unknown.replace("{key}", shown(key)))
+            raise QueryError(unknown.replace("{key}", quoted(key)))
     return data
 
 
@@ -189,7 +189,7 @@ class Labels(_Model):
     def _apart(self) -> Self:
         both = set(self.include) & set(self.exclude)
         if both:
-            raise QueryError(f"labels: {shown(sorted(both)[0])} is both included and excluded.")
+            raise QueryError(f"labels: {quoted(sorted(both)[0])} is both included and excluded.")
         return self
 
 
@@ -213,7 +213,7 @@ class Taken(_Model):
             return value
         if value is None or isinstance(value, str):
             return checked_date(value, f"taken.{side}")
-        raise QueryError(f"taken.{side} must be a date such as \"2024-01-31\", not {shown(value)}.")
+        raise QueryError(f"taken.{side} must be a date such as \"2024-01-31\", not {quoted(value)}.")
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -294,7 +294,7 @@ class Query(_Model):
         if cutoff is None or cutoff == "auto":
             return cutoff
         if not finite(cutoff):
-            raise QueryError(f"cutoff must be \"auto\", null or a score, not {shown(cutoff)}.")
+            raise QueryError(f"cutoff must be \"auto\", null or a score, not {quoted(cutoff)}.")
         return float(cutoff)
 
     @field_validator("fold", mode="before")
@@ -308,14 +308,14 @@ class Query(_Model):
     @classmethod
     def _keywords(cls, keywords: object) -> float:
         if not finite(keywords) or not 0 <= keywords <= MAX_WEIGHT:
-            raise QueryError(f"keywords must be a weight from 0 to {MAX_WEIGHT:g}, not {shown(keywords)}.")
+            raise QueryError(f"keywords must be a weight from 0 to {MAX_WEIGHT:g}, not {quoted(keywords)}.")
         return float(keywords)
 
     @field_validator("sort", mode="before")
     @classmethod
     def _sort(cls, sort: object) -> object:
         if sort not in SORTS:
-            raise QueryError(f"sort: {shown(sort)} is not one of {', '.join(SORTS)}.")
+            raise QueryError(f"sort: {quoted(sort)} is not one of {', '.join(SORTS)}.")
         return sort
 
     @model_validator(mode="after")
@@ -363,7 +363,7 @@ def _sent_part(part: object, name: str, images: list[str | Path | None]) -> dict
     value = sent.get(kind) if kind else None
     if kind == "image":
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise QueryError(f"{name}: image must be the position of an uploaded image (0, 1, ...), not {shown(value)}.")
+            raise QueryError(f"{name}: image must be the position of an uploaded image (0, 1, ...), not {quoted(value)}.")
         if value >= len(images) or not images[value]:
             raise QueryError(f"{name}: image {value} was not given ({len(images)} image{'' if len(images) == 1 else 's'} "
                              "uploaded).")
@@ -374,9 +374,9 @@ def _sent_part(part: object, name: str, images: list[str | Path | None]) -> dict
 def whole(name: str, value: object, low: int, high: int) -> int:
     """``value`` as a whole number from ``low`` to ``high``, or a QueryError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise QueryError(f"{name} must be a whole number from {low} to {high}, not {shown(value)}.")
+        raise QueryError(f"{name} must be a whole number from {low} to {high}, not {quoted(value)}.")
     if not low <= value <= high:
-        seen = value if abs(int(value)) < 10**12 else shown(str(value))  # a 4,000-digit number is not echoed whole
+        seen = value if abs(int(value)) < 10**12 else quoted(str(value))  # a 4,000-digit number is not echoed whole
         raise QueryError(f"{name} must be a whole number from {low} to {high}, not {seen}.")
     return int(value)
 
@@ -394,7 +394,7 @@ def finite(value: object) -> TypeGuard[int | float]:
 def checked_metric(value: object) -> str:
     """``value`` as one of METRICS, or a QueryError listing them."""
     if value not in METRICS:
-        raise QueryError(f"metric: {shown(value)} is not one of {', '.join(METRICS)}.")
+        raise QueryError(f"metric: {quoted(value)} is not one of {', '.join(METRICS)}.")
     return str(value)
 
 

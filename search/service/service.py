@@ -18,7 +18,7 @@ from PIL import Image
 
 from search.config import Settings
 from search.core.hits import Hit
-from search.core.ids import shown
+from search.core.ids import quoted
 from search.core.query import Query
 from search.core.record import model_name
 from search.embedders.base import Embedder
@@ -374,7 +374,7 @@ class SearchService:
         if isinstance(index, str) and index.startswith(MINE):
             return self._albums_or_refuse().index(key, index[len(MINE):])
         if index and (not isinstance(index, str) or index not in shared):
-            raise QueryError(f"Unknown index {shown(index)}; choose one of {', '.join(shared)}, "
+            raise QueryError(f"Unknown index {quoted(index)}; choose one of {', '.join(shared)}, "
                              f"or {MINE}NAME for one of your collections.")
         target = shared[index] if index else next(iter(shared.values()))
         state = self.build_state()

@@ -70,7 +70,7 @@ def build_app(service: SearchService, files: VisitorFiles | None = None, shipped
         c["timer"] = gr.Timer(BUILD_REFRESH_SECONDS, active=page.building())  # while the model loads, or the default build runs
         examples = page.examples()
         c["query"] = gr.State(PageQuery())  # what the page searches by
-        c["shown"] = gr.State([])  # the Hit behind each results item
+        c["on_screen"] = gr.State([])  # the Hit behind each results item
         c["next_offset"] = gr.State(0)  # where "More results" continues
         c["selected"] = gr.State(None)  # the Hit open in the detail view
         c["corner"] = gr.State(None)  # the first corner of a region being drawn on the query image
@@ -222,8 +222,8 @@ def _wire(demo: gr.Blocks, c: Components, page: SearchPage, albums: AlbumPage) -
        + [c[n].submit for n in ("taken_from", "taken_to")],
        page.rerun, ["query", *controls], searched, **running)
     on(c["index"].input, page.change_index, ["query", *controls], [*searched, "include", "exclude"], **running)
-    on(c["more"].click, page.more, ["query", "shown", "next_offset", *controls], searched, **running)
-    on(c["results"].select, page.click_result, ["click_mode", "query", "shown", *controls],
+    on(c["more"].click, page.more, ["query", "on_screen", "next_offset", *controls], searched, **running)
+    on(c["results"].select, page.click_result, ["click_mode", "query", "on_screen", *controls],
        [*searched, "detail_image", "detail_text"], **running)
     on(c["add_button"].click, page.add_part, ["query", "add_text", "add_image", "add_sign", "add_weight", *controls],
        [*searched, "add_text", "add_image"], **running)

@@ -69,7 +69,7 @@ class Searched(Fields):
     text: Any
     image: Any
     results: Any
-    shown: list[Hit]
+    on_screen: list[Hit]
     next_offset: int
     status: str
     more: Any
@@ -199,7 +199,7 @@ class SearchPage:
         def part() -> Shown:
             if selected is None or not selected.image:
                 raise QueryError("Click a result first.")
-            copy = regions.shown(selected.image, self.files)
+            copy = regions.marked_copy(selected.image, self.files)
             return Shown(Part(kind="id", value=selected.id), preview=copy.preview, label=views.name(selected), scale=copy.scale,
                          thumbnail=selected.image)
         return self._new(part, Controls(*controls))
@@ -226,14 +226,14 @@ class SearchPage:
             searched["status"] = f"{note}\n\n{searched['status']}"
         return {**filters, **searched}
 
-    def more(self, query: PageQuery, shown: list[Hit], offset: int, *controls: Any) -> Outputs:
+    def more(self, query: PageQuery, on_screen: list[Hit], offset: int, *controls: Any) -> Outputs:
         """The next page of results, after the ones shown."""
-        return self._search(query, Controls(*controls), offset=offset, before=shown)
+        return self._search(query, Controls(*controls), offset=offset, before=on_screen)
 
     def _image(self, path: str, name: str | None) -> Shown:
         """An image file as the main part: the query panel shows a copy fitted to it (taps map back)."""
         readable = self.files.readable(path)  # an example's thumbnail: a copy the app writes (the library reads files)
-        copy = regions.shown(readable, self.files)
+        copy = regions.marked_copy(readable, self.files)
         return image_part(readable, copy.preview, copy.scale, name or Path(path).name)
 
     def _new(self, make: Any, c: Controls, *, from_url: bool = False, keep_text: bool = False) -> Outputs:
@@ -304,12 +304,12 @@ class SearchPage:
         gone = [i for i, chip in enumerate(query.chips()) if chip not in kept]
         return self._search(query.without(gone[0]), Controls(*controls)) if gone else {}
 
-    def click_result(self, evt: gr.SelectData, mode: str, query: PageQuery, shown: list[Hit], *controls: Any) -> Outputs:
+    def click_result(self, evt: gr.SelectData, mode: str, query: PageQuery, on_screen: list[Hit], *controls: Any) -> Outputs:
         """A click on a result opens it in the detail view, or marks it "more like" / "less like" and searches
         again, as the person chose."""
-        if not isinstance(evt.index, int) or not 0 <= evt.index < len(shown or []):
+        if not isinstance(evt.index, int) or not 0 <= evt.index < len(on_screen or []):
             return {}
-        hit = shown[evt.index]
+        hit = on_screen[evt.index]
         c = Controls(*controls)
         if mode not in (MORE_LIKE, LESS_LIKE):
             return {"detail": gr.update(visible=True), "selected": hit,

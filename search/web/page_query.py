@@ -101,15 +101,15 @@ class PageQuery:
 
         Parts are named for messages as the page numbers them: the main one needs no name, the others
         are "part N" as their chips number them."""
-        shown = self.parts + self.feedback
-        named = [p.part.model_copy(update={"name": f"part {i + 1}" if i else ""}) for i, p in enumerate(shown)]
-        return Query(positive=tuple(part for part, p in zip(named, shown) if not p.negative),
-                     negative=tuple(part for part, p in zip(named, shown) if p.negative), **options)
+        every = self.parts + self.feedback
+        named = [p.part.model_copy(update={"name": f"part {i + 1}" if i else ""}) for i, p in enumerate(every)]
+        return Query(positive=tuple(part for part, p in zip(named, every) if not p.negative),
+                     negative=tuple(part for part, p in zip(named, every) if p.negative), **options)
 
 
-def image_part(path: str, shown: str, scale: float, name: str | None = None, negative: bool = False,
+def image_part(path: str, preview: str, scale: float, name: str | None = None, negative: bool = False,
                weight: float = 1.0) -> Shown:
-    """An image file as a part, shown as the copy ``shown`` (``scale`` of the image's pixels to the copy's),
+    """An image file as a part, shown as the copy ``preview`` (``scale`` of the image's pixels to the copy's),
     named by ``name`` (a URL's last segment) or the file's own name."""
-    return Shown(Part(kind="image", value=path, weight=weight), negative=negative, preview=shown, label=name or Path(path).name,
+    return Shown(Part(kind="image", value=path, weight=weight), negative=negative, preview=preview, label=name or Path(path).name,
                  scale=scale)

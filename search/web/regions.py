@@ -40,7 +40,7 @@ def to_original(point: object, scale: float) -> tuple[float, float]:
     return point[0] * scale, point[1] * scale
 
 
-def shown(original: str, files: VisitorFiles) -> Marked:
+def marked_copy(original: str, files: VisitorFiles) -> Marked:
     """The copy of ``original`` the query panel shows."""
     img, scale = _copy(original)
     return Marked(files.keep_image(img, original), scale)

@@ -151,24 +151,24 @@ def result_gallery(hits: list[Hit], metric: str, marks: dict[str, bool] | None =
     feedback by image id (True: more like it); ``dated``: captions show capture dates (a sort by date).
     """
     items: list[tuple[str, str]] = []
-    shown: list[Hit] = []
+    kept: list[Hit] = []
     for rank, hit in enumerate(hits, 1):
         if hit.image:
             items.append((hit.image, caption(rank, hit, metric, (marks or {}).get(hit.id), dated)))
-            shown.append(hit)
-    return items, shown
+            kept.append(hit)
+    return items, kept
 
 
-def status(shown: int, total: int, seconds: float, relevant: int | None = None, no_match: str | None = None) -> str:
+def status(count: int, total: int, seconds: float, relevant: int | None = None, no_match: str | None = None) -> str:
     """How many results of how many images, how many pass the cut-off, and how long the search took; with
     ``no_match`` (the query's text), that nothing stands out for it, before the counts."""
     if not total:
         return "No images to search here: the index is empty, or no image has these labels or dates."
     if no_match is not None:
         return (f"**Nothing here looks like “{_md(no_match)}”**; the nearest images are shown below. "
-                f"{shown:,} of {total:,} image{'' if total == 1 else 's'} · {seconds * 1000:.0f} ms")
+                f"{count:,} of {total:,} image{'' if total == 1 else 's'} · {seconds * 1000:.0f} ms")
     cut = f" · {relevant} strong match{'' if relevant == 1 else 'es'}" if relevant is not None else ""
-    return f"Top **{shown:,}** of {total:,} image{'' if total == 1 else 's'}{cut} · {seconds * 1000:.0f} ms"
+    return f"Top **{count:,}** of {total:,} image{'' if total == 1 else 's'}{cut} · {seconds * 1000:.0f} ms"
 
 
 def filters_cleared(labels: list[str]) -> str:
@@ -223,11 +223,11 @@ def album_gallery(hits: list[Hit]) -> tuple[list[tuple[str, str | None]], list[s
     return items, ids
 
 
-def album_page(shown: int, offset: int, total: int) -> str:
+def album_page(count: int, offset: int, total: int) -> str:
     """Where the album view is: which images of how many."""
     if not total:
         return "This collection is empty: add images or a .zip above."
-    return f"Images {offset + 1:,}–{offset + shown:,} of {total:,}, newest first."
+    return f"Images {offset + 1:,}–{offset + count:,} of {total:,}, newest first."
 
 
 def album_behind() -> str:

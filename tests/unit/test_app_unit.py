@@ -214,13 +214,13 @@ def test_album_views():
 
 def test_the_page_searches_by_text_best_first(service):
     out = searched(pages(service)[0].search_text(caption("blue triangle"), *controls()))
-    assert len(out["results"]) == len(out["shown"]) == 5 and out["status"].startswith("Top **5** of ")
+    assert len(out["results"]) == len(out["on_screen"]) == 5 and out["status"].startswith("Top **5** of ")
     assert [c.split()[0] for _, c in out["results"]] == ["#1", "#2", "#3", "#4", "#5"]
     query = Query(positive=(Part(kind="text", value=caption("blue triangle")),), k=5)
     ranked = service.search(query).hits  # vectors and words fused
-    assert [h.id for h in out["shown"]] == [h.id for h in ranked]
-    assert sum(h.label == "blue triangle" for h in out["shown"]) >= 4
-    assert [_picture(image, service) for image, _ in out["results"]] == [thumbnails.at(h.image) for h in out["shown"]]
+    assert [h.id for h in out["on_screen"]] == [h.id for h in ranked]
+    assert sum(h.label == "blue triangle" for h in out["on_screen"]) >= 4
+    assert [_picture(image, service) for image, _ in out["results"]] == [thumbnails.at(h.image) for h in out["on_screen"]]
     assert out["text"] == caption("blue triangle") and out["image"] is None  # the query panel shows the query
     assert out["query"].main.value == caption("blue triangle") and out["next_offset"] == 5
 
@@ -229,10 +229,10 @@ def test_a_control_change_reruns_the_query_and_more_continues_it(service):
     page = pages(service)[0]
     first = searched(page.search_text(caption("red square"), *controls()))
     again = searched(page.rerun(first["query"], *controls(metric="l2")))
-    assert [h.id for h in again["shown"]] == [h.id for h in first["shown"]]  # l2 ranks unit vectors as cosine
+    assert [h.id for h in again["on_screen"]] == [h.id for h in first["on_screen"]]  # l2 ranks unit vectors as cosine
     assert all("distance" in c for _, c in again["results"])
-    more = searched(page.more(first["query"], first["shown"], first["next_offset"], *controls()))
-    assert [h.id for h in more["shown"][:5]] == [h.id for h in first["shown"]] and len(more["shown"]) == 10
+    more = searched(page.more(first["query"], first["on_screen"], first["next_offset"], *controls()))
+    assert [h.id for h in more["on_screen"][:5]] == [h.id for h in first["on_screen"]] and len(more["on_screen"]) == 10
     assert [c.split()[0] for _, c in more["results"]][5:] == ["#6", "#7", "#8", "#9", "#10"]
     assert page.rerun(PageQuery(), *controls()) == {}  # nothing searched yet: nothing changes
 
@@ -240,17 +240,17 @@ def test_a_control_change_reruns_the_query_and_more_continues_it(service):
 def test_a_result_opens_in_detail_and_searching_by_it_shows_it_as_the_query(service):
     page = pages(service)[0]
     first = searched(page.search_text(caption("green square"), *controls(k=4)))
-    opened = page.click_result(_select(2), OPEN, first["query"], first["shown"], *controls())
+    opened = page.click_result(_select(2), OPEN, first["query"], first["on_screen"], *controls())
     hit, picture = opened["selected"], opened["detail_image"]
     assert opened["detail"]["visible"] and "Score (cosine)" in opened["detail_text"]
     assert "results" not in opened  # opening a result changes nothing else
     assert [_picture(url, service) for url, _ in picture] == [thumbnails.at(hit.image)]  # at the app's route, never a file
     out = searched(page.search_selected(hit, *controls(k=3)))
-    assert out["shown"][0].id == hit.id and out["shown"][0].score == pytest.approx(1.0, abs=1e-5)
+    assert out["on_screen"][0].id == hit.id and out["on_screen"][0].score == pytest.approx(1.0, abs=1e-5)
     assert max(Image.open(out["image"]).size) == regions.SHOWN_MIN and out["text"] == ""  # a 256 px thumbnail, shown larger
     assert out["query"].main.thumbnail == hit.image
     for stale in (4, -1, 10_000):  # a click on what the gallery no longer holds changes nothing
-        assert page.click_result(_select(stale), OPEN, first["query"], first["shown"], *controls()) == {}
+        assert page.click_result(_select(stale), OPEN, first["query"], first["on_screen"], *controls()) == {}
 
 
 def test_a_stored_image_s_thumbnail_searched_by_example_or_by_a_region_is_a_copy_that_goes_with_it(service):
@@ -261,15 +261,15 @@ def test_a_stored_image_s_thumbnail_searched_by_example_or_by_a_region_is_a_copy
     by_example = searched(page.search_example(_select(len(paths) - 1), paths, *controls(k=3)))
     assert Path(by_example["query"].main.value).read_bytes() == thumbnails.at(last)  # searched by a copy of it
     assert by_example["query"].main.label == Path(last).name  # named as the image, not as the copy
-    assert by_example["shown"][0].id == thumbnails.id_of(last)
-    hit = searched(page.search_text(caption("green square"), *controls(k=1)))["shown"][0]
+    assert by_example["on_screen"][0].id == thumbnails.id_of(last)
+    hit = searched(page.search_text(caption("green square"), *controls(k=1)))["on_screen"][0]
     query = searched(page.search_selected(hit, *controls(k=3)))["query"]
     tap = gr.SelectData(None, {"index": [5, 5], "value": None})
     marked = page.pick_corner(tap, query, None, *controls())
     region = searched(page.pick_corner(gr.SelectData(None, {"index": [200, 150], "value": None}), marked["query"],
                                        marked["corner"], *controls(k=3)))
     part = region["query"].main.part
-    assert part.box and Path(part.value).read_bytes() == thumbnails.at(hit.image) and region["shown"]
+    assert part.box and Path(part.value).read_bytes() == thumbnails.at(hit.image) and region["on_screen"]
     assert page.files.forget([hit.id]) >= 3  # the copy searched and the copies drawn on it go with the image
     assert not Path(part.value).exists()
 
@@ -279,7 +279,7 @@ def test_errors_show_the_librarys_message_and_leave_nothing_stale(service, tmp_p
     fake = tmp_path / "fake.jpg"
     fake.write_text("not a picture")
     out = searched(page.search_image(str(fake), *controls()))
-    assert "not an image" in out["status"] and out["results"] == [] and out["shown"] == []
+    assert "not an image" in out["status"] and out["results"] == [] and out["on_screen"] == []
     assert out["image"] is None and out["query"] == PageQuery()  # the unreadable image leaves the query box
     out = searched(page.search_text("a red circle", *controls(index="pixels")))
     assert "pixel" in out["status"] and out["results"] == []
@@ -294,9 +294,9 @@ def test_label_filters_list_the_index_labels_and_filter_inside_the_search(servic
     include, exclude = filters["include"], filters["exclude"]
     assert "red circle" in include["choices"] and include["choices"] == exclude["choices"]
     out = searched(page.search_text(caption("red circle"), *controls(k=8, exclude=["red circle"])))
-    assert len(out["shown"]) == 8 and all(h.label != "red circle" for h in out["shown"])
+    assert len(out["on_screen"]) == 8 and all(h.label != "red circle" for h in out["on_screen"])
     out = searched(page.search_text(caption("red circle"), *controls(k=8, include=["blue square"])))
-    assert {h.label for h in out["shown"]} == {"blue square"}
+    assert {h.label for h in out["on_screen"]} == {"blue square"}
 
 
 def test_the_label_filters_take_a_value_the_browser_still_shows_without_gradio_refusing_it(demo):
@@ -321,10 +321,10 @@ def test_switching_the_index_keeps_the_filters_it_holds_and_clears_the_others_sa
     assert out["include"]["value"] == [] and out["include"]["choices"] == [] and not out["include"]["interactive"]
     back = searched(page.change_index(query, *controls("images", include=["red circle"], key=KEY)))
     assert back["include"]["value"] == ["red circle"] and "red circle" in back["include"]["choices"]  # it holds it
-    assert back["status"].startswith("Top") and {h.label for h in back["shown"]} == {"red circle"}
+    assert back["status"].startswith("Top") and {h.label for h in back["on_screen"]} == {"red circle"}
     idle = page.change_index(PageQuery(), *controls("mine/trip", include=["red circle"], key=KEY))  # nothing searched yet
     assert idle["status"] == "The label filter “red circle” does not apply to this index and was cleared."
-    assert idle["include"]["value"] == [] and "shown" not in idle
+    assert idle["include"]["value"] == [] and "on_screen" not in idle
 
 
 def test_the_api_answers_hits_best_first_with_their_thumbnails_urls(service, local_store):
@@ -499,7 +499,7 @@ def test_a_url_search_shows_the_fetched_image_and_a_local_address_gets_the_hint(
     assert Path(out["query"].main.value).read_bytes() == photo  # what was fetched is what is searched
     assert max(shown.size) == min(regions.SHOWN_MAX, max(fetched.size))  # and the query panel shows a copy of it
     assert shown.size[0] / shown.size[1] == pytest.approx(fetched.size[0] / fetched.size[1], rel=0.01)
-    assert out["shown"][0].score == pytest.approx(1.0, abs=1e-3) and out["query"].main.label == "cat.jpg"
+    assert out["on_screen"][0].score == pytest.approx(1.0, abs=1e-3) and out["query"].main.label == "cat.jpg"
     assert out["url"] is gr.skip() or out["url"] == gr.skip()  # the URL stays in its box
     monkeypatch.undo()
     refused = searched(page.search_url("http://127.0.0.1:9/cat.jpg", *controls()))

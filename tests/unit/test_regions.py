@@ -47,7 +47,7 @@ def test_taps_on_the_shown_copy_map_to_the_original_and_box_that_region(tmp_path
 
 def test_a_small_image_is_shown_large_enough_to_see_and_tap(tmp_path, files):
     Image.new("RGB", (50, 32), "green").save(tmp_path / "icon.png")
-    shown = regions.shown(str(tmp_path / "icon.png"), files)
+    shown = regions.marked_copy(str(tmp_path / "icon.png"), files)
     assert Image.open(shown.preview).size == (regions.SHOWN_MIN, round(32 * regions.SHOWN_MIN / 50))
     assert regions.to_original([160, 100], shown.scale) == pytest.approx((25, 15.6), abs=0.2)
 
@@ -79,7 +79,7 @@ def test_what_is_shown_of_a_stored_image_goes_when_the_image_is_forgotten(tmp_pa
     Image.new("RGB", (384, 256), (0, 128, 0)).save(out, "JPEG")
     thumbnails.write(tmp_path / "store", image_id, out.getvalue())
     thumbnail = str(thumbnails.path(tmp_path / "store", image_id))  # as a hit names it: the bytes are in a pack
-    shown = regions.shown(thumbnail, files)
+    shown = regions.marked_copy(thumbnail, files)
     corner = regions.mark_corner(thumbnail, (10, 10), files)
     readable = files.readable(thumbnail)  # what a region of it is searched by
     _, boxed = regions.cut(readable, (10, 10), (300, 200), files)
@@ -88,7 +88,7 @@ def test_what_is_shown_of_a_stored_image_goes_when_the_image_is_forgotten(tmp_pa
     upload = tmp_path / "cache" / "0123" / "mine.png"
     upload.parent.mkdir(parents=True)
     Image.new("RGB", (400, 400)).save(upload)
-    theirs = regions.shown(str(upload), files).preview  # a visitor's own file: nothing of an id in its name
-    fetched = regions.shown(files.keep(out.getvalue() + b"fetched"), files).preview  # a fetched one's: nor here
+    theirs = regions.marked_copy(str(upload), files).preview  # a visitor's own file: nothing of an id in its name
+    fetched = regions.marked_copy(files.keep(out.getvalue() + b"fetched"), files).preview  # a fetched one's: nor here
     assert files.forget([image_id]) == 4
     assert not any(Path(p).exists() for p in made) and Path(theirs).exists() and Path(fetched).exists()
