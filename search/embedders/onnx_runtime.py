@@ -28,6 +28,7 @@ from PIL import Image
 
 from search.embedders import precision
 from search.embedders.clip_input import Pixels
+from search.embedders.towers import unit
 from search.errors import ModelError
 
 OPSET = 17
@@ -176,7 +177,7 @@ class OnnxTowers:
         if not images:
             return np.zeros((0, self.dimension), np.float32)
         batch = self.pixels.normalized(self.pixels.array(images))
-        return _unit(self._session(IMAGE).run(None, {"pixel_values": batch})[0])
+        return unit(self._session(IMAGE).run(None, {"pixel_values": batch})[0])
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """One unit-length row per text, tokenised, truncated and padded as the checkpoint's own module does."""
@@ -185,7 +186,7 @@ class OnnxTowers:
         encoded = self._tokenize(list(texts))
         ids = np.array([e.ids for e in encoded], np.int64)
         mask = np.array([e.attention_mask for e in encoded], np.int64)
-        return _unit(self._session(TEXT).run(None, {"input_ids": ids, "attention_mask": mask})[0])
+        return unit(self._session(TEXT).run(None, {"input_ids": ids, "attention_mask": mask})[0])
 
     def _tokenize(self, texts: list[str]) -> list[Any]:
         if self._tokenizer is None:
@@ -194,8 +195,3 @@ class OnnxTowers:
             with self._damaged():
                 self._tokenizer = Tokenizer.from_file(str(self.folder / _TOKENIZER))
         return self._tokenizer.encode_batch(texts)
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    rows = np.asarray(rows, np.float32)
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
