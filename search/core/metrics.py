@@ -120,3 +120,9 @@ def score_from_cosine(cos: float, metric: str) -> float:
 def _unit_rows(m: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(m, axis=1, keepdims=True)
     return m / np.where(n > 0, n, 1.0)
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length in fp32 (under bf16 the model's own normalisation is only bf16-exact)."""
+    rows = rows.astype(np.float32, copy=False)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from search.core.metrics import unit
 from search.embedders import precision
 from search.embedders.clip_input import Pixels
-from search.embedders.towers import unit
 from search.errors import ModelError
 
 OPSET = 17

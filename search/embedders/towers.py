@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from search.core.metrics import unit
 from search.embedders import precision as chosen
 from search.embedders.precision import BF16, FP32, INT8, ONNX, SAFE, Decision, Race, check_precision
 
@@ -242,9 +243,3 @@ def autocast(device: str, bf16: bool) -> Any:
     import torch
 
     return torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length in fp32 (under bf16 the model's own normalisation is only bf16-exact)."""
-    rows = rows.astype(np.float32, copy=False)
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
